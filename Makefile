@@ -1,0 +1,28 @@
+# chexops: `make demo` runs the whole lifecycle on this machine; `make test` runs the test suite.
+# Both create the virtual environment on first use (torch==2.13.0 first, then the project).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.chexops-installed
+export CHEXOPS_HOME ?= $(CURDIR)/.chexops
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[train,dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/chexops demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(CHEXOPS_HOME)

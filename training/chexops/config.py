@@ -1,0 +1,229 @@
+"""Training configuration: YAML validated into typed objects, with `key.sub=value` overrides.
+
+Strings may reference environment variables as `${VAR}` or `${VAR:-default}`; `${CHEXOPS_HOME}`
+always resolves (to ./.chexops when unset).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .labels import CHEXPERT_LABELS, COMPETITION_LABELS
+from .preprocessing import PreprocessSpec
+
+Policy = Literal["ones", "zeros", "ignore"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PolicyConfig(_Strict):
+    """What uncertain (-1) and blank labels become. Default as LibAUC: U-Ones for Atelectasis and
+    Edema, U-Zeros for the rest; blank as negative, as in the CheXpert paper."""
+
+    uncertain: Policy = "zeros"
+    uncertain_per_label: dict[str, Policy] = Field(default_factory=lambda: {"Atelectasis": "ones", "Edema": "ones"})
+    blank: Literal["negative", "ignore"] = "negative"
+
+    def for_label(self, label: str) -> Policy:
+        return self.uncertain_per_label.get(label, self.uncertain)
+
+
+class DataConfig(_Strict):
+    kind: Literal["chexpert", "npz"] = "chexpert"
+    csv: Path | None = None
+    root: Path | None = None
+    test_csv: Path | None = None
+    npz: Path | None = None
+    labels: list[str] = Field(default_factory=lambda: list(CHEXPERT_LABELS))
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    view: Literal["frontal", "ap", "pa", "all"] = "frontal"
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    skip_bad_images: bool = False
+    cache_images: bool = True
+
+    @model_validator(mode="after")
+    def _sources(self) -> "DataConfig":
+        if self.kind == "chexpert" and self.csv is None:
+            raise ValueError("data.csv is required when data.kind is 'chexpert'")
+        if self.kind == "npz" and self.npz is None:
+            raise ValueError("data.npz is required when data.kind is 'npz'")
+        if not self.labels:
+            raise ValueError("data.labels must name at least one label")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("data.labels has duplicates")
+        unknown = set(self.policy.uncertain_per_label) - set(CHEXPERT_LABELS) - set(self.labels)
+        if unknown:
+            raise ValueError(f"data.policy.uncertain_per_label names unknown labels: {sorted(unknown)}")
+        return self
+
+
+class PreprocessConfig(_Strict):
+    size: int = Field(224, ge=8, le=2048)
+    channels: Literal[1, 3] = 1
+    mean: list[float] = Field(default_factory=lambda: [0.5])
+    std: list[float] = Field(default_factory=lambda: [0.25])
+    resample: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
+
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec(self.size, self.channels, tuple(self.mean), tuple(self.std), self.resample)
+
+    @model_validator(mode="after")
+    def _check(self) -> "PreprocessConfig":
+        self.spec()
+        return self
+
+
+class ModelConfig(_Strict):
+    name: Literal["small", "densenet121", "vit"] = "densenet121"
+    pretrained_weights: Path | None = None
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    width: int = Field(32, ge=4, le=512, description="channels of the small CNN's first block")
+    vit_patch_size: int = Field(16, ge=2)
+    vit_hidden_size: int = Field(384, ge=16)
+    vit_layers: int = Field(6, ge=1)
+    vit_heads: int = Field(6, ge=1)
+
+    @field_validator("pretrained_weights", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if value in ("", None) else value
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(3, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(16, ge=1)
+    accum_steps: int = Field(1, ge=1)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-4, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    patience: int | None = Field(None, ge=1, description="epochs without a better validation mean AUROC before stopping")
+    checkpoint_every: int = Field(100, ge=1, description="optimizer steps between checkpoints")
+    num_workers: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    threads: int | None = Field(None, ge=1)
+
+
+class TrackingConfig(_Strict):
+    experiment: str = "chexops"
+    run_name: str | None = None
+    system_metrics: bool = True
+
+
+class EvalConfig(_Strict):
+    mean_over: list[str] | None = None
+
+    def mean_labels(self, labels: list[str]) -> list[str]:
+        """The labels averaged into `mean_auroc`: configured, else the competition five present, else all."""
+        if self.mean_over:
+            return [label for label in self.mean_over if label in labels]
+        competition = [label for label in COMPETITION_LABELS if label in labels]
+        return competition or list(labels)
+
+
+class Config(_Strict):
+    name: str = "chexops"
+    seed: int = 0
+    data: DataConfig
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+            raise ValueError("name must be 1-64 letters, digits, '.', '_' or '-'")
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str):
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name == "CHEXOPS_HOME" and name not in os.environ:
+                return str(Path(".chexops").resolve())
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"the config references ${{{name}}}, which is not set in the environment")
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    return value
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {override!r} is not of the form key.sub=value")
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw) if raw else None
+
+
+def _format_validation(source: str, err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        msg = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {msg}")
+    return f"{source} is not a valid chexops config: " + "; ".join(lines) + "."
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> Config:
+    """Read a YAML config (or start from `base`), apply overrides, expand variables, validate."""
+    data: dict[str, Any] = dict(base or {})
+    source = "the configuration"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping at the top level, got {type(loaded).__name__}")
+        data.update(loaded)
+    for override in overrides:
+        apply_override(data, override)
+    try:
+        return Config.model_validate(_expand(data))
+    except ValidationError as err:
+        raise ConfigError(_format_validation(source, err)) from None

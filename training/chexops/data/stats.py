@@ -1,0 +1,57 @@
+"""`chexops data stats`: what a CheXpert CSV holds, before and after the uncertainty policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import PolicyConfig
+from .chexpert import apply_policy, check_images, image_paths, read_chexpert_csv
+from .loading import label_counts, policy_counts
+
+
+def csv_stats(csv: str | Path, labels: list[str], policy: PolicyConfig, root: str | Path | None = None,
+              verify_images: bool = True) -> dict[str, Any]:
+    table = read_chexpert_csv(csv, labels)
+    frame = table.frame
+    targets, mask = apply_policy(table.values, labels, policy)
+    ap_pa = frame["AP/PA"].where(frame["AP/PA"] != "", "blank")
+    out: dict[str, Any] = {
+        "csv": str(csv),
+        "rows": len(frame),
+        "patients": int(frame["patient"].nunique()),
+        "studies": int(frame["study"].nunique()),
+        "views": {
+            "frontal_lateral": {k: int(v) for k, v in frame["Frontal/Lateral"].value_counts().items()},
+            "ap_pa": {k: int(v) for k, v in ap_pa.value_counts().items()},
+        },
+        "policy": policy.model_dump(),
+        "labels": {
+            label: {"raw": raw, "after_policy": after}
+            for (label, raw), after in zip(label_counts(table.values, labels).items(), policy_counts(targets, mask, labels).values())
+        },
+    }
+    if root is not None:
+        missing, unreadable = check_images(image_paths(table, root), verify=verify_images)
+        out["images"] = {"root": str(root), "missing": len(missing), "unreadable": len(unreadable),
+                         "examples": [str(frame["Path"].iloc[i]) for i in (missing + unreadable)[:5]]}
+    return out
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """A human-readable table of `csv_stats`."""
+    lines = [
+        f"{stats['csv']}: {stats['rows']:,} rows, {stats['patients']:,} patients, {stats['studies']:,} studies",
+        "views: " + ", ".join(f"{k} {v:,}" for k, v in {**stats["views"]["frontal_lateral"], **stats["views"]["ap_pa"]}.items()),
+        "",
+        f"{'label':<28}{'1':>9}{'0':>9}{'-1':>9}{'blank':>9}  | {'pos':>9}{'neg':>9}{'ignored':>9}",
+    ]
+    for label, counts in stats["labels"].items():
+        r, a = counts["raw"], counts["after_policy"]
+        lines.append(f"{label:<28}{r['positive']:>9,}{r['negative']:>9,}{r['uncertain']:>9,}{r['blank']:>9,}  | "
+                     f"{a['positive']:>9,}{a['negative']:>9,}{a['ignored']:>9,}")
+    if "images" in stats:
+        im = stats["images"]
+        lines += ["", f"images under {im['root']}: {im['missing']:,} missing, {im['unreadable']:,} unreadable"
+                  + (f" (e.g. {', '.join(im['examples'][:3])})" if im["examples"] else "")]
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""`make demo`: the lifecycle on the embedded default, one `chexops` command per step.
+
+Each step runs as its own process with `--json`, exactly as an Argo step would; the JSON each
+prints is collected into `$CHEXOPS_HOME/demo/summary.json` under the step's key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .errors import ChexopsError
+
+log = logging.getLogger(__name__)
+
+
+def run_step(*args: str) -> dict[str, Any]:
+    """Run `chexops ARGS --json` in a child process; its logs pass through, its JSON comes back."""
+    cmd = [sys.executable, "-m", "chexops", *args, "--json"]
+    log.info("$ chexops %s --json", " ".join(args))
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "CHEXOPS_HOME": str(paths.home())})
+    if proc.returncode != 0:
+        raise ChexopsError(f"demo step 'chexops {' '.join(args)}' failed with exit code {proc.returncode} (see its messages above).")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write_summary(summary: dict[str, Any]) -> Path:
+    path = paths.home() / "demo" / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def run_demo(config: Path) -> tuple[dict[str, Any], str]:
+    started = time.monotonic()
+    home = paths.home()
+    summary: dict[str, Any] = {"chexops_home": str(home), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+    data_root = home / "data" / "synth"
+    if (data_root / "CheXpert-v1.0-small" / "train.csv").exists():
+        log.info("Synthetic data already at %s", data_root)
+        summary["data"] = {"root": str(data_root), "reused": True}
+    else:
+        summary["data"] = run_step("data", "synth", "--out", str(data_root))
+    write_summary(summary)
+
+    summary["train"] = run_step("train", "--config", str(config))
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    path = write_summary(summary)
+    return summary, report(summary, path)
+
+
+def report(summary: dict[str, Any], path: Path) -> str:
+    train = summary["train"]
+    lines = ["", "chexops demo", "============", f"MLflow run   {train['run_id']}  ({train['tracking_uri']})",
+             f"validation   mean AUROC {train['mean_auroc']:.3f} over {', '.join(train['mean_over'])}"]
+    if "test" in train:
+        lines.append(f"held-out     mean AUROC {train['test']['mean_auroc']:.3f} (valid.csv, patients never seen in training)")
+        lines.append("")
+        lines.append(f"{'finding':<28}{'held-out AUROC':>16}")
+        for label, value in train["test"]["per_label"].items():
+            lines.append(f"{label:<28}{'n/a' if value is None else f'{value:.3f}':>16}")
+    lines += ["", f"summary      {path}", f"took         {summary['seconds']:.0f} s"]
+    return "\n".join(lines)
