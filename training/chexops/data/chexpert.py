@@ -102,6 +102,7 @@ def read_chexpert_csv(path: str | Path, labels: list[str]) -> ChexpertTable:
             "AP/PA": frame["AP/PA"].str.strip(),
         }
     )
+    meta["csv_row"] = np.arange(1, len(meta) + 1)
     meta["patient"] = patient_ids(meta["Path"])
     meta["study"] = meta["Path"].map(lambda p: str(Path(p).parent))
     return ChexpertTable(path, meta, list(labels), values)

@@ -85,7 +85,7 @@ def _drop_bad_images(table: ChexpertTable, paths: list[Path], cfg: DataConfig) -
     parts = []
     for what, idx in (("missing", missing), ("unreadable", unreadable)):
         if idx:
-            named = ", ".join(f"row {i + 1}: {paths[i]}" for i in idx[:3])
+            named = ", ".join(f"row {table.frame['csv_row'].iloc[i]}: {paths[i]}" for i in idx[:3])
             parts.append(f"{len(idx)} {what} ({named}{', ...' if len(idx) > 3 else ''})")
     message = f"{table.path}: of {len(paths)} images, " + "; ".join(parts) + "."
     if not cfg.skip_bad_images:
