@@ -6,6 +6,8 @@ Every command prints a human summary, or with `--json` one JSON object on stdout
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import sys
@@ -19,8 +21,21 @@ from .errors import ChexopsError
 log = logging.getLogger("chexops")
 
 
-def emit(obj: dict[str, Any], as_json: bool, human: str) -> None:
-    click.echo(json.dumps(obj, default=str) if as_json else human)
+def quiet_stdout(func):
+    """While a command works, stdout goes to stderr, so that its result (`emit`) is all stdout holds,
+    whatever libraries print (MLflow prints run links)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        result_stream = sys.stdout
+        with contextlib.redirect_stdout(sys.stderr):
+            return func(*args, result_stream=result_stream, **kwargs)
+
+    return wrapper
+
+
+def emit(obj: dict[str, Any], as_json: bool, human: str, stream) -> None:
+    click.echo(json.dumps(obj, default=str) if as_json else human, file=stream)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,14 +62,15 @@ def data() -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def data_synth(out: Path, patients: int, valid_patients: int, image_size: int, seed: int, overwrite: bool, as_json: bool) -> None:
+@quiet_stdout
+def data_synth(out: Path, patients: int, valid_patients: int, image_size: int, seed: int, overwrite: bool, as_json: bool, result_stream) -> None:
     """Write a synthetic dataset in exactly the CheXpert layout (CSV and JPEG images)."""
     from .data.synth import synthesize
 
     summary = synthesize(out, patients=patients, valid_patients=valid_patients, image_size=image_size, seed=seed,
                          overwrite=overwrite, progress=not as_json)
     emit(summary, as_json, f"Wrote {summary['train_rows']:,} training and {summary['valid_rows']:,} held-out images "
-         f"under {summary['root']} ({summary['seconds']:.1f} s).")
+         f"under {summary['root']} ({summary['seconds']:.1f} s).", result_stream)
 
 
 @data.command("stats")
@@ -62,7 +78,8 @@ def data_synth(out: Path, patients: int, valid_patients: int, image_size: int, s
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Dataset root: also count missing and unreadable images.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="Take labels and policy from this training config.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def data_stats(csv: Path, root: Path | None, config_path: Path | None, as_json: bool) -> None:
+@quiet_stdout
+def data_stats(csv: Path, root: Path | None, config_path: Path | None, as_json: bool, result_stream) -> None:
     """Rows, patients, studies, views and per-label counts of a CheXpert CSV."""
     from .config import PolicyConfig, load_config
     from .data.stats import csv_stats, format_stats
@@ -74,7 +91,7 @@ def data_stats(csv: Path, root: Path | None, config_path: Path | None, as_json: 
     else:
         labels, policy = list(CHEXPERT_LABELS), PolicyConfig()
     stats = csv_stats(csv, labels, policy, root)
-    emit(stats, as_json, format_stats(stats))
+    emit(stats, as_json, format_stats(stats), result_stream)
 
 
 @cli.command("train", context_settings={"ignore_unknown_options": True})
@@ -83,7 +100,8 @@ def data_stats(csv: Path, root: Path | None, config_path: Path | None, as_json: 
 @click.option("--no-resume", is_flag=True, help="Start afresh even if a checkpoint of this config exists.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), help="Default: $CHEXOPS_HOME/checkpoints/NAME.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def train_cmd(config_path: Path, overrides: tuple[str, ...], no_resume: bool, checkpoint_dir: Path | None, as_json: bool) -> None:
+@quiet_stdout
+def train_cmd(config_path: Path, overrides: tuple[str, ...], no_resume: bool, checkpoint_dir: Path | None, as_json: bool, result_stream) -> None:
     """Train a model; OVERRIDES are key.sub=value pairs (e.g. train.epochs=1 model.name=vit)."""
     from .config import load_config
     from .train import train
@@ -95,18 +113,19 @@ def train_cmd(config_path: Path, overrides: tuple[str, ...], no_resume: bool, ch
     human = f"Run {summary['run_id']}: validation mean AUROC {summary['mean_auroc']:.4f} (best epoch {summary['best_epoch']})"
     if "test" in summary:
         human += f"; test AUROC {summary['test']['auroc']:.4f}"
-    emit(summary, as_json, human)
+    emit(summary, as_json, human, result_stream)
 
 
 @cli.command("demo")
 @click.option("--config", "config_path", default="configs/demo.yaml", show_default=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def demo_cmd(config_path: Path, as_json: bool) -> None:
+@quiet_stdout
+def demo_cmd(config_path: Path, as_json: bool, result_stream) -> None:
     """The whole lifecycle on this machine; writes $CHEXOPS_HOME/demo/summary.json."""
     from .demo import run_demo
 
     summary, report = run_demo(config_path)
-    emit(summary, as_json, report)
+    emit(summary, as_json, report, result_stream)
 
 
 def _register_optional() -> None:

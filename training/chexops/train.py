@@ -201,7 +201,7 @@ def _train(config, resume, checkpoint_dir, rank, local_rank, world, master, star
 
         setup_mlflow(config.tracking.experiment)
         if config.tracking.system_metrics:
-            mlflow.set_system_metrics_sampling_interval(5)
+            mlflow.set_system_metrics_sampling_interval(float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", 5)))
         run = mlflow.start_run(run_id=state["run_id"], run_name=None if state["run_id"] else (config.tracking.run_name or config.name),
                                log_system_metrics=config.tracking.system_metrics)
         state["run_id"] = run.info.run_id

@@ -1,0 +1,193 @@
+"""The training loop, end to end on small synthetic data: learning, tracking, resume, DDP, a real MLflow server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from chexops.data.synth import synthesize
+from conftest import ROOT, run_cli
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    synthesize(root, patients=300, valid_patients=120, image_size=48, seed=0, progress=False)
+    return root
+
+
+def tiny_config(tmp_path: Path, synth_root: Path, **train) -> Path:
+    config = {
+        "name": "tiny", "seed": 0,
+        "data": {"csv": str(synth_root / "CheXpert-v1.0-small/train.csv"), "test_csv": str(synth_root / "CheXpert-v1.0-small/valid.csv"),
+                 "root": str(synth_root), "val_fraction": 0.2},
+        "preprocess": {"size": 32, "mean": [0.45], "std": [0.25]},
+        "model": {"name": "small", "width": 12},
+        "train": {"epochs": 6, "batch_size": 32, "optimizer": "adamw", "lr": 0.004, "schedule": "onecycle", "checkpoint_every": 10, **train},
+        "tracking": {"experiment": "tests"},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def train_json(*args: str, env: dict | None = None) -> dict:
+    result = run_cli("train", *args, "--json", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    return json.loads(result.stdout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` process with a SQLite store and served artifacts."""
+    base = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
+         "--artifacts-destination", str(base / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=open(base / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    for _ in range(120):
+        try:
+            if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start: " + (base / "server.log").read_text()[-2000:])
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_trains_and_tracks_on_a_real_mlflow_server(tmp_path, synth_root, mlflow_server):
+    env = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
+    summary = train_json("--config", str(tiny_config(tmp_path, synth_root)), env=env)
+    assert summary["tracking_uri"] == mlflow_server
+    assert summary["test"]["mean_auroc"] >= 0.75, summary  # a working loop learns the synthetic findings
+    assert summary["mean_over"] == ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(summary["run_id"])
+    params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+    assert params["model.name"] == "small" and params["train.lr"] == "0.004"
+    assert params["data.policy.uncertain_per_label.Atelectasis"] == "ones"
+    assert len(tags["git_commit"]) == 40 and tags["data_version"] == summary["data_version"]
+    history = client.get_metric_history(run.info.run_id, "val_mean_auroc")
+    assert [m.step for m in history] == list(range(1, summary["epochs_run"] + 1))
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == summary["epochs_run"]
+    for label in ("Atelectasis", "Cardiomegaly", "Pleural_Effusion"):
+        assert f"val_auroc.{label}" in metrics
+    assert metrics["test_auroc"] == pytest.approx(summary["test"]["auroc"])
+    assert any(key.startswith("system/") for key in metrics), sorted(metrics)
+
+    names = {a.path for a in client.list_artifacts(run.info.run_id)} | {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+    assert {"config.yaml", "labels.json", "preprocessing.json", "data_fingerprint.json", "checkpoint/model.pt"} <= names
+    mlflow.set_tracking_uri(mlflow_server)
+    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="data_fingerprint.json", dst_path=str(tmp_path))
+    fingerprint = json.loads(Path(local).read_text())
+    assert fingerprint["raw_counts"]["Edema"]["uncertain"] > 0 and fingerprint["policy_counts"]["train"]["Edema"]["ignored"] == 0
+    ckpt = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="checkpoint/model.pt", dst_path=str(tmp_path))
+    payload = torch.load(ckpt, weights_only=False)
+    assert payload["labels"][0] == "No Finding" and payload["preprocessing"]["size"] == 32 and payload["run_id"] == run.info.run_id
+
+
+def test_zero_learning_rate_learns_nothing_and_stops_early(tmp_path, synth_root):
+    summary = train_json("--config", str(tiny_config(tmp_path, synth_root, lr=0.0, schedule="constant", patience=1)))
+    assert summary["test"]["mean_auroc"] < 0.65  # the synthetic findings are not guessable without learning
+    assert summary["epochs_run"] == 2 and summary["best_epoch"] == 1
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path, synth_root):
+    config = tiny_config(tmp_path, synth_root, epochs=1, batch_size=16, accum_steps=3)
+    summary = train_json("--config", str(config))
+    rows = summary_rows(config)
+    assert summary["steps"] == -(-(-(-rows // 16)) // 3)
+
+
+def summary_rows(config: Path) -> int:
+    from chexops.config import load_config
+    from chexops.data.loading import load_splits
+
+    return len(load_splits(load_config(config)).train)
+
+
+def test_sigkill_then_resume_ends_where_an_uninterrupted_run_ends(tmp_path, synth_root):
+    config = tiny_config(tmp_path, synth_root, epochs=4, checkpoint_every=5)
+    reference = train_json("--config", str(config), "--checkpoint-dir", str(tmp_path / "ref"))
+
+    ckpt_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "chexops", "train", "--config", str(config), "--checkpoint-dir", str(ckpt_dir), "--json"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (ckpt_dir / "last.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "training ended before its first checkpoint"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(ckpt_dir / "last.pt", weights_only=False)
+    assert 0 < saved["state"]["step"] < reference["steps"]
+
+    resumed = train_json("--config", str(config), "--checkpoint-dir", str(ckpt_dir))
+    assert resumed["run_id"] == saved["state"]["run_id"]  # the same MLflow run continues
+    assert resumed["steps"] == reference["steps"] and resumed["best_epoch"] == reference["best_epoch"]
+    assert resumed["mean_auroc"] == pytest.approx(reference["mean_auroc"], abs=1e-4)
+    assert resumed["test"]["mean_auroc"] == pytest.approx(reference["test"]["mean_auroc"], abs=1e-4)
+    assert not (ckpt_dir / "last.pt").exists()
+
+    weights = []
+    for summary in (reference, resumed):
+        mlflow.set_tracking_uri(summary["tracking_uri"])
+        path = mlflow.artifacts.download_artifacts(summary["model_uri"], dst_path=str(tmp_path / summary["run_id"]))
+        weights.append(torch.load(path, weights_only=False)["model"])
+    diff = max(float((weights[0][k].float() - weights[1][k].float()).abs().max()) for k in weights[0])
+    assert diff < 1e-4
+
+
+def test_distributed_data_parallel_on_cpu_with_gloo(tmp_path, synth_root):
+    config = tiny_config(tmp_path, synth_root, epochs=2)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "chexops", "train", "--config", str(config), "--json"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1  # only rank 0 reports
+    summary = summaries[0]
+    assert summary["world_size"] == 2 and summary["epochs_run"] == 2
+    assert summary["mean_auroc"] > 0.6
+    run = MlflowClient(summary["tracking_uri"]).get_run(summary["run_id"])
+    assert run.data.tags["world_size"] == "2"
+
+
+def test_pneumoniamnist_real_radiographs(tmp_path, shared):
+    summary = train_json("--config", "configs/pneumoniamnist.yaml", "train.epochs=5", "train.patience=null")
+    assert summary["labels"] == ["Pneumonia"]
+    assert summary["test"]["auroc"] >= 0.95
+    run = MlflowClient(summary["tracking_uri"]).get_run(summary["run_id"])
+    assert run.data.metrics["test_auroc"] == pytest.approx(summary["test"]["auroc"])
