@@ -22,7 +22,8 @@ demo: $(STAMP)
 	$(BIN)/chexops demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 
 clean:
 	rm -rf $(CHEXOPS_HOME)

@@ -1,0 +1,35 @@
+"""`chexops demo` (what `make demo` runs) chains the steps and writes summary.json."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import run_cli
+
+
+def test_demo_writes_summary_with_training_metrics(tmp_path, home):
+    config = yaml.safe_load(open("configs/demo.yaml"))
+    config["preprocess"]["size"] = 32
+    config["model"]["width"] = 8
+    config["train"].update(epochs=2, patience=None)
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(config))
+
+    result = run_cli("demo", "--config", str(tmp_path / "demo.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "held-out     mean AUROC" in result.stdout and "Cardiomegaly" in result.stdout
+
+    summary = json.loads((home / "demo" / "summary.json").read_text())
+    train = summary["train"]
+    assert 0.5 < train["mean_auroc"] <= 1.0 and 0.5 < train["test"]["mean_auroc"] <= 1.0
+    assert summary["data"]["train_rows"] > 1000
+    run = MlflowClient(train["tracking_uri"]).get_run(train["run_id"])
+    assert run.data.metrics["best_val_mean_auroc"] == train["mean_auroc"]
+    assert train["tracking_uri"] == f"sqlite:///{home / 'mlflow.db'}"
+
+    again = run_cli("demo", "--config", str(tmp_path / "demo.yaml"), "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = json.loads(again.stdout)
+    assert second["data"]["reused"] is True and second["train"]["run_id"] != train["run_id"]
