@@ -1,0 +1,140 @@
+data "openstack_networking_network_v2" "external" {
+  name     = var.external_network_name
+  external = true
+}
+
+resource "openstack_networking_network_v2" "private" {
+  name                  = "${var.name_prefix}-private"
+  admin_state_up        = true
+  port_security_enabled = true
+}
+
+resource "openstack_networking_subnet_v2" "private" {
+  name            = "${var.name_prefix}-private"
+  network_id      = openstack_networking_network_v2.private.id
+  cidr            = var.cidr
+  ip_version      = 4
+  enable_dhcp     = true
+  dns_nameservers = var.dns_nameservers
+
+  # Host addresses .10 and above are reserved for the nodes' fixed ports.
+  allocation_pool {
+    start = cidrhost(var.cidr, 2)
+    end   = cidrhost(var.cidr, 9)
+  }
+}
+
+resource "openstack_networking_router_v2" "this" {
+  name                = "${var.name_prefix}-router"
+  admin_state_up      = true
+  external_network_id = data.openstack_networking_network_v2.external.id
+}
+
+resource "openstack_networking_router_interface_v2" "private" {
+  router_id = openstack_networking_router_v2.this.id
+  subnet_id = openstack_networking_subnet_v2.private.id
+}
+
+# The one floating IP of the cluster: node1's public address (SSH bastion, ingress, Kubernetes API).
+resource "openstack_networking_floatingip_v2" "edge" {
+  pool        = var.external_network_name
+  description = "${var.name_prefix}: node1 (bastion, ingress, Kubernetes API)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Security groups. "cluster": every node, traffic among cluster members only.
+# "edge": node1 only, what the outside world may reach. Egress keeps OpenStack's default (all).
+# ---------------------------------------------------------------------------------------------
+
+resource "openstack_networking_secgroup_v2" "cluster" {
+  name        = "${var.name_prefix}-cluster"
+  description = "chexops: traffic among the cluster's own nodes"
+}
+
+resource "openstack_networking_secgroup_rule_v2" "cluster_internal" {
+  for_each = toset(["tcp", "udp", "icmp"])
+
+  description       = "All ${each.key} from members of this group (k3s, flannel, kubelet)"
+  direction         = "ingress"
+  ethertype         = "IPv4"
+  protocol          = each.key
+  remote_group_id   = openstack_networking_secgroup_v2.cluster.id
+  security_group_id = openstack_networking_secgroup_v2.cluster.id
+}
+
+resource "openstack_networking_secgroup_rule_v2" "cluster_ssh_from_bastion" {
+  description       = "SSH from the private subnet (ProxyJump through node1)"
+  direction         = "ingress"
+  ethertype         = "IPv4"
+  protocol          = "tcp"
+  port_range_min    = 22
+  port_range_max    = 22
+  remote_ip_prefix  = var.cidr
+  security_group_id = openstack_networking_secgroup_v2.cluster.id
+}
+
+resource "openstack_networking_secgroup_v2" "edge" {
+  name        = "${var.name_prefix}-edge"
+  description = "chexops: what the outside world may reach on node1"
+}
+
+resource "openstack_networking_secgroup_rule_v2" "edge_ssh" {
+  for_each = toset(var.ssh_allowed_cidrs)
+
+  description       = "SSH from an operator network"
+  direction         = "ingress"
+  ethertype         = "IPv4"
+  protocol          = "tcp"
+  port_range_min    = 22
+  port_range_max    = 22
+  remote_ip_prefix  = each.value
+  security_group_id = openstack_networking_secgroup_v2.edge.id
+}
+
+locals {
+  ingress_rules = merge([
+    for port in [80, 443] : {
+      for cidr in var.ingress_allowed_cidrs : "${port}-${cidr}" => { port = port, cidr = cidr }
+    }
+  ]...)
+  api_cidrs = distinct(concat(var.k8s_api_allowed_cidrs, var.peer_cidrs))
+}
+
+resource "openstack_networking_secgroup_rule_v2" "edge_ingress" {
+  for_each = local.ingress_rules
+
+  description       = "HTTP(S) ingress (Traefik) on ${each.value.port}"
+  direction         = "ingress"
+  ethertype         = "IPv4"
+  protocol          = "tcp"
+  port_range_min    = each.value.port
+  port_range_max    = each.value.port
+  remote_ip_prefix  = each.value.cidr
+  security_group_id = openstack_networking_secgroup_v2.edge.id
+}
+
+resource "openstack_networking_secgroup_rule_v2" "edge_k8s_api" {
+  for_each = toset(local.api_cidrs)
+
+  description       = "Kubernetes API (k3s server)"
+  direction         = "ingress"
+  ethertype         = "IPv4"
+  protocol          = "tcp"
+  port_range_min    = 6443
+  port_range_max    = 6443
+  remote_ip_prefix  = each.value
+  security_group_id = openstack_networking_secgroup_v2.edge.id
+}
+
+resource "openstack_networking_secgroup_rule_v2" "edge_wireguard" {
+  for_each = toset(var.peer_cidrs)
+
+  description       = "flannel wireguard-native between sites"
+  direction         = "ingress"
+  ethertype         = "IPv4"
+  protocol          = "udp"
+  port_range_min    = 51820
+  port_range_max    = 51821
+  remote_ip_prefix  = each.value
+  security_group_id = openstack_networking_secgroup_v2.edge.id
+}

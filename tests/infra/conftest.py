@@ -1,0 +1,277 @@
+"""Fixtures of the infra tests: a local Keystone + Blazar + Nova stub on 127.0.0.1, and a runner
+that gives `chexops infra ...` the exit codes the main CLI gives."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from chexops.errors import ChexopsError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).resolve().parents[2]
+REGION = "KVM@TACC"
+APP_CRED_ID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
+APP_CRED_SECRET = "stub-secret"
+EXPIRED_CRED_ID = "e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0"
+
+
+def _fixture(name: str) -> dict[str, Any]:
+    data = json.loads((FIXTURES / name).read_text())
+    data.pop("_comment", None)
+    return data
+
+
+def _blazar_date(text: str) -> str:
+    """Request format 'YYYY-MM-DD HH:MM' (or 'now') -> Blazar's response format."""
+    if text == "now":
+        moment = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    else:
+        moment = datetime.strptime(text, "%Y-%m-%d %H:%M")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.000000")
+
+
+class OpenStackStub:
+    """State and behaviour of the fake cloud; tests tweak `outcome` and read `requests`."""
+
+    def __init__(self) -> None:
+        self.base = ""
+        self.tokens: set[str] = set()
+        self.leases: dict[str, dict[str, Any]] = {}
+        self.polls: dict[str, int] = {}
+        self.requests: list[tuple[str, str, Any]] = []
+        #: What a new lease becomes after `activate_after` GETs: ACTIVE, ERROR, or PENDING (never starts).
+        self.outcome = "ACTIVE"
+        self.activate_after = 1
+
+    # --- Keystone -------------------------------------------------------------------------------
+    def auth(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        identity = body.get("auth", {}).get("identity", {})
+        cred = identity.get("application_credential", {})
+        unauthorized = {
+            "error": {"code": 401, "message": "The request you have made requires authentication.", "title": "Unauthorized"}
+        }
+        if "application_credential" not in identity.get("methods", []):
+            return 401, unauthorized, {}
+        if cred.get("id") != APP_CRED_ID or cred.get("secret") != APP_CRED_SECRET:
+            return 401, unauthorized, {}
+        token = uuid.uuid4().hex
+        self.tokens.add(token)
+        text = (FIXTURES / "keystone_token.json").read_text()
+        text = text.replace("${BASE}", self.base).replace("${REGION}", REGION).replace("${APP_CRED_ID}", APP_CRED_ID)
+        data = json.loads(text)
+        data.pop("_comment", None)
+        return 201, data, {"X-Subject-Token": token}
+
+    # --- Blazar ---------------------------------------------------------------------------------
+    def not_found(self, lease_id: str) -> tuple[int, dict[str, Any]]:
+        return 404, {"error_code": 404, "error_message": f"Object with {{'lease_id': '{lease_id}'}} not found", "error_name": 404}
+
+    def create_lease(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        for key in ("name", "start_date", "end_date", "reservations"):
+            if key not in body:
+                return 400, {"error_code": 400, "error_message": f"Missing {key}", "error_name": 400}
+        if any(lease["name"] == body["name"] for lease in self.leases.values()):
+            return 409, {"error_code": 409, "error_message": f"The lease with name: {body['name']} already exists", "error_name": 409}
+        request = body["reservations"][0]
+        if request["resource_type"] == "flavor:instance":
+            lease = _fixture("blazar_lease_flavor.json")["lease"]
+        else:
+            lease = _fixture("blazar_lease_host.json")["lease"]
+        lease_id, res_id = str(uuid.uuid4()), str(uuid.uuid4())
+        res = lease["reservations"][0]
+        res.update({"id": res_id, "lease_id": lease_id, "status": "pending"})
+        if request["resource_type"] == "flavor:instance":
+            res.update({"flavor_id": res_id, "amount": request["amount"]})
+        else:
+            res.update({"min": request["min"], "max": request["max"], "resource_properties": request["resource_properties"]})
+        lease.update(
+            {
+                "id": lease_id,
+                "name": body["name"],
+                "status": "PENDING",
+                "start_date": _blazar_date(body["start_date"]),
+                "end_date": _blazar_date(body["end_date"]),
+            }
+        )
+        self.leases[lease_id] = lease
+        self.polls[lease_id] = 0
+        return 201, {"lease": copy.deepcopy(lease)}
+
+    def get_lease(self, lease_id: str) -> tuple[int, dict[str, Any]]:
+        lease = self.leases.get(lease_id)
+        if lease is None:
+            return self.not_found(lease_id)
+        self.polls[lease_id] += 1
+        if lease["status"] == "PENDING" and self.polls[lease_id] >= self.activate_after and self.outcome != "PENDING":
+            lease["status"] = self.outcome
+            for res in lease["reservations"]:
+                res["status"] = "active" if self.outcome == "ACTIVE" else "error"
+        return 200, {"lease": copy.deepcopy(lease)}
+
+    def update_lease(self, lease_id: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        lease = self.leases.get(lease_id)
+        if lease is None:
+            return self.not_found(lease_id)
+        if lease["status"] not in {"PENDING", "ACTIVE"}:
+            return 409, {"error_code": 409, "error_message": f"Lease {lease_id} is {lease['status']}", "error_name": 409}
+        if "end_date" in body:
+            lease["end_date"] = _blazar_date(body["end_date"])
+        return 200, {"lease": copy.deepcopy(lease)}
+
+    def delete_lease(self, lease_id: str) -> tuple[int, dict[str, Any] | None]:
+        if lease_id not in self.leases:
+            return self.not_found(lease_id)
+        del self.leases[lease_id]
+        return 204, None
+
+
+def _make_handler(stub: OpenStackStub) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence the stub
+            pass
+
+        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+            payload = b"" if body is None else json.dumps(body).encode()
+            self.send_response(status)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            if payload:
+                self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if payload:
+                self.wfile.write(payload)
+
+        def _body(self) -> Any:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            return json.loads(raw) if raw else {}
+
+        def _route(self, method: str) -> None:
+            body = self._body()
+            path = self.path.split("?")[0].rstrip("/")
+            stub.requests.append((method, path, body))
+            if path == "/identity/v3/auth/tokens" and method == "POST":
+                status, data, headers = stub.auth(body)
+                return self._send(status, data, headers)
+            if self.headers.get("X-Auth-Token") not in stub.tokens:
+                return self._send(401, {"error": {"code": 401, "message": "Authentication required", "title": "Unauthorized"}})
+            if path == "/nova/v2.1/flavors/detail" and method == "GET":
+                return self._send(200, _fixture("nova_flavors.json"))
+            if path == "/blazar/v1/leases":
+                if method == "GET":
+                    return self._send(200, {"leases": [copy.deepcopy(lease) for lease in stub.leases.values()]})
+                if method == "POST":
+                    return self._send(*stub.create_lease(body))
+            if path.startswith("/blazar/v1/leases/"):
+                lease_id = path.rsplit("/", 1)[1]
+                if method == "GET":
+                    return self._send(*stub.get_lease(lease_id))
+                if method == "PUT":
+                    return self._send(*stub.update_lease(lease_id, body))
+                if method == "DELETE":
+                    return self._send(*stub.delete_lease(lease_id))
+            return self._send(404, {"error": {"code": 404, "message": f"No route {method} {path}", "title": "Not Found"}})
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._route("GET")
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._route("POST")
+
+        def do_PUT(self) -> None:  # noqa: N802
+            self._route("PUT")
+
+        def do_DELETE(self) -> None:  # noqa: N802
+            self._route("DELETE")
+
+    return Handler
+
+
+@pytest.fixture()
+def openstack_stub():
+    """A Keystone/Blazar/Nova stub listening on 127.0.0.1 (a free port), stopped after the test."""
+    stub = OpenStackStub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(stub))
+    stub.base = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield stub
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture()
+def clouds_env(tmp_path, openstack_stub):
+    """Environment with a clouds.yaml naming the stub: 'stub' (valid) and 'stub_expired' (401)."""
+
+    def entry(cred_id: str) -> dict[str, Any]:
+        return {
+            "auth": {
+                "auth_url": f"{openstack_stub.base}/identity/v3",
+                "application_credential_id": cred_id,
+                "application_credential_secret": APP_CRED_SECRET,
+            },
+            "auth_type": "v3applicationcredential",
+            "region_name": REGION,
+            "interface": "public",
+            "identity_api_version": 3,
+        }
+
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text(json.dumps({"clouds": {"stub": entry(APP_CRED_ID), "stub_expired": entry(EXPIRED_CRED_ID)}}))
+    home = tmp_path / "home"
+    home.mkdir()
+    return {
+        "OS_CLIENT_CONFIG_FILE": str(clouds),
+        "OS_CLIENT_SECURE_FILE": None,
+        "OS_CLOUD": None,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+    }
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict[str, Any]:
+        lines = [line for line in self.stdout.splitlines() if line.strip()]
+        assert len(lines) == 1, f"--json must print exactly one line on stdout, got: {self.stdout!r}"
+        return json.loads(lines[0])
+
+
+def run_infra(args: list[str], env: dict[str, Any] | None = None) -> Outcome:
+    """Run `chexops infra ARGS` in-process; a ChexopsError maps to its exit code and its message
+    goes to stderr, as the main CLI does (test_main_cli_maps_errors checks the real entry point)."""
+    from chexops.infra.cli import infra
+
+    result = CliRunner().invoke(infra, list(args), env=env, catch_exceptions=True)
+    if isinstance(result.exception, ChexopsError):
+        return Outcome(result.exception.exit_code, result.stdout, result.stderr + str(result.exception))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Outcome(result.exit_code, result.stdout, result.stderr)
+
+
+@pytest.fixture()
+def infra_cli():
+    return run_infra

@@ -1,0 +1,169 @@
+"""`terraform output -json` -> the Ansible inventory (YAML) that ansible/site.yml runs against.
+
+The outputs are a contract with terraform/outputs.tf: `ssh_user`, `bastion_ip`, `nodes`,
+`volumes` and `private_network_cidr` are required; `k8s_api_endpoint`, `object_store_container`
+and `reservations` are passed on when present.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from chexops.errors import ChexopsError, UserInputError
+
+log = logging.getLogger(__name__)
+
+REQUIRED_OUTPUTS = ("ssh_user", "bastion_ip", "nodes", "volumes", "private_network_cidr")
+OPTIONAL_OUTPUTS = (
+    "k8s_api_endpoint",
+    "object_store_container",
+    "reservations",
+    "ssh_allowed_cidrs",
+    "k8s_api_allowed_cidrs",
+)
+#: Groups site.yml targets; every one exists in the inventory, even when empty.
+GROUPS = ("kvm", "gpu", "k3s_server", "k3s_agent", "storage")
+_HOST_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+def terraform_output(tf_dir: Path, terraform: str = "terraform") -> dict[str, Any]:
+    """Run `terraform output -json` in tf_dir and return its decoded JSON."""
+    binary = shutil.which(terraform)
+    if binary is None:
+        raise ChexopsError(f"'{terraform}' is not on PATH: install Terraform >= 1.9, or pass --from-json FILE.")
+    if not tf_dir.is_dir():
+        raise UserInputError(f"Terraform directory {tf_dir} does not exist.")
+    log.info("Reading outputs: terraform -chdir=%s output -json", tf_dir)
+    proc = subprocess.run(
+        [binary, f"-chdir={tf_dir}", "output", "-json"], capture_output=True, text=True, check=False, timeout=120
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip()[-800:]
+        raise ChexopsError(f"terraform output failed in {tf_dir} (exit {proc.returncode}): {tail}")
+    try:
+        return json.loads(proc.stdout or "{}")
+    except json.JSONDecodeError as exc:
+        raise ChexopsError(f"terraform output -json printed something that is not JSON: {exc}") from exc
+
+
+def load_outputs(path: Path) -> dict[str, Any]:
+    """Outputs recorded with `terraform output -json > FILE`."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserInputError(f"Cannot read {path}: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"{path} is not JSON (expected `terraform output -json`): {exc}") from exc
+
+
+def _values(outputs: dict[str, Any]) -> dict[str, Any]:
+    """{name: {"value": v, ...}} (terraform's format) -> {name: v}."""
+    if not isinstance(outputs, dict):
+        raise UserInputError("terraform output -json must be a JSON object.")
+    if not outputs:
+        raise UserInputError("Terraform has no outputs: run `terraform apply` in terraform/ first.")
+    values = {}
+    for name, item in outputs.items():
+        values[name] = item["value"] if isinstance(item, dict) and "value" in item else item
+    missing = [name for name in REQUIRED_OUTPUTS if values.get(name) in (None, "")]
+    if missing:
+        raise UserInputError(
+            f"terraform output lacks {', '.join(missing)}: is terraform/ at the same revision as chexops? "
+            "Run `terraform apply` again."
+        )
+    return values
+
+
+def build_inventory(outputs: dict[str, Any]) -> dict[str, Any]:
+    """The inventory as a dict ready for yaml.safe_dump."""
+    values = _values(outputs)
+    bastion = str(values["bastion_ip"])
+    ssh_user = str(values["ssh_user"])
+    nodes: dict[str, Any] = values["nodes"]
+    volumes: dict[str, Any] = values["volumes"] or {}
+    if not isinstance(nodes, dict) or not nodes:
+        raise UserInputError("terraform output 'nodes' is empty: no node to configure.")
+
+    hosts: dict[str, dict[str, Any]] = {}
+    groups: dict[str, dict[str, Any]] = {name: {"hosts": {}} for name in GROUPS}
+    for name in sorted(nodes):
+        node = nodes[name]
+        if not _HOST_RE.match(name):
+            raise UserInputError(f"Node name '{name}' is not a valid host name.")
+        private_ip = node.get("private_ip")
+        public_ip = node.get("public_ip")
+        if not private_ip and not public_ip:
+            raise UserInputError(f"Node '{name}' has no address in terraform output.")
+        host: dict[str, Any] = {
+            "ansible_host": public_ip or private_ip,
+            "chexops_site": node.get("site"),
+            "chexops_private_ip": private_ip,
+            "chexops_public_ip": public_ip,
+            "chexops_gpu": bool(node.get("gpu")),
+            "chexops_volumes": [],
+        }
+        if not public_ip:
+            # Private nodes are reached through node1's floating IP.
+            host["ansible_ssh_common_args"] = f"-o ProxyJump={ssh_user}@{bastion}"
+        hosts[name] = host
+        for group in node.get("groups") or []:
+            groups.setdefault(group, {"hosts": {}})["hosts"][name] = None
+
+    for vol_name in sorted(volumes):
+        vol = volumes[vol_name]
+        owner = vol.get("node")
+        if owner not in hosts:
+            raise UserInputError(f"Volume '{vol_name}' is attached to '{owner}', which is not in terraform output 'nodes'.")
+        hosts[owner]["chexops_volumes"].append(
+            {
+                "name": vol_name,
+                "id": vol.get("id"),
+                "device": vol.get("by_id_path") or vol.get("device"),
+                "fallback_device": vol.get("device"),
+                "mount_point": vol["mount_point"],
+                "fstype": vol.get("fstype", "ext4"),
+            }
+        )
+
+    all_vars: dict[str, Any] = {
+        "ansible_user": ssh_user,
+        "ansible_python_interpreter": "/usr/bin/python3",
+        "chexops_bastion_ip": bastion,
+        "chexops_private_network_cidr": values["private_network_cidr"],
+    }
+    for name in OPTIONAL_OUTPUTS:
+        if values.get(name) is not None:
+            all_vars[f"chexops_{name}"] = values[name]
+    return {"all": {"vars": all_vars, "hosts": hosts, "children": groups}}
+
+
+HEADER = (
+    "# Generated by `chexops infra inventory` from `terraform output -json`: do not edit,\n"
+    "# regenerate after every `terraform apply`.\n"
+)
+
+
+def write_inventory(inventory: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = HEADER + yaml.safe_dump(inventory, sort_keys=False, default_flow_style=False)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    log.info("Wrote the inventory to %s.", path)
+
+
+def summary(inventory: dict[str, Any]) -> dict[str, Any]:
+    root = inventory["all"]
+    return {
+        "hosts": sorted(root["hosts"]),
+        "groups": {name: sorted(group["hosts"]) for name, group in root["children"].items()},
+        "bastion_ip": root["vars"]["chexops_bastion_ip"],
+    }

@@ -1,0 +1,347 @@
+"""Blazar leases for the chexops cluster, and the tfvars file that hands their ids to Terraform.
+
+Two roles, one lease each:
+
+- ``kvm``: a ``flavor:instance`` reservation on KVM@TACC. Blazar creates a private flavor whose id
+  is the reservation id; Terraform boots the CPU nodes with it (``kvm_reservation_id``).
+- ``gpu``: a ``physical:host`` reservation of one bare-metal GPU node on CHI@UC or CHI@TACC;
+  Terraform passes its id as the ``reservation`` scheduler hint (``gpu_reservation_id``).
+
+Formats follow the Blazar v1 API: dates are sent as ``YYYY-MM-DD HH:MM`` (UTC) and come back as
+``YYYY-MM-DDTHH:MM:SS.ffffff``; a lease's status is PENDING, STARTING, ACTIVE, UPDATING,
+TERMINATING, TERMINATED, DELETING or ERROR; a reservation's is pending, active, deleted or error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from chexops.errors import ChexopsError, UserInputError
+from chexops.infra.openstack import NotFound, OpenStackClient
+
+log = logging.getLogger(__name__)
+
+API_DATE_FORMAT = "%Y-%m-%d %H:%M"
+#: Chameleon's limit on a lease's length (without an exception granted by the help desk).
+MAX_LEASE = timedelta(days=7)
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_LIVE = {"PENDING", "STARTING", "ACTIVE", "UPDATING"}
+_DEAD = {"TERMINATING", "TERMINATED", "DELETING", "ERROR"}
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    resource_type: str
+    tfvars_key: str
+    site_hint: str
+
+
+ROLES = {
+    "kvm": Role("kvm", "flavor:instance", "kvm_reservation_id", "KVM@TACC"),
+    "gpu": Role("gpu", "physical:host", "gpu_reservation_id", "CHI@UC or CHI@TACC"),
+}
+_BY_RESOURCE_TYPE = {role.resource_type: role for role in ROLES.values()}
+
+
+class LeaseNotFound(UserInputError):
+    """No lease of that name or id in the project."""
+
+
+class ReservationNotActive(ChexopsError):
+    """The lease (or one of its reservations) is not active, so nothing can be launched on it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Small parsers
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90m', '12h', '3d' or '1d12h' -> timedelta."""
+    match = re.fullmatch(r"\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*", text or "")
+    if not text or not match or not any(match.groups()):
+        raise UserInputError(f"Duration '{text}' is not like 90m, 12h, 3d or 1d12h.")
+    days, hours, minutes = (int(g or 0) for g in match.groups())
+    delta = timedelta(days=days, hours=hours, minutes=minutes)
+    if delta <= timedelta(0):
+        raise UserInputError(f"Duration '{text}' must be positive.")
+    return delta
+
+
+def parse_api_date(text: str) -> datetime:
+    """A Blazar date ('2024-08-23T14:00:00.000000', '2024-08-23 14:00') as an aware UTC datetime."""
+    cleaned = text.strip().replace("T", " ")
+    for fmt in ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", API_DATE_FORMAT):
+        try:
+            return datetime.strptime(cleaned, fmt).replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue
+    raise ChexopsError(f"Blazar returned a date chexops cannot read: '{text}'.")
+
+
+def parse_user_date(text: str) -> datetime:
+    try:
+        return datetime.strptime(text.strip(), API_DATE_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError as exc:
+        raise UserInputError(f"Date '{text}' is not 'YYYY-MM-DD HH:MM' (UTC).") from exc
+
+
+def format_api_date(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime(API_DATE_FORMAT)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+# ---------------------------------------------------------------------------------------------
+
+
+def host_reservation(node_type: str, count: int) -> dict[str, Any]:
+    """A physical:host reservation of `count` nodes of one Chameleon node type."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", node_type):
+        raise UserInputError(f"Node type '{node_type}' is not a Chameleon node type (e.g. gpu_rtx_6000).")
+    return {
+        "resource_type": "physical:host",
+        "min": count,
+        "max": count,
+        "hypervisor_properties": "",
+        "resource_properties": json.dumps(["==", "$node_type", node_type]),
+    }
+
+
+def flavor_reservation(flavor_id: str, count: int) -> dict[str, Any]:
+    """A flavor:instance reservation of `count` instances of one flavor (KVM@TACC)."""
+    return {"resource_type": "flavor:instance", "flavor_id": flavor_id, "amount": count}
+
+
+def resolve_flavor(nova: OpenStackClient, flavor: str) -> str:
+    """A flavor's id from its name or id, via Nova's flavor list."""
+    body = nova.request("GET", "/flavors/detail") or {}
+    flavors = body.get("flavors", [])
+    for item in flavors:
+        if flavor in (item.get("id"), item.get("name")):
+            return str(item["id"])
+    names = ", ".join(sorted(str(f.get("name")) for f in flavors if not str(f.get("name", "")).startswith("reservation:")))
+    raise UserInputError(f"Flavor '{flavor}' does not exist on cloud '{nova.cloud.name}' (flavors: {names or 'none'}).")
+
+
+class Leases:
+    """Lease operations on one cloud's Blazar."""
+
+    def __init__(self, blazar: OpenStackClient, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.blazar = blazar
+        self._sleep = sleep
+
+    def list(self) -> list[dict[str, Any]]:
+        body = self.blazar.request("GET", "/leases") or {}
+        return list(body.get("leases", []))
+
+    def get(self, lease_id: str) -> dict[str, Any]:
+        try:
+            body = self.blazar.request("GET", f"/leases/{lease_id}") or {}
+        except NotFound as exc:
+            raise LeaseNotFound(self._not_found(lease_id)) from exc
+        return dict(body["lease"])
+
+    def find(self, name_or_id: str) -> dict[str, Any]:
+        """The lease with this id, or the one lease with this name."""
+        if UUID_RE.match(name_or_id):
+            return self.get(name_or_id)
+        matches = [lease for lease in self.list() if lease.get("name") == name_or_id]
+        if not matches:
+            raise LeaseNotFound(self._not_found(name_or_id))
+        if len(matches) > 1:
+            ids = ", ".join(lease["id"] for lease in matches)
+            raise UserInputError(f"Several leases are named '{name_or_id}' ({ids}): name one by its id.")
+        return matches[0]
+
+    def _not_found(self, name_or_id: str) -> str:
+        return (
+            f"No lease '{name_or_id}' in the project on cloud '{self.blazar.cloud.name}': it may have "
+            "ended and been deleted, or belong to another site. `chexops infra lease create` makes a new one."
+        )
+
+    def create(
+        self,
+        name: str,
+        reservation: dict[str, Any],
+        duration: timedelta,
+        start: datetime | None = None,
+        reuse: bool = True,
+    ) -> tuple[dict[str, Any], bool]:
+        """Create a lease (or reuse a live one of the same name). Returns (lease, created)."""
+        if duration > MAX_LEASE:
+            raise UserInputError(f"Chameleon leases last at most {MAX_LEASE.days} days; asked for {duration}.")
+        if reuse:
+            for lease in self.list():
+                if lease.get("name") == name and lease.get("status") in _LIVE:
+                    log.info("Lease %s (%s) already exists with status %s: reusing it.", name, lease["id"], lease["status"])
+                    return self.get(lease["id"]), False
+        begin = start or utcnow()
+        end = begin + duration
+        body = {
+            "name": name,
+            "start_date": "now" if start is None else format_api_date(begin),
+            "end_date": format_api_date(end),
+            "reservations": [reservation],
+            "events": [],
+        }
+        log.info("Creating lease %s: %s until %s UTC.", name, reservation["resource_type"], body["end_date"])
+        created = self.blazar.request("POST", "/leases", body) or {}
+        return dict(created["lease"]), True
+
+    def wait_active(self, lease_id: str, timeout: float, poll: float = 10.0) -> dict[str, Any]:
+        """Poll until the lease and all its reservations are active; fail fast on ERROR."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lease = self.get(lease_id)
+            status = lease.get("status")
+            if is_active(lease):
+                return lease
+            if status in _DEAD:
+                raise ReservationNotActive(not_active_message(lease))
+            if time.monotonic() >= deadline:
+                raise ReservationNotActive(
+                    not_active_message(lease) + f" Still not active after {int(timeout)} s of waiting."
+                )
+            log.info("Lease %s is %s; waiting for ACTIVE...", lease.get("name"), status)
+            self._sleep(poll)
+
+    def extend(self, lease: dict[str, Any], by: timedelta | None = None, until: datetime | None = None) -> dict[str, Any]:
+        status = lease.get("status")
+        if status not in _LIVE:
+            raise ReservationNotActive(
+                f"Lease '{lease.get('name')}' ({lease['id']}) is {status}: only a pending or active lease can be "
+                "extended. Create a new lease instead."
+            )
+        current_end = parse_api_date(lease["end_date"])
+        new_end = until if until is not None else current_end + (by or timedelta(0))
+        if new_end <= current_end:
+            raise UserInputError(
+                f"New end {format_api_date(new_end)} UTC is not after the current end {format_api_date(current_end)} UTC."
+            )
+        log.info("Extending lease %s to %s UTC.", lease.get("name"), format_api_date(new_end))
+        body = self.blazar.request("PUT", f"/leases/{lease['id']}", {"end_date": format_api_date(new_end)}) or {}
+        return dict(body["lease"])
+
+    def delete(self, lease: dict[str, Any]) -> None:
+        log.info("Deleting lease %s (%s).", lease.get("name"), lease["id"])
+        try:
+            self.blazar.request("DELETE", f"/leases/{lease['id']}")
+        except NotFound as exc:
+            raise LeaseNotFound(self._not_found(lease["id"])) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a lease
+# ---------------------------------------------------------------------------------------------
+
+
+def is_active(lease: dict[str, Any]) -> bool:
+    reservations = lease.get("reservations") or []
+    return lease.get("status") == "ACTIVE" and all(r.get("status", "active") == "active" for r in reservations)
+
+
+def not_active_message(lease: dict[str, Any]) -> str:
+    parts = [f"Lease '{lease.get('name')}' ({lease.get('id')}) is {lease.get('status')}"]
+    pending = [f"{r.get('id')} is {r.get('status')}" for r in lease.get("reservations") or [] if r.get("status") != "active"]
+    if pending:
+        parts.append(f"reservation {'; '.join(pending)}")
+    message = ", ".join(parts) + ": nothing can be launched on it yet."
+    if lease.get("status") == "PENDING":
+        message += f" It starts at {lease.get('start_date')} UTC."
+    elif lease.get("status") == "ERROR":
+        message += " Blazar could not set it up (often: no free host of that type). Delete it and create another."
+    elif lease.get("status") in {"TERMINATED", "TERMINATING"}:
+        message += " It has ended: create a new lease."
+    return message
+
+
+def summarize(lease: dict[str, Any]) -> dict[str, Any]:
+    """The fields an operator (or a script) needs, and the tfvars each reservation feeds."""
+    reservations = []
+    tfvars: dict[str, str] = {}
+    for res in lease.get("reservations") or []:
+        role = _BY_RESOURCE_TYPE.get(str(res.get("resource_type")))
+        item = {
+            "id": res.get("id"),
+            "resource_type": res.get("resource_type"),
+            "status": res.get("status"),
+        }
+        if res.get("resource_type") == "flavor:instance":
+            item["flavor_id"] = res.get("flavor_id") or res.get("id")
+            item["amount"] = res.get("amount")
+        if res.get("resource_type") == "physical:host":
+            item["min"] = res.get("min")
+            item["max"] = res.get("max")
+        if role is not None:
+            item["role"] = role.name
+            tfvars[role.tfvars_key] = str(item.get("flavor_id") or res.get("id"))
+        reservations.append(item)
+    return {
+        "id": lease.get("id"),
+        "name": lease.get("name"),
+        "status": lease.get("status"),
+        "active": is_active(lease),
+        "start_date": lease.get("start_date"),
+        "end_date": lease.get("end_date"),
+        "reservations": reservations,
+        "tfvars": tfvars,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The tfvars file Terraform reads (reservations.auto.tfvars.json, loaded automatically)
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_tfvars(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserInputError(f"{path} is not a JSON tfvars file: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UserInputError(f"{path} is not a JSON object.")
+    return data
+
+
+def _write_tfvars(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def update_tfvars(path: Path, values: dict[str, str]) -> dict[str, Any]:
+    """Merge reservation ids into the JSON tfvars file (other keys are kept)."""
+    if not path.parent.is_dir():
+        raise UserInputError(f"Cannot write {path}: {path.parent} is not a directory (pass --tfvars).")
+    data = _read_tfvars(path)
+    data.update(values)
+    _write_tfvars(path, data)
+    log.info("Wrote %s to %s.", ", ".join(f"{k}={v}" for k, v in sorted(values.items())), path)
+    return data
+
+
+def forget_tfvars(path: Path, values: dict[str, str]) -> list[str]:
+    """Remove keys whose value is one of these reservation ids; returns the keys removed."""
+    data = _read_tfvars(path)
+    removed = [key for key, value in values.items() if data.get(key) == value]
+    if removed:
+        for key in removed:
+            del data[key]
+        _write_tfvars(path, data)
+        log.info("Removed %s from %s.", ", ".join(removed), path)
+    return removed
