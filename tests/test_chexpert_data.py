@@ -13,7 +13,7 @@ from chexops.data.chexpert import apply_policy, filter_view, image_paths, read_c
 from chexops.data.loading import load_splits
 from chexops.errors import DataError
 from chexops.labels import CHEXPERT_LABELS
-from conftest import make_rows, run_cli, write_chexpert
+from support import make_rows, run_cli, write_chexpert
 
 LABELS = list(CHEXPERT_LABELS)
 

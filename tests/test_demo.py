@@ -7,7 +7,7 @@ import json
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cli
+from support import run_cli
 
 
 def test_demo_writes_summary_with_training_metrics(tmp_path, home):

@@ -20,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from chexops.data.synth import synthesize
-from conftest import ROOT, run_cli
+from support import ROOT, run_cli
 
 
 @pytest.fixture(scope="session")
