@@ -31,7 +31,8 @@ def read_npz(path: str | Path, labels: list[str]) -> dict[str, tuple[np.ndarray,
             images = archive[key_x]
             if key_y not in archive.files:
                 raise DataError(f"{path} has {key_x!r} but no {key_y!r}.")
-            y = np.asarray(archive[key_y], dtype=np.float32).reshape(len(images), -1)
+            y = np.asarray(archive[key_y], dtype=np.float32)
+            y = y.reshape(len(images), -1) if len(images) else y.reshape(0, y.shape[-1] if y.ndim > 1 else len(labels))
             if images.ndim == 4 and images.shape[-1] in (1, 3):
                 images = images.mean(axis=-1).astype(images.dtype)
             if images.ndim != 3:

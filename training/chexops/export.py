@@ -1,0 +1,308 @@
+"""`chexops export`: a registered (or any trained) model as ONNX, with everything a service needs
+inside the file, checked against PyTorch, plus int8 versions and their cost in AUROC and latency.
+
+The ONNX graph has one input, `image` (B×C×H×W float32, the output of
+`chexops.preprocessing.preprocess`; B is dynamic), and two outputs:
+
+- `probabilities` (B×K): sigmoid of the classifier, one column per label;
+- `features` (B×C×h×w): the last feature map, for class-activation maps.
+
+The head is linear over the mean-pooled feature map, so a label's CAM is the head's weights applied
+to `features`: `cam[b, k] = Σ_c head.weight[k, c] · features[b, c]`, and `mean(cam[b, k]) +
+head.bias[k]` is that label's logit. The weights travel as metadata (`head`, JSON), so a service
+draws CAMs with numpy alone (`class_activation_maps`).
+
+Metadata (`metadata_props`, all strings; JSON where structured): see `METADATA_KEYS`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import paths
+from .errors import ChexopsError, UserInputError
+from .preprocessing import PreprocessSpec, load_image, preprocess
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+EXPORT_FORMAT = "1"
+PARITY_TOLERANCE = 1e-4
+OUTPUTS = ("probabilities", "features")
+FP32_FILE, INT8_FILE, DYNAMIC_FILE = "model.onnx", "model.int8.onnx", "model.dynamic-int8.onnx"
+METADATA_KEYS = ("chexops.format", "labels", "thresholds", "thresholds_rule", "preprocessing", "model_name",
+                 "registry_version", "run_id", "data_version", "precision", "head", "outputs")
+
+
+# --- the graph -------------------------------------------------------------------------------------
+
+def _exportable(model):
+    import torch
+
+    class Exportable(torch.nn.Module):
+        """(probabilities, features) from a `chexops.models.Classifier`, as exported."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            features = self.inner.feature_map(x)
+            return torch.sigmoid(self.inner.head(features.mean(dim=(2, 3)))), features
+
+    return Exportable(model).eval()
+
+
+def export_onnx(model, spec: PreprocessSpec, path: Path, opset: int = OPSET) -> Path:
+    """The classifier as one ONNX file (legacy TorchScript exporter), batch axis dynamic."""
+    import warnings
+
+    import onnx
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(2, spec.channels, spec.size, spec.size)
+    batch = {0: "batch"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(_exportable(model), (dummy,), str(path), dynamo=False, opset_version=opset, do_constant_folding=True,
+                          input_names=["image"], output_names=list(OUTPUTS),
+                          dynamic_axes={"image": batch, "probabilities": batch, "features": batch})
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def build_metadata(*, labels: list[str], thresholds: dict[str, float], rule: str, spec: PreprocessSpec, model_name: str,
+                   registry_version: str, run_id: str, data_version: str, head_weight: np.ndarray, head_bias: np.ndarray) -> dict[str, str]:
+    return {
+        "chexops.format": EXPORT_FORMAT,
+        "labels": json.dumps(labels),
+        "thresholds": json.dumps({label: float(thresholds[label]) for label in labels}),
+        "thresholds_rule": rule,
+        "preprocessing": spec.to_json(),
+        "model_name": model_name,
+        "registry_version": registry_version,
+        "run_id": run_id,
+        "data_version": data_version,
+        "precision": "fp32",
+        "head": json.dumps({"weight": np.asarray(head_weight, dtype=np.float32).tolist(),
+                            "bias": np.asarray(head_bias, dtype=np.float32).tolist()}),
+        "outputs": json.dumps({"probabilities": "B×K sigmoid, columns in `labels` order",
+                               "features": "B×C×h×w last feature map; CAM[b,k] = Σ_c head.weight[k][c]·features[b,c]"}),
+    }
+
+
+def write_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Replace the file's `metadata_props` with `metadata` (and a doc string saying what it is)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    proto.doc_string = (f"chexops {metadata.get('model_name', '')} v{metadata.get('registry_version', '')} "
+                        f"({metadata.get('precision', '')}), run {metadata.get('run_id', '')}")
+    onnx.save(proto, str(path))
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The `metadata_props` of an ONNX file, without loading its weights into a session."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def class_activation_maps(features: np.ndarray, head_weight: np.ndarray) -> np.ndarray:
+    """B×K×h×w maps from B×C×h×w `features` and the K×C head weights (numpy only, as a service does)."""
+    return np.einsum("kc,bchw->bkhw", np.asarray(head_weight, dtype=np.float32), features)
+
+
+# --- parity ----------------------------------------------------------------------------------------
+
+def torch_outputs(model, x: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
+    import torch
+
+    wrapped = _exportable(model)
+    probs, feats = [], []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            p, f = wrapped(torch.from_numpy(x[start : start + batch_size]))
+            probs.append(p.numpy())
+            feats.append(f.numpy())
+    return {"probabilities": np.concatenate(probs), "features": np.concatenate(feats)}
+
+
+def real_images(spec: PreprocessSpec) -> tuple[np.ndarray, list[str]]:
+    """The team's real radiographs (`shared_data()/real-cxr/*.png`), preprocessed; empty when absent."""
+    files = sorted((paths.shared_data() / "real-cxr").glob("*.png"))
+    if not files:
+        return np.empty((0, spec.channels, spec.size, spec.size), dtype=np.float32), []
+    return np.stack([preprocess(load_image(f), spec) for f in files]), [f.name for f in files]
+
+
+def parity(model, onnx_path: Path, x: np.ndarray, batch_size: int = 16) -> dict[str, float]:
+    """Max |ONNX Runtime − PyTorch| over both outputs on `x`, ONNX run at batch sizes > 1."""
+    from .quantize import run_batches, session
+
+    ours = run_batches(session(onnx_path), x, batch_size)
+    theirs = torch_outputs(model, x)
+    return {name: float(np.abs(ours[name] - theirs[name]).max()) if len(x) else 0.0 for name in OUTPUTS}
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+def _load_model(payload: dict[str, Any]):
+    from .config import ModelConfig
+    from .models import build_model
+
+    try:
+        cfg = ModelConfig(**{**payload["model_config"], "pretrained_weights": None})
+        spec = PreprocessSpec.from_dict(payload["preprocessing"])
+        model = build_model(cfg, len(payload["labels"]), spec)
+        model.load_state_dict(payload["model"])
+    except Exception as exc:  # noqa: BLE001 - a checkpoint that does not rebuild is the user's input
+        raise UserInputError(f"the checkpoint does not rebuild into its model: {exc}") from None
+    return model.eval(), spec
+
+
+def _splits(payload: dict[str, Any]):
+    from .config import Config
+    from .data.loading import load_splits
+
+    try:
+        config = Config.model_validate(payload["config"])
+    except Exception as exc:  # noqa: BLE001
+        raise UserInputError(f"the checkpoint's training config is not valid here: {exc}") from None
+    if list(config.data.labels) != list(payload["labels"]):
+        raise UserInputError("the checkpoint's config labels differ from its label list; the checkpoint is inconsistent.")
+    return config, load_splits(config)
+
+
+def _mean_auroc(probs: np.ndarray, split, labels: list[str], over: list[str]) -> float:
+    from .metrics import auroc_per_label, mean_auroc
+
+    return mean_auroc(auroc_per_label(probs, split.targets, split.mask, labels), over)
+
+
+def export_model(uri: str, out: Path | None = None, *, calibration: int = 256, runs: int = 50, threads: int = 2,
+                 name: str | None = None, activations: str = "uint8", log_to_run: bool = True, bento: bool = True) -> dict[str, Any]:
+    """The whole `chexops export`: resolve, rebuild, export, check, quantize, compare, record, import."""
+    from . import model_ref, quantize
+
+    started = time.monotonic()
+    ref = model_ref.resolve(uri, default_name=name or model_ref.DEFAULT_MODEL_NAME)
+    out = Path(out) if out else paths.home() / "exports" / ref.slug
+    with tempfile.TemporaryDirectory() as tmp:
+        payload = model_ref.download_checkpoint(ref, Path(tmp) / "checkpoint")
+        thresholds, rule = model_ref.thresholds(ref, payload["labels"], Path(tmp) / "evaluation")
+    labels = list(payload["labels"])
+    model, spec = _load_model(payload)
+    config, splits = _splits(payload)
+    over = config.eval.mean_labels(labels)
+    data_version = str(payload.get("data_version") or splits.fingerprint["data_version"])
+    if data_version != splits.fingerprint["data_version"]:
+        log.warning("the dataset found here (version %s) is not the one the model was trained on (%s)",
+                    splits.fingerprint["data_version"], data_version)
+
+    # fp32 export with metadata, then parity against PyTorch.
+    out.mkdir(parents=True, exist_ok=True)
+    fp32 = export_onnx(model, spec, out / FP32_FILE)
+    metadata = build_metadata(labels=labels, thresholds=thresholds, rule=rule, spec=spec, model_name=ref.name,
+                              registry_version=ref.version, run_id=ref.run_id, data_version=data_version,
+                              head_weight=model.head.weight.detach().numpy(), head_bias=model.head.bias.detach().numpy())
+    write_metadata(fp32, metadata)
+    log.info("Preprocessing %d validation images", len(splits.val))
+    val_x = quantize.split_inputs(splits.val, spec)
+    real_x, real_names = real_images(spec)
+    check = parity(model, fp32, np.concatenate([val_x, real_x]))
+    log.info("Parity on %d validation + %d real images: max |ΔP| %.2e, max |Δfeatures| %.2e",
+             len(val_x), len(real_x), check["probabilities"], check["features"])
+    if check["probabilities"] > PARITY_TOLERANCE:
+        raise ChexopsError(f"ONNX Runtime differs from PyTorch by {check['probabilities']:.2e} (> {PARITY_TOLERANCE}) "
+                           "on the probabilities; the export is not trustworthy.")
+
+    # int8: static QDQ calibrated on real training images; dynamic for comparison.
+    calib_x = quantize.split_inputs(splits.train, spec, limit=calibration, seed=config.seed)
+    log.info("Static QDQ int8, calibrated on %d training images", len(calib_x))
+    int8 = quantize.quantize_static_qdq(fp32, out / INT8_FILE, calib_x, activation=activations)
+    write_metadata(int8, {**metadata, "precision": "int8-static-qdq"})
+    dynamic = quantize.quantize_dynamic_int8(fp32, out / DYNAMIC_FILE)
+    write_metadata(dynamic, {**metadata, "precision": "int8-dynamic"})
+
+    variants = {"fp32": fp32, "int8": int8, "dynamic_int8": dynamic}
+    compared: dict[str, dict[str, float]] = {}
+    reference = None
+    for key, path in variants.items():
+        probs = quantize.run_batches(quantize.session(path), val_x)["probabilities"]
+        reference = probs if reference is None else reference
+        compared[key] = {"mean_auroc": _mean_auroc(probs, splits.val, labels, over),
+                         "max_abs_prob_diff": float(np.abs(probs - reference).max()),
+                         "latency_ms": quantize.latency_ms(path, val_x[:1], runs=runs, threads=threads),
+                         "size_bytes": path.stat().st_size}
+        log.info("%-12s mean AUROC %.4f, latency %.2f ms (batch 1, %d threads), %.1f kB", key, compared[key]["mean_auroc"],
+                 compared[key]["latency_ms"], threads, compared[key]["size_bytes"] / 1024)
+
+    fp = compared["fp32"]
+    result: dict[str, Any] = {
+        "model": ref.to_dict(),
+        "dir": str(out),
+        "fp32": str(fp32), "int8": str(int8), "dynamic_int8": str(dynamic),
+        "opset": OPSET,
+        "parity_max_abs_diff": check["probabilities"],
+        "parity_features_max_abs_diff": check["features"],
+        "parity_images": {"validation": len(val_x), "real_cxr": real_names},
+        "calibration_images": len(calib_x),
+        "int8_scheme": f"static QDQ, {activations} activations (MinMax), int8 per-channel weights",
+        "validation_images": len(val_x),
+        "mean_over": over,
+        "fp32_mean_auroc": fp["mean_auroc"],
+        "fp32_latency_ms": fp["latency_ms"],
+        "latency": {"batch": 1, "intra_op_threads": threads, "runs": runs, "statistic": "median"},
+        "thresholds": thresholds, "thresholds_rule": rule,
+        "data_version": data_version,
+    }
+    for key in ("int8", "dynamic_int8"):
+        result[f"{key}_auroc_delta"] = compared[key]["mean_auroc"] - fp["mean_auroc"]
+        result[f"{key}_latency_ratio"] = compared[key]["latency_ms"] / fp["latency_ms"]
+        result[f"{key}_latency_ms"] = compared[key]["latency_ms"]
+        result[f"{key}_max_abs_prob_diff"] = compared[key]["max_abs_prob_diff"]
+    result["sizes_bytes"] = {k: v["size_bytes"] for k, v in compared.items()}
+    (out / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if log_to_run:
+        result["artifacts"] = _record(ref, out, result)
+    summary: dict[str, Any] = {"export": result}
+    if bento:
+        from .bento_store import import_onnx
+
+        summary["bento_model"] = import_onnx(fp32, int8, ref, result)
+    result["seconds"] = round(time.monotonic() - started, 1)
+    return summary
+
+
+def _record(ref, out: Path, result: dict[str, Any]) -> dict[str, str]:
+    """The ONNX files and report into the training run (`export/`); their URIs as run and version tags."""
+    from . import model_ref
+
+    c = model_ref.client()
+    for f in (FP32_FILE, INT8_FILE, "report.json"):
+        c.log_artifact(ref.run_id, str(out / f), "export")
+    uris = {"fp32": f"runs:/{ref.run_id}/export/{FP32_FILE}", "int8": f"runs:/{ref.run_id}/export/{INT8_FILE}",
+            "report": f"runs:/{ref.run_id}/export/report.json"}
+    tags = {"export.fp32_uri": uris["fp32"], "export.int8_uri": uris["int8"], "export.fp32_path": result["fp32"],
+            "export.int8_path": result["int8"], "export.registry_version": ref.version,
+            "export.int8_auroc_delta": f"{result['int8_auroc_delta']:.6f}", "export.int8_latency_ratio": f"{result['int8_latency_ratio']:.4f}"}
+    for key, value in tags.items():
+        c.set_tag(ref.run_id, key, value)
+    if ref.version:
+        for key, value in tags.items():
+            c.set_model_version_tag(ref.name, ref.version, key, value)
+    return uris
