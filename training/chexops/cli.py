@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from .errors import ChexopsError
+from .infra.cli import infra
 
 log = logging.getLogger("chexops")
 
@@ -61,14 +62,16 @@ def data() -> None:
 @click.option("--size", "image_size", default=96, show_default=True, help="Image side in pixels.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset.")
+@click.option("--no-images", is_flag=True, help="Write the CSVs only (for testing readers at full CheXpert scale).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @quiet_stdout
-def data_synth(out: Path, patients: int, valid_patients: int, image_size: int, seed: int, overwrite: bool, as_json: bool, result_stream) -> None:
+def data_synth(out: Path, patients: int, valid_patients: int, image_size: int, seed: int, overwrite: bool, no_images: bool,
+               as_json: bool, result_stream) -> None:
     """Write a synthetic dataset in exactly the CheXpert layout (CSV and JPEG images)."""
     from .data.synth import synthesize
 
     summary = synthesize(out, patients=patients, valid_patients=valid_patients, image_size=image_size, seed=seed,
-                         overwrite=overwrite, progress=not as_json)
+                         overwrite=overwrite, progress=not as_json, images=not no_images)
     emit(summary, as_json, f"Wrote {summary['train_rows']:,} training and {summary['valid_rows']:,} held-out images "
          f"under {summary['root']} ({summary['seconds']:.1f} s).", result_stream)
 
@@ -116,6 +119,59 @@ def train_cmd(config_path: Path, overrides: tuple[str, ...], no_resume: bool, ch
     emit(summary, as_json, human, result_stream)
 
 
+@cli.command("evaluate")
+@click.option("--run", "run_ref", required=True, help="Training run: RUN_ID or runs:/RUN_ID/checkpoint/model.pt.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="Data config (default: the run's config.yaml).")
+@click.option("--threshold-rule", type=click.Choice(["youden", "sensitivity"]), default="youden", show_default=True,
+              help="How operating thresholds are chosen on validation data.")
+@click.option("--target-sensitivity", type=float, default=0.9, show_default=True, help="For --threshold-rule sensitivity.")
+@click.option("--bootstrap", "n_bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples for the AUROC intervals.")
+@click.option("--hard-cases", type=int, default=32, show_default=True, help="How many most confidently wrong images to keep.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@quiet_stdout
+def evaluate_cmd(run_ref: str, config_path: Path | None, threshold_rule: str, target_sensitivity: float, n_bootstrap: int,
+                 hard_cases: int, as_json: bool, result_stream) -> None:
+    """Evaluate a training run (metrics, thresholds, calibration, slices, hard cases) and log it to the run."""
+    from .evaluate import evaluate_run, format_result
+
+    result = evaluate_run(run_ref, config_path=config_path, rule=threshold_rule, target_sensitivity=target_sensitivity,
+                          n_bootstrap=n_bootstrap, hard_cases=hard_cases)
+    emit(result, as_json, format_result(result), result_stream)
+
+
+@cli.command("register")
+@click.option("--run", "run_ref", required=True, help="An evaluated training run: RUN_ID or runs:/RUN_ID/...")
+@click.option("--name", default="chexops-cxr", show_default=True, help="Registered model name.")
+@click.option("--gate-config", type=click.Path(dir_okay=False, path_type=Path), help="YAML gate limits (e.g. configs/gate.yaml); flags override.")
+@click.option("--min-mean-auroc", type=float, help="Minimum mean AUROC [default 0.8].")
+@click.option("--max-slice-gap", type=float, help="Largest allowed shortfall of a slice's mean AUROC below the whole [default 0.1].")
+@click.option("--min-slice-size", type=int, help="Slices with fewer images are not judged [default 30].")
+@click.option("--max-regression", type=float, help="Largest allowed mean AUROC drop against the production model [default 0.02].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@quiet_stdout
+def register_cmd(run_ref: str, name: str, gate_config: Path | None, min_mean_auroc: float | None, max_slice_gap: float | None,
+                 min_slice_size: int | None, max_regression: float | None, as_json: bool, result_stream) -> None:
+    """Quality gate, then a registry version with alias `candidate`; exit 3 (nothing registered) on refusal."""
+    from .errors import GateRefused
+    from .gate import Verdict, format_verdicts, load_gate_config
+    from .registry import register_run
+
+    gate = load_gate_config(gate_config, {"min_mean_auroc": min_mean_auroc, "max_slice_gap": max_slice_gap,
+                                          "min_slice_size": min_slice_size, "max_regression": max_regression})
+    result = register_run(run_ref, name=name, gate=gate)
+    table = format_verdicts([Verdict(**v) for v in result["gate"]])
+    if result["passed"]:
+        human = f"{table}\n\nGate passed: {name} version {result['version']} has alias {result['alias']} ({result['model_uri']})."
+    else:
+        human = f"{table}\n\nGate refused run {result['run_id']}: nothing registered."
+    if as_json:
+        click.echo(table, err=True)
+    emit(result, as_json, human, result_stream)
+    if not result["passed"]:
+        failed = ", ".join(v["criterion"] for v in result["gate"] if not v["passed"])
+        raise GateRefused(f"the quality gate refused run {result['run_id']} ({failed}); nothing was registered.")
+
+
 @cli.command("demo")
 @click.option("--config", "config_path", default="configs/demo.yaml", show_default=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -128,15 +184,54 @@ def demo_cmd(config_path: Path, as_json: bool, result_stream) -> None:
     emit(summary, as_json, report, result_stream)
 
 
-def _register_optional() -> None:
-    try:
-        from .infra.cli import infra
-    except ImportError:
-        return
-    cli.add_command(infra)
+@cli.command("export")
+@click.option("--model", "model_uri", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Default: $CHEXOPS_HOME/exports/NAME-vVERSION.")
+@click.option("--calibration", default=256, show_default=True, type=click.IntRange(1), help="Training images that calibrate static int8.")
+@click.option("--runs", default=50, show_default=True, type=click.IntRange(1), help="Timed runs per latency (median; batch 1).")
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(1), help="ONNX Runtime intra-op threads for latency.")
+@click.option("--activations", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True,
+              help="Activation type of the static int8 model (weights are always int8, per channel).")
+@click.option("--name", default=None, help="Registered model name for a runs:/ reference (default chexops-cxr).")
+@click.option("--bento/--no-bento", default=True, show_default=True, help="Also import the files into the Bento model store.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@quiet_stdout
+def export_cmd(model_uri: str, out: Path | None, calibration: int, runs: int, threads: int, activations: str, name: str | None,
+               bento: bool, as_json: bool, result_stream) -> None:
+    """ONNX fp32 + int8 with metadata, parity-checked against PyTorch, logged to the run; Bento import."""
+    from .export import export_model
+
+    summary = export_model(model_uri, out, calibration=calibration, runs=runs, threads=threads, name=name,
+                           activations=activations, bento=bento)
+    e = summary["export"]
+    human = (f"Exported {e['model']['uri']} (run {e['model']['run_id']}) to {e['dir']}: parity {e['parity_max_abs_diff']:.1e}; "
+             f"static int8 ΔAUROC {e['int8_auroc_delta']:+.4f}, latency ×{e['int8_latency_ratio']:.2f}; "
+             f"dynamic int8 ΔAUROC {e['dynamic_int8_auroc_delta']:+.4f}, latency ×{e['dynamic_int8_latency_ratio']:.2f} "
+             f"(fp32 {e['fp32_latency_ms']:.2f} ms)")
+    if "bento_model" in summary:
+        human += f"\nBento model {summary['bento_model']['tag']}"
+    emit(summary, as_json, human, result_stream)
 
 
-_register_optional()
+@cli.group()
+def bento() -> None:
+    """The Bento model store."""
+
+
+@bento.command("import")
+@click.option("--model", "model_uri", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID (exported).")
+@click.option("--name", default=None, help="Registered model name for a runs:/ reference (default chexops-cxr).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@quiet_stdout
+def bento_import(model_uri: str, name: str | None, as_json: bool, result_stream) -> None:
+    """Import a model's exported ONNX files (from its run's export/ artifacts) into the Bento store."""
+    from .bento_store import import_reference
+
+    result = import_reference(model_uri, name)
+    emit({"bento_model": result}, as_json, f"Bento model {result['tag']} ({result['path']})", result_stream)
+
+
+cli.add_command(infra)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,8 @@ from .errors import ChexopsError
 
 log = logging.getLogger(__name__)
 
+MODEL_NAME = "chexops-cxr"
+
 
 def run_step(*args: str) -> dict[str, Any]:
     """Run `chexops ARGS --json` in a child process; its logs pass through, its JSON comes back."""
@@ -54,6 +56,15 @@ def run_demo(config: Path) -> tuple[dict[str, Any], str]:
     write_summary(summary)
 
     summary["train"] = run_step("train", "--config", str(config))
+    write_summary(summary)
+    run_id = summary["train"]["run_id"]
+
+    summary["evaluate"] = run_step("evaluate", "--run", run_id)
+    write_summary(summary)
+    summary["registry"] = run_step("register", "--run", run_id, "--name", MODEL_NAME)
+    write_summary(summary)
+    exported = run_step("export", "--model", f"models:/{MODEL_NAME}@candidate")
+    summary["export"], summary["bento_model"] = exported["export"], exported["bento_model"]
     summary["seconds"] = round(time.monotonic() - started, 1)
     path = write_summary(summary)
     return summary, report(summary, path)
@@ -69,5 +80,13 @@ def report(summary: dict[str, Any], path: Path) -> str:
         lines.append(f"{'finding':<28}{'held-out AUROC':>16}")
         for label, value in train["test"]["per_label"].items():
             lines.append(f"{label:<28}{'n/a' if value is None else f'{value:.3f}':>16}")
+    if "registry" in summary:
+        reg, exp = summary["registry"], summary["export"]
+        lines += ["", f"evaluation   mean AUROC {summary['evaluate']['mean_auroc']:.3f}; thresholds chosen on validation data",
+                  f"registry     {reg['model']} version {reg['version']}, alias {reg['alias']} (gate passed)",
+                  f"export       {exp['fp32']}",
+                  f"             int8: AUROC {exp['int8_auroc_delta']:+.4f}, latency x{exp['int8_latency_ratio']:.2f}; "
+                  f"parity max |diff| {exp['parity_max_abs_diff']:.1e}",
+                  f"bento model  {summary['bento_model']['tag']}"]
     lines += ["", f"summary      {path}", f"took         {summary['seconds']:.0f} s"]
     return "\n".join(lines)

@@ -1,0 +1,199 @@
+"""Helpers for the evaluate / register tests: a synthetic dataset shared by the session, tiny training
+configs, the `chexops` CLI in-process, a real `mlflow server` (SQLite or PostgreSQL backend) and a
+throw-away PostgreSQL cluster started by the test itself."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chexops.data.synth import synthesize
+
+
+def synth_dataset(tmp_path_factory) -> Path:
+    """A synthetic CheXpert-layout dataset with a larger held-out set (slices need images), made
+    once per test session whichever module asks first."""
+    root = tmp_path_factory.getbasetemp() / "chexops-synth-eval"
+    if not (root / "CheXpert-v1.0-small" / "valid.csv").exists():
+        synthesize(root, patients=300, valid_patients=400, image_size=32, seed=0, progress=False, overwrite=True)
+    return root
+
+
+def write_config(path: Path, synth_root: Path, name: str = "tiny", train: dict | None = None, **sections) -> Path:
+    """A tiny CPU training config on the synthetic data, all views (laterals included)."""
+    config = {
+        "name": name, "seed": 0,
+        "data": {"csv": str(synth_root / "CheXpert-v1.0-small/train.csv"), "test_csv": str(synth_root / "CheXpert-v1.0-small/valid.csv"),
+                 "root": str(synth_root), "val_fraction": 0.25, "view": "all"},
+        "preprocess": {"size": 24, "mean": [0.45], "std": [0.25]},
+        "model": {"name": "small", "width": 8},
+        "train": {"epochs": 4, "batch_size": 32, "optimizer": "adamw", "lr": 0.004, "schedule": "onecycle", "checkpoint_every": 1000,
+                  "device": "cpu", **(train or {})},
+        "tracking": {"experiment": "tests", "system_metrics": False},
+    }
+    for key, value in sections.items():
+        config.setdefault(key, {}).update(value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@contextlib.contextmanager
+def environment(**env: str | None):
+    """Variables set (or, when None, removed) for the duration."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            if value is None:
+                mp.delenv(key, raising=False)
+            else:
+                mp.setenv(key, value)
+        yield
+
+
+def train_run(config: Path, **env: str) -> dict:
+    """Train in this process (no interpreter start-up) under `env`; returns the training summary."""
+    from chexops.config import load_config
+    from chexops.train import train
+
+    with environment(**env):
+        return train(load_config(config), resume=False, checkpoint_dir=config.parent / f"ckpt-{config.stem}")
+
+
+def chexops(*args: str, **env: str) -> tuple[int, str, str]:
+    """`chexops ARGS` through the real entry point (`chexops.cli.main`) in this process:
+    (exit code, stdout, stderr)."""
+    from chexops.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with environment(**env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return code, out.getvalue(), err.getvalue()
+
+
+def chexops_json(*args: str, **env: str) -> dict:
+    code, out, err = chexops(*args, "--json", **env)
+    assert code == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(base: Path, backend_uri: str):
+    """A real `mlflow server` process with served artifacts; yields its URI."""
+    base.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = base / "server.log"
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend_uri,
+         "--artifacts-destination", str(base / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server ({backend_uri}) did not start: " + log.read_text()[-3000:])
+            time.sleep(0.3)
+        yield uri
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+PG_USER = "chexops-pg"
+
+
+def _postgres_account() -> str | None:
+    """The account PostgreSQL runs as: ourselves when not root; as root (CI), the system `postgres`
+    user or a `chexops-pg` user created here. None when no account can be had."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", PG_USER):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    useradd = shutil.which("useradd")
+    if useradd is None:
+        pytest.skip("PostgreSQL refuses to run as root, and there is no `postgres` user and no useradd to create one")
+    subprocess.run([useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER], check=True, capture_output=True)
+    return PG_USER
+
+
+@contextlib.contextmanager
+def postgres_cluster():
+    """A throw-away PostgreSQL cluster (initdb + pg_ctl) on a free local port; yields a SQLAlchemy URL
+    for its `postgres` database. Skips, naming what is missing, when the server binaries or the
+    driver are absent."""
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not on PATH")
+    pytest.importorskip("psycopg2", reason="psycopg2-binary (MLflow's PostgreSQL driver) is not installed")
+    account = _postgres_account()
+    runuser, su = shutil.which("runuser"), shutil.which("su")
+    if account is not None and not runuser and not su:
+        pytest.skip("running as root without runuser or su to start PostgreSQL as another user")
+
+    def run(cmd: list[str]) -> subprocess.CompletedProcess:
+        if account is not None:
+            cmd = [runuser, "-u", account, "--", *cmd] if runuser else [su, "-s", "/bin/sh", account, "-c", shlex.join(cmd)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+    base = Path(tempfile.mkdtemp(prefix="chexops-pg-"))  # under /tmp: reachable by the PostgreSQL account
+    data, sock, log = base / "data", base / "sock", base / "postgres.log"
+    sock.mkdir()
+    if account is not None:
+        info = pwd.getpwnam(account)
+        for path in (base, sock):
+            os.chown(path, info.pw_uid, info.pw_gid)
+    port = free_port()
+    started = False
+    try:
+        done = run([initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-instructions"])
+        if done.returncode != 0:
+            pytest.fail(f"initdb failed: {done.stdout[-1500:]} {done.stderr[-1500:]}")
+        options = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off"
+        done = run([pg_ctl, "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60", "start"])
+        if done.returncode != 0:
+            pytest.fail(f"pg_ctl start failed: {done.stderr[-1500:]} {log.read_text()[-1500:] if log.exists() else ''}")
+        started = True
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"  # SQLAlchemy 2.1 would pick psycopg 3 for plain postgresql://
+    finally:
+        if started:
+            run([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"])
+        shutil.rmtree(base, ignore_errors=True)
