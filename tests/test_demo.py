@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import yaml
 from mlflow.tracking import MlflowClient
@@ -29,7 +30,15 @@ def test_demo_writes_summary_with_training_metrics(tmp_path, home):
     assert run.data.metrics["best_val_mean_auroc"] == train["mean_auroc"]
     assert train["tracking_uri"] == f"sqlite:///{home / 'mlflow.db'}"
 
+    assert summary["evaluate"]["run_id"] == train["run_id"] and set(summary["evaluate"]["thresholds"]) == set(train["labels"])
+    assert (summary["registry"]["model"], summary["registry"]["version"], summary["registry"]["alias"]) == ("chexops-cxr", "1", "candidate")
+    export = summary["export"]
+    assert Path(export["fp32"]).is_file() and Path(export["int8"]).is_file()
+    assert export["parity_max_abs_diff"] <= 1e-4 and "int8_auroc_delta" in export and export["int8_latency_ratio"] > 0
+    assert summary["bento_model"]["tag"] == "chexops-cxr:v1"
+
     again = run_cli("demo", "--config", str(tmp_path / "demo.yaml"), "--json")
     assert again.returncode == 0, again.stderr[-3000:]
     second = json.loads(again.stdout)
     assert second["data"]["reused"] is True and second["train"]["run_id"] != train["run_id"]
+    assert second["registry"]["version"] == "2" and second["bento_model"]["tag"] == "chexops-cxr:v2"
