@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.chexops-installed
 export CHEXOPS_HOME ?= $(CURDIR)/.chexops
 
-.PHONY: demo test venv clean
+.PHONY: demo test serve venv clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/chexops demo
+
+serve: $(STAMP)
+	$(BIN)/chexops serve
 
 test: $(STAMP)
 	VENV=$(VENV) bash tests/infra/install-tools.sh

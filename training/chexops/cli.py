@@ -231,6 +231,50 @@ def bento_import(model_uri: str, name: str | None, as_json: bool, result_stream)
     emit({"bento_model": result}, as_json, f"Bento model {result['tag']} ({result['path']})", result_stream)
 
 
+@cli.command("serve")
+@click.option("--port", default=3000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to accept other machines.")
+@click.option("--model", "model_tag", default=None, help="Bento model tag [default: $CHEXOPS_MODEL or chexops-cxr:latest].")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default=None, help="ONNX file to run [default: $CHEXOPS_PRECISION or fp32].")
+@click.option("--threads", type=click.IntRange(1), default=None, help="ONNX Runtime intra-op threads [default: $CHEXOPS_THREADS or 2].")
+@click.option("--development", is_flag=True, help="bentoml serve --development (reload on code changes).")
+def serve_cmd(port: int, host: str, model_tag: str | None, precision: str | None, threads: int | None, development: bool) -> None:
+    """The clinic endpoint (bentoml serve bentos/service.py:Chexops) until interrupted."""
+    from .serving.launch import serve
+
+    code = serve(port, host, model_tag, precision, threads, development)
+    if code:
+        raise ChexopsError(f"bentoml serve exited with code {code} (see its messages above).")
+
+
+@cli.group()
+def feedback() -> None:
+    """Clinicians' feedback stored by the service."""
+
+
+@feedback.command("export")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Dataset root to write.")
+@click.option("--store", "store_url", default=None, help="sqlite:///PATH or postgresql://... [default: $CHEXOPS_FEEDBACK_URL or $CHEXOPS_HOME/feedback/feedback.db].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@quiet_stdout
+def feedback_export(out: Path, store_url: str | None, overwrite: bool, as_json: bool, result_stream) -> None:
+    """The stored feedback as a CheXpert-layout dataset (train.csv + PNG images): the retraining seed."""
+    from .serving.feedback_export import export_feedback
+    from .serving.feedback_store import FeedbackStore
+    from .serving.settings import Settings
+
+    store = FeedbackStore(store_url or Settings.from_env().feedback_location())
+    try:
+        summary = export_feedback(store, out, overwrite=overwrite)
+    finally:
+        store.close()
+    skipped = summary["skipped"]
+    emit(summary, as_json, f"Wrote {summary['rows']} images with labels to {summary['csv']} from {summary['feedback']} feedback "
+         f"({skipped['incorrect_without_labels']} 'incorrect' without labels and {skipped['no_image']} without an image skipped).",
+         result_stream)
+
+
 cli.add_command(infra)
 
 

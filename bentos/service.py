@@ -1,0 +1,73 @@
+"""chexops clinic endpoint: the exported chest X-ray classifier in ONNX Runtime, as a BentoML service.
+
+    bentoml serve bentos/service.py:Chexops      (or: chexops serve)
+
+Routes (chexops.serving.app, mounted at /): POST /predict, POST /explain, POST /feedback, GET /,
+GET /model; BentoML's own: /livez, /readyz, /metrics. Configuration: CHEXOPS_* environment variables
+(chexops.serving.settings). No torch here: ONNX Runtime, numpy, Pillow, pydicom.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Annotated
+
+import anyio
+import bentoml
+import numpy as np
+from bentoml.validators import DType
+
+from chexops.serving.app import InternalOnly, create_app
+from chexops.serving.auth import Authenticator, RateLimiter, load_keys
+from chexops.serving.feedback_store import FeedbackStore
+from chexops.serving.inference import FILES, OnnxModel
+from chexops.serving.metrics import ServiceMetrics
+from chexops.serving.settings import Settings
+
+SETTINGS = Settings.from_env()
+INTERNAL_TOKEN = secrets.token_urlsafe(24)
+app = create_app(SETTINGS)
+log = logging.getLogger("chexops.serving")
+
+
+@bentoml.asgi_app(app, path="/")
+@bentoml.service(name="chexops", workers=1, traffic={"timeout": 60})
+class Chexops:
+    bento_model = bentoml.models.BentoModel(SETTINGS.model_tag)
+
+    def __init__(self) -> None:
+        logging.getLogger("chexops").setLevel(logging.INFO)  # through BentoML's log handlers
+        self.settings = SETTINGS
+        self.model = OnnxModel.load(self.bento_model.path_of(FILES[SETTINGS.precision]), threads=SETTINGS.threads)
+        self.limits = SETTINGS.image_limits()
+        self.auth = Authenticator(load_keys(), RateLimiter(SETTINGS.rate_per_minute, SETTINGS.rate_burst))
+        self.store = FeedbackStore(SETTINGS.feedback_location())
+        self.metrics = ServiceMetrics(self.model.name, self.model.version, self.model.precision, self.model.run_id)
+        self.metrics.set_agreement(self.store.agreement())
+        self.session_lock = anyio.CapacityLimiter(1)  # one session run at a time outside the batcher
+        log.info("Serving %s (%s) from %s; feedback store %s (%s); %d API key(s); batching %s",
+                 self.bento_model.tag, SETTINGS.precision, self.bento_model.path, self.store.location, self.store.kind,
+                 len(self.auth.keys), "on" if SETTINGS.batching else "off")
+        app.state.backend = self
+
+    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    def infer(self, images: Annotated[np.ndarray, DType("float32")]) -> np.ndarray:
+        """B×C×H×W preprocessed images → B×K probabilities (internal: /predict batches through it)."""
+        return self.model.probabilities(images)
+
+    async def classify(self, x: np.ndarray) -> np.ndarray:
+        """K probabilities for one preprocessed image, through adaptive batching unless it is off."""
+        if not SETTINGS.batching:
+            return (await anyio.to_thread.run_sync(self.model.probabilities, x[None], limiter=self.session_lock))[0]
+        self.to_async.default_headers[InternalOnly.HEADER] = INTERNAL_TOKEN  # the in-process client's sessions send it
+        return np.asarray(await self.to_async.infer(images=x[None]), dtype=np.float32)[0]
+
+    async def explain(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return await anyio.to_thread.run_sync(self.model.probabilities_and_cams, x, limiter=self.session_lock)
+
+    def __is_ready__(self) -> bool:
+        return app.state.backend is self
+
+
+Chexops.add_asgi_middleware(InternalOnly, paths=("/infer",), token=INTERNAL_TOKEN)

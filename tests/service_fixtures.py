@@ -1,0 +1,195 @@
+"""Fixtures for tests of the clinic endpoint (bentos/service.py), shared by test_service.py and
+test_webpage.py: a tiny exported model in a Bento model store, and a REAL `bentoml serve` process.
+
+Use from a test module:
+
+    from service_fixtures import served_model, service  # noqa: F401  (pytest fixtures)
+
+- `served_model` (session scope): `ServedModel(home, tag)`; a small CNN with fixed random weights,
+  exported to ONNX fp32 + static int8 with the real chexops metadata (`chexops.export`) and imported
+  into `home/bentoml` as `chexops-cxr:v1` (`chexops.bento_store.import_onnx`). No MLflow, no training:
+  a few seconds. Built in a child process so that this process's BentoML settings stay untouched.
+- `service` (module scope): `Service(url, api_key, home, log_path, ...)`, a `bentoml serve` child on a
+  free 127.0.0.1 port with `CHEXOPS_API_KEYS` set, ready (/readyz answers 200) before the first test;
+  killed after the module. `start_service(...)` starts others (other env, a restart on the same home).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+API_KEY = "test-clinic-key-0123456789"
+OTHER_KEY = "other-clinic-key-9876543210"
+MODEL_TAG = "chexops-cxr:v1"
+SIZE = 32
+
+
+class ServedModel(NamedTuple):
+    home: Path
+    tag: str
+
+
+def child_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a chexops / bentoml child on `home`, without inherited locations."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PROMETHEUS_MULTIPROC_DIR") and not k.startswith("CHEXOPS_")}
+    env.update({"CHEXOPS_HOME": str(home), "BENTOML_HOME": str(home / "bentoml"), "BENTOML_DO_NOT_TRACK": "True",
+                "PYTHONUNBUFFERED": "1"})
+    for key in ("CHEXOPS_SHARED_DATA",):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.update(extra)
+    return env
+
+
+def make_model(home: Path) -> str:
+    """(In a child process) a tiny exported model in `home/bentoml`; returns its Bento tag."""
+    import numpy as np
+    import torch
+
+    from chexops.bento_store import import_onnx
+    from chexops.config import ModelConfig
+    from chexops.export import INT8_FILE, build_metadata, export_onnx, write_metadata
+    from chexops.labels import CHEXPERT_LABELS
+    from chexops.models import build_model
+    from chexops.preprocessing import PreprocessSpec
+    from chexops.quantize import quantize_static_qdq
+
+    torch.manual_seed(0)
+    labels = list(CHEXPERT_LABELS)
+    spec = PreprocessSpec(size=SIZE, channels=1, mean=(0.45,), std=(0.25,))
+    model = build_model(ModelConfig(name="small", width=8, pretrained_weights=None), len(labels), spec).eval()
+    with torch.no_grad():  # spread the probabilities so that some findings are positive, some not
+        model.head.bias.copy_(torch.linspace(-2.0, 2.0, len(labels)))
+    out = home / "exports" / "tiny"
+    fp32 = export_onnx(model, spec, out / "model.onnx")
+    thresholds = {label: 0.5 for label in labels}
+    metadata = build_metadata(labels=labels, thresholds=thresholds, rule="test", spec=spec, model_name="chexops-cxr",
+                              registry_version="1", run_id="0123456789abcdef0123456789abcdef", data_version="test-data",
+                              head_weight=model.head.weight.detach().numpy(), head_bias=model.head.bias.detach().numpy())
+    write_metadata(fp32, metadata)
+    calibration = np.random.default_rng(0).normal(0, 1, (16, 1, SIZE, SIZE)).astype(np.float32)
+    int8 = quantize_static_qdq(fp32, out / INT8_FILE, calibration)
+    write_metadata(int8, {**metadata, "precision": "int8-static-qdq"})
+    return import_onnx(fp32, int8)["tag"]
+
+
+@pytest.fixture(scope="session")
+def served_model(tmp_path_factory) -> ServedModel:
+    home = tmp_path_factory.mktemp("service-home")
+    result = subprocess.run([sys.executable, str(Path(__file__).resolve()), "make-model", str(home)], capture_output=True,
+                            text=True, cwd=ROOT, env=child_env(home), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tag = json.loads(result.stdout.strip().splitlines()[-1])["tag"]
+    return ServedModel(home, tag)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Service:
+    url: str
+    api_key: str
+    home: Path
+    log_path: Path
+    port: int
+    process: subprocess.Popen
+    env: dict[str, str] = field(repr=False, default_factory=dict)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        """Stop the server and all its workers (it runs in a process group of its own)."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        if sig != signal.SIGKILL:  # a graceful stop's children are gone; after SIGKILL, reap stragglers
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{log_path.read_text(errors='replace')[-4000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"bentoml serve not ready after {timeout} s:\n{log_path.read_text(errors='replace')[-4000:]}")
+
+
+def start_service(model: ServedModel, log_name: str = "service.log", api_key: str = API_KEY, **env: str) -> Service:
+    """`bentoml serve bentos/service.py:Chexops` on a free port, ready; CHEXOPS_* settings from `env` (by default a
+    rate limit high enough for a test battery and an 8 MiB upload limit)."""
+    port = free_port()
+    log_path = model.home / log_name
+    settings = {"CHEXOPS_MODEL": model.tag, "CHEXOPS_API_KEYS": f"test-clinic:{api_key},other-clinic:{OTHER_KEY}",
+                "CHEXOPS_RATE_LIMIT": "60000", "CHEXOPS_RATE_BURST": "1000", "CHEXOPS_MAX_UPLOAD_MB": "8", **env}
+    full_env = child_env(model.home, **settings)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "bentos/service.py:Chexops", "--host", "127.0.0.1",
+                                    "--port", str(port)], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    service = Service(url, api_key, model.home, log_path, port, process, full_env)
+    try:
+        wait_ready(url, process, log_path)
+    except Exception:
+        service.stop(signal.SIGKILL)
+        raise
+    return service
+
+
+@pytest.fixture(scope="module")
+def service(served_model):
+    svc = start_service(served_model)
+    yield svc
+    svc.stop()
+
+
+if __name__ == "__main__":  # python tests/service_fixtures.py make-model HOME
+    if len(sys.argv) == 3 and sys.argv[1] == "make-model":
+        import contextlib
+
+        with contextlib.redirect_stdout(sys.stderr):
+            made = make_model(Path(sys.argv[2]))
+        print(json.dumps({"tag": made}))
+    else:
+        sys.exit("usage: service_fixtures.py make-model HOME")

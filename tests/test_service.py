@@ -1,0 +1,489 @@
+"""The clinic endpoint (bentos/service.py) as clinics use it: a real `bentoml serve` process, real HTTP.
+
+One server serves most tests (module scope); the SIGKILL test starts its own twice. Radiographs: the
+team's real samples when present (PNG, DICOM MONOCHROME1/2, JPEG 2000), synthetic PNG/JPEG/DICOM
+always. Also: every bad upload is a 4xx with a JSON `error`, auth and rate limits, heatmaps, durable
+and idempotent feedback, no patient identifier in the store, the logs or the exported dataset,
+metrics, the feedback export read back by the training code, and `bentoml build`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from service_fixtures import OTHER_KEY, ROOT, child_env, served_model, service, start_service  # noqa: F401
+
+LABEL_COUNT = 14
+
+
+# --- images -----------------------------------------------------------------------------------------
+
+def encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kw)
+    return buffer.getvalue()
+
+
+def chest(size: int = 96) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size] / size
+    lungs = np.exp(-(((x - 0.3) / 0.15) ** 2 + ((y - 0.5) / 0.3) ** 2)) + np.exp(-(((x - 0.7) / 0.15) ** 2 + ((y - 0.5) / 0.3) ** 2))
+    return (1 - 0.7 * lungs).clip(0, 1)
+
+
+def synthetic_dicom(pixels: bool = True, modality: str = "DX") -> bytes:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.Modality, ds.PatientName, ds.PatientID = modality, "Synthetic^Patient", "SYN-0001"
+    if pixels:
+        values = (chest(64) * 4095).astype(np.uint16)
+        ds.Rows, ds.Columns, ds.SamplesPerPixel = 64, 64, 1
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.PixelData = values.tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def noise_image() -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 128), dtype=np.uint8))
+
+
+SYNTHETIC = {
+    "png16": lambda: encode(Image.fromarray((chest() * 65535).astype(np.uint16)), "PNG"),
+    "jpeg": lambda: encode(Image.fromarray((chest() * 255).astype(np.uint8)), "JPEG", quality=90),
+    "rgba-png": lambda: encode(Image.fromarray((chest() * 255).astype(np.uint8)).convert("RGBA"), "PNG"),
+    "dicom": synthetic_dicom,
+}
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+def post_image(svc, data: bytes, path: str = "/predict", key: str | None = None, **fields: str) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key or svc.api_key}"}
+    return httpx.post(f"{svc.url}{path}", files={"image": ("upload.bin", data, "application/octet-stream")}, data=fields,
+                      headers=headers, timeout=60)
+
+
+def check_prediction(body: dict) -> None:
+    assert set(body) == {"request_id", "model", "findings", "priority", "timings"}
+    assert body["model"]["name"] == "chexops-cxr" and body["model"]["version"] == "1"
+    assert len(body["findings"]) == LABEL_COUNT
+    for f in body["findings"]:
+        assert set(f) == {"label", "probability", "threshold", "positive"}
+        assert 0 <= f["probability"] <= 1 and f["positive"] == (f["probability"] >= f["threshold"])
+    assert body["priority"] in ("urgent", "review", "routine")
+    assert set(body["timings"]) == {"decode_ms", "preprocess_ms", "inference_ms", "total_ms"}
+    assert body["timings"]["total_ms"] >= body["timings"]["inference_ms"] >= 0
+
+
+def wait_for_image(home: Path, request_id: str, db: Path | None = None, timeout: float = 20) -> None:
+    from chexops.serving.feedback_store import FeedbackStore
+
+    store = FeedbackStore(f"sqlite:///{db or home / 'feedback' / 'feedback.db'}")
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (store.prediction(request_id) or {}).get("has_image"):
+                return
+            time.sleep(0.1)
+    finally:
+        store.close()
+    raise AssertionError(f"the image of {request_id} was not stored")
+
+
+# --- predictions ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", sorted(SYNTHETIC))
+def test_predict_synthetic_formats(service, kind):
+    response = post_image(service, SYNTHETIC[kind]())
+    assert response.status_code == 200, response.text
+    check_prediction(response.json())
+
+
+def test_predict_the_real_radiographs(service, shared):
+    files = sorted((shared / "real-cxr").glob("*.png")) + [shared / "real-cxr" / name for name in
+                                                           ("siim_cr_chest_pa.dcm", "siim_cr_chest_pa_monochrome1.dcm",
+                                                            "nema_cr_chest_jpeg2000.dcm")]
+    assert len(files) >= 5
+    results = {}
+    for path in files:
+        response = post_image(service, path.read_bytes())
+        assert response.status_code == 200, f"{path.name}: {response.text}"
+        check_prediction(response.json())
+        results[path.name] = response.json()
+    # The two SIIM files hold the same stored pixels under MONOCHROME2 and MONOCHROME1: the second is
+    # read inverted (chexops.imaging), so the model sees a different image and answers differently.
+    p2 = [f["probability"] for f in results["siim_cr_chest_pa.dcm"]["findings"]]
+    p1 = [f["probability"] for f in results["siim_cr_chest_pa_monochrome1.dcm"]["findings"]]
+    assert p1 != p2
+
+
+def test_bentoml_client_and_the_internal_batch_api(service):
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    with bentoml.SyncHTTPClient(service.url, token=service.api_key, server_ready_timeout=30) as client:
+        assert client.is_ready()
+        response = client.client.post("/predict", files={"image": ("x", SYNTHETIC["png16"](), "image/png")})
+        assert response.status_code == 200, response.text
+        check_prediction(response.json())
+        # /infer is the batchable API behind /predict; from outside the service it is refused.
+        with pytest.raises(BentoMLException):
+            client.infer(images=np.zeros((1, 1, 32, 32), dtype=np.float32))
+
+
+def test_concurrent_requests_are_batched(service):
+    data = SYNTHETIC["jpeg"]()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: post_image(service, data), range(16)))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    assert len({r.json()["request_id"] for r in responses}) == 16
+    metrics = httpx.get(f"{service.url}/metrics", timeout=10).text
+    sizes = [line for line in metrics.splitlines() if line.startswith("bentoml_service_adaptive_batch_size_count")]
+    assert sizes, "no adaptive batching series"
+
+
+# --- bad input --------------------------------------------------------------------------------------
+
+def truncated_dicom() -> bytes:
+    data = synthetic_dicom()
+    return data[: len(data) - 3000]
+
+
+BAD = {
+    "non-image": (lambda: b"%PDF-1.7 not an image" * 10, 415),
+    "truncated-png": (lambda: encode(noise_image(), "PNG")[:3000], 400),
+    "truncated-jpeg": (lambda: encode(noise_image(), "JPEG")[:3000], 400),
+    "decompression-bomb": (lambda: png_header_only(100_000, 100_000), 413),
+    "absurd-dimensions-tiny": (lambda: png_header_only(4, 4), 422),
+    "absurd-dimensions-long": (lambda: png_header_only(40_000, 20), 413),
+    "dicom-without-pixels": (lambda: synthetic_dicom(pixels=False), 422),
+    "dicom-truncated-pixels": (truncated_dicom, (400, 422)),
+    "dicom-other-modality": (lambda: synthetic_dicom(modality="CT"), 422),
+    "empty-file": (lambda: b"", 400),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_uploads_are_4xx_json(service, case):
+    make, status = BAD[case]
+    started = time.monotonic()
+    response = post_image(service, make())
+    assert response.status_code in (status if isinstance(status, tuple) else (status,)), response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert set(response.json()) >= {"error"} and "Traceback" not in response.text
+    assert time.monotonic() - started < 10
+
+
+def test_malformed_requests_are_4xx_json(service):
+    url, headers = f"{service.url}/predict", service.headers
+    cases = [
+        httpx.post(url, headers=headers, timeout=30),  # empty body
+        httpx.post(url, headers=headers, files={"file": ("a.png", SYNTHETIC["png16"](), "image/png")}, timeout=30),  # no image field
+        httpx.post(url, headers=headers, data={"image": "not a file"}, timeout=30),
+        httpx.post(url, headers={**headers, "content-type": "multipart/form-data; boundary=xyz"}, content=b"garbage", timeout=30),
+        httpx.post(url, headers=headers, content=SYNTHETIC["png16"](), timeout=30),  # raw bytes, not a form
+    ]
+    for response in cases:
+        assert 400 <= response.status_code < 500, response.text
+        assert "error" in response.json() and "Traceback" not in response.text
+
+
+def test_upload_over_the_size_limit_is_413_quickly(service):
+    limit = httpx.get(f"{service.url}/model", timeout=10).json()["runtime"]["max_upload_mb"]
+    big = png_header_only(64, 64) + b"\0" * int((limit + 1) * 2**20)
+    started = time.monotonic()
+    response = post_image(service, big)
+    assert response.status_code == 413 and "size limit" in response.json()["error"]
+    assert time.monotonic() - started < 10
+
+
+def test_the_service_keeps_serving_after_bad_input(service):
+    for make, _ in BAD.values():
+        post_image(service, make())
+    assert httpx.get(f"{service.url}/livez", timeout=10).status_code == 200
+    assert httpx.get(f"{service.url}/readyz", timeout=10).status_code == 200
+    assert post_image(service, SYNTHETIC["png16"]()).status_code == 200
+    assert service.process.poll() is None
+    assert "Traceback" not in service.logs()
+
+
+# --- auth -------------------------------------------------------------------------------------------
+
+def test_api_keys(service):
+    data = SYNTHETIC["png16"]()
+    for path in ("/predict", "/explain"):
+        assert httpx.post(f"{service.url}{path}", files={"image": ("x", data)}, timeout=30).status_code == 401
+        response = httpx.post(f"{service.url}{path}", files={"image": ("x", data)}, headers={"Authorization": "Bearer wrong-key-123"},
+                              timeout=30)
+        assert response.status_code == 401 and "not valid" in response.json()["error"]
+    assert httpx.post(f"{service.url}/feedback", json={"request_id": "x", "correct": True}, timeout=30).status_code == 401
+    assert post_image(service, data, key=OTHER_KEY).status_code == 200  # the second clinic's key
+    for path in ("/", "/livez", "/readyz", "/metrics", "/model"):
+        assert httpx.get(f"{service.url}{path}", timeout=10).status_code == 200, path
+
+
+def test_the_page_is_served(service):
+    response = httpx.get(f"{service.url}/", timeout=10)
+    assert response.status_code == 200 and "text/html" in response.headers["content-type"]
+    assert "<html" in response.text.lower()
+
+
+# --- explain ----------------------------------------------------------------------------------------
+
+def test_explain_answers_a_heatmap_png(service):
+    response = post_image(service, SYNTHETIC["png16"](), path="/explain", label="Edema")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["x-chexops-localisation"] == "approximate"
+    image = Image.open(io.BytesIO(response.content))
+    assert image.mode == "RGB" and image.width == 96 and image.height > 96  # the image, then the legend band
+    colours = np.asarray(image)[:96]
+    assert np.abs(colours[..., 0].astype(int) - colours[..., 2].astype(int)).max() > 20  # coloured overlay
+
+
+def test_explain_with_an_unknown_label_lists_the_labels(service):
+    response = post_image(service, SYNTHETIC["png16"](), path="/explain", label="Dragons")
+    assert response.status_code == 422
+    assert "Dragons" in response.json()["error"] and len(response.json()["labels"]) == LABEL_COUNT
+    assert post_image(service, SYNTHETIC["png16"](), path="/explain").status_code == 422
+
+
+# --- feedback ---------------------------------------------------------------------------------------
+
+def test_feedback_is_stored_idempotent_and_checked(service):
+    request_id = post_image(service, SYNTHETIC["jpeg"]()).json()["request_id"]
+    url, headers = f"{service.url}/feedback", service.headers
+    body = {"request_id": request_id, "correct": False, "labels": {"Edema": 1, "Pneumothorax": 0}, "note": "edema missed"}
+    first = httpx.post(url, json=body, headers=headers, timeout=30)
+    assert first.status_code == 200 and first.json()["created"] is True
+    again = httpx.post(url, json=body, headers=headers, timeout=30)
+    assert again.status_code == 200 and again.json()["created"] is False
+    assert again.json()["feedback"] == first.json()["feedback"]
+    assert httpx.post(url, json={**body, "correct": True}, headers=headers, timeout=30).status_code == 409
+    assert httpx.post(url, json={**body, "request_id": "0" * 32}, headers=headers, timeout=30).status_code == 404
+    for bad in ({"request_id": request_id}, {"request_id": request_id, "correct": "yes"},
+                {"request_id": request_id, "correct": True, "labels": {"Dragons": 1}},
+                {"request_id": request_id, "correct": True, "labels": {"Edema": 2}},
+                {"request_id": request_id, "correct": True, "extra": 1}):
+        response = httpx.post(url, json=bad, headers=headers, timeout=30)
+        assert response.status_code == 422 and "error" in response.json(), bad
+    response = httpx.post(url, content=b"{not json", headers={**headers, "content-type": "application/json"}, timeout=30)
+    assert response.status_code == 400 and "error" in response.json()
+
+
+def test_metrics_have_the_service_series(service):
+    request_id = post_image(service, SYNTHETIC["png16"]()).json()["request_id"]
+    httpx.post(f"{service.url}/feedback", json={"request_id": request_id, "correct": True}, headers=service.headers, timeout=30)
+    text = httpx.get(f"{service.url}/metrics", timeout=10).text
+    assert 'chexops_model_info{name="chexops-cxr",precision="fp32",run_id="0123456789abcdef0123456789abcdef",version="1"} 1.0' in text
+    for series in ("chexops_predictions_total{", "chexops_finding_probability_bucket{", 'chexops_feedback_total{verdict="correct"}',
+                   "chexops_feedback_agreement_ratio ", "chexops_findings_positive_total{", "chexops_rejected_requests_total{",
+                   "bentoml_service_request_total"):
+        assert series in text, series
+    ratio = float(next(line for line in text.splitlines() if line.startswith("chexops_feedback_agreement_ratio ")).split()[1])
+    assert 0 < ratio <= 1
+
+
+def test_no_torch_in_the_service(service):
+    assert httpx.get(f"{service.url}/model", timeout=10).json()["runtime"]["torch_imported"] is False
+    code = "import sys; import chexops.serving.app, chexops.serving.inference, chexops.imaging; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+# --- de-identification and the export ---------------------------------------------------------------
+
+def identifiers(path: Path) -> list[bytes]:
+    ds = pydicom.dcmread(path)
+    name = str(ds.PatientName)
+    values = {name, *name.split("^"), str(ds.PatientID), str(ds.PatientBirthDate)}
+    return [v.encode() for v in values if len(v) >= 3]
+
+
+def test_no_identifier_is_stored_logged_or_exported(service, shared, tmp_path):
+    from chexops.data.chexpert import read_chexpert_csv
+
+    dicom = shared / "real-cxr" / "nema_cr_chest_jpeg2000.dcm"
+    secret = identifiers(dicom)
+    assert len(secret) >= 3
+    response = post_image(service, dicom.read_bytes())
+    assert response.status_code == 200, response.text
+    request_id = response.json()["request_id"]
+    labels = {"Cardiomegaly": 1, "Edema": 0}
+    assert httpx.post(f"{service.url}/feedback", json={"request_id": request_id, "correct": True, "labels": labels},
+                      headers=service.headers, timeout=30).status_code == 200
+    wait_for_image(service.home, request_id)
+
+    out = tmp_path / "export"
+    result = subprocess.run([sys.executable, "-m", "chexops", "feedback", "export", "--out", str(out), "--json"],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT, env=child_env(service.home))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["rows"] >= 1 and Path(summary["csv"]) == out / "CheXpert-v1.0-small" / "train.csv"
+
+    table = read_chexpert_csv(summary["csv"], summary["labels"])  # the training code reads it
+    assert len(table) == summary["rows"]
+    frame = table.frame
+    for path in frame["Path"]:
+        image = Image.open(out / path)
+        assert image.mode.startswith("I;16") and min(image.size) >= 16
+    # The DICOM's row: the clinician's labels, the rest from the prediction (it was "correct").
+    j2k = [i for i, p in enumerate(frame["Path"]) if Image.open(out / p).size == (int(1841 * 1024 / 1955 + 0.5), 1024)]
+    assert j2k, "the JPEG 2000 radiograph is not in the export"
+    row = table.values[j2k[-1]]
+    assert row[table.labels.index("Cardiomegaly")] == 1.0 and row[table.labels.index("Edema")] == 0.0
+    assert not np.isnan(row).any()
+
+    stored = [p for p in (service.home / "feedback").iterdir() if p.is_file()]
+    exported = [p for p in out.rglob("*") if p.is_file()]
+    for path in [*stored, *exported, service.log_path]:
+        content = path.read_bytes()
+        for value in secret:
+            assert value not in content, f"{value!r} found in {path}"
+
+
+# --- durability and rate limits ---------------------------------------------------------------------
+
+def test_acknowledged_feedback_survives_sigkill_and_the_rate_limit(served_model, tmp_path):
+    db = tmp_path / "durable.db"
+    env = {"CHEXOPS_FEEDBACK_URL": f"sqlite:///{db}", "CHEXOPS_RATE_LIMIT": "6", "CHEXOPS_RATE_BURST": "3"}
+    first = start_service(served_model, log_name="durable-1.log", **env)
+    try:
+        request_id = post_image(first, SYNTHETIC["png16"]()).json()["request_id"]
+        body = {"request_id": request_id, "correct": False, "labels": {"Pneumothorax": 1}, "note": "apical"}
+        ack = httpx.post(f"{first.url}/feedback", json=body, headers=first.headers, timeout=30)
+        assert ack.status_code == 200 and ack.json()["created"] is True
+        # The third request is within the burst of 3; the fourth is over the limit.
+        assert post_image(first, SYNTHETIC["png16"]()).status_code == 200
+        limited = post_image(first, SYNTHETIC["png16"]())
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1 and "error" in limited.json()
+        assert post_image(first, SYNTHETIC["png16"](), key=OTHER_KEY).status_code == 200  # per key
+    finally:
+        first.stop(signal.SIGKILL)  # no shutdown, no checkpoint: only what was committed survives
+    assert first.process.returncode is not None
+
+    second = start_service(served_model, log_name="durable-2.log", **env, CHEXOPS_PRECISION="int8")  # and the int8 file
+    try:
+        assert httpx.get(f"{second.url}/model", timeout=10).json()["precision"] == "int8-static-qdq"
+        again = httpx.post(f"{second.url}/feedback", json=body, headers=second.headers, timeout=30)
+        assert again.status_code == 200 and again.json()["created"] is False
+        assert again.json()["feedback"] == ack.json()["feedback"]
+    finally:
+        second.stop()
+
+
+# --- packaging --------------------------------------------------------------------------------------
+
+def test_bentoml_build_makes_a_bento_with_a_dockerfile(served_model):
+    env = child_env(served_model.home, CHEXOPS_MODEL=served_model.tag, COLUMNS="4000")  # no wrapped paths
+    build = subprocess.run([sys.executable, "-m", "bentoml", "build", "-f", "bentos/bentofile.yaml", ".", "-o", "tag"],
+                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert build.returncode == 0, build.stderr[-3000:] + build.stdout[-3000:]
+    tag = build.stdout.strip().splitlines()[-1].replace("__tag__:", "")
+    where = subprocess.run([sys.executable, "-m", "bentoml", "get", tag, "-o", "path"], capture_output=True, text=True, env=env,
+                           timeout=120)
+    assert where.returncode == 0, where.stderr
+    bento = Path("".join(where.stdout.split()))
+    assert bento.is_relative_to(served_model.home / "bentoml" / "bentos")
+    dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
+    assert "FROM python:3.11" in dockerfile and "ENV PYTHONPATH=$PYTHONPATH" in dockerfile
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text().split()
+    assert "onnxruntime==1.32.0" in requirements and "bentoml==1.4.40" in requirements
+    assert not [r for r in requirements if r.startswith("torch")]
+    assert (bento / "src" / "bentos" / "service.py").is_file()
+    assert (bento / "src" / "training" / "chexops" / "serving" / "app.py").is_file()
+    manifest = (bento / "bento.yaml").read_text()
+    assert served_model.tag in manifest and "bentos.service:Chexops" in manifest
+
+
+# --- units (no server) ------------------------------------------------------------------------------
+
+def test_priority_rule():
+    from chexops.serving.inference import priority
+
+    def f(**positive):
+        return [{"label": k.replace("_", " "), "positive": v} for k, v in positive.items()]
+
+    assert priority(f(Pneumothorax=True, Cardiomegaly=False)) == "urgent"
+    assert priority(f(Cardiomegaly=True, Edema=False)) == "review"
+    assert priority(f(No_Finding=True, Support_Devices=True, Edema=False)) == "routine"
+    assert priority(f(Other_Disease=True)) == "review"  # a model with other labels
+
+
+def test_keys_and_rate_limiter(tmp_path):
+    from chexops.errors import ConfigError
+    from chexops.serving.auth import AuthError, Authenticator, RateLimiter, load_keys
+
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("# clinics\nnorth:north-key-123\nsouth:south-key-456\n")
+    keys = load_keys({"CHEXOPS_API_KEYS": "east:east-key-789", "CHEXOPS_API_KEYS_FILE": str(keyfile)})
+    assert keys == {"east-key-789": "east", "north-key-123": "north", "south-key-456": "south"}
+    for bad in ({}, {"CHEXOPS_API_KEYS": "nokey"}, {"CHEXOPS_API_KEYS": "a:short"}, {"CHEXOPS_API_KEYS_FILE": str(tmp_path / "none")}):
+        with pytest.raises(ConfigError):
+            load_keys(bad)
+    now = [0.0]
+    auth = Authenticator(keys, RateLimiter(per_minute=60, burst=2, clock=lambda: now[0]))
+    assert auth.clinic("Bearer north-key-123") == "north"
+    assert auth.clinic("bearer north-key-123") == "north"
+    with pytest.raises(AuthError) as err:
+        auth.clinic("Bearer north-key-123")
+    assert err.value.status == 429 and err.value.retry_after == 1
+    assert auth.clinic("Bearer south-key-456") == "south"
+    now[0] = 1.0
+    assert auth.clinic("Bearer north-key-123") == "north"
+    for header in (None, "", "Basic abc", "Bearer ", "Bearer nope-nope-nope"):
+        with pytest.raises(AuthError) as err:
+            auth.clinic(header)
+        assert err.value.status == 401
+
+
+def test_store_is_wal_idempotent_and_conflicts(tmp_path):
+    import sqlite3
+
+    from chexops.serving.feedback_store import Conflict, FeedbackStore, NotFound
+
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'f.db'}")
+    findings = [{"label": "Edema", "probability": 0.7, "threshold": 0.5, "positive": True}]
+    store.add_prediction("r1", "north", "m", "1", findings, "urgent", {"width": 10, "PatientName": "X^Y", "filename": "a.dcm"})
+    assert store.prediction("r1")["image_info"] == {"width": 10}  # nothing else is kept
+    record, created = store.add_feedback("r1", True, None, None)
+    assert created and store.add_feedback("r1", True, None, None) == (record, False)
+    with pytest.raises(Conflict):
+        store.add_feedback("r1", False, None, None)
+    with pytest.raises(NotFound):
+        store.add_feedback("r2", True, None, None)
+    assert store.agreement() == (1, 0)
+    store.close()
+    conn = sqlite3.connect(tmp_path / "f.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -1,0 +1,346 @@
+"""The clinic endpoint's HTTP routes, a Starlette app that bentos/service.py mounts at `/`.
+
+    POST /predict   multipart field `image` (PNG, JPEG or DICOM; type from content)  → findings JSON
+    POST /explain   the same upload + form field `label`                             → heatmap PNG
+    POST /feedback  JSON {request_id, correct, labels?, note?}                       → stored record
+    GET  /          the clinicians' page (bentos/static/index.html); /static/* its files
+    GET  /model     the model served: name, version, labels, thresholds, triage rule (no key needed)
+
+Every error is JSON `{"error": "..."}`: 4xx for the caller's mistakes (with the status each
+`chexops.imaging.ImageInputError` carries), never a traceback; an unexpected failure is a 500 with a
+generic message and the traceback only in the server log. The routes reach the model, the store and
+the metrics through `app.state.backend` (the BentoML service instance), set when it starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..imaging import ImageInputError, decode, to_png
+from .auth import AuthError
+from .feedback_store import Conflict, NotFound
+from .inference import LOCALISATION_NOTE, PRIORITY_RULE, heatmap_png, priority
+from .settings import Settings
+
+log = logging.getLogger("chexops.serving")
+
+MULTIPART_SLACK = 64 * 1024  # form boundaries and headers around the file
+PLACEHOLDER = """<!doctype html><html><head><meta charset="utf-8"><title>chexops</title></head>
+<body><h1>chexops</h1><p>The clinic endpoint is running. POST a radiograph to <code>/predict</code>
+(multipart field <code>image</code>, header <code>Authorization: Bearer KEY</code>).</p></body></html>"""
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class RequestError(Exception):
+    """A caller's mistake: status and message for the JSON answer."""
+
+    def __init__(self, message: str, status: int = 400, reason: str = "request", **extra: Any):
+        super().__init__(message)
+        self.status, self.reason, self.extra = status, reason, extra
+
+
+class BodyLimit:
+    """ASGI middleware: a POST body over the limit is a 413 at once when Content-Length says so,
+    and as soon as the limit is crossed otherwise (chunked uploads)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            response = JSONResponse({"error": _too_large(self.limit)}, status_code=413, headers={"Connection": "close"})
+            return await response(scope, receive, send)
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge()
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+def _too_large(limit: int) -> str:
+    return f"the upload is over the size limit of {(limit - MULTIPART_SLACK) / 2**20:.0f} MiB."
+
+
+def _error(message: str, status: int, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def _rejected(request: Request, reason: str) -> None:
+    backend = getattr(request.app.state, "backend", None)
+    if backend is not None:
+        backend.metrics.rejected.labels(reason=reason).inc()
+
+
+# --- exception handlers ----------------------------------------------------------------------------
+
+async def on_image_error(request: Request, exc: ImageInputError) -> Response:
+    _rejected(request, "image")
+    log.info("%s refused (%d): %s", request.url.path, exc.status, exc)
+    return _error(str(exc), exc.status)
+
+
+async def on_request_error(request: Request, exc: RequestError) -> Response:
+    _rejected(request, exc.reason)
+    log.info("%s refused (%d): %s", request.url.path, exc.status, exc)
+    return _error(str(exc), exc.status, **exc.extra)
+
+
+async def on_auth_error(request: Request, exc: AuthError) -> Response:
+    _rejected(request, "rate" if exc.status == 429 else "auth")
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {"WWW-Authenticate": "Bearer"}
+    return _error(str(exc), exc.status, headers)
+
+
+async def on_too_large(request: Request, exc: BodyTooLarge) -> Response:
+    _rejected(request, "size")
+    return _error(_too_large(request.app.state.settings.max_upload_bytes + MULTIPART_SLACK), 413, {"Connection": "close"})
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.error("%s failed: %s", request.url.path, type(exc).__name__, exc_info=exc)
+    return _error("an unexpected error occurred in the service; it is logged and the service keeps serving.", 500)
+
+
+# --- request parts -----------------------------------------------------------------------------------
+
+def _backend(request: Request):
+    backend = getattr(request.app.state, "backend", None)
+    if backend is None:
+        raise RequestError("the model is still loading; retry in a moment.", 503, reason="loading")
+    return backend
+
+
+def _clinic(request: Request, backend) -> str:
+    return backend.auth.clinic(request.headers.get("authorization"))
+
+
+async def _upload(request: Request) -> tuple[bytes, dict[str, Any]]:
+    """The `image` file of a multipart form, and the form's other (text) fields."""
+    content_type = request.headers.get("content-type", "")
+    if request.headers.get("content-length") == "0":
+        raise RequestError("the request body is empty: send multipart/form-data with the radiograph in a field named 'image'.",
+                           reason="upload")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise RequestError("send the radiograph as multipart/form-data in a field named 'image' "
+                           f"(the request's content type is {content_type.split(';')[0] or 'missing'}).", 415, reason="upload")
+    try:
+        form = await request.form(max_files=2, max_fields=20)
+    except BodyTooLarge:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the multipart parser fails in several ways on a malformed body
+        raise RequestError(f"the multipart form cannot be read ({type(exc).__name__}).", reason="upload") from None
+    try:
+        image = form.get("image")
+        if image is None:
+            raise RequestError("the form has no field named 'image': send the radiograph (PNG, JPEG or DICOM) in it.",
+                               reason="upload")
+        if isinstance(image, str):
+            raise RequestError("the 'image' field must be a file upload, not text.", reason="upload")
+        data = await image.read()
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    finally:
+        await form.close()
+    return data, fields
+
+
+async def _decode(request: Request, backend) -> tuple[Any, np.ndarray, dict[str, float], dict[str, Any]]:
+    started = time.perf_counter()
+    data, fields = await _upload(request)
+    t0 = time.perf_counter()
+    decoded = await run_in_threadpool(decode, data, backend.limits)
+    t1 = time.perf_counter()
+    x = await run_in_threadpool(backend.model.preprocess, decoded.grey)
+    t2 = time.perf_counter()
+    timings = {"upload_ms": (t0 - started) * 1000, "decode_ms": (t1 - t0) * 1000, "preprocess_ms": (t2 - t1) * 1000}
+    return decoded, x, timings, fields
+
+
+def _stored_png(grey: np.ndarray, max_side: int) -> bytes:
+    from PIL import Image
+
+    h, w = grey.shape
+    if max_side and max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        grey = np.asarray(Image.fromarray(grey, mode="F").resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                                 Image.Resampling.BILINEAR), dtype=np.float32)
+    return to_png(grey)
+
+
+def _store_image(backend, request_id: str, grey: np.ndarray) -> None:
+    try:
+        backend.store.set_image(request_id, _stored_png(grey, backend.settings.stored_image_side))
+    except Exception:  # noqa: BLE001 - after the answer: log, never crash the worker
+        log.exception("storing the image of %s failed", request_id)
+
+
+# --- routes ------------------------------------------------------------------------------------------
+
+async def predict(request: Request) -> Response:
+    started = time.perf_counter()
+    backend = _backend(request)
+    clinic = _clinic(request, backend)
+    decoded, x, timings, _ = await _decode(request, backend)
+    t0 = time.perf_counter()
+    probs = await backend.classify(x)
+    timings["inference_ms"] = (time.perf_counter() - t0) * 1000
+    model = backend.model
+    findings = model.findings(probs)
+    level = priority(findings)
+    request_id = uuid.uuid4().hex
+    await run_in_threadpool(backend.store.add_prediction, request_id, clinic, model.name, model.version, findings, level,
+                            decoded.info)
+    timings["total_ms"] = (time.perf_counter() - started) * 1000
+    timings = {k: round(v, 2) for k, v in timings.items() if k != "upload_ms"}
+    backend.metrics.observe_prediction(findings, level, timings)
+    positives = [f["label"] for f in findings if f["positive"]]
+    log.info("predict %s clinic=%s %s %sx%s priority=%s positive=%d total=%.0fms", request_id, clinic, decoded.kind,
+             decoded.info.get("width"), decoded.info.get("height"), level, len(positives), timings["total_ms"])
+    body = {"request_id": request_id, "model": {"name": model.name, "version": model.version, "precision": model.precision},
+            "findings": findings, "priority": level, "timings": timings}
+    return JSONResponse(body, background=BackgroundTask(_store_image, backend, request_id, decoded.grey))
+
+
+async def explain(request: Request) -> Response:
+    backend = _backend(request)
+    clinic = _clinic(request, backend)
+    decoded, x, _, fields = await _decode(request, backend)
+    model = backend.model
+    label = (fields.get("label") or "").strip()
+    if label not in model.labels:
+        raise RequestError(f"{'unknown label ' + repr(label) if label else 'a form field label is required'}: "
+                           f"choose one of {', '.join(model.labels)}.", 422, reason="label", labels=model.labels)
+    probs, cams = await backend.explain(x)
+    k = model.labels.index(label)
+    png = await run_in_threadpool(heatmap_png, decoded.grey, cams[k], label, float(probs[k]), model.thresholds[label])
+    log.info("explain clinic=%s %s label=%s", clinic, decoded.kind, label)
+    return Response(png, media_type="image/png", headers={
+        "X-Chexops-Localisation": "approximate", "X-Chexops-Note": LOCALISATION_NOTE,
+        "X-Chexops-Label": label, "X-Chexops-Probability": f"{float(probs[k]):.6f}", "Cache-Control": "no-store"})
+
+
+class FeedbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=64)
+    correct: StrictBool
+    labels: dict[str, int] | None = None
+    note: str | None = Field(None, max_length=2000)
+
+
+async def feedback(request: Request) -> Response:
+    backend = _backend(request)
+    clinic = _clinic(request, backend)
+    raw = await request.body()
+    try:
+        body = FeedbackBody.model_validate(json.loads(raw))
+    except json.JSONDecodeError:
+        raise RequestError("the feedback must be a JSON object {request_id, correct, labels?, note?}.", 400, reason="feedback") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise RequestError(f"the feedback is not valid: {problems}.", 422, reason="feedback") from None
+    prediction = await run_in_threadpool(backend.store.prediction, body.request_id)
+    if prediction is None:
+        raise RequestError(f"no prediction has request_id {body.request_id!r}.", 404, reason="feedback")
+    known = [f["label"] for f in prediction["findings"]]
+    if body.labels is not None:
+        unknown = sorted(set(body.labels) - set(known))
+        bad = sorted(k for k, v in body.labels.items() if v not in (0, 1))
+        if unknown or bad:
+            raise RequestError(f"labels must map the prediction's labels to 0 or 1 ({'unknown: ' + ', '.join(unknown) if unknown else 'not 0/1: ' + ', '.join(bad)}).",
+                               422, reason="feedback", labels=known)
+    try:
+        record, created = await run_in_threadpool(backend.store.add_feedback, body.request_id, body.correct, body.labels, body.note)
+    except NotFound:
+        raise RequestError(f"no prediction has request_id {body.request_id!r}.", 404, reason="feedback") from None
+    except Conflict:
+        raise RequestError(f"request {body.request_id} already has a different feedback; it is kept as given.", 409,
+                           reason="feedback") from None
+    if created:
+        backend.metrics.observe_feedback(body.correct, await run_in_threadpool(backend.store.agreement))
+    log.info("feedback %s clinic=%s correct=%s labels=%d %s", body.request_id, clinic, body.correct, len(body.labels or {}),
+             "stored" if created else "repeated")
+    return JSONResponse({"request_id": body.request_id, "stored": True, "created": created, "feedback": record.to_dict()})
+
+
+async def index(request: Request) -> Response:
+    page = request.app.state.settings.static_dir / "index.html"
+    if page.is_file():
+        return FileResponse(page, media_type="text/html")
+    return HTMLResponse(PLACEHOLDER)
+
+
+async def model_info(request: Request) -> Response:
+    backend = _backend(request)
+    model = backend.model
+    return JSONResponse({**model.describe(), "thresholds": model.thresholds, "priority_rule": PRIORITY_RULE,
+                         "localisation": LOCALISATION_NOTE,
+                         "runtime": {"threads": backend.settings.threads, "batching": backend.settings.batching,
+                                     "max_upload_mb": round(backend.settings.max_upload_bytes / 2**20, 1),
+                                     "torch_imported": "torch" in sys.modules}})
+
+
+def create_app(settings: Settings) -> Starlette:
+    app = Starlette(
+        routes=[
+            Route("/predict", predict, methods=["POST"]),
+            Route("/explain", explain, methods=["POST"]),
+            Route("/feedback", feedback, methods=["POST"]),
+            Route("/", index, methods=["GET"]),
+            Route("/model", model_info, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=settings.static_dir, check_dir=False), name="static"),
+        ],
+        exception_handlers={ImageInputError: on_image_error, RequestError: on_request_error, AuthError: on_auth_error,
+                            BodyTooLarge: on_too_large, Exception: on_unexpected},
+    )
+    app.state.settings = settings
+    app.state.backend = None
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + MULTIPART_SLACK)
+    return app
+
+
+class InternalOnly:
+    """ASGI middleware for the BentoML app: the batchable `/infer` API exists for the service's own
+    adaptive batching (its routes call it in-process); from outside it answers 403."""
+
+    HEADER = "x-chexops-internal"
+
+    def __init__(self, app, paths: tuple[str, ...], token: str):
+        self.app, self.paths, self.token = app, paths, token.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("path") in self.paths:
+            given = dict(scope.get("headers") or []).get(self.HEADER.encode(), b"")
+            import hmac
+
+            if not hmac.compare_digest(given, self.token):
+                response = JSONResponse({"error": "this endpoint is internal to the service; use POST /predict."}, status_code=403)
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)

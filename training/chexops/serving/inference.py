@@ -1,0 +1,153 @@
+"""The exported model in ONNX Runtime: what it says about itself, findings, triage, heatmaps.
+
+Everything a prediction needs comes from the ONNX file's own metadata (`chexops.export`): labels,
+thresholds, the preprocessing spec, the model's name and version, the CAM head. Read through ONNX
+Runtime (`get_modelmeta`), so the service needs neither torch nor the `onnx` package.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ..preprocessing import PreprocessSpec, preprocess_array
+
+log = logging.getLogger(__name__)
+
+FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+# Triage. "urgent": a positive finding that can need action within hours (air or fluid in the pleural
+# space, pulmonary oedema, consolidation / pneumonia). "review": any other positive finding, except
+# "No Finding" and "Support Devices" (a device is not a disease). "routine": nothing positive.
+# A model with other labels: its labels named here keep their meaning, every other positive is "review".
+URGENT = frozenset({"Pneumothorax", "Pleural Effusion", "Edema", "Consolidation", "Pneumonia"})
+NOT_A_FINDING = frozenset({"No Finding", "Support Devices"})
+PRIORITY_RULE = ("urgent if Pneumothorax, Pleural Effusion, Edema, Consolidation or Pneumonia is positive; "
+                 "review if any other finding (not No Finding or Support Devices) is positive; routine otherwise")
+LOCALISATION_NOTE = "approximate localisation (class activation map), not a segmentation"
+
+
+def priority(findings: list[dict]) -> str:
+    positive = {f["label"] for f in findings if f["positive"]}
+    if positive & URGENT:
+        return "urgent"
+    if positive - NOT_A_FINDING:
+        return "review"
+    return "routine"
+
+
+@dataclass
+class OnnxModel:
+    """One ONNX file in an ONNX Runtime session with its metadata."""
+
+    session: object
+    labels: list[str]
+    thresholds: dict[str, float]
+    spec: PreprocessSpec
+    name: str
+    version: str
+    run_id: str
+    data_version: str
+    precision: str
+    head_weight: np.ndarray
+
+    @classmethod
+    def load(cls, path: str | Path, threads: int = 2) -> "OnnxModel":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        meta = session.get_modelmeta().custom_metadata_map
+        missing = [k for k in ("labels", "thresholds", "preprocessing", "head") if k not in meta]
+        if missing:
+            raise ValueError(f"{path} is not a chexops export: its metadata lacks {', '.join(missing)}")
+        labels = json.loads(meta["labels"])
+        thresholds = {k: float(v) for k, v in json.loads(meta["thresholds"]).items()}
+        head = json.loads(meta["head"])
+        model = cls(session=session, labels=labels, thresholds={label: thresholds.get(label, 0.5) for label in labels},
+                    spec=PreprocessSpec.from_json(meta["preprocessing"]), name=meta.get("model_name", ""),
+                    version=meta.get("registry_version", ""), run_id=meta.get("run_id", ""),
+                    data_version=meta.get("data_version", ""), precision=meta.get("precision", ""),
+                    head_weight=np.asarray(head["weight"], dtype=np.float32))
+        log.info("Loaded %s v%s (%s, %d labels, input %d px) with %d intra-op threads", model.name, model.version,
+                 model.precision, len(labels), model.spec.size, threads)
+        return model
+
+    def preprocess(self, grey: np.ndarray) -> np.ndarray:
+        return preprocess_array(grey, self.spec)
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """B×K probabilities for a B×C×H×W batch."""
+        (probs,) = self.session.run(["probabilities"], {"image": np.ascontiguousarray(batch, dtype=np.float32)})
+        return probs
+
+    def probabilities_and_cams(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For one C×H×W input: K probabilities and the K×h×w class-activation maps."""
+        probs, features = self.session.run(["probabilities", "features"], {"image": x[None].astype(np.float32)})
+        cams = np.einsum("kc,chw->khw", self.head_weight, features[0])
+        return probs[0], cams
+
+    def findings(self, probs: np.ndarray) -> list[dict]:
+        """One finding per label, in the model's label order."""
+        return [{"label": label, "probability": round(float(p), 6), "threshold": self.thresholds[label],
+                 "positive": bool(p >= self.thresholds[label])} for label, p in zip(self.labels, probs)]
+
+    def describe(self) -> dict:
+        return {"name": self.name, "version": self.version, "run_id": self.run_id, "data_version": self.data_version,
+                "precision": self.precision, "labels": self.labels, "input_size": self.spec.size}
+
+
+# --- heatmap -------------------------------------------------------------------------------------------
+
+def _colormap(values: np.ndarray) -> np.ndarray:
+    """A blue → cyan → yellow → red map of values in [0, 1], as H×W×3 uint8 (numpy only)."""
+    stops = np.array([[0, 0, 128], [0, 160, 255], [0, 230, 200], [255, 230, 0], [255, 60, 0], [200, 0, 0]], dtype=np.float32)
+    position = np.clip(values, 0, 1) * (len(stops) - 1)
+    low = np.floor(position).astype(int).clip(0, len(stops) - 2)
+    frac = (position - low)[..., None]
+    return (stops[low] * (1 - frac) + stops[low + 1] * frac).astype(np.uint8)
+
+
+def heatmap_png(grey: np.ndarray, cam: np.ndarray, label: str, probability: float, threshold: float,
+                max_side: int = 768) -> bytes:
+    """The radiograph (grey H×W in [0, 1]) with the label's class-activation map overlaid, a colour
+    legend and the words "approximate localisation", as PNG bytes."""
+    h, w = grey.shape
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    base = np.asarray(Image.fromarray((np.clip(grey, 0, 1) * 255).astype(np.uint8)).resize(size, Image.Resampling.BILINEAR),
+                      dtype=np.float32)
+    positive = np.maximum(cam.astype(np.float32), 0)
+    peak = float(positive.max())
+    heat = positive / peak if peak > 0 else positive
+    heat = np.asarray(Image.fromarray(heat, mode="F").resize(size, Image.Resampling.BILINEAR), dtype=np.float32).clip(0, 1)
+    alpha = (0.55 * heat)[..., None]
+    blended = base[..., None] * (1 - alpha) + _colormap(heat).astype(np.float32) * alpha
+    image = Image.fromarray(blended.clip(0, 255).astype(np.uint8), mode="RGB")
+
+    band = 44
+    canvas = Image.new("RGB", (size[0], size[1] + band), (0, 0, 0))
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    draw.text((6, size[1] + 4), f"{label}: p={probability:.2f} (threshold {threshold:.2f})", fill=(255, 255, 255), font=font)
+    draw.text((6, size[1] + 22), "approximate localisation (CAM)", fill=(255, 230, 0), font=font)
+    legend_w = min(120, size[0] // 3)
+    if legend_w >= 10:
+        ramp = _colormap(np.tile(np.linspace(0, 1, legend_w, dtype=np.float32), (10, 1)))
+        canvas.paste(Image.fromarray(ramp, mode="RGB"), (size[0] - legend_w - 6, size[1] + 8))
+        draw.text((size[0] - legend_w - 6, size[1] + 22), "low", fill=(200, 200, 200), font=font)
+        draw.text((size[0] - 30, size[1] + 22), "high", fill=(200, 200, 200), font=font)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG", pnginfo=None)
+    return buffer.getvalue()
