@@ -36,6 +36,10 @@ def test_demo_writes_summary_with_training_metrics(tmp_path, home):
     assert Path(export["fp32"]).is_file() and Path(export["int8"]).is_file()
     assert export["parity_max_abs_diff"] <= 1e-4 and "int8_auroc_delta" in export and export["int8_latency_ratio"] > 0
     assert summary["bento_model"]["tag"] == "chexops-cxr:v1"
+    service = summary["service"]
+    assert (service["model"]["name"], service["model"]["version"]) == ("chexops-cxr", "1")
+    assert len(service["images"]) >= 3 and all(item["priority"] in ("urgent", "review", "routine") for item in service["images"])
+    assert "clinic endpoint" in result.stdout and service["images"][0]["file"] in result.stdout
 
     again = run_cli("demo", "--config", str(tmp_path / "demo.yaml"), "--json")
     assert again.returncode == 0, again.stderr[-3000:]

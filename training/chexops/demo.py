@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import paths
+from .demo_service import format_findings, query_service
 from .errors import ChexopsError
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ def run_demo(config: Path) -> tuple[dict[str, Any], str]:
     write_summary(summary)
     exported = run_step("export", "--model", f"models:/{MODEL_NAME}@candidate")
     summary["export"], summary["bento_model"] = exported["export"], exported["bento_model"]
+    write_summary(summary)
+    summary["service"] = query_service(summary["bento_model"]["tag"], data_root)
     summary["seconds"] = round(time.monotonic() - started, 1)
     path = write_summary(summary)
     return summary, report(summary, path)
@@ -88,5 +91,7 @@ def report(summary: dict[str, Any], path: Path) -> str:
                   f"             int8: AUROC {exp['int8_auroc_delta']:+.4f}, latency x{exp['int8_latency_ratio']:.2f}; "
                   f"parity max |diff| {exp['parity_max_abs_diff']:.1e}",
                   f"bento model  {summary['bento_model']['tag']}"]
+    if "service" in summary:
+        lines += format_findings(summary["service"])
     lines += ["", f"summary      {path}", f"took         {summary['seconds']:.0f} s"]
     return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""The demo's last step: start the clinic endpoint on the exported model and send it radiographs.
+
+The real samples in `../shared/data/real-cxr/` (PNG and DICOM) when they are there, otherwise
+images of the generated dataset. The service runs as `chexops serve`, exactly as a user starts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from . import paths
+from .errors import ChexopsError
+from .serving.settings import DEV_KEYS
+
+log = logging.getLogger(__name__)
+
+
+def sample_images(data_root: Path) -> list[Path]:
+    real = paths.shared_data() / "real-cxr"
+    found = sorted([*real.glob("*.png"), *real.glob("*.dcm")]) if real.is_dir() else []
+    if found:
+        return found
+    log.info("No shared radiographs at %s: sending generated images instead", real)
+    return sorted((data_root / "CheXpert-v1.0-small" / "valid").rglob("*.jpg"))[:3]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def query_service(model_tag: str, data_root: Path, timeout: float = 240) -> dict[str, Any]:
+    """Serve `model_tag`, predict each sample image over HTTP, stop the service; returns the findings."""
+    port, key = _free_port(), DEV_KEYS.split(":")[1]
+    url = f"http://127.0.0.1:{port}"
+    log_path = paths.home() / "demo" / "service.log"
+    env = {**os.environ, "CHEXOPS_HOME": str(paths.home()), "CHEXOPS_API_KEYS": DEV_KEYS}
+    log.info("$ chexops serve --port %d --model %s   (log: %s)", port, model_tag, log_path)
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "chexops", "serve", "--port", str(port), "--model", model_tag],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise ChexopsError(f"the service exited with code {proc.returncode} before it was ready; see {log_path}.")
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ChexopsError(f"the service was not ready within {timeout:.0f} s; see {log_path}.")
+                time.sleep(0.5)
+            results = []
+            for image in sample_images(data_root):
+                started = time.monotonic()
+                response = client.post("/predict", files={"image": (image.name, image.read_bytes())},
+                                       headers={"Authorization": f"Bearer {key}"})
+                if response.status_code != 200:
+                    raise ChexopsError(f"/predict answered {response.status_code} for {image.name}: {response.text[:300]}")
+                body = response.json()
+                positives = sorted((f for f in body["findings"] if f["positive"]), key=lambda f: -f["probability"])
+                results.append({"file": image.name, "request_id": body["request_id"], "priority": body["priority"],
+                                "positive": [{"label": f["label"], "probability": round(f["probability"], 3),
+                                              "threshold": round(f["threshold"], 3)} for f in positives],
+                                "latency_ms": round(1000 * (time.monotonic() - started), 1)})
+            model = body["model"] if results else {}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return {"url": url, "model": model, "api_key_note": f"development key for clinic {DEV_KEYS.split(':')[0]!r}",
+            "images": results, "log": str(log_path)}
+
+
+def format_findings(service: dict[str, Any]) -> list[str]:
+    lines = ["", f"clinic endpoint  {service['model'].get('name')} v{service['model'].get('version')} "
+                 f"(served by `chexops serve`, development API key)",
+             "                 (the demo model learnt synthetic images: on real radiographs its findings show the plumbing, not medicine)"]
+    for item in service["images"]:
+        found = ", ".join(f"{f['label']} {f['probability']:.2f}" for f in item["positive"][:4]) or "no finding above threshold"
+        lines.append(f"  {item['file']:<36} {item['priority']:<8} {found}")
+    return lines
