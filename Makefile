@@ -25,7 +25,7 @@ serve: $(STAMP)
 	$(BIN)/chexops serve
 
 test: $(STAMP)
-	VENV=$(VENV) bash tests/infra/install-tools.sh
+	VENV=$(VENV) bash tests/install-tools.sh
 	$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 

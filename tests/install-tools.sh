@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# What the test suite needs beyond the virtual environment, installed when missing (idempotent):
+# Debian's chromium for the browser test (Playwright drives it; browsers are never downloaded),
+# then the infrastructure tools (tests/infra/install-tools.sh). Without root, missing Debian
+# packages are reported and the tests that need them skip, saying why.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "install-tools: apt-get install chromium" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+    else
+        echo "install-tools: chromium is missing and this is not root: the browser test will skip" >&2
+    fi
+fi
+
+bash "$here/infra/install-tools.sh"
