@@ -61,7 +61,11 @@ class Chexops:
         if not SETTINGS.batching:
             return (await anyio.to_thread.run_sync(self.model.probabilities, x[None], limiter=self.session_lock))[0]
         self.to_async.default_headers[InternalOnly.HEADER] = INTERNAL_TOKEN  # the in-process client's sessions send it
-        return np.asarray(await self.to_async.infer(images=x[None]), dtype=np.float32)[0]
+        try:
+            return np.asarray(await self.to_async.infer(images=x[None]), dtype=np.float32)[0]
+        except Exception as exc:  # noqa: BLE001 - the batcher refused (latency budget) or its local hop broke
+            log.warning("adaptive batching failed (%s: %s); this request runs alone", type(exc).__name__, exc)
+            return (await anyio.to_thread.run_sync(self.model.probabilities, x[None], limiter=self.session_lock))[0]
 
     async def explain(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return await anyio.to_thread.run_sync(self.model.probabilities_and_cams, x, limiter=self.session_lock)

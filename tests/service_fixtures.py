@@ -29,6 +29,8 @@ from typing import NamedTuple
 
 import pytest
 
+from chexops.processes import stop_tree
+
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "test-clinic-key-0123456789"
 OTHER_KEY = "other-clinic-key-9876543210"
@@ -120,23 +122,8 @@ class Service:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
-        """Stop the server and all its workers (it runs in a process group of its own)."""
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        if sig != signal.SIGKILL:  # a graceful stop's children are gone; after SIGKILL, reap stragglers
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """Stop the server and all its workers (SIGKILL: as a crash would)."""
+        stop_tree(self.process, sig, timeout)
 
 
 def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import httpx
 
 from . import paths
 from .errors import ChexopsError
+from .processes import stop_tree
 from .serving.settings import DEV_KEYS
 
 log = logging.getLogger(__name__)
@@ -79,13 +79,7 @@ def query_service(model_tag: str, data_root: Path, timeout: float = 240) -> dict
                                 "latency_ms": round(1000 * (time.monotonic() - started), 1)})
             model = body["model"] if results else {}
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_tree(proc, timeout=30)
     return {"url": url, "model": model, "api_key_note": f"development key for clinic {DEV_KEYS.split(':')[0]!r}",
             "images": results, "log": str(log_path)}
 

@@ -145,5 +145,6 @@ def _decode_dicom(data: bytes, limits: ImageLimits) -> DecodedImage:
 def to_png(grey: np.ndarray) -> bytes:
     """The pixels alone, re-encoded as a 16-bit grey PNG: what is stored, with no metadata at all."""
     buffer = io.BytesIO()
-    Image.fromarray(np.round(np.clip(grey, 0, 1) * 65535).astype(np.uint16)).save(buffer, format="PNG")
+    # compress_level=1: about 3x faster than the default for about 12% more bytes, off the hot path's CPU
+    Image.fromarray(np.round(np.clip(grey, 0, 1) * 65535).astype(np.uint16)).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()

@@ -49,7 +49,7 @@ class Settings:
     threads: int = 2                        # CHEXOPS_THREADS: ONNX Runtime intra-op threads
     batching: bool = True                   # CHEXOPS_BATCHING: 0 sends each request alone to the session
     max_batch_size: int = 16                # CHEXOPS_MAX_BATCH_SIZE
-    max_latency_ms: int = 200               # CHEXOPS_MAX_LATENCY_MS: adaptive batching's latency budget
+    max_latency_ms: int = 2000              # CHEXOPS_MAX_LATENCY_MS: adaptive batching's latency budget
     max_upload_bytes: int = 20 * 2**20      # CHEXOPS_MAX_UPLOAD_MB
     max_pixels: int = 40_000_000            # CHEXOPS_MAX_PIXELS: decompression-bomb limit
     modalities: frozenset[str] = field(default_factory=lambda: frozenset({"CR", "DX"}))  # CHEXOPS_MODALITIES
@@ -71,7 +71,7 @@ class Settings:
             threads=_int("CHEXOPS_THREADS", 2, low=1),
             batching=os.environ.get("CHEXOPS_BATCHING", "1").strip().lower() not in ("0", "false", "no", "off"),
             max_batch_size=_int("CHEXOPS_MAX_BATCH_SIZE", 16, low=1),
-            max_latency_ms=_int("CHEXOPS_MAX_LATENCY_MS", 200, low=1),
+            max_latency_ms=_int("CHEXOPS_MAX_LATENCY_MS", 2000, low=1),
             max_upload_bytes=int(_float("CHEXOPS_MAX_UPLOAD_MB", 20.0) * 2**20),
             max_pixels=_int("CHEXOPS_MAX_PIXELS", 40_000_000, low=256),
             modalities=frozenset(m.strip().upper() for m in modalities.split(",") if m.strip()),

@@ -1,0 +1,505 @@
+"""The clinic endpoint against the bare ONNX Runtime session: latency, overhead, throughput.
+
+    # start the service on a Bento model (twice: adaptive batching on, then off) and measure it
+    python -m chexops.benchmarks.serve_bench --start --model chexops-cxr:latest --image IMAGE
+    # the same on a seeded random-init DenseNet-121 at 224 px (exported into a temporary store)
+    python -m chexops.benchmarks.serve_bench --start --architecture densenet121 --size 224 --image IMAGE
+    # a service that is already running (its batching setting as it is)
+    python -m chexops.benchmarks.serve_bench --url http://127.0.0.1:3000 --key KEY --image IMAGE
+
+Measures, on one image (PNG, JPEG or DICOM), over loopback:
+
+- the bare path, in this process: `chexops.imaging.decode` + the model's preprocessing +
+  `session.run` through `chexops.serving.inference.OnnxModel` (the service's own code), on the same
+  ONNX file with the same intra-op threads; N sequential runs after a warm-up;
+- `/predict`: N sequential requests (one keep-alive connection), latency seen by the client;
+- the overhead: service p50 (p95) over bare p50 (p95), in percent;
+- `/predict` at concurrency C (C client threads, M requests in all): requests/s and the per-request
+  p50/p95, with adaptive batching on and off (`CHEXOPS_BATCHING=0`) when the script starts the service.
+
+With --start the service gets its own feedback store in a temporary directory and a rate limit
+high enough for the benchmark; with --url, the service's rate limit must allow the requests
+(`CHEXOPS_RATE_LIMIT`, `CHEXOPS_RATE_BURST`). Prints one JSON object; `--markdown` also prints
+table rows for docs/benchmarks.md on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("chexops.benchmarks.serve_bench")
+
+ROOT = Path(__file__).resolve().parents[3]
+SERVICE = "bentos/service.py:Chexops"
+
+
+def machine() -> dict[str, Any]:
+    import onnxruntime
+
+    cpu, isa = platform.processor() or "", []
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        cpu = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), cpu)
+        flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+        isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f" {f}" in flags]
+    except OSError:
+        pass
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = []
+    try:  # the version without importing bentoml (its settings are read at import: BENTOML_HOME may change later)
+        from importlib.metadata import version
+
+        bentoml_version = version("bentoml")
+    except Exception:  # noqa: BLE001 - informational only
+        bentoml_version = ""
+    return {"cpu": cpu, "isa": isa, "logical_cpus": os.cpu_count(), "load_average_at_start": load,
+            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "bentoml": bentoml_version,
+            "platform": platform.platform()}
+
+
+def stats(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    return {"n": int(ms.size), "p50_ms": round(float(np.percentile(ms, 50)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3),
+            "mean_ms": round(float(ms.mean()), 3), "max_ms": round(float(ms.max()), 3)}
+
+
+# --- a seeded random-init model (for --architecture) -------------------------------------------------
+
+def random_init_model(name: str, size: int, width: int, calibration: int = 8) -> str:
+    """Export a seeded random-init network (fp32 + static int8, real chexops metadata) into the Bento
+    store of the current CHEXOPS_HOME; returns its tag. Needs torch (the training extra)."""
+    import torch
+
+    from chexops.bento_store import import_onnx
+    from chexops.config import ModelConfig
+    from chexops.export import INT8_FILE, build_metadata, export_onnx, write_metadata
+    from chexops.labels import CHEXPERT_LABELS
+    from chexops.models import build_model
+    from chexops.paths import home
+    from chexops.preprocessing import PreprocessSpec
+    from chexops.quantize import quantize_static_qdq
+
+    torch.manual_seed(0)
+    labels = list(CHEXPERT_LABELS)
+    spec = PreprocessSpec(size=size, channels=1, mean=(0.5,), std=(0.25,))
+    model = build_model(ModelConfig(name=name, width=width, pretrained_weights=None), len(labels), spec).eval()
+    out = home() / "exports" / f"bench-{name}-{size}"
+    fp32 = export_onnx(model, spec, out / "model.onnx")
+    metadata = build_metadata(labels=labels, thresholds={label: 0.5 for label in labels}, rule="benchmark (random init)",
+                              spec=spec, model_name=f"bench-{name}-{size}", registry_version="1", run_id="0" * 32,
+                              data_version="none", head_weight=model.head.weight.detach().numpy(),
+                              head_bias=model.head.bias.detach().numpy())
+    write_metadata(fp32, metadata)
+    x = np.random.default_rng(0).normal(0, 1, (calibration, 1, size, size)).astype(np.float32)
+    int8 = quantize_static_qdq(fp32, out / INT8_FILE, x)
+    write_metadata(int8, {**metadata, "precision": "int8-static-qdq"})
+    return import_onnx(fp32, int8)["tag"]
+
+
+# --- the bare session ------------------------------------------------------------------------------------
+
+def model_file(tag: str, precision: str) -> Path:
+    """The ONNX file the service loads for `tag` at `precision`, from the Bento model store."""
+    from chexops.bento_store import bentoml_home
+    from chexops.serving.inference import FILES
+
+    bentoml_home()
+    import bentoml
+
+    return Path(bentoml.models.get(tag).path_of(FILES[precision]))
+
+
+def bare(onnx_path: Path, data: bytes, threads: int, runs: int, warmup: int) -> dict[str, Any]:
+    """decode + preprocess + session.run of one image, `runs` times, in this process."""
+    from chexops.imaging import decode
+    from chexops.serving.inference import OnnxModel
+
+    model = OnnxModel.load(onnx_path, threads=threads)
+
+    def once() -> np.ndarray:
+        x = model.preprocess(decode(data).grey)
+        return model.probabilities(x[None])
+
+    for _ in range(warmup):
+        once()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - start)
+    return {**stats(times), "model": f"{model.name} v{model.version}", "precision": model.precision or "fp32",
+            "input_size": model.spec.size, "file": str(onnx_path)}
+
+
+# --- the service over HTTP -------------------------------------------------------------------------------
+
+class ServiceError(RuntimeError):
+    pass
+
+
+def _post(client, url: str, key: str, data: bytes) -> tuple[int, dict]:
+    """(status, JSON body) of one /predict; status 0 when the connection failed (reset, refused, timed
+    out). A 401 or 429 is the benchmark's own misconfiguration: it stops."""
+    import httpx
+
+    try:
+        response = client.post(f"{url}/predict", headers={"Authorization": f"Bearer {key}"},
+                               files={"image": ("image", data, "application/octet-stream")})
+    except httpx.TransportError as exc:
+        return 0, {"error": f"connection: {type(exc).__name__}: {exc}"}
+    if response.status_code in (401, 429):
+        hint = " (raise the service's CHEXOPS_RATE_LIMIT / CHEXOPS_RATE_BURST for a benchmark)" if response.status_code == 429 else ""
+        raise ServiceError(f"/predict answered {response.status_code}: {response.text[:300]}{hint}")
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": response.text[:300]}
+    return response.status_code, body
+
+
+class Failures:
+    """Requests that did not answer 200: counted per status (a service error is a result, not a crash
+    of the benchmark), with the first message of each; too many stop the run."""
+
+    def __init__(self, limit: int):
+        self.limit, self.counts, self.examples = limit, {}, {}
+        self._lock = threading.Lock()
+
+    def add(self, status: int, body: dict) -> None:
+        with self._lock:
+            self.counts[str(status)] = self.counts.get(str(status), 0) + 1
+            self.examples.setdefault(str(status), str(body.get("error", body))[:200])
+            if sum(self.counts.values()) > self.limit:
+                raise ServiceError(f"more than {self.limit} requests failed: {self.counts} {self.examples}")
+
+    def report(self) -> dict[str, Any]:
+        return {"failed": sum(self.counts.values()), "by_status": dict(self.counts), "examples": dict(self.examples)}
+
+
+def sequential(url: str, key: str, data: bytes, runs: int, warmup: int) -> dict[str, Any]:
+    import httpx
+
+    failures = Failures(limit=max(5, runs // 10))
+    model: dict = {}
+    with httpx.Client(timeout=60) as client:
+        for _ in range(warmup):
+            status, body = _post(client, url, key, data)
+            if status != 200:
+                failures.add(status, body)
+        times, server = [], []
+        for _ in range(runs):
+            start = time.perf_counter()
+            status, body = _post(client, url, key, data)
+            elapsed = time.perf_counter() - start
+            if status != 200:
+                failures.add(status, body)
+                continue
+            times.append(elapsed)
+            server.append(body.get("timings", {}))
+            model = body.get("model", model)
+    if not times:
+        raise ServiceError(f"no request succeeded: {failures.report()}")
+    # what the service says it spent inside /predict (median of each timing it reports)
+    keys = sorted({k for t in server for k, v in t.items() if isinstance(v, (int, float))})
+    inside = {k: round(float(np.median([t[k] for t in server if k in t])), 3) for k in keys}
+    return {**stats(times), "model": model, "server_timings_p50_ms": inside, "errors": failures.report()}
+
+
+def concurrent(url: str, key: str, data: bytes, concurrency: int, requests: int, warmup: int) -> dict[str, Any]:
+    """`requests` /predict calls from `concurrency` threads (one keep-alive client each); latency
+    and throughput count the successful ones, the others are reported by status."""
+    import httpx
+
+    failures = Failures(limit=max(10, requests // 4))
+    clients = [httpx.Client(timeout=120) for _ in range(concurrency)]
+    try:
+        for client in clients:  # open the connections, warm the workers
+            for _ in range(max(1, warmup // concurrency)):
+                status, body = _post(client, url, key, data)
+                if status != 200:
+                    failures.add(status, body)
+        counter = iter(range(requests))
+        lock = threading.Lock()
+        times: list[float] = []
+        fatal: list[BaseException] = []
+
+        def worker(client) -> None:
+            while True:
+                with lock:
+                    if next(counter, None) is None or fatal:
+                        return
+                start = time.perf_counter()
+                try:
+                    status, body = _post(client, url, key, data)
+                    elapsed = time.perf_counter() - start
+                    if status != 200:
+                        failures.add(status, body)
+                        continue
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    with lock:
+                        fatal.append(exc)
+                    return
+                with lock:
+                    times.append(elapsed)
+
+        threads = [threading.Thread(target=worker, args=(c,)) for c in clients]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - start
+    finally:
+        for client in clients:
+            client.close()
+    if fatal:
+        raise ServiceError(str(fatal[0]))
+    if not times:
+        raise ServiceError(f"no request succeeded: {failures.report()}")
+    return {**stats(times), "concurrency": concurrency, "wall_s": round(wall, 3),
+            "requests_per_s": round(len(times) / wall, 2), "errors": failures.report()}
+
+
+# --- starting the service --------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Started:
+    """`bentoml serve` in a process group of its own on a free loopback port, ready."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, timeout: float = 180):
+        import httpx
+
+        if not (ROOT / "bentos" / "service.py").exists():
+            raise SystemExit(f"{ROOT / 'bentos' / 'service.py'} is missing: --start needs the repository checkout")
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        with open(log_path, "ab") as fh:
+            self.process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1",
+                                             "--port", str(self.port)], cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"bentoml serve exited with {self.process.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise SystemExit(f"bentoml serve not ready after {timeout} s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+    def _workers(self) -> list[int]:
+        """The server's child processes (BentoML starts its workers in sessions of their own, out of
+        reach of a signal to the server's process group)."""
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == self.process.pid:
+                children.append(int(stat.parent.name))
+        return children
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        workers = self._workers()
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        except ProcessLookupError:
+            pass
+        for pid in workers:  # a graceful stop has ended them; after a kill they would be orphans
+            try:
+                if b"bentoml" in Path(f"/proc/{pid}/cmdline").read_bytes():  # still ours, not a reused pid
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+
+    def __enter__(self) -> "Started":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def service_env(args, key: str, tmp: Path, batching: bool) -> dict[str, str]:
+    from chexops import paths
+    from chexops.bento_store import bentoml_home
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHEXOPS_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(dict(item.split("=", 1) for item in args.service_env))
+    env.update({"CHEXOPS_HOME": str(paths.home()), "BENTOML_HOME": str(bentoml_home()), "BENTOML_DO_NOT_TRACK": "True",
+                "CHEXOPS_MODEL": args.model, "CHEXOPS_PRECISION": args.precision, "CHEXOPS_THREADS": str(args.threads),
+                "CHEXOPS_BATCHING": "1" if batching else "0", "CHEXOPS_API_KEYS": f"bench:{key}",
+                "CHEXOPS_RATE_LIMIT": "1000000000", "CHEXOPS_RATE_BURST": "1000000",
+                "CHEXOPS_FEEDBACK_URL": f"sqlite:///{tmp / 'feedback.db'}"})
+    for name in ("CHEXOPS_SHARED_DATA",):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+def measure_service(url: str, key: str, data: bytes, args) -> dict[str, Any]:
+    out = {"sequential": sequential(url, key, data, args.runs, args.warmup)}
+    log.info("  sequential: p50 %.2f ms, p95 %.2f ms; failed %d", out["sequential"]["p50_ms"], out["sequential"]["p95_ms"],
+             out["sequential"]["errors"]["failed"])
+    out["concurrent"] = concurrent(url, key, data, args.concurrency, args.requests, args.warmup)
+    c = out["concurrent"]
+    log.info("  concurrency %d: %.1f req/s, p50 %.2f ms, p95 %.2f ms; failed %d %s", args.concurrency, c["requests_per_s"],
+             c["p50_ms"], c["p95_ms"], c["errors"]["failed"], c["errors"]["examples"] or "")
+    return out
+
+
+def overhead(service: dict[str, Any], bare_result: dict[str, Any]) -> dict[str, float]:
+    return {f"{q}_percent": round(100.0 * (service[f"{q}_ms"] / bare_result[f"{q}_ms"] - 1.0), 1) for q in ("p50", "p95")}
+
+
+def run(args) -> dict[str, Any]:
+    data = Path(args.image).read_bytes()
+    result: dict[str, Any] = {"service_env": args.service_env, "image": str(args.image), "image_bytes": len(data), "intra_op_threads": args.threads,
+                              "precision": args.precision, "runs": args.runs, "warmup": args.warmup,
+                              "concurrency": args.concurrency, "concurrent_requests": args.requests, "services": {}}
+    if args.start:
+        key = secrets.token_urlsafe(24)
+        with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+            for batching in (True, False):
+                name = "batching_on" if batching else "batching_off"
+                log.info("Starting the service (%s) on %s", name, args.model)
+                logs = Path(args.log_dir) if args.log_dir else Path(tmp)
+                logs.mkdir(parents=True, exist_ok=True)
+                with Started(service_env(args, key, Path(tmp), batching), logs / f"service-{name}.log") as svc:
+                    try:
+                        result["services"][name] = measure_service(svc.url, key, data, args)
+                    except ServiceError as exc:
+                        raise ServiceError(f"{exc}\n--- the service's log ({name}), last lines ---\n{svc.logs()}") from None
+        result["model_tag"] = args.model
+    else:
+        if not args.key:
+            raise SystemExit("--url needs --key (an API key of the service)")
+        log.info("Measuring %s", args.url)
+        result["services"]["as_running"] = measure_service(args.url.rstrip("/"), args.key, data, args)
+        served = result["services"]["as_running"]["sequential"]["model"]
+        result["model_tag"] = args.model or f"{served.get('name')}:v{served.get('version')}"
+    onnx_path = Path(args.onnx) if args.onnx else model_file(result["model_tag"], args.precision)
+    log.info("Bare ONNX Runtime session on %s", onnx_path)
+    result["bare"] = bare(onnx_path, data, args.threads, args.runs, args.warmup)
+    log.info("  bare: p50 %.2f ms, p95 %.2f ms", result["bare"]["p50_ms"], result["bare"]["p95_ms"])
+    for value in result["services"].values():
+        value["overhead_vs_bare"] = overhead(value["sequential"], result["bare"])
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    b = result["bare"]
+    rows = ["| path | p50 (ms) | p95 (ms) | overhead p50 / p95 | req/s at c={c} | p50 / p95 at c={c} (ms) | failed |".format(c=result["concurrency"]),
+            "|---|---|---|---|---|---|---|",
+            f"| bare ONNX Runtime (decode + preprocess + run) | {b['p50_ms']:.2f} | {b['p95_ms']:.2f} | — | — | — | — |"]
+    for name, value in result["services"].items():
+        s, o, c = value["sequential"], value["overhead_vs_bare"], value["concurrent"]
+        rows.append(f"| `/predict`, {name.replace('_', ' ')} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | "
+                    f"{o['p50_percent']:+.1f} % / {o['p95_percent']:+.1f} % | {c['requests_per_s']:.1f} | "
+                    f"{c['p50_ms']:.1f} / {c['p95_ms']:.1f} | "
+                    f"{s['errors']['failed'] + c['errors']['failed']} of {s['n'] + s['errors']['failed'] + c['n'] + c['errors']['failed']} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="a running service (loopback), e.g. http://127.0.0.1:3000")
+    where.add_argument("--start", action="store_true", help="start the service here (batching on, then off)")
+    parser.add_argument("--key", help="API key for --url")
+    parser.add_argument("--image", required=True, help="the image to send (PNG, JPEG or DICOM)")
+    parser.add_argument("--model", default="", help="Bento model tag (--start: default chexops-cxr:latest; --url: from /predict)")
+    parser.add_argument("--architecture", choices=["small", "densenet121"],
+                        help="--start on a seeded random-init network of this architecture (needs torch) instead of --model")
+    parser.add_argument("--size", type=int, default=224, help="--architecture input size")
+    parser.add_argument("--width", type=int, default=32, help="--architecture small: the CNN's width")
+    parser.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="--start: another setting for the service, e.g. CHEXOPS_MAX_LATENCY_MS=2000 (repeatable)")
+    parser.add_argument("--log-dir", help="--start: keep the services' logs here (default: a temporary directory)")
+    parser.add_argument("--onnx", help="the ONNX file for the bare session (default: the Bento model's file)")
+    parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32", help="as the service's CHEXOPS_PRECISION")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads, as the service's CHEXOPS_THREADS")
+    parser.add_argument("--runs", type=int, default=200, help="sequential requests (and bare runs)")
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=400, help="requests in all at --concurrency")
+    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table (stderr)")
+    args = parser.parse_args(argv)
+    if any("=" not in item for item in args.service_env):
+        parser.error("--service-env takes NAME=VALUE")
+    if args.architecture and not args.start:
+        parser.error("--architecture needs --start")
+    for name in ("runs", "requests", "concurrency", "threads"):
+        if not 1 <= getattr(args, name) <= 100_000:
+            parser.error(f"--{name} must be within 1..100000")
+    if args.url and not args.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
+        parser.error("--url must be a loopback address (the benchmark measures the service, not the network)")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    started = time.monotonic()
+    info = machine()
+    with tempfile.TemporaryDirectory(prefix="serve-bench-home-") as scratch:
+        if args.architecture:  # a store of its own: the user's CHEXOPS_HOME stays untouched
+            os.environ["CHEXOPS_HOME"] = scratch
+            os.environ["BENTOML_HOME"] = str(Path(scratch) / "bentoml")
+            log.info("Exporting a random-init %s at %d px into %s", args.architecture, args.size, scratch)
+            args.model = random_init_model(args.architecture, args.size, args.width)
+        elif args.start and not args.model:
+            args.model = "chexops-cxr:latest"
+        try:
+            result = run(args)
+        except ServiceError as exc:
+            raise SystemExit(f"serve_bench: {exc}") from None
+    if args.architecture:
+        result["model"] = {"architecture": args.architecture, "size": args.size, "weights": "random init (seed 0)"}
+    result.update({"command": "python -m chexops.benchmarks.serve_bench " + " ".join(sys.argv[1:] if argv is None else argv),
+                   "machine": info, "seconds": round(time.monotonic() - started, 1)})
+    try:
+        info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    result["command"] = result["command"].replace(args.key, "KEY") if args.key else result["command"]
+    print(json.dumps(result, indent=2, default=str))
+    if args.markdown:
+        print(markdown(result), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
