@@ -30,6 +30,7 @@ from typing import NamedTuple
 import pytest
 
 from chexops.processes import stop_tree
+from chexops.serving.launch import wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "test-clinic-key-0123456789"
@@ -124,22 +125,6 @@ class Service:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
         """Stop the server and all its workers (SIGKILL: as a crash would)."""
         stop_tree(self.process, sig, timeout)
-
-
-def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{log_path.read_text(errors='replace')[-4000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"bentoml serve not ready after {timeout} s:\n{log_path.read_text(errors='replace')[-4000:]}")
 
 
 def start_service(model: ServedModel, log_name: str = "service.log", api_key: str = API_KEY, **env: str) -> Service:

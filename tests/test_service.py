@@ -12,7 +12,6 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
-import os
 import signal
 import struct
 import subprocess

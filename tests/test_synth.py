@@ -135,7 +135,7 @@ def test_deterministic_for_a_seed(tmp_path, small):
     out, _ = small
     again = synthesize(tmp_path / "a", patients=12, valid_patients=5, image_size=32, seed=3, progress=True)
     other = synthesize(tmp_path / "b", patients=12, valid_patients=5, image_size=32, seed=4, progress=False)
-    csv_only = synthesize(
+    synthesize(
         tmp_path / "c", patients=12, valid_patients=5, image_size=32, seed=3, images=False, progress=False
     )
     for name in ("train.csv", "valid.csv"):

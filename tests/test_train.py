@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +12,6 @@ import time
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 import torch
 import yaml

@@ -9,7 +9,6 @@ the feedback is then read back from the service's own feedback store.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import httpx

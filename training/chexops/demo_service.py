@@ -20,6 +20,7 @@ import httpx
 from . import paths
 from .errors import ChexopsError
 from .processes import stop_tree
+from .serving.launch import wait_ready
 from .serving.settings import DEV_KEYS
 
 log = logging.getLogger(__name__)
@@ -52,18 +53,7 @@ def query_service(model_tag: str, data_root: Path, timeout: float = 240) -> dict
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    raise ChexopsError(f"the service exited with code {proc.returncode} before it was ready; see {log_path}.")
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise ChexopsError(f"the service was not ready within {timeout:.0f} s; see {log_path}.")
-                time.sleep(0.5)
+            wait_ready(url, proc, log_path, timeout)
             results = []
             for image in sample_images(data_root):
                 started = time.monotonic()

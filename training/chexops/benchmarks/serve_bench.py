@@ -31,7 +31,6 @@ import logging
 import os
 import platform
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from chexops.errors import ChexopsError
+from chexops.processes import stop_tree
+from chexops.serving.launch import wait_ready
 
 log = logging.getLogger("chexops.benchmarks.serve_bench")
 
@@ -290,8 +293,6 @@ class Started:
     """`bentoml serve` in a process group of its own on a free loopback port, ready."""
 
     def __init__(self, env: dict[str, str], log_path: Path, timeout: float = 180):
-        import httpx
-
         if not (ROOT / "bentos" / "service.py").exists():
             raise SystemExit(f"{ROOT / 'bentos' / 'service.py'} is missing: --start needs the repository checkout")
         self.port = _free_port()
@@ -301,53 +302,17 @@ class Started:
             self.process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1",
                                              "--port", str(self.port)], cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
                                             start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"bentoml serve exited with {self.process.returncode}:\n{self.logs()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise SystemExit(f"bentoml serve not ready after {timeout} s:\n{self.logs()}")
+        try:
+            wait_ready(self.url, self.process, log_path, timeout)
+        except ChexopsError as exc:
+            self.stop()
+            raise SystemExit(str(exc)) from None
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
-    def _workers(self) -> list[int]:
-        """The server's child processes (BentoML starts its workers in sessions of their own, out of
-        reach of a signal to the server's process group)."""
-        children = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == self.process.pid:
-                children.append(int(stat.parent.name))
-        return children
-
     def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        workers = self._workers()
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-        except ProcessLookupError:
-            pass
-        for pid in workers:  # a graceful stop has ended them; after a kill they would be orphans
-            try:
-                if b"bentoml" in Path(f"/proc/{pid}/cmdline").read_bytes():  # still ours, not a reused pid
-                    os.kill(pid, signal.SIGKILL)
-            except (OSError, ProcessLookupError):
-                pass
+        stop_tree(self.process)
 
     def __enter__(self) -> "Started":
         return self
