@@ -63,7 +63,8 @@ def query_service(model_tag: str, data_root: Path, timeout: float = 240) -> dict
                     raise ChexopsError(f"/predict answered {response.status_code} for {image.name}: {response.text[:300]}")
                 body = response.json()
                 positives = sorted((f for f in body["findings"] if f["positive"]), key=lambda f: -f["probability"])
-                results.append({"file": image.name, "request_id": body["request_id"], "priority": body["priority"],
+                name = str(image.relative_to(data_root)) if data_root in image.parents else image.name
+                results.append({"file": name, "request_id": body["request_id"], "priority": body["priority"],
                                 "positive": [{"label": f["label"], "probability": round(f["probability"], 3),
                                               "threshold": round(f["threshold"], 3)} for f in positives],
                                 "latency_ms": round(1000 * (time.monotonic() - started), 1)})
