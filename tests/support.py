@@ -4,6 +4,7 @@ conftest.py: tests/infra has a conftest of its own, and `import conftest` would 
 from __future__ import annotations
 
 import csv
+import io
 import os
 import subprocess
 import sys
@@ -54,3 +55,34 @@ def make_rows(n_patients: int = 6, studies: int = 2) -> list[dict]:
             rows.append(row)
     rows.append({**rows[0], "Path": "CheXpert-v1.0-small/train/patient00001/study1/view2_lateral.jpg", "Frontal/Lateral": "Lateral", "AP/PA": ""})
     return rows
+
+
+def dicom_dataset(values: np.ndarray | None, modality: str = "DX", bits: int = 12, photometric: str = "MONOCHROME2",
+                  rescale: tuple[float, float] | None = None):
+    """A DICOM Part 10 dataset carrying patient identifiers, with `values` (uint16, H×W) as pixel data."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.Modality, ds.PatientName, ds.PatientID = modality, "Doe^Jane", "ID-12345"
+    if values is not None:
+        ds.Rows, ds.Columns = values.shape
+        ds.SamplesPerPixel = 1
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+        ds.PhotometricInterpretation = photometric
+        if rescale is not None:
+            ds.RescaleSlope, ds.RescaleIntercept = rescale
+        ds.PixelData = values.astype(np.uint16).tobytes()
+    return ds
+
+
+def dicom_bytes(ds) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

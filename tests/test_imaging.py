@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from chexops.imaging import ImageInputError, ImageLimits, decode, to_png
+from support import dicom_bytes, dicom_dataset
 
 
 def encode(image: Image.Image, fmt: str, **kw) -> bytes:
@@ -81,31 +82,9 @@ def test_upload_size_limit():
     assert err.value.status == 413
 
 
-def dicom_bytes(ds: pydicom.Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def synthetic_dicom(modality: str = "DX", pixels: bool = True, bits: int = 12, photometric: str = "MONOCHROME2") -> pydicom.Dataset:
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.Modality, ds.PatientName, ds.PatientID = modality, "Doe^Jane", "ID-12345"
-    if pixels:
-        values = (np.tile(np.linspace(0, 2**bits - 1, 64), (48, 1))).astype(np.uint16)
-        ds.Rows, ds.Columns, ds.SamplesPerPixel = 48, 64, 1
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
-        ds.PhotometricInterpretation = photometric
-        ds.RescaleSlope, ds.RescaleIntercept = 2, -100
-        ds.PixelData = values.tobytes()
-    return ds
+    values = np.tile(np.linspace(0, 2**bits - 1, 64), (48, 1)) if pixels else None
+    return dicom_dataset(values, modality, bits, photometric, rescale=(2, -100))
 
 
 def test_dicom_rescale_window_and_monochrome1():

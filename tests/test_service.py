@@ -27,6 +27,7 @@ import pytest
 from PIL import Image
 
 from service_fixtures import OTHER_KEY, ROOT, child_env, served_model, service, start_service  # noqa: F401
+from support import dicom_bytes, dicom_dataset
 
 LABEL_COUNT = 14
 
@@ -46,25 +47,7 @@ def chest(size: int = 96) -> np.ndarray:
 
 
 def synthetic_dicom(pixels: bool = True, modality: str = "DX") -> bytes:
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.Modality, ds.PatientName, ds.PatientID = modality, "Synthetic^Patient", "SYN-0001"
-    if pixels:
-        values = (chest(64) * 4095).astype(np.uint16)
-        ds.Rows, ds.Columns, ds.SamplesPerPixel = 64, 64, 1
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.PixelData = values.tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return dicom_bytes(dicom_dataset((chest(64) * 4095).astype(np.uint16) if pixels else None, modality))
 
 
 def png_header_only(width: int, height: int) -> bytes:

@@ -24,6 +24,7 @@ from typing import Any
 from . import paths
 from .errors import UserInputError
 from .export import FP32_FILE, INT8_FILE, read_metadata
+from .hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +33,6 @@ def bentoml_home() -> Path:
     """`BENTOML_HOME`, defaulting (for this process and its children) to `$CHEXOPS_HOME/bentoml`."""
     os.environ.setdefault("BENTOML_HOME", str(paths.home() / "bentoml"))
     return Path(os.environ["BENTOML_HOME"])
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def bento_tag(model_name: str, registry_version: str, run_id: str) -> str:
@@ -58,7 +51,7 @@ def import_onnx(fp32: Path, int8: Path, ref=None, report: dict[str, Any] | None 
     if not meta.get("labels") or "run_id" not in meta:
         raise UserInputError(f"{fp32} is not a chexops export (its ONNX metadata has no labels / run_id).")
     tag = bento_tag(meta["model_name"], meta.get("registry_version", ""), meta["run_id"])
-    digest = hashlib.sha256((_sha256(fp32) + _sha256(int8)).encode()).hexdigest()
+    digest = hashlib.sha256((sha256_file(fp32) + sha256_file(int8)).encode()).hexdigest()
     labels = {"model_name": meta["model_name"], "registry_version": meta.get("registry_version", ""), "run_id": meta["run_id"],
               "data_version": meta.get("data_version", ""), "alias": getattr(ref, "alias", "") or "", "source": "chexops-export"}
     try:

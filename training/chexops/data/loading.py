@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..config import Config, DataConfig
 from ..errors import DataError
+from ..hashing import sha256_file
 from . import npz
 from .chexpert import ChexpertTable, apply_policy, check_images, filter_view, image_paths, read_chexpert_csv, split_by_patient
 
@@ -43,14 +44,6 @@ class Splits:
     val: Split
     test: Split | None
     fingerprint: dict[str, Any] = field(default_factory=dict)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def label_counts(values: np.ndarray, labels: list[str]) -> dict[str, dict[str, int]]:
