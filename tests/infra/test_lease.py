@@ -62,7 +62,8 @@ def test_create_kvm_lease_resolves_flavor_and_merges_tfvars(infra_cli, clouds_en
     res = lease["reservations"][0]
     assert res["resource_type"] == "flavor:instance" and res["flavor_id"] == res["id"]
     posted = next(body for method, path, body in openstack_stub.requests if method == "POST" and path == "/blazar/v1/leases")
-    assert posted["reservations"] == [{"resource_type": "flavor:instance", "flavor_id": "4", "amount": 3}]
+    # `affinity` explicit and null, as python-chi's Lease.add_flavor_reservation sends it.
+    assert posted["reservations"] == [{"resource_type": "flavor:instance", "flavor_id": "4", "amount": 3, "affinity": None}]
     assert json.loads(_tfvars(tmp_path).read_text()) == {"gpu_reservation_id": "keep-me", "kvm_reservation_id": res["id"]}
 
 
