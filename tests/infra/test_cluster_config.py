@@ -242,3 +242,23 @@ def test_repo_url_is_required_and_validated(tmp_path, url, ok):
     else:
         assert proc.returncode != 0 and "chexops_repo_url is required" in proc.stdout, proc.stdout[-3000:]
     assert "chexops_repo_url" not in (ANSIBLE / "group_vars" / "all" / "main.yml").read_text().split("#")[-1]
+
+
+@pytest.mark.parametrize("cidrs", [None, ["0.0.0.0/0"]], ids=["absent", "open"])
+def test_ssh_firewall_has_no_open_fallback(tmp_path, cidrs):
+    """The common role stops when the SSH sources are missing or open (run in --check: writes nothing)."""
+    if not (BIN / "ansible-playbook").exists():
+        pytest.skip(f"ansible-playbook is not in {BIN}")
+    playbook = tmp_path / "firewall.yml"
+    playbook.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  connection: local\n  tasks:\n"
+        "    - ansible.builtin.include_role:\n        name: common\n        tasks_from: firewall\n"
+    )
+    extra = ["-e", json.dumps({"chexops_ssh_allowed_cidrs": cidrs})] if cidrs is not None else []
+    env = {**_env(tmp_path), "ANSIBLE_ROLES_PATH": str(ANSIBLE / "roles")}
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), "--check", "-i", "localhost,", str(playbook), *extra],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=120,
+    )
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    assert "come from Terraform's ssh_allowed_cidrs" in " ".join(proc.stdout.split()), proc.stdout[-3000:]
