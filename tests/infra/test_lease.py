@@ -232,3 +232,12 @@ def test_main_cli_maps_errors(clouds_env, openstack_stub):
     assert proc.returncode == 2, proc.stderr
     assert "No lease 'no-such-lease'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_no_clouds_yaml_anywhere(infra_cli, clouds_env):
+    env = {**clouds_env, "OS_CLIENT_CONFIG_FILE": None}
+    out = infra_cli(["lease", "status", "x", "--cloud", "stub"], env)
+    if "No clouds.yaml found" not in out.stderr and out.exit_code == 2 and "is not in" in out.stderr:
+        pytest.skip("this machine has a clouds.yaml in a standard place")
+    assert out.exit_code == 2
+    assert "No clouds.yaml found (searched " in out.stderr and "Application Credentials" in out.stderr

@@ -75,7 +75,7 @@ def connect(name: str | None) -> Cloud:
         raise UserInputError(f"clouds.yaml cannot be read: {exc}") from exc
     source = Path(config.config_filename) if config.config_filename else None
     if source is None:
-        searched = ", ".join(str(Path(p).parent) for p in config._config_files)  # noqa: SLF001 - the search list
+        searched = ", ".join(dict.fromkeys(str(Path(p).parent) for p in config._config_files))  # noqa: SLF001 - the search list
         raise UserInputError(f"No clouds.yaml found (searched {searched}; or set OS_CLIENT_CONFIG_FILE). {_CREDENTIALS_HINT}")
     known = sorted(config.get_cloud_names())
     if cloud_name not in known:
