@@ -4,7 +4,9 @@ Debian's chromium (/usr/bin/chromium) driven by Playwright; Playwright never dow
 here. The page is served by the service under test (`service` fixture of tests/service_fixtures.py:
 a tiny exported model, real HTTP): a clinician enters the key, uploads a real radiograph, reads the
 findings, looks at a heatmap, marks the result incorrect with the right findings ticked and sends it;
-the feedback is then read back from the service's own feedback store.
+the feedback is then read back from the service's own feedback store. And with its PostgreSQL
+feedback store stopped: the findings still come, the page says feedback is unavailable; restarted:
+feedback works again without restarting the service.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import pytest
 from PIL import Image
 
 from chexops.paths import shared_data
-from service_fixtures import served_model, service  # noqa: F401  (pytest fixtures)
+from mlflow_fixtures import postgres_server
+from service_fixtures import served_model, service, start_service  # noqa: F401  (pytest fixtures)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -209,3 +212,59 @@ def test_drag_and_drop_selects_the_file(page, service, radiograph):  # noqa: F81
     assert "dropped.png" in page.get_by_test_id("file-name").inner_text()
     page.wait_for_function("() => { const i = document.getElementById('preview-image'); return !i.hidden && i.naturalWidth > 0; }")
     assert page.locator("#analyse").is_enabled()
+
+
+def test_the_feedback_store_down_and_back(browser, served_model, tmp_path):  # noqa: F811
+    """A real PostgreSQL store, stopped under a running service: /predict answers (not stored, no 5xx),
+    /feedback is 503 with Retry-After, the page tells the clinician feedback is unavailable; restarted:
+    the service reconnects by itself and feedback is stored again."""
+    image = (shared_data() / "real-cxr" / "nih_00000001_000.png")
+    data = image.read_bytes() if image.is_file() else _generated_png(tmp_path)
+    with postgres_server() as postgres:
+        svc = start_service(served_model, log_name="store-down.log", CHEXOPS_FEEDBACK_URL=postgres.url)
+        try:
+            def predict():
+                return httpx.post(f"{svc.url}/predict", headers=svc.headers, files={"image": ("x", data)}, timeout=30)
+
+            assert predict().json()["feedback_available"] is True
+            postgres.stop()
+            down = predict()
+            assert down.status_code == 200 and down.json()["feedback_available"] is False, down.text
+            assert len(down.json()["findings"]) == len(httpx.get(f"{svc.url}/model", timeout=10).json()["labels"])
+            refused = httpx.post(f"{svc.url}/feedback", headers=svc.headers, json={"request_id": down.json()["request_id"],
+                                                                                   "correct": True}, timeout=30)
+            assert refused.status_code == 503 and refused.headers["retry-after"] and "unavailable" in refused.json()["error"]
+            assert httpx.get(f"{svc.url}/model", timeout=10).json()["runtime"]["feedback_store"]["available"] is False
+
+            context = browser.new_context(viewport={"width": 1280, "height": 1000}, base_url=svc.url)
+            context.set_default_timeout(TIMEOUT_MS)
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto("/")
+            page.get_by_label("API key").fill(svc.api_key)
+            page.locator("#file-input").set_input_files({"name": "cxr.png", "mimeType": "image/png", "buffer": data})
+            page.locator("#analyse").click()
+            wait_for_findings(page)
+            notice = page.get_by_test_id("feedback-unavailable")
+            notice.wait_for()
+            assert "Feedback is unavailable" in notice.inner_text()
+            assert page.get_by_test_id("feedback-correct").is_disabled()
+            context.close()
+            assert not errors, errors
+
+            postgres.start()
+            back = predict()
+            assert back.status_code == 200 and back.json()["feedback_available"] is True, back.text
+            stored = httpx.post(f"{svc.url}/feedback", headers=svc.headers, json={"request_id": back.json()["request_id"],
+                                                                                  "correct": True}, timeout=30)
+            assert stored.status_code == 200 and stored.json()["created"] is True
+            assert "Traceback" not in svc.logs()
+        finally:
+            svc.stop()
+
+
+def _generated_png(tmp_path: Path) -> bytes:
+    path = tmp_path / "generated.png"
+    Image.fromarray((np.random.default_rng(0).random((128, 128)) * 255).astype(np.uint8)).save(path)
+    return path.read_bytes()

@@ -38,6 +38,8 @@ from typing import Any, Iterator
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
+from ..errors import ChexopsError, ConfigError
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
@@ -82,7 +84,7 @@ class WrongClinic(Exception):
     """The feedback comes from another clinic than the prediction's."""
 
 
-class Unavailable(Exception):
+class Unavailable(ChexopsError):
     """The store cannot be reached (down, restarting, refusing connections)."""
 
 
@@ -116,7 +118,7 @@ def engine_url(url: str) -> tuple[str, str]:
             return "postgresql", "postgresql+psycopg2://" + url[len(prefix):]
     if url.startswith("sqlite:///"):
         return "sqlite", url
-    raise ValueError(f"feedback store URL must start with sqlite:/// or postgresql://, got {url.split(':')[0]}:")
+    raise ConfigError(f"feedback store URL must start with sqlite:/// or postgresql://, got {url.split(':')[0]}:")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
