@@ -14,7 +14,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from chexops.serving.feedback_store import SCHEMA_VERSION, Conflict, FeedbackStore, NotFound, Unavailable, WrongClinic
+from chexops.serving.feedback_store import RETRY_SECONDS, SCHEMA_VERSION, Conflict, FeedbackStore, NotFound, Unavailable, WrongClinic
 from mlflow_fixtures import postgres_server
 
 FINDINGS = [{"label": "Edema", "probability": 0.8, "threshold": 0.5, "positive": True}]
@@ -129,9 +129,11 @@ def test_the_store_reconnects_after_a_restart(postgres):
             store.prediction("down-1")
         assert time.monotonic() - started < 15  # refused quickly, no hang
         assert not store.available()
+        assert time.monotonic() - started < 15  # and again at once: no call waits while the store just failed
     finally:
         postgres.start()
-    # The same store object (its pool held connections to the old server) works again at once.
+    time.sleep(RETRY_SECONDS)  # a store that just failed is tried again after this long
+    # The same store object (its pool held connections to the old server) works again.
     assert store.prediction("down-1")["clinic"] == "north"
     store.add_prediction("down-2", "north", "chexops-cxr", "1", FINDINGS, "urgent", {})
     assert store.add_feedback("down-2", True, None, None, "north")[1] is True

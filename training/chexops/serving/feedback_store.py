@@ -7,7 +7,8 @@ pooled connection: a feedback is on disk before its 200 is sent); PostgreSQL whe
 Connections come from a pool and are checked before use (`pool_pre_ping`): a store that went away
 and came back (a PostgreSQL restart, a fail-over) is reconnected on the next call, without a service
 restart. While the store cannot be reached every call raises `Unavailable` (the service then answers
-predictions without storing them and says feedback is unavailable; bentos/README.md).
+predictions without storing them and says feedback is unavailable; bentos/README.md); after a
+failure, calls fail at once for `RETRY_SECONDS` instead of each waiting on a connection timeout.
 
 The schema carries a version (`chexops_schema`); opening a store upgrades an older one in place,
 under a lock (PostgreSQL advisory lock, SQLite's write lock), so that replicas starting together
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 MIGRATION_LOCK = 0x63686578  # PostgreSQL advisory lock key ("chex")
 KEPT_INFO = ("format", "width", "height", "mode", "modality", "photometric", "bits_stored", "view_position")
-RETRY_SECONDS = 2.0  # how often a store that was down is tried again (per call, not in a loop)
+RETRY_SECONDS = 1.0  # a store that just failed is not tried again for this long: calls fail at once meanwhile
 
 metadata = sa.MetaData()
 predictions = sa.Table(
@@ -162,8 +163,17 @@ class FeedbackStore:
     # --- plumbing ----------------------------------------------------------------------------------
     def _begin(self):
         """A transaction on a pooled connection; `Unavailable` when the store cannot be reached."""
+        self._check_recent_failure()
         self._ensure_schema()
         return _Tx(self)
+
+    def _check_recent_failure(self) -> None:
+        if self._last_failure and time.monotonic() - self._last_failure < RETRY_SECONDS:
+            raise Unavailable(f"the feedback store {self.location} was unreachable moments ago")
+
+    def _failed(self, exc: Exception) -> Unavailable:
+        self._last_failure = time.monotonic()
+        return Unavailable(_reason(exc))
 
     def _ensure_schema(self) -> None:
         if self._schema_ready:
@@ -171,14 +181,12 @@ class FeedbackStore:
         with self._schema_lock:
             if self._schema_ready:
                 return
-            if time.monotonic() - self._last_failure < RETRY_SECONDS and self._last_failure:
-                raise Unavailable(f"the feedback store {self.location} was unreachable moments ago")
+            self._check_recent_failure()
             try:
                 with self.engine.begin() as conn:
                     migrate(conn, self.kind)
             except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-                self._last_failure = time.monotonic()
-                raise Unavailable(_reason(exc)) from None
+                raise self._failed(exc) from None
             self._schema_ready = True
 
     def available(self) -> bool:
@@ -266,6 +274,7 @@ class FeedbackStore:
         columns = [f.request_id, f.correct, f.labels, f.created, p.findings, p.image_info, p.model_name, p.model_version, f.clinic]
         query = (sa.select(*columns, p.image_png if images else sa.null())
                  .select_from(feedback.join(predictions, p.request_id == f.request_id)).order_by(f.created, f.request_id))
+        self._check_recent_failure()
         self._ensure_schema()
         try:
             with self.engine.connect() as conn:
@@ -277,7 +286,7 @@ class FeedbackStore:
                            "model": {"name": row[6], "version": row[7]}, "clinic": row[8],
                            "image_png": bytes(row[9]) if row[9] is not None else None}
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-            raise Unavailable(_reason(exc)) from None
+            raise self._failed(exc) from None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -296,13 +305,13 @@ class _Tx:
             self.context = self.store.engine.begin()
             return self.context.__enter__()
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-            raise Unavailable(_reason(exc)) from None
+            raise self.store._failed(exc) from None
 
     def __exit__(self, exc_type, exc, tb):
         try:
             return self.context.__exit__(exc_type, exc, tb)
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as error:
-            raise Unavailable(_reason(error)) from None
+            raise self.store._failed(error) from None
 
 
 def _reason(exc: Exception) -> str:
