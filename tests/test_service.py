@@ -306,6 +306,15 @@ def test_feedback_is_stored_idempotent_and_checked(service):
     assert again.status_code == 200 and again.json()["created"] is False
     assert again.json()["feedback"] == first.json()["feedback"]
     assert httpx.post(url, json={**body, "correct": True}, headers=headers, timeout=30).status_code == 409
+    # The same feedback sent several times at once (a double click, a retry racing the first try): one is
+    # stored, every answer is the stored record, as for a sequential duplicate.
+    racing_id = post_image(service, SYNTHETIC["jpeg"]()).json()["request_id"]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: httpx.post(url, json={**body, "request_id": racing_id}, headers=headers, timeout=30),
+                                range(6)))
+    assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
+    assert sum(a.json()["created"] for a in answers) == 1
+    assert len({json.dumps(a.json()["feedback"], sort_keys=True) for a in answers}) == 1
     assert httpx.post(url, json={**body, "request_id": "0" * 32}, headers=headers, timeout=30).status_code == 404
     for bad in ({"request_id": request_id}, {"request_id": request_id, "correct": "yes"},
                 {"request_id": request_id, "correct": True, "labels": {"Dragons": 1}},
