@@ -697,3 +697,29 @@ def test_feedback_export_blanks_are_masked_by_the_training_reader(tmp_path):
     assert mask[0, column["Cardiomegaly"]] == 0 and mask[0, column["Pneumothorax"]] == 0  # unknown: not a negative
     assert mask[0].sum() == 1  # every label nobody gave (the 11 other CheXpert labels too) is masked
     assert targets[1, column["Edema"]] == 1 and targets[1, column["Cardiomegaly"]] == 0 and mask[1, column["Cardiomegaly"]] == 1
+
+
+def test_feedback_export_streams_the_images(tmp_path):
+    """The export holds one image at a time, not the whole store: 40 images of 256 KiB (10 MiB) are
+    exported with a peak of Python allocations well under their total."""
+    import tracemalloc
+
+    from chexops.serving.feedback_export import export_feedback
+    from chexops.serving.feedback_store import FeedbackStore
+
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'f.db'}")
+    findings = [{"label": "Edema", "probability": 0.9, "threshold": 0.5, "positive": True}]
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        store.add_prediction(f"r{i}", "north", "m", "1", findings, "urgent", {})
+        store.set_image(f"r{i}", rng.bytes(256 * 1024))
+        store.add_feedback(f"r{i}", True, None, None, "north")
+    tracemalloc.start()
+    try:
+        summary = export_feedback(store, tmp_path / "out")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        store.close()
+    assert summary["rows"] == 40
+    assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB for 10 MiB of images"  # about 2.5 MiB: 8 rows at a time

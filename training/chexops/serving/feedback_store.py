@@ -267,7 +267,7 @@ class FeedbackStore:
             row = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(feedback.c.correct), 0), sa.func.count())).one()
         return int(row[0]), int(row[1]) - int(row[0])
 
-    def export_rows(self, images: bool = True, batch: int = 32) -> Iterator[dict[str, Any]]:
+    def export_rows(self, images: bool = True, batch: int = 8) -> Iterator[dict[str, Any]]:
         """Every feedback with its prediction (and stored image), oldest first, streamed: at most
         `batch` rows are in memory (a server-side cursor on PostgreSQL)."""
         f, p = feedback.c, predictions.c
