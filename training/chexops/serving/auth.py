@@ -8,8 +8,9 @@ constant time and never logged; only the clinic name is.
 
 A client address that failed authentication `auth_failures` times in a row (refilled at that many per
 minute) is answered 429 with Retry-After before its key is even looked at, so guessing keys is
-limited whatever the key; every request of an address also takes a token from the address's own
-bucket (all the clinics behind one address share it), as every valid key does from its own.
+limited whatever the key. Optionally (`CHEXOPS_ADDRESS_RATE_LIMIT`), every authenticated request also
+takes a token from its address's bucket (all the clinics behind one address share it), besides the
+token its key takes from its own.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class Authenticator:
                  failures: RateLimiter | None = None):
         self.keys = keys
         self.limiter = limiter
-        self.per_address = per_address or RateLimiter(limiter.rate * 60 * 4, int(limiter.burst) * 4, limiter.clock)
+        self.per_address = per_address  # None: no limit per address on authenticated requests
         self.failures = failures or RateLimiter(10, 10, limiter.clock)
 
     def clinic(self, authorization: str | None, address: str = "") -> str:
@@ -160,7 +161,7 @@ class Authenticator:
             self.failures.take(address)
             raise AuthError("the API key is not valid." if scheme.lower() == "bearer" and token else
                             "an API key is required: send the header 'Authorization: Bearer YOUR_KEY'.")
-        wait = self.per_address.take(address)
+        wait = self.per_address.take(address) if self.per_address else 0.0
         if wait > 0:
             raise _too_many(wait, "requests from this address")
         wait = self.limiter.take(token)
