@@ -20,10 +20,13 @@ fi
 
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
     if [ "$(id -u)" -eq 0 ]; then
-        echo "install-tools: apt-get install postgresql" >&2
+        echo "install-tools: apt-get install postgresql (binaries only: no default cluster is created or started)" >&2
         export DEBIAN_FRONTEND=noninteractive
+        mkdir -p /etc/postgresql-common
+        grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf ||
+            echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf
         apt-get update -qq
-        apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+        apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold postgresql >/dev/null
     else
         echo "install-tools: PostgreSQL (initdb) is missing and this is not root: the PostgreSQL tests will skip" >&2
     fi
