@@ -97,13 +97,13 @@ def _chexpert_split(name: str, csv: Path, cfg: DataConfig) -> tuple[Split, Chexp
         raise DataError(f"{csv}: no rows are left after the view filter {cfg.view!r}.")
     paths = image_paths(table, cfg.root)
     table, paths = _drop_bad_images(table, paths, cfg)
-    targets, mask = apply_policy(table.values, cfg.labels, cfg.policy)
+    targets, mask = apply_policy(table.values, cfg.labels, table.policy(cfg.policy))
     return Split(name, targets, mask, paths=paths, frame=table.frame), table
 
 
-def _eval_view(split: Split, values: np.ndarray, cfg: DataConfig) -> Split:
-    """Validation and test targets: uncertain is ignored (not guessed), blank as configured."""
-    policy = cfg.policy.model_copy(update={"uncertain": "ignore", "uncertain_per_label": {}})
+def _eval_view(split: Split, values: np.ndarray, cfg: DataConfig, blank: str | None = None) -> Split:
+    """Validation and test targets: uncertain is ignored (not guessed), blank as configured (or as the CSV declares)."""
+    policy = cfg.policy.model_copy(update={"uncertain": "ignore", "uncertain_per_label": {}, **({"blank": blank} if blank else {})})
     split.targets, split.mask = apply_policy(values, cfg.labels, policy)
     return split
 
@@ -124,13 +124,13 @@ def load_splits(config: Config) -> Splits:
         train_idx, val_idx = split_by_patient(table.frame["patient"], cfg.val_fraction, config.seed)
         train = Split("train", full.targets[train_idx], full.mask[train_idx], [full.paths[i] for i in train_idx], frame=table.frame.iloc[train_idx].reset_index(drop=True))
         val = Split("val", full.targets[val_idx], full.mask[val_idx], [full.paths[i] for i in val_idx], frame=table.frame.iloc[val_idx].reset_index(drop=True))
-        val = _eval_view(val, table.values[val_idx], cfg)
+        val = _eval_view(val, table.values[val_idx], cfg, table.blank)
         test = None
         fingerprint["sha256"] = sha256_file(Path(cfg.csv))
         fingerprint["raw_counts"] = label_counts(table.values, cfg.labels)
         if cfg.test_csv is not None:
             test, test_table = _chexpert_split("test", Path(cfg.test_csv), cfg)
-            test = _eval_view(test, test_table.values, cfg)
+            test = _eval_view(test, test_table.values, cfg, test_table.blank)
             fingerprint["test_sha256"] = sha256_file(Path(cfg.test_csv))
         splits = Splits(cfg.labels, train, val, test)
         fingerprint["patients"] = {"train": int(train.frame["patient"].nunique()), "val": int(val.frame["patient"].nunique())}

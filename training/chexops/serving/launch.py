@@ -16,6 +16,8 @@ from pathlib import Path
 from .. import paths
 from ..errors import ChexopsError, UserInputError
 from .settings import DEFAULT_MODEL, DEV_KEYS
+from .auth import require_keys_off_loopback
+from .lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,9 @@ def check_model(env: dict[str, str]) -> str:
 
 
 def serve(port: int, host: str, model: str | None, precision: str | None, threads: int | None, development: bool = False) -> int:
+    """Run `bentoml serve` until it ends; it dies with this process (PR_SET_PDEATHSIG), its worker with it
+    (chexops.serving.lifetime). Off loopback, configured API keys are required (exit 2 otherwise)."""
+    require_keys_off_loopback(host)
     env = serve_env(model, precision, threads)
     resolved = check_model(env)
     env["CHEXOPS_MODEL"] = resolved  # pin what was checked
@@ -64,7 +69,7 @@ def serve(port: int, host: str, model: str | None, precision: str | None, thread
     log.info("Serving Bento model %s (%s) at http://%s:%d  (web page /, API /predict /explain /feedback, /metrics)",
              resolved, env.get("CHEXOPS_PRECISION", "fp32"), host, port)
     log.info("$ %s", " ".join(cmd[1:]))
-    return subprocess.call(cmd, cwd=ROOT, env=env)
+    return subprocess.call(cmd, cwd=ROOT, env=env, preexec_fn=die_with_parent)
 
 
 def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:

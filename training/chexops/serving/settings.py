@@ -55,6 +55,9 @@ class Settings:
     modalities: frozenset[str] = field(default_factory=lambda: frozenset({"CR", "DX"}))  # CHEXOPS_MODALITIES
     rate_per_minute: float = 120.0          # CHEXOPS_RATE_LIMIT: requests per minute per API key
     rate_burst: int = 20                    # CHEXOPS_RATE_BURST
+    address_rate_per_minute: int = 0        # CHEXOPS_ADDRESS_RATE_LIMIT: requests per minute per client address (0: no such limit)
+    address_burst: int = 80                 # CHEXOPS_ADDRESS_RATE_BURST
+    auth_failures_per_minute: int = 10      # CHEXOPS_AUTH_FAILURE_LIMIT: failed authentications per minute per address (also the burst)
     feedback_url: str = ""                  # CHEXOPS_FEEDBACK_URL: postgresql://... or sqlite:///path
     stored_image_side: int = 1024           # CHEXOPS_FEEDBACK_IMAGE_SIDE: longest side kept (0: full size)
     static_dir: Path = Path(__file__).resolve().parents[3] / "bentos" / "static"  # CHEXOPS_STATIC_DIR
@@ -77,10 +80,21 @@ class Settings:
             modalities=frozenset(m.strip().upper() for m in modalities.split(",") if m.strip()),
             rate_per_minute=_float("CHEXOPS_RATE_LIMIT", 120.0),
             rate_burst=_int("CHEXOPS_RATE_BURST", 20, low=1),
+            address_rate_per_minute=_int("CHEXOPS_ADDRESS_RATE_LIMIT", 0),
+            address_burst=_int("CHEXOPS_ADDRESS_RATE_BURST", 80, low=1),
+            auth_failures_per_minute=_int("CHEXOPS_AUTH_FAILURE_LIMIT", 10, low=1),
             feedback_url=os.environ.get("CHEXOPS_FEEDBACK_URL", "").strip(),
             stored_image_side=_int("CHEXOPS_FEEDBACK_IMAGE_SIDE", 1024),
             static_dir=Path(os.environ.get("CHEXOPS_STATIC_DIR", "") or cls.static_dir),
         )
+
+    def authenticator(self, keys: dict[str, str]):
+        """API keys with this configuration's rate limits (per key, per address, failures per address)."""
+        from .auth import Authenticator, RateLimiter
+
+        return Authenticator(keys, RateLimiter(self.rate_per_minute, self.rate_burst),
+                             RateLimiter(self.address_rate_per_minute, self.address_burst) if self.address_rate_per_minute else None,
+                             RateLimiter(self.auth_failures_per_minute, self.auth_failures_per_minute))
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_bytes=self.max_upload_bytes, max_pixels=self.max_pixels, modalities=self.modalities)
