@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,10 @@ from .render import OVERLAYS, REPO, documents, kubectl, kustomization_dirs, rend
 def renders() -> dict[Path, str | RuntimeError]:
     if kubectl() is None:
         pytest.skip("kubectl is not installed (it renders the kustomizations: apt-get install kubectl)")
+    version = subprocess.run([kubectl(), "version", "--client"], capture_output=True, text=True, check=False).stdout
+    found = re.search(r"Kustomize Version: v(\d+)", version)
+    if not found or int(found.group(1)) < 5:
+        pytest.skip(f"kubectl's kustomize is older than v5 ({version.strip()!r}): the overlays use `labels` and `replicas`")
     return render_all(kustomization_dirs())
 
 
