@@ -104,7 +104,7 @@ def test_writable_paths_are_volumes(env_docs, env):
     empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
     mounts = [m["mountPath"] for m in container["volumeMounts"] if m["name"] in empty]
     env_vars = {e["name"]: e.get("value") for e in container["env"]}
-    for name in ("BENTOML_HOME", "CHEXOPS_HOME", "TMPDIR"):
+    for name in ("BENTOML_HOME", "CHEXOPS_HOME", "TMPDIR", "HOME"):
         path = env_vars[name]
         assert any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts), f"{name}={path} is not on an emptyDir"
     assert "/tmp" in mounts
