@@ -151,6 +151,26 @@ def test_applications_stay_inside_their_projects(applications, projects):
     assert "*" not in yaml.safe_dump(projects), "a wildcard in a project"
 
 
+def test_projects_allow_every_kind_their_directories_render(renders, projects, argocd_docs):
+    """A kind missing from a project's whitelist fails the sync in the cluster; here it fails this test."""
+    apps = {d["metadata"]["name"]: d for d in argocd_docs if d["kind"] == "Application"}
+    targets = [(apps[n]["spec"]["project"], apps[n]["spec"]["source"]["path"]) for n in apps if "path" in apps[n]["spec"]["source"]]
+    targets += [("chexops", f"k8s/chexops/overlays/{env}") for env in ("staging", "canary", "production")]
+    for project, path in targets:
+        text = renders.get(REPO / path)
+        if text is None:
+            continue  # another helper's directory, not in this tree yet
+        spec = projects[project]["spec"]
+        cluster = {(k["group"], k["kind"]) for k in spec.get("clusterResourceWhitelist", [])}
+        namespaced = {(k["group"], k["kind"]) for k in spec["namespaceResourceWhitelist"]}
+        for doc in yaml.safe_load_all(text):
+            if not doc:
+                continue
+            group = doc["apiVersion"].rpartition("/")[0]
+            key = (group, doc["kind"])
+            assert key in (cluster if doc["kind"] == "Namespace" else namespaced), f"{path}: {key} not allowed in project {project}"
+
+
 def test_chexops_project_is_least_privilege(projects):
     spec = projects["chexops"]["spec"]
     assert spec["clusterResourceWhitelist"] == []
