@@ -6,7 +6,6 @@ wiring, and the golden render per environment (refresh: python -m tests.gitops.r
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import kubernetes_validate
 import pytest
