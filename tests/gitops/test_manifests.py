@@ -136,6 +136,7 @@ def test_labels_and_their_env_vars(env_docs, env):
     # Selectors never carry the version (a promotion would orphan the old ReplicaSet's pods).
     assert "chexops.io/model-version" not in deployment["spec"]["selector"]["matchLabels"]
     env_vars = {e["name"]: e for e in _container(deployment)["env"]}
+    assert not any("FAULT" in name for name in env_vars), "fault injection exists for the analysis tests only"
     for var, label in (("CHEXOPS_ENVIRONMENT", "chexops.io/environment"), ("CHEXOPS_TRACK", "chexops.io/track"),
                        ("CHEXOPS_MODEL_VERSION", "chexops.io/model-version")):
         path = env_vars[var]["valueFrom"]["fieldRef"]["fieldPath"]

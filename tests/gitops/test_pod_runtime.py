@@ -94,6 +94,8 @@ def test_the_service_runs_as_the_deployment_runs_it(env_docs, served_model, tmp_
         scrape = pod["metadata"]["annotations"]["prometheus.io/path"]
         metrics = httpx.get(f"{svc.url}{scrape}", timeout=10)
         assert metrics.status_code == 200 and "chexops_predictions_total" in metrics.text
+        if 'environment="' in metrics.text:  # the service labels its metrics (CHEXOPS_ENVIRONMENT, CHEXOPS_TRACK)
+            assert 'environment="production"' in metrics.text and 'track="stable"' in metrics.text
     finally:
         svc.stop()
     assert _state(REPO) == before, "the service wrote into its source tree (read-only in the image)"
