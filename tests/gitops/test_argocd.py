@@ -90,7 +90,10 @@ def ansible_repo() -> dict:
 def root_application(ansible_repo) -> dict:
     """The root Application exactly as the Ansible `argo` role renders it."""
     defaults = yaml.safe_load((REPO / "ansible" / "roles" / "argo" / "defaults" / "main.yml").read_text())
-    variables = {**ansible_repo, **defaults}
+    # chexops_repo_url is the operator's required setting (no default in git): the URL of their copy,
+    # the same as argocd/gitops-source.yaml's (what the children follow).
+    source = yaml.safe_load((REPO / "argocd" / "gitops-source.yaml").read_text())["data"]
+    variables = {"chexops_repo_url": source["repoURL"], **ansible_repo, **defaults}
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
     for _ in range(3):  # defaults refer to group_vars ("{{ chexops_repo_url }}")
         variables = {k: env.from_string(v).render(**variables) if isinstance(v, str) else v for k, v in variables.items()}
@@ -124,7 +127,9 @@ def test_root_application_renders_argocd_as_a_kustomization(root_application):
 
 def test_repository_url_in_one_place_equal_to_ansibles(argocd_docs, applications, projects, ansible_repo, root_application):
     source = yaml.safe_load((REPO / "argocd" / "gitops-source.yaml").read_text())["data"]
-    assert source["repoURL"] == ansible_repo["chexops_repo_url"] == root_application["spec"]["source"]["repoURL"]
+    assert ansible_repo.get("chexops_repo_url", source["repoURL"]) == source["repoURL"] == root_application["spec"]["source"]["repoURL"]
+    template = (REPO / "ansible" / "roles" / "argo" / "templates" / "root-application.yaml.j2").read_text()
+    assert "repoURL: {{ argo_repo_url }}" in template and "targetRevision: {{ argo_repo_revision }}" in template
     assert source["targetRevision"] == ansible_repo["chexops_repo_revision"] == root_application["spec"]["source"]["targetRevision"]
     rendered = yaml.safe_dump_all(argocd_docs)
     assert "GITOPS_" not in rendered and "gitops-source" not in rendered
@@ -234,3 +239,29 @@ def test_sync_waves_order_dependencies(argocd_docs):
     ]
     for first, then in before:
         assert wave[first] < wave[then], f"{first} (wave {wave[first]}) must come before {then} (wave {wave[then]})"
+
+
+def _walk(value, key=""):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _walk(v, k)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _walk(v, key)
+    else:
+        yield key, value
+
+
+def test_chart_volumes_use_the_platform_storage_class(argocd_docs):
+    """Helm values that name a storage class name the platform one; every chart that persists names it."""
+    persisting = {"minio", "prometheus"}
+    seen = set()
+    for app in argocd_docs:
+        values = app.get("spec", {}).get("source", {}).get("helm", {}).get("valuesObject")
+        if app["kind"] != "Application" or values is None:
+            continue
+        classes = [v for k, v in _walk(values) if k in ("storageClass", "storageClassName")]
+        assert all(c == "chexops-platform" for c in classes), (app["metadata"]["name"], classes)
+        if classes:
+            seen.add(app["metadata"]["name"])
+    assert persisting <= seen

@@ -16,6 +16,8 @@ from .render import ENVIRONMENTS, GOLDEN, OVERLAYS, REPO, kustomization_dirs, no
 # k3s v1.33 (ansible/roles/kubernetes/defaults/main.yml); kubernetes-validate ships its schemas.
 KUBERNETES_VERSION = "1.33.0"
 IMAGE = re.compile(r"^registry\.platform\.svc\.cluster\.local:5000/chexops-cxr:v(\d+)@sha256:[0-9a-f]{64}$")
+# The StorageClass of platform state: kubernetes_platform_storage_class of the Ansible kubernetes role.
+PLATFORM_STORAGE_CLASS = "chexops-platform"
 NAMESPACE = {"staging": "staging", "canary": "production", "production": "production"}
 TRACK = {"staging": "stable", "canary": "canary", "production": "stable"}
 
@@ -233,12 +235,14 @@ def test_environment_namespaces_enforce_restricted_pod_security(renders):
     assert levels["staging"] == levels["production"] == "restricted"
 
 
-def test_persistent_data_is_on_the_volume_storage_class(all_docs):
-    """PVCs (and StatefulSet claim templates) use k3s local-path, which Ansible points at the data volume."""
+def test_persistent_data_is_on_the_platform_storage_class(all_docs):
+    """Every claim (and StatefulSet claim template, and EventBus volume) on the class the Ansible
+    `kubernetes` role creates on the platform volume (Retain, a path per namespace/claim)."""
     claims = [d["spec"] for _, d in all_docs if d["kind"] == "PersistentVolumeClaim"]
     claims += [t["spec"] for _, d in all_docs if d["kind"] == "StatefulSet" for t in d["spec"].get("volumeClaimTemplates", [])]
-    assert len(claims) >= 2
-    assert {c["storageClassName"] for c in claims} == {"local-path"}
+    claims += [d["spec"]["jetstream"]["persistence"] for _, d in all_docs if d["kind"] == "EventBus"]
+    assert len(claims) >= 3
+    assert {c["storageClassName"] for c in claims} == {PLATFORM_STORAGE_CLASS}
 
 
 def test_monitoring_kustomization_carries_every_rules_file_and_dashboard():
@@ -257,3 +261,10 @@ def test_every_image_is_pinned(all_docs):
             if directory.name == "base" and image == "chexops-serving":
                 continue  # the base's name, replaced by every overlay
             assert not image.endswith(":latest") and (":" in image.rsplit("/", 1)[-1] or "@sha256:" in image), image
+
+
+def test_the_storage_class_is_the_one_ansible_creates():
+    defaults = yaml.safe_load((REPO / "ansible" / "roles" / "kubernetes" / "defaults" / "main.yml").read_text())
+    if "kubernetes_platform_storage_class" not in defaults:
+        pytest.skip("the Ansible kubernetes role in this tree does not create the platform StorageClass yet (infra's branch)")
+    assert defaults["kubernetes_platform_storage_class"] == PLATFORM_STORAGE_CLASS
