@@ -10,6 +10,7 @@ labels every series gets, then runs unchanged in a real Prometheus."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 import subprocess
 import time
 
@@ -46,8 +47,11 @@ def cluster_config(argocd_docs, tmp_path):
     (mount,) = values["server"]["extraConfigmapMounts"]
     rules = tmp_path / mount["mountPath"].lstrip("/")
     rules.mkdir(parents=True)
-    for source in (REPO / "k8s" / "monitoring" / "rules").glob("*.y*ml"):
-        shutil.copy(source, rules / source.name)
+    # The ConfigMap's keys: the files k8s/monitoring/kustomization.yaml puts into it.
+    monitoring = REPO / "k8s" / "monitoring"
+    generators = yaml.safe_load((monitoring / "kustomization.yaml").read_text())["configMapGenerator"]
+    for name in next(g for g in generators if g["name"] == mount["configMap"])["files"]:
+        shutil.copy(monitoring / name, rules / Path(name).name)
     (tmp_path / "etc" / "config").mkdir(parents=True)
     for name in ("recording_rules.yml", "alerting_rules.yml"):
         (tmp_path / "etc" / "config" / name).write_text("{}\n")  # the chart's empty defaults
