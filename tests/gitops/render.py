@@ -1,7 +1,7 @@
 """Renders of the GitOps tree (k8s/, argocd/) with `kubectl kustomize`, shared by the tests and by
 the golden refresh:
 
-    python -m tests.gitops.render --update-golden      # from the repository root
+    .venv/bin/python -m tests.gitops.render --update-golden      # from the repository root
 
 A golden file is one environment's render with what `chexops promote` changes (image tag and
 digest, model-version label, canary replica count) written as placeholders, so promotions never
