@@ -265,3 +265,34 @@ def test_chart_volumes_use_the_platform_storage_class(argocd_docs):
         if classes:
             seen.add(app["metadata"]["name"])
     assert persisting <= seen
+
+
+# Services the platform's charts make: Application -> (Service name, values path of its port, the
+# chart's default port). The plain manifests' Services are read from their renders.
+CHART_SERVICES = {
+    "mlflow": ("mlflow", ("service", "port"), 80),
+    "prometheus": ("prometheus-server", ("server", "service", "servicePort"), 80),
+    "minio": ("minio", ("service", "port"), 9000),
+    "grafana": ("grafana", ("service", "port"), 80),
+}
+ENDPOINT = re.compile(r"\b([a-z0-9-]+)\.platform\.svc(?:\.cluster\.local)?:(\d+)")
+
+
+def test_every_platform_address_in_git_is_served(argocd_docs, all_docs):
+    """Each `<service>.platform.svc...:<port>` written anywhere (workflows, analysis, chart values,
+    manifests, Ansible) names a Service the platform really has, on that port."""
+    served = {(d["metadata"]["name"], port["port"]) for _, d in all_docs
+              if d["kind"] == "Service" and d["metadata"].get("namespace") == "platform" for port in d["spec"]["ports"]}
+    apps = {d["metadata"]["name"]: d for d in argocd_docs if d["kind"] == "Application"}
+    for app, (service, path, default) in CHART_SERVICES.items():
+        values = apps[app]["spec"]["source"]["helm"]["valuesObject"]
+        for key in path:
+            values = values.get(key, {}) if isinstance(values, dict) else {}
+        served.add((service, values if isinstance(values, int) else default))
+    used = []
+    for root in ("argocd", "k8s", "workflows", "ansible"):
+        for path in (REPO / root).rglob("*.y*ml"):
+            used += [(path.relative_to(REPO), m.group(1), int(m.group(2))) for m in ENDPOINT.finditer(path.read_text())]
+    assert len(used) >= 3
+    missing = [f"{path}: {name}:{port}" for path, name, port in used if (name, port) not in served]
+    assert not missing, "no such Service/port in namespace platform:\n" + "\n".join(missing)
