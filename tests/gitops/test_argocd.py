@@ -144,8 +144,8 @@ def test_repository_url_in_one_place_equal_to_ansibles(argocd_docs, applications
     assert files == [REPO / "argocd" / "gitops-source.yaml"], files
 
 
-def test_applications_stay_inside_their_projects(applications, projects):
-    for app in applications:
+def test_applications_stay_inside_their_projects(applications, projects, root_application):
+    for app in applications + [root_application]:
         spec = app["spec"]
         project = projects[spec["project"]]["spec"]
         for s in spec.get("sources", [spec.get("source")]):
@@ -158,11 +158,12 @@ def test_applications_stay_inside_their_projects(applications, projects):
     assert "*" not in yaml.safe_dump(projects), "a wildcard in a project"
 
 
-def test_projects_allow_every_kind_their_directories_render(renders, projects, argocd_docs):
+def test_projects_allow_every_kind_their_directories_render(renders, projects, argocd_docs, root_application):
     """A kind missing from a project's whitelist fails the sync in the cluster; here it fails this test."""
     apps = {d["metadata"]["name"]: d for d in argocd_docs if d["kind"] == "Application"}
     targets = [(apps[n]["spec"]["project"], apps[n]["spec"]["source"]["path"]) for n in apps if "path" in apps[n]["spec"]["source"]]
     targets += [("chexops", f"k8s/chexops/overlays/{env}") for env in ("staging", "canary", "production")]
+    targets.append(("default", "argocd"))  # the root Application
     for project, path in targets:
         text = renders.get(REPO / path)
         if text is None:
@@ -176,6 +177,14 @@ def test_projects_allow_every_kind_their_directories_render(renders, projects, a
             group = doc["apiVersion"].rpartition("/")[0]
             key = (group, doc["kind"])
             assert key in (cluster if doc["kind"] == "Namespace" else namespaced), f"{path}: {key} not allowed in project {project}"
+
+
+def test_the_root_application_is_confined_to_the_default_project(root_application, projects):
+    assert root_application["spec"]["project"] == "default"
+    spec = projects["default"]["spec"]
+    assert spec["clusterResourceWhitelist"] == [] and len(spec["sourceRepos"]) == 1
+    assert {k["kind"] for k in spec["namespaceResourceWhitelist"]} == {"Application", "ApplicationSet", "AppProject"}
+    assert "CreateNamespace=true" not in root_application["spec"].get("syncPolicy", {}).get("syncOptions", [])
 
 
 def test_chexops_project_is_least_privilege(projects):
