@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from pathlib import Path
 
@@ -86,19 +87,34 @@ def ansible_repo() -> dict:
     return yaml.safe_load((REPO / "ansible" / "group_vars" / "all" / "main.yml").read_text())
 
 
+ARGO_ROLE = REPO / "ansible" / "roles" / "argo"
+
+
+def _jinja() -> jinja2.Environment:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env.filters["realpath"] = os.path.realpath
+    return env
+
+
 @pytest.fixture(scope="session")
-def root_application(ansible_repo) -> dict:
-    """The root Application exactly as the Ansible `argo` role renders it."""
-    defaults = yaml.safe_load((REPO / "ansible" / "roles" / "argo" / "defaults" / "main.yml").read_text())
+def argo_variables(ansible_repo) -> dict:
+    """The `argo` role's variables as Ansible resolves them for a run from this checkout."""
+    defaults = yaml.safe_load((ARGO_ROLE / "defaults" / "main.yml").read_text())
     # chexops_repo_url is the operator's required setting (no default in git): the URL of their copy,
     # the same as argocd/gitops-source.yaml's (what the children follow).
     source = yaml.safe_load((REPO / "argocd" / "gitops-source.yaml").read_text())["data"]
-    variables = {"chexops_repo_url": source["repoURL"], **ansible_repo, **defaults}
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    variables = {"chexops_repo_url": source["repoURL"], "role_path": str(ARGO_ROLE), **ansible_repo, **defaults}
+    env = _jinja()
     for _ in range(3):  # defaults refer to group_vars ("{{ chexops_repo_url }}")
         variables = {k: env.from_string(v).render(**variables) if isinstance(v, str) else v for k, v in variables.items()}
-    text = (REPO / "ansible" / "roles" / "argo" / "templates" / "root-application.yaml.j2").read_text()
-    return yaml.safe_load(env.from_string(text).render(**variables))
+    return variables
+
+
+@pytest.fixture(scope="session")
+def root_application(argo_variables) -> dict:
+    """The root Application exactly as the Ansible `argo` role renders it."""
+    text = (ARGO_ROLE / "templates" / "root-application.yaml.j2").read_text()
+    return yaml.safe_load(_jinja().from_string(text).render(**argo_variables))
 
 
 def test_every_argo_object_is_valid(schemas, argocd_docs, generated, all_docs, root_application):
@@ -142,6 +158,21 @@ def test_repository_url_in_one_place_equal_to_ansibles(argocd_docs, applications
     # The literal URL is written once in argocd/ (gitops-source.yaml).
     files = [p for p in (REPO / "argocd").rglob("*.yaml") if source["repoURL"] in p.read_text()]
     assert files == [REPO / "argocd" / "gitops-source.yaml"], files
+
+
+def test_ansible_checks_its_url_against_the_file_kustomize_copies_from(argo_variables):
+    """The argo role compares chexops_repo_url with the file and fields kustomize copies into the children."""
+    read = Path(argo_variables["argo_gitops_source_file"])
+    kustomization = yaml.safe_load((REPO / "argocd" / "kustomization.yaml").read_text())
+    assert read in [(REPO / "argocd" / r).resolve() for r in kustomization["resources"]], read
+    configmap = yaml.safe_load(read.read_text())
+    sources = {(r["source"]["kind"], r["source"]["name"], r["source"]["fieldPath"]) for r in kustomization["replacements"]}
+    assert sources == {("ConfigMap", configmap["metadata"]["name"], f"data.{key}") for key in ("repoURL", "targetRevision")}
+    validate = yaml.safe_load((ARGO_ROLE / "tasks" / "validate.yml").read_text())
+    (check,) = [t for t in validate if "argo_gitops_source" in t.get("vars", {})]
+    assert check["vars"]["argo_gitops_source"].startswith("{{ (lookup('ansible.builtin.file', argo_gitops_source_file) | from_yaml)['data']")
+    assert {"argo_repo_url == argo_gitops_source.repoURL", "argo_repo_revision == argo_gitops_source.targetRevision"} <= set(
+        check["ansible.builtin.assert"]["that"])
 
 
 def test_applications_stay_inside_their_projects(applications, projects, root_application):
