@@ -336,3 +336,16 @@ def test_every_platform_address_in_git_is_served(argocd_docs, all_docs):
     assert len(used) >= 3
     missing = [f"{path}: {name}:{port}" for path, name, port in used if (name, port) not in served]
     assert not missing, "no such Service/port in namespace platform:\n" + "\n".join(missing)
+
+
+def test_readme_layout_describes_the_gitops_directories():
+    """README's layout table: a row of its own for k8s/ and argocd/, naming what is in them."""
+    text = (REPO / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([^`|]+)` \| (.+) \|$", text, re.M)}
+    assert "next issue" not in text
+    for directory in ("k8s/", "argocd/"):
+        assert directory in rows, sorted(rows)
+    for sub in (REPO / "k8s").iterdir():
+        if sub.is_dir():
+            assert f"`{sub.name}/`" in rows["k8s/"], sub.name
+    assert "`gitops-source.yaml`" in rows["argocd/"]

@@ -54,6 +54,11 @@ RENDER_TASKS = """
     dest: "{{ render_out }}/cluster-classes.yaml"
     mode: "0600"
   when: kubernetes_is_server | bool
+- name: k3s registry mirrors
+  ansible.builtin.template:
+    src: "ANSIBLE/roles/kubernetes/templates/registries.yaml.j2"
+    dest: "{{ render_out }}/registries.yaml"
+    mode: "0600"
 - name: Host firewall
   ansible.builtin.template:
     src: "ANSIBLE/roles/common/templates/nftables.conf.j2"
@@ -213,6 +218,25 @@ def test_gpu_runtime_class_and_platform_storage_class(rendered):
     # ... and k3s's local-path root is on node1's platform volume (the mount the volumes role makes).
     mount = json.loads(FIXTURE.read_text())["volumes"]["value"]["platform"]["mount_point"]
     assert _k3s(rendered, "node1")["default-local-storage-path"] == f"{mount}/k3s-storage"
+
+
+def test_every_node_pulls_the_in_cluster_registry_through_its_node_port(rendered):
+    """k3s's registries.yaml on every node maps the registry's Service name (what the overlays'
+    images name) to its NodePort on the node itself (k8s/platform/registry)."""
+    platform = REPO / "k8s" / "platform" / "registry"
+    namespace = yaml.safe_load((platform / "kustomization.yaml").read_text())["namespace"]
+    services = {d["metadata"]["name"]: d for d in yaml.safe_load_all((platform / "registry.yaml").read_text())
+                if d and d["kind"] == "Service"}
+    (port,) = services["registry"]["spec"]["ports"]
+    (node_port,) = [p for s in services.values() if s["spec"].get("type") == "NodePort" for p in s["spec"]["ports"]]
+    name = f"registry.{namespace}.svc.cluster.local:{port['port']}"
+    for env in ("staging", "canary", "production"):
+        images = yaml.safe_load((REPO / "k8s" / "chexops" / "overlays" / env / "kustomization.yaml").read_text())["images"]
+        assert {i["newName"].split("/")[0] for i in images} == {name}, env
+    assert set(rendered) == {"node1", "node2", "node3", "gpu1"}
+    for host, files in rendered.items():
+        assert yaml.safe_load(files["registries.yaml"]) == {
+            "mirrors": {name: {"endpoint": [f"http://127.0.0.1:{node_port['nodePort']}"]}}}, host
 
 
 FORK_URL = "git@github.com:me/chexops.git"
