@@ -209,3 +209,13 @@ def test_drag_and_drop_selects_the_file(page, service, radiograph):  # noqa: F81
     assert "dropped.png" in page.get_by_test_id("file-name").inner_text()
     page.wait_for_function("() => { const i = document.getElementById('preview-image'); return !i.hidden && i.naturalWidth > 0; }")
     assert page.locator("#analyse").is_enabled()
+
+
+def test_an_unevaluated_model_is_announced_on_the_page(page, service):  # noqa: F811
+    """The test model was exported without the gate (`evaluated: false` in its metadata): /model says
+    so and the page shows the warning banner."""
+    assert httpx.get(f"{service.url}/model", timeout=10).json()["evaluated"] is False
+    page.goto("/")
+    banner = page.get_by_test_id("unevaluated-warning")
+    banner.wait_for(state="visible")
+    assert "Unevaluated model" in banner.inner_text()
