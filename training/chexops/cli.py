@@ -199,7 +199,7 @@ def demo_cmd(config_path: Path, as_json: bool, result_stream) -> None:
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1), help="ONNX Runtime intra-op threads for latency.")
 @click.option("--activations", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True,
               help="Activation type of the static int8 model (weights are always int8, per channel).")
-@click.option("--name", default=None, help="Registered model name for a runs:/ reference (default chexops-cxr).")
+@click.option("--name", default=None, help=f"Registered model name for a runs:/ reference (default {DEFAULT_MODEL_NAME}).")
 @click.option("--bento/--no-bento", default=True, show_default=True, help="Also import the files into the Bento model store.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @quiet_stdout
@@ -227,7 +227,7 @@ def bento() -> None:
 
 @bento.command("import")
 @click.option("--model", "model_uri", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID (exported).")
-@click.option("--name", default=None, help="Registered model name for a runs:/ reference (default chexops-cxr).")
+@click.option("--name", default=None, help=f"Registered model name for a runs:/ reference (default {DEFAULT_MODEL_NAME}).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @quiet_stdout
 def bento_import(model_uri: str, name: str | None, as_json: bool, result_stream) -> None:

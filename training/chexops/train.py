@@ -32,6 +32,7 @@ from .data.loading import load_splits
 from .dataset import RadiographDataset, epoch_order
 from .errors import UserInputError
 from .metrics import as_metrics, auroc_per_label, mean_auroc
+from .model_ref import CHECKPOINT_DIR, CHECKPOINT_FILE, CHECKPOINT_PATH
 from .models import build_model
 from .tracking import flatten, git_info, setup_mlflow
 
@@ -310,7 +311,7 @@ def _finish(config, model, state, labels, val_ds, test_ds, fingerprint, device, 
         "run_id": state["run_id"],
         "experiment": config.tracking.experiment,
         "tracking_uri": mlflow.get_tracking_uri(),
-        "model_uri": f"runs:/{state['run_id']}/checkpoint/model.pt",
+        "model_uri": f"runs:/{state['run_id']}/{CHECKPOINT_PATH}",
         "data_version": fingerprint["data_version"],
         "labels": labels,
         "epochs_run": len(state["history"]),
@@ -334,9 +335,9 @@ def _finish(config, model, state, labels, val_ds, test_ds, fingerprint, device, 
     payload = model_payload(model, config, labels, {"run_id": state["run_id"], "data_version": fingerprint["data_version"],
                                                     "val_mean_auroc": val["mean_auroc"]})
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.pt"
+        path = Path(tmp) / CHECKPOINT_FILE
         torch.save(payload, path)
-        mlflow.log_artifact(str(path), artifact_path="checkpoint")
+        mlflow.log_artifact(str(path), artifact_path=CHECKPOINT_DIR)
     summary["seconds"] = round(time.monotonic() - started, 1)
     mlflow.log_metric("train_seconds", summary["seconds"])
     mlflow.end_run()
