@@ -120,16 +120,21 @@ def import_reference(uri: str, name: str | None = None) -> dict[str, Any]:
 
 
 def _import_ref(ref: model_ref.ModelRef) -> dict[str, Any]:
+    # A registry reference takes the approved export only; a run also its --unevaluated one.
+    folders = ("export",) if model_ref.is_registry_ref(ref.uri) else ("export", "export-unevaluated")
     with tempfile.TemporaryDirectory() as tmp:
-        files = {f: model_ref.download(ref, f"export/{f}", Path(tmp), required=False) for f in (FP32_FILE, INT8_FILE)}
-        if any(v is None for v in files.values()):
+        for folder in folders:
+            files = {f: model_ref.download(ref, f"{folder}/{f}", Path(tmp) / folder, required=False) for f in (FP32_FILE, INT8_FILE)}
+            if all(v is not None for v in files.values()):
+                break
+        else:
             raise UserInputError(f"{ref.uri}: run {ref.run_id} has no exported ONNX files (run chexops export --model {ref.uri} first).")
         meta = read_metadata(files[FP32_FILE])
         if ref.version and model_ref.is_registry_ref(ref.uri) and meta.get("registry_version") != ref.version:
             raise UserInputError(f"{ref.uri}: the ONNX files of run {ref.run_id} were exported for registry version "
                                  f"{meta.get('registry_version') or '(none: an --unevaluated export)'}, not {ref.version}; "
                                  f"export this version first (chexops export --model {ref.uri}).")
-        report_path = model_ref.download(ref, "export/report.json", Path(tmp), required=False)
+        report_path = model_ref.download(ref, f"{folder}/report.json", Path(tmp) / folder, required=False)
         report = json.loads(report_path.read_text()) if report_path else None
         return import_onnx(files[FP32_FILE], files[INT8_FILE], ref, report)
 

@@ -80,7 +80,8 @@ class ModelRef:
             verdicts = None
         if not isinstance(verdicts, list) or not verdicts:
             return f"registry version {self.version} of {self.name!r} carries no gate verdicts (it was not made by chexops register)"
-        failed = [str(v.get("criterion")) for v in verdicts if not (isinstance(v, dict) and v.get("passed") is True)]
+        failed = [str(v.get("criterion") if isinstance(v, dict) else v) for v in verdicts
+                  if not isinstance(v, dict) or v.get("passed") is False]  # a criterion not judged (None) fails nothing
         return f"registry version {self.version} of {self.name!r} failed the gate ({', '.join(failed)})" if failed else ""
 
 
