@@ -34,6 +34,7 @@ from .config import Config, load_config
 from .data.loading import Split, load_splits
 from .errors import ConfigError, DataError, UserInputError
 from .labels import META_COLUMNS, metric_key
+from .model_ref import parse_run_ref
 
 log = logging.getLogger(__name__)
 
@@ -242,21 +243,6 @@ def hard_case_scores(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, l
 # --------------------------------------------------------------------------------------------
 # Loading a run: reference, checkpoint, config, model.
 # --------------------------------------------------------------------------------------------
-
-
-def parse_run_ref(ref: str) -> tuple[str, str]:
-    """`RUN_ID` or `runs:/RUN_ID[/path]` → (run id, checkpoint artifact path)."""
-    ref = ref.strip()
-    artifact = "checkpoint/model.pt"
-    if ref.startswith("runs:/"):
-        run_id, _, rest = ref[len("runs:/"):].strip("/").partition("/")
-        if rest:
-            artifact = rest if rest.endswith(".pt") else rest.rstrip("/") + "/model.pt"
-    else:
-        run_id = ref
-    if not run_id or "/" in run_id or ":" in run_id:
-        raise UserInputError(f"--run {ref!r} is neither a run id nor a runs:/RUN_ID/... URI.")
-    return run_id, artifact
 
 
 def mlflow_client():

@@ -13,15 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserInputError
-from .evaluate import EVAL_DIR, download, get_run, mlflow_client, parse_run_ref
+from .evaluate import EVAL_DIR, download, get_run, mlflow_client
 from .gate import GateConfig, judge, passed
 from .labels import metric_key
+from .model_ref import CHECKPOINT_DIR, CHECKPOINT_PATH, DEFAULT_MODEL_NAME, parse_run_ref
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAME = "chexops-cxr"
 ALIASES = ("candidate", "staging", "canary", "production")
-CHECKPOINT_DIR = "checkpoint"
 
 
 def read_evaluation(client, run_id: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
@@ -40,8 +39,8 @@ def read_evaluation(client, run_id: str) -> tuple[Any, dict[str, Any], dict[str,
             except ValueError:
                 raise UserInputError(f"{EVAL_DIR}/{name} of run {run_id} is not valid JSON; evaluate it again.") from None
     names = {a.path for a in client.list_artifacts(run_id, CHECKPOINT_DIR)}
-    if f"{CHECKPOINT_DIR}/model.pt" not in names:
-        raise UserInputError(f"run {run_id} has no {CHECKPOINT_DIR}/model.pt artifact to register.")
+    if CHECKPOINT_PATH not in names:
+        raise UserInputError(f"run {run_id} has no {CHECKPOINT_PATH} artifact to register.")
     return run, found["metrics.json"], found["thresholds.json"]
 
 
@@ -116,7 +115,7 @@ def existing_version(client, name: str, run_id: str):
     return max(found, key=lambda v: int(v.version)) if found else None
 
 
-def register_run(ref: str, *, name: str = DEFAULT_NAME, gate: GateConfig | None = None, alias: str = "candidate") -> dict[str, Any]:
+def register_run(ref: str, *, name: str = DEFAULT_MODEL_NAME, gate: GateConfig | None = None, alias: str = "candidate") -> dict[str, Any]:
     """Judge an evaluated run; when the gate passes, register it and point `alias` at it.
 
     Returns the result whether or not the gate passed (`passed`); the caller turns a refusal into
