@@ -144,9 +144,13 @@ def download_checkpoint(ref: ModelRef, dst: Path) -> dict[str, Any]:
 
 
 def thresholds(ref: ModelRef, labels: list[str], dst: Path) -> tuple[dict[str, float], str]:
-    """The run's operating thresholds (`evaluation/thresholds.json`) and their rule; 0.5 each, with a
-    warning, when the run has not been evaluated."""
-    path = download(ref, "evaluation/thresholds.json", dst, required=False)
+    """The operating thresholds (`thresholds.json` of the evaluation the registry version was judged
+    on, else of the run's latest) and their rule; 0.5 each, with a warning, when the run has not
+    been evaluated."""
+    from . import evaluations
+
+    judged = evaluations.judged(client(), ref.run_id, ref.name, ref.version)
+    path = download(ref, evaluations.artifact_path(judged, "thresholds.json"), dst, required=False) if judged else None
     if path is None:
         log.warning("%s: run %s has no evaluation/thresholds.json (run chexops evaluate first); using 0.5 for every label.",
                     ref.uri, ref.run_id)
