@@ -37,7 +37,8 @@ from .data.loading import Split, load_splits, patient_groups
 from .errors import ConfigError, DataError, UserInputError
 from .evaluations import EVAL_DIR, artifact_path, index_entry, new_id
 from .labels import META_COLUMNS, metric_key
-from .tracking import download, get_run, mlflow_client, parse_run_ref
+from .model_ref import parse_run_ref
+from .tracking import download, get_run, mlflow_client
 
 log = logging.getLogger(__name__)
 

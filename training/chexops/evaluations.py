@@ -80,12 +80,10 @@ def read_json(client, run_id: str, evaluation_id: str, name: str) -> dict[str, A
             raise UserInputError(f"{path} of run {run_id} is not valid JSON; evaluate it again.") from None
 
 
-def judged(client, run_id: str, name: str = "", version: str = "") -> str | None:
+def judged(client, run_id: str, version_tags: dict[str, str] | None = None) -> str | None:
     """The evaluation a registry version was judged on (its `evaluation_id` tag), else the run's
     latest; None when the run has no evaluation."""
-    if name and version:
-        tag = (client.get_model_version(name, version).tags or {}).get(VERSION_TAG)
-        if tag:
-            return tag
+    if version_tags and version_tags.get(VERSION_TAG):
+        return version_tags[VERSION_TAG]
     entries = index(client.get_run(run_id))
     return entries[-1]["id"] if entries else None

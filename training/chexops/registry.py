@@ -17,13 +17,12 @@ from . import evaluations
 from .errors import ChexopsError, UserInputError
 from .gate import GateConfig, judge, passed
 from .labels import metric_key
-from .tracking import download, get_run, mlflow_client, parse_run_ref
+from .model_ref import CHECKPOINT_DIR, CHECKPOINT_PATH, DEFAULT_MODEL_NAME, parse_run_ref
+from .tracking import download, get_run, mlflow_client
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAME = "chexops-cxr"
 ALIASES = ("candidate", "staging", "canary", "production")
-CHECKPOINT_DIR = "checkpoint"
 
 
 def read_evaluation(client, run_id: str, evaluation_id: str | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
@@ -34,8 +33,8 @@ def read_evaluation(client, run_id: str, evaluation_id: str | None = None) -> tu
     metrics = evaluations.read_json(client, run_id, chosen, "metrics.json")
     thresholds = evaluations.read_json(client, run_id, chosen, "thresholds.json")
     names = {a.path for a in client.list_artifacts(run_id, CHECKPOINT_DIR)}
-    if f"{CHECKPOINT_DIR}/model.pt" not in names:
-        raise UserInputError(f"run {run_id} has no {CHECKPOINT_DIR}/model.pt artifact to register.")
+    if CHECKPOINT_PATH not in names:
+        raise UserInputError(f"run {run_id} has no {CHECKPOINT_PATH} artifact to register.")
     return run, metrics, thresholds
 
 
@@ -152,7 +151,7 @@ def existing_version(client, name: str, run_id: str):
     return max(found, key=lambda v: int(v.version)) if found else None
 
 
-def register_run(ref: str, *, name: str = DEFAULT_NAME, gate: GateConfig | None = None, alias: str = "candidate",
+def register_run(ref: str, *, name: str = DEFAULT_MODEL_NAME, gate: GateConfig | None = None, alias: str = "candidate",
                  evaluation_id: str | None = None) -> dict[str, Any]:
     """Judge an evaluation of a run (`evaluation_id`, default the latest); when the gate passes,
     register the run and point `alias` at it.

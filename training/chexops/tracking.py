@@ -55,21 +55,6 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def parse_run_ref(ref: str) -> tuple[str, str]:
-    """`RUN_ID` or `runs:/RUN_ID[/path]` → (run id, checkpoint artifact path)."""
-    ref = ref.strip()
-    artifact = "checkpoint/model.pt"
-    if ref.startswith("runs:/"):
-        run_id, _, rest = ref[len("runs:/"):].strip("/").partition("/")
-        if rest:
-            artifact = rest if rest.endswith(".pt") else rest.rstrip("/") + "/model.pt"
-    else:
-        run_id = ref
-    if not run_id or "/" in run_id or ":" in run_id:
-        raise UserInputError(f"--run {ref!r} is neither a run id nor a runs:/RUN_ID/... URI.")
-    return run_id, artifact
-
-
 def mlflow_client():
     """An MlflowClient on chexops' tracking store (`MLFLOW_TRACKING_URI` or SQLite under `$CHEXOPS_HOME`)."""
     import mlflow

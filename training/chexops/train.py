@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import paths
+from .atomic import atomic_write
 from .config import Config
 from .data.loading import load_splits
 from .dataset import RadiographDataset, epoch_order
@@ -52,15 +53,7 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) 
 
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save through a temporary file and a rename: a kill never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def model_payload(model: torch.nn.Module, config: Config, labels: list[str], extra: dict[str, Any]) -> dict[str, Any]:
