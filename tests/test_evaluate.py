@@ -21,7 +21,7 @@ from chexops.evaluate import bootstrap_auroc, choose_threshold, expected_calibra
 from chexops.evaluations import index
 from chexops.labels import CHEXPERT_LABELS, META_COLUMNS
 from chexops.preprocessing import PreprocessSpec, load_image, preprocess
-from chexops.tracking import parse_run_ref
+from chexops.model_ref import parse_run_ref
 from mlflow_fixtures import chexops, chexops_json, synth_dataset, train_run, write_config
 
 SLICES = {"Sex=Female", "Sex=Male", "Age=<40", "Age=40-59", "Age=60-79", "Age=>=80", "AP/PA=AP", "AP/PA=PA",
