@@ -298,3 +298,29 @@ def test_bootstrap_resamples_patients_not_images():
     single = np.arange(len(y))
     assert bootstrap_auroc(p, y, mask, ["Edema"], ["Edema"], 100, seed=3, groups=single)[1] == \
         bootstrap_auroc(p, y, mask, ["Edema"], ["Edema"], 100, seed=3)[1]
+
+
+def test_a_test_split_carved_by_patient_is_held_out_and_versioned(tmp_path_factory, tmp_path):
+    """Without data.test_csv, data.test_fraction carves a test split out of data.csv by patient:
+    no patient on two sides, the carve recorded in the fingerprint and the data version, and the
+    test split the same whatever the training seed (so models trained with other seeds compare)."""
+    from chexops.config import load_config
+    from chexops.data.loading import load_splits
+    from chexops.errors import ConfigError
+
+    synth = synth_dataset(tmp_path_factory)
+    carved = write_config(tmp_path / "carved.yaml", synth, data={"test_csv": None, "test_fraction": 0.2})
+    splits = load_splits(load_config(carved))
+    patients = {s.name: set(s.frame["patient"]) for s in (splits.train, splits.val, splits.test)}
+    assert patients["test"] and not patients["test"] & (patients["train"] | patients["val"]) and not patients["train"] & patients["val"]
+    assert len(patients["test"]) == round(0.2 * sum(map(len, patients.values())))
+    fingerprint = splits.fingerprint
+    assert "fraction 0.2" in fingerprint["test_source"] and fingerprint["rows"]["test"] == len(splits.test)
+    other_seed = load_splits(load_config(carved, ["seed=7"]))
+    assert set(other_seed.test.frame["patient"]) == patients["test"]
+    assert other_seed.fingerprint["split_versions"]["test"] == fingerprint["split_versions"]["test"]
+    assert other_seed.fingerprint["split_versions"]["val"] != fingerprint["split_versions"]["val"]
+    wider = load_splits(load_config(carved, ["data.test_fraction=0.3"])).fingerprint
+    assert wider["data_version"] != fingerprint["data_version"] and wider["split_versions"]["test"] != fingerprint["split_versions"]["test"]
+    with pytest.raises(ConfigError, match="test_fraction"):
+        load_config(write_config(tmp_path / "both.yaml", synth, data={"test_fraction": 0.2}))
