@@ -16,7 +16,7 @@ def test_demo_writes_summary_with_training_metrics(tmp_path, home):
     config = yaml.safe_load(open("configs/demo.yaml"))
     config["preprocess"]["size"] = 32
     config["model"]["width"] = 8
-    config["train"].update(epochs=2, patience=None)
+    config["train"].update(epochs=3, patience=None)  # 3 epochs: the tiny model clears the default gate on its interval
     (tmp_path / "demo.yaml").write_text(yaml.safe_dump(config))
 
     result = run_cli("demo", "--config", str(tmp_path / "demo.yaml"))
