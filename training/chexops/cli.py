@@ -143,35 +143,39 @@ def evaluate_cmd(run_ref: str, config_path: Path | None, threshold_rule: str, ta
 
 @cli.command("register")
 @click.option("--run", "run_ref", required=True, help="An evaluated training run: RUN_ID or runs:/RUN_ID/...")
+@click.option("--evaluation", "evaluation_id", help="Which evaluation of the run to judge [default: its latest].")
 @click.option("--name", default=DEFAULT_MODEL_NAME, show_default=True, help="Registered model name.")
 @click.option("--gate-config", type=click.Path(dir_okay=False, path_type=Path), help="YAML gate limits (e.g. configs/gate.yaml); flags override.")
-@click.option("--min-mean-auroc", type=float, help="Minimum mean AUROC [default 0.8].")
+@click.option("--min-mean-auroc", type=float, help="Floor for the lower bound of the mean AUROC's 95% interval [default 0.8].")
 @click.option("--max-slice-gap", type=float, help="Largest allowed shortfall of a slice's mean AUROC below the whole [default 0.1].")
-@click.option("--min-slice-size", type=int, help="Slices with fewer images are not judged [default 30].")
+@click.option("--min-slice-positives", type=int, help="Slices where a finding has fewer positives are not judged [default 20].")
 @click.option("--max-regression", type=float, help="Largest allowed mean AUROC drop against the production model [default 0.02].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @quiet_stdout
-def register_cmd(run_ref: str, name: str, gate_config: Path | None, min_mean_auroc: float | None, max_slice_gap: float | None,
-                 min_slice_size: int | None, max_regression: float | None, as_json: bool, result_stream) -> None:
-    """Quality gate, then a registry version with alias `candidate`; exit 3 (nothing registered) on refusal."""
+def register_cmd(run_ref: str, evaluation_id: str | None, name: str, gate_config: Path | None, min_mean_auroc: float | None,
+                 max_slice_gap: float | None, min_slice_positives: int | None, max_regression: float | None, as_json: bool,
+                 result_stream) -> None:
+    """Quality gate on held-out evidence, then a registry version with alias `candidate`; exit 3 (nothing registered) on refusal."""
     from .errors import GateRefused
     from .gate import Verdict, format_verdicts, load_gate_config
     from .registry import register_run
 
     gate = load_gate_config(gate_config, {"min_mean_auroc": min_mean_auroc, "max_slice_gap": max_slice_gap,
-                                          "min_slice_size": min_slice_size, "max_regression": max_regression})
-    result = register_run(run_ref, name=name, gate=gate)
+                                          "min_slice_positives": min_slice_positives, "max_regression": max_regression})
+    result = register_run(run_ref, name=name, gate=gate, evaluation_id=evaluation_id)
     table = format_verdicts([Verdict(**v) for v in result["gate"]])
     if result["passed"]:
-        human = f"{table}\n\nGate passed: {name} version {result['version']} has alias {result['alias']} ({result['model_uri']})."
+        human = (f"{table}\n\nGate passed on evaluation {result['evaluation_id']}: {name} version {result['version']} "
+                 f"has alias {result['alias']} ({result['model_uri']}).")
     else:
-        human = f"{table}\n\nGate refused run {result['run_id']}: nothing registered."
+        human = f"{table}\n\nGate refused run {result['run_id']} (evaluation {result['evaluation_id']}): nothing registered."
     if as_json:
         click.echo(table, err=True)
     emit(result, as_json, human, result_stream)
     if not result["passed"]:
         failed = ", ".join(v["criterion"] for v in result["gate"] if not v["passed"])
-        raise GateRefused(f"the quality gate refused run {result['run_id']} ({failed}); nothing was registered.")
+        why = "; ".join(f"{v['criterion']}: {v['detail']}" for v in result["gate"] if not v["passed"])
+        raise GateRefused(f"the quality gate refused run {result['run_id']} ({failed}); nothing was registered. {why}")
 
 
 @cli.command("demo")

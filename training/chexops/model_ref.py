@@ -186,9 +186,13 @@ DEFAULT_RULE = "default-0.5"
 
 
 def thresholds(ref: ModelRef, labels: list[str], dst: Path) -> tuple[dict[str, float], str, float | None]:
-    """The run's operating thresholds (`evaluation/thresholds.json`), their rule and target
-    sensitivity; 0.5 each (rule `default-0.5`), with a warning, when the run has not been evaluated."""
-    path = download(ref, "evaluation/thresholds.json", dst, required=False)
+    """The operating thresholds (`evaluation/<id>/thresholds.json` of the evaluation the registry
+    version was judged on, else of the run's latest), their rule and target sensitivity; 0.5 each
+    (rule `default-0.5`), with a warning, when the run has not been evaluated."""
+    from . import evaluations
+
+    judged = evaluations.judged(client(), ref.run_id, ref.version_tags)
+    path = download(ref, evaluations.artifact_path(judged, "thresholds.json"), dst, required=False) if judged else None
     if path is None:
         log.warning("%s: run %s has no evaluation/thresholds.json (run chexops evaluate first); using 0.5 for every label.",
                     ref.uri, ref.run_id)
