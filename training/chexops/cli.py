@@ -18,6 +18,9 @@ import click
 
 from .errors import ChexopsError
 from .infra.cli import infra
+from .step_outputs import write_outputs
+from .bento_build import bento_build
+from .pipeline_cli import pipeline
 
 log = logging.getLogger("chexops")
 
@@ -36,6 +39,7 @@ def quiet_stdout(func):
 
 
 def emit(obj: dict[str, Any], as_json: bool, human: str, stream) -> None:
+    write_outputs(obj)  # for Argo output parameters, when $CHEXOPS_OUTPUTS is set
     click.echo(json.dumps(obj, default=str) if as_json else human, file=stream)
 
 
@@ -276,6 +280,8 @@ def feedback_export(out: Path, store_url: str | None, overwrite: bool, as_json: 
 
 
 cli.add_command(infra)
+bento.add_command(bento_build)
+cli.add_command(pipeline)
 
 
 def main(argv: list[str] | None = None) -> None:
