@@ -340,10 +340,10 @@ class LocalRunner:
                 phases[name], reason = OMITTED, "not started: an earlier step failed"
             elif depends[name] and not evaluate_depends(depends[name], phases, task_where):
                 phases[name], reason = OMITTED, f"omitted: depends {depends[name]!r} not met"
-            elif "when" in task and not evaluate_when(substitute(str(task["when"]), task_scope, f"{task_where}.when"), task_where):
-                phases[name], reason = SKIPPED, f"skipped: when {task['when']!r} is false"
             elif name in self.skip:
                 phases[name], reason = SKIPPED, f"skipped: {self.skip[name]}"
+            elif "when" in task and not evaluate_when(substitute(str(task["when"]), task_scope, f"{task_where}.when"), task_where):
+                phases[name], reason = SKIPPED, f"skipped: when {task['when']!r} is false"
             if reason:
                 self.nodes.append(Node(f"{node.name}.{name}", task.get("template", ""), phases[name], message=reason))
                 self.echo(f"- {node.name}.{name}: {reason}")
