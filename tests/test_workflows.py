@@ -8,6 +8,7 @@ security contexts on every container, and the pods Argo would make pass `kuberne
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 from pathlib import Path
@@ -76,6 +77,7 @@ def test_there_are_the_templates_the_pipeline_needs():
 
 # --- schemas ---------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
 def _schema_for(shared: Path, api_version: str, kind: str):
     index = json.loads((shared.parent / "schemas" / "index.json").read_text())
     entry = index.get(f"{api_version}/{kind}")
