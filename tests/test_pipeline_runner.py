@@ -142,3 +142,17 @@ def test_the_training_image_dockerfile_is_hadolint_clean(tmp_path):
     unpinned = tmp_path / "Dockerfile"
     unpinned.write_text(text.replace("git=1:2.39.*", "git"))
     assert "DL3008" in lint(unpinned).stdout
+
+
+def test_cluster_only_steps_are_skipped_with_their_reason_and_their_inputs_never_resolved(tmp_path):
+    """`image` and `promote-staging` take values only the cluster produces (the pushed digest)."""
+    doc = training()
+    del doc["spec"]["onExit"]
+    for task in template(doc, "main")["dag"]["tasks"]:
+        task.pop("when", None)
+    (tmp_path / "w.yaml").write_text(yaml.safe_dump(doc))
+    tasks = [t["name"] for t in template(doc, "main")["dag"]["tasks"]]
+    result = run_local(tmp_path / "w.yaml", {}, tmp_path, skip={n: "test" for n in tasks if n not in ("image", "promote-staging")})
+    nodes = {n["name"]: n for n in result["nodes"]}
+    assert nodes["main.image"]["phase"] == nodes["main.promote-staging"]["phase"] == SKIPPED
+    assert "in-cluster registry" in nodes["main.image"]["message"] and "cluster only" in nodes["main.promote-staging"]["message"]

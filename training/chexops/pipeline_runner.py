@@ -223,6 +223,11 @@ class LocalRunner:
         where = f"templates[{template_name}]"
         _refuse_unknown(template, TEMPLATE_KEYS | TEMPLATE_CLUSTER_ONLY, where)
         annotations = (template.get("metadata") or {}).get("annotations") or {}
+        if LOCAL_SKIP in annotations:
+            node = Node(node_name, template_name, SKIPPED, message=f"cluster only: {annotations[LOCAL_SKIP]}")
+            self.nodes.append(node)
+            self.echo(f"- {node_name}: {node.message}")
+            return node
         scope = self.global_scope()
         inputs = template.get("inputs") or {}
         _refuse_unknown(inputs, {"parameters", "artifacts"}, f"{where}.inputs")
@@ -237,10 +242,7 @@ class LocalRunner:
         node = Node(node_name, template_name)
         self.nodes.append(node)
         started = time.monotonic()
-        if LOCAL_SKIP in annotations:
-            node.phase, node.message = SKIPPED, f"cluster only: {annotations[LOCAL_SKIP]}"
-            self.echo(f"- {node_name}: {node.message}")
-        elif "dag" in template:
+        if "dag" in template:
             self.run_dag(template, node, scope)
         elif "container" in template:
             if inputs.get("artifacts") or (template.get("outputs") or {}).get("artifacts") and LOCAL_RUN not in annotations:
@@ -354,7 +356,8 @@ class LocalRunner:
             target = self.templates.get(task["template"], {})
             if arguments.get("artifacts") and LOCAL_SKIP not in ((target.get("metadata") or {}).get("annotations") or {}):
                 raise Unsupported(f"{task_where}: artifacts are not implemented by the local runner.")
-            for param in arguments.get("parameters", []):
+            cluster_only = LOCAL_SKIP in ((target.get("metadata") or {}).get("annotations") or {})
+            for param in [] if cluster_only else arguments.get("parameters", []):  # a skipped template's are never resolved
                 args[f"inputs.parameters.{param['name']}"] = substitute(str(param.get("value", "")), task_scope,
                                                                         f"{task_where}.arguments.{param['name']}")
             child = self.execute(task["template"], f"{node.name}.{name}", args)
