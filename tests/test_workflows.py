@@ -395,3 +395,18 @@ def test_every_pipeline_shares_one_training_mutex():
     mutexes = {where: [m["name"] for m in spec.get("synchronization", {}).get("mutexes", [])] for where, spec in workflow_specs()}
     training = {w: m for w, m in mutexes.items() if "deliver" not in w}
     assert all(m == ["chexops-training"] for m in training.values()), training
+
+
+def test_artifacts_go_to_the_s3_repository_the_workflows_name():
+    config_maps = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for _, d in documents() if d["kind"] == "ConfigMap"}
+    roles = yaml.safe_load((ROOT / "ansible" / "roles" / "secrets" / "defaults" / "main.yml").read_text())
+    made = {(s["name"], s["namespace"]): set(s["data"]) for s in roles["secrets_kubernetes"]}
+    refs = 0
+    for where, spec in workflow_specs():
+        ref = spec["artifactRepositoryRef"]
+        repository = yaml.safe_load(config_maps[("argo", ref["configMap"])]["data"][ref["key"]])["s3"]
+        assert repository["bucket"] and repository["endpoint"], where
+        for key in ("accessKeySecret", "secretKeySecret"):
+            assert repository[key]["key"] in made[(repository[key]["name"], "argo")]
+        refs += 1
+    assert refs == len(workflow_specs()) >= 4

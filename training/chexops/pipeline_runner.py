@@ -38,7 +38,7 @@ KINDS = ("WorkflowTemplate", "Workflow")
 
 # What the runner reads; what it accepts but leaves to the cluster (scheduling, pods, retries).
 SPEC_KEYS = {"entrypoint", "arguments", "templates", "onExit"}
-SPEC_CLUSTER_ONLY = {"serviceAccountName", "securityContext", "synchronization", "podGC", "ttlStrategy",
+SPEC_CLUSTER_ONLY = {"artifactRepositoryRef", "serviceAccountName", "securityContext", "synchronization", "podGC", "ttlStrategy",
                      "activeDeadlineSeconds", "volumes", "podMetadata", "workflowMetadata", "nodeSelector", "tolerations"}
 TEMPLATE_KEYS = {"name", "inputs", "outputs", "container", "dag", "metadata"}
 TEMPLATE_CLUSTER_ONLY = {"activeDeadlineSeconds", "retryStrategy", "nodeSelector", "tolerations", "podSpecPatch", "volumes",
