@@ -20,6 +20,9 @@ from .errors import ChexopsError
 from .export import MAX_INT8_AUROC_DROP
 from .infra.cli import infra
 from .model_ref import DEFAULT_MODEL_NAME, DEFAULT_SERVE_REF
+from .step_outputs import write_outputs
+from .bento_build import bento_build
+from .pipeline_cli import pipeline
 
 log = logging.getLogger("chexops")
 
@@ -38,6 +41,7 @@ def quiet_stdout(func):
 
 
 def emit(obj: dict[str, Any], as_json: bool, human: str, stream) -> None:
+    write_outputs(obj)  # for Argo output parameters, when $CHEXOPS_OUTPUTS is set
     click.echo(json.dumps(obj, default=str) if as_json else human, file=stream)
 
 
@@ -288,6 +292,8 @@ def feedback_export(out: Path, store_url: str | None, overwrite: bool, as_json: 
 
 
 cli.add_command(infra)
+bento.add_command(bento_build)
+cli.add_command(pipeline)
 
 
 def main(argv: list[str] | None = None) -> None:
