@@ -6,6 +6,8 @@
     python -m chexops.benchmarks.serve_bench --start --architecture densenet121 --size 224 --image IMAGE
     # a service that is already running (its batching setting as it is)
     python -m chexops.benchmarks.serve_bench --url http://127.0.0.1:3000 --key KEY --image IMAGE
+    # overload: 64 concurrent clients for 30 s (answers by status, Retry-After, errors, latency, RSS)
+    python -m chexops.benchmarks.serve_bench --start --architecture densenet121 --size 224 --image IMAGE --flood 30
 
 Measures, on one image (PNG, JPEG or DICOM), over loopback:
 
@@ -353,7 +355,44 @@ def overhead(service: dict[str, Any], bare_result: dict[str, Any]) -> dict[str, 
     return {f"{q}_percent": round(100.0 * (service[f"{q}_ms"] / bare_result[f"{q}_ms"] - 1.0), 1) for q in ("p50", "p95")}
 
 
+def run_flood(args) -> dict[str, Any]:
+    """`--flood`: warm up, then `--clients` clients on /predict for the given seconds (chexops.benchmarks.flood)."""
+    from chexops.benchmarks.flood import flood
+
+    data = Path(args.image).read_bytes()
+    result: dict[str, Any] = {"service_env": args.service_env, "image": str(args.image), "intra_op_threads": args.threads}
+
+    def measure(url: str, key: str, pid: int | None) -> dict[str, Any]:
+        sequential(url, key, data, runs=max(1, args.warmup), warmup=0)  # load the model's code paths first
+        log.info("Flooding %s/predict with %d clients for %d s", url, args.clients, args.flood)
+        return flood(url, key, data, clients=args.clients, seconds=args.flood, pid=pid)
+
+    if args.start:
+        key = secrets.token_urlsafe(24)
+        with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+            logs = Path(args.log_dir) if args.log_dir else Path(tmp)
+            logs.mkdir(parents=True, exist_ok=True)
+            env = service_env(args, key, Path(tmp), batching=True)
+            env.pop("CHEXOPS_BATCHING")  # the service's own default, unless --service-env sets it
+            env.update(dict(item.split("=", 1) for item in args.service_env))
+            with Started(env, logs / "service-flood.log") as svc:
+                result["flood"] = measure(svc.url, key, svc.process.pid)
+                result["flood"]["alive_after"] = svc.process.poll() is None
+        result["model_tag"] = args.model
+    else:
+        if not args.key:
+            raise SystemExit("--url needs --key (an API key of the service)")
+        result["flood"] = measure(args.url.rstrip("/"), args.key, None)
+    f = result["flood"]
+    log.info("  %d answers %s in %.0f s; %d connection errors; admitted p95 %s ms; RSS %s → peak %s → %s MiB",
+             f["answers"], f["by_status"], f["seconds"], sum(f["connection_errors"].values()),
+             (f["admitted_latency"] or {}).get("p95_ms"), f.get("rss_before_mb"), f.get("rss_peak_mb"), f.get("rss_after_mb"))
+    return result
+
+
 def run(args) -> dict[str, Any]:
+    if args.flood:
+        return run_flood(args)
     data = Path(args.image).read_bytes()
     result: dict[str, Any] = {"service_env": args.service_env, "image": str(args.image), "image_bytes": len(data), "intra_op_threads": args.threads,
                               "precision": args.precision, "runs": args.runs, "warmup": args.warmup,
@@ -425,13 +464,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--requests", type=int, default=400, help="requests in all at --concurrency")
+    parser.add_argument("--flood", type=int, default=0, metavar="SECONDS",
+                        help="instead: --clients concurrent clients on /predict for SECONDS (refusals, errors, latency, RSS)")
+    parser.add_argument("--clients", type=int, default=64, help="--flood: concurrent clients")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table (stderr)")
     args = parser.parse_args(argv)
     if any("=" not in item for item in args.service_env):
         parser.error("--service-env takes NAME=VALUE")
     if args.architecture and not args.start:
         parser.error("--architecture needs --start")
-    for name in ("runs", "requests", "concurrency", "threads"):
+    for name in ("runs", "requests", "concurrency", "threads", "clients"):
         if not 1 <= getattr(args, name) <= 100_000:
             parser.error(f"--{name} must be within 1..100000")
     if args.url and not args.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
@@ -462,7 +504,7 @@ def main(argv: list[str] | None = None) -> None:
         pass
     result["command"] = result["command"].replace(args.key, "KEY") if args.key else result["command"]
     print(json.dumps(result, indent=2, default=str))
-    if args.markdown:
+    if args.markdown and "flood" not in result:
         print(markdown(result), file=sys.stderr)
 
 

@@ -32,6 +32,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..imaging import ImageInputError, decode, to_png
+from .admission import Admission, AdmissionLimits
 from .auth import AuthError
 from .feedback_store import Conflict, NotFound
 from .inference import LOCALISATION_NOTE, PRIORITY_RULE, heatmap_png, priority
@@ -322,6 +323,8 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.settings = settings
     app.state.backend = None
+    app.add_middleware(Admission, limits=AdmissionLimits.from_env(),  # bounded work in flight: 503 + Retry-After beyond
+                       on_refuse=lambda path: app.state.backend and app.state.backend.metrics.rejected.labels(reason="overload").inc())
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + MULTIPART_SLACK)
     return app
 
