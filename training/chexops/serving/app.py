@@ -32,6 +32,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..imaging import ImageInputError, decode, to_png
+from . import openapi
 from .admission import Admission, AdmissionLimits
 from .auth import AuthError
 from .feedback_store import Conflict, NotFound
@@ -316,6 +317,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/feedback", feedback, methods=["POST"]),
             Route("/", index, methods=["GET"]),
             Route("/model", model_info, methods=["GET"]),
+            Route("/openapi.json", openapi.serve, methods=["GET"]),
             Mount("/static", StaticFiles(directory=settings.static_dir, check_dir=False), name="static"),
         ],
         exception_handlers={ImageInputError: on_image_error, RequestError: on_request_error, AuthError: on_auth_error,
