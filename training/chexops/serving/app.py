@@ -262,9 +262,11 @@ async def feedback(request: Request) -> Response:
     clinic = _clinic(request, backend)
     raw = await request.body()
     try:
-        body = FeedbackBody.model_validate(json.loads(raw))
-    except json.JSONDecodeError:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep (found by schemathesis)
         raise RequestError("the feedback must be a JSON object {request_id, correct, labels?, note?}.", 400, reason="feedback") from None
+    try:
+        body = FeedbackBody.model_validate(payload)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
         raise RequestError(f"the feedback is not valid: {problems}.", 422, reason="feedback") from None
