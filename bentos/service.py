@@ -18,6 +18,7 @@ import bentoml
 import numpy as np
 from bentoml.validators import DType
 
+from chexops.serving import providers
 from chexops.serving.app import InternalOnly, create_app
 from chexops.serving.auth import Authenticator, RateLimiter, load_keys
 from chexops.serving.feedback_store import FeedbackStore
@@ -26,6 +27,7 @@ from chexops.serving.metrics import ServiceMetrics
 from chexops.serving.settings import Settings
 
 SETTINGS = Settings.from_env()
+PROVIDERS = providers.from_env()  # CHEXOPS_PROVIDERS: ONNX Runtime execution providers (default CPU)
 INTERNAL_TOKEN = secrets.token_urlsafe(24)
 app = create_app(SETTINGS)
 log = logging.getLogger("chexops.serving")
@@ -39,7 +41,8 @@ class Chexops:
     def __init__(self) -> None:
         logging.getLogger("chexops").setLevel(logging.INFO)  # through BentoML's log handlers
         self.settings = SETTINGS
-        self.model = OnnxModel.load(self.bento_model.path_of(FILES[SETTINGS.precision]), threads=SETTINGS.threads)
+        self.model = OnnxModel.load(self.bento_model.path_of(FILES[SETTINGS.precision]), threads=SETTINGS.threads,
+                                    providers=PROVIDERS)
         self.limits = SETTINGS.image_limits()
         self.auth = Authenticator(load_keys(), RateLimiter(SETTINGS.rate_per_minute, SETTINGS.rate_burst))
         self.store = FeedbackStore(SETTINGS.feedback_location())

@@ -6,6 +6,8 @@
     python -m chexops.benchmarks.serve_bench --start --architecture densenet121 --size 224 --image IMAGE
     # a service that is already running (its batching setting as it is)
     python -m chexops.benchmarks.serve_bench --url http://127.0.0.1:3000 --key KEY --image IMAGE
+    # beside a running Triton that holds `chexops triton export --model chexops-cxr:v3 --out DIR`
+    python -m chexops.benchmarks.serve_bench --start --model chexops-cxr:v3 --image IMAGE --triton 127.0.0.1:8001
     # overload: 64 concurrent clients for 30 s (answers by status, Retry-After, errors, latency, RSS)
     python -m chexops.benchmarks.serve_bench --start --architecture densenet121 --size 224 --image IMAGE --flood 30
 
@@ -17,7 +19,10 @@ Measures, on one image (PNG, JPEG or DICOM), over loopback:
 - `/predict`: N sequential requests (one keep-alive connection), latency seen by the client;
 - the overhead: service p50 (p95) over bare p50 (p95), in percent;
 - `/predict` at concurrency C (C client threads, M requests in all): requests/s and the per-request
-  p50/p95, with adaptive batching on and off (`CHEXOPS_BATCHING=0`) when the script starts the service.
+  p50/p95, with adaptive batching on and off (`CHEXOPS_BATCHING=0`) when the script starts the service;
+- with --start, the same for a minimal FastAPI + uvicorn server around the same session and
+  preprocessing (`chexops.benchmarks.fastapi_baseline`; --no-fastapi skips it), and with --triton
+  for a running Triton Inference Server (`chexops.benchmarks.triton_client`).
 
 With --start the service gets its own feedback store in a temporary directory and a rate limit
 high enough for the benchmark; with --url, the service's rate limit must allow the requests
@@ -294,16 +299,17 @@ def _free_port() -> int:
 class Started:
     """`bentoml serve` in a process group of its own on a free loopback port, ready."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, timeout: float = 180):
-        if not (ROOT / "bentos" / "service.py").exists():
+    def __init__(self, env: dict[str, str], log_path: Path, timeout: float = 180, module: list[str] | None = None):
+        """`module`: another server (`python -m ...` arguments, given --host and --port) instead of the service."""
+        if not module and not (ROOT / "bentos" / "service.py").exists():
             raise SystemExit(f"{ROOT / 'bentos' / 'service.py'} is missing: --start needs the repository checkout")
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        argv = module or ["bentoml", "serve", SERVICE]
         with open(log_path, "ab") as fh:
-            self.process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1",
-                                             "--port", str(self.port)], cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen([sys.executable, "-m", *argv, "--host", "127.0.0.1", "--port", str(self.port)],
+                                            cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_ready(self.url, self.process, log_path, timeout)
         except ChexopsError as exc:
@@ -410,6 +416,12 @@ def run(args) -> dict[str, Any]:
                         result["services"][name] = measure_service(svc.url, key, data, args)
                     except ServiceError as exc:
                         raise ServiceError(f"{exc}\n--- the service's log ({name}), last lines ---\n{svc.logs()}") from None
+            if not args.no_fastapi:  # the baseline: FastAPI + uvicorn around the same session and preprocessing
+                onnx = Path(args.onnx) if args.onnx else model_file(args.model, args.precision)
+                log.info("Starting the FastAPI + uvicorn baseline on %s", onnx)
+                module = ["chexops.benchmarks.fastapi_baseline", "--onnx", str(onnx), "--threads", str(args.threads)]
+                with Started(service_env(args, key, Path(tmp), False), logs / "fastapi.log", module=module) as svc:
+                    result["services"]["fastapi_uvicorn"] = measure_service(svc.url, key, data, args)
         result["model_tag"] = args.model
     else:
         if not args.key:
@@ -422,9 +434,21 @@ def run(args) -> dict[str, Any]:
     log.info("Bare ONNX Runtime session on %s", onnx_path)
     result["bare"] = bare(onnx_path, data, args.threads, args.runs, args.warmup)
     log.info("  bare: p50 %.2f ms, p95 %.2f ms", result["bare"]["p50_ms"], result["bare"]["p95_ms"])
+    if args.triton:
+        from chexops.benchmarks.triton_client import infer_function, measure
+
+        log.info("Triton at %s, model %s (gRPC; decode + preprocess in the client)", args.triton, args.triton_model)
+        once = infer_function(args.triton, args.triton_model, onnx_path, data)
+        result["services"]["triton_grpc"] = measure(once, args.runs, args.warmup, args.concurrency, args.requests, stats)
+        for part in ("sequential", "concurrent"):
+            result["services"]["triton_grpc"][part]["errors"] = {"failed": 0}
     for value in result["services"].values():
         value["overhead_vs_bare"] = overhead(value["sequential"], result["bare"])
     return result
+
+
+PATHS = {"fastapi_uvicorn": "FastAPI + uvicorn baseline (same session and preprocessing)",
+         "triton_grpc": "Triton (ONNX Runtime backend, gRPC; decode + preprocess in the client)"}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -434,7 +458,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"| bare ONNX Runtime (decode + preprocess + run) | {b['p50_ms']:.2f} | {b['p95_ms']:.2f} | — | — | — | — |"]
     for name, value in result["services"].items():
         s, o, c = value["sequential"], value["overhead_vs_bare"], value["concurrent"]
-        rows.append(f"| `/predict`, {name.replace('_', ' ')} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | "
+        label = PATHS.get(name, f"`/predict`, {name.replace('_', ' ')}")
+        rows.append(f"| {label} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | "
                     f"{o['p50_percent']:+.1f} % / {o['p95_percent']:+.1f} % | {c['requests_per_s']:.1f} | "
                     f"{c['p50_ms']:.1f} / {c['p95_ms']:.1f} | "
                     f"{s['errors']['failed'] + c['errors']['failed']} of {s['n'] + s['errors']['failed'] + c['n'] + c['errors']['failed']} |")
@@ -464,6 +489,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--requests", type=int, default=400, help="requests in all at --concurrency")
+    parser.add_argument("--no-fastapi", action="store_true", help="--start: skip the FastAPI + uvicorn baseline")
+    parser.add_argument("--triton", metavar="HOST:PORT", help="also measure a running Triton (gRPC) holding `chexops triton export`'s model")
+    parser.add_argument("--triton-model", default="chexops-cxr", help="--triton: the model's name in the repository")
     parser.add_argument("--flood", type=int, default=0, metavar="SECONDS",
                         help="instead: --clients concurrent clients on /predict for SECONDS (refusals, errors, latency, RSS)")
     parser.add_argument("--clients", type=int, default=64, help="--flood: concurrent clients")

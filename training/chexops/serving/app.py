@@ -307,6 +307,7 @@ async def model_info(request: Request) -> Response:
     return JSONResponse({**model.describe(), "thresholds": model.thresholds, "priority_rule": PRIORITY_RULE,
                          "localisation": LOCALISATION_NOTE,
                          "runtime": {"threads": backend.settings.threads, "batching": backend.settings.batching,
+                                     "providers": backend.model.session.get_providers(),
                                      "max_upload_mb": round(backend.settings.max_upload_bytes / 2**20, 1),
                                      "torch_imported": "torch" in sys.modules}})
 

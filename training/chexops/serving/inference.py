@@ -58,7 +58,7 @@ class OnnxModel:
     head_weight: np.ndarray
 
     @classmethod
-    def load(cls, path: str | Path, threads: int = 2) -> "OnnxModel":
+    def load(cls, path: str | Path, threads: int = 2, providers: list[str] | None = None) -> "OnnxModel":
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -66,7 +66,7 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])
         meta = session.get_modelmeta().custom_metadata_map
         missing = [k for k in ("labels", "thresholds", "preprocessing", "head") if k not in meta]
         if missing:
@@ -79,8 +79,8 @@ class OnnxModel:
                     version=meta.get("registry_version", ""), run_id=meta.get("run_id", ""),
                     data_version=meta.get("data_version", ""), precision=meta.get("precision", ""),
                     head_weight=np.asarray(head["weight"], dtype=np.float32))
-        log.info("Loaded %s v%s (%s, %d labels, input %d px) with %d intra-op threads", model.name, model.version,
-                 model.precision, len(labels), model.spec.size, threads)
+        log.info("Loaded %s v%s (%s, %d labels, input %d px) with %d intra-op threads on %s", model.name, model.version,
+                 model.precision, len(labels), model.spec.size, threads, ", ".join(session.get_providers()))
         return model
 
     def preprocess(self, grey: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .. import paths
 from ..errors import ChexopsError, UserInputError
+from . import providers
 from .settings import DEFAULT_MODEL, DEV_KEYS
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def check_model(env: dict[str, str]) -> str:
 
 def serve(port: int, host: str, model: str | None, precision: str | None, threads: int | None, development: bool = False) -> int:
     env = serve_env(model, precision, threads)
+    providers.parse(env.get("CHEXOPS_PROVIDERS", ""))  # a typo is exit 2 here, not a traceback in the worker
     resolved = check_model(env)
     env["CHEXOPS_MODEL"] = resolved  # pin what was checked
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
