@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
+import shutil
 import signal
 import struct
 import subprocess
@@ -26,7 +27,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from service_fixtures import OTHER_KEY, ROOT, child_env, served_model, service, start_service  # noqa: F401
+from service_fixtures import OTHER_KEY, ROOT, ServedModel, child_env, served_model, service, start_service  # noqa: F401
 from support import dicom_bytes, dicom_dataset
 
 LABEL_COUNT = 14
@@ -144,15 +145,22 @@ def test_bentoml_client_and_the_internal_batch_api(service):
             client.infer(images=np.zeros((1, 1, 32, 32), dtype=np.float32))
 
 
-def test_concurrent_requests_are_batched(service):
-    data = SYNTHETIC["jpeg"]()
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(lambda _: post_image(service, data), range(16)))
-    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
-    assert len({r.json()["request_id"] for r in responses}) == 16
-    metrics = httpx.get(f"{service.url}/metrics", timeout=10).text
-    sizes = [line for line in metrics.splitlines() if line.startswith("bentoml_service_adaptive_batch_size_count")]
-    assert sizes, "no adaptive batching series"
+def test_concurrent_requests_are_batched_when_batching_is_on(service, served_model, tmp_path):
+    assert httpx.get(f"{service.url}/model", timeout=10).json()["runtime"]["batching"] is False  # the default
+    # a home of its own: a second `bentoml serve` on the same BENTOML_HOME would wipe the first one's metrics
+    shutil.copytree(served_model.home / "bentoml" / "models", tmp_path / "bentoml" / "models")
+    batched = start_service(ServedModel(tmp_path, served_model.tag), "batching.log", CHEXOPS_BATCHING="1")
+    try:
+        data = SYNTHETIC["jpeg"]()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda _: post_image(batched, data), range(16)))
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+        assert len({r.json()["request_id"] for r in responses}) == 16
+        metrics = httpx.get(f"{batched.url}/metrics", timeout=10).text
+        sizes = [line for line in metrics.splitlines() if line.startswith("bentoml_service_adaptive_batch_size_count")]
+        assert sizes, "no adaptive batching series"
+    finally:
+        batched.stop()
 
 
 # --- bad input --------------------------------------------------------------------------------------
