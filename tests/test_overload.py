@@ -78,6 +78,29 @@ def test_gate_queues_in_order_and_refuses_beyond_its_bounds():
     asyncio.run(scenario())
 
 
+def test_gate_refuses_at_once_what_would_time_out_in_the_queue():
+    async def scenario():
+        gate = Gate(AdmissionLimits(max_inflight=2, max_queue=8, queue_timeout_ms=500))
+        await gate.acquire()
+        await gate.acquire()
+        gate.service_s = 0.2                       # requests have been taking 200 ms
+        first = asyncio.create_task(gate.acquire())   # expected wait 100 ms: queued
+        second = asyncio.create_task(gate.acquire())  # 200 ms: queued
+        await asyncio.sleep(0.01)
+        assert len(gate.waiters) == 2
+        gate.service_s = 0.5                       # now 500 ms each: the next would wait ~750 ms
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(Overloaded, match="expected wait"):
+            await gate.acquire()
+        assert loop.time() - started < 0.1        # at once, not after the 500 ms timeout
+        gate.release(0.5)
+        gate.release(0.5)
+        await asyncio.wait_for(asyncio.gather(first, second), 1)
+
+    asyncio.run(scenario())
+
+
 def test_admission_settings(monkeypatch):
     assert AdmissionLimits.from_env() == AdmissionLimits(4, 16, 500)
     monkeypatch.setenv("CHEXOPS_MAX_INFLIGHT", "2")

@@ -339,6 +339,8 @@ def service_env(args, key: str, tmp: Path, batching: bool) -> dict[str, str]:
                 "CHEXOPS_MODEL": args.model, "CHEXOPS_PRECISION": args.precision, "CHEXOPS_THREADS": str(args.threads),
                 "CHEXOPS_BATCHING": "1" if batching else "0", "CHEXOPS_API_KEYS": f"bench:{key}",
                 "CHEXOPS_RATE_LIMIT": "1000000000", "CHEXOPS_RATE_BURST": "1000000",
+                # latency runs measure the service, not its admission gate (--flood keeps the service's defaults)
+                "CHEXOPS_MAX_QUEUE": "100000", "CHEXOPS_QUEUE_TIMEOUT_MS": "600000",
                 "CHEXOPS_FEEDBACK_URL": f"sqlite:///{tmp / 'feedback.db'}"})
     for name in ("CHEXOPS_SHARED_DATA",):
         if name in os.environ:
@@ -379,7 +381,8 @@ def run_flood(args) -> dict[str, Any]:
             logs = Path(args.log_dir) if args.log_dir else Path(tmp)
             logs.mkdir(parents=True, exist_ok=True)
             env = service_env(args, key, Path(tmp), batching=True)
-            env.pop("CHEXOPS_BATCHING")  # the service's own default, unless --service-env sets it
+            for name in ("CHEXOPS_BATCHING", "CHEXOPS_MAX_QUEUE", "CHEXOPS_QUEUE_TIMEOUT_MS"):
+                env.pop(name)  # the service's own defaults, unless --service-env sets them
             env.update(dict(item.split("=", 1) for item in args.service_env))
             with Started(env, logs / "service-flood.log") as svc:
                 result["flood"] = measure(svc.url, key, svc.process.pid)

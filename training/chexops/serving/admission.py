@@ -2,9 +2,10 @@
 
 An ASGI middleware on the expensive routes (`/predict`, `/explain`). At most `max_inflight` of their
 requests run at once (upload, decode, preprocess, inference, store); up to `max_queue` more wait, in
-arrival order, each for at most `queue_timeout_ms`. Everything else is refused at once with
+arrival order, each for at most `queue_timeout_ms` (a request whose expected wait, from its place
+in the queue and the recent service time, is longer is not queued). Everything else is refused at once with
 `503 {"error": ...}` and a `Retry-After` (seconds, from the recent service time and the queue's
-length), before its body is read: memory and latency stay bounded however many clients arrive, and
+length), without keeping its body: memory and latency stay bounded however many clients arrive, and
 an admitted request waits at most the timeout before it starts. (Per-key rate limits are the 429s of
 `chexops.serving.auth`; this is the service's own capacity.)
 
@@ -80,6 +81,10 @@ class Gate:
             return
         if len(self.waiters) >= self.limits.max_queue:
             raise Overloaded(f"{self.inflight} requests in progress and {len(self.waiters)} waiting", self.retry_after())
+        expected = (len(self.waiters) + 1) * self.service_s / self.limits.max_inflight
+        if expected * 1000 > self.limits.queue_timeout_ms:  # it would time out in the queue: say so now
+            raise Overloaded(f"the expected wait, {expected * 1000:.0f} ms, is over {self.limits.queue_timeout_ms} ms",
+                             self.retry_after())
         slot = asyncio.get_running_loop().create_future()
         self.waiters.append(slot)
         try:
@@ -139,9 +144,23 @@ class Admission:
                 self.refused, self.logged_at = 0, loop.time()
             response = JSONResponse({"error": f"the service is at capacity ({exc}); retry in {exc.retry_after} s."},
                                     status_code=503, headers={"Retry-After": str(exc.retry_after)})
+            await _drain(receive)
             return await response(scope, receive, send)
         started = loop.time()
         try:
             return await self.app(scope, receive, send)
         finally:
             self.gate.release(loop.time() - started)
+
+
+async def _drain(receive) -> None:
+    """Read the rest of a refused upload and drop it (the body limit still applies). Answering first
+    would start the connection's keep-alive timer while the client is still sending: on a starved
+    event loop the server then closes a connection the client is using (a ReadError, not a 503)."""
+    try:
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+    except Exception:  # noqa: BLE001 - over the body limit, or the client went away: answer anyway
+        return
