@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import json
 import logging
 import sys
@@ -294,6 +295,7 @@ def feedback_export(out: Path, store_url: str | None, overwrite: bool, as_json: 
 cli.add_command(infra)
 bento.add_command(bento_build)
 cli.add_command(pipeline)
+cli.add_command(importlib.import_module("chexops.triton").triton)
 
 
 def main(argv: list[str] | None = None) -> None:

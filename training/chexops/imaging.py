@@ -65,9 +65,17 @@ def decode(data: bytes, limits: ImageLimits = ImageLimits()) -> DecodedImage:
     if len(data) > limits.max_bytes:
         raise ImageInputError(f"the upload is {len(data) / 2**20:.1f} MiB; the limit is {limits.max_bytes / 2**20:.0f} MiB.", status=413)
     kind = sniff(data)
-    if kind == "dicom":
-        return _decode_dicom(data, limits)
-    return _decode_raster(data, kind, limits)
+    try:
+        if kind == "dicom":
+            return _decode_dicom(data, limits)
+        return _decode_raster(data, kind, limits)
+    except ImageInputError:
+        raise
+    except MemoryError:
+        raise ImageInputError(f"the {kind.upper()} file is too large to decode.", status=413) from None
+    except Exception as exc:  # noqa: BLE001 - hostile bytes break decoders in many ways (tests/fuzz_decode.py);
+        # the type only: a decoder's message can quote the file's values (identifiers)
+        raise ImageInputError(f"the {kind.upper()} file is damaged ({type(exc).__name__}).") from None
 
 
 def _check_size(width: int, height: int, limits: ImageLimits) -> None:
@@ -127,6 +135,9 @@ def _decode_dicom(data: bytes, limits: ImageLimits) -> DecodedImage:
                 values = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64)
     except Exception as exc:  # noqa: BLE001 - decoders fail in many ways on damaged data
         raise ImageInputError(f"the DICOM pixel data cannot be decoded ({type(exc).__name__}: {exc}).") from None
+    if not np.isfinite(values).all():  # e.g. a NaN or overflowing Rescale Slope: never a silently blank image
+        raise ImageInputError("the DICOM pixel values are not finite after its rescale/window (Rescale Slope, "
+                              "Rescale Intercept, Window): the file is damaged.", status=422)
     if values.ndim == 3 and values.shape[-1] in (3, 4):
         values = values[..., :3].mean(axis=-1)
     if values.ndim != 2:
