@@ -6,12 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from chexops.serving.feedback_store import FeedbackStore
-from clinic_fixtures import clinic_data, clinic_service  # noqa: F401  (pytest fixtures)
-from service_fixtures import API_KEY, ROOT, served_model  # noqa: F401  (pytest fixtures)
+from clinic_fixtures import clinic, clinic_b, clinic_data, clinic_model  # noqa: F401  (pytest fixtures)
+from service_fixtures import API_KEY, ROOT
 
 
 def run_simulate(url: str, data, out, *args: str, key: str = API_KEY) -> dict:
@@ -23,16 +24,17 @@ def run_simulate(url: str, data, out, *args: str, key: str = API_KEY) -> dict:
     return json.loads(result.stdout)
 
 
-@pytest.fixture(scope="module")
-def clinic(served_model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("simulate-service")
-    svc = clinic_service(served_model, tmp, "clinic")
-    yield svc, tmp
-    svc.stop()
+def agreement_counts(store_url: str) -> tuple[int, int]:
+    store = FeedbackStore(store_url)
+    try:
+        return store.agreement()
+    finally:
+        store.close()
 
 
 def test_simulate_records_predictions_and_feedback_reaches_the_store(clinic, clinic_data, tmp_path):
-    svc, tmp = clinic
+    svc = clinic.service
+    before = agreement_counts(clinic.store_url)
     summary = run_simulate(svc.url, clinic_data, tmp_path, "--pattern", "poisson", "--rate", "15", "--duration", "2",
                            "--max-requests", "24", "--review-share", "0.5", "--error-rate", "0.1", "--seed", "1")
     report = json.loads((tmp_path / "simulate.json").read_text())
@@ -45,24 +47,18 @@ def test_simulate_records_predictions_and_feedback_reaches_the_store(clinic, cli
     assert truth_known and set(report["labels"]) >= truth_known
     reviewed = [r["feedback"] for r in records if "feedback" in r]
     assert 0 < len(reviewed) < len(records) and summary["feedback_stored"] == len(reviewed)
-    store = FeedbackStore(f"sqlite:///{tmp / 'clinic.db'}")
-    try:
-        correct, incorrect = store.agreement()
-    finally:
-        store.close()
+    after = agreement_counts(clinic.store_url)
+    correct, incorrect = after[0] - before[0], after[1] - before[1]
     assert (correct, incorrect) == (sum(f["correct"] for f in reviewed), sum(not f["correct"] for f in reviewed))
     assert summary["agreement_rate"] == pytest.approx(correct / (correct + incorrect), abs=1e-4)
     for plot in ("latency.png", "auroc.png", "agreement.png"):
         assert (tmp_path / plot).stat().st_size > 1000
 
 
-def test_simulate_backs_off_on_429_and_gets_every_study_answered(served_model, clinic_data, tmp_path):
-    svc = clinic_service(served_model, tmp_path, "limited", CHEXOPS_RATE_LIMIT="600", CHEXOPS_RATE_BURST="3")
-    try:
-        summary = run_simulate(svc.url, clinic_data, tmp_path / "out", "--pattern", "burst", "--burst-size", "8", "--rate", "8",
-                               "--duration", "1", "--max-requests", "8")
-    finally:
-        svc.stop()
+def test_simulate_backs_off_on_429_and_gets_every_study_answered(clinic_b, clinic_data, tmp_path):
+    time.sleep(0.5)  # the bucket (burst 3, 10/s) is full again after any earlier traffic
+    summary = run_simulate(clinic_b.service.url, clinic_data, tmp_path / "out", "--pattern", "burst", "--burst-size", "8",
+                           "--rate", "8", "--duration", "1", "--max-requests", "8")
     assert summary["planned"] == summary["sent"] == 8
     assert summary["statuses"] == {"200": 8}  # every 429 was backed off and retried
     assert summary["rate_limited_requests"] >= 5 and summary["backoffs"] >= 5

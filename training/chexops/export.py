@@ -196,7 +196,7 @@ def _mean_auroc(probs: np.ndarray, split, labels: list[str], over: list[str]) ->
 def export_model(uri: str, out: Path | None = None, *, calibration: int = 256, runs: int = 50, threads: int = 2,
                  name: str | None = None, activations: str = "uint8", log_to_run: bool = True, bento: bool = True) -> dict[str, Any]:
     """The whole `chexops export`: resolve, rebuild, export, check, quantize, compare, record, import."""
-    from . import model_ref, quantize
+    from . import drift, model_ref, quantize
 
     started = time.monotonic()
     ref = model_ref.resolve(uri, default_name=name or model_ref.DEFAULT_MODEL_NAME)
@@ -232,6 +232,9 @@ def export_model(uri: str, out: Path | None = None, *, calibration: int = 256, r
 
     # int8: static QDQ calibrated on real training images; dynamic for comparison.
     calib_x = quantize.split_inputs(splits.train, spec, limit=calibration, seed=config.seed)
+    metadata[drift.REFERENCE_KEY] = drift.reference_json(  # the training reference a service's drift score compares with
+        calib_x, quantize.run_batches(quantize.session(fp32), calib_x)["probabilities"], spec, labels)
+    write_metadata(fp32, metadata)
     log.info("Static QDQ int8, calibrated on %d training images", len(calib_x))
     int8 = quantize.quantize_static_qdq(fp32, out / INT8_FILE, calib_x, activation=activations)
     write_metadata(int8, {**metadata, "precision": "int8-static-qdq"})
