@@ -276,7 +276,7 @@ def feedback_export(out: Path, store_url: str | None, overwrite: bool, as_json: 
 
 
 cli.add_command(infra)
-from .simulate import simulate_command; cli.add_command(simulate_command)  # noqa: E402
+from .clinic_cli import report, simulate_command; cli.add_command(simulate_command); cli.add_command(report)  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,7 +33,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import ChexopsError, UserInputError
 
@@ -362,46 +362,3 @@ def human(summary: dict[str, Any]) -> str:
             f"Mean online AUROC {np.mean(aurocs) if aurocs else float('nan'):.3f} over {len(aurocs)} findings. "
             f"{summary['feedback_stored']} of {summary['reviewed']} reviews stored, agreement {agreement}. "
             f"Report: {summary['report']}")
-
-
-# --- the command ------------------------------------------------------------------------------------
-
-def _command():
-    import click
-
-    from .cli import emit, quiet_stdout
-
-    @click.command("simulate")
-    @click.option("--url", required=True, help="The endpoint, e.g. http://127.0.0.1:3000.")
-    @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-                  help="A CheXpert-layout CSV of held-out studies (e.g. valid.csv).")
-    @click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="The folder its paths are relative to.")
-    @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
-    @click.option("--pattern", type=click.Choice(PATTERNS), default="poisson", show_default=True)
-    @click.option("--rate", type=float, default=2.0, show_default=True, help="Studies per second, on average.")
-    @click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds of traffic.")
-    @click.option("--max-requests", type=int, default=1000, show_default=True)
-    @click.option("--burst-size", type=int, default=8, show_default=True, help="Studies per burst (pattern burst).")
-    @click.option("--review-share", type=float, default=0.0, show_default=True, help="Share of studies a clinician reviews.")
-    @click.option("--error-rate", type=float, default=0.0, show_default=True, help="The clinician's per-label error rate.")
-    @click.option("--shift", default="none", show_default=True, help="none, invert or scale:F: alter every image.")
-    @click.option("--seed", type=int, default=0, show_default=True)
-    @click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True, help="Seconds per request.")
-    @click.option("--concurrency", type=int, default=16, show_default=True, help="Requests in flight at most.")
-    @click.option("--api-key-env", default="CHEXOPS_API_KEY", show_default=True, help="Environment variable with the key.")
-    @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the summary).")
-    @quiet_stdout
-    def simulate_command(csv_path, api_key_env, as_json, result_stream, **options) -> None:
-        """Send held-out studies to an endpoint as clinics would; answer as clinicians; report."""
-        try:
-            cfg = SimulateConfig(csv=csv_path, **options)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            raise UserInputError(f"invalid simulation settings: {problems}.") from None
-        report = simulate(cfg, api_key_env)
-        emit(report["summary"], as_json, human(report["summary"]), result_stream)
-
-    return simulate_command
-
-
-simulate_command = _command()
