@@ -137,6 +137,7 @@ class Clinic:
 
         from .data.chexpert import image_paths, read_chexpert_csv
 
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
         self.cfg = cfg
         self.rng = np.random.default_rng(cfg.seed)
         self.shift = shift_fn(cfg.shift)
