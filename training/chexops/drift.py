@@ -5,14 +5,16 @@ for the training images the model was calibrated on:
 
 - the intensity distribution of what the model sees (the resized grey image, before normalisation),
   in 10 bins whose edges are the reference's own deciles (each bin holds a tenth of the pixels);
-- each finding's predicted-probability distribution, in 5 bins at the reference's quintiles.
+- each finding's predicted-probability distribution, in ten bins of width 0.1 (fixed: a model whose
+  probabilities barely vary would make quantile bins split hairs).
 
 A service's `DriftMonitor` keeps the last `window` images (CHEXOPS_DRIFT_WINDOW, default 200) and,
 once it has `min_images` (CHEXOPS_DRIFT_MIN_IMAGES, default 30), scores them against the reference
 with the population stability index, PSI = Σ (a − e)·ln(a / e) over the bins (e: reference share,
 a: window share). The rule of thumb: below 0.1 no shift, 0.1–0.25 a moderate one, above 0.25 a
 significant one (`k8s/monitoring/rules/drift.yaml` alerts there). Quantile bins make the score of a
-same-distribution sample about (bins − 1) / n: with the defaults, ≈0.05 for intensities, ≈0.02 per finding.
+same-distribution sample about (bins − 1) / n: with the defaults ≈0.05 for intensities; for
+predictions at most that (fewer occupied bins, fewer degrees of freedom).
 
 Prometheus series (beside the service's own, `chexops.serving.metrics`, whose
 `chexops_finding_probability` histogram is the prediction distribution):
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 
 REFERENCE_KEY = "drift_reference"
 INTENSITY_BINS = 10
-PROBABILITY_BINS = 5
+PROBABILITY_EDGES = [round(0.1 * i, 1) for i in range(1, 10)]  # ten bins of width 0.1
 EPS = 1e-4
 ALERT_PSI = 0.25
 
@@ -70,9 +72,7 @@ def reference(inputs: np.ndarray, probabilities: np.ndarray, spec: PreprocessSpe
     edges = _edges(grey, INTENSITY_BINS)
     predictions = {}
     for k, label in enumerate(labels):
-        p_edges = _edges(probabilities[:, k], PROBABILITY_BINS)
-        if p_edges:
-            predictions[label] = {"edges": p_edges, "shares": _shares(probabilities[:, k], p_edges).round(6).tolist()}
+        predictions[label] = {"edges": PROBABILITY_EDGES, "shares": _shares(probabilities[:, k], PROBABILITY_EDGES).round(6).tolist()}
     return {"version": 1, "images": int(len(inputs)),
             "intensity": {"edges": edges, "shares": _shares(grey, edges).round(6).tolist(),
                           "image_mean": float(grey.mean()), "image_std": float(grey.std())},
