@@ -21,12 +21,14 @@ from service_fixtures import API_KEY, ROOT
 def two_runs(clinic, clinic_b, clinic_data, tmp_path_factory):
     """The same clinic (same CSV and seed) sent to A (fp32) and B (int8), clinicians reviewing half the studies."""
     tmp_path = tmp_path_factory.mktemp("business")
-    os.environ["CLINIC_KEY"] = API_KEY  # the tests' own variable, read by simulate's --api-key-env
     reports = {}
-    for key, svc in (("a", clinic.service), ("b", clinic_b.service)):
-        cfg = SimulateConfig(url=svc.url, csv=clinic_data / "valid.csv", root=clinic_data, out=tmp_path / key, pattern="steady",
-                             rate=5, duration=6, max_requests=30, review_share=0.5, error_rate=0.05, seed=7, concurrency=4)
-        reports[key] = simulate(cfg, "CLINIC_KEY")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLINIC_KEY", API_KEY)  # the tests' own variable, read through simulate's api_key_env
+        for key, svc in (("a", clinic.service), ("b", clinic_b.service)):
+            cfg = SimulateConfig(url=svc.url, csv=clinic_data / "valid.csv", root=clinic_data, out=tmp_path / key,
+                                 pattern="steady", rate=5, duration=6, max_requests=30, review_share=0.5, error_rate=0.05,
+                                 seed=7, concurrency=4)
+            reports[key] = simulate(cfg, "CLINIC_KEY")
     return reports, tmp_path
 
 

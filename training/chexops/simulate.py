@@ -19,7 +19,6 @@ drift a monitor should see. The report holds CSV row numbers, never the dataset'
 
 from __future__ import annotations
 
-import io
 import ipaddress
 import json
 import logging
