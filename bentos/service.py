@@ -23,6 +23,7 @@ from bentoml.validators import DType
 from chexops.bento_store import serving_tag
 from chexops.onnx_files import FILES
 from chexops.serving import providers
+from chexops.drift import DriftMonitor
 from chexops.serving.app import InternalOnly, create_app
 from chexops.serving.auth import load_keys
 from chexops.serving.feedback_store import FeedbackStore, Unavailable
@@ -53,6 +54,7 @@ class Chexops:
         self.auth = SETTINGS.authenticator(load_keys())
         self.store = FeedbackStore(SETTINGS.feedback_location())
         self.metrics = ServiceMetrics(self.model.name, self.model.version, self.model.precision, self.model.run_id)
+        self.drift = DriftMonitor.for_model(self.model)
         try:
             self.metrics.set_agreement(self.store.agreement())
         except Unavailable:

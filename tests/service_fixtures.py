@@ -65,8 +65,9 @@ def child_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def make_model(home: Path) -> str:
-    """(In a child process) a tiny exported model in `home/bentoml`; returns its Bento tag."""
+def make_model(home: Path, extra_metadata=None) -> str:
+    """(In a child process) a tiny exported model in `home/bentoml`; returns its Bento tag. `extra_metadata(fp32_path,
+    spec, labels)` returns more metadata entries (e.g. a drift reference)."""
     import numpy as np
     import torch
 
@@ -91,6 +92,9 @@ def make_model(home: Path) -> str:
                               registry_version="1", run_id="0123456789abcdef0123456789abcdef", data_version="test-data",
                               head_weight=model.head.weight.detach().numpy(), head_bias=model.head.bias.detach().numpy())
     write_metadata(fp32, metadata)
+    if extra_metadata is not None:
+        metadata.update(extra_metadata(fp32, spec, labels))
+        write_metadata(fp32, metadata)
     calibration = np.random.default_rng(0).normal(0, 1, (16, 1, SIZE, SIZE)).astype(np.float32)
     int8 = quantize_static_qdq(fp32, out / INT8_FILE, calibration)
     write_metadata(int8, {**metadata, "precision": "int8-static-qdq"})

@@ -146,6 +146,8 @@ def test_metadata_is_the_checkpoints(state):
         assert meta["run_id"] == state["run_id"] == payload["run_id"]
         assert meta["data_version"] == payload["data_version"] == state["trained"]["data_version"]
         assert meta["precision"] == precision
+        reference = json.loads(meta["drift_reference"])  # chexops.drift: what a service's drift score compares with
+        assert reference["images"] == e["calibration_images"] and len(reference["intensity"]["shares"]) > 5
         head = json.loads(meta["head"])
         assert np.array_equal(np.asarray(head["weight"], dtype=np.float32), payload["model"]["head.weight"].numpy())
         assert np.array_equal(np.asarray(head["bias"], dtype=np.float32), payload["model"]["head.bias"].numpy())

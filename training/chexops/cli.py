@@ -296,6 +296,7 @@ cli.add_command(infra)
 bento.add_command(bento_build)
 cli.add_command(pipeline)
 cli.add_command(importlib.import_module("chexops.triton").triton)
+from .clinic_cli import report, simulate_command; cli.add_command(simulate_command); cli.add_command(report)  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .data.sources import ExtraSource
 from .errors import ConfigError
 from .labels import CHEXPERT_LABELS, COMPETITION_LABELS
 from .preprocessing import PreprocessSpec
@@ -53,6 +54,7 @@ class DataConfig(_Strict):
     test_seed: int = Field(0, description="seed of the test carve, apart from `seed` so the test split stays put across training seeds")
     skip_bad_images: bool = False
     cache_images: bool = True
+    sources: list[ExtraSource] = Field(default_factory=list)  # extra CheXpert-layout sources (chexops.data.sources)
 
     @model_validator(mode="after")
     def _sources(self) -> "DataConfig":

@@ -259,7 +259,7 @@ def export_model(uri: str, out: Path | None = None, *, calibration: int = 256, r
     A registry version that passed `chexops register`'s gate is exported with its evaluated thresholds;
     anything else only with `unevaluated` (then marked so). `GateRefused` (exit 3) when parity or the
     int8 AUROC cost fails: nothing is logged to the run or imported."""
-    from . import model_ref, quantize
+    from . import drift, model_ref, quantize
 
     started = time.monotonic()
     ref = model_ref.resolve(uri, default_name=name or model_ref.DEFAULT_MODEL_NAME)
@@ -297,6 +297,9 @@ def export_model(uri: str, out: Path | None = None, *, calibration: int = 256, r
 
     # int8: static QDQ calibrated on real training images; dynamic for comparison.
     calib_x = quantize.split_inputs(splits.train, spec, limit=calibration, seed=config.seed)
+    metadata[drift.REFERENCE_KEY] = drift.reference_json(  # the training reference a service's drift score compares with
+        calib_x, quantize.run_batches(session(fp32), calib_x)["probabilities"], spec, labels)
+    write_metadata(fp32, metadata)
     log.info("Static QDQ int8, calibrated on %d training images", len(calib_x))
     int8 = quantize.quantize_static_qdq(fp32, out / INT8_FILE, calib_x, activation=activations)
     dynamic = quantize.quantize_dynamic_int8(fp32, out / DYNAMIC_FILE)

@@ -178,4 +178,6 @@ def load_splits(config: Config) -> Splits:
     for s in (splits.train, splits.val, splits.test):
         if s is not None and len(s) == 0:
             raise DataError(f"the {s.name} split is empty; check the data and data.val_fraction.")
-    return splits
+    from .sources import add_sources  # data.sources: feedback and other extra sources, weighted, with a hold-out
+
+    return add_sources(splits, config)

@@ -227,6 +227,8 @@ async def predict(request: Request) -> Response:
     probs = await backend.classify(x)
     timings["inference_ms"] = (time.perf_counter() - t0) * 1000
     model = backend.model
+    if getattr(backend, "drift", None) is not None:  # chexops.drift.DriftMonitor: input statistics, drift score
+        backend.drift.observe(x, probs, decoded.info)
     findings = model.findings(probs)
     level = priority(findings)
     request_id = uuid.uuid4().hex

@@ -1,0 +1,74 @@
+"""`chexops simulate` against a real `bentoml serve` on loopback: counts, feedback in the store, 429 back-off."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from chexops.serving.feedback_store import FeedbackStore
+from clinic_fixtures import clinic, clinic_b, clinic_data, clinic_model  # noqa: F401  (pytest fixtures)
+from service_fixtures import API_KEY, ROOT
+
+
+def run_simulate(url: str, data, out, *args: str, key: str = API_KEY) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "training"), "CLINIC_KEY": key}
+    result = subprocess.run([sys.executable, "-m", "chexops", "simulate", "--url", url, "--csv", str(data / "valid.csv"),
+                             "--root", str(data), "--out", str(out), "--api-key-env", "CLINIC_KEY", "--json", *args],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def agreement_counts(store_url: str) -> tuple[int, int]:
+    store = FeedbackStore(store_url)
+    try:
+        return store.agreement()
+    finally:
+        store.close()
+
+
+def test_simulate_records_predictions_and_feedback_reaches_the_store(clinic, clinic_data, tmp_path):
+    svc = clinic.service
+    before = agreement_counts(clinic.store_url)
+    summary = run_simulate(svc.url, clinic_data, tmp_path, "--pattern", "poisson", "--rate", "15", "--duration", "2",
+                           "--max-requests", "24", "--review-share", "0.5", "--error-rate", "0.1", "--seed", "1")
+    report = json.loads((tmp_path / "simulate.json").read_text())
+    records = report["requests"]
+    assert summary["sent"] == len(records) == summary["planned"] > 5
+    assert summary["answered"] == summary["statuses"]["200"] == len(records)
+    assert summary["elapsed_s"] < 2 + 10
+    assert all(r["probabilities"] and r["truth"] and r["latency_ms"] > 0 for r in records)
+    truth_known = {label for r in records for label, v in r["truth"].items() if v in (0, 1)}
+    assert truth_known and set(report["labels"]) >= truth_known
+    reviewed = [r["feedback"] for r in records if "feedback" in r]
+    assert 0 < len(reviewed) < len(records) and summary["feedback_stored"] == len(reviewed)
+    after = agreement_counts(clinic.store_url)
+    correct, incorrect = after[0] - before[0], after[1] - before[1]
+    assert (correct, incorrect) == (sum(f["correct"] for f in reviewed), sum(not f["correct"] for f in reviewed))
+    assert summary["agreement_rate"] == pytest.approx(correct / (correct + incorrect), abs=1e-4)
+    for plot in ("latency.png", "auroc.png", "agreement.png"):
+        assert (tmp_path / plot).stat().st_size > 1000
+
+
+def test_simulate_backs_off_on_429_and_gets_every_study_answered(clinic_b, clinic_data, tmp_path):
+    time.sleep(0.5)  # the bucket (burst 3, 10/s) is full again after any earlier traffic
+    summary = run_simulate(clinic_b.service.url, clinic_data, tmp_path / "out", "--pattern", "burst", "--burst-size", "8",
+                           "--rate", "8", "--duration", "1", "--max-requests", "8")
+    assert summary["planned"] == summary["sent"] == 8
+    assert summary["statuses"] == {"200": 8}  # every 429 was backed off and retried
+    assert summary["rate_limited_requests"] >= 5 and summary["backoffs"] >= 5
+
+
+def test_simulate_refuses_bad_settings_and_a_missing_key(clinic_data, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "CHEXOPS_API_KEY"}
+    env["PYTHONPATH"] = str(ROOT / "training")
+    base = [sys.executable, "-m", "chexops", "simulate", "--csv", str(clinic_data / "valid.csv"), "--out", str(tmp_path)]
+    bad = subprocess.run([*base, "--url", "http://127.0.0.1:9", "--rate", "0"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "rate" in bad.stderr and "Traceback" not in bad.stderr
+    remote = subprocess.run([*base, "--url", "http://clinic.example:3000"], capture_output=True, text=True, env=env)
+    assert remote.returncode == 2 and "CHEXOPS_API_KEY" in remote.stderr

@@ -1,0 +1,108 @@
+"""Extra CheXpert-layout sources joining a training run (`data.sources`), e.g. `chexops feedback export`.
+
+    data:
+      csv: .../CheXpert-v1.0-small/train.csv
+      sources:
+        - name: feedback
+          csv: .../feedback-export/CheXpert-v1.0-small/train.csv
+          weight: 2.0            # each row counts twice in the training set (rows repeated: 2.5 → 2 or 3 times)
+          holdout_fraction: 0.2  # the newest 20 % of its rows never train: the feedback hold-out
+
+Rows of a source are in time order (`chexops feedback export` writes the oldest first), so the
+hold-out is the newest tail: a model is judged on feedback that came after the feedback it learned
+from. Its labels follow the CSV's own policy file (a feedback export's blanks are ignored, not
+negative). The data version covers every source (its file hash, weight and hold-out share): adding
+feedback makes a new data version. `holdout_splits(config)` gives the hold-outs for evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from ..config import Config, DataConfig
+    from .loading import Split, Splits
+
+
+class ExtraSource(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$")
+    csv: Path
+    root: Path | None = None
+    weight: float = Field(1.0, gt=0, le=20)
+    holdout_fraction: float = Field(0.2, ge=0, lt=1)
+
+
+def _parts(source: ExtraSource, cfg: "DataConfig") -> tuple["Split", "Split | None"]:
+    """The source's (training part, newest-rows hold-out) after the view filter and bad-image check."""
+    from .loading import Split, _chexpert_split, _eval_view
+
+    whole, table = _chexpert_split(f"source:{source.name}", source.csv,
+                                   cfg.model_copy(update={"root": source.root}))
+    n_hold = int(round(len(whole) * source.holdout_fraction))
+    cut = len(whole) - n_hold
+    train = Split(whole.name, whole.targets[:cut], whole.mask[:cut], whole.paths[:cut],
+                  frame=whole.frame.iloc[:cut].reset_index(drop=True))
+    if not n_hold:
+        return train, None
+    hold = Split(f"holdout:{source.name}", whole.targets[cut:], whole.mask[cut:], whole.paths[cut:],
+                 frame=whole.frame.iloc[cut:].reset_index(drop=True))
+    return train, _eval_view(hold, table.values[cut:], cfg, table.blank)
+
+
+def _repeats(n: int, weight: float, seed: int) -> np.ndarray:
+    """Row indices with each row `weight` times on average (the fractional part drawn, deterministically)."""
+    whole = int(weight)
+    extra = np.random.default_rng(seed).random(n) < weight - whole
+    return np.concatenate([np.tile(np.arange(n), whole), np.flatnonzero(extra)]).astype(int)
+
+
+def add_sources(splits: "Splits", config: "Config") -> "Splits":
+    """`splits` with every configured source's training part appended to its train split (weighted), and a
+    data version that covers the sources. Without sources, `splits` unchanged."""
+    from ..hashing import sha256_file
+    from .loading import Split
+
+    sources = config.data.sources
+    if not sources:
+        return splits
+    if splits.train.paths is None:
+        from ..errors import DataError
+
+        raise DataError("data.sources join CheXpert-layout training data only (data.kind: chexpert).")
+    train = splits.train
+    described = []
+    for k, source in enumerate(sources):
+        part, hold = _parts(source, config.data)
+        rows = _repeats(len(part), source.weight, config.seed + k)
+        train = Split("train", np.concatenate([train.targets, part.targets[rows]]), np.concatenate([train.mask, part.mask[rows]]),
+                      [*train.paths, *(part.paths[i] for i in rows)],
+                      frame=pd.concat([train.frame, part.frame.iloc[rows]], ignore_index=True))
+        described.append({"name": source.name, "sha256": sha256_file(source.csv), "weight": source.weight,
+                          "holdout_fraction": source.holdout_fraction, "rows": len(part),
+                          "holdout_rows": len(hold) if hold is not None else 0})
+    splits.train = train
+    fp = splits.fingerprint
+    fp["sources"] = described
+    fp["rows"]["train"] = len(train)
+    basis = json.dumps({"base": fp["data_version"], "sources": described}, sort_keys=True)
+    fp["data_version"] = hashlib.sha256(basis.encode()).hexdigest()[:12]
+    return splits
+
+
+def holdout_splits(config: "Config") -> dict[str, "Split"]:
+    """The newest-rows hold-out of each source (by name) for evaluation; empty without sources."""
+    held = {}
+    for source in config.data.sources:
+        _, hold = _parts(source, config.data)
+        if hold is not None:
+            held[source.name] = hold
+    return held
