@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from .data.prepare import prepare_cmd
 from .errors import ChexopsError
 from .infra.cli import infra
 
@@ -276,6 +277,7 @@ def feedback_export(out: Path, store_url: str | None, overwrite: bool, as_json: 
 
 
 cli.add_command(infra)
+data.add_command(prepare_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -152,14 +152,23 @@ def to_grey(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def preprocess_array(grey: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """An H×W grey array in [0, 1] as a normalised C×size×size float32 model input."""
+def resize_grey(grey: np.ndarray, width: int, height: int, resample: str = "bilinear") -> np.ndarray:
+    """An H×W grey float array resized to height×width (the one resize of training, serving and `data prepare`)."""
     if grey.ndim != 2:
         raise ValueError(f"expected a 2-D grey image, got shape {grey.shape}")
-    resized = Image.fromarray(grey.astype(np.float32, copy=False), mode="F").resize(
-        (spec.size, spec.size), _RESAMPLE[spec.resample]
-    )
-    x = np.asarray(resized, dtype=np.float32)
+    resized = Image.fromarray(grey.astype(np.float32, copy=False), mode="F").resize((width, height), _RESAMPLE[resample])
+    return np.asarray(resized, dtype=np.float32)
+
+
+def shorter_side_to(width: int, height: int, side: int) -> tuple[int, int]:
+    """(width, height) scaled so that the shorter side is `side` (never enlarged)."""
+    scale = min(1.0, side / min(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def preprocess_array(grey: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """An H×W grey array in [0, 1] as a normalised C×size×size float32 model input."""
+    x = resize_grey(grey, spec.size, spec.size, spec.resample)
     channels = np.repeat(x[None], spec.channels, axis=0)
     mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
     std = np.asarray(spec.std, dtype=np.float32).reshape(-1, 1, 1)
@@ -171,11 +180,15 @@ def preprocess(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     return preprocess_array(to_grey(image), spec)
 
 
-def open_image(fp: Any) -> Image.Image:
+def open_image(fp: Any, min_side: int | None = None) -> Image.Image:
     """Open and fully decode an image from a binary file object, a PNG's sBIT kept in
-    `info["significant_bits"]` (raises OSError / PIL.UnidentifiedImageError when unreadable)."""
+    `info["significant_bits"]` (raises OSError / PIL.UnidentifiedImageError when unreadable).
+    With `min_side`, a JPEG is decoded at the smallest reduced scale (1/2, 1/4, 1/8: Pillow's draft
+    mode) whose shorter side still holds `min_side` pixels."""
     with Image.open(fp) as image:
         bits = png_significant_bits(fp) if image.format == "PNG" else None
+        if min_side is not None and image.format == "JPEG":
+            image.draft(image.mode if image.mode in ("L", "RGB") else None, shorter_side_to(*image.size, min_side))
         image.load()
         out = image.copy() if image.mode != "P" else image.convert("RGBA")
     if bits is not None:

@@ -16,6 +16,7 @@ from ..config import Config, DataConfig
 from ..errors import DataError
 from ..hashing import sha256_file
 from . import npz
+from .prepare import manifest_version
 from .chexpert import ChexpertTable, apply_policy, check_images, filter_view, image_paths, read_chexpert_csv, split_by_patient
 
 log = logging.getLogger(__name__)
@@ -134,11 +135,15 @@ def load_splits(config: Config) -> Splits:
             fingerprint["test_sha256"] = sha256_file(Path(cfg.test_csv))
         splits = Splits(cfg.labels, train, val, test)
         fingerprint["patients"] = {"train": int(train.frame["patient"].nunique()), "val": int(val.frame["patient"].nunique())}
+        prepared = manifest_version(cfg.csv)  # images from `chexops data prepare`: their manifest's version
+        if prepared:
+            fingerprint.update(prepared)
     fingerprint["rows"] = {s.name: len(s) for s in (splits.train, splits.val, splits.test) if s is not None}
     fingerprint["policy_counts"] = {
         s.name: policy_counts(s.targets, s.mask, cfg.labels) for s in (splits.train, splits.val, splits.test) if s is not None
     }
-    basis = json.dumps({k: fingerprint[k] for k in ("sha256", "view", "policy", "rows")}, sort_keys=True)
+    basis = json.dumps({k: fingerprint[k] for k in ("sha256", "view", "policy", "rows", "prepared_data_version") if k in fingerprint},
+                       sort_keys=True)
     fingerprint["data_version"] = hashlib.sha256(basis.encode()).hexdigest()[:12]
     splits.fingerprint = fingerprint
     for s in (splits.train, splits.val, splits.test):
