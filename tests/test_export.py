@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from chexops.data.synth import synthesize
+from chexops.train import load_checkpoint
 from support import ROOT
 
 MODEL = "chexops-cxr"
@@ -74,7 +75,7 @@ def state(tmp_path_factory):
 
     result = cli(home, "export", "--model", f"models:/{MODEL}@candidate", "--calibration", "64", "--runs", "10", "--json")
     summary = ok_json(result)
-    payload = torch.load(Path(client.download_artifacts(run_id, "checkpoint/model.pt", str(home))), weights_only=False)
+    payload = load_checkpoint(Path(client.download_artifacts(run_id, "checkpoint/model.pt", str(home))))
     return {"home": home, "client": client, "run_id": run_id, "version": str(version.version), "summary": summary,
             "stderr": result.stderr, "payload": payload, "thresholds": thresholds, "trained": trained}
 
