@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from .data.prepare import prepare_cmd
 from .errors import ChexopsError
 from .export import MAX_INT8_AUROC_DROP
 from .infra.cli import infra
@@ -293,10 +294,7 @@ def feedback_export(out: Path, store_url: str | None, overwrite: bool, as_json: 
 
 
 cli.add_command(infra)
-bento.add_command(bento_build)
-cli.add_command(pipeline)
-cli.add_command(importlib.import_module("chexops.triton").triton)
-from .clinic_cli import report, simulate_command; cli.add_command(simulate_command); cli.add_command(report)  # noqa: E402
+data.add_command(prepare_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:
