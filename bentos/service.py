@@ -43,7 +43,8 @@ class Chexops:
         self.limits = SETTINGS.image_limits()
         self.auth = Authenticator(load_keys(), RateLimiter(SETTINGS.rate_per_minute, SETTINGS.rate_burst))
         self.store = FeedbackStore(SETTINGS.feedback_location())
-        self.metrics = ServiceMetrics(self.model.name, self.model.version, self.model.precision, self.model.run_id)
+        self.metrics = ServiceMetrics(self.model.name, self.model.version, self.model.precision, self.model.run_id,
+                                      environment=SETTINGS.environment, track=SETTINGS.track)
         self.metrics.set_agreement(self.store.agreement())
         self.session_lock = anyio.CapacityLimiter(1)  # one session run at a time outside the batcher
         log.info("Serving %s (%s) from %s; feedback store %s (%s); %d API key(s); batching %s",
@@ -54,6 +55,7 @@ class Chexops:
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
     def infer(self, images: Annotated[np.ndarray, DType("float32")]) -> np.ndarray:
         """B×C×H×W preprocessed images → B×K probabilities (internal: /predict batches through it)."""
+        self.metrics.batch.labels().observe(len(images))
         return self.model.probabilities(images)
 
     async def classify(self, x: np.ndarray) -> np.ndarray:

@@ -18,6 +18,8 @@ import click
 
 from .errors import ChexopsError
 from .infra.cli import infra
+from .loadtest import loadtest_cmd
+from .promote import promote_cmd
 
 log = logging.getLogger("chexops")
 
@@ -276,6 +278,8 @@ def feedback_export(out: Path, store_url: str | None, overwrite: bool, as_json: 
 
 
 cli.add_command(infra)
+cli.add_command(loadtest_cmd)
+cli.add_command(promote_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,7 +34,9 @@ from starlette.staticfiles import StaticFiles
 from ..imaging import ImageInputError, decode, to_png
 from .auth import AuthError
 from .feedback_store import Conflict, NotFound
+from .faults import FaultInjection
 from .inference import LOCALISATION_NOTE, PRIORITY_RULE, heatmap_png, priority
+from .metrics import HttpMetrics
 from .settings import Settings
 
 log = logging.getLogger("chexops.serving")
@@ -284,7 +286,7 @@ async def feedback(request: Request) -> Response:
         raise RequestError(f"request {body.request_id} already has a different feedback; it is kept as given.", 409,
                            reason="feedback") from None
     if created:
-        backend.metrics.observe_feedback(body.correct, await run_in_threadpool(backend.store.agreement))
+        backend.metrics.observe_feedback(body.correct, await run_in_threadpool(backend.store.agreement), prediction["model"]["version"])
     log.info("feedback %s clinic=%s correct=%s labels=%d %s", body.request_id, clinic, body.correct, len(body.labels or {}),
              "stored" if created else "repeated")
     return JSONResponse({"request_id": body.request_id, "stored": True, "created": created, "feedback": record.to_dict()})
@@ -323,6 +325,9 @@ def create_app(settings: Settings) -> Starlette:
     app.state.settings = settings
     app.state.backend = None
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + MULTIPART_SLACK)
+    if settings.faults is not None:  # tests of the canary analysis only (refused in production)
+        app.add_middleware(FaultInjection, spec=settings.faults, owner=app)
+    app.add_middleware(HttpMetrics, owner=app)  # outermost: sees injected faults as clients do
     return app
 
 
