@@ -181,9 +181,13 @@ def check_repo(repo: Path, paths: list[str]) -> None:
         raise UserInputError("the git index has staged changes; commit or reset them before promoting.")
 
 
-def commit(repo: Path, paths: list[str], message: str) -> str:
+def commit(repo: Path, paths: list[str], message: str, whole_index: bool = False) -> str:
+    """Commit `paths` only; `whole_index` commits the index as staged (a revert in progress allows no
+    partial commit; check_repo made sure nothing else is staged)."""
     git(repo, "add", "--", *paths)
-    git(repo, "commit", "-q", "-m", message, "--", *paths)
+    git(repo, "commit", "-q", "-m", message, *(() if whole_index else ("--", *paths)))
+    if whole_index:
+        git(repo, "revert", "--quit", check=False)
     return git(repo, "rev-parse", "HEAD").strip()
 
 

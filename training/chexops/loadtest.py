@@ -1,7 +1,7 @@
 """`chexops loadtest`: the clinic's traffic (chexops/locustfile.py) against an endpoint, headless
 Locust in a child process, judged by pass criteria; exit 3 when they fail.
 
-Reports in --out: Locust's CSVs (`locust_stats.csv`, `locust_failures.csv`, ...), its HTML report
+Reports in --out: Locust's output (`locust.log`), its CSVs (`locust_stats.csv`, `locust_failures.csv`, ...), its HTML report
 (`report.html`) and `result.json`. `--record models:/NAME/N` stores the result on that registry
 version as `loadtest.*` tags: the staging evidence `chexops promote --to canary` requires.
 """
@@ -48,9 +48,19 @@ def parse_duration(text: str) -> int:
     return seconds
 
 
-def load_images(out: Path) -> list[Path]:
-    """The team's real radiographs (PNG and DICOM) when present, else a generated PNG and DICOM."""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
+
+
+def load_images(out: Path, given: tuple[Path, ...] = ()) -> list[Path]:
+    """The images named (files or folders), else the team's real radiographs (PNG and DICOM) when
+    present, else a generated PNG and DICOM."""
     from .demo_service import sample_images
+
+    if given:
+        files = sorted(f for p in given for f in ([p] if p.is_file() else p.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserInputError(f"--images names no PNG, JPEG or DICOM file ({', '.join(map(str, given))}).")
+        return files
 
     found = [p for p in sample_images(out / "no-dataset") if p.suffix in (".png", ".dcm")]
     if found:
@@ -132,21 +142,22 @@ def judge(total: dict[str, Any], criteria: Criteria) -> list[dict[str, Any]]:
 
 
 def run_loadtest(host: str, *, users: int, spawn_rate: float, duration: str, criteria: Criteria, out: Path,
-                 api_key: str | None) -> dict[str, Any]:
+                 api_key: str | None, images: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Run Locust headless against `host`; the result with its verdicts (the caller exits 3 on a failure)."""
     if not re.match(r"^https?://[^/\s]+", host):
         raise UserInputError(f"--host {host!r} must be an http(s):// URL of the clinic endpoint.")
     seconds = parse_duration(duration)
     out.mkdir(parents=True, exist_ok=True)
-    images = load_images(out)
+    images = load_images(out, images)
     env = {**os.environ, "CHEXOPS_LOADTEST_IMAGES": os.pathsep.join(map(str, images)), "CHEXOPS_LOADTEST_API_KEY": api_key or ""}
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host.rstrip("/"), "--users", str(users),
            "--spawn-rate", str(spawn_rate), "--run-time", f"{seconds}s", "--stop-timeout", "10", "--csv", str(out / "locust"),
            "--html", str(out / "report.html"), "--only-summary", "--exit-code-on-error", "0", "--loglevel", "WARNING"]
     log.info("Load test: %d users for %d s against %s (%d images); reports in %s", users, seconds, host, len(images), out)
-    done = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr, timeout=seconds + 120)
+    with open(out / "locust.log", "w") as output:
+        done = subprocess.run(cmd, env=env, stdout=output, stderr=subprocess.STDOUT, timeout=seconds + 120)
     if done.returncode != 0:
-        raise ChexopsError(f"locust exited with code {done.returncode} (see its output above).")
+        raise ChexopsError(f"locust exited with code {done.returncode}:\n{(out / 'locust.log').read_text()[-3000:]}")
     stats = read_stats(out)
     total = stats["total"]
     checks = judge(total, criteria)
@@ -196,9 +207,11 @@ def format_result(result: dict[str, Any]) -> str:
 @click.option("--api-key-env", default="CHEXOPS_API_KEY", show_default=True, help="Environment variable holding the API key.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("loadtest"), show_default=True,
               help="Folder for the CSV and HTML reports.")
+@click.option("--images", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Radiographs to send (files or folders; repeatable) [default: the shared real radiographs, else generated].")
 @click.option("--record", "record_ref", help="models:/NAME/N: store the result on that version (staging evidence).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def loadtest_cmd(host, users, spawn_rate, duration, max_p95_ms, max_error_ratio, api_key_env, out, record_ref, as_json) -> None:
+def loadtest_cmd(host, users, spawn_rate, duration, max_p95_ms, max_error_ratio, api_key_env, out, images, record_ref, as_json) -> None:
     """Load-test the clinic endpoint with Locust (headless); exit 3 when the pass criteria fail."""
     import contextlib
 
@@ -211,7 +224,7 @@ def loadtest_cmd(host, users, spawn_rate, duration, max_p95_ms, max_error_ratio,
         api_key = os.environ.get(api_key_env)
         if not api_key:
             log.warning("$%s is not set: requests go without an API key", api_key_env)
-        result = run_loadtest(host, users=users, spawn_rate=spawn_rate, duration=duration, out=out, api_key=api_key,
+        result = run_loadtest(host, users=users, spawn_rate=spawn_rate, duration=duration, out=out, api_key=api_key, images=images,
                               criteria=Criteria(max_p95_ms=max_p95_ms, max_error_ratio=max_error_ratio))
         if record_ref:
             result["recorded"] = record(record_ref, result)

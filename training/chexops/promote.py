@@ -35,11 +35,8 @@ def _trailers(environment: str, name: str, version: str, previous: str | None, i
             gitops.TRAILER_PREVIOUS: previous or "none", "Chexops-Image": image, **extra}
 
 
-def _commit(repo: Path, overlays: list[gitops.Overlay], message: str, do_push: bool) -> str:
-    for overlay in overlays:
-        overlay.save()
-    paths = [o.relpath for o in overlays]
-    sha = gitops.commit(repo, paths, message)
+def _commit(repo: Path, paths: list[str], message: str, do_push: bool, whole_index: bool = False) -> str:
+    sha = gitops.commit(repo, paths, message, whole_index)
     if do_push:
         try:
             gitops.push(repo)
@@ -98,7 +95,9 @@ def promote(target: str, version: str, *, name: str, repo: Path, image: str | No
         subject = f"promote staging: {name} version {version}"
     body = [f"image {parsed}", *found.lines]
     message = _message(subject, body, _trailers(target, name, version, previous, str(parsed), **extra))
-    sha = _commit(repo, list(overlays.values()), message, push)
+    for edited in overlays.values():
+        edited.save()
+    sha = _commit(repo, [o.relpath for o in overlays.values()], message, push)
 
     at = ev.now()
     ev.move_alias(client, name, target, version)
@@ -144,7 +143,7 @@ def rollback(environment: str, *, name: str, repo: Path, push: bool = False) -> 
                        [f"reverts {sha}", f"{environment} goes back to version {previous or 'none (bootstrap)'}"],
                        {gitops.TRAILER_ENV: environment, "Chexops-Model": name, gitops.TRAILER_VERSION: previous or "none",
                         gitops.TRAILER_ROLLBACK: sha})
-    new = _commit(repo, overlays, message, push)
+    new = _commit(repo, [o.relpath for o in overlays], message, push, whole_index=True)
     ev.move_alias(client, name, environment, previous)
     if version != "?":
         ev.record(client, name, version, {f"rollback.{environment}": f"{new} at {ev.now()}"})
