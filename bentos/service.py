@@ -4,7 +4,9 @@
 
 Routes (chexops.serving.app, mounted at /): POST /predict, POST /explain, POST /feedback, GET /,
 GET /model; BentoML's own: /livez, /readyz, /metrics. Configuration: CHEXOPS_* environment variables
-(chexops.serving.settings). No torch here: ONNX Runtime, numpy, Pillow, pydicom.
+(chexops.serving.settings). The model: CHEXOPS_MODEL, a registry reference or an exact Bento tag, resolved
+by chexops.bento_store.serving_tag (`chexops serve` resolves it first and passes the tag). No torch
+here: ONNX Runtime, numpy, Pillow, pydicom.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import bentoml
 import numpy as np
 from bentoml.validators import DType
 
+from chexops.bento_store import serving_tag
+from chexops.onnx_files import FILES
 from chexops.serving.app import InternalOnly, create_app
-from chexops.serving.auth import Authenticator, RateLimiter, load_keys
-from chexops.serving.feedback_store import FeedbackStore
-from chexops.serving.inference import FILES, OnnxModel
+from chexops.serving.auth import load_keys
+from chexops.serving.feedback_store import FeedbackStore, Unavailable
+from chexops.serving.inference import OnnxModel
+from chexops.serving.lifetime import watch_parent
 from chexops.serving.metrics import ServiceMetrics
 from chexops.serving.settings import Settings
 
@@ -34,18 +39,22 @@ log = logging.getLogger("chexops.serving")
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(name="chexops", workers=1, traffic={"timeout": 60})
 class Chexops:
-    bento_model = bentoml.models.BentoModel(SETTINGS.model_tag)
+    bento_model = bentoml.models.BentoModel(serving_tag(SETTINGS.model_tag)["tag"])
 
     def __init__(self) -> None:
         logging.getLogger("chexops").setLevel(logging.INFO)  # through BentoML's log handlers
+        watch_parent()  # this worker stops when `bentoml serve` (its arbiter) is gone, even after a SIGKILL
         self.settings = SETTINGS
         self.model = OnnxModel.load(self.bento_model.path_of(FILES[SETTINGS.precision]), threads=SETTINGS.threads)
         self.limits = SETTINGS.image_limits()
-        self.auth = Authenticator(load_keys(), RateLimiter(SETTINGS.rate_per_minute, SETTINGS.rate_burst))
+        self.auth = SETTINGS.authenticator(load_keys())
         self.store = FeedbackStore(SETTINGS.feedback_location())
         self.metrics = ServiceMetrics(self.model.name, self.model.version, self.model.precision, self.model.run_id,
                                       environment=SETTINGS.environment, track=SETTINGS.track)
-        self.metrics.set_agreement(self.store.agreement())
+        try:
+            self.metrics.set_agreement(self.store.agreement())
+        except Unavailable:
+            pass  # logged by the store; predictions are served without it
         self.session_lock = anyio.CapacityLimiter(1)  # one session run at a time outside the batcher
         log.info("Serving %s (%s) from %s; feedback store %s (%s); %d API key(s); batching %s",
                  self.bento_model.tag, SETTINGS.precision, self.bento_model.path, self.store.location, self.store.kind,

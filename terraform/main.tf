@@ -6,9 +6,16 @@
 # then `terraform apply`; then `chexops infra inventory` turns `terraform output -json` into the
 # Ansible inventory. See docs/operations.md.
 
+# Cross-site topology: the GPU node joins through ONE reachable endpoint. A WireGuard site link
+# runs between node1 (the cluster's floating IP) and the GPU node (its own floating IP); node1
+# forwards between the link and the private network, and the router sends node2..N's traffic for
+# the link through node1. The GPU node's Kubernetes address is its link address, so every node
+# reaches every other on a private address. See docs/operations.md, "The cluster across sites".
 locals {
-  gpu_peer_cidrs = var.gpu_enabled ? ["${module.gpu_node[0].floating_ip}/32"] : []
-  kvm_peer_cidrs = ["${module.network.edge_floating_ip}/32"]
+  site_link_enabled = var.gpu_enabled
+  # node1 = .1, the GPU node = .2 of the link's CIDR.
+  site_link_kvm_ip = cidrhost(var.site_link_cidr, 1)
+  site_link_gpu_ip = cidrhost(var.site_link_cidr, 2)
 }
 
 module "network" {
@@ -24,7 +31,12 @@ module "network" {
   ssh_allowed_cidrs     = var.ssh_allowed_cidrs
   ingress_allowed_cidrs = var.ingress_allowed_cidrs
   k8s_api_allowed_cidrs = var.k8s_api_allowed_cidrs
-  peer_cidrs            = local.gpu_peer_cidrs
+  edge_port_id          = module.kvm_cluster.edge_port_id
+  edge_private_ip       = module.kvm_cluster.edge_private_ip
+  site_link_enabled     = local.site_link_enabled
+  site_link_cidr        = var.site_link_cidr
+  site_link_port        = var.site_link_port
+  site_link_peer_ip     = var.gpu_enabled ? module.gpu_node[0].floating_ip : ""
 }
 
 module "kvm_cluster" {
@@ -43,7 +55,7 @@ module "kvm_cluster" {
   subnet_cidr         = module.network.cidr
   cluster_secgroup_id = module.network.cluster_secgroup_id
   edge_secgroup_id    = module.network.edge_secgroup_id
-  edge_floating_ip    = module.network.edge_floating_ip
+  forwarded_cidrs     = local.site_link_enabled ? [var.site_link_cidr] : []
   tags                = var.tags
 }
 
@@ -72,7 +84,8 @@ module "gpu_node" {
   network_name          = var.gpu_network_name
   external_network_name = var.external_network_name
   ssh_allowed_cidrs     = var.ssh_allowed_cidrs
-  peer_cidrs            = local.kvm_peer_cidrs
+  site_link_peer_ip     = module.network.edge_floating_ip
+  site_link_port        = var.site_link_port
   tags                  = var.tags
 }
 

@@ -22,7 +22,7 @@ output "private_network_cidr" {
 }
 
 output "nodes" {
-  description = "Every node by inventory name: site, private and public address, whether it has a GPU, and the Ansible groups it belongs to."
+  description = "Every node by inventory name: site, private and public address, site-link address (node1 and the GPU node), whether it has a GPU, and the Ansible groups it belongs to."
   value = merge(
     {
       for name, n in module.kvm_cluster.nodes : name => {
@@ -30,6 +30,7 @@ output "nodes" {
         instance   = n.id
         private_ip = n.private_ip
         public_ip  = name == "node1" ? module.network.edge_floating_ip : null
+        link_ip    = name == "node1" && local.site_link_enabled ? local.site_link_kvm_ip : null
         gpu        = false
         groups     = name == "node1" ? ["kvm", "k3s_server", "storage"] : ["kvm", "k3s_agent"]
       }
@@ -40,6 +41,7 @@ output "nodes" {
         instance   = module.gpu_node[0].node.id
         private_ip = module.gpu_node[0].node.private_ip
         public_ip  = module.gpu_node[0].node.public_ip
+        link_ip    = local.site_link_gpu_ip
         gpu        = true
         groups     = ["gpu", "k3s_agent"]
       }
@@ -75,4 +77,21 @@ output "ssh_allowed_cidrs" {
 output "k8s_api_allowed_cidrs" {
   description = "Operator networks allowed to reach the Kubernetes API on node1; mirrored by the host firewall."
   value       = var.k8s_api_allowed_cidrs
+}
+
+output "ingress_allowed_cidrs" {
+  description = "Sources allowed to reach the HTTP(S) ingress on node1: the security group and the host firewall (Ansible) both use this list, and only this list."
+  value       = var.ingress_allowed_cidrs
+}
+
+output "site_link" {
+  description = "The WireGuard site link between node1 and the GPU node (null without one): CIDR, UDP port, and each end's public endpoint and link address."
+  value = local.site_link_enabled ? {
+    cidr         = var.site_link_cidr
+    port         = var.site_link_port
+    kvm_endpoint = module.network.edge_floating_ip
+    kvm_ip       = local.site_link_kvm_ip
+    gpu_endpoint = module.gpu_node[0].floating_ip
+    gpu_ip       = local.site_link_gpu_ip
+  } : null
 }

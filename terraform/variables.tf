@@ -201,6 +201,33 @@ variable "ingress_allowed_cidrs" {
   }
 }
 
+variable "site_link_cidr" {
+  description = "CIDR of the site link, the WireGuard tunnel between node1 and the GPU node (node1 = .1, GPU node = .2); must not overlap the private network, the pod or service networks, or the CHI site's network."
+  type        = string
+  default     = "10.99.0.0/24"
+
+  validation {
+    condition     = can(cidrhost(var.site_link_cidr, 2)) && tonumber(split("/", var.site_link_cidr)[1]) >= 16 && tonumber(split("/", var.site_link_cidr)[1]) <= 29
+    error_message = "site_link_cidr must be an IPv4 CIDR from /16 to /29."
+  }
+
+  validation {
+    condition     = !can(regex("^10\\.4[23]\\.", var.site_link_cidr)) && cidrhost(var.site_link_cidr, 0) != cidrhost(var.private_network_cidr, 0)
+    error_message = "site_link_cidr must not be the private network or lie in k3s's pod/service networks (10.42.0.0/16, 10.43.0.0/16)."
+  }
+}
+
+variable "site_link_port" {
+  description = "UDP port of the site link's WireGuard endpoints (node1's and the GPU node's floating IPs)."
+  type        = number
+  default     = 51820
+
+  validation {
+    condition     = var.site_link_port >= 1024 && var.site_link_port <= 65535 && floor(var.site_link_port) == var.site_link_port
+    error_message = "site_link_port must be a UDP port from 1024 to 65535."
+  }
+}
+
 # ---------------------------------------------------------------------------------------------
 # Storage
 # ---------------------------------------------------------------------------------------------

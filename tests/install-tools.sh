@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the test suite needs beyond the virtual environment, installed when missing (idempotent):
 # Debian's chromium for the browser test (Playwright drives it; browsers are never downloaded),
-# then the infrastructure tools (tests/infra/install-tools.sh). Without root, missing Debian
+# Debian's postgresql for the feedback-store and MLflow tests (initdb/pg_ctl under
+# /usr/lib/postgresql/N/bin; the tests start their own throw-away clusters), then the infrastructure tools (tests/infra/install-tools.sh). Without root, missing Debian
 # packages are reported and the tests that need them skip, saying why.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -14,6 +15,20 @@ if ! command -v chromium >/dev/null 2>&1; then
         apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
     else
         echo "install-tools: chromium is missing and this is not root: the browser test will skip" >&2
+    fi
+fi
+
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "install-tools: apt-get install postgresql (binaries only: no default cluster is created or started)" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        mkdir -p /etc/postgresql-common
+        grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf ||
+            echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold postgresql >/dev/null
+    else
+        echo "install-tools: PostgreSQL (initdb) is missing and this is not root: the PostgreSQL tests will skip" >&2
     fi
 fi
 

@@ -155,14 +155,48 @@ def _postgres_account() -> str | None:
     return PG_USER
 
 
+def _pg_binary(name: str) -> str | None:
+    """A PostgreSQL server binary: on PATH, else where Debian's `postgresql` package puts it."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    return str(candidates[-1]) if candidates else None
+
+
 @contextlib.contextmanager
 def postgres_cluster():
-    """A throw-away PostgreSQL cluster (initdb + pg_ctl) on a free local port; yields a SQLAlchemy URL
-    for its `postgres` database. Skips, naming what is missing, when the server binaries or the
-    driver are absent."""
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    """A throw-away PostgreSQL cluster; yields a SQLAlchemy URL for its `postgres` database."""
+    with postgres_server() as server:
+        yield server.url
+
+
+class PostgresServer:
+    """A running throw-away cluster: `url`, and `stop()` / `start()` to take it down and back up on the same port."""
+
+    def __init__(self, run, pg_ctl: str, data: Path, options: str, log: Path, url: str):
+        self._run, self._pg_ctl, self._data, self._options, self._log, self.url = run, pg_ctl, data, options, log, url
+        self.running = False
+
+    def start(self) -> None:
+        done = self._run([self._pg_ctl, "-D", str(self._data), "-o", self._options, "-l", str(self._log), "-w", "-t", "60", "start"])
+        if done.returncode != 0:
+            pytest.fail(f"pg_ctl start failed: {done.stderr[-1500:]} {self._log.read_text()[-1500:] if self._log.exists() else ''}")
+        self.running = True
+
+    def stop(self) -> None:
+        self._run([self._pg_ctl, "-D", str(self._data), "-m", "fast", "-w", "stop"])
+        self.running = False
+
+
+@contextlib.contextmanager
+def postgres_server():
+    """A throw-away PostgreSQL cluster (initdb + pg_ctl) on a free local port, as a `PostgresServer`.
+    Skips, naming what is missing, when the server binaries or the driver are absent (bash
+    tests/install-tools.sh installs Debian's `postgresql`, so CI has them)."""
+    initdb, pg_ctl = _pg_binary("initdb"), _pg_binary("pg_ctl")
     if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not on PATH")
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are missing: bash tests/install-tools.sh installs them")
     pytest.importorskip("psycopg2", reason="psycopg2-binary (MLflow's PostgreSQL driver) is not installed")
     account = _postgres_account()
     runuser, su = shutil.which("runuser"), shutil.which("su")
@@ -182,18 +216,16 @@ def postgres_cluster():
         for path in (base, sock):
             os.chown(path, info.pw_uid, info.pw_gid)
     port = free_port()
-    started = False
+    options = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off"
+    # SQLAlchemy 2.1 would pick psycopg 3 for plain postgresql://
+    server = PostgresServer(run, pg_ctl, data, options, log, f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres")
     try:
         done = run([initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-instructions"])
         if done.returncode != 0:
             pytest.fail(f"initdb failed: {done.stdout[-1500:]} {done.stderr[-1500:]}")
-        options = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off"
-        done = run([pg_ctl, "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60", "start"])
-        if done.returncode != 0:
-            pytest.fail(f"pg_ctl start failed: {done.stderr[-1500:]} {log.read_text()[-1500:] if log.exists() else ''}")
-        started = True
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"  # SQLAlchemy 2.1 would pick psycopg 3 for plain postgresql://
+        server.start()
+        yield server
     finally:
-        if started:
-            run([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"])
+        if server.running:
+            server.stop()
         shutil.rmtree(base, ignore_errors=True)

@@ -6,7 +6,8 @@ Use from a test module:
     from service_fixtures import served_model, service  # noqa: F401  (pytest fixtures)
 
 - `served_model` (session scope): `ServedModel(home, tag)`; a small CNN with fixed random weights,
-  exported to ONNX fp32 + static int8 with the real chexops metadata (`chexops.export`) and imported
+  exported to ONNX fp32 + static int8 with the real chexops metadata (`chexops.export`), per-label
+  thresholds that are not 0.5 (`THRESHOLDS`: the service must apply the file's own), and imported
   into `home/bentoml` as `chexops-cxr:v1` (`chexops.bento_store.import_onnx`). No MLflow, no training:
   a few seconds. Built in a child process so that this process's BentoML settings stay untouched.
 - `service` (module scope): `Service(url, api_key, home, log_path, ...)`, a `bentoml serve` child on a
@@ -37,6 +38,13 @@ API_KEY = "test-clinic-key-0123456789"
 OTHER_KEY = "other-clinic-key-9876543210"
 MODEL_TAG = "chexops-cxr:v1"
 SIZE = 32
+EXPORT = Path("exports") / "tiny"  # under the model's home: model.onnx, model.int8.onnx
+
+
+def thresholds_for(labels: list[str]) -> dict[str, float]:
+    """Distinct thresholds from 0.2 to 0.8 (none 0.5): a service that ignored them would be caught."""
+    values = {label: round(0.2 + 0.6 * i / (len(labels) - 1), 2) for i, label in enumerate(labels)}
+    return {label: value + 0.01 if value == 0.5 else value for label, value in values.items()}
 
 
 class ServedModel(NamedTuple):
@@ -76,9 +84,9 @@ def make_model(home: Path, version: str = "1") -> str:
     model = build_model(ModelConfig(name="small", width=8, pretrained_weights=None), len(labels), spec).eval()
     with torch.no_grad():  # spread the probabilities so that some findings are positive, some not
         model.head.bias.copy_(torch.linspace(-2.0, 2.0, len(labels)))
-    out = home / "exports" / ("tiny" if version == "1" else f"tiny-v{version}")
+    out = home / (EXPORT if version == "1" else EXPORT.with_name(f"{EXPORT.name}-v{version}"))
     fp32 = export_onnx(model, spec, out / "model.onnx")
-    thresholds = {label: 0.5 for label in labels}
+    thresholds = thresholds_for(labels)
     metadata = build_metadata(labels=labels, thresholds=thresholds, rule="test", spec=spec, model_name="chexops-cxr",
                               registry_version=version, run_id="0123456789abcdef0123456789abcdef", data_version="test-data",
                               head_weight=model.head.weight.detach().numpy(), head_bias=model.head.bias.detach().numpy())
@@ -130,13 +138,15 @@ class Service:
         stop_tree(self.process, sig, timeout)
 
 
-def start_service(model: ServedModel, log_name: str = "service.log", api_key: str = API_KEY, **env: str) -> Service:
-    """`bentoml serve bentos/service.py:Chexops` on a free port, ready; CHEXOPS_* settings from `env` (by default a
-    rate limit high enough for a test battery and an 8 MiB upload limit)."""
-    port = free_port()
+def start_service(model: ServedModel, log_name: str = "service.log", api_key: str = API_KEY, port: int | None = None,
+                  **env: str) -> Service:
+    """`bentoml serve bentos/service.py:Chexops` on a free port (or `port`), ready; CHEXOPS_* settings from `env` (by
+    default rate limits high enough for a test battery, all from 127.0.0.1, and an 8 MiB upload limit)."""
+    port = port or free_port()
     log_path = model.home / log_name
     settings = {"CHEXOPS_MODEL": model.tag, "CHEXOPS_API_KEYS": f"test-clinic:{api_key},other-clinic:{OTHER_KEY}",
-                "CHEXOPS_RATE_LIMIT": "60000", "CHEXOPS_RATE_BURST": "1000", "CHEXOPS_MAX_UPLOAD_MB": "8", **env}
+                "CHEXOPS_RATE_LIMIT": "60000", "CHEXOPS_RATE_BURST": "1000", "CHEXOPS_ADDRESS_RATE_LIMIT": "60000",
+                "CHEXOPS_ADDRESS_RATE_BURST": "1000", "CHEXOPS_AUTH_FAILURE_LIMIT": "1000", "CHEXOPS_MAX_UPLOAD_MB": "8", **env}
     full_env = child_env(model.home, **settings)
     with open(log_path, "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "bentos/service.py:Chexops", "--host", "127.0.0.1",

@@ -20,7 +20,8 @@ from service_fixtures import API_KEY, served_model, start_service  # noqa: F401 
 from support import ROOT
 
 NAME = "chexops-cxr"
-GATE = ("--min-mean-auroc", "0.5", "--max-slice-gap", "0.5", "--min-slice-size", "40", "--max-regression", "0.5")
+# The gate is not under test here: limits a one-epoch tiny model clears (test_registry judges the gate).
+GATE = ("--min-mean-auroc", "0.3", "--max-slice-gap", "1.0", "--max-regression", "1.0")
 REGISTRY = "registry.platform.svc.cluster.local:5000/chexops-cxr"
 DIGEST_A, DIGEST_B = "sha256:" + "a" * 64, "sha256:" + "b" * 64
 BOOTSTRAP = "sha256:" + "0" * 64
@@ -145,13 +146,17 @@ def workload(repo: Path, env: str) -> tuple[str, int, str]:
     return container["image"], spec.get("replicas", 1), pod["metadata"]["labels"]["chexops.io/model-version"]
 
 
+def comments(text: str) -> list[str]:
+    return [line.split("#", 1)[1].strip() for line in text.splitlines() if "#" in line]
+
+
 def state(repo: Path, client: MlflowClient) -> tuple[str, str, dict]:
     return git(repo, "rev-parse", "HEAD"), git(repo, "status", "--porcelain"), dict(client.get_registered_model(NAME).aliases)
 
 
 def register_version(tmp_path_factory, home: Path, name: str, env: dict) -> str:
     run = train_run(write_config(home / f"{name}.yaml", synth_dataset(tmp_path_factory), name=name, train={"epochs": 1}), **env)["run_id"]
-    chexops_json("evaluate", "--run", run, "--bootstrap", "0", "--hard-cases", "2", **env)
+    chexops_json("evaluate", "--run", run, "--bootstrap", "20", "--hard-cases", "2", **env)
     return chexops_json("register", "--run", run, *GATE, **env)["version"]
 
 
@@ -175,6 +180,7 @@ def test_promotion_staging_canary_production_and_rollback(tmp_path_factory, mlfl
     assert DIGEST_A not in bootstrap[0] and "@sha256:" in bootstrap[0]  # pinned by digest from the start
     stable_count = gitops.stable_replicas(repo)  # production's replicas: the canary slice follows from it
 
+    comments_before = comments((repo / OVERLAYS / "staging/kustomization.yaml").read_text())
     # Staging without gate evidence: refused, nothing touched.
     before = state(repo, client)
     code, result, err = promote(repo, env, "--to", "staging", "--version", unjudged, "--image", f"{REGISTRY}:v3@{DIGEST_B}")
@@ -192,7 +198,7 @@ def test_promotion_staging_canary_production_and_rollback(tmp_path_factory, mlfl
     assert "gate min_mean_auroc" in message and "Chexops-Environment: staging" in message and "Chexops-Previous-Version: none" in message
     assert git(repo, "rev-parse", "HEAD").strip() == git(repo, "rev-parse", "origin/main").strip() == result["commit"]
     text = (repo / OVERLAYS / "staging/kustomization.yaml").read_text()
-    assert "# in-cluster registry" in text and "# on pods, never on selectors" in text  # comments survive
+    assert comments(text) == comments_before and comments_before  # the overlay's comments survive the edit
     assert git(repo, "show", "--stat", "--format=", "HEAD").count("|") == 1  # the overlay and nothing else
     assert client.get_model_version_by_alias(NAME, "staging").version == first
     assert client.get_model_version(NAME, first).tags["staging.image"] == image_a

@@ -10,6 +10,7 @@ metrics, the feedback export read back by the training code, and `bentoml build`
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import io
 import json
 import signal
@@ -26,7 +27,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from service_fixtures import OTHER_KEY, ROOT, child_env, served_model, service, start_service  # noqa: F401
+from service_fixtures import EXPORT, OTHER_KEY, ROOT, child_env, free_port, served_model, service, start_service  # noqa: F401
 from support import dicom_bytes, dicom_dataset
 
 LABEL_COUNT = 14
@@ -77,7 +78,8 @@ def post_image(svc, data: bytes, path: str = "/predict", key: str | None = None,
 
 
 def check_prediction(body: dict) -> None:
-    assert set(body) == {"request_id", "model", "findings", "priority", "timings"}
+    assert set(body) == {"request_id", "model", "findings", "priority", "timings", "feedback_available"}
+    assert body["feedback_available"] is True
     assert body["model"]["name"] == "chexops-cxr" and body["model"]["version"] == "1"
     assert len(body["findings"]) == LABEL_COUNT
     for f in body["findings"]:
@@ -112,10 +114,25 @@ def test_predict_synthetic_formats(service, kind):
     check_prediction(response.json())
 
 
-def test_predict_the_real_radiographs(service, shared):
-    files = sorted((shared / "real-cxr").glob("*.png")) + [shared / "real-cxr" / name for name in
-                                                           ("siim_cr_chest_pa.dcm", "siim_cr_chest_pa_monochrome1.dcm",
-                                                            "nema_cr_chest_jpeg2000.dcm")]
+def direct_onnx(onnx_path: Path, data: bytes) -> tuple[np.ndarray, dict[str, float], list[str]]:
+    """Probabilities, thresholds and labels for an upload, by a bare ONNX Runtime session on the exported file:
+    decode and preprocess as the package does (one place), thresholds and labels from the file's own metadata."""
+    import onnxruntime as ort
+
+    from chexops.imaging import decode
+    from chexops.preprocessing import PreprocessSpec, preprocess_array
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    x = preprocess_array(decode(data).grey, PreprocessSpec.from_json(meta["preprocessing"]))
+    (probs,) = session.run(["probabilities"], {"image": x[None].astype(np.float32)})
+    return probs[0], json.loads(meta["thresholds"]), json.loads(meta["labels"])
+
+
+def test_predict_the_real_radiographs(service, served_model, shared):
+    """/predict answers what a bare ONNX Runtime run of the exported file answers for the same image,
+    with the file's own (not 0.5) thresholds, for every real sample."""
+    files = sorted((shared / "real-cxr").glob("*.png")) + sorted((shared / "real-cxr").glob("*.dcm"))
     assert len(files) >= 5
     results = {}
     for path in files:
@@ -123,6 +140,14 @@ def test_predict_the_real_radiographs(service, shared):
         assert response.status_code == 200, f"{path.name}: {response.text}"
         check_prediction(response.json())
         results[path.name] = response.json()
+        probs, thresholds, labels = direct_onnx(served_model.home / EXPORT / "model.onnx", path.read_bytes())
+        findings = response.json()["findings"]
+        assert [f["label"] for f in findings] == labels
+        assert len(set(thresholds.values())) == len(labels) and 0.5 not in thresholds.values()
+        for f, p in zip(findings, probs):
+            assert f["probability"] == pytest.approx(float(p), abs=2e-6), (path.name, f["label"])
+            assert f["threshold"] == thresholds[f["label"]]
+            assert f["positive"] == bool(p >= thresholds[f["label"]]), (path.name, f["label"])
     # The two SIIM files hold the same stored pixels under MONOCHROME2 and MONOCHROME1: the second is
     # read inverted (chexops.imaging), so the model sees a different image and answers differently.
     p2 = [f["probability"] for f in results["siim_cr_chest_pa.dcm"]["findings"]]
@@ -150,9 +175,13 @@ def test_concurrent_requests_are_batched(service):
         responses = list(pool.map(lambda _: post_image(service, data), range(16)))
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
     assert len({r.json()["request_id"] for r in responses}) == 16
+    # BentoML's histogram of the batch sizes its adaptive batcher formed for /infer: some batch held more than one image.
     metrics = httpx.get(f"{service.url}/metrics", timeout=10).text
-    sizes = [line for line in metrics.splitlines() if line.startswith("bentoml_service_adaptive_batch_size_count")]
-    assert sizes, "no adaptive batching series"
+    infer = [line for line in metrics.splitlines() if line.startswith("bentoml_service_adaptive_batch_size") and "infer" in line]
+    batches = sum(float(line.split()[-1]) for line in infer if line.startswith("bentoml_service_adaptive_batch_size_count"))
+    of_one = sum(float(line.split()[-1]) for line in infer if "_bucket{" in line and 'le="1.0"' in line)
+    assert batches > 0, "no adaptive batching series for /infer:\n" + "\n".join(infer)
+    assert of_one < batches, f"all {batches:.0f} batches held one image: nothing was batched under concurrency\n" + "\n".join(infer)
 
 
 # --- bad input --------------------------------------------------------------------------------------
@@ -267,12 +296,25 @@ def test_feedback_is_stored_idempotent_and_checked(service):
     request_id = post_image(service, SYNTHETIC["jpeg"]()).json()["request_id"]
     url, headers = f"{service.url}/feedback", service.headers
     body = {"request_id": request_id, "correct": False, "labels": {"Edema": 1, "Pneumothorax": 0}, "note": "edema missed"}
+    # Another clinic's key cannot give (or overwrite) this clinic's feedback; nothing is stored by trying.
+    other = httpx.post(url, json=body, headers={"Authorization": f"Bearer {OTHER_KEY}"}, timeout=30)
+    assert other.status_code == 403 and "another clinic" in other.json()["error"]
     first = httpx.post(url, json=body, headers=headers, timeout=30)
     assert first.status_code == 200 and first.json()["created"] is True
+    assert first.json()["feedback"]["clinic"] == "test-clinic"  # recorded with the clinic that gave it
     again = httpx.post(url, json=body, headers=headers, timeout=30)
     assert again.status_code == 200 and again.json()["created"] is False
     assert again.json()["feedback"] == first.json()["feedback"]
     assert httpx.post(url, json={**body, "correct": True}, headers=headers, timeout=30).status_code == 409
+    # The same feedback sent several times at once (a double click, a retry racing the first try): one is
+    # stored, every answer is the stored record, as for a sequential duplicate.
+    racing_id = post_image(service, SYNTHETIC["jpeg"]()).json()["request_id"]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: httpx.post(url, json={**body, "request_id": racing_id}, headers=headers, timeout=30),
+                                range(6)))
+    assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
+    assert sum(a.json()["created"] for a in answers) == 1
+    assert len({json.dumps(a.json()["feedback"], sort_keys=True) for a in answers}) == 1
     assert httpx.post(url, json={**body, "request_id": "0" * 32}, headers=headers, timeout=30).status_code == 404
     for bad in ({"request_id": request_id}, {"request_id": request_id, "correct": "yes"},
                 {"request_id": request_id, "correct": True, "labels": {"Dragons": 1}},
@@ -362,10 +404,20 @@ def test_no_identifier_is_stored_logged_or_exported(service, shared, tmp_path):
 # --- durability and rate limits ---------------------------------------------------------------------
 
 def test_acknowledged_feedback_survives_sigkill_and_the_rate_limit(served_model, tmp_path):
+    """What this proves: a feedback is committed before its 200 is sent, so a crash of the service
+    process (SIGKILL: no shutdown, no checkpoint) right after loses nothing acknowledged, and a new
+    service on the same store answers it again. What it cannot prove: surviving a power loss or a
+    kernel crash; a process kill leaves the OS page cache intact, so it passes with synchronous=OFF
+    too. That part rests on SQLite's WAL journal with synchronous=FULL (fsync at every commit), which
+    is checked here on the running service's own store connections (/model runtime.feedback_store).
+    Also: the per-key rate limit, the per-address limit of failed authentications."""
     db = tmp_path / "durable.db"
-    env = {"CHEXOPS_FEEDBACK_URL": f"sqlite:///{db}", "CHEXOPS_RATE_LIMIT": "6", "CHEXOPS_RATE_BURST": "3"}
+    env = {"CHEXOPS_FEEDBACK_URL": f"sqlite:///{db}", "CHEXOPS_RATE_LIMIT": "6", "CHEXOPS_RATE_BURST": "3",
+           "CHEXOPS_AUTH_FAILURE_LIMIT": "3"}
     first = start_service(served_model, log_name="durable-1.log", **env)
     try:
+        store = httpx.get(f"{first.url}/model", timeout=10).json()["runtime"]["feedback_store"]
+        assert store == {"kind": "sqlite", "available": True, "journal_mode": "wal", "synchronous": "full"}
         request_id = post_image(first, SYNTHETIC["png16"]()).json()["request_id"]
         body = {"request_id": request_id, "correct": False, "labels": {"Pneumothorax": 1}, "note": "apical"}
         ack = httpx.post(f"{first.url}/feedback", json=body, headers=first.headers, timeout=30)
@@ -375,6 +427,13 @@ def test_acknowledged_feedback_survives_sigkill_and_the_rate_limit(served_model,
         limited = post_image(first, SYNTHETIC["png16"]())
         assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1 and "error" in limited.json()
         assert post_image(first, SYNTHETIC["png16"](), key=OTHER_KEY).status_code == 200  # per key
+        # Failed authentications: 3 per minute per client address, then 429 whatever key is tried (even a valid one).
+        for _ in range(3):
+            assert post_image(first, SYNTHETIC["png16"](), key="guessed-key-000000").status_code == 401
+        for key in ("guessed-key-000001", OTHER_KEY):
+            refused = post_image(first, SYNTHETIC["png16"](), key=key)
+            assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1, refused.text
+            assert "failed authentications" in refused.json()["error"]
     finally:
         first.stop(signal.SIGKILL)  # no shutdown, no checkpoint: only what was committed survives
     assert first.process.returncode is not None
@@ -387,6 +446,75 @@ def test_acknowledged_feedback_survives_sigkill_and_the_rate_limit(served_model,
         assert again.json()["feedback"] == ack.json()["feedback"]
     finally:
         second.stop()
+
+
+# --- no orphans -------------------------------------------------------------------------------------
+
+def _family(pid: int) -> list:
+    import psutil
+
+    parent = psutil.Process(pid)
+    return [parent, *parent.children(recursive=True)]
+
+
+def _gone(family: list, port: int, timeout: float = 20) -> bool:
+    """True once every process of `family` has exited and nothing answers on `port`."""
+    import socket
+
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        with socket.socket() as s:
+            s.settimeout(1)
+            answering = s.connect_ex(("127.0.0.1", port)) == 0
+        if not alive and not answering:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _chexops_serve(model, port: int, log_name: str) -> subprocess.Popen:
+    from chexops.serving.launch import wait_ready
+
+    env = child_env(model.home, CHEXOPS_API_KEYS="test-clinic:test-clinic-key-0123456789")
+    with open(model.home / log_name, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "chexops", "serve", "--host", "127.0.0.1", "--port", str(port),
+                                    "--model", model.tag], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    wait_ready(f"http://127.0.0.1:{port}", process, model.home / log_name)
+    return process
+
+
+def test_nothing_keeps_serving_after_chexops_serve_is_killed(served_model):
+    """`chexops serve` killed with SIGKILL (its whole process group: itself and `bentoml serve`, not the
+    BentoML worker, which runs in its own session), then, restarted on the same port at once, with
+    SIGTERM (the command alone): every process it started exits and the port is free."""
+    import os
+
+    import psutil
+
+    port = free_port()
+    family: list = []
+    try:
+        first = _chexops_serve(served_model, port, "orphans-1.log")
+        family = _family(first.pid)
+        assert len(family) >= 3, [p.cmdline()[:4] for p in family]  # chexops serve, bentoml serve, its worker
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
+        assert _gone(family, port), [p.cmdline()[:4] for p in family if p.is_running()]
+
+        second = _chexops_serve(served_model, port, "orphans-2.log")  # the same port, at once
+        family = _family(second.pid)
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
+        second.send_signal(signal.SIGTERM)  # the command alone, not its group
+        second.wait(10)
+        assert _gone(family, port), [p.cmdline()[:4] for p in family if p.is_running()]
+    finally:
+        for p in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
 
 
 # --- packaging --------------------------------------------------------------------------------------
@@ -473,3 +601,129 @@ def test_store_is_wal_idempotent_and_conflicts(tmp_path):
     store.close()
     conn = sqlite3.connect(tmp_path / "f.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_failed_authentication_is_limited_per_address():
+    from chexops.serving.auth import AuthError, Authenticator, RateLimiter
+
+    now = [0.0]
+    clock = lambda: now[0]  # noqa: E731
+    auth = Authenticator({"north-key-123": "north"}, RateLimiter(600, 100, clock), RateLimiter(60, 5, clock),
+                         RateLimiter(2, 2, clock))
+    for _ in range(2):
+        with pytest.raises(AuthError) as err:
+            auth.clinic("Bearer guess-000000", "10.0.0.1")
+        assert err.value.status == 401
+    for header in ("Bearer guess-000001", "Bearer north-key-123"):  # blocked before the key is looked at
+        with pytest.raises(AuthError) as err:
+            auth.clinic(header, "10.0.0.1")
+        assert err.value.status == 429 and err.value.retry_after == 30
+    assert auth.clinic("Bearer north-key-123", "10.0.0.2") == "north"  # another address is not affected
+    now[0] = 31.0
+    assert auth.clinic("Bearer north-key-123", "10.0.0.1") == "north"
+    # Every request of an address, valid key or not, also takes from that address's own bucket (5 here).
+    for _ in range(5):
+        auth.clinic("Bearer north-key-123", "10.0.0.3")
+    with pytest.raises(AuthError) as err:
+        auth.clinic("Bearer north-key-123", "10.0.0.3")
+    assert err.value.status == 429 and "address" in str(err.value)
+
+
+def test_serving_off_loopback_needs_configured_keys(tmp_path):
+    from chexops.serving.auth import is_loopback, require_keys_off_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1")
+    require_keys_off_loopback("0.0.0.0", {"CHEXOPS_API_KEYS": "north:north-key-123"})
+    env = child_env(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "chexops", "serve", "--host", "0.0.0.0", "--port", str(free_port()),
+                             "--model", "chexops-cxr:v1"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "without API keys" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sqlite_store_upgrades_an_old_schema_and_races_between_processes(tmp_path):
+    import sqlite3
+
+    from chexops.serving.feedback_store import SCHEMA_VERSION, FeedbackStore, WrongClinic
+    from test_feedback_postgres import OLD_SCHEMA, RACER
+
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    for statement in OLD_SCHEMA:
+        conn.execute(statement.format(blob="BLOB"))
+    conn.commit()
+    conn.close()
+    store = FeedbackStore(f"sqlite:///{db}")
+    assert store.schema_version() == SCHEMA_VERSION
+    assert [r["clinic"] for r in store.export_rows()] == ["north"]
+    with pytest.raises(WrongClinic):
+        store.add_feedback("old-1", True, None, None, "south")
+    ids = [f"race-{i}" for i in range(20)]
+    for request_id in ids:
+        store.add_prediction(request_id, "north", "m", "1", [], "routine", {})
+    start = time.time() + 1.5
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, f"sqlite:///{db}", str(start), json.dumps(ids)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**child_env(tmp_path), "PYTHONPATH": ":".join(sys.path)})
+              for _ in range(2)]
+    results = [racer.communicate(timeout=120) for racer in racers]
+    assert all(r.returncode == 0 for r in racers), [err[-2000:] for _, err in results]
+    a, b = (json.loads(out.strip().splitlines()[-1]) for out, _ in results)
+    assert all(x[1] != y[1] and x[2] == y[2] for x, y in zip(a, b))
+    store.close()
+
+
+def test_feedback_export_blanks_are_masked_by_the_training_reader(tmp_path):
+    """Round trip: store → `export_feedback` → the training reader and policy → unknown labels masked
+    out of the loss even under the default policy (blank = negative), given labels kept."""
+    from chexops.config import PolicyConfig
+    from chexops.data.chexpert import apply_policy, read_chexpert_csv
+    from chexops.imaging import to_png
+    from chexops.serving.feedback_export import export_feedback
+    from chexops.serving.feedback_store import FeedbackStore
+
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'f.db'}")
+    labels = ["Edema", "Cardiomegaly", "Pneumothorax"]
+    findings = [{"label": label, "probability": p, "threshold": 0.5, "positive": p >= 0.5} for label, p in zip(labels, (0.9, 0.2, 0.1))]
+    for request_id in ("a", "b"):
+        store.add_prediction(request_id, "north", "m", "1", findings, "urgent", {})
+        store.set_image(request_id, to_png(chest(32).astype(np.float32)))
+    store.add_feedback("a", False, {"Edema": 0}, None, "north")  # only Edema said: the others are unknown
+    store.add_feedback("b", True, None, None, "north")  # correct: every label from the prediction
+    summary = export_feedback(store, tmp_path / "out")
+    store.close()
+    assert summary["rows"] == 2
+    table = read_chexpert_csv(summary["csv"], summary["labels"])
+    targets, mask = apply_policy(table.values, table.labels, table.policy(PolicyConfig()))
+    assert PolicyConfig().blank == "negative" and table.blank == "ignore"
+    column = {label: table.labels.index(label) for label in labels}
+    assert targets[0, column["Edema"]] == 0 and mask[0, column["Edema"]] == 1
+    assert mask[0, column["Cardiomegaly"]] == 0 and mask[0, column["Pneumothorax"]] == 0  # unknown: not a negative
+    assert mask[0].sum() == 1  # every label nobody gave (the 11 other CheXpert labels too) is masked
+    assert targets[1, column["Edema"]] == 1 and targets[1, column["Cardiomegaly"]] == 0 and mask[1, column["Cardiomegaly"]] == 1
+
+
+def test_feedback_export_streams_the_images(tmp_path):
+    """The export holds one image at a time, not the whole store: 40 images of 256 KiB (10 MiB) are
+    exported with a peak of Python allocations well under their total."""
+    import tracemalloc
+
+    from chexops.serving.feedback_export import export_feedback
+    from chexops.serving.feedback_store import FeedbackStore
+
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'f.db'}")
+    findings = [{"label": "Edema", "probability": 0.9, "threshold": 0.5, "positive": True}]
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        store.add_prediction(f"r{i}", "north", "m", "1", findings, "urgent", {})
+        store.set_image(f"r{i}", rng.bytes(256 * 1024))
+        store.add_feedback(f"r{i}", True, None, None, "north")
+    tracemalloc.start()
+    try:
+        summary = export_feedback(store, tmp_path / "out")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        store.close()
+    assert summary["rows"] == 40
+    assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB for 10 MiB of images"  # about 2.5 MiB: 8 rows at a time

@@ -4,11 +4,14 @@ Debian's chromium (/usr/bin/chromium) driven by Playwright; Playwright never dow
 here. The page is served by the service under test (`service` fixture of tests/service_fixtures.py:
 a tiny exported model, real HTTP): a clinician enters the key, uploads a real radiograph, reads the
 findings, looks at a heatmap, marks the result incorrect with the right findings ticked and sends it;
-the feedback is then read back from the service's own feedback store.
+the feedback is then read back from the service's own feedback store. And with its PostgreSQL
+feedback store stopped: the findings still come, the page says feedback is unavailable; restarted:
+feedback works again without restarting the service.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +20,8 @@ import pytest
 from PIL import Image
 
 from chexops.paths import shared_data
-from service_fixtures import served_model, service  # noqa: F401  (pytest fixtures)
+from mlflow_fixtures import postgres_server
+from service_fixtures import served_model, service, start_service  # noqa: F401  (pytest fixtures)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -180,10 +184,8 @@ def test_wrong_key_shows_the_401_message(page, service, radiograph):  # noqa: F8
     assert page.get_by_test_id("results").is_hidden()
 
 
-def test_dicom_and_unsupported_file(page, service, tmp_path):  # noqa: F811
-    dicom = shared_data() / "real-cxr" / "siim_cr_chest_pa.dcm"
-    if not dicom.is_file():
-        pytest.skip(f"the team's shared data is not at {dicom.parent}")
+def test_dicom_and_unsupported_file(page, service, shared, tmp_path):  # noqa: F811
+    dicom = shared / "real-cxr" / "siim_cr_chest_pa.dcm"
     analyse(page, service.api_key, dicom)
     assert "DICOM" in page.locator("#viewer-placeholder").inner_text()  # the browser cannot preview it
     wait_for_findings(page)
@@ -209,3 +211,71 @@ def test_drag_and_drop_selects_the_file(page, service, radiograph):  # noqa: F81
     assert "dropped.png" in page.get_by_test_id("file-name").inner_text()
     page.wait_for_function("() => { const i = document.getElementById('preview-image'); return !i.hidden && i.naturalWidth > 0; }")
     assert page.locator("#analyse").is_enabled()
+
+
+def test_the_feedback_store_down_and_back(browser, served_model, tmp_path):  # noqa: F811
+    """A real PostgreSQL store, stopped under a running service: /predict answers (not stored, no 5xx),
+    /feedback is 503 with Retry-After, the page tells the clinician feedback is unavailable; restarted:
+    the service reconnects by itself and feedback is stored again."""
+    image = (shared_data() / "real-cxr" / "nih_00000001_000.png")
+    data = image.read_bytes() if image.is_file() else _generated_png(tmp_path)
+    with postgres_server() as postgres:
+        svc = start_service(served_model, log_name="store-down.log", CHEXOPS_FEEDBACK_URL=postgres.url)
+        try:
+            def predict():
+                return httpx.post(f"{svc.url}/predict", headers=svc.headers, files={"image": ("x", data)}, timeout=30)
+
+            assert predict().json()["feedback_available"] is True
+            postgres.stop()
+            down = predict()
+            assert down.status_code == 200 and down.json()["feedback_available"] is False, down.text
+            assert len(down.json()["findings"]) == len(httpx.get(f"{svc.url}/model", timeout=10).json()["labels"])
+            refused = httpx.post(f"{svc.url}/feedback", headers=svc.headers, json={"request_id": down.json()["request_id"],
+                                                                                   "correct": True}, timeout=30)
+            assert refused.status_code == 503 and refused.headers["retry-after"] and "unavailable" in refused.json()["error"]
+            assert httpx.get(f"{svc.url}/model", timeout=10).json()["runtime"]["feedback_store"]["available"] is False
+
+            context = browser.new_context(viewport={"width": 1280, "height": 1000}, base_url=svc.url)
+            context.set_default_timeout(TIMEOUT_MS)
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto("/")
+            page.get_by_label("API key").fill(svc.api_key)
+            page.locator("#file-input").set_input_files({"name": "cxr.png", "mimeType": "image/png", "buffer": data})
+            page.locator("#analyse").click()
+            wait_for_findings(page)
+            notice = page.get_by_test_id("feedback-unavailable")
+            notice.wait_for()
+            assert "Feedback is unavailable" in notice.inner_text()
+            assert page.get_by_test_id("feedback-correct").is_disabled()
+            context.close()
+            assert not errors, errors
+
+            postgres.start()
+            deadline = time.monotonic() + 10  # the store is tried again a second after a failure (RETRY_SECONDS)
+            while not (back := predict()).json().get("feedback_available") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert back.status_code == 200 and back.json()["feedback_available"] is True, back.text
+            stored = httpx.post(f"{svc.url}/feedback", headers=svc.headers, json={"request_id": back.json()["request_id"],
+                                                                                  "correct": True}, timeout=30)
+            assert stored.status_code == 200 and stored.json()["created"] is True
+            assert "Traceback" not in svc.logs()
+        finally:
+            svc.stop()
+
+
+def _generated_png(tmp_path: Path) -> bytes:
+    path = tmp_path / "generated.png"
+    Image.fromarray((np.random.default_rng(0).random((128, 128)) * 255).astype(np.uint8)).save(path)
+    return path.read_bytes()
+
+
+def test_an_unevaluated_model_is_announced_on_the_page(page, service):  # noqa: F811
+    """The test model was exported without the gate (`evaluated: false` in its metadata): /model says
+    so and the page shows the warning banner."""
+    assert httpx.get(f"{service.url}/model", timeout=10).json()["evaluated"] is False
+    page.goto("/")
+    banner = page.get_by_test_id("unevaluated-warning")
+    banner.wait_for(state="visible")
+    assert "Unevaluated model" in banner.inner_text()

@@ -1,5 +1,6 @@
-"""Fixtures of the infra tests: a local Keystone + Blazar + Nova stub on 127.0.0.1, and a runner
-that gives `chexops infra ...` the exit codes the main CLI gives."""
+"""Fixtures of the infra tests: a local Keystone + Blazar + Nova + Glance + Neutron stub on
+127.0.0.1 (the requests openstacksdk makes: version discovery, look-ups by id then by name), and a
+runner that gives `chexops infra ...` the exit codes the main CLI gives."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import copy
 import json
 import threading
 import uuid
+from urllib.parse import parse_qs, urlsplit
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -53,6 +55,50 @@ class OpenStackStub:
         #: What a new lease becomes after `activate_after` GETs: ACTIVE, ERROR, or PENDING (never starts).
         self.outcome = "ACTIVE"
         self.activate_after = 1
+        #: What Nova, Glance and Neutron hold (tests add or remove items).
+        self.flavors = _fixture("nova_flavors.json")["flavors"]
+        self.keypairs = [item["keypair"] for item in _fixture("nova_keypairs.json")["keypairs"]]
+        self.images = _fixture("glance_images.json")["images"]
+        self.networks = _fixture("neutron_networks.json")["networks"]
+
+    # --- Version documents (keystoneauth's discovery) ----------------------------------------
+    def versions(self, service: str) -> dict[str, Any] | None:
+        docs = {
+            "glance": {"versions": [{"id": "v2.16", "status": "CURRENT", "links": [{"rel": "self", "href": f"{self.base}/glance/v2/"}]}]},
+            "neutron": {"versions": [{"id": "v2.0", "status": "CURRENT", "links": [{"rel": "self", "href": f"{self.base}/neutron/v2.0/"}]}]},
+            "nova": {"version": {"id": "v2.1", "status": "CURRENT", "version": "2.96", "min_version": "2.1",
+                                 "links": [{"rel": "self", "href": f"{self.base}/nova/v2.1/"}]}},
+        }
+        return docs.get(service)
+
+    # --- Nova, Glance, Neutron look-ups ------------------------------------------------------
+    def lookup(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any] | None:
+        """GET of a collection (filtered by name and router:external) or of one item by id/name."""
+        collections = {
+            "/nova/v2.1/flavors/detail": ("flavors", self.flavors, None),
+            "/nova/v2.1/flavors": ("flavors", self.flavors, "flavor"),
+            "/nova/v2.1/os-keypairs": ("keypairs", self.keypairs, "keypair"),
+            "/glance/v2/images": ("images", self.images, ""),
+            "/neutron/v2.0/networks": ("networks", self.networks, "network"),
+        }
+        if path in collections:
+            key, items, _ = collections[path]
+            selected = [i for i in items if "name" not in query or i.get("name") == query["name"][0]]
+            if "router:external" in query:
+                wanted = query["router:external"][0].lower() == "true"
+                selected = [i for i in selected if i.get("router:external") is wanted]
+            if key == "keypairs":
+                return 200, {key: [{"keypair": i} for i in selected]}
+            return 200, {key: copy.deepcopy(selected)}
+        parent, _, ident = path.rpartition("/")
+        if parent in collections and ident != "detail":
+            _, items, single = collections[parent]
+            field = "name" if single == "keypair" else "id"
+            for item in items:
+                if item.get(field) == ident:
+                    return 200, (copy.deepcopy(item) if single == "" else {single: copy.deepcopy(item)})
+            return 404, {"itemNotFound": {"code": 404, "message": f"{ident} could not be found."}}
+        return None
 
     # --- Keystone -------------------------------------------------------------------------------
     def auth(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -162,15 +208,19 @@ def _make_handler(stub: OpenStackStub) -> type[BaseHTTPRequestHandler]:
 
         def _route(self, method: str) -> None:
             body = self._body()
-            path = self.path.split("?")[0].rstrip("/")
+            url = urlsplit(self.path)
+            path, query = url.path.rstrip("/"), parse_qs(url.query)
             stub.requests.append((method, path, body))
+            if method == "GET" and path.count("/") <= 2 and (doc := stub.versions(path.strip("/").split("/")[0])):
+                if path.strip("/") in ("glance", "neutron", "nova/v2.1"):
+                    return self._send(200, doc)
             if path == "/identity/v3/auth/tokens" and method == "POST":
                 status, data, headers = stub.auth(body)
                 return self._send(status, data, headers)
             if self.headers.get("X-Auth-Token") not in stub.tokens:
                 return self._send(401, {"error": {"code": 401, "message": "Authentication required", "title": "Unauthorized"}})
-            if path == "/nova/v2.1/flavors/detail" and method == "GET":
-                return self._send(200, _fixture("nova_flavors.json"))
+            if method == "GET" and (found := stub.lookup(path, query)) is not None:
+                return self._send(*found)
             if path == "/blazar/v1/leases":
                 if method == "GET":
                     return self._send(200, {"leases": [copy.deepcopy(lease) for lease in stub.leases.values()]})
@@ -203,7 +253,7 @@ def _make_handler(stub: OpenStackStub) -> type[BaseHTTPRequestHandler]:
 
 @pytest.fixture()
 def openstack_stub():
-    """A Keystone/Blazar/Nova stub listening on 127.0.0.1 (a free port), stopped after the test."""
+    """A Keystone/Blazar/Nova/Glance/Neutron stub on 127.0.0.1 (a free port), stopped after the test."""
     stub = OpenStackStub()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(stub))
     stub.base = f"http://127.0.0.1:{server.server_address[1]}"

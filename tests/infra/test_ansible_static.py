@@ -3,6 +3,7 @@ ansible-lint's production profile, roles keep the conventional layout, nothing s
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,7 +16,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
 BIN = Path(sys.executable).parent
-ROLES = ("common", "volumes", "gpu", "kubernetes", "argo", "secrets")
+ROLES = ("common", "volumes", "gpu", "kubernetes", "secrets", "argo")
 
 
 def _playbooks() -> list[Path]:
@@ -87,14 +88,73 @@ def test_role_layout(role):
 
 def test_site_runs_every_stage_in_order_each_tagged():
     plays = yaml.safe_load((ANSIBLE / "site.yml").read_text())
-    assert [p["roles"][0]["role"] for p in plays] == list(ROLES)
+    order = [p["roles"][0]["role"] for p in plays]
+    assert order == list(ROLES)
     assert [p["tags"] for p in plays] == [[r] for r in ROLES]
+    # A private repository's credential exists before Argo CD's first sync.
+    assert order.index("secrets") < order.index("argo")
+    # kubernetes.core runs with the pinned client (never the distribution's python3-kubernetes).
+    for play in plays:
+        if play["roles"][0]["role"] in ("secrets", "argo"):
+            assert play["vars"]["ansible_python_interpreter"] == "{{ chexops_kubernetes_python_venv }}/bin/python"
+    server = yaml.safe_load((ANSIBLE / "roles" / "kubernetes" / "tasks" / "server.yml").read_text())
+    pip = next(t for t in server if "ansible.builtin.pip" in t)
+    kube = yaml.safe_load((ANSIBLE / "roles" / "kubernetes" / "defaults" / "main.yml").read_text())
+    pins = kube["kubernetes_python_packages"]
+    assert pip["ansible.builtin.pip"]["name"] == "{{ kubernetes_python_packages }}"
+    assert [p.split("==")[0] for p in pins] == ["kubernetes"] and int(pins[0].split("==")[1].split(".")[0]) >= 24
+    assert not any("python3-kubernetes" in json.dumps(t) for t in server)
+
+
+def test_argo_workflows_server_needs_a_token_and_is_not_exposed():
+    defaults = yaml.safe_load((ANSIBLE / "roles" / "argo" / "defaults" / "main.yml").read_text())
+    workflows = next(c for c in defaults["argo_charts"] if c["name"] == "argo-workflows")["values"]["server"]
+    assert workflows["authModes"] == ["client"]
+    assert workflows["ingress"]["enabled"] is False and workflows["serviceType"] == "ClusterIP"
+
+
+def test_node_wait_retries_until_the_node_registers():
+    """`kubectl wait` on a Node that has not registered yet fails at once: every wait retries."""
+    for name in ("main.yml", "server.yml"):
+        tasks = yaml.safe_load((ANSIBLE / "roles" / "kubernetes" / "tasks" / name).read_text())
+        waits = [t for t in tasks if "kubectl wait" in json.dumps(t)]
+        assert waits, name
+        for task in waits:
+            assert task.get("until") and task.get("retries") and task.get("delay"), task["name"]
+            assert task["register"] in task["until"]
+
+
+def test_first_start_is_not_followed_by_a_restart():
+    handlers = yaml.safe_load((ANSIBLE / "roles" / "kubernetes" / "handlers" / "main.yml").read_text())
+    restart = next(h for h in handlers if h["name"] == "Restart k3s")
+    tasks = yaml.safe_load((ANSIBLE / "roles" / "kubernetes" / "tasks" / "main.yml").read_text())
+    starts = [t for t in tasks if t["name"].startswith("Start the k3s")]
+    assert len(starts) == 2
+    for task in starts:
+        assert any(f"{task['register']} is not changed" in cond for cond in restart["when"]), task["register"]
+
+
+def test_registry_mirrors_are_written_before_the_first_start_and_restart_k3s_on_change():
+    """/etc/rancher/k3s/registries.yaml on every node: read by the first start, a change restarts k3s."""
+    plays = yaml.safe_load((ANSIBLE / "site.yml").read_text())
+    assert next(p for p in plays if p["roles"][0]["role"] == "kubernetes")["hosts"] == "k3s_server:k3s_agent"
+    tasks = yaml.safe_load((ANSIBLE / "roles" / "kubernetes" / "tasks" / "main.yml").read_text())
+    (index,) = [i for i, t in enumerate(tasks) if t.get("ansible.builtin.template", {}).get("dest") == "/etc/rancher/k3s/registries.yaml"]
+    task = tasks[index]
+    assert task["ansible.builtin.template"]["src"] == "registries.yaml.j2" and "when" not in task
+    assert task["notify"] == "Restart k3s"
+    handlers = yaml.safe_load((ANSIBLE / "roles" / "kubernetes" / "handlers" / "main.yml").read_text())
+    assert any(h["name"] == "Restart k3s" for h in handlers)
+    starts = [i for i, t in enumerate(tasks) if t["name"].startswith("Start the k3s")]
+    assert len(starts) == 2 and index < min(starts)
+    assert (ANSIBLE / "roles" / "kubernetes" / "templates" / "registries.yaml.j2").is_file()
 
 
 def test_argo_is_pinned_and_bootstraps_one_root_application():
     defaults = yaml.safe_load((ANSIBLE / "roles" / "argo" / "defaults" / "main.yml").read_text())
     charts = {c["name"]: c["version"] for c in defaults["argo_charts"]}
-    assert set(charts) == {"argo-cd", "argo-workflows", "argo-events", "argo-rollouts"}
+    # Argo Events and Rollouts are Argo CD Applications in git (argocd/platform/).
+    assert set(charts) == {"argo-cd", "argo-workflows"}
     assert all(re.fullmatch(r"\d+\.\d+\.\d+", v) for v in charts.values()), charts
     root = (ANSIBLE / "roles" / "argo" / "templates" / "root-application.yaml.j2").read_text()
     assert "path: {{ argo_repo_path }}" in root and defaults["argo_repo_path"] == "argocd"

@@ -102,6 +102,29 @@ def test_missing_outputs_is_a_user_error(infra_cli, tmp_path):
     assert "terraform output lacks nodes, volumes" in result.stderr
 
 
+@pytest.mark.parametrize("name", ["ssh_allowed_cidrs", "ingress_allowed_cidrs"])
+def test_firewall_lists_come_only_from_terraform(infra_cli, tmp_path, name):
+    """No open fallback: without the list in Terraform's outputs there is no inventory."""
+    data = json.loads(FIXTURE.read_text())
+    data[name]["value"] = []
+    source = tmp_path / "no-list.json"
+    source.write_text(json.dumps(data))
+    result, out = _generate(infra_cli, tmp_path, source=source)
+    assert result.exit_code == 2 and f"terraform output lacks {name}" in result.stderr
+    assert not out.exists()
+
+
+def test_site_link_addresses_reach_the_hosts(infra_cli, tmp_path):
+    result, out = _generate(infra_cli, tmp_path)
+    assert result.exit_code == 0, result.stderr
+    inv = yaml.safe_load(out.read_text())["all"]
+    assert inv["hosts"]["node1"]["chexops_link_ip"] == "10.99.0.1"
+    assert inv["hosts"]["gpu1"]["chexops_link_ip"] == "10.99.0.2"
+    assert inv["hosts"]["node2"]["chexops_link_ip"] is None
+    assert inv["vars"]["chexops_site_link"]["cidr"] == "10.99.0.0/24"
+    assert inv["vars"]["chexops_ingress_allowed_cidrs"] == ["0.0.0.0/0"]
+
+
 def test_empty_outputs_mean_not_applied(infra_cli, tmp_path):
     source = tmp_path / "empty.json"
     source.write_text("{}")

@@ -62,7 +62,8 @@ def test_create_kvm_lease_resolves_flavor_and_merges_tfvars(infra_cli, clouds_en
     res = lease["reservations"][0]
     assert res["resource_type"] == "flavor:instance" and res["flavor_id"] == res["id"]
     posted = next(body for method, path, body in openstack_stub.requests if method == "POST" and path == "/blazar/v1/leases")
-    assert posted["reservations"] == [{"resource_type": "flavor:instance", "flavor_id": "4", "amount": 3}]
+    # `affinity` explicit and null, as python-chi's Lease.add_flavor_reservation sends it.
+    assert posted["reservations"] == [{"resource_type": "flavor:instance", "flavor_id": "4", "amount": 3, "affinity": None}]
     assert json.loads(_tfvars(tmp_path).read_text()) == {"gpu_reservation_id": "keep-me", "kvm_reservation_id": res["id"]}
 
 
@@ -231,3 +232,12 @@ def test_main_cli_maps_errors(clouds_env, openstack_stub):
     assert proc.returncode == 2, proc.stderr
     assert "No lease 'no-such-lease'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_no_clouds_yaml_anywhere(infra_cli, clouds_env):
+    env = {**clouds_env, "OS_CLIENT_CONFIG_FILE": None}
+    out = infra_cli(["lease", "status", "x", "--cloud", "stub"], env)
+    if "No clouds.yaml found" not in out.stderr and out.exit_code == 2 and "is not in" in out.stderr:
+        pytest.skip("this machine has a clouds.yaml in a standard place")
+    assert out.exit_code == 2
+    assert "No clouds.yaml found (searched " in out.stderr and "Application Credentials" in out.stderr

@@ -161,6 +161,13 @@ def test_no_security_group_rule_opens_ssh_to_the_internet():
         prefix = unq(rule.get("remote_ip_prefix"))
         ports = _ports(rule)
         where = f"{path.relative_to(REPO)}: {name}"
+        if ports == set() and re.fullmatch(r"\$\{var\.[a-z_]+\}", str(rule["port_range_min"])):
+            # A port from a variable: its validation (here and in the root) must keep it above 1023.
+            var_name = rule["port_range_min"][6:-1]
+            for vpath, vname, vbody in blocks("variable"):
+                if vname == var_name and vpath.parent in (path.parent, TF):
+                    assert ">= 1024" in json.dumps(vbody["validation"]), f"{where}: {var_name} may be 22"
+            continue
         if ports == set():
             # Ports from a for_each local: it must enumerate literal ports, none of them 22.
             match = re.search(r"for port in \[([0-9, ]+)\]", locals_text)
@@ -263,3 +270,47 @@ def test_checkov_is_clean_or_every_skip_is_justified():
         for line in path.read_text().splitlines():
             if "checkov:skip" in line:
                 assert re.search(r"checkov:skip=[A-Z0-9_]+:\s*\S.{10,}", line), f"{path}: unjustified skip: {line}"
+
+
+def test_edge_floating_ip_association_waits_for_the_router_interface():
+    associations = [(p, n, b) for p, _, n, b in resources("openstack_networking_floatingip_associate_v2")]
+    edge = [(p, b) for p, n, b in associations if "edge" in str(b.get("floating_ip"))]
+    assert len(edge) == 1, associations
+    path, body = edge[0]
+    depends = " ".join(body.get("depends_on") or [])
+    assert "openstack_networking_router_interface_v2." in depends, f"{path.relative_to(REPO)}: edge association does not wait for the router interface"
+    # ... and that interface connects the very subnet node1's port is on, to the router on the external network.
+    interface = next(b for p, _, n, b in resources("openstack_networking_router_interface_v2") if p == path)
+    assert "openstack_networking_subnet_v2.private" in interface["subnet_id"]
+
+
+def test_volumes_are_protected_from_destroy():
+    volumes = list(resources("openstack_blockstorage_volume_v3"))
+    assert volumes
+    for path, _, name, body in volumes:
+        lifecycle = (body.get("lifecycle") or [{}])[0]
+        assert lifecycle.get("prevent_destroy") is True, f"{path.relative_to(REPO)}: volume {name} lacks prevent_destroy"
+
+
+def test_cross_site_rules_match_the_site_link_topology():
+    """The GPU node is reachable from the internet only for SSH (operators) and the site link (from
+    node1's floating IP); node1 accepts the link from the GPU node's address; the cluster trusts the
+    link's CIDR; node1's port may forward it; the router sends node2..N's link traffic via node1."""
+    gpu = {n: b for p, _, n, b in resources("openstack_networking_secgroup_rule_v2") if p.parent.name == "gpu_node"}
+    assert set(gpu) == {"ssh", "site_link"}, gpu
+    assert unq(gpu["site_link"]["remote_ip_prefix"]) == "${var.site_link_peer_ip}/32"
+    assert unq(gpu["site_link"]["protocol"]) == "udp"
+    net = {n: b for p, _, n, b in resources("openstack_networking_secgroup_rule_v2") if p.parent.name == "network"}
+    assert unq(net["edge_site_link"]["remote_ip_prefix"]) == "${var.site_link_peer_ip}/32"
+    assert net["edge_site_link"]["port_range_min"] == gpu["site_link"]["port_range_min"] == "${var.site_link_port}"
+    assert net["cluster_from_site_link"]["remote_ip_prefix"] == "${var.site_link_cidr}"
+    # Nothing cross-site goes over the internet any more: no API/kubelet rule from peers.
+    assert all("peer" not in json.dumps(b) or n in ("edge_site_link",) for n, b in net.items())
+    route = next(b for _, _, n, b in resources("openstack_networking_router_route_v2"))
+    assert route["destination_cidr"] == "${var.site_link_cidr}" and route["next_hop"] == "${var.edge_private_ip}"
+    port = next(b for p, _, n, b in resources("openstack_networking_port_v2") if p.parent.name == "kvm_cluster")
+    assert "forwarded_cidrs" in json.dumps(port.get("dynamic"))
+    main = parse(TF / "main.tf")
+    network = main["module"][[list(m)[0] for m in main["module"]].index('"network"')]['"network"']
+    kvm = main["module"][[list(m)[0] for m in main["module"]].index('"kvm_cluster"')]['"kvm_cluster"']
+    assert network["site_link_cidr"] == "${var.site_link_cidr}" and "var.site_link_cidr" in kvm["forwarded_cidrs"]

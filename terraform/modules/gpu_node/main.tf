@@ -6,7 +6,7 @@ data "openstack_networking_network_v2" "site" {
 # role's host firewall (nftables) enforces the same policy on the node itself.
 resource "openstack_networking_secgroup_v2" "gpu" {
   name        = "${var.name_prefix}-${var.node_name}"
-  description = "chexops: GPU node (SSH from operators, WireGuard and kubelet from the cluster)"
+  description = "chexops: GPU node (SSH from operators, the site link from node1)"
 }
 
 resource "openstack_networking_secgroup_rule_v2" "ssh" {
@@ -22,29 +22,17 @@ resource "openstack_networking_secgroup_rule_v2" "ssh" {
   security_group_id = openstack_networking_secgroup_v2.gpu.id
 }
 
-resource "openstack_networking_secgroup_rule_v2" "wireguard" {
-  for_each = toset(var.peer_cidrs)
-
-  description       = "flannel wireguard-native from the KVM cluster"
+# The site link: WireGuard from node1's floating IP only. The Kubernetes API, kubelet and the pod
+# network all run inside it, so nothing else is open to the internet. The peer's address is known
+# only after apply, hence one rule with the address in its body, never a for_each over it.
+resource "openstack_networking_secgroup_rule_v2" "site_link" {
+  description       = "Site link (WireGuard) from the KVM cluster's node1"
   direction         = "ingress"
   ethertype         = "IPv4"
   protocol          = "udp"
-  port_range_min    = 51820
-  port_range_max    = 51821
-  remote_ip_prefix  = each.value
-  security_group_id = openstack_networking_secgroup_v2.gpu.id
-}
-
-resource "openstack_networking_secgroup_rule_v2" "kubelet" {
-  for_each = toset(var.peer_cidrs)
-
-  description       = "kubelet API from the k3s server"
-  direction         = "ingress"
-  ethertype         = "IPv4"
-  protocol          = "tcp"
-  port_range_min    = 10250
-  port_range_max    = 10250
-  remote_ip_prefix  = each.value
+  port_range_min    = var.site_link_port
+  port_range_max    = var.site_link_port
+  remote_ip_prefix  = "${var.site_link_peer_ip}/32"
   security_group_id = openstack_networking_secgroup_v2.gpu.id
 }
 

@@ -79,13 +79,23 @@ variable "ssh_allowed_cidrs" {
   }
 }
 
-variable "peer_cidrs" {
-  description = "The KVM cluster's public address(es) (/32): flannel WireGuard and kubelet traffic from the k3s server."
-  type        = list(string)
+variable "site_link_peer_ip" {
+  description = "node1's floating IP, the KVM end of the site link (WireGuard). Known only after apply: never used in count/for_each."
+  type        = string
 
   validation {
-    condition     = alltrue([for c in var.peer_cidrs : can(cidrnetmask(c))])
-    error_message = "peer_cidrs must be IPv4 CIDRs."
+    condition     = can(cidrhost("${var.site_link_peer_ip}/32", 0))
+    error_message = "site_link_peer_ip must be an IPv4 address."
+  }
+}
+
+variable "site_link_port" {
+  description = "UDP port of the site link's WireGuard endpoints."
+  type        = number
+
+  validation {
+    condition     = var.site_link_port >= 1024 && var.site_link_port <= 65535
+    error_message = "site_link_port must be a UDP port from 1024 to 65535."
   }
 }
 

@@ -14,6 +14,15 @@ resource "openstack_networking_port_v2" "node" {
     subnet_id  = var.subnet_id
     ip_address = cidrhost(var.subnet_cidr, 10 + index(local.node_names, each.key) + 1)
   }
+
+  # node1 forwards the site link (WireGuard to the GPU node) onto the private network: packets it
+  # forwards carry the GPU node's link address as source, which port security must allow.
+  dynamic "allowed_address_pairs" {
+    for_each = each.key == "node1" ? var.forwarded_cidrs : []
+    content {
+      ip_address = allowed_address_pairs.value
+    }
+  }
 }
 
 resource "openstack_compute_instance_v2" "node" {
@@ -39,9 +48,4 @@ resource "openstack_compute_instance_v2" "node" {
   lifecycle {
     ignore_changes = [flavor_id, image_name]
   }
-}
-
-resource "openstack_networking_floatingip_associate_v2" "edge" {
-  floating_ip = var.edge_floating_ip
-  port_id     = openstack_networking_port_v2.node["node1"].id
 }

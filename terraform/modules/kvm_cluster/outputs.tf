@@ -18,3 +18,8 @@ output "edge_port_id" {
   description = "Port of node1 that carries the floating IP."
   value       = openstack_networking_port_v2.node["node1"].id
 }
+
+output "edge_private_ip" {
+  description = "Private address of node1: the next hop to the site link for the other nodes."
+  value       = openstack_networking_port_v2.node["node1"].all_fixed_ips[0]
+}

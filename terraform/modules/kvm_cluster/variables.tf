@@ -98,13 +98,14 @@ variable "edge_secgroup_id" {
   }
 }
 
-variable "edge_floating_ip" {
-  description = "Address of the floating IP associated with node1's port."
-  type        = string
+variable "forwarded_cidrs" {
+  description = "Networks node1 forwards onto the private network (the site link): allowed as source addresses on its port."
+  type        = list(string)
+  default     = []
 
   validation {
-    condition     = can(cidrhost("${var.edge_floating_ip}/32", 0))
-    error_message = "edge_floating_ip must be an IPv4 address."
+    condition     = alltrue([for c in var.forwarded_cidrs : can(cidrnetmask(c))])
+    error_message = "forwarded_cidrs must be IPv4 CIDRs."
   }
 }
 

@@ -35,10 +35,33 @@ resource "openstack_networking_router_interface_v2" "private" {
   subnet_id = openstack_networking_subnet_v2.private.id
 }
 
-# The one floating IP of the cluster: node1's public address (SSH bastion, ingress, Kubernetes API).
+# node2..N reach the GPU node's link address through node1, which holds the WireGuard end of the
+# site link: a static route on the router they use as gateway (no per-node routing to manage).
+resource "openstack_networking_router_route_v2" "site_link" {
+  count = var.site_link_enabled ? 1 : 0
+
+  router_id        = openstack_networking_router_v2.this.id
+  destination_cidr = var.site_link_cidr
+  next_hop         = var.edge_private_ip
+
+  depends_on = [openstack_networking_router_interface_v2.private]
+}
+
+# The one floating IP of the cluster: node1's public address (SSH bastion, ingress, Kubernetes API,
+# and the KVM end of the site link to the GPU node).
 resource "openstack_networking_floatingip_v2" "edge" {
   pool        = var.external_network_name
-  description = "${var.name_prefix}: node1 (bastion, ingress, Kubernetes API)"
+  description = "${var.name_prefix}: node1 (bastion, ingress, Kubernetes API, site link)"
+}
+
+# Neutron refuses to associate a floating IP with a port whose subnet is not yet connected to a
+# router on the external network ("External network ... is not reachable from subnet"): the
+# association waits for the router interface.
+resource "openstack_networking_floatingip_associate_v2" "edge" {
+  floating_ip = openstack_networking_floatingip_v2.edge.address
+  port_id     = var.edge_port_id
+
+  depends_on = [openstack_networking_router_interface_v2.private]
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -73,6 +96,19 @@ resource "openstack_networking_secgroup_rule_v2" "cluster_ssh_from_bastion" {
   security_group_id = openstack_networking_secgroup_v2.cluster.id
 }
 
+# The GPU node's traffic arrives from the site link (node1's WireGuard interface forwards it with
+# the GPU node's link address as source): the cluster trusts the link's CIDR, a static value.
+resource "openstack_networking_secgroup_rule_v2" "cluster_from_site_link" {
+  for_each = var.site_link_enabled ? toset(["tcp", "udp", "icmp"]) : toset([])
+
+  description       = "All ${each.key} from the GPU site over the site link (WireGuard via node1)"
+  direction         = "ingress"
+  ethertype         = "IPv4"
+  protocol          = each.key
+  remote_ip_prefix  = var.site_link_cidr
+  security_group_id = openstack_networking_secgroup_v2.cluster.id
+}
+
 resource "openstack_networking_secgroup_v2" "edge" {
   name        = "${var.name_prefix}-edge"
   description = "chexops: what the outside world may reach on node1"
@@ -97,7 +133,6 @@ locals {
       for cidr in var.ingress_allowed_cidrs : "${port}-${cidr}" => { port = port, cidr = cidr }
     }
   ]...)
-  api_cidrs = distinct(concat(var.k8s_api_allowed_cidrs, var.peer_cidrs))
 }
 
 resource "openstack_networking_secgroup_rule_v2" "edge_ingress" {
@@ -113,8 +148,9 @@ resource "openstack_networking_secgroup_rule_v2" "edge_ingress" {
   security_group_id = openstack_networking_secgroup_v2.edge.id
 }
 
+# Operators' kubectl only: the GPU node reaches the API over the site link, not the internet.
 resource "openstack_networking_secgroup_rule_v2" "edge_k8s_api" {
-  for_each = toset(local.api_cidrs)
+  for_each = toset(var.k8s_api_allowed_cidrs)
 
   description       = "Kubernetes API (k3s server)"
   direction         = "ingress"
@@ -126,15 +162,17 @@ resource "openstack_networking_secgroup_rule_v2" "edge_k8s_api" {
   security_group_id = openstack_networking_secgroup_v2.edge.id
 }
 
-resource "openstack_networking_secgroup_rule_v2" "edge_wireguard" {
-  for_each = toset(var.peer_cidrs)
+# The peer's address is known only after apply: `count` on a plan-time bool, the address in the
+# rule's body (a for_each over it fails the first plan with "Invalid for_each argument").
+resource "openstack_networking_secgroup_rule_v2" "edge_site_link" {
+  count = var.site_link_enabled ? 1 : 0
 
-  description       = "flannel wireguard-native between sites"
+  description       = "Site link (WireGuard) from the GPU node"
   direction         = "ingress"
   ethertype         = "IPv4"
   protocol          = "udp"
-  port_range_min    = 51820
-  port_range_max    = 51821
-  remote_ip_prefix  = each.value
+  port_range_min    = var.site_link_port
+  port_range_max    = var.site_link_port
+  remote_ip_prefix  = "${var.site_link_peer_ip}/32"
   security_group_id = openstack_networking_secgroup_v2.edge.id
 }

@@ -68,13 +68,59 @@ variable "k8s_api_allowed_cidrs" {
   }
 }
 
-variable "peer_cidrs" {
-  description = "Nodes on other sites (the GPU node's /32) allowed to join the cluster: Kubernetes API (6443/tcp) and flannel WireGuard (51820-51821/udp)."
-  type        = list(string)
-  default     = []
+variable "edge_port_id" {
+  description = "Port of node1 that carries the cluster's floating IP."
+  type        = string
 
   validation {
-    condition     = alltrue([for c in var.peer_cidrs : can(cidrnetmask(c))])
-    error_message = "peer_cidrs must be IPv4 CIDRs."
+    condition     = length(trimspace(var.edge_port_id)) > 0
+    error_message = "edge_port_id must not be empty."
+  }
+}
+
+variable "edge_private_ip" {
+  description = "Private address of node1, the next hop of the site link for the other nodes."
+  type        = string
+
+  validation {
+    condition     = length(trimspace(var.edge_private_ip)) > 0
+    error_message = "edge_private_ip must not be empty."
+  }
+}
+
+variable "site_link_enabled" {
+  description = "Whether a GPU node on another site joins over the site link (known at plan time: gpu_enabled)."
+  type        = bool
+  default     = false
+}
+
+variable "site_link_cidr" {
+  description = "CIDR of the site link (WireGuard between node1 and the GPU node); the cluster trusts it."
+  type        = string
+
+  validation {
+    condition     = can(cidrnetmask(var.site_link_cidr))
+    error_message = "site_link_cidr must be an IPv4 CIDR."
+  }
+}
+
+variable "site_link_port" {
+  description = "UDP port of the site link's WireGuard endpoints."
+  type        = number
+
+  validation {
+    condition     = var.site_link_port >= 1024 && var.site_link_port <= 65535
+    error_message = "site_link_port must be a UDP port from 1024 to 65535."
+  }
+}
+
+variable "site_link_peer_ip" {
+  description = "Public address of the GPU node (the other end of the site link); empty without one. Known only after apply: never used in count/for_each."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.site_link_peer_ip == "" || can(cidrhost("${var.site_link_peer_ip}/32", 0))
+    error_message = "site_link_peer_ip must be an IPv4 address or empty."
   }
 }

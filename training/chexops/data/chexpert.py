@@ -20,21 +20,47 @@ _ALLOWED = {1.0, 0.0, -1.0}
 _PATIENT = re.compile(r"(patient\d+)")
 
 
+def source_policy_path(csv: str | Path) -> Path:
+    """A CSV's own statement of what its blanks mean: `train.csv.policy.yaml` holding `blank: ignore`
+    (written by `chexops feedback export`, whose blanks are labels nobody gave)."""
+    return Path(f"{csv}.policy.yaml")
+
+
+def _source_blank(csv: Path) -> str | None:
+    path = source_policy_path(csv)
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        declared = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise DataError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(declared, dict) or set(declared) != {"blank"} or declared["blank"] not in ("ignore", "negative"):
+        raise DataError(f"{path} must hold exactly `blank: ignore` or `blank: negative`, got {declared!r}.")
+    return declared["blank"]
+
+
 @dataclass
 class ChexpertTable:
     """A validated CheXpert CSV: `frame` keeps the meta columns; `values` is rows × labels with
-    1.0 / 0.0 / -1.0 and NaN for blank."""
+    1.0 / 0.0 / -1.0 and NaN for blank; `blank`: what the CSV itself says its blanks mean (None: as configured)."""
 
     path: Path
     frame: pd.DataFrame
     labels: list[str]
     values: np.ndarray
+    blank: str | None = None
+
+    def policy(self, configured: PolicyConfig) -> PolicyConfig:
+        """The configured policy, with the blank rule this CSV declares for itself."""
+        return configured if self.blank is None else configured.model_copy(update={"blank": self.blank})
 
     def __len__(self) -> int:
         return len(self.frame)
 
     def subset(self, rows: np.ndarray) -> "ChexpertTable":
-        return ChexpertTable(self.path, self.frame.iloc[rows].reset_index(drop=True), self.labels, self.values[rows])
+        return ChexpertTable(self.path, self.frame.iloc[rows].reset_index(drop=True), self.labels, self.values[rows], self.blank)
 
 
 def _row_error(path: Path, bad: pd.Series, column: str, what: str, count_noun: str = "rows") -> DataError:
@@ -105,7 +131,7 @@ def read_chexpert_csv(path: str | Path, labels: list[str]) -> ChexpertTable:
     meta["csv_row"] = np.arange(1, len(meta) + 1)
     meta["patient"] = patient_ids(meta["Path"])
     meta["study"] = meta["Path"].map(lambda p: str(Path(p).parent))
-    return ChexpertTable(path, meta, list(labels), values)
+    return ChexpertTable(path, meta, list(labels), values, _source_blank(path))
 
 
 def patient_ids(paths: pd.Series) -> pd.Series:

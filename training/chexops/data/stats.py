@@ -14,6 +14,7 @@ def csv_stats(csv: str | Path, labels: list[str], policy: PolicyConfig, root: st
               verify_images: bool = True) -> dict[str, Any]:
     table = read_chexpert_csv(csv, labels)
     frame = table.frame
+    policy = table.policy(policy)
     targets, mask = apply_policy(table.values, labels, policy)
     ap_pa = frame["AP/PA"].where(frame["AP/PA"] != "", "blank")
     out: dict[str, Any] = {

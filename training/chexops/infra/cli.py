@@ -104,12 +104,12 @@ def lease_group() -> None:
     """Create, inspect, extend and delete the Blazar leases Terraform builds on."""
 
 
-def _clients(cloud_name: str | None, services: tuple[str, ...] = ("reservation",)):
-    from chexops.infra.clouds import load_cloud
+def _blazar(cloud_name: str | None):
+    """Blazar of the named cloud, over its openstacksdk connection's session."""
+    from chexops.infra.clouds import connect
     from chexops.infra.openstack import OpenStackClient
 
-    cloud = load_cloud(cloud_name)
-    return [OpenStackClient(cloud, service) for service in services]
+    return OpenStackClient(connect(cloud_name), "reservation")
 
 
 @lease_group.command("create")
@@ -152,11 +152,10 @@ def lease_create(
         raise UserInputError(f"Start {start} UTC is in the past: use 'now' or a later time.")
     if not tfvars.parent.is_dir():
         raise UserInputError(f"Cannot write {tfvars}: {tfvars.parent} is not a directory (run from the repository root or pass --tfvars).")
+    blazar = _blazar(cloud)
     if role == "kvm":
-        blazar, nova = _clients(cloud, ("reservation", "compute"))
-        reservation = lease_mod.flavor_reservation(lease_mod.resolve_flavor(nova, flavor), count or 3)
+        reservation = lease_mod.flavor_reservation(lease_mod.resolve_flavor(blazar.cloud, flavor), count or 3)
     else:
-        (blazar,) = _clients(cloud)
         reservation = lease_mod.host_reservation(node_type, count or 1)
     leases = lease_mod.Leases(blazar)
     lease, created = leases.create(name, reservation, length, start=begin, reuse=reuse)
@@ -187,7 +186,7 @@ def lease_status(name_or_id: str, cloud: str | None, require_active: bool, as_js
     """Show a lease, its reservations and the tfvars they feed."""
     from chexops.infra import lease as lease_mod
 
-    (blazar,) = _clients(cloud)
+    blazar = _blazar(cloud)
     lease = lease_mod.Leases(blazar).find(name_or_id)
     summary = lease_mod.summarize(lease)
     if require_active and not summary["active"]:
@@ -209,7 +208,7 @@ def lease_extend(name_or_id: str, cloud: str | None, by: str | None, until: str 
         raise UserInputError("Give exactly one of --by DURATION or --until 'YYYY-MM-DD HH:MM'.")
     delta = lease_mod.parse_duration(by) if by is not None else None
     end = lease_mod.parse_user_date(until) if until is not None else None
-    (blazar,) = _clients(cloud)
+    blazar = _blazar(cloud)
     leases = lease_mod.Leases(blazar)
     lease = leases.find(name_or_id)
     previous_end = lease.get("end_date")
@@ -228,7 +227,7 @@ def lease_delete(name_or_id: str, cloud: str | None, tfvars: Path, as_json: bool
     """Delete a lease (its instances go with it) and forget its ids in TFVARS."""
     from chexops.infra import lease as lease_mod
 
-    (blazar,) = _clients(cloud)
+    blazar = _blazar(cloud)
     leases = lease_mod.Leases(blazar)
     lease = leases.find(name_or_id)
     summary = lease_mod.summarize(lease)
@@ -266,3 +265,8 @@ def inventory_cmd(tf_dir: Path, from_json: Path | None, output: Path, as_json: b
     lines = [f"Wrote {output}: {len(summary['hosts'])} hosts (bastion {summary['bastion_ip']})."]
     lines += [f"  {group}: {', '.join(hosts) or '-'}" for group, hosts in summary["groups"].items()]
     _emit(as_json, payload, lines)
+
+
+from chexops.infra.preflight import preflight_cmd  # noqa: E402 - registered after the group exists
+
+infra.add_command(preflight_cmd)

@@ -1,127 +1,88 @@
-"""Credentials from clouds.yaml, the file the OpenStack CLI and Terraform's provider read.
+"""Connections to the clouds named in clouds.yaml, through openstacksdk.
 
 Nothing secret is ever passed on the command line or stored by chexops: a cloud is named
-(`--cloud` or `$OS_CLOUD`) and looked up in the standard places, with secure.yaml merged in.
+(`--cloud` or `$OS_CLOUD`) and `openstack.connect(cloud=...)` finds it in the standard places
+(clouds.yaml merged with secure.yaml, as the OpenStack CLI and Terraform's provider do). The
+connection's keystoneauth session authenticates every request, including Blazar's, which
+openstacksdk has no proxy for.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from chexops.errors import UserInputError
+from chexops.errors import ChexopsError, UserInputError
 
 log = logging.getLogger(__name__)
 
-#: Searched in this order, like openstacksdk: the first file that exists wins.
-_CONFIG_NAMES = ("clouds.yaml", "clouds.yml")
-_SECURE_NAMES = ("secure.yaml", "secure.yml")
+_CREDENTIALS_HINT = "Download one from the Chameleon site's Horizon: Identity > Application Credentials."
 
 
-def _search_dirs() -> list[Path]:
-    home = Path(os.path.expanduser("~"))
-    xdg = Path(os.environ.get("XDG_CONFIG_HOME", home / ".config"))
-    return [Path.cwd(), xdg / "openstack", Path("/etc/openstack")]
-
-
-def _first_existing(names: tuple[str, ...], env_var: str) -> Path | None:
-    explicit = os.environ.get(env_var)
-    if explicit:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise UserInputError(f"{env_var} points at {path}, which is not a file.")
-        return path
-    for directory in _search_dirs():
-        for name in names:
-            candidate = directory / name
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _openstack() -> Any:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserInputError(f"Cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise UserInputError(f"{path} is not a YAML mapping.")
-    return data
+        import openstack
+        import openstack.config
+        import openstack.exceptions
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise ChexopsError(
+            "The infra commands need openstacksdk: install chexops with its 'infra' extra "
+            "(pip install 'chexops[infra]')."
+        ) from exc
+    return openstack
 
 
 @dataclass(frozen=True)
-class CloudConfig:
-    """One clouds.yaml entry: what keystoneauth needs to authenticate, and where."""
+class Cloud:
+    """One cloud of clouds.yaml, connected: the openstacksdk Connection and what messages name."""
 
     name: str
-    auth_type: str
-    auth: dict[str, Any] = field(repr=False)
-    region_name: str | None = None
-    interface: str = "public"
-    verify: bool | str = True
-    source: Path | None = None
+    connection: Any
+    source: Path | None
 
     @property
     def auth_url(self) -> str:
-        return str(self.auth.get("auth_url", ""))
+        return str((self.connection.config.config.get("auth") or {}).get("auth_url", ""))
+
+    @property
+    def region_name(self) -> str | None:
+        return self.connection.config.get_region_name()
+
+    @property
+    def interface(self) -> str:
+        return self.connection.config.get_interface() or "public"
 
 
-def load_cloud(name: str | None) -> CloudConfig:
-    """The named cloud (or `$OS_CLOUD`) from clouds.yaml merged with secure.yaml."""
+def connect(name: str | None) -> Cloud:
+    """`openstack.connect(cloud=NAME)` for the named cloud (or `$OS_CLOUD`), with errors that say
+    what to fix. Nothing is sent until the first request (authentication is lazy)."""
+    openstack = _openstack()
     cloud_name = name or os.environ.get("OS_CLOUD")
     if not cloud_name:
         raise UserInputError(
             "No cloud named: pass --cloud NAME or set OS_CLOUD to an entry of clouds.yaml "
             "(download it from the Chameleon site's Horizon: Identity > Application Credentials)."
         )
-    path = _first_existing(_CONFIG_NAMES, "OS_CLIENT_CONFIG_FILE")
-    if path is None:
-        searched = ", ".join(str(d) for d in _search_dirs())
-        raise UserInputError(
-            f"No clouds.yaml found (searched {searched}; or set OS_CLIENT_CONFIG_FILE). "
-            "Download one from the Chameleon site's Horizon: Identity > Application Credentials."
-        )
-    config = _read_yaml(path)
-    secure_path = _first_existing(_SECURE_NAMES, "OS_CLIENT_SECURE_FILE")
-    if secure_path is not None:
-        config = _merge(config, _read_yaml(secure_path))
-    clouds = config.get("clouds") or {}
-    if cloud_name not in clouds:
-        known = ", ".join(sorted(clouds)) or "none"
-        raise UserInputError(f"Cloud '{cloud_name}' is not in {path} (clouds there: {known}).")
-    entry = clouds[cloud_name] or {}
-    auth = dict(entry.get("auth") or {})
-    if not auth.get("auth_url"):
-        raise UserInputError(f"Cloud '{cloud_name}' in {path} has no auth.auth_url.")
-    auth_type = entry.get("auth_type")
-    if not auth_type:
-        auth_type = "v3applicationcredential" if "application_credential_id" in auth or "application_credential_secret" in auth else "password"
-    verify: bool | str = entry.get("verify", True)
-    if entry.get("cacert"):
-        verify = str(entry["cacert"])
-    log.debug("Using cloud %s from %s (auth type %s)", cloud_name, path, auth_type)
-    return CloudConfig(
-        name=cloud_name,
-        auth_type=str(auth_type),
-        auth=auth,
-        region_name=entry.get("region_name"),
-        interface=str(entry.get("interface", "public")),
-        verify=verify,
-        source=path,
-    )
+    explicit = os.environ.get("OS_CLIENT_CONFIG_FILE")
+    if explicit and not Path(explicit).expanduser().is_file():
+        raise UserInputError(f"OS_CLIENT_CONFIG_FILE points at {explicit}, which is not a file.")
+    try:
+        config = openstack.config.OpenStackConfig()
+    except openstack.exceptions.ConfigException as exc:
+        raise UserInputError(f"clouds.yaml cannot be read: {exc}") from exc
+    source = Path(config.config_filename) if config.config_filename else None
+    if source is None:
+        searched = ", ".join(dict.fromkeys(str(Path(p).parent) for p in config._config_files))  # noqa: SLF001 - the search list
+        raise UserInputError(f"No clouds.yaml found (searched {searched}; or set OS_CLIENT_CONFIG_FILE). {_CREDENTIALS_HINT}")
+    known = sorted(config.get_cloud_names())
+    if cloud_name not in known:
+        raise UserInputError(f"Cloud '{cloud_name}' is not in {source} (clouds there: {', '.join(known) or 'none'}).")
+    try:
+        connection = openstack.connect(cloud=cloud_name)
+    except openstack.exceptions.ConfigException as exc:
+        raise UserInputError(f"Cloud '{cloud_name}' in {source} is not usable: {exc}") from exc
+    log.debug("Using cloud %s from %s", cloud_name, source)
+    return Cloud(name=cloud_name, connection=connection, source=source)

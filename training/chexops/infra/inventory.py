@@ -1,8 +1,8 @@
 """`terraform output -json` -> the Ansible inventory (YAML) that ansible/site.yml runs against.
 
-The outputs are a contract with terraform/outputs.tf: `ssh_user`, `bastion_ip`, `nodes`,
-`volumes` and `private_network_cidr` are required; `k8s_api_endpoint`, `object_store_container`
-and `reservations` are passed on when present.
+The outputs are a contract with terraform/outputs.tf: REQUIRED_OUTPUTS must be there (the firewall
+lists among them: Terraform's variables are their only source), OPTIONAL_OUTPUTS are passed on
+as `chexops_<name>` when present.
 """
 
 from __future__ import annotations
@@ -17,17 +17,28 @@ from typing import Any
 
 import yaml
 
+from chexops.atomic import atomic_write_text
 from chexops.errors import ChexopsError, UserInputError
 
 log = logging.getLogger(__name__)
 
-REQUIRED_OUTPUTS = ("ssh_user", "bastion_ip", "nodes", "volumes", "private_network_cidr")
+#: The firewall lists (SSH, ingress) are required: the host firewall takes them from here and only
+#: from here (no open fallback), so Terraform's variables are their one source of truth.
+REQUIRED_OUTPUTS = (
+    "ssh_user",
+    "bastion_ip",
+    "nodes",
+    "volumes",
+    "private_network_cidr",
+    "ssh_allowed_cidrs",
+    "ingress_allowed_cidrs",
+)
 OPTIONAL_OUTPUTS = (
     "k8s_api_endpoint",
     "object_store_container",
     "reservations",
-    "ssh_allowed_cidrs",
     "k8s_api_allowed_cidrs",
+    "site_link",
 )
 #: Groups site.yml targets; every one exists in the inventory, even when empty.
 GROUPS = ("kvm", "gpu", "k3s_server", "k3s_agent", "storage")
@@ -73,7 +84,7 @@ def _values(outputs: dict[str, Any]) -> dict[str, Any]:
     values = {}
     for name, item in outputs.items():
         values[name] = item["value"] if isinstance(item, dict) and "value" in item else item
-    missing = [name for name in REQUIRED_OUTPUTS if values.get(name) in (None, "")]
+    missing = [name for name in REQUIRED_OUTPUTS if values.get(name) in (None, "", [])]
     if missing:
         raise UserInputError(
             f"terraform output lacks {', '.join(missing)}: is terraform/ at the same revision as chexops? "
@@ -107,6 +118,7 @@ def build_inventory(outputs: dict[str, Any]) -> dict[str, Any]:
             "chexops_site": node.get("site"),
             "chexops_private_ip": private_ip,
             "chexops_public_ip": public_ip,
+            "chexops_link_ip": node.get("link_ip"),
             "chexops_gpu": bool(node.get("gpu")),
             "chexops_volumes": [],
         }
@@ -138,6 +150,8 @@ def build_inventory(outputs: dict[str, Any]) -> dict[str, Any]:
         "ansible_python_interpreter": "/usr/bin/python3",
         "chexops_bastion_ip": bastion,
         "chexops_private_network_cidr": values["private_network_cidr"],
+        "chexops_ssh_allowed_cidrs": list(values["ssh_allowed_cidrs"]),
+        "chexops_ingress_allowed_cidrs": list(values["ingress_allowed_cidrs"]),
     }
     for name in OPTIONAL_OUTPUTS:
         if values.get(name) is not None:
@@ -152,11 +166,7 @@ HEADER = (
 
 
 def write_inventory(inventory: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = HEADER + yaml.safe_dump(inventory, sort_keys=False, default_flow_style=False)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, HEADER + yaml.safe_dump(inventory, sort_keys=False, default_flow_style=False))
     log.info("Wrote the inventory to %s.", path)
 
 

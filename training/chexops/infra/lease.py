@@ -23,7 +23,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from chexops.atomic import atomic_write_text
 from chexops.errors import ChexopsError, UserInputError
+from chexops.infra.clouds import Cloud
 from chexops.infra.openstack import NotFound, OpenStackClient
 
 log = logging.getLogger(__name__)
@@ -121,19 +123,17 @@ def host_reservation(node_type: str, count: int) -> dict[str, Any]:
 
 
 def flavor_reservation(flavor_id: str, count: int) -> dict[str, Any]:
-    """A flavor:instance reservation of `count` instances of one flavor (KVM@TACC)."""
-    return {"resource_type": "flavor:instance", "flavor_id": flavor_id, "amount": count}
+    """A flavor:instance reservation of `count` instances of one flavor (KVM@TACC). `affinity`
+    is sent explicitly, null (no (anti-)affinity constraint), as python-chi's
+    `Lease.add_flavor_reservation` does."""
+    return {"resource_type": "flavor:instance", "flavor_id": flavor_id, "amount": count, "affinity": None}
 
 
-def resolve_flavor(nova: OpenStackClient, flavor: str) -> str:
-    """A flavor's id from its name or id, via Nova's flavor list."""
-    body = nova.request("GET", "/flavors/detail") or {}
-    flavors = body.get("flavors", [])
-    for item in flavors:
-        if flavor in (item.get("id"), item.get("name")):
-            return str(item["id"])
-    names = ", ".join(sorted(str(f.get("name")) for f in flavors if not str(f.get("name", "")).startswith("reservation:")))
-    raise UserInputError(f"Flavor '{flavor}' does not exist on cloud '{nova.cloud.name}' (flavors: {names or 'none'}).")
+def resolve_flavor(cloud: Cloud, flavor: str) -> str:
+    """A flavor's id from its name or id (openstacksdk compute look-up)."""
+    from chexops.infra.preflight import find_flavor
+
+    return find_flavor(cloud, flavor).id
 
 
 class Leases:
@@ -319,9 +319,7 @@ def _read_tfvars(path: Path) -> dict[str, Any]:
 
 
 def _write_tfvars(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def update_tfvars(path: Path, values: dict[str, str]) -> dict[str, Any]:

@@ -1,17 +1,20 @@
-"""A small authenticated REST client for the OpenStack services chexops talks to (Blazar, Nova).
+"""Requests to OpenStack services through an openstacksdk connection, with clear errors.
 
-keystoneauth1 does the authentication (any auth type clouds.yaml names: application credentials,
-password, OIDC) and finds endpoints in the service catalog; every failure becomes a
-`ChexopsError` or `UserInputError` whose message tells the operator what to do.
+Blazar (which openstacksdk has no proxy for) is reached through the connection's own keystoneauth
+session, found in the service catalog as `reservation`; compute, image and network look-ups use
+the SDK's proxies inside `translated(...)`. Every failure becomes a `ChexopsError` or
+`UserInputError` whose message tells the operator what to do.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from chexops.errors import ChexopsError, UserInputError
-from chexops.infra.clouds import CloudConfig
+from chexops.infra.clouds import Cloud
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +36,12 @@ class ServiceError(ChexopsError):
 
 
 def _keystoneauth() -> Any:
-    try:
-        from keystoneauth1 import exceptions, loading, session
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise ChexopsError(
-            "The infra commands need keystoneauth1: install chexops with its 'infra' extra "
-            "(pip install 'chexops[infra]')."
-        ) from exc
-    return exceptions, loading, session
+    from keystoneauth1 import exceptions
+
+    return exceptions
 
 
-def _credentials_message(cloud: CloudConfig, detail: str = "") -> str:
+def _credentials_message(cloud: Cloud, detail: str = "") -> str:
     where = f"Keystone at {cloud.auth_url}" if cloud.auth_url else "Keystone"
     return (
         f"{where} rejected the credentials of cloud '{cloud.name}' (HTTP 401{': ' + detail if detail else ''}): "
@@ -68,29 +66,39 @@ def _error_detail(response: Any) -> str:
     return str(body)[:300]
 
 
-class OpenStackClient:
-    """Authenticated JSON requests to one service of one cloud."""
+@contextmanager
+def translated(cloud: Cloud, what: str) -> Iterator[None]:
+    """Turn keystoneauth/openstacksdk exceptions raised while doing WHAT into chexops errors."""
+    from openstack import exceptions as sdk
 
-    def __init__(self, cloud: CloudConfig, service_type: str, timeout: float = 30.0) -> None:
-        exceptions, loading, session = _keystoneauth()
-        self._exc = exceptions
+    exc = _keystoneauth()
+    try:
+        yield
+    except (exc.Unauthorized, sdk.HttpException) as err:
+        status = getattr(err, "status_code", None) or getattr(err, "http_status", None)
+        if isinstance(err, exc.Unauthorized) or status == 401:
+            raise CredentialsRejected(_credentials_message(cloud, getattr(err, "message", "") or "")) from err
+        if isinstance(err, exc.HttpError):
+            raise ServiceError(f"Keystone of cloud '{cloud.name}' failed: {err}", status) from err
+        raise ServiceError(f"Cloud '{cloud.name}' refused {what} (HTTP {status}): {getattr(err, 'details', None) or err}", status) from err
+    except exc.EndpointNotFound as err:
+        raise UserInputError(
+            f"Cloud '{cloud.name}' has no endpoint for {what} (interface {cloud.interface}, region "
+            f"{cloud.region_name or 'any'}): check region_name in clouds.yaml."
+        ) from err
+    except exc.ConnectFailure as err:
+        raise ChexopsError(f"Cannot reach cloud '{cloud.name}' ({cloud.auth_url}): {err}") from err
+    except exc.ClientException as err:
+        raise ChexopsError(f"Request to cloud '{cloud.name}' for {what} failed: {err}") from err
+
+
+class OpenStackClient:
+    """Authenticated JSON requests to one service of one cloud, over the connection's session."""
+
+    def __init__(self, cloud: Cloud, service_type: str) -> None:
         self.cloud = cloud
         self.service_type = service_type
-        try:
-            loader = loading.get_plugin_loader(cloud.auth_type)
-        except exceptions.NoMatchingPlugin as exc:
-            raise UserInputError(
-                f"Cloud '{cloud.name}' uses auth_type '{cloud.auth_type}', which keystoneauth does not know."
-            ) from exc
-        accepted = {opt.dest for opt in loader.get_options()}
-        options = {key.replace("-", "_"): value for key, value in cloud.auth.items()}
-        options = {key: value for key, value in options.items() if key in accepted}
-        try:
-            auth = loader.load_from_options(**options)
-        except exceptions.MissingRequiredOptions as exc:
-            names = ", ".join(opt.dest for opt in exc.options)
-            raise UserInputError(f"Cloud '{cloud.name}' in clouds.yaml lacks auth options: {names}.") from exc
-        self.session = session.Session(auth=auth, verify=cloud.verify, timeout=timeout)
+        self.session = cloud.connection.session
         self.endpoint_filter = {
             "service_type": service_type,
             "interface": cloud.interface,
@@ -99,9 +107,8 @@ class OpenStackClient:
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """Send one request; returns the decoded JSON body (None for an empty body)."""
-        exc = self._exc
         log.debug("%s %s %s", method, self.service_type, path)
-        try:
+        with translated(self.cloud, f"the '{self.service_type}' service ({method} {path})"):
             response = self.session.request(
                 path,
                 method,
@@ -110,21 +117,6 @@ class OpenStackClient:
                 headers={"Accept": "application/json"},
                 raise_exc=False,
             )
-        except exc.Unauthorized as err:
-            raise CredentialsRejected(_credentials_message(self.cloud, getattr(err, "message", "") or "")) from err
-        except exc.EndpointNotFound as err:
-            raise UserInputError(
-                f"Cloud '{self.cloud.name}' has no '{self.service_type}' endpoint "
-                f"(interface {self.cloud.interface}, region {self.cloud.region_name or 'any'}): "
-                "check region_name in clouds.yaml; Blazar runs on every Chameleon site."
-            ) from err
-        except exc.ConnectFailure as err:
-            raise ChexopsError(f"Cannot reach cloud '{self.cloud.name}' ({self.cloud.auth_url}): {err}") from err
-        except exc.HttpError as err:  # an error from Keystone while authenticating
-            raise ServiceError(f"Keystone of cloud '{self.cloud.name}' failed: {err}", getattr(err, "http_status", None)) from err
-        except exc.ClientException as err:
-            raise ChexopsError(f"Request to cloud '{self.cloud.name}' failed: {err}") from err
-
         status = response.status_code
         if status == 401:
             raise CredentialsRejected(_credentials_message(self.cloud, _error_detail(response)))

@@ -6,6 +6,11 @@
     GET  /          the clinicians' page (bentos/static/index.html); /static/* its files
     GET  /model     the model served: name, version, labels, thresholds, triage rule (no key needed)
 
+While the feedback store cannot be reached, /predict still answers (the prediction is not stored,
+`feedback_available` is false and the page says feedback is unavailable) and /feedback answers 503
+with Retry-After: the findings never wait on the store. Feedback is accepted only from the clinic
+whose key made the prediction (403 otherwise).
+
 Every error is JSON `{"error": "..."}`: 4xx for the caller's mistakes (with the status each
 `chexops.imaging.ImageInputError` carries), never a traceback; an unexpected failure is a 500 with a
 generic message and the traceback only in the server log. The routes reach the model, the store and
@@ -33,8 +38,8 @@ from starlette.staticfiles import StaticFiles
 
 from ..imaging import ImageInputError, decode, to_png
 from .auth import AuthError
-from .feedback_store import Conflict, NotFound
 from .faults import FaultInjection
+from .feedback_store import Conflict, NotFound, Unavailable, WrongClinic
 from .inference import LOCALISATION_NOTE, PRIORITY_RULE, heatmap_png, priority
 from .metrics import HttpMetrics
 from .settings import Settings
@@ -121,6 +126,12 @@ async def on_auth_error(request: Request, exc: AuthError) -> Response:
     return _error(str(exc), exc.status, headers)
 
 
+async def on_store_unavailable(request: Request, exc: Unavailable) -> Response:
+    log.warning("%s: the feedback store is unavailable (%s)", request.url.path, exc)
+    return _error("feedback is unavailable right now (the feedback store cannot be reached); findings are not affected. "
+                  "Retry later.", 503, {"Retry-After": "30"})
+
+
 async def on_too_large(request: Request, exc: BodyTooLarge) -> Response:
     _rejected(request, "size")
     return _error(_too_large(request.app.state.settings.max_upload_bytes + MULTIPART_SLACK), 413, {"Connection": "close"})
@@ -141,7 +152,7 @@ def _backend(request: Request):
 
 
 def _clinic(request: Request, backend) -> str:
-    return backend.auth.clinic(request.headers.get("authorization"))
+    return backend.auth.clinic(request.headers.get("authorization"), request.client.host if request.client else "")
 
 
 async def _upload(request: Request) -> tuple[bytes, dict[str, Any]]:
@@ -199,6 +210,8 @@ def _stored_png(grey: np.ndarray, max_side: int) -> bytes:
 def _store_image(backend, request_id: str, grey: np.ndarray) -> None:
     try:
         backend.store.set_image(request_id, _stored_png(grey, backend.settings.stored_image_side))
+    except Unavailable as exc:
+        log.warning("the image of %s is not stored: the feedback store is unavailable (%s)", request_id, exc)
     except Exception:  # noqa: BLE001 - after the answer: log, never crash the worker
         log.exception("storing the image of %s failed", request_id)
 
@@ -217,8 +230,13 @@ async def predict(request: Request) -> Response:
     findings = model.findings(probs)
     level = priority(findings)
     request_id = uuid.uuid4().hex
-    await run_in_threadpool(backend.store.add_prediction, request_id, clinic, model.name, model.version, findings, level,
-                            decoded.info)
+    try:
+        await run_in_threadpool(backend.store.add_prediction, request_id, clinic, model.name, model.version, findings, level,
+                                decoded.info)
+        stored = True
+    except Unavailable as exc:  # the findings do not wait on the store: answered, not kept, feedback unavailable
+        log.warning("prediction %s answered but not stored: the feedback store is unavailable (%s)", request_id, exc)
+        stored = False
     timings["total_ms"] = (time.perf_counter() - started) * 1000
     timings = {k: round(v, 2) for k, v in timings.items() if k != "upload_ms"}
     backend.metrics.observe_prediction(findings, level, timings)
@@ -226,7 +244,9 @@ async def predict(request: Request) -> Response:
     log.info("predict %s clinic=%s %s %sx%s priority=%s positive=%d total=%.0fms", request_id, clinic, decoded.kind,
              decoded.info.get("width"), decoded.info.get("height"), level, len(positives), timings["total_ms"])
     body = {"request_id": request_id, "model": {"name": model.name, "version": model.version, "precision": model.precision},
-            "findings": findings, "priority": level, "timings": timings}
+            "findings": findings, "priority": level, "timings": timings, "feedback_available": stored}
+    if not stored:
+        return JSONResponse(body)
     return JSONResponse(body, background=BackgroundTask(_store_image, backend, request_id, decoded.grey))
 
 
@@ -271,6 +291,8 @@ async def feedback(request: Request) -> Response:
     prediction = await run_in_threadpool(backend.store.prediction, body.request_id)
     if prediction is None:
         raise RequestError(f"no prediction has request_id {body.request_id!r}.", 404, reason="feedback")
+    if prediction["clinic"] != clinic:
+        raise _other_clinic(body.request_id)
     known = [f["label"] for f in prediction["findings"]]
     if body.labels is not None:
         unknown = sorted(set(body.labels) - set(known))
@@ -279,7 +301,10 @@ async def feedback(request: Request) -> Response:
             raise RequestError(f"labels must map the prediction's labels to 0 or 1 ({'unknown: ' + ', '.join(unknown) if unknown else 'not 0/1: ' + ', '.join(bad)}).",
                                422, reason="feedback", labels=known)
     try:
-        record, created = await run_in_threadpool(backend.store.add_feedback, body.request_id, body.correct, body.labels, body.note)
+        record, created = await run_in_threadpool(backend.store.add_feedback, body.request_id, body.correct, body.labels, body.note,
+                                                  clinic)
+    except WrongClinic:
+        raise _other_clinic(body.request_id) from None
     except NotFound:
         raise RequestError(f"no prediction has request_id {body.request_id!r}.", 404, reason="feedback") from None
     except Conflict:
@@ -290,6 +315,11 @@ async def feedback(request: Request) -> Response:
     log.info("feedback %s clinic=%s correct=%s labels=%d %s", body.request_id, clinic, body.correct, len(body.labels or {}),
              "stored" if created else "repeated")
     return JSONResponse({"request_id": body.request_id, "stored": True, "created": created, "feedback": record.to_dict()})
+
+
+def _other_clinic(request_id: str) -> RequestError:
+    return RequestError(f"request {request_id} was made with another clinic's API key; only that clinic can give its "
+                        "feedback.", 403, reason="clinic")
 
 
 async def index(request: Request) -> Response:
@@ -306,7 +336,16 @@ async def model_info(request: Request) -> Response:
                          "localisation": LOCALISATION_NOTE,
                          "runtime": {"threads": backend.settings.threads, "batching": backend.settings.batching,
                                      "max_upload_mb": round(backend.settings.max_upload_bytes / 2**20, 1),
-                                     "torch_imported": "torch" in sys.modules}})
+                                     "torch_imported": "torch" in sys.modules,
+                                     "feedback_store": await run_in_threadpool(_store_facts, backend.store)}})
+
+
+def _store_facts(store) -> dict[str, Any]:
+    """What /model says of the feedback store: reachable or not, and the durability its connections run with."""
+    try:
+        return {"kind": store.kind, "available": True, **store.durability()}
+    except Unavailable:
+        return {"kind": store.kind, "available": False}
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -320,6 +359,7 @@ def create_app(settings: Settings) -> Starlette:
             Mount("/static", StaticFiles(directory=settings.static_dir, check_dir=False), name="static"),
         ],
         exception_handlers={ImageInputError: on_image_error, RequestError: on_request_error, AuthError: on_auth_error,
+                            Unavailable: on_store_unavailable,
                             BodyTooLarge: on_too_large, Exception: on_unexpected},
     )
     app.state.settings = settings

@@ -1,16 +1,25 @@
-"""Per-clinic API keys (`Authorization: Bearer KEY`) and a per-key token-bucket rate limit.
+"""Per-clinic API keys (`Authorization: Bearer KEY`), token-bucket rate limits per key and per
+client address, and a limit on failed authentications per client address.
 
 Keys come from `CHEXOPS_API_KEYS` (`clinic:key,clinic2:key2`) or a mounted file named by
 `CHEXOPS_API_KEYS_FILE` (the same pairs, one per line or comma-separated; `#` starts a comment), a
 Kubernetes Secret's natural form. Both may be given; their keys are merged. Keys are compared in
 constant time and never logged; only the clinic name is.
+
+A client address that failed authentication `auth_failures` times in a row (refilled at that many per
+minute) is answered 429 with Retry-After before its key is even looked at, so guessing keys is
+limited whatever the key. Optionally (`CHEXOPS_ADDRESS_RATE_LIMIT`), every authenticated request also
+takes a token from its address's bucket (all the clinics behind one address share it), besides the
+token its key takes from its own.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import math
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -37,6 +46,24 @@ def parse_keys(text: str, source: str) -> dict[str, str]:
                 raise ConfigError(f"{source}: the key of clinic {clinic!r} is shorter than 8 characters.")
             keys[key] = clinic
     return keys
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address `host` names is a loopback address (127.0.0.0/8, ::1, localhost)."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def require_keys_off_loopback(host: str, environ: dict[str, str] | None = None) -> None:
+    """`ConfigError` (exit 2) when serving on a non-loopback address without configured API keys: the
+    development key that `chexops serve` would fall back on is published in this repository."""
+    env = os.environ if environ is None else environ
+    if not is_loopback(host) and not env.get("CHEXOPS_API_KEYS", "").strip() and not env.get("CHEXOPS_API_KEYS_FILE", "").strip():
+        raise ConfigError(f"refusing to serve on {host} without API keys: the development key is public. Set "
+                          "CHEXOPS_API_KEYS=clinic:key[,clinic2:key2] or CHEXOPS_API_KEYS_FILE, or serve on 127.0.0.1.")
 
 
 def load_keys(environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -77,38 +104,67 @@ class RateLimiter:
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
 
+    MAX_BUCKETS = 50_000  # full buckets are forgotten beyond this many (many addresses must not grow memory)
+
     def take(self, key: str) -> float:
         """0 when the request may go ahead, else the seconds until it may."""
+        return self._bucket(key, spend=True)
+
+    def wait(self, key: str) -> float:
+        """Like `take`, without spending a token."""
+        return self._bucket(key, spend=False)
+
+    def _bucket(self, key: str, spend: bool) -> float:
         now = self.clock()
         with self._lock:
+            if len(self._buckets) >= self.MAX_BUCKETS and key not in self._buckets:
+                self._forget_full(now)
             bucket = self._buckets.setdefault(key, _Bucket(self.burst, now))
             bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
             bucket.stamp = now
             if bucket.tokens >= 1:
-                bucket.tokens -= 1
+                bucket.tokens -= spend
                 return 0.0
             return (1 - bucket.tokens) / self.rate
 
+    def _forget_full(self, now: float) -> None:
+        full = [k for k, b in self._buckets.items() if b.tokens + (now - b.stamp) * self.rate >= self.burst]
+        for k in full:
+            del self._buckets[k]
+
+
+def _too_many(wait: float, what: str) -> AuthError:
+    retry = max(1, math.ceil(wait))
+    return AuthError(f"too many {what}; retry in {retry} s.", status=429, retry_after=retry)
+
 
 class Authenticator:
-    def __init__(self, keys: dict[str, str], limiter: RateLimiter):
+    def __init__(self, keys: dict[str, str], limiter: RateLimiter, per_address: RateLimiter | None = None,
+                 failures: RateLimiter | None = None):
         self.keys = keys
         self.limiter = limiter
+        self.per_address = per_address  # None: no limit per address on authenticated requests
+        self.failures = failures or RateLimiter(10, 10, limiter.clock)
 
-    def clinic(self, authorization: str | None) -> str:
-        """The clinic of a valid `Bearer` key within its rate; raises `AuthError` (401 / 429) otherwise."""
+    def clinic(self, authorization: str | None, address: str = "") -> str:
+        """The clinic of a valid `Bearer` key within its rates; raises `AuthError` (401 / 429) otherwise."""
+        wait = self.failures.wait(address)
+        if wait > 0:
+            raise _too_many(wait, "failed authentications from this address")
         scheme, _, token = (authorization or "").strip().partition(" ")
         token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise AuthError("an API key is required: send the header 'Authorization: Bearer YOUR_KEY'.")
         clinic = None
         for key, name in self.keys.items():  # constant time per key: no early exit on a prefix
             if hmac.compare_digest(key.encode(), token.encode()):
                 clinic = name
-        if clinic is None:
-            raise AuthError("the API key is not valid.")
+        if scheme.lower() != "bearer" or not token or clinic is None:
+            self.failures.take(address)
+            raise AuthError("the API key is not valid." if scheme.lower() == "bearer" and token else
+                            "an API key is required: send the header 'Authorization: Bearer YOUR_KEY'.")
+        wait = self.per_address.take(address) if self.per_address else 0.0
+        if wait > 0:
+            raise _too_many(wait, "requests from this address")
         wait = self.limiter.take(token)
         if wait > 0:
-            retry = max(1, math.ceil(wait))
-            raise AuthError(f"too many requests for this API key; retry in {retry} s.", status=429, retry_after=retry)
+            raise _too_many(wait, "requests for this API key")
         return clinic

@@ -10,6 +10,13 @@ One row per feedback whose prediction has a stored image, oldest first. The labe
   (positive → 1.0, negative → 0.0); when `incorrect`, blank (unknown: what was wrong was not said);
 - a feedback `incorrect` without any `labels` says nothing usable about any label: it is skipped.
 
+A blank here means "nobody said", never "absent": next to the CSV, `train.csv.policy.yaml` says
+`blank: ignore`, and the training reader (`chexops.data.chexpert`) then masks every blank out of the
+loss whatever `data.policy.blank` is configured to.
+
+The store is read twice, streamed: once without images (the label columns), once with them, one
+row in memory at a time.
+
 Sex and Age are blank (the service keeps no patient data). Each image is its own "patient": the
 service never knows who the patient is, so images of one patient cannot be grouped (split such a set
 by time or clinic, not by patient). Frontal/Lateral and AP/PA come from a DICOM's ViewPosition when
@@ -24,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserInputError
+from ..data.chexpert import source_policy_path
 from ..labels import CHEXPERT_LABELS, META_COLUMNS
 from .feedback_store import FeedbackStore
 
@@ -61,33 +69,35 @@ def export_feedback(store: FeedbackStore, out: Path, overwrite: bool = False) ->
         if not overwrite:
             raise UserInputError(f"{folder} already exists; pass --overwrite to replace it.")
         shutil.rmtree(folder)
-    records = list(store.export_rows())
     labels = list(CHEXPERT_LABELS)
-    for record in records:
+    feedback = 0
+    for record in store.export_rows(images=False):
+        feedback += 1
         labels += [f["label"] for f in record["findings"] if f["label"] not in labels]
-    rows: list[dict[str, str]] = []
     skipped = {"incorrect_without_labels": 0, "no_image": 0}
-    for record in records:
-        values = row_labels(record)
-        if values is None:
-            skipped["incorrect_without_labels"] += 1
-            continue
-        if not record["image_png"]:
-            skipped["no_image"] += 1
-            continue
-        n = len(rows) + 1
-        lateral, ap_pa = _view(record["image_info"])
-        relative = f"{FOLDER}/feedback/patient{n:05d}/study1/view1_{lateral.lower()}.png"
-        path = out / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(record["image_png"])
-        rows.append({"Path": relative, "Sex": "", "Age": "", "Frontal/Lateral": lateral, "AP/PA": ap_pa,
-                     **{label: values.get(label, "") for label in labels}})
     folder.mkdir(parents=True, exist_ok=True)
     csv_path = folder / "train.csv"
+    rows = 0
     with open(csv_path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=[*META_COLUMNS, *labels])
         writer.writeheader()
-        writer.writerows(rows)
-    return {"out": str(out), "csv": str(csv_path), "rows": len(rows), "feedback": len(records), "skipped": skipped,
+        for record in store.export_rows():
+            values = row_labels(record)
+            if values is None:
+                skipped["incorrect_without_labels"] += 1
+                continue
+            if not record["image_png"]:
+                skipped["no_image"] += 1
+                continue
+            rows += 1
+            lateral, ap_pa = _view(record["image_info"])
+            relative = f"{FOLDER}/feedback/patient{rows:05d}/study1/view1_{lateral.lower()}.png"
+            path = out / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(record["image_png"])
+            writer.writerow({"Path": relative, "Sex": "", "Age": "", "Frontal/Lateral": lateral, "AP/PA": ap_pa,
+                             **{label: values.get(label, "") for label in labels}})
+    source_policy_path(csv_path).write_text("# chexops feedback export: a blank label is one nobody gave; never a negative.\n"
+                                            "blank: ignore\n")
+    return {"out": str(out), "csv": str(csv_path), "rows": rows, "feedback": feedback, "skipped": skipped,
             "labels": labels, "store": store.location}

@@ -1,50 +1,76 @@
-"""Predictions and clinicians' feedback, kept for the retraining set.
+"""Predictions and clinicians' feedback, kept for the retraining set (SQLAlchemy Core, pooled).
 
-SQLite by default (`$CHEXOPS_HOME/feedback/feedback.db`, WAL journal, `synchronous=FULL`: a feedback
-is on disk before its 200 is sent, so a SIGKILL right after loses nothing acknowledged); PostgreSQL
-when `CHEXOPS_FEEDBACK_URL` is a `postgresql://` URL (psycopg2). `sqlite:///PATH` names another
-SQLite file.
+SQLite by default (`$CHEXOPS_HOME/feedback/feedback.db`, WAL journal, `synchronous=FULL` on every
+pooled connection: a feedback is on disk before its 200 is sent); PostgreSQL when
+`CHEXOPS_FEEDBACK_URL` is a `postgresql://` URL (psycopg2). `sqlite:///PATH` names another SQLite file.
+
+Connections come from a pool and are checked before use (`pool_pre_ping`): a store that went away
+and came back (a PostgreSQL restart, a fail-over) is reconnected on the next call, without a service
+restart. While the store cannot be reached every call raises `Unavailable` (the service then answers
+predictions without storing them and says feedback is unavailable; bentos/README.md); after a
+failure, calls fail at once for `RETRY_SECONDS` instead of each waiting on a connection timeout.
+
+The schema carries a version (`chexops_schema`); opening a store upgrades an older one in place,
+under a lock (PostgreSQL advisory lock, SQLite's write lock), so that replicas starting together
+migrate once: 1 = the original tables, 2 = `feedback.clinic`, the clinic that gave the feedback
+(filled from the prediction's clinic for older rows).
 
 What is kept carries no patient identifier: the image is its pixels re-encoded as a 16-bit grey PNG
 (`chexops.imaging.to_png`: no metadata at all), the image facts are format, size, modality, bits,
 photometric interpretation and view, never a file name or any other DICOM tag.
 
-Feedback is idempotent per request_id: the same body again answers the stored record; a different
-body for a request that already has feedback is a conflict (409): a clinical judgement is not
-silently overwritten.
+Feedback belongs to the clinic whose key made the prediction (`WrongClinic` otherwise) and is
+idempotent per request_id, also when two replicas receive the same feedback at once (the insert is
+`ON CONFLICT DO NOTHING`, then the stored row is read back): the same body again answers the stored
+record; a different body for a request that already has feedback is a `Conflict`: a clinical
+judgement is not silently overwritten.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
+import logging
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS predictions (
-        request_id TEXT PRIMARY KEY,
-        created TEXT NOT NULL,
-        clinic TEXT NOT NULL,
-        model_name TEXT NOT NULL,
-        model_version TEXT NOT NULL,
-        findings TEXT NOT NULL,
-        priority TEXT NOT NULL,
-        image_info TEXT NOT NULL,
-        image_png {blob}
-    )""",
-    """CREATE TABLE IF NOT EXISTS feedback (
-        request_id TEXT PRIMARY KEY REFERENCES predictions(request_id),
-        correct INTEGER NOT NULL,
-        labels TEXT,
-        note TEXT,
-        created TEXT NOT NULL
-    )""",
-)
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from ..errors import ChexopsError, ConfigError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+MIGRATION_LOCK = 0x63686578  # PostgreSQL advisory lock key ("chex")
 KEPT_INFO = ("format", "width", "height", "mode", "modality", "photometric", "bits_stored", "view_position")
+RETRY_SECONDS = 1.0  # a store that just failed is not tried again for this long: calls fail at once meanwhile
+
+metadata = sa.MetaData()
+predictions = sa.Table(
+    "predictions", metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("created", sa.Text, nullable=False),
+    sa.Column("clinic", sa.Text, nullable=False),
+    sa.Column("model_name", sa.Text, nullable=False),
+    sa.Column("model_version", sa.Text, nullable=False),
+    sa.Column("findings", sa.Text, nullable=False),
+    sa.Column("priority", sa.Text, nullable=False),
+    sa.Column("image_info", sa.Text, nullable=False),
+    sa.Column("image_png", sa.LargeBinary),
+)
+feedback = sa.Table(
+    "feedback", metadata,
+    sa.Column("request_id", sa.String(64), sa.ForeignKey("predictions.request_id"), primary_key=True),
+    sa.Column("correct", sa.Integer, nullable=False),
+    sa.Column("labels", sa.Text),
+    sa.Column("note", sa.Text),
+    sa.Column("created", sa.Text, nullable=False),
+    sa.Column("clinic", sa.Text),
+)
+schema_table = sa.Table("chexops_schema", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 
 class NotFound(Exception):
@@ -53,6 +79,14 @@ class NotFound(Exception):
 
 class Conflict(Exception):
     pass
+
+
+class WrongClinic(Exception):
+    """The feedback comes from another clinic than the prediction's."""
+
+
+class Unavailable(ChexopsError):
+    """The store cannot be reached (down, restarting, refusing connections)."""
 
 
 def now() -> str:
@@ -71,138 +105,260 @@ class Feedback:
     labels: dict[str, int] | None
     note: str | None
     created: str
+    clinic: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"request_id": self.request_id, "correct": self.correct, "labels": self.labels, "note": self.note,
-                "created": self.created}
+                "created": self.created, "clinic": self.clinic}
+
+
+def engine_url(url: str) -> tuple[str, str]:
+    """(kind, SQLAlchemy URL) of a store URL; psycopg2 for every PostgreSQL spelling."""
+    for prefix in ("postgresql+psycopg2://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql", "postgresql+psycopg2://" + url[len(prefix):]
+    if url.startswith("sqlite:///"):
+        return "sqlite", url
+    raise ConfigError(f"feedback store URL must start with sqlite:/// or postgresql://, got {url.split(':')[0]}:")
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None  # transactions are begun below, as BEGIN IMMEDIATE
+    cursor = dbapi_connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=30000"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _sqlite_begin(conn) -> None:
+    # One writer at a time, decided when the transaction starts; a long read (the export) only reads.
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("chexops_read_only") else "BEGIN IMMEDIATE")
 
 
 class FeedbackStore:
-    """One connection, serialised by a lock (SQLite's writer is single anyway)."""
-
-    def __init__(self, url: str):
+    def __init__(self, url: str, pool_size: int = 4):
         self.url = url
-        self._lock = threading.Lock()
-        if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg2://")):
-            import psycopg2
-
-            self.kind, self.blob = "postgresql", "BYTEA"
-            self._conn = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://", 1))
+        self.kind, sa_url = engine_url(url)
+        if self.kind == "postgresql":
             self.location = url.split("@")[-1]  # no credentials in logs
-        elif url.startswith("sqlite:///"):
+            self.engine = sa.create_engine(sa_url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
+                                           pool_timeout=10, pool_recycle=1800, connect_args={"connect_timeout": 5})
+        else:
             path = Path(url[len("sqlite:///"):])
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.kind, self.blob, self.location = "sqlite", "BLOB", str(path)
-            self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-        else:
-            raise ValueError(f"feedback store URL must start with sqlite:/// or postgresql://, got {url.split(':')[0]}:")
-        with self._transaction() as cur:
-            for statement in SCHEMA:
-                cur.execute(statement.format(blob=self.blob))
+            self.location = str(path)
+            self.engine = sa.create_engine(sa_url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
+                                           pool_timeout=30, connect_args={"check_same_thread": False, "timeout": 30})
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            sa.event.listen(self.engine, "begin", _sqlite_begin)
+        self._schema_lock = threading.Lock()
+        self._schema_ready = False
+        self._last_failure = 0.0
+        try:
+            self._ensure_schema()
+        except Unavailable as exc:
+            log.warning("feedback store %s is unavailable (%s); predictions are served without it until it answers",
+                        self.location, exc)
 
     # --- plumbing ----------------------------------------------------------------------------------
-    def _sql(self, statement: str) -> str:
-        return statement.replace("?", "%s") if self.kind == "postgresql" else statement
+    def _begin(self):
+        """A transaction on a pooled connection; `Unavailable` when the store cannot be reached."""
+        self._check_recent_failure()
+        self._ensure_schema()
+        return _Tx(self)
 
-    class _Tx:
-        def __init__(self, store: "FeedbackStore"):
-            self.store = store
+    def _check_recent_failure(self) -> None:
+        if self._last_failure and time.monotonic() - self._last_failure < RETRY_SECONDS:
+            raise Unavailable(f"the feedback store {self.location} was unreachable moments ago")
 
-        def __enter__(self):
-            self.store._lock.acquire()
-            conn = self.store._conn
-            self.cur = conn.cursor()
-            if self.store.kind == "sqlite":
-                self.cur.execute("BEGIN IMMEDIATE")
-            return self
+    def _failed(self, exc: Exception) -> Unavailable:
+        self._last_failure = time.monotonic()
+        return Unavailable(_reason(exc))
 
-        def execute(self, statement: str, params: tuple = ()):
-            self.cur.execute(self.store._sql(statement), params)
-            return self.cur
-
-        def __exit__(self, exc_type, exc, tb):
+    def _ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            self._check_recent_failure()
             try:
-                conn = self.store._conn
-                if exc_type is None:
-                    self.cur.execute("COMMIT") if self.store.kind == "sqlite" else conn.commit()
-                else:
-                    self.cur.execute("ROLLBACK") if self.store.kind == "sqlite" else conn.rollback()
-            finally:
-                self.cur.close()
-                self.store._lock.release()
+                with self.engine.begin() as conn:
+                    migrate(conn, self.kind)
+            except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+                raise self._failed(exc) from None
+            self._schema_ready = True
+
+    def available(self) -> bool:
+        try:
+            with self._begin() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return True
+        except Unavailable:
             return False
 
-    def _transaction(self) -> "FeedbackStore._Tx":
-        return FeedbackStore._Tx(self)
+    def durability(self) -> dict[str, str]:
+        """The settings the store's connections run with: SQLite journal mode and synchronous level
+        (0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA), PostgreSQL synchronous_commit and fsync."""
+        with self._begin() as conn:
+            if self.kind == "sqlite":
+                levels = {0: "off", 1: "normal", 2: "full", 3: "extra"}
+                return {"journal_mode": str(conn.exec_driver_sql("PRAGMA journal_mode").scalar()).lower(),
+                        "synchronous": levels[int(conn.exec_driver_sql("PRAGMA synchronous").scalar())]}
+            return {"synchronous_commit": str(conn.exec_driver_sql("SHOW synchronous_commit").scalar()),
+                    "fsync": str(conn.exec_driver_sql("SHOW fsync").scalar())}
 
-    def _blob(self, data: bytes):
-        if self.kind == "postgresql":
-            import psycopg2
-
-            return psycopg2.Binary(data)
-        return sqlite3.Binary(data)
+    def schema_version(self) -> int:
+        with self._begin() as conn:
+            return _version(conn)
 
     # --- predictions -------------------------------------------------------------------------------
     def add_prediction(self, request_id: str, clinic: str, model_name: str, model_version: str, findings: list[dict],
                        priority: str, image_info: dict[str, Any]) -> None:
-        with self._transaction() as tx:
-            tx.execute("INSERT INTO predictions (request_id, created, clinic, model_name, model_version, findings, priority, "
-                       "image_info) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
-                       (request_id, now(), clinic, model_name, model_version, json.dumps(findings), priority,
-                        json.dumps(safe_info(image_info))))
+        row = {"request_id": request_id, "created": now(), "clinic": clinic, "model_name": model_name,
+               "model_version": model_version, "findings": json.dumps(findings), "priority": priority,
+               "image_info": json.dumps(safe_info(image_info))}
+        with self._begin() as conn:
+            conn.execute(_insert(self.kind, predictions).values(**row).on_conflict_do_nothing(index_elements=["request_id"]))
 
     def set_image(self, request_id: str, png: bytes) -> None:
-        with self._transaction() as tx:
-            tx.execute("UPDATE predictions SET image_png = ? WHERE request_id = ?", (self._blob(png), request_id))
+        with self._begin() as conn:
+            conn.execute(predictions.update().where(predictions.c.request_id == request_id).values(image_png=png))
 
     def prediction(self, request_id: str) -> dict[str, Any] | None:
-        with self._transaction() as tx:
-            row = tx.execute("SELECT request_id, created, clinic, model_name, model_version, findings, priority, image_info, "
-                             "image_png IS NOT NULL FROM predictions WHERE request_id = ?", (request_id,)).fetchone()
+        p = predictions.c
+        query = sa.select(p.request_id, p.created, p.clinic, p.model_name, p.model_version, p.findings, p.priority,
+                          p.image_info, p.image_png.is_not(None)).where(p.request_id == request_id)
+        with self._begin() as conn:
+            row = conn.execute(query).first()
         if row is None:
             return None
         return {"request_id": row[0], "created": row[1], "clinic": row[2], "model": {"name": row[3], "version": row[4]},
                 "findings": json.loads(row[5]), "priority": row[6], "image_info": json.loads(row[7]), "has_image": bool(row[8])}
 
     # --- feedback ----------------------------------------------------------------------------------
-    def add_feedback(self, request_id: str, correct: bool, labels: dict[str, int] | None, note: str | None) -> tuple[Feedback, bool]:
+    def add_feedback(self, request_id: str, correct: bool, labels: dict[str, int] | None, note: str | None,
+                     clinic: str | None = None) -> tuple[Feedback, bool]:
         """Store a feedback (committed when this returns); (record, created). Raises `NotFound` for an
-        unknown request_id, `Conflict` when another feedback is already stored for it."""
-        with self._transaction() as tx:
-            if tx.execute("SELECT 1 FROM predictions WHERE request_id = ?", (request_id,)).fetchone() is None:
+        unknown request_id, `WrongClinic` when `clinic` is not the prediction's, `Conflict` when another
+        feedback is already stored for it. `clinic=None` (operators' tools) skips the clinic check."""
+        f = feedback.c
+        with self._begin() as conn:
+            owner = conn.execute(sa.select(predictions.c.clinic).where(predictions.c.request_id == request_id)).first()
+            if owner is None:
                 raise NotFound(request_id)
-            row = tx.execute("SELECT correct, labels, note, created FROM feedback WHERE request_id = ?", (request_id,)).fetchone()
-            if row is not None:
-                stored = Feedback(request_id, bool(row[0]), json.loads(row[1]) if row[1] else None, row[2], row[3])
-                if (stored.correct, stored.labels, stored.note) != (correct, labels, note):
-                    raise Conflict(request_id)
-                return stored, False
-            record = Feedback(request_id, correct, labels, note, now())
-            tx.execute("INSERT INTO feedback (request_id, correct, labels, note, created) VALUES (?, ?, ?, ?, ?)",
-                       (request_id, int(correct), json.dumps(labels, sort_keys=True) if labels is not None else None, note,
-                        record.created))
-            return record, True
+            if clinic is not None and owner[0] != clinic:
+                raise WrongClinic(request_id)
+            record = Feedback(request_id, correct, labels, note, now(), clinic or owner[0])
+            inserted = conn.execute(_insert(self.kind, feedback).values(
+                request_id=request_id, correct=int(correct), labels=json.dumps(labels, sort_keys=True) if labels is not None else None,
+                note=note, created=record.created, clinic=record.clinic).on_conflict_do_nothing(index_elements=["request_id"]))
+            if inserted.rowcount == 1:
+                return record, True
+            row = conn.execute(sa.select(f.correct, f.labels, f.note, f.created, f.clinic).where(f.request_id == request_id)).one()
+        stored = Feedback(request_id, bool(row[0]), json.loads(row[1]) if row[1] else None, row[2], row[3], row[4])
+        if (stored.correct, stored.labels, stored.note) != (correct, labels, note):
+            raise Conflict(request_id)
+        return stored, False
 
     def agreement(self) -> tuple[int, int]:
         """(correct, incorrect) feedback counts."""
-        with self._transaction() as tx:
-            row = tx.execute("SELECT COALESCE(SUM(correct), 0), COUNT(*) FROM feedback").fetchone()
+        with self._begin() as conn:
+            row = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(feedback.c.correct), 0), sa.func.count())).one()
         return int(row[0]), int(row[1]) - int(row[0])
 
-    def export_rows(self) -> Iterator[dict[str, Any]]:
-        """Every feedback with its prediction and stored image, oldest first."""
-        with self._transaction() as tx:
-            rows = tx.execute("SELECT f.request_id, f.correct, f.labels, f.created, p.findings, p.image_info, p.image_png, "
-                              "p.model_name, p.model_version FROM feedback f JOIN predictions p ON p.request_id = f.request_id "
-                              "ORDER BY f.created, f.request_id").fetchall()
-        for row in rows:
-            yield {"request_id": row[0], "correct": bool(row[1]), "labels": json.loads(row[2]) if row[2] else None,
-                   "created": row[3], "findings": json.loads(row[4]), "image_info": json.loads(row[5]),
-                   "image_png": bytes(row[6]) if row[6] is not None else None, "model": {"name": row[7], "version": row[8]}}
+    def export_rows(self, images: bool = True, batch: int = 8) -> Iterator[dict[str, Any]]:
+        """Every feedback with its prediction (and stored image), oldest first, streamed: at most
+        `batch` rows are in memory (a server-side cursor on PostgreSQL)."""
+        f, p = feedback.c, predictions.c
+        columns = [f.request_id, f.correct, f.labels, f.created, p.findings, p.image_info, p.model_name, p.model_version, f.clinic]
+        query = (sa.select(*columns, p.image_png if images else sa.null())
+                 .select_from(feedback.join(predictions, p.request_id == f.request_id)).order_by(f.created, f.request_id))
+        self._check_recent_failure()
+        self._ensure_schema()
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(chexops_read_only=True)
+                result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
+                for row in result:
+                    yield {"request_id": row[0], "correct": bool(row[1]), "labels": json.loads(row[2]) if row[2] else None,
+                           "created": row[3], "findings": json.loads(row[4]), "image_info": json.loads(row[5]),
+                           "model": {"name": row[6], "version": row[7]}, "clinic": row[8],
+                           "image_png": bytes(row[9]) if row[9] is not None else None}
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            raise self._failed(exc) from None
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self.engine.dispose()
+
+
+class _Tx:
+    """`with store._begin() as conn`: a committed (or rolled back) transaction; driver errors that mean
+    the store is unreachable become `Unavailable`."""
+
+    def __init__(self, store: FeedbackStore):
+        self.store = store
+        self.context = None
+
+    def __enter__(self):
+        try:
+            self.context = self.store.engine.begin()
+            return self.context.__enter__()
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            raise self.store._failed(exc) from None
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            return self.context.__exit__(exc_type, exc, tb)
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as error:
+            raise self.store._failed(error) from None
+
+
+def _reason(exc: Exception) -> str:
+    original = getattr(exc, "orig", None) or exc
+    return (str(original).strip().splitlines() or [type(original).__name__])[0]
+
+
+def _insert(kind: str, table: sa.Table):
+    if kind == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
+
+
+# --- schema versions -------------------------------------------------------------------------------
+
+def _version(conn) -> int:
+    inspector = sa.inspect(conn)
+    if inspector.has_table("chexops_schema"):
+        return int(conn.execute(sa.select(sa.func.max(schema_table.c.version))).scalar() or 0)
+    return 1 if inspector.has_table("feedback") else 0
+
+
+def _to_2(conn) -> None:
+    conn.execute(sa.text("ALTER TABLE feedback ADD COLUMN clinic TEXT"))
+    conn.execute(sa.text("UPDATE feedback SET clinic = (SELECT p.clinic FROM predictions p WHERE p.request_id = feedback.request_id)"))
+
+
+MIGRATIONS = {2: _to_2}  # version → the step from version - 1
+
+
+def migrate(conn, kind: str) -> int:
+    """Create or upgrade the schema to SCHEMA_VERSION inside `conn`'s transaction; the version found."""
+    if kind == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+    found = _version(conn)
+    if found > SCHEMA_VERSION:
+        raise RuntimeError(f"the feedback store has schema version {found}, newer than this code's {SCHEMA_VERSION}")
+    if found == 0:
+        metadata.create_all(conn)
+    else:
+        schema_table.create(conn, checkfirst=True)
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            log.info("feedback store: upgrading the schema to version %d", version)
+            MIGRATIONS[version](conn)
+    if found != SCHEMA_VERSION:
+        conn.execute(schema_table.delete())
+        conn.execute(schema_table.insert().values(version=SCHEMA_VERSION))
+    return found

@@ -10,9 +10,10 @@ from pathlib import Path
 from .. import paths
 from ..errors import ConfigError
 from ..imaging import ImageLimits
+from ..model_ref import DEFAULT_SERVE_REF
 from .faults import FaultSpec, parse_faults
 
-DEFAULT_MODEL = "chexops-cxr:latest"
+DEFAULT_MODEL = DEFAULT_SERVE_REF  # resolved to an exact Bento model by chexops.bento_store.serving_tag
 DEV_KEYS = "dev:chexops-dev-key"
 TRACKS = ("stable", "canary")
 
@@ -47,7 +48,7 @@ def _float(name: str, default: float, low: float = 0.0) -> float:
 class Settings:
     """What the service reads from its environment (see the table in bentos/README.md)."""
 
-    model_tag: str = DEFAULT_MODEL          # CHEXOPS_MODEL: a Bento model tag
+    model_tag: str = DEFAULT_MODEL          # CHEXOPS_MODEL: models:/NAME@ALIAS, models:/NAME/VERSION or a Bento tag NAME:VERSION
     precision: str = "fp32"                 # CHEXOPS_PRECISION: fp32 | int8
     threads: int = 2                        # CHEXOPS_THREADS: ONNX Runtime intra-op threads
     batching: bool = True                   # CHEXOPS_BATCHING: 0 sends each request alone to the session
@@ -58,6 +59,9 @@ class Settings:
     modalities: frozenset[str] = field(default_factory=lambda: frozenset({"CR", "DX"}))  # CHEXOPS_MODALITIES
     rate_per_minute: float = 120.0          # CHEXOPS_RATE_LIMIT: requests per minute per API key
     rate_burst: int = 20                    # CHEXOPS_RATE_BURST
+    address_rate_per_minute: int = 0        # CHEXOPS_ADDRESS_RATE_LIMIT: requests per minute per client address (0: no such limit)
+    address_burst: int = 80                 # CHEXOPS_ADDRESS_RATE_BURST
+    auth_failures_per_minute: int = 10      # CHEXOPS_AUTH_FAILURE_LIMIT: failed authentications per minute per address (also the burst)
     feedback_url: str = ""                  # CHEXOPS_FEEDBACK_URL: postgresql://... or sqlite:///path
     stored_image_side: int = 1024           # CHEXOPS_FEEDBACK_IMAGE_SIDE: longest side kept (0: full size)
     static_dir: Path = Path(__file__).resolve().parents[3] / "bentos" / "static"  # CHEXOPS_STATIC_DIR
@@ -89,11 +93,22 @@ class Settings:
             modalities=frozenset(m.strip().upper() for m in modalities.split(",") if m.strip()),
             rate_per_minute=_float("CHEXOPS_RATE_LIMIT", 120.0),
             rate_burst=_int("CHEXOPS_RATE_BURST", 20, low=1),
+            address_rate_per_minute=_int("CHEXOPS_ADDRESS_RATE_LIMIT", 0),
+            address_burst=_int("CHEXOPS_ADDRESS_RATE_BURST", 80, low=1),
+            auth_failures_per_minute=_int("CHEXOPS_AUTH_FAILURE_LIMIT", 10, low=1),
             feedback_url=os.environ.get("CHEXOPS_FEEDBACK_URL", "").strip(),
             stored_image_side=_int("CHEXOPS_FEEDBACK_IMAGE_SIDE", 1024),
             static_dir=Path(os.environ.get("CHEXOPS_STATIC_DIR", "") or cls.static_dir),
             environment=environment, track=track, faults=parse_faults(os.environ.get("CHEXOPS_FAULT_INJECTION", ""), environment),
         )
+
+    def authenticator(self, keys: dict[str, str]):
+        """API keys with this configuration's rate limits (per key, per address, failures per address)."""
+        from .auth import Authenticator, RateLimiter
+
+        return Authenticator(keys, RateLimiter(self.rate_per_minute, self.rate_burst),
+                             RateLimiter(self.address_rate_per_minute, self.address_burst) if self.address_rate_per_minute else None,
+                             RateLimiter(self.auth_failures_per_minute, self.auth_failures_per_minute))
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_bytes=self.max_upload_bytes, max_pixels=self.max_pixels, modalities=self.modalities)
