@@ -53,7 +53,8 @@ class Chexops:
         self.limits = SETTINGS.image_limits()
         self.auth = SETTINGS.authenticator(load_keys())
         self.store = FeedbackStore(SETTINGS.feedback_location())
-        self.metrics = ServiceMetrics(self.model.name, self.model.version, self.model.precision, self.model.run_id)
+        self.metrics = ServiceMetrics(self.model.name, self.model.version, self.model.precision, self.model.run_id,
+                                      environment=SETTINGS.environment, track=SETTINGS.track)
         self.drift = DriftMonitor.for_model(self.model)
         try:
             self.metrics.set_agreement(self.store.agreement())
@@ -68,6 +69,7 @@ class Chexops:
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
     def infer(self, images: Annotated[np.ndarray, DType("float32")]) -> np.ndarray:
         """B×C×H×W preprocessed images → B×K probabilities (internal: /predict batches through it)."""
+        self.metrics.batch.labels().observe(len(images))
         return self.model.probabilities(images)
 
     async def classify(self, x: np.ndarray) -> np.ndarray:

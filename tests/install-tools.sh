@@ -32,14 +32,15 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
     fi
 fi
 
-if ! command -v promtool >/dev/null 2>&1; then  # promtool checks and unit-tests the alert rules (k8s/monitoring/rules)
+# Debian's Prometheus (prometheus + promtool) for the canary-analysis, rules and dashboard tests.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
     if [ "$(id -u)" -eq 0 ]; then
-        echo "install-tools: apt-get install prometheus (for promtool)" >&2
+        echo "install-tools: apt-get install prometheus" >&2
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends prometheus >/dev/null
     else
-        echo "install-tools: promtool is missing and this is not root: the alert-rule tests will skip" >&2
+        echo "install-tools: prometheus is missing and this is not root: the canary-analysis tests will skip" >&2
     fi
 fi
 

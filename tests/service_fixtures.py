@@ -65,9 +65,9 @@ def child_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def make_model(home: Path, extra_metadata=None) -> str:
-    """(In a child process) a tiny exported model in `home/bentoml`; returns its Bento tag. `extra_metadata(fp32_path,
-    spec, labels)` returns more metadata entries (e.g. a drift reference)."""
+def make_model(home: Path, version: str = "1", extra_metadata=None) -> str:
+    """(In a child process) a tiny exported model (registry version `version`) in `home/bentoml`; returns its Bento tag.
+    `extra_metadata(fp32_path, spec, labels)` returns more metadata entries (e.g. a drift reference)."""
     import numpy as np
     import torch
 
@@ -85,11 +85,11 @@ def make_model(home: Path, extra_metadata=None) -> str:
     model = build_model(ModelConfig(name="small", width=8, pretrained_weights=None), len(labels), spec).eval()
     with torch.no_grad():  # spread the probabilities so that some findings are positive, some not
         model.head.bias.copy_(torch.linspace(-2.0, 2.0, len(labels)))
-    out = home / EXPORT
+    out = home / (EXPORT if version == "1" else EXPORT.with_name(f"{EXPORT.name}-v{version}"))
     fp32 = export_onnx(model, spec, out / "model.onnx")
     thresholds = thresholds_for(labels)
     metadata = build_metadata(labels=labels, thresholds=thresholds, rule="test", spec=spec, model_name="chexops-cxr",
-                              registry_version="1", run_id="0123456789abcdef0123456789abcdef", data_version="test-data",
+                              registry_version=version, run_id="0123456789abcdef0123456789abcdef", data_version="test-data",
                               head_weight=model.head.weight.detach().numpy(), head_bias=model.head.bias.detach().numpy())
     write_metadata(fp32, metadata)
     if extra_metadata is not None:
@@ -101,14 +101,17 @@ def make_model(home: Path, extra_metadata=None) -> str:
     return import_onnx(fp32, int8)["tag"]
 
 
-@pytest.fixture(scope="session")
-def served_model(tmp_path_factory) -> ServedModel:
-    home = tmp_path_factory.mktemp("service-home")
-    result = subprocess.run([sys.executable, str(Path(__file__).resolve()), "make-model", str(home)], capture_output=True,
+def add_model(home: Path, version: str = "1") -> ServedModel:
+    """`make_model` in a child process (this process's BentoML settings stay untouched)."""
+    result = subprocess.run([sys.executable, str(Path(__file__).resolve()), "make-model", str(home), version], capture_output=True,
                             text=True, cwd=ROOT, env=child_env(home), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    tag = json.loads(result.stdout.strip().splitlines()[-1])["tag"]
-    return ServedModel(home, tag)
+    return ServedModel(home, json.loads(result.stdout.strip().splitlines()[-1])["tag"])
+
+
+@pytest.fixture(scope="session")
+def served_model(tmp_path_factory) -> ServedModel:
+    return add_model(tmp_path_factory.mktemp("service-home"))
 
 
 def free_port() -> int:
@@ -171,11 +174,11 @@ def service(served_model):
 
 
 if __name__ == "__main__":  # python tests/service_fixtures.py make-model HOME
-    if len(sys.argv) == 3 and sys.argv[1] == "make-model":
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "make-model":
         import contextlib
 
         with contextlib.redirect_stdout(sys.stderr):
-            made = make_model(Path(sys.argv[2]))
+            made = make_model(Path(sys.argv[2]), *sys.argv[3:])
         print(json.dumps({"tag": made}))
     else:
-        sys.exit("usage: service_fixtures.py make-model HOME")
+        sys.exit("usage: service_fixtures.py make-model HOME [VERSION]")

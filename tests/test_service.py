@@ -338,12 +338,16 @@ def test_metrics_have_the_service_series(service):
     request_id = post_image(service, SYNTHETIC["png16"]()).json()["request_id"]
     httpx.post(f"{service.url}/feedback", json={"request_id": request_id, "correct": True}, headers=service.headers, timeout=30)
     text = httpx.get(f"{service.url}/metrics", timeout=10).text
-    assert 'chexops_model_info{name="chexops-cxr",precision="fp32",run_id="0123456789abcdef0123456789abcdef",version="1"} 1.0' in text
-    for series in ("chexops_predictions_total{", "chexops_finding_probability_bucket{", 'chexops_feedback_total{verdict="correct"}',
-                   "chexops_feedback_agreement_ratio ", "chexops_findings_positive_total{", "chexops_rejected_requests_total{",
-                   "bentoml_service_request_total"):
+    const = 'environment="development",model_version="1"'
+    assert (f'chexops_model_info{{{const},name="chexops-cxr",precision="fp32",run_id="0123456789abcdef0123456789abcdef",'
+            'track="stable",version="1"} 1.0') in text
+    for series in ("chexops_predictions_total{", "chexops_finding_probability_bucket{",
+                   f'chexops_feedback_total{{{const},predicted_version="1",track="stable",verdict="correct"}}',
+                   "chexops_feedback_agreement_ratio{", "chexops_findings_positive_total{", "chexops_rejected_requests_total{",
+                   'chexops_http_requests_total{code="200",' + const + ',route="/predict",track="stable"}',
+                   "chexops_http_request_duration_seconds_bucket{", "chexops_batch_size_bucket{", "bentoml_service_request_total"):
         assert series in text, series
-    ratio = float(next(line for line in text.splitlines() if line.startswith("chexops_feedback_agreement_ratio ")).split()[1])
+    ratio = float(next(line for line in text.splitlines() if line.startswith("chexops_feedback_agreement_ratio{")).split()[1])
     assert 0 < ratio <= 1
 
 

@@ -21,10 +21,12 @@ from .data.prepare import prepare_cmd
 from .errors import ChexopsError
 from .export import MAX_INT8_AUROC_DROP
 from .infra.cli import infra
+from .loadtest import loadtest_cmd
 from .model_ref import DEFAULT_MODEL_NAME, DEFAULT_SERVE_REF
 from .step_outputs import write_outputs
 from .bento_build import bento_build
 from .pipeline_cli import pipeline
+from .promote import promote_cmd
 
 log = logging.getLogger("chexops")
 
@@ -295,6 +297,8 @@ def feedback_export(out: Path, store_url: str | None, overwrite: bool, as_json: 
 
 cli.add_command(infra)
 data.add_command(prepare_cmd)
+cli.add_command(loadtest_cmd)
+cli.add_command(promote_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,8 +40,10 @@ from ..imaging import ImageInputError, decode, to_png
 from . import openapi
 from .admission import Admission, AdmissionLimits
 from .auth import AuthError
+from .faults import FaultInjection
 from .feedback_store import Conflict, NotFound, Unavailable, WrongClinic
 from .inference import LOCALISATION_NOTE, PRIORITY_RULE, heatmap_png, priority
+from .metrics import HttpMetrics
 from .settings import Settings
 
 log = logging.getLogger("chexops.serving")
@@ -315,7 +317,7 @@ async def feedback(request: Request) -> Response:
         raise RequestError(f"request {body.request_id} already has a different feedback; it is kept as given.", 409,
                            reason="feedback") from None
     if created:
-        backend.metrics.observe_feedback(body.correct, await run_in_threadpool(backend.store.agreement))
+        backend.metrics.observe_feedback(body.correct, await run_in_threadpool(backend.store.agreement), prediction["model"]["version"])
     log.info("feedback %s clinic=%s correct=%s labels=%d %s", body.request_id, clinic, body.correct, len(body.labels or {}),
              "stored" if created else "repeated")
     return JSONResponse({"request_id": body.request_id, "stored": True, "created": created, "feedback": record.to_dict()})
@@ -373,6 +375,9 @@ def create_app(settings: Settings) -> Starlette:
     app.add_middleware(Admission, limits=AdmissionLimits.from_env(),  # bounded work in flight: 503 + Retry-After beyond
                        on_refuse=lambda path: app.state.backend and app.state.backend.metrics.rejected.labels(reason="overload").inc())
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + MULTIPART_SLACK)
+    if settings.faults is not None:  # tests of the canary analysis only (refused in production)
+        app.add_middleware(FaultInjection, spec=settings.faults, owner=app)
+    app.add_middleware(HttpMetrics, owner=app)  # outermost: sees injected faults as clients do
     return app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,9 +11,11 @@ from .. import paths
 from ..errors import ConfigError
 from ..imaging import ImageLimits
 from ..model_ref import DEFAULT_SERVE_REF
+from .faults import FaultSpec, parse_faults
 
 DEFAULT_MODEL = DEFAULT_SERVE_REF  # resolved to an exact Bento model by chexops.bento_store.serving_tag
 DEV_KEYS = "dev:chexops-dev-key"
+TRACKS = ("stable", "canary")
 
 
 def _int(name: str, default: int, low: int = 0) -> int:
@@ -62,6 +65,9 @@ class Settings:
     feedback_url: str = ""                  # CHEXOPS_FEEDBACK_URL: postgresql://... or sqlite:///path
     stored_image_side: int = 1024           # CHEXOPS_FEEDBACK_IMAGE_SIDE: longest side kept (0: full size)
     static_dir: Path = Path(__file__).resolve().parents[3] / "bentos" / "static"  # CHEXOPS_STATIC_DIR
+    environment: str = "development"        # CHEXOPS_ENVIRONMENT: staging | production | ... (a metrics label)
+    track: str = "stable"                   # CHEXOPS_TRACK: stable | canary (a metrics label)
+    faults: FaultSpec | None = None         # CHEXOPS_FAULT_INJECTION: tests of the canary analysis only; never production
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -69,6 +75,12 @@ class Settings:
         if precision not in ("fp32", "int8"):
             raise ConfigError(f"CHEXOPS_PRECISION must be fp32 or int8, got {precision!r}.")
         modalities = os.environ.get("CHEXOPS_MODALITIES", "CR,DX")
+        environment = os.environ.get("CHEXOPS_ENVIRONMENT", "").strip().lower() or "development"
+        track = os.environ.get("CHEXOPS_TRACK", "").strip().lower() or "stable"
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", environment):
+            raise ConfigError(f"CHEXOPS_ENVIRONMENT must be a short lower-case name (staging, production, ...), got {environment!r}.")
+        if track not in TRACKS:
+            raise ConfigError(f"CHEXOPS_TRACK must be one of {', '.join(TRACKS)}, got {track!r}.")
         return cls(
             model_tag=os.environ.get("CHEXOPS_MODEL", "").strip() or DEFAULT_MODEL,
             precision=precision,
@@ -87,6 +99,7 @@ class Settings:
             feedback_url=os.environ.get("CHEXOPS_FEEDBACK_URL", "").strip(),
             stored_image_side=_int("CHEXOPS_FEEDBACK_IMAGE_SIDE", 1024),
             static_dir=Path(os.environ.get("CHEXOPS_STATIC_DIR", "") or cls.static_dir),
+            environment=environment, track=track, faults=parse_faults(os.environ.get("CHEXOPS_FAULT_INJECTION", ""), environment),
         )
 
     def authenticator(self, keys: dict[str, str]):
