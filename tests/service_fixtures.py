@@ -129,11 +129,12 @@ class Service:
 
 def start_service(model: ServedModel, log_name: str = "service.log", api_key: str = API_KEY, **env: str) -> Service:
     """`bentoml serve bentos/service.py:Chexops` on a free port, ready; CHEXOPS_* settings from `env` (by default a
-    rate limit high enough for a test battery and an 8 MiB upload limit)."""
+    rate limit high enough for a test battery, an admission queue that never refuses one, and an 8 MiB upload limit)."""
     port = free_port()
     log_path = model.home / log_name
     settings = {"CHEXOPS_MODEL": model.tag, "CHEXOPS_API_KEYS": f"test-clinic:{api_key},other-clinic:{OTHER_KEY}",
-                "CHEXOPS_RATE_LIMIT": "60000", "CHEXOPS_RATE_BURST": "1000", "CHEXOPS_MAX_UPLOAD_MB": "8", **env}
+                "CHEXOPS_RATE_LIMIT": "60000", "CHEXOPS_RATE_BURST": "1000", "CHEXOPS_MAX_UPLOAD_MB": "8",
+                "CHEXOPS_MAX_QUEUE": "1000", "CHEXOPS_QUEUE_TIMEOUT_MS": "120000", **env}  # admission out of the way
     full_env = child_env(model.home, **settings)
     with open(log_path, "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "bentos/service.py:Chexops", "--host", "127.0.0.1",
