@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import json
 import logging
 import sys
@@ -19,6 +18,7 @@ import click
 
 from .errors import ChexopsError
 from .infra.cli import infra
+from .triton import triton
 
 log = logging.getLogger("chexops")
 
@@ -277,7 +277,7 @@ def feedback_export(out: Path, store_url: str | None, overwrite: bool, as_json: 
 
 
 cli.add_command(infra)
-cli.add_command(importlib.import_module("chexops.triton").triton)
+cli.add_command(triton)
 
 
 def main(argv: list[str] | None = None) -> None:
