@@ -145,12 +145,13 @@ class Service:
 def start_service(model: ServedModel, log_name: str = "service.log", api_key: str = API_KEY, port: int | None = None,
                   **env: str) -> Service:
     """`bentoml serve bentos/service.py:Chexops` on a free port (or `port`), ready; CHEXOPS_* settings from `env` (by
-    default rate limits high enough for a test battery, all from 127.0.0.1, and an 8 MiB upload limit)."""
+    default rate limits high enough for a test battery, all from 127.0.0.1, an admission queue that never refuses one, and an 8 MiB upload limit)."""
     port = port or free_port()
     log_path = model.home / log_name
     settings = {"CHEXOPS_MODEL": model.tag, "CHEXOPS_API_KEYS": f"test-clinic:{api_key},other-clinic:{OTHER_KEY}",
                 "CHEXOPS_RATE_LIMIT": "60000", "CHEXOPS_RATE_BURST": "1000", "CHEXOPS_ADDRESS_RATE_LIMIT": "60000",
-                "CHEXOPS_ADDRESS_RATE_BURST": "1000", "CHEXOPS_AUTH_FAILURE_LIMIT": "1000", "CHEXOPS_MAX_UPLOAD_MB": "8", **env}
+                "CHEXOPS_ADDRESS_RATE_BURST": "1000", "CHEXOPS_AUTH_FAILURE_LIMIT": "1000", "CHEXOPS_MAX_UPLOAD_MB": "8",
+                "CHEXOPS_MAX_QUEUE": "1000", "CHEXOPS_QUEUE_TIMEOUT_MS": "120000", **env}  # admission out of the way
     full_env = child_env(model.home, **settings)
     with open(log_path, "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "bentos/service.py:Chexops", "--host", "127.0.0.1",

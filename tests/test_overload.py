@@ -102,7 +102,7 @@ def test_gate_refuses_at_once_what_would_time_out_in_the_queue():
 
 
 def test_admission_settings(monkeypatch):
-    assert AdmissionLimits.from_env() == AdmissionLimits(4, 16, 500)
+    assert AdmissionLimits.from_env() == AdmissionLimits(2, 16, 500)
     monkeypatch.setenv("CHEXOPS_MAX_INFLIGHT", "2")
     monkeypatch.setenv("CHEXOPS_MAX_QUEUE", "0")
     assert AdmissionLimits.from_env() == AdmissionLimits(2, 0, 500)

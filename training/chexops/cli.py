@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import json
 import logging
 import sys
@@ -27,6 +26,7 @@ from .step_outputs import write_outputs
 from .bento_build import bento_build
 from .pipeline_cli import pipeline
 from .promote import promote_cmd
+from .triton import triton
 
 log = logging.getLogger("chexops")
 
@@ -299,6 +299,7 @@ cli.add_command(infra)
 data.add_command(prepare_cmd)
 cli.add_command(loadtest_cmd)
 cli.add_command(promote_cmd)
+cli.add_command(triton)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,7 @@ an admitted request waits at most the timeout before it starts. (Per-key rate li
 
 | variable | default | |
 |---|---|---|
-| `CHEXOPS_MAX_INFLIGHT` | 4 | requests on /predict and /explain processed at once |
+| `CHEXOPS_MAX_INFLIGHT` | 2 | requests on /predict and /explain processed at once (about cores / CHEXOPS_THREADS) |
 | `CHEXOPS_MAX_QUEUE` | 16 | more that may wait for a slot (0: refuse as soon as all slots are busy) |
 | `CHEXOPS_QUEUE_TIMEOUT_MS` | 500 | the longest a request waits for a slot before its 503 |
 """
@@ -37,7 +37,7 @@ GUARDED = ("/predict", "/explain")
 
 @dataclass(frozen=True)
 class AdmissionLimits:
-    max_inflight: int = 4
+    max_inflight: int = 2
     max_queue: int = 16
     queue_timeout_ms: int = 500
 
