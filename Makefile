@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/chexops demo
 
-serve: $(STAMP)
+serve: $(STAMP)  # the registry's candidate (chexops serve's default reference), resolved to its exact Bento model
 	$(BIN)/chexops serve
 
 test: $(STAMP)

@@ -4,7 +4,9 @@
 
 Routes (chexops.serving.app, mounted at /): POST /predict, POST /explain, POST /feedback, GET /,
 GET /model; BentoML's own: /livez, /readyz, /metrics. Configuration: CHEXOPS_* environment variables
-(chexops.serving.settings). No torch here: ONNX Runtime, numpy, Pillow, pydicom.
+(chexops.serving.settings). The model: CHEXOPS_MODEL, a registry reference or an exact Bento tag, resolved
+by chexops.bento_store.serving_tag (`chexops serve` resolves it first and passes the tag). No torch
+here: ONNX Runtime, numpy, Pillow, pydicom.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import bentoml
 import numpy as np
 from bentoml.validators import DType
 
+from chexops.bento_store import serving_tag
 from chexops.drift import DriftMonitor
+from chexops.onnx_files import FILES
 from chexops.serving.app import InternalOnly, create_app
 from chexops.serving.auth import load_keys
 from chexops.serving.feedback_store import FeedbackStore, Unavailable
-from chexops.serving.inference import FILES, OnnxModel
+from chexops.serving.inference import OnnxModel
 from chexops.serving.lifetime import watch_parent
 from chexops.serving.metrics import ServiceMetrics
 from chexops.serving.settings import Settings
@@ -36,7 +40,7 @@ log = logging.getLogger("chexops.serving")
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(name="chexops", workers=1, traffic={"timeout": 60})
 class Chexops:
-    bento_model = bentoml.models.BentoModel(SETTINGS.model_tag)
+    bento_model = bentoml.models.BentoModel(serving_tag(SETTINGS.model_tag)["tag"])
 
     def __init__(self) -> None:
         logging.getLogger("chexops").setLevel(logging.INFO)  # through BentoML's log handlers

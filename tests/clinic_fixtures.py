@@ -48,9 +48,10 @@ def drift_reference(data: Path):
     """`extra_metadata` for make_model: the drift reference of the training images, as export computes it."""
     def extra(fp32, spec, labels):
         from chexops import drift, quantize
+        from chexops.onnx_files import session
 
         x = training_inputs(data, spec)
-        probs = quantize.run_batches(quantize.session(fp32), x)["probabilities"]
+        probs = quantize.run_batches(session(fp32), x)["probabilities"]
         return {drift.REFERENCE_KEY: drift.reference_json(x, probs, spec, labels)}
 
     return extra

@@ -9,13 +9,19 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
 
+from sklearn.metrics import roc_auc_score
+
 from chexops.data.chexpert import check_images, image_paths, read_chexpert_csv
-from chexops.evaluate import choose_threshold, expected_calibration_error, parse_run_ref
+from chexops.evaluate import bootstrap_auroc, choose_threshold, expected_calibration_error, label_metrics, load_run
+from chexops.evaluations import index
 from chexops.labels import CHEXPERT_LABELS, META_COLUMNS
+from chexops.preprocessing import PreprocessSpec, load_image, preprocess
+from chexops.model_ref import parse_run_ref
 from mlflow_fixtures import chexops, chexops_json, synth_dataset, train_run, write_config
 
 SLICES = {"Sex=Female", "Sex=Male", "Age=<40", "Age=40-59", "Age=60-79", "Age=>=80", "AP/PA=AP", "AP/PA=PA",
@@ -39,6 +45,12 @@ def trained(tmp_path_factory):
             "youden": youden, "sensitivity": sensitivity, "client": MlflowClient(env["MLFLOW_TRACKING_URI"])}
 
 
+def _record(trained, result, tmp_path) -> Path:
+    """The local copy of one evaluation record (`evaluation/<id>/`)."""
+    return Path(mlflow.artifacts.download_artifacts(run_id=trained["run"], artifact_path=f"evaluation/{result['evaluation_id']}",
+                                                    dst_path=str(tmp_path), tracking_uri=trained["env"]["MLFLOW_TRACKING_URI"]))
+
+
 def test_evaluation_is_logged_to_the_training_run(trained, tmp_path):
     client, run_id, result = trained["client"], trained["run"], trained["youden"]
     run = client.get_run(run_id)
@@ -48,11 +60,12 @@ def test_evaluation_is_logged_to_the_training_run(trained, tmp_path):
     for label in ("Atelectasis", "Cardiomegaly", "Pleural_Effusion", "No_Finding"):
         for name in ("auroc", "auprc", "sensitivity", "specificity", "ece", "threshold"):
             assert f"eval_{name}.{label}" in metrics
-    names = {a.path for a in client.list_artifacts(run_id, "evaluation")}
-    assert {f"evaluation/{n}" for n in ("metrics.json", "thresholds.json", "roc.png", "reliability.png", "model_card.md", "hard_cases")} <= names
+    record = f"evaluation/{result['evaluation_id']}"
+    names = {a.path for a in client.list_artifacts(run_id, record)}
+    assert {f"{record}/{n}" for n in ("metrics.json", "thresholds.json", "config.yaml", "roc.png", "reliability.png", "model_card.md",
+                                      "hard_cases")} <= names
 
-    local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation", dst_path=str(tmp_path),
-                                                     tracking_uri=trained["env"]["MLFLOW_TRACKING_URI"]))
+    local = _record(trained, result, tmp_path)
     thresholds = json.loads((local / "thresholds.json").read_text())
     assert thresholds["rule"] == "youden" and set(thresholds["thresholds"]) == set(CHEXPERT_LABELS)
     assert thresholds["thresholds"] == result["thresholds"]
@@ -64,26 +77,56 @@ def test_evaluation_is_logged_to_the_training_run(trained, tmp_path):
     card = (local / "model_card.md").read_text()
     for heading in ("## Model", "## Data", "## Metrics", "## Slices", "## Intended use", "## Limits"):
         assert heading in card
-    assert run_id in card and "Frontal/Lateral=Lateral" in card and "synthetic" in card
+    assert run_id in card and "Frontal/Lateral=Lateral" in card and "synthetic" in card and "patients" in card
 
 
-def test_metrics_are_sane_and_agree_with_training(trained):
+def test_a_second_evaluation_keeps_the_first(trained, tmp_path):
+    """Two evaluations of one run are two records: the second (Youden) leaves the first (sensitivity)
+    as it was, and the index (run tags) lists both with their split, data and config hash."""
+    sens, youden = trained["sensitivity"], trained["youden"]
+    assert sens["evaluation_id"] != youden["evaluation_id"] and sens["evaluation_id"] < youden["evaluation_id"]
+    first = _record(trained, sens, tmp_path / "first")
+    kept = json.loads((first / "thresholds.json").read_text())
+    assert kept["rule"] == "sensitivity" and kept["thresholds"] == sens["thresholds"] != youden["thresholds"]
+    assert json.loads((first / "metrics.json").read_text())["bootstrap"] == 20
+    entries = index(trained["client"].get_run(trained["run"]))
+    assert [e["id"] for e in entries] == [sens["evaluation_id"], youden["evaluation_id"]]
+    assert {e["rule"] for e in entries} == {"sensitivity", "youden"}
+    assert entries[0]["config_sha256"] != entries[1]["config_sha256"]
+    assert entries[0]["split"] == entries[1]["split"] == "test" and entries[0]["split_version"] == entries[1]["split_version"]
+    assert entries[0]["data_version"] == youden["data_version"]
+
+
+def test_metrics_agree_with_sklearn_on_the_models_own_predictions(trained, tmp_path):
+    """What the fixture guarantees: the evaluation's AUROCs are scikit-learn's on this model's
+    predictions for valid.csv (read here with pandas: uncertain ignored, blank negative), and the
+    same model on the same test split reproduces training's own test AUROC."""
     result, summary = trained["youden"], trained["summary"]
-    assert {"run_id", "mean_auroc", "thresholds", "per_label", "slices"} <= result.keys()
-    assert result["run_id"] == trained["run"] and result["split"] == "test"
-    # The same model on the same test split: the evaluation reproduces training's own test AUROC.
+    assert result["run_id"] == trained["run"] and result["split"] == "test" and result["test_source"] == "test_csv"
     assert result["mean_auroc"] == pytest.approx(summary["test"]["mean_auroc"], abs=1e-5)
-    assert result["mean_auroc"] >= 0.7
+
+    loaded = load_run(trained["client"], trained["run"], None, tmp_path)
+    spec = PreprocessSpec.from_dict(loaded.payload["preprocessing"])
+    frame = pd.read_csv(Path(trained["synth"]) / "CheXpert-v1.0-small" / "valid.csv")
+    batch = np.stack([preprocess(load_image(Path(trained["synth"]) / p), spec) for p in frame["Path"]])
+    with torch.no_grad():
+        probs = torch.sigmoid(loaded.model(torch.from_numpy(batch))).numpy()
+    expected = {}
+    for j, label in enumerate(CHEXPERT_LABELS):
+        raw = frame[label].to_numpy(dtype=float)
+        keep = raw != -1.0
+        y = np.nan_to_num(raw[keep], nan=0.0)
+        assert result["per_label"][label]["n"] == keep.sum() and result["per_label"][label]["positives"] == y.sum()
+        if 0 < y.sum() < len(y):
+            expected[label] = roc_auc_score(y, probs[keep, j])
+            assert result["per_label"][label]["auroc"] == pytest.approx(expected[label], abs=1e-5), label
+        else:
+            assert result["per_label"][label]["auroc"] is None, label
+    assert result["mean_auroc"] == pytest.approx(np.mean([expected[k] for k in result["mean_over"]]), abs=1e-5)
+    # The interval comes from resampling patients (valid.csv: one study per patient, laterals too).
+    assert result["bootstrap_unit"] == "patient" and result["bootstrap_groups"] == frame["Path"].str.extract(r"(patient\d+)")[0].nunique()
     lo, hi = result["mean_auroc_ci"]
     assert lo < result["mean_auroc"] < hi
-    for label, m in result["per_label"].items():
-        assert m["n"] > 0 and 0 <= m["ece"] <= 1 and 0 <= m["specificity"] <= 1
-        if m["auroc"] is None:
-            continue
-        assert 0 <= m["auprc"] <= 1 and 0 <= m["sensitivity"] <= 1
-        if m["auroc_ci"] is not None:
-            assert m["auroc_ci"][0] <= m["auroc"] <= m["auroc_ci"][1], label
-    assert result["per_label"]["Pleural Effusion"]["auroc"] > 0.9  # the synthetic data's easiest finding
 
 
 def test_sensitivity_rule_reaches_its_target_on_validation(trained):
@@ -115,7 +158,7 @@ def test_slices_cover_sex_age_projection_and_view(trained):
 def test_hard_cases_are_a_chexpert_dataset_of_wrong_answers(trained, tmp_path):
     result = trained["youden"]
     assert result["hard_cases"]["count"] == 12
-    local = Path(mlflow.artifacts.download_artifacts(run_id=trained["run"], artifact_path="evaluation/hard_cases",
+    local = Path(mlflow.artifacts.download_artifacts(run_id=trained["run"], artifact_path=result["hard_cases"]["artifact_path"],
                                                      dst_path=str(tmp_path), tracking_uri=trained["env"]["MLFLOW_TRACKING_URI"]))
     table = read_chexpert_csv(local / "CheXpert-v1.0-small" / "valid.csv", list(CHEXPERT_LABELS))
     assert len(table) == 12 and list(table.frame.columns[:5]) == list(META_COLUMNS)
@@ -229,3 +272,55 @@ def test_hard_cases_from_an_npz_dataset_are_pngs_in_chexpert_layout(tmp_path):
     paths = image_paths(table, tmp_path)
     assert all(p.suffix == ".png" for p in paths) and check_images(paths) == ([], [])
     assert slice_metrics(None, probs, targets, split.mask, ["Pneumonia"], ["Pneumonia"], {"Pneumonia": 0.5}, 0.5) == []
+
+
+def test_auroc_on_a_known_example():
+    # Positives at 0.35 and 0.8, negatives at 0.1 and 0.4: 3 of the 4 pairs ordered right.
+    m = label_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]), 0.5)
+    assert m["auroc"] == 0.75 and (m["n"], m["positives"]) == (4, 2)
+    assert (m["sensitivity"], m["specificity"]) == (0.5, 1.0)
+
+
+def test_bootstrap_resamples_patients_not_images():
+    """40 patients with 10 identical images each: resampling images pretends there are 400
+    independent cases and gives an interval about sqrt(10) times too narrow; resampling patients
+    gives the interval of 40 cases."""
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(40) % 2, 10).astype(float)[:, None]
+    p = np.repeat(np.clip(0.5 + 0.25 * (np.arange(40) % 2 - 0.5) + rng.normal(0, 0.25, 40), 0, 1), 10)[:, None]
+    mask = np.ones_like(y)
+    patients = np.repeat(np.arange(40), 10)
+    _, by_patient = bootstrap_auroc(p, y, mask, ["Edema"], ["Edema"], 400, seed=0, groups=patients)
+    _, by_image = bootstrap_auroc(p, y, mask, ["Edema"], ["Edema"], 400, seed=0)
+    width_patient, width_image = by_patient[1] - by_patient[0], by_image[1] - by_image[0]
+    assert width_patient > 2 * width_image, (by_patient, by_image)
+    # With one image per patient, patients and images are the same unit: the same interval.
+    single = np.arange(len(y))
+    assert bootstrap_auroc(p, y, mask, ["Edema"], ["Edema"], 100, seed=3, groups=single)[1] == \
+        bootstrap_auroc(p, y, mask, ["Edema"], ["Edema"], 100, seed=3)[1]
+
+
+def test_a_test_split_carved_by_patient_is_held_out_and_versioned(tmp_path_factory, tmp_path):
+    """Without data.test_csv, data.test_fraction carves a test split out of data.csv by patient:
+    no patient on two sides, the carve recorded in the fingerprint and the data version, and the
+    test split the same whatever the training seed (so models trained with other seeds compare)."""
+    from chexops.config import load_config
+    from chexops.data.loading import load_splits
+    from chexops.errors import ConfigError
+
+    synth = synth_dataset(tmp_path_factory)
+    carved = write_config(tmp_path / "carved.yaml", synth, data={"test_csv": None, "test_fraction": 0.2})
+    splits = load_splits(load_config(carved))
+    patients = {s.name: set(s.frame["patient"]) for s in (splits.train, splits.val, splits.test)}
+    assert patients["test"] and not patients["test"] & (patients["train"] | patients["val"]) and not patients["train"] & patients["val"]
+    assert len(patients["test"]) == round(0.2 * sum(map(len, patients.values())))
+    fingerprint = splits.fingerprint
+    assert "fraction 0.2" in fingerprint["test_source"] and fingerprint["rows"]["test"] == len(splits.test)
+    other_seed = load_splits(load_config(carved, ["seed=7"]))
+    assert set(other_seed.test.frame["patient"]) == patients["test"]
+    assert other_seed.fingerprint["split_versions"]["test"] == fingerprint["split_versions"]["test"]
+    assert other_seed.fingerprint["split_versions"]["val"] != fingerprint["split_versions"]["val"]
+    wider = load_splits(load_config(carved, ["data.test_fraction=0.3"])).fingerprint
+    assert wider["data_version"] != fingerprint["data_version"] and wider["split_versions"]["test"] != fingerprint["split_versions"]["test"]
+    with pytest.raises(ConfigError, match="test_fraction"):
+        load_config(write_config(tmp_path / "both.yaml", synth, data={"test_fraction": 0.2}))

@@ -269,3 +269,13 @@ def _generated_png(tmp_path: Path) -> bytes:
     path = tmp_path / "generated.png"
     Image.fromarray((np.random.default_rng(0).random((128, 128)) * 255).astype(np.uint8)).save(path)
     return path.read_bytes()
+
+
+def test_an_unevaluated_model_is_announced_on_the_page(page, service):  # noqa: F811
+    """The test model was exported without the gate (`evaluated: false` in its metadata): /model says
+    so and the page shows the warning banner."""
+    assert httpx.get(f"{service.url}/model", timeout=10).json()["evaluated"] is False
+    page.goto("/")
+    banner = page.get_by_test_id("unevaluated-warning")
+    banner.wait_for(state="visible")
+    assert "Unevaluated model" in banner.inner_text()

@@ -134,10 +134,27 @@ def test_first_start_is_not_followed_by_a_restart():
         assert any(f"{task['register']} is not changed" in cond for cond in restart["when"]), task["register"]
 
 
+def test_registry_mirrors_are_written_before_the_first_start_and_restart_k3s_on_change():
+    """/etc/rancher/k3s/registries.yaml on every node: read by the first start, a change restarts k3s."""
+    plays = yaml.safe_load((ANSIBLE / "site.yml").read_text())
+    assert next(p for p in plays if p["roles"][0]["role"] == "kubernetes")["hosts"] == "k3s_server:k3s_agent"
+    tasks = yaml.safe_load((ANSIBLE / "roles" / "kubernetes" / "tasks" / "main.yml").read_text())
+    (index,) = [i for i, t in enumerate(tasks) if t.get("ansible.builtin.template", {}).get("dest") == "/etc/rancher/k3s/registries.yaml"]
+    task = tasks[index]
+    assert task["ansible.builtin.template"]["src"] == "registries.yaml.j2" and "when" not in task
+    assert task["notify"] == "Restart k3s"
+    handlers = yaml.safe_load((ANSIBLE / "roles" / "kubernetes" / "handlers" / "main.yml").read_text())
+    assert any(h["name"] == "Restart k3s" for h in handlers)
+    starts = [i for i, t in enumerate(tasks) if t["name"].startswith("Start the k3s")]
+    assert len(starts) == 2 and index < min(starts)
+    assert (ANSIBLE / "roles" / "kubernetes" / "templates" / "registries.yaml.j2").is_file()
+
+
 def test_argo_is_pinned_and_bootstraps_one_root_application():
     defaults = yaml.safe_load((ANSIBLE / "roles" / "argo" / "defaults" / "main.yml").read_text())
     charts = {c["name"]: c["version"] for c in defaults["argo_charts"]}
-    assert set(charts) == {"argo-cd", "argo-workflows", "argo-events", "argo-rollouts"}
+    # Argo Events and Rollouts are Argo CD Applications in git (argocd/platform/).
+    assert set(charts) == {"argo-cd", "argo-workflows"}
     assert all(re.fullmatch(r"\d+\.\d+\.\d+", v) for v in charts.values()), charts
     root = (ANSIBLE / "roles" / "argo" / "templates" / "root-application.yaml.j2").read_text()
     assert "path: {{ argo_repo_path }}" in root and defaults["argo_repo_path"] == "argocd"

@@ -3,7 +3,8 @@ recorded `terraform output -json`, then the kubernetes and common roles' own tem
 Ansible for every host of it (k3s configurations, the WireGuard site link, the nftables rules,
 the RuntimeClass and StorageClass), and the results held against Terraform's security groups.
 
-Also: the argo role's validation of `chexops_repo_url`, run by Ansible on localhost.
+Also: the argo role's validation of `chexops_repo_url` (required, and equal to what
+argocd/gitops-source.yaml names), run by Ansible on localhost.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ RENDER_TASKS = """
     dest: "{{ render_out }}/cluster-classes.yaml"
     mode: "0600"
   when: kubernetes_is_server | bool
+- name: k3s registry mirrors
+  ansible.builtin.template:
+    src: "ANSIBLE/roles/kubernetes/templates/registries.yaml.j2"
+    dest: "{{ render_out }}/registries.yaml"
+    mode: "0600"
 - name: Host firewall
   ansible.builtin.template:
     src: "ANSIBLE/roles/common/templates/nftables.conf.j2"
@@ -214,16 +220,32 @@ def test_gpu_runtime_class_and_platform_storage_class(rendered):
     assert _k3s(rendered, "node1")["default-local-storage-path"] == f"{mount}/k3s-storage"
 
 
-@pytest.mark.parametrize(
-    ("url", "ok"),
-    [
-        (None, False),
-        ("https://github.com/chexops/chexops.git", False),  # the old placeholder
-        ("github.com/me/chexops", False),
-        ("git@github.com:me/chexops.git", True),
-    ],
-)
-def test_repo_url_is_required_and_validated(tmp_path, url, ok):
+def test_every_node_pulls_the_in_cluster_registry_through_its_node_port(rendered):
+    """k3s's registries.yaml on every node maps the registry's Service name (what the overlays'
+    images name) to its NodePort on the node itself (k8s/platform/registry)."""
+    platform = REPO / "k8s" / "platform" / "registry"
+    namespace = yaml.safe_load((platform / "kustomization.yaml").read_text())["namespace"]
+    services = {d["metadata"]["name"]: d for d in yaml.safe_load_all((platform / "registry.yaml").read_text())
+                if d and d["kind"] == "Service"}
+    (port,) = services["registry"]["spec"]["ports"]
+    (node_port,) = [p for s in services.values() if s["spec"].get("type") == "NodePort" for p in s["spec"]["ports"]]
+    name = f"registry.{namespace}.svc.cluster.local:{port['port']}"
+    for env in ("staging", "canary", "production"):
+        images = yaml.safe_load((REPO / "k8s" / "chexops" / "overlays" / env / "kustomization.yaml").read_text())["images"]
+        assert {i["newName"].split("/")[0] for i in images} == {name}, env
+    assert set(rendered) == {"node1", "node2", "node3", "gpu1"}
+    for host, files in rendered.items():
+        assert yaml.safe_load(files["registries.yaml"]) == {
+            "mirrors": {name: {"endpoint": [f"http://127.0.0.1:{node_port['nodePort']}"]}}}, host
+
+
+FORK_URL = "git@github.com:me/chexops.git"
+REQUIRED = "chexops_repo_url is required"
+DIFFERENT = "differ from what Argo CD's Applications follow"
+
+
+def _validate_argo(tmp_path: Path, roles: Path, variables: dict) -> subprocess.CompletedProcess:
+    """The argo role's validation, run by Ansible on localhost with the roles under `roles`."""
     if not (BIN / "ansible-playbook").exists():
         pytest.skip(f"ansible-playbook is not in {BIN}")
     playbook = tmp_path / "validate.yml"
@@ -231,17 +253,55 @@ def test_repo_url_is_required_and_validated(tmp_path, url, ok):
         "- hosts: localhost\n  gather_facts: false\n  connection: local\n  tasks:\n"
         "    - ansible.builtin.include_role:\n        name: argo\n        tasks_from: validate\n"
     )
-    extra = ["-e", json.dumps({"chexops_repo_url": url})] if url is not None else []
-    env = {**_env(tmp_path), "ANSIBLE_ROLES_PATH": str(ANSIBLE / "roles")}
-    proc = subprocess.run(
+    extra = ["-e", json.dumps(variables)] if variables else []
+    env = {**_env(tmp_path), "ANSIBLE_ROLES_PATH": str(roles)}
+    return subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", "localhost,", str(playbook), *extra],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=120,
     )
-    if ok:
+
+
+@pytest.fixture()
+def fork(tmp_path) -> Path:
+    """A fork's checkout: this repository's argo role, and argocd/gitops-source.yaml naming FORK_URL."""
+    checkout = tmp_path / "fork"
+    shutil.copytree(ANSIBLE / "roles" / "argo", checkout / "ansible" / "roles" / "argo")
+    source = yaml.safe_load((REPO / "argocd" / "gitops-source.yaml").read_text())
+    source["data"]["repoURL"] = FORK_URL
+    (checkout / "argocd").mkdir()
+    (checkout / "argocd" / "gitops-source.yaml").write_text(yaml.safe_dump(source))
+    return checkout / "ansible" / "roles"
+
+
+@pytest.mark.parametrize(
+    ("variables", "error"),
+    [
+        ({}, REQUIRED),
+        ({"chexops_repo_url": "https://github.com/chexops/chexops.git"}, REQUIRED),  # the old placeholder
+        ({"chexops_repo_url": "github.com/me/chexops"}, REQUIRED),
+        ({"chexops_repo_url": "https://github.com/me/another.git"}, DIFFERENT),  # not what the children follow
+        ({"chexops_repo_url": FORK_URL, "chexops_repo_revision": "dev"}, DIFFERENT),
+        ({"chexops_repo_url": FORK_URL}, None),
+    ],
+    ids=["absent", "placeholder", "malformed", "other-repo", "other-revision", "same"],
+)
+def test_repo_url_is_required_and_validated(tmp_path, fork, variables, error):
+    proc = _validate_argo(tmp_path, fork, variables)
+    if error is None:
         assert proc.returncode == 0, proc.stdout[-3000:]
     else:
-        assert proc.returncode != 0 and "chexops_repo_url is required" in proc.stdout, proc.stdout[-3000:]
+        assert proc.returncode != 0 and error in " ".join(proc.stdout.split()), proc.stdout[-3000:]
     assert "chexops_repo_url" not in (ANSIBLE / "group_vars" / "all" / "main.yml").read_text().split("#")[-1]
+
+
+def test_repo_url_is_checked_against_this_checkouts_gitops_source(tmp_path):
+    """The role reads argocd/gitops-source.yaml of the checkout it runs from (here: this one)."""
+    committed = yaml.safe_load((REPO / "argocd" / "gitops-source.yaml").read_text())["data"]["repoURL"]
+    assert committed != FORK_URL
+    proc = _validate_argo(tmp_path, ANSIBLE / "roles", {"chexops_repo_url": FORK_URL})
+    text = " ".join(proc.stdout.split())
+    assert proc.returncode != 0 and DIFFERENT in text, proc.stdout[-3000:]
+    assert f"{REPO / 'argocd' / 'gitops-source.yaml'} ('{committed}' at" in text, proc.stdout[-3000:]
 
 
 @pytest.mark.parametrize("cidrs", [None, ["0.0.0.0/0"]], ids=["absent", "open"])

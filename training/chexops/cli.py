@@ -17,7 +17,9 @@ from typing import Any
 import click
 
 from .errors import ChexopsError
+from .export import MAX_INT8_AUROC_DROP
 from .infra.cli import infra
+from .model_ref import DEFAULT_MODEL_NAME, DEFAULT_SERVE_REF
 
 log = logging.getLogger("chexops")
 
@@ -141,35 +143,39 @@ def evaluate_cmd(run_ref: str, config_path: Path | None, threshold_rule: str, ta
 
 @cli.command("register")
 @click.option("--run", "run_ref", required=True, help="An evaluated training run: RUN_ID or runs:/RUN_ID/...")
-@click.option("--name", default="chexops-cxr", show_default=True, help="Registered model name.")
+@click.option("--evaluation", "evaluation_id", help="Which evaluation of the run to judge [default: its latest].")
+@click.option("--name", default=DEFAULT_MODEL_NAME, show_default=True, help="Registered model name.")
 @click.option("--gate-config", type=click.Path(dir_okay=False, path_type=Path), help="YAML gate limits (e.g. configs/gate.yaml); flags override.")
-@click.option("--min-mean-auroc", type=float, help="Minimum mean AUROC [default 0.8].")
+@click.option("--min-mean-auroc", type=float, help="Floor for the lower bound of the mean AUROC's 95% interval [default 0.8].")
 @click.option("--max-slice-gap", type=float, help="Largest allowed shortfall of a slice's mean AUROC below the whole [default 0.1].")
-@click.option("--min-slice-size", type=int, help="Slices with fewer images are not judged [default 30].")
+@click.option("--min-slice-positives", type=int, help="Slices where a finding has fewer positives are not judged [default 20].")
 @click.option("--max-regression", type=float, help="Largest allowed mean AUROC drop against the production model [default 0.02].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @quiet_stdout
-def register_cmd(run_ref: str, name: str, gate_config: Path | None, min_mean_auroc: float | None, max_slice_gap: float | None,
-                 min_slice_size: int | None, max_regression: float | None, as_json: bool, result_stream) -> None:
-    """Quality gate, then a registry version with alias `candidate`; exit 3 (nothing registered) on refusal."""
+def register_cmd(run_ref: str, evaluation_id: str | None, name: str, gate_config: Path | None, min_mean_auroc: float | None,
+                 max_slice_gap: float | None, min_slice_positives: int | None, max_regression: float | None, as_json: bool,
+                 result_stream) -> None:
+    """Quality gate on held-out evidence, then a registry version with alias `candidate`; exit 3 (nothing registered) on refusal."""
     from .errors import GateRefused
     from .gate import Verdict, format_verdicts, load_gate_config
     from .registry import register_run
 
     gate = load_gate_config(gate_config, {"min_mean_auroc": min_mean_auroc, "max_slice_gap": max_slice_gap,
-                                          "min_slice_size": min_slice_size, "max_regression": max_regression})
-    result = register_run(run_ref, name=name, gate=gate)
+                                          "min_slice_positives": min_slice_positives, "max_regression": max_regression})
+    result = register_run(run_ref, name=name, gate=gate, evaluation_id=evaluation_id)
     table = format_verdicts([Verdict(**v) for v in result["gate"]])
     if result["passed"]:
-        human = f"{table}\n\nGate passed: {name} version {result['version']} has alias {result['alias']} ({result['model_uri']})."
+        human = (f"{table}\n\nGate passed on evaluation {result['evaluation_id']}: {name} version {result['version']} "
+                 f"has alias {result['alias']} ({result['model_uri']}).")
     else:
-        human = f"{table}\n\nGate refused run {result['run_id']}: nothing registered."
+        human = f"{table}\n\nGate refused run {result['run_id']} (evaluation {result['evaluation_id']}): nothing registered."
     if as_json:
         click.echo(table, err=True)
     emit(result, as_json, human, result_stream)
     if not result["passed"]:
         failed = ", ".join(v["criterion"] for v in result["gate"] if not v["passed"])
-        raise GateRefused(f"the quality gate refused run {result['run_id']} ({failed}); nothing was registered.")
+        why = "; ".join(f"{v['criterion']}: {v['detail']}" for v in result["gate"] if not v["passed"])
+        raise GateRefused(f"the quality gate refused run {result['run_id']} ({failed}); nothing was registered. {why}")
 
 
 @cli.command("demo")
@@ -185,24 +191,29 @@ def demo_cmd(config_path: Path, as_json: bool, result_stream) -> None:
 
 
 @cli.command("export")
-@click.option("--model", "model_uri", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID.")
+@click.option("--model", "model_uri", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION that passed the gate "
+              "(runs:/RUN_ID or an ungated version needs --unevaluated).")
+@click.option("--unevaluated", is_flag=True, help="Export a run or version the gate did not approve; its metadata says "
+              "evaluated=false and the service shows a warning.")
+@click.option("--max-int8-auroc-drop", type=click.FloatRange(0), default=MAX_INT8_AUROC_DROP, show_default=True,
+              help="Refuse (exit 3) when static int8 loses more mean AUROC than this against fp32 on validation.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Default: $CHEXOPS_HOME/exports/NAME-vVERSION.")
 @click.option("--calibration", default=256, show_default=True, type=click.IntRange(1), help="Training images that calibrate static int8.")
 @click.option("--runs", default=50, show_default=True, type=click.IntRange(1), help="Timed runs per latency (median; batch 1).")
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1), help="ONNX Runtime intra-op threads for latency.")
 @click.option("--activations", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True,
               help="Activation type of the static int8 model (weights are always int8, per channel).")
-@click.option("--name", default=None, help="Registered model name for a runs:/ reference (default chexops-cxr).")
+@click.option("--name", default=None, help=f"Registered model name for a runs:/ reference (default {DEFAULT_MODEL_NAME}).")
 @click.option("--bento/--no-bento", default=True, show_default=True, help="Also import the files into the Bento model store.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @quiet_stdout
-def export_cmd(model_uri: str, out: Path | None, calibration: int, runs: int, threads: int, activations: str, name: str | None,
-               bento: bool, as_json: bool, result_stream) -> None:
-    """ONNX fp32 + int8 with metadata, parity-checked against PyTorch, logged to the run; Bento import."""
+def export_cmd(model_uri: str, unevaluated: bool, max_int8_auroc_drop: float, out: Path | None, calibration: int, runs: int,
+               threads: int, activations: str, name: str | None, bento: bool, as_json: bool, result_stream) -> None:
+    """ONNX fp32 + int8 with metadata, gated (parity with PyTorch, int8 AUROC cost: exit 3), logged to the run; Bento import."""
     from .export import export_model
 
     summary = export_model(model_uri, out, calibration=calibration, runs=runs, threads=threads, name=name,
-                           activations=activations, bento=bento)
+                           activations=activations, bento=bento, unevaluated=unevaluated, max_int8_auroc_drop=max_int8_auroc_drop)
     e = summary["export"]
     human = (f"Exported {e['model']['uri']} (run {e['model']['run_id']}) to {e['dir']}: parity {e['parity_max_abs_diff']:.1e}; "
              f"static int8 ΔAUROC {e['int8_auroc_delta']:+.4f}, latency ×{e['int8_latency_ratio']:.2f}; "
@@ -220,7 +231,7 @@ def bento() -> None:
 
 @bento.command("import")
 @click.option("--model", "model_uri", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID (exported).")
-@click.option("--name", default=None, help="Registered model name for a runs:/ reference (default chexops-cxr).")
+@click.option("--name", default=None, help=f"Registered model name for a runs:/ reference (default {DEFAULT_MODEL_NAME}).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @quiet_stdout
 def bento_import(model_uri: str, name: str | None, as_json: bool, result_stream) -> None:
@@ -234,7 +245,8 @@ def bento_import(model_uri: str, name: str | None, as_json: bool, result_stream)
 @cli.command("serve")
 @click.option("--port", default=3000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to accept other machines.")
-@click.option("--model", "model_tag", default=None, help="Bento model tag [default: $CHEXOPS_MODEL or chexops-cxr:latest].")
+@click.option("--model", "model_tag", default=None, help="models:/NAME@ALIAS, models:/NAME/VERSION, or a Bento tag NAME:VERSION "
+              f"[default: $CHEXOPS_MODEL or {DEFAULT_SERVE_REF}].")
 @click.option("--precision", type=click.Choice(["fp32", "int8"]), default=None, help="ONNX file to run [default: $CHEXOPS_PRECISION or fp32].")
 @click.option("--threads", type=click.IntRange(1), default=None, help="ONNX Runtime intra-op threads [default: $CHEXOPS_THREADS or 2].")
 @click.option("--development", is_flag=True, help="bentoml serve --development (reload on code changes).")

@@ -48,6 +48,10 @@ class DataConfig(_Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     view: Literal["frontal", "ap", "pa", "all"] = "frontal"
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    test_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="without test_csv: this fraction of csv's patients is carved out as the held-out test split")
+    test_seed: int = Field(0, description="seed of the test carve, apart from `seed` so the test split stays put across training seeds")
     skip_bad_images: bool = False
     cache_images: bool = True
     sources: list[ExtraSource] = Field(default_factory=list)  # extra CheXpert-layout sources (chexops.data.sources)
@@ -58,6 +62,8 @@ class DataConfig(_Strict):
             raise ValueError("data.csv is required when data.kind is 'chexpert'")
         if self.kind == "npz" and self.npz is None:
             raise ValueError("data.npz is required when data.kind is 'npz'")
+        if self.test_fraction > 0 and (self.kind != "chexpert" or self.test_csv is not None):
+            raise ValueError("data.test_fraction carves a test split from data.csv: use it with kind chexpert and without data.test_csv")
         if not self.labels:
             raise ValueError("data.labels must name at least one label")
         if len(set(self.labels)) != len(self.labels):

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from . import paths
+from .atomic import atomic_write_text
 from .demo_service import format_findings, query_service
 from .errors import ChexopsError
+from .model_ref import DEFAULT_MODEL_NAME
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "chexops-cxr"
+MODEL_NAME = DEFAULT_MODEL_NAME
 
 
 def run_step(*args: str) -> dict[str, Any]:
@@ -35,12 +37,7 @@ def run_step(*args: str) -> dict[str, Any]:
 
 
 def write_summary(summary: dict[str, Any]) -> Path:
-    path = paths.home() / "demo" / "summary.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(paths.home() / "demo" / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
 
 
 def run_demo(config: Path) -> tuple[dict[str, Any], str]:
@@ -64,10 +61,11 @@ def run_demo(config: Path) -> tuple[dict[str, Any], str]:
     write_summary(summary)
     summary["registry"] = run_step("register", "--run", run_id, "--name", MODEL_NAME)
     write_summary(summary)
-    exported = run_step("export", "--model", f"models:/{MODEL_NAME}@candidate")
+    candidate = f"models:/{MODEL_NAME}@candidate"
+    exported = run_step("export", "--model", candidate)
     summary["export"], summary["bento_model"] = exported["export"], exported["bento_model"]
     write_summary(summary)
-    summary["service"] = query_service(summary["bento_model"]["tag"], data_root)
+    summary["service"] = query_service(candidate, data_root)  # served by reference, resolved as `chexops serve` does
     summary["seconds"] = round(time.monotonic() - started, 1)
     path = write_summary(summary)
     return summary, report(summary, path)

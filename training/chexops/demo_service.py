@@ -41,15 +41,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def query_service(model_tag: str, data_root: Path, timeout: float = 240) -> dict[str, Any]:
-    """Serve `model_tag`, predict each sample image over HTTP, stop the service; returns the findings."""
+def query_service(model_ref: str, data_root: Path, timeout: float = 240) -> dict[str, Any]:
+    """Serve `model_ref` (a registry reference), predict each sample image over HTTP, stop the service; returns the findings."""
     port, key = _free_port(), DEV_KEYS.split(":")[1]
     url = f"http://127.0.0.1:{port}"
     log_path = paths.home() / "demo" / "service.log"
     env = {**os.environ, "CHEXOPS_HOME": str(paths.home()), "CHEXOPS_API_KEYS": DEV_KEYS}
-    log.info("$ chexops serve --port %d --model %s   (log: %s)", port, model_tag, log_path)
+    log.info("$ chexops serve --port %d --model %s   (log: %s)", port, model_ref, log_path)
     with open(log_path, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "chexops", "serve", "--port", str(port), "--model", model_tag],
+        proc = subprocess.Popen([sys.executable, "-m", "chexops", "serve", "--port", str(port), "--model", model_ref],
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
@@ -71,7 +71,7 @@ def query_service(model_tag: str, data_root: Path, timeout: float = 240) -> dict
             model = body["model"] if results else {}
     finally:
         stop_tree(proc, timeout=30)
-    return {"url": url, "model": model, "api_key_note": f"development key for clinic {DEV_KEYS.split(':')[0]!r}",
+    return {"url": url, "reference": model_ref, "model": model, "api_key_note": f"development key for clinic {DEV_KEYS.split(':')[0]!r}",
             "images": results, "log": str(log_path)}
 
 

@@ -1,10 +1,11 @@
 """Offline evaluation of a training run: `chexops evaluate --run RUN`.
 
 Read top to bottom: the run's checkpoint and config → predictions on validation (and test) →
-operating thresholds chosen on validation → metrics on the report split (test when the config has
-one, else validation): AUROC with a bootstrap interval, AUPRC, sensitivity and specificity at the
-thresholds, calibration → slices → hard cases → plots and a model card → everything logged to the
-same MLflow run under `evaluation/`, with metrics `eval_*` and the tag `evaluated=true`.
+operating thresholds chosen on validation → metrics on the report split (the held-out test split
+when the config has one, else validation, which the gate refuses by default): AUROC with a
+patient-level bootstrap interval, AUPRC, sensitivity and specificity at the thresholds,
+calibration → slices → hard cases → plots and a model card → everything logged to the same MLflow
+run as a new record `evaluation/<id>/` (`chexops.evaluations`), with metrics `eval_*`.
 
 Every metric comes from scikit-learn; only the expected calibration error is assembled here, from
 `sklearn.calibration.calibration_curve`'s bins.
@@ -12,6 +13,7 @@ Every metric comes from scikit-learn; only the expected calibration error is ass
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -26,22 +28,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sklearn
+import yaml
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, brier_score_loss, recall_score, roc_auc_score, roc_curve
 
-from . import paths
 from .config import Config, load_config
-from .data.loading import Split, load_splits
+from .data.loading import Split, load_splits, patient_groups
 from .errors import ConfigError, DataError, UserInputError
+from .evaluations import EVAL_DIR, artifact_path, index_entry, new_id
 from .labels import META_COLUMNS, metric_key
+from .model_ref import parse_run_ref
+from .tracking import download, get_run, mlflow_client
 
 log = logging.getLogger(__name__)
 
 RULES = ("youden", "sensitivity")
+# The files of one evaluation record (`evaluation/<id>/...`).
+ARTIFACTS = ("metrics.json", "thresholds.json", "config.yaml", "roc.png", "reliability.png", "model_card.md", "hard_cases")
 ECE_BINS = 10
 # Age bands of the slices: [low, high) in years.
 AGE_BANDS: tuple[tuple[str, float, float], ...] = (("<40", 0, 40), ("40-59", 40, 60), ("60-79", 60, 80), (">=80", 80, 200))
-EVAL_DIR = "evaluation"
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,17 +117,24 @@ def label_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, A
     return out
 
 
-def _bootstrap_chunk(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, n_boot: int, seed: np.random.SeedSequence) -> np.ndarray:
-    """AUROC of every label on `n_boot` resamples of the rows (NaN where a resample has one class)."""
+def resample_rows(rng: np.random.Generator, members: list[np.ndarray]) -> np.ndarray:
+    """The rows of one bootstrap resample: as many groups (patients) as there are, drawn with
+    replacement, each bringing all its rows."""
+    return np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+
+
+def _bootstrap_chunk(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, members: list[np.ndarray], n_boot: int,
+                     seed: np.random.SeedSequence) -> np.ndarray:
+    """AUROC of every label on `n_boot` resamples of the groups (NaN where a resample has one class)."""
     rng = np.random.default_rng(seed)
-    n, n_labels = targets.shape
+    n_labels = targets.shape[1]
     values = np.full((n_boot, n_labels), np.nan)
     # Labels without masked rows are scored in one multilabel call per resample (much less
     # per-call overhead); the others, and any resample where a label has one class, one by one.
     full = [j for j in range(n_labels) if (mask[:, j] > 0).all()]
     with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
         for b in range(n_boot):
-            idx = rng.integers(0, n, n)
+            idx = resample_rows(rng, members)
             todo = list(range(n_labels))
             if full:
                 y = targets[np.ix_(idx, full)]
@@ -140,23 +153,29 @@ BOOTSTRAP_CHUNKS = 8
 
 
 def bootstrap_auroc(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, labels: list[str], mean_over: list[str],
-                    n_boot: int, seed: int = 0) -> tuple[dict[str, tuple[float, float] | None], tuple[float, float] | None]:
+                    n_boot: int, seed: int = 0, groups: np.ndarray | None = None,
+                    ) -> tuple[dict[str, tuple[float, float] | None], tuple[float, float] | None]:
     """95% percentile intervals of each label's AUROC and of the mean AUROC, from `n_boot` resamples
-    of the images (the same resample for every label, so the mean's interval is paired).
+    of the patients (`groups`: each row's patient; None: each row its own), the same resample for
+    every label, so the mean's interval is paired. Images of one patient are correlated: resampling
+    images would make the interval too narrow.
 
     The resamples come in a fixed number of chunks with their own seeds, run in parallel processes
     when there is enough work: the result depends on `seed` only, not on the number of cores."""
     if n_boot <= 0 or len(targets) == 0:
         return {label: None for label in labels}, None
+    groups = np.arange(len(targets)) if groups is None else np.asarray(groups)
+    order = np.argsort(groups, kind="stable")
+    members = np.split(order, np.flatnonzero(np.diff(groups[order])) + 1)
     sizes = [len(c) for c in np.array_split(np.arange(n_boot), min(BOOTSTRAP_CHUNKS, n_boot))]
     seeds = np.random.SeedSequence(seed).spawn(len(sizes))
     jobs = min(len(sizes), os.cpu_count() or 1) if n_boot * len(labels) >= 3000 else 1
     if jobs > 1:
         from joblib import Parallel, delayed
 
-        parts = Parallel(n_jobs=jobs)(delayed(_bootstrap_chunk)(probs, targets, mask, k, s) for k, s in zip(sizes, seeds))
+        parts = Parallel(n_jobs=jobs)(delayed(_bootstrap_chunk)(probs, targets, mask, members, k, s) for k, s in zip(sizes, seeds))
     else:
-        parts = [_bootstrap_chunk(probs, targets, mask, k, s) for k, s in zip(sizes, seeds)]
+        parts = [_bootstrap_chunk(probs, targets, mask, members, k, s) for k, s in zip(sizes, seeds)]
     values = np.concatenate(parts)
 
     def interval(column: np.ndarray) -> tuple[float, float] | None:
@@ -199,8 +218,9 @@ def slice_masks(frame: pd.DataFrame | None) -> list[tuple[str, str, np.ndarray]]
 
 def slice_metrics(frame: pd.DataFrame | None, probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, labels: list[str],
                   mean_over: list[str], thresholds: dict[str, float], overall: float) -> list[dict[str, Any]]:
-    """Each slice's mean AUROC (over `mean_over`), per-label AUROC, and its gap to the whole
-    (`gap` = slice - whole: negative when the slice does worse)."""
+    """Each slice's mean AUROC (over `mean_over`), per-label AUROC, its gap to the whole (`gap` =
+    slice - whole: negative when the slice does worse) and its size as positives per finding of
+    `mean_over` (`min_positives`: an AUROC rests on its positives, not on the image count)."""
     out = []
     for attribute, value, rows in slice_masks(frame):
         per_label = {}
@@ -208,8 +228,10 @@ def slice_metrics(frame: pd.DataFrame | None, probs: np.ndarray, targets: np.nda
             keep = rows & (mask[:, j] > 0)
             per_label[label] = label_metrics(targets[keep, j], probs[keep, j], thresholds[label])
         mean = mean_of(per_label, mean_over)
+        positives = {label: per_label[label]["positives"] for label in mean_over}
         out.append({
             "slice": f"{attribute}={value}", "attribute": attribute, "value": value, "n": int(rows.sum()),
+            "positives": positives, "min_positives": min(positives.values(), default=0),
             "mean_auroc": mean, "gap": mean - overall if not (math.isnan(mean) or math.isnan(overall)) else math.nan,
             "per_label": {label: {k: m[k] for k in ("n", "positives", "auroc", "sensitivity", "specificity")} for label, m in per_label.items()},
         })
@@ -242,52 +264,6 @@ def hard_case_scores(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, l
 # --------------------------------------------------------------------------------------------
 # Loading a run: reference, checkpoint, config, model.
 # --------------------------------------------------------------------------------------------
-
-
-def parse_run_ref(ref: str) -> tuple[str, str]:
-    """`RUN_ID` or `runs:/RUN_ID[/path]` → (run id, checkpoint artifact path)."""
-    ref = ref.strip()
-    artifact = "checkpoint/model.pt"
-    if ref.startswith("runs:/"):
-        run_id, _, rest = ref[len("runs:/"):].strip("/").partition("/")
-        if rest:
-            artifact = rest if rest.endswith(".pt") else rest.rstrip("/") + "/model.pt"
-    else:
-        run_id = ref
-    if not run_id or "/" in run_id or ":" in run_id:
-        raise UserInputError(f"--run {ref!r} is neither a run id nor a runs:/RUN_ID/... URI.")
-    return run_id, artifact
-
-
-def mlflow_client():
-    import mlflow
-    from mlflow import MlflowClient
-
-    uri = paths.default_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    return MlflowClient(uri)
-
-
-def get_run(client, run_id: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_run(run_id)
-    except MlflowException as exc:
-        raise UserInputError(f"no MLflow run {run_id!r} at {client.tracking_uri}: {exc.message.splitlines()[0]}") from None
-
-
-def download(client, run_id: str, artifact: str, dst: Path) -> Path | None:
-    """A run's artifact as a local path, or None when the run has no such artifact."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst),
-                                                        tracking_uri=client.tracking_uri))
-    except (MlflowException, OSError) as exc:
-        log.debug("artifact %s of run %s: %s", artifact, run_id, exc)
-        return None
 
 
 @dataclass
@@ -469,13 +445,15 @@ def model_card(result: dict[str, Any], loaded: LoadedRun, fingerprint: dict[str,
         "## Data",
         f"- Dataset kind `{cfg.data.kind}`, view filter `{cfg.data.view}`, data version `{fingerprint.get('data_version', tags.get('data_version', 'unknown'))}` "
         f"(sha256 `{str(fingerprint.get('sha256', tags.get('data_sha256', 'unknown')))[:16]}…`).",
-        f"- Rows: {', '.join(f'{k} {v:,}' for k, v in fingerprint.get('rows', {}).items())}. Patients never cross the train/validation split.",
+        f"- Rows: {', '.join(f'{k} {v:,}' for k, v in fingerprint.get('rows', {}).items())}. Patients never cross the train/validation/test splits"
+        + (f" (test: {fingerprint['test_source']})." if fingerprint.get("test_source") else "."),
         f"- Uncertain labels: training policy `{cfg.data.policy.uncertain}` (per label: "
         f"{', '.join(f'{k} {v}' for k, v in cfg.data.policy.uncertain_per_label.items()) or 'none'}); ignored in evaluation.",
         f"- Metrics below are on the **{result['split']}** split ({result['n']:,} images); thresholds were chosen on validation.", "",
         "## Metrics",
         f"Mean AUROC over {', '.join(result['mean_over'])}: **{_f(result['mean_auroc'])}**"
-        + (f" (95% CI {_f(result['mean_auroc_ci'][0])}–{_f(result['mean_auroc_ci'][1])}, {result['bootstrap']} bootstrap resamples)" if result.get("mean_auroc_ci") else "")
+        + (f" (95% CI {_f(result['mean_auroc_ci'][0])}–{_f(result['mean_auroc_ci'][1])}, {result['bootstrap']} bootstrap resamples"
+           f" of {result['bootstrap_groups']} {result['bootstrap_unit']}s)" if result.get("mean_auroc_ci") else "")
         + ".", "",
         "| finding | n (pos) | AUROC [95% CI] | AUPRC | threshold | sensitivity | specificity | ECE |",
         "|---|---|---|---|---|---|---|---|",
@@ -488,11 +466,11 @@ def model_card(result: dict[str, Any], loaded: LoadedRun, fingerprint: dict[str,
     rule = result["rule"] + (f" (target sensitivity {result['target_sensitivity']:.2f})" if result["rule"] == "sensitivity" else " (Youden's J)")
     lines += ["", f"Operating thresholds: rule `{rule}`, chosen on the validation split.", "", "## Slices",
               "Mean AUROC per slice and its gap to the whole (negative: the slice does worse).", "",
-              "| slice | n | mean AUROC | gap |", "|---|---|---|---|"]
+              "| slice | n | fewest positives of a finding | mean AUROC | gap |", "|---|---|---|---|---|"]
     for s in result["slices"]:
-        lines.append(f"| {s['slice']} | {s['n']} | {_f(s['mean_auroc'])} | {_f(s['gap'], 3)} |")
+        lines.append(f"| {s['slice']} | {s['n']} | {s['min_positives']} | {_f(s['mean_auroc'])} | {_f(s['gap'], 3)} |")
     if not result["slices"]:
-        lines.append("| (no slice metadata in this dataset) | | | |")
+        lines.append("| (no slice metadata in this dataset) | | | | |")
     lines += [
         "", "## Intended use",
         "Research and engineering of the chexops platform; as a triage aid it would flag studies for a radiologist's "
@@ -584,7 +562,8 @@ def evaluate_run(ref: str, *, config_path: Path | None = None, rule: str = "youd
         # Metrics on the report split.
         if splits.test is not None:
             report, split_name, probs = splits.test, "test", _predict(model, splits.test, spec, device)
-            source_csv = Path(config.data.test_csv) if config.data.test_csv else None
+            source = config.data.test_csv or config.data.csv  # a carved test split's rows are csv's
+            source_csv = Path(source) if source else None
         else:
             report, split_name, probs = val, "validation", val_probs
             source_csv = Path(config.data.csv) if config.data.csv else None
@@ -593,22 +572,31 @@ def evaluate_run(ref: str, *, config_path: Path | None = None, rule: str = "youd
         for j, label in enumerate(labels):
             keep = m[:, j] > 0
             per_label[label] = label_metrics(t[keep, j], probs[keep, j], thresholds[label])
-        cis, mean_ci = bootstrap_auroc(probs, t, m, labels, mean_over, n_bootstrap, seed)
+        groups = patient_groups(report)
+        cis, mean_ci = bootstrap_auroc(probs, t, m, labels, mean_over, n_bootstrap, seed, groups)
         for label in labels:
             per_label[label]["auroc_ci"] = cis[label]
         overall = mean_of(per_label, mean_over)
         slices = slice_metrics(report.frame, probs, t, m, labels, mean_over, thresholds, overall)
         cases = hard_case_scores(probs, t, m, labels, thresholds)[:hard_cases]
 
+        fingerprint = splits.fingerprint
+        settings = {"config": config.to_dict(), "rule": rule, "target_sensitivity": target_sensitivity,
+                    "bootstrap": n_bootstrap, "seed": seed}
         result: dict[str, Any] = {
-            "run_id": loaded.run_id,
+            "run_id": loaded.run_id, "evaluation_id": new_id(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "split": split_name, "n": len(report), "validation_n": len(val),
-            "data_version": splits.fingerprint["data_version"], "data_sha256": splits.fingerprint["sha256"],
+            "split_version": fingerprint["split_versions"][report.name], "test_source": fingerprint.get("test_source"),
+            "test_patients_in_train": fingerprint.get("test_patients_in_train", 0),
+            "config_sha256": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
+            "data_version": fingerprint["data_version"], "data_sha256": fingerprint["sha256"],
             "trained_data_version": loaded.run.data.tags.get("data_version"),
             "mean_over": mean_over, "mean_auroc": overall, "mean_auroc_ci": mean_ci,
             "mean_ece": mean_of(per_label, mean_over, "ece"),
             "rule": rule, "target_sensitivity": target_sensitivity if rule == "sensitivity" else None,
             "thresholds": thresholds, "thresholds_defaulted": defaulted, "bootstrap": n_bootstrap,
+            "bootstrap_unit": "patient" if groups is not None else "image",
+            "bootstrap_groups": int(len(np.unique(groups))) if groups is not None else len(report),
             "per_label": per_label,
             "validation": {"mean_auroc": mean_of(val_at, mean_over), "per_label": val_at},
             "slices": slices,
@@ -617,12 +605,13 @@ def evaluate_run(ref: str, *, config_path: Path | None = None, rule: str = "youd
         if result["data_version"] != result["trained_data_version"]:
             log.warning("Evaluating on data version %s; the model was trained on %s.", result["data_version"], result["trained_data_version"])
 
-        # Files.
-        out = work / EVAL_DIR
-        out.mkdir()
+        # Files: this evaluation's own record, next to (never over) earlier ones.
+        eval_id = result["evaluation_id"]
+        out = work / EVAL_DIR / eval_id
+        out.mkdir(parents=True)
         count = write_hard_cases(out / "hard_cases", report, source_csv, cases, labels)
-        result["hard_cases"] = {"count": count, "artifact_path": f"{EVAL_DIR}/hard_cases",
-                                "csv": f"{EVAL_DIR}/hard_cases/CheXpert-v1.0-small/valid.csv"}
+        result["hard_cases"] = {"count": count, "artifact_path": artifact_path(eval_id, "hard_cases"),
+                                "csv": artifact_path(eval_id, "hard_cases/CheXpert-v1.0-small/valid.csv")}
         plot_roc(out / "roc.png", probs, t, m, labels, per_label, f"ROC on {split_name} (mean AUROC {_f(overall)})")
         plot_reliability(out / "reliability.png", probs, t, m, labels, per_label)
         result = _clean(result)
@@ -630,7 +619,8 @@ def evaluate_run(ref: str, *, config_path: Path | None = None, rule: str = "youd
                                                          "thresholds": result["thresholds"], "labels": labels,
                                                          "chosen_on": "validation", "defaulted": defaulted}, indent=2) + "\n")
         (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "model_card.md").write_text(model_card(result, loaded, splits.fingerprint))
+        (out / "model_card.md").write_text(model_card(result, loaded, fingerprint))
+        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
         # MLflow: the same run.
         now = int(time.time() * 1000)
@@ -645,12 +635,13 @@ def evaluate_run(ref: str, *, config_path: Path | None = None, rule: str = "youd
             for name in ("auroc", "auprc", "sensitivity", "specificity", "ece", "threshold"):
                 metrics[f"eval_{name}.{key}"] = v[name]
         client.log_batch(loaded.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None])
-        client.log_artifacts(loaded.run_id, str(out), EVAL_DIR)
+        client.log_artifacts(loaded.run_id, str(out), artifact_path(eval_id))
+        client.set_tag(loaded.run_id, *index_entry(result))
         client.set_tag(loaded.run_id, "evaluated", "true")
         client.set_tag(loaded.run_id, "eval_rule", rule)
 
-    result["artifacts"] = [f"{EVAL_DIR}/{name}" for name in ("metrics.json", "thresholds.json", "roc.png", "reliability.png", "model_card.md", "hard_cases")]
-    result["artifact_uri"] = f"runs:/{loaded.run_id}/{EVAL_DIR}"
+    result["artifacts"] = [artifact_path(eval_id, name) for name in ARTIFACTS]
+    result["artifact_uri"] = f"runs:/{loaded.run_id}/{artifact_path(eval_id)}"
     result["tracking_uri"] = client.tracking_uri
     result["seconds"] = round(time.monotonic() - started, 1)
     log.info("Run %s: %s mean AUROC %s (rule %s), worst slice %s, %d hard cases, %.0f s", loaded.run_id, split_name,
@@ -661,15 +652,16 @@ def evaluate_run(ref: str, *, config_path: Path | None = None, rule: str = "youd
 def format_result(result: dict[str, Any]) -> str:
     """The human summary of `evaluate_run`."""
     ci = result.get("mean_auroc_ci")
-    lines = [f"Run {result['run_id']}: {result['split']} mean AUROC {_f(result['mean_auroc'])}"
-             + (f" (95% CI {_f(ci[0])}-{_f(ci[1])})" if ci else "") + f" over {', '.join(result['mean_over'])}",
+    lines = [f"Run {result['run_id']} evaluation {result['evaluation_id']}: {result['split']} mean AUROC {_f(result['mean_auroc'])}"
+             + (f" (95% CI {_f(ci[0])}-{_f(ci[1])}, {result['bootstrap_unit']}s resampled)" if ci else "")
+             + f" over {', '.join(result['mean_over'])}",
              f"thresholds by {result['rule']} on validation; metrics on {result['split']} ({result['n']} images)", "",
              f"{'finding':<28}{'AUROC':>8}{'AUPRC':>8}{'thr':>7}{'sens':>7}{'spec':>7}{'ECE':>7}"]
     for label, m in result["per_label"].items():
         lines.append(f"{label:<28}{_f(m['auroc']):>8}{_f(m['auprc']):>8}{_f(m['threshold'], 2):>7}{_f(m['sensitivity'], 2):>7}"
                      f"{_f(m['specificity'], 2):>7}{_f(m['ece']):>7}")
-    lines += ["", f"{'slice':<24}{'n':>6}{'mean AUROC':>12}{'gap':>8}"]
+    lines += ["", f"{'slice':<24}{'n':>6}{'min pos':>8}{'mean AUROC':>12}{'gap':>8}"]
     for s in result["slices"]:
-        lines.append(f"{s['slice']:<24}{s['n']:>6}{_f(s['mean_auroc']):>12}{_f(s['gap']):>8}")
+        lines.append(f"{s['slice']:<24}{s['n']:>6}{s['min_positives']:>8}{_f(s['mean_auroc']):>12}{_f(s['gap']):>8}")
     lines += ["", f"{result['hard_cases']['count']} hard cases, plots and model card logged to {result['artifact_uri']}"]
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -27,18 +28,22 @@ from typing import Any
 import numpy as np
 
 from . import paths
-from .errors import ChexopsError, UserInputError
+from .errors import GateRefused, UserInputError
+from .onnx_files import DYNAMIC_FILE, FP32_FILE, INT8_FILE, read_metadata, session
 from .preprocessing import PreprocessSpec, load_image, preprocess
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
 EXPORT_FORMAT = "1"
-PARITY_TOLERANCE = 1e-4
+PARITY_TOLERANCE = 1e-4           # max |ONNX Runtime − PyTorch| of the probabilities
+FEATURES_TOLERANCE = 1e-4         # of the feature map (the CAMs), relative to its largest magnitude (at least 1)
+MAX_INT8_AUROC_DROP = 0.005       # largest mean-AUROC loss of static int8 against fp32 on validation
 OUTPUTS = ("probabilities", "features")
-FP32_FILE, INT8_FILE, DYNAMIC_FILE = "model.onnx", "model.int8.onnx", "model.dynamic-int8.onnx"
 METADATA_KEYS = ("chexops.format", "labels", "thresholds", "thresholds_rule", "preprocessing", "model_name",
-                 "registry_version", "run_id", "data_version", "precision", "head", "outputs")
+                 "registry_version", "run_id", "data_version", "evaluated", "precision", "head", "outputs")
+__all__ = ["DYNAMIC_FILE", "FP32_FILE", "INT8_FILE", "build_metadata", "export_model", "export_onnx", "read_metadata",
+           "write_metadata", "class_activation_maps"]
 
 
 # --- the graph -------------------------------------------------------------------------------------
@@ -80,7 +85,9 @@ def export_onnx(model, spec: PreprocessSpec, path: Path, opset: int = OPSET) -> 
 
 
 def build_metadata(*, labels: list[str], thresholds: dict[str, float], rule: str, spec: PreprocessSpec, model_name: str,
-                   registry_version: str, run_id: str, data_version: str, head_weight: np.ndarray, head_bias: np.ndarray) -> dict[str, str]:
+                   registry_version: str, run_id: str, data_version: str, head_weight: np.ndarray, head_bias: np.ndarray,
+                   evaluated: bool = False) -> dict[str, str]:
+    """`evaluated` is "true" only for a registry version that passed the gate, with its evaluated thresholds."""
     return {
         "chexops.format": EXPORT_FORMAT,
         "labels": json.dumps(labels),
@@ -91,6 +98,7 @@ def build_metadata(*, labels: list[str], thresholds: dict[str, float], rule: str
         "registry_version": registry_version,
         "run_id": run_id,
         "data_version": data_version,
+        "evaluated": "true" if evaluated else "false",
         "precision": "fp32",
         "head": json.dumps({"weight": np.asarray(head_weight, dtype=np.float32).tolist(),
                             "bias": np.asarray(head_bias, dtype=np.float32).tolist()}),
@@ -111,14 +119,6 @@ def write_metadata(path: Path, metadata: dict[str, str]) -> None:
     proto.doc_string = (f"chexops {metadata.get('model_name', '')} v{metadata.get('registry_version', '')} "
                         f"({metadata.get('precision', '')}), run {metadata.get('run_id', '')}")
     onnx.save(proto, str(path))
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The `metadata_props` of an ONNX file, without loading its weights into a session."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
 
 
 def class_activation_maps(features: np.ndarray, head_weight: np.ndarray) -> np.ndarray:
@@ -151,7 +151,7 @@ def real_images(spec: PreprocessSpec) -> tuple[np.ndarray, list[str]]:
 
 def parity(model, onnx_path: Path, x: np.ndarray, batch_size: int = 16) -> dict[str, float]:
     """Max |ONNX Runtime − PyTorch| over both outputs on `x`, ONNX run at batch sizes > 1."""
-    from .quantize import run_batches, session
+    from .quantize import run_batches
 
     ours = run_batches(session(onnx_path), x, batch_size)
     theirs = torch_outputs(model, x)
@@ -193,18 +193,83 @@ def _mean_auroc(probs: np.ndarray, split, labels: list[str], over: list[str]) ->
     return mean_auroc(auroc_per_label(probs, split.targets, split.mask, labels), over)
 
 
+def _approved_thresholds(ref, labels: list[str], thresholds: dict[str, float], rule: str, unevaluated: bool) -> bool:
+    """Whether this export carries the gate's approval: a registry version that passed the gate, exported
+    with the thresholds it was approved with. Anything else needs `--unevaluated` (exit 2 without it)."""
+    why = ref.approval()
+    if not why and rule == "default-0.5":
+        why = f"run {ref.run_id} has no evaluation/thresholds.json"
+    if not why and ref.version_tags.get("thresholds"):
+        approved = {k: float(v) for k, v in json.loads(ref.version_tags["thresholds"]).items() if v is not None}
+        differ = [label for label in labels if label in approved and abs(approved[label] - thresholds[label]) > 1e-9]
+        if differ:
+            why = (f"the run's evaluation/thresholds.json differs from the thresholds version {ref.version} was approved with "
+                   f"({', '.join(differ)}): it was evaluated again after registering; register it again")
+    if not why:
+        return True
+    if not unevaluated:
+        raise UserInputError(f"{ref.uri}: {why}. Export a registry version that passed the gate (chexops evaluate, then "
+                             "chexops register, then --model models:/NAME@candidate), or pass --unevaluated to export it "
+                             "anyway, marked `evaluated: false` (the service shows a warning).")
+    log.warning("%s: %s; exporting it --unevaluated (metadata evaluated=false, not tied to a registry version).", ref.uri, why)
+    return False
+
+
+def int8_thresholds(fp32_thresholds: dict[str, float], rule: str, target_sensitivity: float | None, split, labels: list[str],
+                    fp32_probs: np.ndarray, int8_probs: np.ndarray) -> tuple[dict[str, float], str]:
+    """The int8 model's own operating thresholds: the fp32 rule (`chexops evaluate`'s, on validation
+    data) applied to int8 probabilities of the same validation split. Kept equal to fp32's where the
+    rule cannot choose (one class), when the thresholds were not evaluated, or when fp32's evaluated
+    thresholds cannot be reproduced on this validation split (other data than `chexops evaluate` used)."""
+    from .evaluate import RULES, choose_threshold
+
+    if rule not in RULES:
+        return dict(fp32_thresholds), f"fp32 ({rule or 'no rule'})"
+    target = target_sensitivity if target_sensitivity is not None else 0.9
+    mine: dict[str, float] = {}
+    for j, label in enumerate(labels):
+        keep = split.mask[:, j] > 0
+        again = choose_threshold(split.targets[keep, j], fp32_probs[keep, j], rule, target)
+        if not math.isnan(again) and abs(again - fp32_thresholds[label]) > 1e-6:
+            log.warning("fp32 threshold of %s is %.6f on this validation split, %.6f as evaluated: the data differ, so int8 "
+                        "keeps the fp32 thresholds", label, again, fp32_thresholds[label])
+            return dict(fp32_thresholds), f"fp32 (validation data differ from chexops evaluate's)"
+        chosen = choose_threshold(split.targets[keep, j], int8_probs[keep, j], rule, target)
+        mine[label] = fp32_thresholds[label] if math.isnan(chosen) else float(chosen)
+    return mine, f"{rule} on int8 validation probabilities"
+
+
+def export_gate(check: dict[str, float], features_scale: float, int8_auroc_delta: float,
+                max_int8_auroc_drop: float = MAX_INT8_AUROC_DROP) -> list[dict[str, Any]]:
+    """The export's own gate: fp32 parity with PyTorch (probabilities, and features: the CAMs), and
+    the mean-AUROC cost of static int8. Each verdict: criterion, value, limit, passed."""
+    features_limit = FEATURES_TOLERANCE * max(1.0, features_scale)
+    drop = -int8_auroc_delta if math.isfinite(int8_auroc_delta) else math.inf
+    verdicts = [("parity_probabilities", check["probabilities"], PARITY_TOLERANCE),
+                ("parity_features", check["features"], features_limit),
+                ("int8_mean_auroc_drop", drop, max_int8_auroc_drop)]
+    return [{"criterion": c, "value": float(v), "limit": float(lim), "passed": bool(v <= lim)} for c, v, lim in verdicts]
+
+
 def export_model(uri: str, out: Path | None = None, *, calibration: int = 256, runs: int = 50, threads: int = 2,
-                 name: str | None = None, activations: str = "uint8", log_to_run: bool = True, bento: bool = True) -> dict[str, Any]:
-    """The whole `chexops export`: resolve, rebuild, export, check, quantize, compare, record, import."""
+                 name: str | None = None, activations: str = "uint8", log_to_run: bool = True, bento: bool = True,
+                 unevaluated: bool = False, max_int8_auroc_drop: float = MAX_INT8_AUROC_DROP) -> dict[str, Any]:
+    """The whole `chexops export`: resolve, rebuild, export, check, quantize, compare, gate, record, import.
+
+    A registry version that passed `chexops register`'s gate is exported with its evaluated thresholds;
+    anything else only with `unevaluated` (then marked so). `GateRefused` (exit 3) when parity or the
+    int8 AUROC cost fails: nothing is logged to the run or imported."""
     from . import drift, model_ref, quantize
 
     started = time.monotonic()
     ref = model_ref.resolve(uri, default_name=name or model_ref.DEFAULT_MODEL_NAME)
-    out = Path(out) if out else paths.home() / "exports" / ref.slug
     with tempfile.TemporaryDirectory() as tmp:
         payload = model_ref.download_checkpoint(ref, Path(tmp) / "checkpoint")
-        thresholds, rule = model_ref.thresholds(ref, payload["labels"], Path(tmp) / "evaluation")
+        thresholds, rule, target_sensitivity = model_ref.thresholds(ref, payload["labels"], Path(tmp) / "evaluation")
     labels = list(payload["labels"])
+    evaluated = _approved_thresholds(ref, labels, thresholds, rule, unevaluated)
+    version = ref.version if evaluated else ""  # an unevaluated export never speaks for a registry version
+    out = Path(out) if out else paths.home() / "exports" / (ref.slug if evaluated else f"{ref.name}-run-{ref.run_id[:12]}-unevaluated")
     model, spec = _load_model(payload)
     config, splits = _splits(payload)
     over = config.eval.mean_labels(labels)
@@ -217,46 +282,48 @@ def export_model(uri: str, out: Path | None = None, *, calibration: int = 256, r
     out.mkdir(parents=True, exist_ok=True)
     fp32 = export_onnx(model, spec, out / FP32_FILE)
     metadata = build_metadata(labels=labels, thresholds=thresholds, rule=rule, spec=spec, model_name=ref.name,
-                              registry_version=ref.version, run_id=ref.run_id, data_version=data_version,
-                              head_weight=model.head.weight.detach().numpy(), head_bias=model.head.bias.detach().numpy())
+                              registry_version=version, run_id=ref.run_id, data_version=data_version,
+                              head_weight=model.head.weight.detach().numpy(), head_bias=model.head.bias.detach().numpy(),
+                              evaluated=evaluated)
     write_metadata(fp32, metadata)
     log.info("Preprocessing %d validation images", len(splits.val))
     val_x = quantize.split_inputs(splits.val, spec)
     real_x, real_names = real_images(spec)
-    check = parity(model, fp32, np.concatenate([val_x, real_x]))
-    log.info("Parity on %d validation + %d real images: max |ΔP| %.2e, max |Δfeatures| %.2e",
-             len(val_x), len(real_x), check["probabilities"], check["features"])
-    if check["probabilities"] > PARITY_TOLERANCE:
-        raise ChexopsError(f"ONNX Runtime differs from PyTorch by {check['probabilities']:.2e} (> {PARITY_TOLERANCE}) "
-                           "on the probabilities; the export is not trustworthy.")
+    both = np.concatenate([val_x, real_x])
+    check = parity(model, fp32, both)
+    features_scale = float(np.abs(torch_outputs(model, both[:64])["features"]).max()) if len(both) else 1.0
+    log.info("Parity on %d validation + %d real images: max |ΔP| %.2e, max |Δfeatures| %.2e (features up to %.2f)",
+             len(val_x), len(real_x), check["probabilities"], check["features"], features_scale)
 
     # int8: static QDQ calibrated on real training images; dynamic for comparison.
     calib_x = quantize.split_inputs(splits.train, spec, limit=calibration, seed=config.seed)
     metadata[drift.REFERENCE_KEY] = drift.reference_json(  # the training reference a service's drift score compares with
-        calib_x, quantize.run_batches(quantize.session(fp32), calib_x)["probabilities"], spec, labels)
+        calib_x, quantize.run_batches(session(fp32), calib_x)["probabilities"], spec, labels)
     write_metadata(fp32, metadata)
     log.info("Static QDQ int8, calibrated on %d training images", len(calib_x))
     int8 = quantize.quantize_static_qdq(fp32, out / INT8_FILE, calib_x, activation=activations)
-    write_metadata(int8, {**metadata, "precision": "int8-static-qdq"})
     dynamic = quantize.quantize_dynamic_int8(fp32, out / DYNAMIC_FILE)
     write_metadata(dynamic, {**metadata, "precision": "int8-dynamic"})
 
     variants = {"fp32": fp32, "int8": int8, "dynamic_int8": dynamic}
     compared: dict[str, dict[str, float]] = {}
-    reference = None
+    val_probs: dict[str, np.ndarray] = {}
     for key, path in variants.items():
-        probs = quantize.run_batches(quantize.session(path), val_x)["probabilities"]
-        reference = probs if reference is None else reference
+        probs = val_probs[key] = quantize.run_batches(session(path), val_x)["probabilities"]
         compared[key] = {"mean_auroc": _mean_auroc(probs, splits.val, labels, over),
-                         "max_abs_prob_diff": float(np.abs(probs - reference).max()),
+                         "max_abs_prob_diff": float(np.abs(probs - val_probs["fp32"]).max()),
                          "latency_ms": quantize.latency_ms(path, val_x[:1], runs=runs, threads=threads),
                          "size_bytes": path.stat().st_size}
         log.info("%-12s mean AUROC %.4f, latency %.2f ms (batch 1, %d threads), %.1f kB", key, compared[key]["mean_auroc"],
                  compared[key]["latency_ms"], threads, compared[key]["size_bytes"] / 1024)
+    int8_thr, int8_rule = int8_thresholds(thresholds, rule, target_sensitivity, splits.val, labels, val_probs["fp32"], val_probs["int8"])
+    write_metadata(int8, {**metadata, "precision": "int8-static-qdq", "thresholds": json.dumps(int8_thr),
+                          "thresholds_rule": int8_rule})
 
     fp = compared["fp32"]
     result: dict[str, Any] = {
         "model": ref.to_dict(),
+        "evaluated": evaluated,
         "dir": str(out),
         "fp32": str(fp32), "int8": str(int8), "dynamic_int8": str(dynamic),
         "opset": OPSET,
@@ -271,15 +338,23 @@ def export_model(uri: str, out: Path | None = None, *, calibration: int = 256, r
         "fp32_latency_ms": fp["latency_ms"],
         "latency": {"batch": 1, "intra_op_threads": threads, "runs": runs, "statistic": "median"},
         "thresholds": thresholds, "thresholds_rule": rule,
+        "int8_thresholds": int8_thr, "int8_thresholds_rule": int8_rule,
         "data_version": data_version,
     }
     for key in ("int8", "dynamic_int8"):
+        result[f"{key}_mean_auroc"] = compared[key]["mean_auroc"]
         result[f"{key}_auroc_delta"] = compared[key]["mean_auroc"] - fp["mean_auroc"]
         result[f"{key}_latency_ratio"] = compared[key]["latency_ms"] / fp["latency_ms"]
         result[f"{key}_latency_ms"] = compared[key]["latency_ms"]
         result[f"{key}_max_abs_prob_diff"] = compared[key]["max_abs_prob_diff"]
     result["sizes_bytes"] = {k: v["size_bytes"] for k, v in compared.items()}
+    result["gate"] = export_gate(check, features_scale, result["int8_auroc_delta"], max_int8_auroc_drop)
+    result["passed"] = all(v["passed"] for v in result["gate"])
     (out / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if not result["passed"]:
+        failed = "; ".join(f"{v['criterion']} {v['value']:.3g} > {v['limit']:.3g}" for v in result["gate"] if not v["passed"])
+        raise GateRefused(f"the export gate refused {ref.uri}: {failed} (report: {out / 'report.json'}); nothing was logged "
+                          "to the run or imported into the Bento store.")
     if log_to_run:
         result["artifacts"] = _record(ref, out, result)
     summary: dict[str, Any] = {"export": result}
@@ -292,20 +367,27 @@ def export_model(uri: str, out: Path | None = None, *, calibration: int = 256, r
 
 
 def _record(ref, out: Path, result: dict[str, Any]) -> dict[str, str]:
-    """The ONNX files and report into the training run (`export/`); their URIs as run and version tags."""
+    """The ONNX files and report into the training run (`export/`; `export-unevaluated/` for an
+    --unevaluated export, so it never shadows the approved one); their URIs and sha256 as run tags,
+    and as registry version tags for an approved export."""
     from . import model_ref
+    from .hashing import sha256_file
 
+    folder = "export" if result["evaluated"] else "export-unevaluated"
     c = model_ref.client()
     for f in (FP32_FILE, INT8_FILE, "report.json"):
-        c.log_artifact(ref.run_id, str(out / f), "export")
-    uris = {"fp32": f"runs:/{ref.run_id}/export/{FP32_FILE}", "int8": f"runs:/{ref.run_id}/export/{INT8_FILE}",
-            "report": f"runs:/{ref.run_id}/export/report.json"}
+        c.log_artifact(ref.run_id, str(out / f), folder)
+    uris = {"fp32": f"runs:/{ref.run_id}/{folder}/{FP32_FILE}", "int8": f"runs:/{ref.run_id}/{folder}/{INT8_FILE}",
+            "report": f"runs:/{ref.run_id}/{folder}/report.json"}
     tags = {"export.fp32_uri": uris["fp32"], "export.int8_uri": uris["int8"], "export.fp32_path": result["fp32"],
-            "export.int8_path": result["int8"], "export.registry_version": ref.version,
-            "export.int8_auroc_delta": f"{result['int8_auroc_delta']:.6f}", "export.int8_latency_ratio": f"{result['int8_latency_ratio']:.4f}"}
+            "export.int8_path": result["int8"], "export.registry_version": ref.version if result["evaluated"] else "none",
+            "export.int8_auroc_delta": f"{result['int8_auroc_delta']:.6f}", "export.int8_latency_ratio": f"{result['int8_latency_ratio']:.4f}",
+            "export.fp32_sha256": sha256_file(out / FP32_FILE), "export.int8_sha256": sha256_file(out / INT8_FILE),
+            "export.evaluated": "true" if result["evaluated"] else "false"}
+    prefix = "export." if result["evaluated"] else "export_unevaluated."
     for key, value in tags.items():
-        c.set_tag(ref.run_id, key, value)
-    if ref.version:
+        c.set_tag(ref.run_id, prefix + key.removeprefix("export."), value)
+    if ref.version and result["evaluated"]:
         for key, value in tags.items():
             c.set_model_version_tag(ref.name, ref.version, key, value)
     return uris

@@ -3,6 +3,9 @@ training run and its checkpoint through MLflow (registry alias → version → r
 
 Every failure to resolve is the user's input (`UserInputError`, exit 2): a model, alias, version
 or run that does not exist, or a run without a `checkpoint/model.pt` artifact.
+
+The one home of the registered model's default name, the checkpoint's artifact path and the
+run-reference parser (`parse_run_ref`, also used by `chexops evaluate` and `chexops register`).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +23,30 @@ from .errors import UserInputError
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "chexops-cxr"
-CHECKPOINT_PATH = "checkpoint/model.pt"
+CHECKPOINT_DIR, CHECKPOINT_FILE = "checkpoint", "model.pt"
+CHECKPOINT_PATH = f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}"
+DEFAULT_SERVE_REF = f"models:/{DEFAULT_MODEL_NAME}@candidate"  # what `chexops serve` serves unless told
 
 _MODELS = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))/?$")
-_RUNS = re.compile(r"^runs:/(?P<run>[0-9a-zA-Z]+)(?:/(?P<path>.*))?$")
+
+
+def is_registry_ref(uri: str) -> bool:
+    return bool(_MODELS.match(uri.strip()))
+
+
+def parse_run_ref(ref: str) -> tuple[str, str]:
+    """`RUN_ID` or `runs:/RUN_ID[/path]` → (run id, checkpoint artifact path; `checkpoint/model.pt` by default)."""
+    ref = ref.strip()
+    artifact = CHECKPOINT_PATH
+    if ref.startswith("runs:/"):
+        run_id, _, rest = ref[len("runs:/"):].strip("/").partition("/")
+        if rest:
+            artifact = rest if rest.endswith(".pt") else rest.rstrip("/") + "/" + CHECKPOINT_FILE
+    else:
+        run_id = ref
+    if not run_id or not run_id.isalnum():
+        raise UserInputError(f"{ref!r} is neither a run id nor a runs:/RUN_ID/... URI.")
+    return run_id, artifact
 
 
 @dataclass(frozen=True)
@@ -36,6 +59,7 @@ class ModelRef:
     version: str = ""
     alias: str = ""
     checkpoint_uri: str = ""
+    version_tags: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def slug(self) -> str:
@@ -44,6 +68,21 @@ class ModelRef:
 
     def to_dict(self) -> dict[str, str]:
         return {"uri": self.uri, "name": self.name, "version": self.version, "alias": self.alias, "run_id": self.run_id}
+
+    def approval(self) -> str:
+        """'' when this is a registry version whose gate verdicts (the `gate` tag `chexops register`
+        writes) all passed; otherwise why it is not approved."""
+        if not self.version or not _MODELS.match(self.uri):
+            return f"{self.uri} is a training run, not a registry version that passed the gate"
+        try:
+            verdicts = json.loads(self.version_tags.get("gate") or "null")
+        except ValueError:
+            verdicts = None
+        if not isinstance(verdicts, list) or not verdicts:
+            return f"registry version {self.version} of {self.name!r} carries no gate verdicts (it was not made by chexops register)"
+        failed = [str(v.get("criterion") if isinstance(v, dict) else v) for v in verdicts
+                  if not isinstance(v, dict) or v.get("passed") is False]  # a criterion not judged (None) fails nothing
+        return f"registry version {self.version} of {self.name!r} failed the gate ({', '.join(failed)})" if failed else ""
 
 
 def client():
@@ -78,12 +117,12 @@ def resolve(uri: str, default_name: str = DEFAULT_MODEL_NAME) -> ModelRef:
         if not mv.run_id:
             raise UserInputError(f"{uri}: registry version {mv.version} of {name!r} names no training run.")
         source = (mv.source or "").rstrip("/")
-        checkpoint = f"{source}/model.pt" if source and not source.endswith(".pt") else source
-        return ModelRef(uri, name, mv.run_id, str(mv.version), alias or "", checkpoint or f"runs:/{mv.run_id}/{CHECKPOINT_PATH}")
-    m = _RUNS.match(uri)
-    if m:
-        run_id, path = m["run"], (m["path"] or "").strip("/")
-        if path and path not in ("checkpoint", CHECKPOINT_PATH):
+        checkpoint = f"{source}/{CHECKPOINT_FILE}" if source and not source.endswith(".pt") else source
+        return ModelRef(uri, name, mv.run_id, str(mv.version), alias or "", checkpoint or f"runs:/{mv.run_id}/{CHECKPOINT_PATH}",
+                        dict(mv.tags or {}))
+    if uri.startswith("runs:/"):
+        run_id, path = parse_run_ref(uri)
+        if path != CHECKPOINT_PATH:
             raise UserInputError(f"{uri}: a run reference is runs:/RUN_ID (its {CHECKPOINT_PATH} is used), not another artifact.")
         try:
             c.get_run(run_id)
@@ -143,20 +182,28 @@ def download_checkpoint(ref: ModelRef, dst: Path) -> dict[str, Any]:
     return payload
 
 
-def thresholds(ref: ModelRef, labels: list[str], dst: Path) -> tuple[dict[str, float], str]:
-    """The run's operating thresholds (`evaluation/thresholds.json`) and their rule; 0.5 each, with a
-    warning, when the run has not been evaluated."""
-    path = download(ref, "evaluation/thresholds.json", dst, required=False)
+DEFAULT_RULE = "default-0.5"
+
+
+def thresholds(ref: ModelRef, labels: list[str], dst: Path) -> tuple[dict[str, float], str, float | None]:
+    """The operating thresholds (`evaluation/<id>/thresholds.json` of the evaluation the registry
+    version was judged on, else of the run's latest), their rule and target sensitivity; 0.5 each
+    (rule `default-0.5`), with a warning, when the run has not been evaluated."""
+    from . import evaluations
+
+    judged = evaluations.judged(client(), ref.run_id, ref.version_tags)
+    path = download(ref, evaluations.artifact_path(judged, "thresholds.json"), dst, required=False) if judged else None
     if path is None:
         log.warning("%s: run %s has no evaluation/thresholds.json (run chexops evaluate first); using 0.5 for every label.",
                     ref.uri, ref.run_id)
-        return {label: 0.5 for label in labels}, "default-0.5"
+        return {label: 0.5 for label in labels}, DEFAULT_RULE, None
     try:
         data = json.loads(path.read_text())
         found = {str(k): float(v) for k, v in data["thresholds"].items() if v is not None}
+        target = float(data["target_sensitivity"]) if data.get("target_sensitivity") is not None else None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserInputError(f"{ref.uri}: evaluation/thresholds.json of run {ref.run_id} is malformed: {exc}") from None
     missing = [label for label in labels if label not in found]  # absent, or null where validation had one class
     if missing:
         log.warning("evaluation/thresholds.json has no threshold for %s; using 0.5 there.", missing)
-    return {label: found.get(label, 0.5) for label in labels}, str(data.get("rule", ""))
+    return {label: found.get(label, 0.5) for label in labels}, str(data.get("rule", "")), target

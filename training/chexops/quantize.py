@@ -18,11 +18,10 @@ from typing import Iterator
 
 import numpy as np
 
+from .onnx_files import INPUT_NAME, session
 from .preprocessing import PreprocessSpec, load_image, preprocess
 
 log = logging.getLogger(__name__)
-
-INPUT_NAME = "image"
 
 
 def split_inputs(split, spec: PreprocessSpec, limit: int | None = None, seed: int = 0) -> np.ndarray:
@@ -37,20 +36,6 @@ def split_inputs(split, spec: PreprocessSpec, limit: int | None = None, seed: in
         image = Image.fromarray(split.images[i]) if split.images is not None else load_image(split.paths[i])
         out[k] = preprocess(image, spec)
     return out
-
-
-def session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session; with `threads`, that many intra-op threads and one inter-op thread."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def run_batches(sess, x: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:

@@ -1,6 +1,7 @@
-"""The MLflow Model Registry side of `chexops register`: read a run's evaluation, find the model
-holding `production`, and (when the gate passes) create a version with its tags and the alias
-`candidate`. Environments are aliases (candidate, staging, canary, production); stages are never used.
+"""The MLflow Model Registry side of `chexops register`: read one evaluation record of a run, get
+the production model's number on the same data, and (when the gate passes) create a version with
+its tags (naming the evaluation judged) and the alias `candidate`. Environments are aliases
+(candidate, staging, canary, production); stages are never used.
 """
 
 from __future__ import annotations
@@ -12,37 +13,29 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import UserInputError
-from .evaluate import EVAL_DIR, download, get_run, mlflow_client, parse_run_ref
+from . import evaluations
+from .errors import ChexopsError, UserInputError
 from .gate import GateConfig, judge, passed
 from .labels import metric_key
+from .model_ref import CHECKPOINT_DIR, CHECKPOINT_PATH, DEFAULT_MODEL_NAME, parse_run_ref
+from .tracking import download, get_run, mlflow_client
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAME = "chexops-cxr"
 ALIASES = ("candidate", "staging", "canary", "production")
-CHECKPOINT_DIR = "checkpoint"
 
 
-def read_evaluation(client, run_id: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """(run, evaluation/metrics.json, evaluation/thresholds.json) of an evaluated run."""
+def read_evaluation(client, run_id: str, evaluation_id: str | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(run, metrics.json, thresholds.json) of one evaluation record of the run: `evaluation_id`,
+    or the latest."""
     run = get_run(client, run_id)
-    if run.data.tags.get("evaluated") != "true":
-        raise UserInputError(f"run {run_id} has not been evaluated; run `chexops evaluate --run {run_id}` first.")
-    with tempfile.TemporaryDirectory(prefix="chexops-register-") as tmp:
-        found = {}
-        for name in ("metrics.json", "thresholds.json"):
-            path = download(client, run_id, f"{EVAL_DIR}/{name}", Path(tmp))
-            if path is None:
-                raise UserInputError(f"run {run_id} is tagged evaluated but has no {EVAL_DIR}/{name}; evaluate it again.")
-            try:
-                found[name] = json.loads(path.read_text())
-            except ValueError:
-                raise UserInputError(f"{EVAL_DIR}/{name} of run {run_id} is not valid JSON; evaluate it again.") from None
+    chosen = evaluations.choose(run, evaluation_id)["id"]
+    metrics = evaluations.read_json(client, run_id, chosen, "metrics.json")
+    thresholds = evaluations.read_json(client, run_id, chosen, "thresholds.json")
     names = {a.path for a in client.list_artifacts(run_id, CHECKPOINT_DIR)}
-    if f"{CHECKPOINT_DIR}/model.pt" not in names:
-        raise UserInputError(f"run {run_id} has no {CHECKPOINT_DIR}/model.pt artifact to register.")
-    return run, found["metrics.json"], found["thresholds.json"]
+    if CHECKPOINT_PATH not in names:
+        raise UserInputError(f"run {run_id} has no {CHECKPOINT_PATH} artifact to register.")
+    return run, metrics, thresholds
 
 
 def _registered_model(client, name: str):
@@ -66,8 +59,47 @@ def version_summary(client, name: str, alias: str) -> dict[str, Any] | None:
     tags = version.tags or {}
     mean = tags.get("mean_auroc")
     return {"version": str(version.version), "run_id": version.run_id, "mean_auroc": float(mean) if mean else None,
-            "data_version": tags.get("data_version"),
+            "data_version": tags.get("data_version"), "split_version": tags.get("eval_split_version"),
+            "evaluation_id": tags.get(evaluations.VERSION_TAG),
             "per_label": {k.removeprefix("auroc."): float(v) for k, v in tags.items() if k.startswith("auroc.")}}
+
+
+def production_evidence(client, name: str, run_id: str, evaluation: dict[str, Any], gate: GateConfig) -> dict[str, Any] | None:
+    """The production model's mean AUROC on the data the candidate was measured on (same
+    `split_version`), or why there is none (`reason`). In order: its registry tags; an earlier
+    evaluation of its run on that data; a new evaluation of its run with the candidate's evaluation
+    config (when `gate.reevaluate_production`). None when no model holds `production`."""
+    production = version_summary(client, name, "production")
+    if production is None:
+        return None
+    wanted = evaluation.get("split_version")
+    if wanted and production["split_version"] == wanted:
+        return {**production, "source": f"its evaluation {production['evaluation_id']}"}
+    for entry in reversed(evaluations.index(get_run(client, production["run_id"]))):
+        if entry.get("split_version") == wanted and entry.get("mean_auroc") is not None:
+            return {**production, "split_version": wanted, "mean_auroc": entry["mean_auroc"], "evaluation_id": entry["id"],
+                    "source": f"evaluation {entry['id']} of its run {production['run_id']}"}
+    differs = f"it was measured on split {production['split_version'] or 'unknown'}, the candidate on {wanted}"
+    if not gate.reevaluate_production:
+        return {**production, "reason": differs + ", and reevaluate_production is off"}
+    from .evaluate import evaluate_run
+
+    log.info("Production version %s was measured on other data (%s): evaluating its run %s on the candidate's data",
+             production["version"], differs, production["run_id"])
+    with tempfile.TemporaryDirectory(prefix="chexops-register-") as tmp:
+        config = download(client, run_id, evaluations.artifact_path(evaluation["evaluation_id"], "config.yaml"), Path(tmp))
+        if config is None:
+            return {**production, "reason": differs + "; the candidate's evaluation has no config.yaml to evaluate production with"}
+        try:
+            again = evaluate_run(production["run_id"], config_path=config, rule=evaluation.get("rule") or "youden",
+                                 n_bootstrap=0, hard_cases=0)
+        except ChexopsError as exc:
+            return {**production, "reason": f"{differs}; evaluating it on the candidate's data failed: {exc}"}
+    if again["split_version"] != wanted or again["mean_over"] != evaluation.get("mean_over"):
+        return {**production, "reason": f"{differs}; evaluated again it is on split {again['split_version']} "
+                                        f"over {', '.join(again['mean_over'])} (the data changed since the candidate's evaluation?)"}
+    return {**production, "split_version": wanted, "mean_auroc": again["mean_auroc"], "evaluation_id": again["evaluation_id"],
+            "source": f"its run {production['run_id']} evaluated now on the candidate's data as {again['evaluation_id']}"}
 
 
 def version_tags(run, evaluation: dict[str, Any], thresholds: dict[str, Any], verdicts: list[dict[str, Any]]) -> dict[str, str]:
@@ -78,6 +110,9 @@ def version_tags(run, evaluation: dict[str, Any], thresholds: dict[str, Any], ve
         "mean_auroc": f"{evaluation['mean_auroc']:.6f}" if evaluation.get("mean_auroc") is not None else "",
         "mean_over": ",".join(evaluation.get("mean_over") or []),
         "eval_split": str(evaluation.get("split", "")),
+        evaluations.VERSION_TAG: str(evaluation.get("evaluation_id", "")),
+        "eval_split_version": str(evaluation.get("split_version", "")),
+        "eval_config_sha256": str(evaluation.get("config_sha256", "")),
         "data_version": str(evaluation.get("data_version") or run_tags.get("data_version", "")),
         "data_sha256": str(evaluation.get("data_sha256") or run_tags.get("data_sha256", "")),
         "git_commit": run_tags.get("git_commit", ""),
@@ -116,8 +151,10 @@ def existing_version(client, name: str, run_id: str):
     return max(found, key=lambda v: int(v.version)) if found else None
 
 
-def register_run(ref: str, *, name: str = DEFAULT_NAME, gate: GateConfig | None = None, alias: str = "candidate") -> dict[str, Any]:
-    """Judge an evaluated run; when the gate passes, register it and point `alias` at it.
+def register_run(ref: str, *, name: str = DEFAULT_MODEL_NAME, gate: GateConfig | None = None, alias: str = "candidate",
+                 evaluation_id: str | None = None) -> dict[str, Any]:
+    """Judge an evaluation of a run (`evaluation_id`, default the latest); when the gate passes,
+    register the run and point `alias` at it.
 
     Returns the result whether or not the gate passed (`passed`); the caller turns a refusal into
     exit code 3. Nothing is written to the registry on a refusal."""
@@ -126,12 +163,13 @@ def register_run(ref: str, *, name: str = DEFAULT_NAME, gate: GateConfig | None 
         raise UserInputError(f"alias {alias!r} is not an environment: use one of {', '.join(ALIASES)}.")
     client = mlflow_client()
     run_id, _ = parse_run_ref(ref)
-    run, evaluation, thresholds = read_evaluation(client, run_id)
-    production = version_summary(client, name, "production")
+    run, evaluation, thresholds = read_evaluation(client, run_id, evaluation_id)
+    production = production_evidence(client, name, run_id, evaluation, gate)
     judged = judge(evaluation, production, gate)
     verdicts, ok = [v.to_dict() for v in judged], passed(judged)
     result: dict[str, Any] = {
-        "model": name, "version": None, "alias": None, "run_id": run_id, "passed": ok, "gate": verdicts,
+        "model": name, "version": None, "alias": None, "run_id": run_id, "evaluation_id": evaluation.get("evaluation_id"),
+        "split": evaluation.get("split"), "split_version": evaluation.get("split_version"), "passed": ok, "gate": verdicts,
         "limits": gate.model_dump(), "production": production, "mean_auroc": evaluation.get("mean_auroc"),
         "tracking_uri": client.tracking_uri,
     }

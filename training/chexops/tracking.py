@@ -1,12 +1,17 @@
-"""MLflow helpers: where runs go, what identifies the code and the data."""
+"""MLflow helpers: where runs go, what identifies the code and the data, how a run and its
+artifacts are read back."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from . import paths
+from .errors import UserInputError
+
+log = logging.getLogger(__name__)
 
 
 def setup_mlflow(experiment: str) -> str:
@@ -48,3 +53,36 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def mlflow_client():
+    """An MlflowClient on chexops' tracking store (`MLFLOW_TRACKING_URI` or SQLite under `$CHEXOPS_HOME`)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = paths.default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def get_run(client, run_id: str):
+    """The run, or a `UserInputError` naming the store when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        raise UserInputError(f"no MLflow run {run_id!r} at {client.tracking_uri}: {exc.message.splitlines()[0]}") from None
+
+
+def download(client, run_id: str, artifact: str, dst: Path) -> Path | None:
+    """A run's artifact as a local path, or None when the run has no such artifact."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst),
+                                                        tracking_uri=client.tracking_uri))
+    except (MlflowException, OSError) as exc:
+        log.debug("artifact %s of run %s: %s", artifact, run_id, exc)
+        return None

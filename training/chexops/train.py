@@ -26,11 +26,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import paths
+from .atomic import atomic_write
 from .config import Config
 from .data.loading import load_splits
 from .dataset import RadiographDataset, epoch_order
 from .errors import UserInputError
 from .metrics import as_metrics, auroc_per_label, mean_auroc
+from .model_ref import CHECKPOINT_DIR, CHECKPOINT_FILE, CHECKPOINT_PATH
 from .models import build_model
 from .tracking import flatten, git_info, setup_mlflow
 
@@ -52,15 +54,7 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) 
 
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save through a temporary file and a rename: a kill never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def model_payload(model: torch.nn.Module, config: Config, labels: list[str], extra: dict[str, Any]) -> dict[str, Any]:
@@ -317,7 +311,7 @@ def _finish(config, model, state, labels, val_ds, test_ds, fingerprint, device, 
         "run_id": state["run_id"],
         "experiment": config.tracking.experiment,
         "tracking_uri": mlflow.get_tracking_uri(),
-        "model_uri": f"runs:/{state['run_id']}/checkpoint/model.pt",
+        "model_uri": f"runs:/{state['run_id']}/{CHECKPOINT_PATH}",
         "data_version": fingerprint["data_version"],
         "labels": labels,
         "epochs_run": len(state["history"]),
@@ -341,9 +335,9 @@ def _finish(config, model, state, labels, val_ds, test_ds, fingerprint, device, 
     payload = model_payload(model, config, labels, {"run_id": state["run_id"], "data_version": fingerprint["data_version"],
                                                     "val_mean_auroc": val["mean_auroc"]})
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.pt"
+        path = Path(tmp) / CHECKPOINT_FILE
         torch.save(payload, path)
-        mlflow.log_artifact(str(path), artifact_path="checkpoint")
+        mlflow.log_artifact(str(path), artifact_path=CHECKPOINT_DIR)
     summary["seconds"] = round(time.monotonic() - started, 1)
     mlflow.log_metric("train_seconds", summary["seconds"])
     mlflow.end_run()

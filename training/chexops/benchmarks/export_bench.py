@@ -74,6 +74,7 @@ def architecture(args) -> dict[str, Any]:
     from chexops.config import ModelConfig
     from chexops.export import export_onnx
     from chexops.models import build_model
+    from chexops.onnx_files import DYNAMIC_FILE, FP32_FILE, INT8_FILE, session
     from chexops.preprocessing import PreprocessSpec
 
     torch.manual_seed(0)
@@ -82,17 +83,17 @@ def architecture(args) -> dict[str, Any]:
     calib, held_out = real_calibration_images(spec, args.calibration)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        fp32 = export_onnx(model, spec, out / "model.onnx")
+        fp32 = export_onnx(model, spec, out / FP32_FILE)
         variants = {"fp32": fp32,
-                    "static_int8": quantize.quantize_static_qdq(fp32, out / "model.int8.onnx", calib),
-                    "dynamic_int8": quantize.quantize_dynamic_int8(fp32, out / "model.dynamic-int8.onnx")}
+                    "static_int8": quantize.quantize_static_qdq(fp32, out / INT8_FILE, calib),
+                    "dynamic_int8": quantize.quantize_dynamic_int8(fp32, out / DYNAMIC_FILE)}
         if args.sweep:
             variants["static_int8_per_tensor"] = quantize.quantize_static_qdq(fp32, out / "pt.onnx", calib, per_channel=False)
             variants["static_uint8_activations"] = quantize.quantize_static_qdq(fp32, out / "u8.onnx", calib, activation="uint8")
         results: dict[str, Any] = {}
         reference = None
         for key, path in variants.items():
-            probs = quantize.run_batches(quantize.session(path), held_out)["probabilities"]
+            probs = quantize.run_batches(session(path), held_out)["probabilities"]
             reference = probs if reference is None else reference
             results[key] = {"latency_ms": quantize.latency_ms(path, held_out[:1], runs=args.runs, threads=args.threads),
                             "size_bytes": path.stat().st_size, "max_abs_prob_diff_vs_fp32": float(np.abs(probs - reference).max())}
@@ -126,7 +127,7 @@ def files(args) -> dict[str, Any]:
     """Latency of existing ONNX files (e.g. a `chexops export` directory), on one real radiograph
     preprocessed by the first file's own metadata."""
     from chexops import quantize
-    from chexops.export import read_metadata
+    from chexops.onnx_files import read_metadata
     from chexops.preprocessing import PreprocessSpec
 
     paths = [Path(p) for p in args.files]

@@ -1,7 +1,7 @@
 """The clinic endpoint against the bare ONNX Runtime session: latency, overhead, throughput.
 
     # start the service on a Bento model (twice: adaptive batching on, then off) and measure it
-    python -m chexops.benchmarks.serve_bench --start --model chexops-cxr:latest --image IMAGE
+    python -m chexops.benchmarks.serve_bench --start --model chexops-cxr:v1 --image IMAGE
     # the same on a seeded random-init DenseNet-121 at 224 px (exported into a temporary store)
     python -m chexops.benchmarks.serve_bench --start --architecture densenet121 --size 224 --image IMAGE
     # a service that is already running (its batching setting as it is)
@@ -93,9 +93,10 @@ def random_init_model(name: str, size: int, width: int, calibration: int = 8) ->
 
     from chexops.bento_store import import_onnx
     from chexops.config import ModelConfig
-    from chexops.export import INT8_FILE, build_metadata, export_onnx, write_metadata
+    from chexops.export import build_metadata, export_onnx, write_metadata
     from chexops.labels import CHEXPERT_LABELS
     from chexops.models import build_model
+    from chexops.onnx_files import FP32_FILE, INT8_FILE
     from chexops.paths import home
     from chexops.preprocessing import PreprocessSpec
     from chexops.quantize import quantize_static_qdq
@@ -105,7 +106,7 @@ def random_init_model(name: str, size: int, width: int, calibration: int = 8) ->
     spec = PreprocessSpec(size=size, channels=1, mean=(0.5,), std=(0.25,))
     model = build_model(ModelConfig(name=name, width=width, pretrained_weights=None), len(labels), spec).eval()
     out = home() / "exports" / f"bench-{name}-{size}"
-    fp32 = export_onnx(model, spec, out / "model.onnx")
+    fp32 = export_onnx(model, spec, out / FP32_FILE)
     metadata = build_metadata(labels=labels, thresholds={label: 0.5 for label in labels}, rule="benchmark (random init)",
                               spec=spec, model_name=f"bench-{name}-{size}", registry_version="1", run_id="0" * 32,
                               data_version="none", head_weight=model.head.weight.detach().numpy(),
@@ -122,7 +123,7 @@ def random_init_model(name: str, size: int, width: int, calibration: int = 8) ->
 def model_file(tag: str, precision: str) -> Path:
     """The ONNX file the service loads for `tag` at `precision`, from the Bento model store."""
     from chexops.bento_store import bentoml_home
-    from chexops.serving.inference import FILES
+    from chexops.onnx_files import FILES
 
     bentoml_home()
     import bentoml
@@ -410,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     where.add_argument("--start", action="store_true", help="start the service here (batching on, then off)")
     parser.add_argument("--key", help="API key for --url")
     parser.add_argument("--image", required=True, help="the image to send (PNG, JPEG or DICOM)")
-    parser.add_argument("--model", default="", help="Bento model tag (--start: default chexops-cxr:latest; --url: from /predict)")
+    parser.add_argument("--model", default="", help="Bento model tag (--start: default the registry's candidate; --url: from /predict)")
     parser.add_argument("--architecture", choices=["small", "densenet121"],
                         help="--start on a seeded random-init network of this architecture (needs torch) instead of --model")
     parser.add_argument("--size", type=int, default=224, help="--architecture input size")
@@ -447,7 +448,9 @@ def main(argv: list[str] | None = None) -> None:
             log.info("Exporting a random-init %s at %d px into %s", args.architecture, args.size, scratch)
             args.model = random_init_model(args.architecture, args.size, args.width)
         elif args.start and not args.model:
-            args.model = "chexops-cxr:latest"
+            from chexops.bento_store import serving_tag
+
+            args.model = serving_tag("")["tag"]  # the registry's candidate, as `chexops serve` resolves it
         try:
             result = run(args)
         except ServiceError as exc:

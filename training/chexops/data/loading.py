@@ -108,6 +108,30 @@ def _eval_view(split: Split, values: np.ndarray, cfg: DataConfig, blank: str | N
     return split
 
 
+def _rows(name: str, full: Split, table: ChexpertTable, idx: np.ndarray) -> Split:
+    return Split(name, full.targets[idx], full.mask[idx], [full.paths[i] for i in idx], frame=table.frame.iloc[idx].reset_index(drop=True))
+
+
+def split_version(split: Split, source_sha256: str) -> str:
+    """The identity of exactly what a split holds (its images by dataset path, targets and mask):
+    two evaluations are comparable only when their split versions are equal."""
+    digest = hashlib.sha256(split.name.encode())
+    if split.frame is not None and "Path" in split.frame:
+        digest.update("\n".join(split.frame["Path"].astype(str)).encode())
+    else:  # images in memory: the archive they came from and the split's size
+        digest.update(f"{source_sha256}:{len(split)}".encode())
+    digest.update(np.ascontiguousarray(split.targets, dtype=np.float32).tobytes())
+    digest.update(np.ascontiguousarray(split.mask, dtype=np.float32).tobytes())
+    return digest.hexdigest()[:12]
+
+
+def patient_groups(split: Split) -> np.ndarray | None:
+    """Each row's patient as an integer group (for resampling patients), or None without patients."""
+    if split.frame is None or "patient" not in split.frame:
+        return None
+    return pd.factorize(split.frame["patient"])[0]
+
+
 def load_splits(config: Config) -> Splits:
     """Read, validate and split the configured dataset; raises `DataError` on any problem."""
     cfg = config.data
@@ -121,25 +145,35 @@ def load_splits(config: Config) -> Splits:
         splits = Splits(cfg.labels, made["train"], made["val"], made.get("test"))
     else:
         full, table = _chexpert_split("train", Path(cfg.csv), cfg)
-        train_idx, val_idx = split_by_patient(table.frame["patient"], cfg.val_fraction, config.seed)
-        train = Split("train", full.targets[train_idx], full.mask[train_idx], [full.paths[i] for i in train_idx], frame=table.frame.iloc[train_idx].reset_index(drop=True))
-        val = Split("val", full.targets[val_idx], full.mask[val_idx], [full.paths[i] for i in val_idx], frame=table.frame.iloc[val_idx].reset_index(drop=True))
-        val = _eval_view(val, table.values[val_idx], cfg, table.blank)
-        test = None
         fingerprint["sha256"] = sha256_file(Path(cfg.csv))
         fingerprint["raw_counts"] = label_counts(table.values, cfg.labels)
+        rest = np.arange(len(full))
+        test = None
         if cfg.test_csv is not None:
             test, test_table = _chexpert_split("test", Path(cfg.test_csv), cfg)
             test = _eval_view(test, test_table.values, cfg, test_table.blank)
             fingerprint["test_sha256"] = sha256_file(Path(cfg.test_csv))
+            fingerprint["test_source"] = "test_csv"
+            shared = set(test.frame["patient"]) & set(table.frame["patient"])
+            fingerprint["test_patients_in_train"] = len(shared)
+            if shared:
+                log.warning("%d patients of %s are also in %s: the test split is not held out for them.", len(shared), cfg.test_csv, cfg.csv)
+        elif cfg.test_fraction > 0:
+            rest, test_idx = split_by_patient(table.frame["patient"], cfg.test_fraction, cfg.test_seed)
+            test = _eval_view(_rows("test", full, table, test_idx), table.values[test_idx], cfg, table.blank)
+            fingerprint["test_source"] = f"carved from csv by patient: fraction {cfg.test_fraction}, seed {cfg.test_seed}"
+        train_idx, val_idx = split_by_patient(table.frame["patient"].iloc[rest].reset_index(drop=True), cfg.val_fraction, config.seed)
+        train = _rows("train", full, table, rest[train_idx])
+        val = _eval_view(_rows("val", full, table, rest[val_idx]), table.values[rest[val_idx]], cfg, table.blank)
         splits = Splits(cfg.labels, train, val, test)
-        fingerprint["patients"] = {"train": int(train.frame["patient"].nunique()), "val": int(val.frame["patient"].nunique())}
+        fingerprint["patients"] = {s.name: int(s.frame["patient"].nunique()) for s in (train, val, test) if s is not None}
     fingerprint["rows"] = {s.name: len(s) for s in (splits.train, splits.val, splits.test) if s is not None}
     fingerprint["policy_counts"] = {
         s.name: policy_counts(s.targets, s.mask, cfg.labels) for s in (splits.train, splits.val, splits.test) if s is not None
     }
-    basis = json.dumps({k: fingerprint[k] for k in ("sha256", "view", "policy", "rows")}, sort_keys=True)
+    basis = json.dumps({k: fingerprint.get(k) for k in ("sha256", "view", "policy", "rows", "test_sha256", "test_source")}, sort_keys=True)
     fingerprint["data_version"] = hashlib.sha256(basis.encode()).hexdigest()[:12]
+    fingerprint["split_versions"] = {s.name: split_version(s, fingerprint["sha256"]) for s in (splits.train, splits.val, splits.test) if s is not None}
     splits.fingerprint = fingerprint
     for s in (splits.train, splits.val, splits.test):
         if s is not None and len(s) == 0:

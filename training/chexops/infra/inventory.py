@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from chexops.atomic import atomic_write_text
 from chexops.errors import ChexopsError, UserInputError
 
 log = logging.getLogger(__name__)
@@ -165,11 +166,7 @@ HEADER = (
 
 
 def write_inventory(inventory: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = HEADER + yaml.safe_dump(inventory, sort_keys=False, default_flow_style=False)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, HEADER + yaml.safe_dump(inventory, sort_keys=False, default_flow_style=False))
     log.info("Wrote the inventory to %s.", path)
 
 

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from chexops.atomic import atomic_write_text
 from chexops.errors import ChexopsError, UserInputError
 from chexops.infra.clouds import Cloud
 from chexops.infra.openstack import NotFound, OpenStackClient
@@ -318,9 +319,7 @@ def _read_tfvars(path: Path) -> dict[str, Any]:
 
 
 def _write_tfvars(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def update_tfvars(path: Path, values: dict[str, str]) -> dict[str, Any]:

@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..onnx_files import INPUT_NAME, session
 from ..preprocessing import PreprocessSpec, preprocess_array
 
 log = logging.getLogger(__name__)
-
-FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 
 # Triage. "urgent": a positive finding that can need action within hours (air or fluid in the pleural
 # space, pulmonary oedema, consolidation / pneumonia). "review": any other positive finding, except
@@ -56,29 +55,23 @@ class OnnxModel:
     data_version: str
     precision: str
     head_weight: np.ndarray
+    evaluated: bool = False  # metadata `evaluated`: a gated registry version with its evaluated thresholds
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 2) -> "OnnxModel":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        meta = session.get_modelmeta().custom_metadata_map
+        sess = session(path, threads)
+        meta = sess.get_modelmeta().custom_metadata_map
         missing = [k for k in ("labels", "thresholds", "preprocessing", "head") if k not in meta]
         if missing:
             raise ValueError(f"{path} is not a chexops export: its metadata lacks {', '.join(missing)}")
         labels = json.loads(meta["labels"])
         thresholds = {k: float(v) for k, v in json.loads(meta["thresholds"]).items()}
         head = json.loads(meta["head"])
-        model = cls(session=session, labels=labels, thresholds={label: thresholds.get(label, 0.5) for label in labels},
+        model = cls(session=sess, labels=labels, thresholds={label: thresholds.get(label, 0.5) for label in labels},
                     spec=PreprocessSpec.from_json(meta["preprocessing"]), name=meta.get("model_name", ""),
                     version=meta.get("registry_version", ""), run_id=meta.get("run_id", ""),
                     data_version=meta.get("data_version", ""), precision=meta.get("precision", ""),
-                    head_weight=np.asarray(head["weight"], dtype=np.float32))
+                    head_weight=np.asarray(head["weight"], dtype=np.float32), evaluated=meta.get("evaluated") == "true")
         log.info("Loaded %s v%s (%s, %d labels, input %d px) with %d intra-op threads", model.name, model.version,
                  model.precision, len(labels), model.spec.size, threads)
         return model
@@ -88,12 +81,12 @@ class OnnxModel:
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """B×K probabilities for a B×C×H×W batch."""
-        (probs,) = self.session.run(["probabilities"], {"image": np.ascontiguousarray(batch, dtype=np.float32)})
+        (probs,) = self.session.run(["probabilities"], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
         return probs
 
     def probabilities_and_cams(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For one C×H×W input: K probabilities and the K×h×w class-activation maps."""
-        probs, features = self.session.run(["probabilities", "features"], {"image": x[None].astype(np.float32)})
+        probs, features = self.session.run(["probabilities", "features"], {INPUT_NAME: x[None].astype(np.float32)})
         cams = np.einsum("kc,chw->khw", self.head_weight, features[0])
         return probs[0], cams
 
@@ -104,7 +97,7 @@ class OnnxModel:
 
     def describe(self) -> dict:
         return {"name": self.name, "version": self.version, "run_id": self.run_id, "data_version": self.data_version,
-                "precision": self.precision, "labels": self.labels, "input_size": self.spec.size}
+                "precision": self.precision, "labels": self.labels, "input_size": self.spec.size, "evaluated": self.evaluated}
 
 
 # --- heatmap -------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """`chexops serve`: `bentoml serve bentos/service.py:Chexops` with the right environment.
 
-BENTOML_HOME under $CHEXOPS_HOME, the model tag checked in the store before anything starts, and,
-when no API key is configured, a development key that is announced loudly (never for production).
+BENTOML_HOME under $CHEXOPS_HOME; the model reference (default `models:/chexops-cxr@candidate`)
+resolved through the registry to the exact Bento model before anything starts
+(`chexops.bento_store.serving_tag`), which the service then loads by tag; and, when no API key is
+configured, a development key that is announced loudly (never for production).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import time
 from pathlib import Path
 
 from .. import paths
-from ..errors import ChexopsError, UserInputError
+from ..bento_store import bentoml_home, serving_tag
+from ..errors import ChexopsError
 from .settings import DEFAULT_MODEL, DEV_KEYS
 from .auth import require_keys_off_loopback
 from .lifetime import die_with_parent
@@ -28,7 +31,7 @@ SERVICE = "bentos/service.py:Chexops"
 def serve_env(model: str | None, precision: str | None, threads: int | None) -> dict[str, str]:
     env = dict(os.environ)
     env["CHEXOPS_HOME"] = str(paths.home())
-    env.setdefault("BENTOML_HOME", str(paths.home() / "bentoml"))
+    env["BENTOML_HOME"] = str(bentoml_home())
     env.setdefault("BENTOML_DO_NOT_TRACK", "True")
     if model:
         env["CHEXOPS_MODEL"] = model
@@ -45,15 +48,9 @@ def serve_env(model: str | None, precision: str | None, threads: int | None) -> 
     return env
 
 
-def check_model(env: dict[str, str]) -> str:
-    """The tag `bentoml serve` will load, resolved in a child process (BENTOML_HOME is read at import)."""
-    tag = env.get("CHEXOPS_MODEL") or DEFAULT_MODEL
-    code = "import bentoml, sys; print(bentoml.models.get(sys.argv[1]).tag)"
-    result = subprocess.run([sys.executable, "-c", code, tag], capture_output=True, text=True, env=env, timeout=120)
-    if result.returncode != 0:
-        raise UserInputError(f"no Bento model {tag} in {env['BENTOML_HOME']}: run `make demo` or `chexops export` "
-                             "(or `chexops bento import`) first, or pick one with --model NAME:VERSION.")
-    return result.stdout.strip().splitlines()[-1]
+def check_model(env: dict[str, str]) -> dict:
+    """The exact Bento model for `CHEXOPS_MODEL` (a registry reference by default), checked; exit 2 otherwise."""
+    return serving_tag(env.get("CHEXOPS_MODEL") or DEFAULT_MODEL)
 
 
 def serve(port: int, host: str, model: str | None, precision: str | None, threads: int | None, development: bool = False) -> int:
@@ -61,13 +58,17 @@ def serve(port: int, host: str, model: str | None, precision: str | None, thread
     (chexops.serving.lifetime). Off loopback, configured API keys are required (exit 2 otherwise)."""
     require_keys_off_loopback(host)
     env = serve_env(model, precision, threads)
-    resolved = check_model(env)
-    env["CHEXOPS_MODEL"] = resolved  # pin what was checked
+    served = check_model(env)
+    resolved = served["tag"]
+    env["CHEXOPS_MODEL"] = resolved  # pin what was checked: the service loads exactly this tag
+    env["CHEXOPS_MODEL_REF"] = served["reference"]
+    if not served["evaluated"]:
+        log.warning("Bento model %s was exported --unevaluated: not approved by the gate (the page says so).", resolved)
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
     if development:
         cmd.append("--development")
-    log.info("Serving Bento model %s (%s) at http://%s:%d  (web page /, API /predict /explain /feedback, /metrics)",
-             resolved, env.get("CHEXOPS_PRECISION", "fp32"), host, port)
+    log.info("Serving %s = Bento model %s (%s) at http://%s:%d  (web page /, API /predict /explain /feedback, /metrics)",
+             served["reference"], resolved, env.get("CHEXOPS_PRECISION", "fp32"), host, port)
     log.info("$ %s", " ".join(cmd[1:]))
     return subprocess.call(cmd, cwd=ROOT, env=env, preexec_fn=die_with_parent)
 

@@ -9,8 +9,9 @@ from pathlib import Path
 from .. import paths
 from ..errors import ConfigError
 from ..imaging import ImageLimits
+from ..model_ref import DEFAULT_SERVE_REF
 
-DEFAULT_MODEL = "chexops-cxr:latest"
+DEFAULT_MODEL = DEFAULT_SERVE_REF  # resolved to an exact Bento model by chexops.bento_store.serving_tag
 DEV_KEYS = "dev:chexops-dev-key"
 
 
@@ -44,7 +45,7 @@ def _float(name: str, default: float, low: float = 0.0) -> float:
 class Settings:
     """What the service reads from its environment (see the table in bentos/README.md)."""
 
-    model_tag: str = DEFAULT_MODEL          # CHEXOPS_MODEL: a Bento model tag
+    model_tag: str = DEFAULT_MODEL          # CHEXOPS_MODEL: models:/NAME@ALIAS, models:/NAME/VERSION or a Bento tag NAME:VERSION
     precision: str = "fp32"                 # CHEXOPS_PRECISION: fp32 | int8
     threads: int = 2                        # CHEXOPS_THREADS: ONNX Runtime intra-op threads
     batching: bool = True                   # CHEXOPS_BATCHING: 0 sends each request alone to the session
