@@ -21,8 +21,9 @@ import numpy as np
 from bentoml.validators import DType
 
 from chexops.bento_store import serving_tag
-from chexops.drift import DriftMonitor
 from chexops.onnx_files import FILES
+from chexops.serving import providers
+from chexops.drift import DriftMonitor
 from chexops.serving.app import InternalOnly, create_app
 from chexops.serving.auth import load_keys
 from chexops.serving.feedback_store import FeedbackStore, Unavailable
@@ -32,6 +33,7 @@ from chexops.serving.metrics import ServiceMetrics
 from chexops.serving.settings import Settings
 
 SETTINGS = Settings.from_env()
+PROVIDERS = providers.from_env()  # CHEXOPS_PROVIDERS: ONNX Runtime execution providers (default CPU)
 INTERNAL_TOKEN = secrets.token_urlsafe(24)
 app = create_app(SETTINGS)
 log = logging.getLogger("chexops.serving")
@@ -46,7 +48,8 @@ class Chexops:
         logging.getLogger("chexops").setLevel(logging.INFO)  # through BentoML's log handlers
         watch_parent()  # this worker stops when `bentoml serve` (its arbiter) is gone, even after a SIGKILL
         self.settings = SETTINGS
-        self.model = OnnxModel.load(self.bento_model.path_of(FILES[SETTINGS.precision]), threads=SETTINGS.threads)
+        self.model = OnnxModel.load(self.bento_model.path_of(FILES[SETTINGS.precision]), threads=SETTINGS.threads,
+                                    providers=PROVIDERS)
         self.limits = SETTINGS.image_limits()
         self.auth = SETTINGS.authenticator(load_keys())
         self.store = FeedbackStore(SETTINGS.feedback_location())

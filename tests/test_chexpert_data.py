@@ -38,6 +38,20 @@ def test_policies_per_label_and_blank():
     assert t.tolist() == [[1, 1, 0], [0, 1, 0]]
 
 
+@pytest.mark.parametrize("setting", ["ignore", "ones", "zeros"])
+def test_the_policy_a_user_sets_applies_to_every_label(tmp_path, setting):
+    csv = write_chexpert(tmp_path, make_rows(), images=False)
+    config = load_config(None, [f"data.csv={csv}", f"data.policy.uncertain={setting}"])
+    assert config.data.policy.uncertain_per_label == {}
+    values = np.full((1, 3), -1.0, np.float32)
+    targets, mask = apply_policy(values, ["Atelectasis", "Cardiomegaly", "Edema"], config.data.policy)
+    assert mask.tolist() == [[float(setting != "ignore")] * 3]
+    assert targets.tolist() == [[float(setting == "ones")] * 3]
+    explicit = load_config(None, [f"data.csv={csv}", "data.policy.uncertain=ignore", "data.policy.uncertain_per_label={Edema: ones}"])
+    assert apply_policy(values, ["Atelectasis", "Cardiomegaly", "Edema"], explicit.data.policy)[1].tolist() == [[0.0, 0.0, 1.0]]
+    assert load_config(None, [f"data.csv={csv}"]).data.policy.uncertain_per_label == {"Atelectasis": "ones", "Edema": "ones"}
+
+
 def test_view_filter(tmp_path):
     table = read_chexpert_csv(write_chexpert(tmp_path, make_rows(), images=False), LABELS)
     assert len(filter_view(table, "all")) == 13

@@ -24,6 +24,13 @@ def test_demo_writes_summary_with_training_metrics(tmp_path, home):
     assert "held-out     mean AUROC" in result.stdout and "Cardiomegaly" in result.stdout
 
     summary = json.loads((home / "demo" / "summary.json").read_text())
+    # the steps are the training WorkflowTemplate's tasks, run from workflows/training.yaml
+    nodes = {n["name"]: n for n in summary["pipeline"]["nodes"]}
+    assert summary["pipeline"]["file"] == "workflows/training.yaml" and summary["pipeline"]["phase"] == "Succeeded"
+    assert all(nodes[t]["phase"] == "Succeeded" for t in ("main.train", "main.evaluate", "main.gate.register", "main.export", "main.bento"))
+    assert nodes["main.image"]["phase"] == "Skipped" and nodes["main.gate.refused"]["phase"] == "Omitted"
+    assert nodes["main.train"]["command"][:2] == ["torchrun", "--standalone"]
+    assert "▶ main.train: torchrun" in result.stderr and "main.gate.register" in result.stdout
     train = summary["train"]
     assert summary["data"]["train_rows"] > 1000
     run = MlflowClient(train["tracking_uri"]).get_run(train["run_id"])

@@ -18,8 +18,7 @@ import onnx
 import pytest
 import torch
 
-from chexops.hashing import sha256_file
-from mlflow_fixtures import chexops, chexops_json, free_port, synth_dataset, train_run, write_config
+from chexops.train import load_checkpoint
 from support import ROOT
 
 MODEL = "chexops-cxr"
@@ -61,7 +60,7 @@ def state(tmp_path_factory):
     summary = ok_json(result)
     uri = f"sqlite:///{home / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    payload = torch.load(Path(client.download_artifacts(run_id, "checkpoint/model.pt", str(home))), weights_only=False)
+    payload = load_checkpoint(Path(client.download_artifacts(run_id, "checkpoint/model.pt", str(home))))
     return {"home": home, "client": client, "run_id": run_id, "version": "1", "summary": summary, "env": env,
             "stderr": result.stderr, "payload": payload, "thresholds": evaluated["thresholds"], "evaluated": evaluated,
             "rule": evaluated["rule"], "trained": trained}

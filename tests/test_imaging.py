@@ -143,3 +143,80 @@ def test_what_is_kept_carries_no_identifier(shared):
         assert value.encode() not in kept
     restored = np.asarray(Image.open(io.BytesIO(to_png(decoded.grey))), dtype=np.float32) / 65535
     assert np.abs(restored - decoded.grey).max() < 1e-4
+
+
+def png16(values: np.ndarray, sbit: int | None = None) -> bytes:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    if sbit is not None:
+        info.add(b"sBIT", bytes([sbit]))
+    return encode(Image.fromarray(values.astype(np.uint16)), "PNG", pnginfo=info)
+
+
+def test_one_intensity_rule_for_png_jpeg_and_dicom(tmp_path):
+    """A dark 12-bit radiograph as a 16-bit PNG (with and without sBIT), a 12-bit DICOM, and their
+    8-bit renditions (PNG, JPEG, DICOM) all decode to the same values; training reads the same."""
+    from chexops.preprocessing import load_image, to_grey
+
+    values = np.round(np.tile(np.linspace(0, 1500, 64), (48, 1))).astype(np.uint16)  # 12-bit, never brighter than 37%
+    eight = np.round(values / 4095 * 255).astype(np.uint8)
+    expected = values / 4095
+    decoded = {
+        "png16": decode(png16(values)).grey,
+        "png16-sbit": decode(png16(values, sbit=12)).grey,
+        "png8": decode(encode(Image.fromarray(eight), "PNG")).grey,
+        "jpeg8": decode(encode(Image.fromarray(eight), "JPEG", quality=100)).grey,
+        "dicom12": decode(dicom_bytes(dicom_dataset(values, bits=12))).grey,
+        "dicom8": decode(dicom_bytes(dicom_dataset(eight, bits=8))).grey,
+    }
+    for name, grey in decoded.items():
+        assert np.abs(grey - expected).max() < (2.5 / 255 if name == "jpeg8" else 0.6 / 255), name
+    (tmp_path / "x.png").write_bytes(png16(values, sbit=12))
+    assert np.array_equal(to_grey(load_image(tmp_path / "x.png")), decoded["png16-sbit"])  # training == serving
+
+
+def test_stored_png_reads_back_as_it_was():
+    dark = np.full((32, 32), 0.02, np.float32)  # would be guessed as a few-bit image without its sBIT
+    assert np.abs(decode(to_png(dark)).grey - dark).max() < 1e-4
+
+
+def j2k_siz(width: int, height: int) -> bytes:
+    """The start of a JPEG 2000 codestream: SOC, then a SIZ marker declaring width × height, one component."""
+    siz = struct.pack(">HHIIIIIIIIH", 41, 0, width, height, 0, 0, width, height, 0, 0, 1) + bytes([7, 1, 1])
+    return b"\xff\x4f\xff\x51" + siz + b"\xff\x52" + b"\x00" * 200
+
+
+def jpeg_sof(width: int, height: int) -> bytes:
+    return b"\xff\xd8" + b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + bytes([1, 0x11, 0]) + b"\x00" * 200
+
+
+def compressed_dicom(codestream: bytes, syntax: str, rows: int = 64, cols: int = 64) -> bytes:
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID
+
+    ds = dicom_dataset(np.zeros((rows, cols), np.uint16), bits=8 if syntax.endswith(".50") else 12)
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
+    ds.PixelData = encapsulate([codestream])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    return dicom_bytes(ds)
+
+
+@pytest.mark.parametrize("codestream,syntax,status,words", [
+    (j2k_siz(9000, 9000), "1.2.840.10008.1.2.4.90", 413, "codestream inside the DICOM declares the image is 9000×9000"),
+    (jpeg_sof(9000, 9000), "1.2.840.10008.1.2.4.50", 413, "codestream inside the DICOM declares the image is 9000×9000"),
+    (j2k_siz(128, 128), "1.2.840.10008.1.2.4.90", 422, "codestream is 128×128"),
+    (b"\x00" * 300, "1.2.840.10008.1.2.4.90", 422, "no JPEG or JPEG 2000 header"),
+], ids=["j2k-bomb", "jpeg-bomb", "j2k-mismatch", "no-header"])
+def test_compressed_dicom_is_sized_from_its_codestream_before_decoding(codestream, syntax, status, words):
+    with pytest.raises(ImageInputError) as err:
+        decode(compressed_dicom(codestream, syntax))
+    assert err.value.status == status and words in str(err.value)
+
+
+def test_consistent_jpeg2000_dicom_decodes():
+    values = np.tile(np.linspace(0, 4095, 64), (48, 1)).astype(np.uint16)
+    codestream = encode(Image.fromarray(values), "JPEG2000", irreversible=False, no_jp2=True)
+    grey = decode(compressed_dicom(codestream, "1.2.840.10008.1.2.4.90", rows=48, cols=64)).grey
+    assert np.abs(grey - values / 4095).max() < 1e-3

@@ -59,3 +59,39 @@ def test_spec_roundtrip_and_validation():
         PreprocessSpec(size=64, channels=2)
     with pytest.raises(ValueError):
         PreprocessSpec(size=64, channels=3, mean=(0.1, 0.2))
+
+
+def twelve_bit(dark: bool = False) -> np.ndarray:
+    """A 12-bit ramp (0..4095, or 0..1500 when dark) and nothing above it."""
+    top = 1500 if dark else 4095
+    return np.round(np.tile(np.linspace(0, top, 64), (48, 1))).astype(np.uint16)
+
+
+def save_png(path, array: np.ndarray, sbit: int | None = None):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    if sbit is not None:
+        info.add(b"sBIT", bytes([sbit]))
+    Image.fromarray(array).save(path, pnginfo=info)
+    return path
+
+
+@pytest.mark.parametrize("dark,sbit", [(False, None), (False, 12), (True, 12)], ids=["12bit-no-sbit", "12bit-sbit", "dark-12bit-sbit"])
+def test_twelve_bit_png_and_its_eight_bit_rendition_agree(tmp_path, dark, sbit):
+    from chexops.preprocessing import load_image
+
+    values = twelve_bit(dark)
+    eight = np.round(values / 4095 * 255).astype(np.uint8)
+    wide = to_grey(load_image(save_png(tmp_path / "12.png", values, sbit)))
+    narrow = to_grey(load_image(save_png(tmp_path / "8.png", eight)))
+    assert np.abs(wide - values / 4095).max() < 1e-6  # the stored 12 bits, not /65535 (6% bright) nor min–max
+    assert np.abs(wide - narrow).max() <= 0.5 / 255 + 1e-6
+
+
+def test_sbit_beats_the_range_guess(tmp_path):
+    from chexops.preprocessing import load_image
+
+    values = twelve_bit(dark=True)  # max 1500 would be guessed as 12-bit; sBIT says 16
+    grey = to_grey(load_image(save_png(tmp_path / "16.png", values, sbit=16)))
+    assert abs(grey.max() - 1500 / 65535) < 1e-6

@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import io
 import json
+import shutil
 import signal
 import struct
 import subprocess
@@ -27,7 +28,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from service_fixtures import EXPORT, OTHER_KEY, ROOT, child_env, free_port, served_model, service, start_service  # noqa: F401
+from service_fixtures import EXPORT, OTHER_KEY, ROOT, ServedModel, child_env, free_port, served_model, service, start_service  # noqa: F401
 from support import dicom_bytes, dicom_dataset
 
 LABEL_COUNT = 14
@@ -169,19 +170,26 @@ def test_bentoml_client_and_the_internal_batch_api(service):
             client.infer(images=np.zeros((1, 1, 32, 32), dtype=np.float32))
 
 
-def test_concurrent_requests_are_batched(service):
-    data = SYNTHETIC["jpeg"]()
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(lambda _: post_image(service, data), range(16)))
-    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
-    assert len({r.json()["request_id"] for r in responses}) == 16
-    # BentoML's histogram of the batch sizes its adaptive batcher formed for /infer: some batch held more than one image.
-    metrics = httpx.get(f"{service.url}/metrics", timeout=10).text
-    infer = [line for line in metrics.splitlines() if line.startswith("bentoml_service_adaptive_batch_size") and "infer" in line]
-    batches = sum(float(line.split()[-1]) for line in infer if line.startswith("bentoml_service_adaptive_batch_size_count"))
-    of_one = sum(float(line.split()[-1]) for line in infer if "_bucket{" in line and 'le="1.0"' in line)
-    assert batches > 0, "no adaptive batching series for /infer:\n" + "\n".join(infer)
-    assert of_one < batches, f"all {batches:.0f} batches held one image: nothing was batched under concurrency\n" + "\n".join(infer)
+def test_concurrent_requests_are_batched_when_batching_is_on(service, served_model, tmp_path):
+    assert httpx.get(f"{service.url}/model", timeout=10).json()["runtime"]["batching"] is False  # the default
+    # a home of its own: a second `bentoml serve` on the same BENTOML_HOME would wipe the first one's metrics
+    shutil.copytree(served_model.home / "bentoml" / "models", tmp_path / "bentoml" / "models")
+    batched = start_service(ServedModel(tmp_path, served_model.tag), "batching.log", CHEXOPS_BATCHING="1")
+    try:
+        data = SYNTHETIC["jpeg"]()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda _: post_image(batched, data), range(16)))
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+        assert len({r.json()["request_id"] for r in responses}) == 16
+        metrics = httpx.get(f"{batched.url}/metrics", timeout=10).text
+        # BentoML's histogram of the batch sizes its adaptive batcher formed for /infer: some batch held more than one image.
+        infer = [line for line in metrics.splitlines() if line.startswith("bentoml_service_adaptive_batch_size") and "infer" in line]
+        batches = sum(float(line.split()[-1]) for line in infer if line.startswith("bentoml_service_adaptive_batch_size_count"))
+        of_one = sum(float(line.split()[-1]) for line in infer if "_bucket{" in line and 'le="1.0"' in line)
+        assert batches > 0, "no adaptive batching series for /infer:\n" + "\n".join(infer)
+        assert of_one < batches, f"all {batches:.0f} batches held one image: nothing was batched under concurrency\n" + "\n".join(infer)
+    finally:
+        batched.stop()
 
 
 # --- bad input --------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import json
 import logging
 import sys
@@ -16,10 +17,14 @@ from typing import Any
 
 import click
 
+from .data.prepare import prepare_cmd
 from .errors import ChexopsError
 from .export import MAX_INT8_AUROC_DROP
 from .infra.cli import infra
 from .model_ref import DEFAULT_MODEL_NAME, DEFAULT_SERVE_REF
+from .step_outputs import write_outputs
+from .bento_build import bento_build
+from .pipeline_cli import pipeline
 
 log = logging.getLogger("chexops")
 
@@ -38,6 +43,7 @@ def quiet_stdout(func):
 
 
 def emit(obj: dict[str, Any], as_json: bool, human: str, stream) -> None:
+    write_outputs(obj)  # for Argo output parameters, when $CHEXOPS_OUTPUTS is set
     click.echo(json.dumps(obj, default=str) if as_json else human, file=stream)
 
 
@@ -288,6 +294,7 @@ def feedback_export(out: Path, store_url: str | None, overwrite: bool, as_json: 
 
 
 cli.add_command(infra)
+data.add_command(prepare_cmd)
 from .clinic_cli import report, simulate_command; cli.add_command(simulate_command); cli.add_command(report)  # noqa: E402
 
 

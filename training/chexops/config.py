@@ -26,13 +26,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+LIBAUC_PER_LABEL: dict[str, Policy] = {"Atelectasis": "ones", "Edema": "ones"}
+
+
 class PolicyConfig(_Strict):
-    """What uncertain (-1) and blank labels become. Default as LibAUC: U-Ones for Atelectasis and
-    Edema, U-Zeros for the rest; blank as negative, as in the CheXpert paper."""
+    """What uncertain (-1) and blank labels become. With neither `uncertain` nor
+    `uncertain_per_label` set, LibAUC's default: U-Ones for Atelectasis and Edema, U-Zeros for the
+    rest. A policy the user sets in `uncertain` applies to every label; per-label exceptions only
+    when listed in `uncertain_per_label`. Blank as negative, as in the CheXpert paper."""
 
     uncertain: Policy = "zeros"
-    uncertain_per_label: dict[str, Policy] = Field(default_factory=lambda: {"Atelectasis": "ones", "Edema": "ones"})
+    uncertain_per_label: dict[str, Policy] = Field(default_factory=dict)
     blank: Literal["negative", "ignore"] = "negative"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _libauc_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "uncertain" not in data and "uncertain_per_label" not in data:
+            return {**data, "uncertain_per_label": dict(LIBAUC_PER_LABEL)}
+        return data
 
     def for_label(self, label: str) -> Policy:
         return self.uncertain_per_label.get(label, self.uncertain)

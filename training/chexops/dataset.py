@@ -1,10 +1,14 @@
-"""The torch side of the data: splits as tensors, preprocessed by `chexops.preprocessing`."""
+"""The torch side of the data: splits as tensors, preprocessed by `chexops.preprocessing`, and the
+loaders that decode them in worker processes."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from .data.loading import Split
@@ -12,17 +16,19 @@ from .preprocessing import PreprocessSpec, load_image, preprocess
 
 
 class RadiographDataset(torch.utils.data.Dataset):
-    """(image C×H×W, targets, mask) triples. With `cache`, every image is preprocessed once up front."""
+    """(image C×H×W, targets, mask) triples. With `cache`, every image is preprocessed once up front
+    (in `num_workers` worker processes when given); without, each item is decoded when asked for."""
 
-    def __init__(self, split: Split, spec: PreprocessSpec, cache: bool = True, progress: bool = True):
+    def __init__(self, split: Split, spec: PreprocessSpec, cache: bool = True, progress: bool = True, num_workers: int = 0):
         self.split, self.spec = split, spec
         self.targets = torch.from_numpy(np.ascontiguousarray(split.targets, dtype=np.float32))
         self.mask = torch.from_numpy(np.ascontiguousarray(split.mask, dtype=np.float32))
         self.cached: torch.Tensor | None = None
         if cache:
-            items = (self._load(i) for i in range(len(split)))
-            bar = tqdm(items, total=len(split), desc=f"preprocess {split.name}", unit="img", disable=None if progress else True, leave=False)
-            self.cached = torch.from_numpy(np.stack(list(bar)))
+            loader = DataLoader(self, batch_size=64, num_workers=num_workers, generator=own_generator())
+            bar = tqdm(loader, total=len(loader), desc=f"preprocess {split.name}", unit="batch",
+                       disable=None if progress else True, leave=False)
+            self.cached = torch.cat([x for x, _, _ in bar]) if len(split) else torch.empty(0)
 
     def _load(self, i: int) -> np.ndarray:
         if self.split.images is not None:
@@ -37,11 +43,40 @@ class RadiographDataset(torch.utils.data.Dataset):
         return x, self.targets[i], self.mask[i]
 
 
-def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:
-    """This rank's sample order for an epoch: a permutation fixed by (seed, epoch), padded so every
-    rank gets the same count. Resuming mid-epoch replays exactly the same order."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n, generator=g).tolist()
-    per_rank = -(-n // world)
-    order += order[: per_rank * world - n]
-    return order[rank::world]
+def own_generator() -> torch.Generator:
+    """A loader's own random generator: creating a loader's iterator draws a seed from it, and drawing
+    from the global one would shift model initialisation and dropout with the loader settings."""
+    return torch.Generator().manual_seed(0)
+
+
+class EpochBatches(Sampler[list[int]]):
+    """This rank's batches for one epoch, from a `DistributedSampler` (a permutation fixed by seed and
+    epoch, padded so that every rank gets the same count), starting at a given batch: resuming
+    mid-epoch replays exactly the batches an uninterrupted run would have seen."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.batch_size = batch_size
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.start = start_batch
+
+    def batches(self) -> list[list[int]]:
+        order = list(self.sampler)
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches()[self.start :])
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+
+def train_loader(ds: RadiographDataset, batches: EpochBatches, num_workers: int, pin_memory: bool) -> DataLoader:
+    """The training loader: `num_workers` persistent decoding processes (none for a cached dataset,
+    where an item is a tensor index), pinned memory for a CUDA device."""
+    workers = 0 if ds.cached is not None else num_workers
+    return DataLoader(ds, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0,
+                      pin_memory=pin_memory, prefetch_factor=4 if workers else None, generator=own_generator())

@@ -20,8 +20,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session; with `threads`, that many intra-op threads and one inter-op thread."""
+def session(path: str | Path, threads: int | None = None, providers: list[str] | None = None):
+    """An ONNX Runtime session (CPU unless `providers` says otherwise); with `threads`, that many intra-op
+    threads and one inter-op thread."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -31,4 +32,4 @@ def session(path: str | Path, threads: int | None = None):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])

@@ -4,6 +4,7 @@ artifacts are read back."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,10 @@ def setup_mlflow(experiment: str) -> str:
 
 
 def git_info(start: Path | None = None) -> dict[str, str]:
-    """The commit this code runs from and whether the tree had changes (empty outside git)."""
+    """The commit this code runs from and whether the tree had changes (empty outside git). In an
+    image there is no git: the pipeline names the commit it built from in `$CHEXOPS_GIT_COMMIT`."""
+    if os.environ.get("CHEXOPS_GIT_COMMIT"):
+        return {"git_commit": os.environ["CHEXOPS_GIT_COMMIT"]}
     cwd = start or Path(__file__).resolve().parent
 
     def git(*args: str) -> str:

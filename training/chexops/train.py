@@ -29,7 +29,7 @@ from . import paths
 from .atomic import atomic_write
 from .config import Config
 from .data.loading import load_splits
-from .dataset import RadiographDataset, epoch_order
+from .dataset import EpochBatches, RadiographDataset, own_generator, train_loader
 from .errors import UserInputError
 from .metrics import as_metrics, auroc_per_label, mean_auroc
 from .model_ref import CHECKPOINT_DIR, CHECKPOINT_FILE, CHECKPOINT_PATH
@@ -38,7 +38,8 @@ from .tracking import flatten, git_info, setup_mlflow
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # tensors plus a JSON string: loadable with torch.load(weights_only=True)
+READABLE_FORMATS = (1, 2)  # format 1 held the same fields as plain containers
 
 
 def config_digest(config: Config) -> str:
@@ -58,22 +59,49 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def model_payload(model: torch.nn.Module, config: Config, labels: list[str], extra: dict[str, Any]) -> dict[str, Any]:
-    """What a checkpoint artifact holds: weights plus everything needed to rebuild and use them."""
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    """What a checkpoint artifact holds: weights (tensors) plus, as one JSON string, everything
+    needed to rebuild and use them. Nothing in it needs pickle to load."""
+    meta = {
         "model_config": config.model.model_dump(mode="json"),
         "labels": labels,
         "preprocessing": config.preprocess.spec().to_dict(),
         "config": config.to_dict(),
         **extra,
     }
+    return {"format": CHECKPOINT_FORMAT, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "meta": json.dumps(meta, sort_keys=True)}
+
+
+def safe_load(path: str | Path) -> Any:
+    """`torch.load` with `weights_only=True`: tensors and plain containers only, never a pickle that
+    runs code (raises `pickle.UnpicklingError` for one)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def improves(score: float, best: float) -> bool:
+    """Whether a validation score beats the best so far; NaN (no AUROC computable) never beats and is never the bar."""
+    return not math.isnan(score) and (math.isnan(best) or score > best)
+
+
+def init_tag(model_cfg: Any, warn: bool = True) -> str:
+    """How the network starts (`init` tag): `pretrained:FILE` or `random`, said loudly for networks
+    that ImageNet weights exist for."""
+    if model_cfg.pretrained_weights is not None:
+        return f"pretrained:{Path(model_cfg.pretrained_weights).name}"
+    if warn and model_cfg.name != "small":
+        log.warning("!!! model %s starts from RANDOM weights: model.pretrained_weights is not set (weights are never "
+                    "downloaded). Expect a much weaker model than the paper's ImageNet start; the run is tagged init=random.",
+                    model_cfg.name)
+    return "random"
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, ds: RadiographDataset, batch_size: int, device: torch.device, amp: bool) -> np.ndarray:
+def predict(model: torch.nn.Module, ds: RadiographDataset, batch_size: int, device: torch.device, amp: bool,
+            num_workers: int = 0) -> np.ndarray:
     model.eval()
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
+    workers = 0 if ds.cached is not None else num_workers
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         pin_memory=device.type == "cuda", generator=own_generator())
     out = []
     for x, _, _ in loader:
         with torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext():
@@ -83,7 +111,7 @@ def predict(model: torch.nn.Module, ds: RadiographDataset, batch_size: int, devi
 
 
 def evaluate_split(model, ds: RadiographDataset, config: Config, labels: list[str], device, amp) -> dict[str, Any]:
-    probs = predict(model, ds, max(64, config.train.batch_size), device, amp)
+    probs = predict(model, ds, max(64, config.train.batch_size), device, amp, config.train.num_workers)
     t, m = ds.targets.numpy(), ds.mask.numpy()
     loss = float(masked_bce(torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)), ds.targets, ds.mask))
     per_label = auroc_per_label(probs, t, m, labels)
@@ -149,13 +177,15 @@ def _train(config, resume, checkpoint_dir, rank, local_rank, world, master, star
     per_rank_batch = t.batch_size // world
     torch.manual_seed(config.seed)
 
+    init = init_tag(config.model, warn=master)
     # Data: every problem surfaces here, before anything is written.
     splits = load_splits(config)
     labels = splits.labels
     spec = config.preprocess.spec()
-    train_ds = RadiographDataset(splits.train, spec, config.data.cache_images, progress=master)
-    val_ds = RadiographDataset(splits.val, spec, config.data.cache_images, progress=master)
-    test_ds = RadiographDataset(splits.test, spec, config.data.cache_images, progress=master) if splits.test else None
+    cache, workers = config.data.cache_images, t.num_workers
+    train_ds = RadiographDataset(splits.train, spec, cache, progress=master, num_workers=workers)
+    val_ds = RadiographDataset(splits.val, spec, cache, progress=master, num_workers=workers)
+    test_ds = RadiographDataset(splits.test, spec, cache, progress=master, num_workers=workers) if splits.test else None
     log.info("Data %s: %d train, %d validation, %s test images; %d labels", splits.fingerprint["data_version"],
              len(train_ds), len(val_ds), len(test_ds) if test_ds else "no", len(labels))
 
@@ -178,13 +208,18 @@ def _train(config, resume, checkpoint_dir, rank, local_rank, world, master, star
     state = {"epoch": 0, "batch": 0, "step": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0,
              "run_id": None, "best_model": None, "history": []}
     if resume and last_path.exists():
-        saved = torch.load(last_path, map_location="cpu", weights_only=False)
+        try:
+            saved = safe_load(last_path)
+        except Exception as exc:  # noqa: BLE001 - a refused pickle or a damaged file
+            raise UserInputError(f"cannot resume from {last_path}: it is not a safe chexops checkpoint ({type(exc).__name__}). "
+                                 "Delete it or run with --no-resume.") from None
         if saved.get("digest") == digest and saved.get("world") == world:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
             torch.set_rng_state(saved["rng"][rank] if rank < len(saved["rng"]) else saved["rng"][0])
-            state.update(saved["state"])
+            plain = saved["state"] if isinstance(saved["state"], dict) else json.loads(saved["state"])  # a dict before format 2
+            state.update(plain, best_model=saved.get("best_model", plain.get("best_model")))
             log.info("Resuming %s from epoch %d, batch %d (step %d)", last_path, state["epoch"], state["batch"], state["step"])
         else:
             log.warning("Ignoring %s: it was written by another configuration or process count", last_path)
@@ -203,7 +238,8 @@ def _train(config, resume, checkpoint_dir, rank, local_rank, world, master, star
             mlflow.log_params({k: ("" if v is None else v) for k, v in flatten(config.to_dict()).items()})
             mlflow.set_tags({**git_info(), "data_version": splits.fingerprint["data_version"],
                              "data_sha256": splits.fingerprint["sha256"], "world_size": str(world), "device": str(device),
-                             "amp": str(amp), "channels_last": str(channels_last), "config_digest": digest})
+                             "amp": str(amp), "channels_last": str(channels_last), "config_digest": digest, "init": init,
+                             **{k: splits.fingerprint[k] for k in ("prepared_data_version",) if k in splits.fingerprint}})
             mlflow.log_dict(splits.fingerprint, "data_fingerprint.json")
             mlflow.log_dict(config.to_dict(), "config.yaml")
             mlflow.log_dict({"labels": labels}, "labels.json")
@@ -216,9 +252,10 @@ def _train(config, resume, checkpoint_dir, rank, local_rank, world, master, star
             dist.all_gather_object(gathered, torch.get_rng_state())
             rngs = gathered
         if master:
-            atomic_save({"digest": digest, "world": world, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "rng": rngs,
-                         "state": {**state, "epoch": epoch, "batch": batch}}, last_path)
+            plain = {k: v for k, v in state.items() if k != "best_model"}
+            atomic_save({"format": CHECKPOINT_FORMAT, "digest": digest, "world": world, "model": model.state_dict(),
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs,
+                         "state": json.dumps({**plain, "epoch": epoch, "batch": batch}), "best_model": state["best_model"]}, last_path)
 
     def log_metrics(metrics: dict[str, float], step: int) -> None:
         if master:
@@ -229,25 +266,27 @@ def _train(config, resume, checkpoint_dir, rank, local_rank, world, master, star
     # Epochs.
     stop = False
     model.train()
+    sampler = EpochBatches(len(train_ds), per_rank_batch, config.seed, rank, world)
+    loader = train_loader(train_ds, sampler, t.num_workers, pin_memory=cuda)
     for epoch in range(state["epoch"], t.epochs):
-        order = epoch_order(len(train_ds), config.seed, epoch, rank, world)
-        batches = [order[i : i + per_rank_batch] for i in range(0, len(order), per_rank_batch)]
         start_batch = state["batch"] if epoch == state["epoch"] else 0
+        sampler.set_epoch(epoch, start_batch)
+        n_batches = len(sampler)
         running, seen = 0.0, 0
-        bar = tqdm(range(start_batch, len(batches)), desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch",
-                   disable=None if master else True, leave=False)
-        for b in bar:
-            x, y, m = (v.to(device, non_blocking=True) for v in _collate(train_ds, batches[b]))
+        bar = tqdm(enumerate(loader, start=start_batch), total=n_batches, initial=start_batch, desc=f"epoch {epoch + 1}/{t.epochs}",
+                   unit="batch", disable=None if master else True, leave=False)
+        for b, (x, y, m) in bar:
+            x, y, m = (v.to(device, non_blocking=True) for v in (x, y, m))
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            boundary = (b + 1) % t.accum_steps == 0 or b + 1 == len(batches)
+            boundary = (b + 1) % t.accum_steps == 0 or b + 1 == n_batches
             sync = nullcontext() if (boundary or world == 1) else ddp_model.no_sync()
             with sync:
                 with torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext():
                     loss = masked_bce(ddp_model(x), y, m)
                 (loss / t.accum_steps).backward()
-            running += float(loss.detach()) * len(batches[b])
-            seen += len(batches[b])
+            running += float(loss.detach()) * len(x)
+            seen += len(x)
             if boundary:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -264,7 +303,7 @@ def _train(config, resume, checkpoint_dir, rank, local_rank, world, master, star
         record: dict[str, float] = {"epoch": float(epoch + 1)}
         if master:
             val = evaluate_split(model, val_ds, config, labels, device, amp)
-            improved = val["mean_auroc"] > state["best"] or state["best_epoch"] < 0
+            improved = improves(val["mean_auroc"], state["best"]) or state["best_epoch"] < 0
             if improved:
                 state.update(best=val["mean_auroc"], best_epoch=epoch + 1, bad_epochs=0,
                              best_model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
@@ -273,7 +312,7 @@ def _train(config, resume, checkpoint_dir, rank, local_rank, world, master, star
             record.update({"train_loss": running / max(seen, 1), "val_loss": val["loss"], "val_mean_auroc": val["mean_auroc"],
                            "lr": optimizer.param_groups[0]["lr"], **as_metrics("val_auroc", val["auroc"])})
             log_metrics(record, epoch + 1)
-            state["history"].append({k: v for k, v in record.items() if not math.isnan(v)})
+            state["history"].append({k: float(v) for k, v in record.items() if not math.isnan(v)})
             log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val mean AUROC %.4f%s", epoch + 1, t.epochs,
                      record["train_loss"], val["loss"], val["mean_auroc"], " (best)" if improved else "")
             stop = bool(t.patience and state["bad_epochs"] >= t.patience) or bool(t.max_steps and state["step"] >= t.max_steps)
@@ -296,11 +335,6 @@ def _train(config, resume, checkpoint_dir, rank, local_rank, world, master, star
     return summary
 
 
-def _collate(ds: RadiographDataset, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    items = [ds[i] for i in idx]
-    return tuple(torch.stack(v) for v in zip(*items))  # type: ignore[return-value]
-
-
 def _finish(config, model, state, labels, val_ds, test_ds, fingerprint, device, amp, ckpt_dir, started, world) -> dict[str, Any]:
     """Best weights back in, final validation and test metrics, artifacts; then the checkpoint goes."""
     import mlflow
@@ -309,6 +343,7 @@ def _finish(config, model, state, labels, val_ds, test_ds, fingerprint, device, 
     val = evaluate_split(model, val_ds, config, labels, device, amp)
     summary: dict[str, Any] = {
         "run_id": state["run_id"],
+        "init": init_tag(config.model, warn=False),
         "experiment": config.tracking.experiment,
         "tracking_uri": mlflow.get_tracking_uri(),
         "model_uri": f"runs:/{state['run_id']}/{CHECKPOINT_PATH}",
@@ -350,13 +385,29 @@ def _finish(config, model, state, labels, val_ds, test_ds, fingerprint, device, 
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A training checkpoint artifact (`model.pt`), checked for the keys every consumer needs."""
+    """A training checkpoint artifact (`model.pt`), loaded without unpickling code (`weights_only`)
+    and checked for the keys every consumer needs: `model` (tensors) and the JSON fields, flat."""
+    import pickle
+
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = safe_load(path)
     except FileNotFoundError:
         raise UserInputError(f"checkpoint {path} does not exist.") from None
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(f"checkpoint {path} was refused: it holds more than tensors and plain data, and "
+                             f"loading it could run code ({first[:200]}).") from None
     except Exception as exc:  # noqa: BLE001 - a corrupt file surfaces in many ways
         raise UserInputError(f"checkpoint {path} is not a readable chexops checkpoint: {exc}") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise UserInputError(f"checkpoint {path} is not a chexops checkpoint (format {CHECKPOINT_FORMAT}).")
+    if not isinstance(payload, dict) or payload.get("format") not in READABLE_FORMATS:
+        raise UserInputError(f"checkpoint {path} is not a chexops checkpoint (format {', '.join(map(str, READABLE_FORMATS))}).")
+    if "meta" in payload:
+        try:
+            meta = json.loads(payload["meta"])
+        except (TypeError, ValueError) as exc:
+            raise UserInputError(f"checkpoint {path} has unreadable metadata: {exc}") from None
+        payload = {"format": payload["format"], "model": payload["model"], **meta}
+    missing = [k for k in ("model", "model_config", "labels", "preprocessing") if k not in payload]
+    if missing:
+        raise UserInputError(f"checkpoint {path} lacks {', '.join(missing)}.")
     return payload

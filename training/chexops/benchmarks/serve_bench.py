@@ -6,6 +6,10 @@
     python -m chexops.benchmarks.serve_bench --start --architecture densenet121 --size 224 --image IMAGE
     # a service that is already running (its batching setting as it is)
     python -m chexops.benchmarks.serve_bench --url http://127.0.0.1:3000 --key KEY --image IMAGE
+    # beside a running Triton that holds `chexops triton export --model chexops-cxr:v3 --out DIR`
+    python -m chexops.benchmarks.serve_bench --start --model chexops-cxr:v3 --image IMAGE --triton 127.0.0.1:8001
+    # overload: 64 concurrent clients for 30 s (answers by status, Retry-After, errors, latency, RSS)
+    python -m chexops.benchmarks.serve_bench --start --architecture densenet121 --size 224 --image IMAGE --flood 30
 
 Measures, on one image (PNG, JPEG or DICOM), over loopback:
 
@@ -15,7 +19,10 @@ Measures, on one image (PNG, JPEG or DICOM), over loopback:
 - `/predict`: N sequential requests (one keep-alive connection), latency seen by the client;
 - the overhead: service p50 (p95) over bare p50 (p95), in percent;
 - `/predict` at concurrency C (C client threads, M requests in all): requests/s and the per-request
-  p50/p95, with adaptive batching on and off (`CHEXOPS_BATCHING=0`) when the script starts the service.
+  p50/p95, with adaptive batching on and off (`CHEXOPS_BATCHING=0`) when the script starts the service;
+- with --start, the same for a minimal FastAPI + uvicorn server around the same session and
+  preprocessing (`chexops.benchmarks.fastapi_baseline`; --no-fastapi skips it), and with --triton
+  for a running Triton Inference Server (`chexops.benchmarks.triton_client`).
 
 With --start the service gets its own feedback store in a temporary directory and a rate limit
 high enough for the benchmark; with --url, the service's rate limit must allow the requests
@@ -293,16 +300,17 @@ def _free_port() -> int:
 class Started:
     """`bentoml serve` in a process group of its own on a free loopback port, ready."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, timeout: float = 180):
-        if not (ROOT / "bentos" / "service.py").exists():
+    def __init__(self, env: dict[str, str], log_path: Path, timeout: float = 180, module: list[str] | None = None):
+        """`module`: another server (`python -m ...` arguments, given --host and --port) instead of the service."""
+        if not module and not (ROOT / "bentos" / "service.py").exists():
             raise SystemExit(f"{ROOT / 'bentos' / 'service.py'} is missing: --start needs the repository checkout")
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        argv = module or ["bentoml", "serve", SERVICE]
         with open(log_path, "ab") as fh:
-            self.process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1",
-                                             "--port", str(self.port)], cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen([sys.executable, "-m", *argv, "--host", "127.0.0.1", "--port", str(self.port)],
+                                            cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_ready(self.url, self.process, log_path, timeout)
         except ChexopsError as exc:
@@ -332,6 +340,8 @@ def service_env(args, key: str, tmp: Path, batching: bool) -> dict[str, str]:
                 "CHEXOPS_MODEL": args.model, "CHEXOPS_PRECISION": args.precision, "CHEXOPS_THREADS": str(args.threads),
                 "CHEXOPS_BATCHING": "1" if batching else "0", "CHEXOPS_API_KEYS": f"bench:{key}",
                 "CHEXOPS_RATE_LIMIT": "1000000000", "CHEXOPS_RATE_BURST": "1000000",
+                # latency runs measure the service, not its admission gate (--flood keeps the service's defaults)
+                "CHEXOPS_MAX_QUEUE": "100000", "CHEXOPS_QUEUE_TIMEOUT_MS": "600000",
                 "CHEXOPS_FEEDBACK_URL": f"sqlite:///{tmp / 'feedback.db'}"})
     for name in ("CHEXOPS_SHARED_DATA",):
         if name in os.environ:
@@ -354,7 +364,45 @@ def overhead(service: dict[str, Any], bare_result: dict[str, Any]) -> dict[str, 
     return {f"{q}_percent": round(100.0 * (service[f"{q}_ms"] / bare_result[f"{q}_ms"] - 1.0), 1) for q in ("p50", "p95")}
 
 
+def run_flood(args) -> dict[str, Any]:
+    """`--flood`: warm up, then `--clients` clients on /predict for the given seconds (chexops.benchmarks.flood)."""
+    from chexops.benchmarks.flood import flood
+
+    data = Path(args.image).read_bytes()
+    result: dict[str, Any] = {"service_env": args.service_env, "image": str(args.image), "intra_op_threads": args.threads}
+
+    def measure(url: str, key: str, pid: int | None) -> dict[str, Any]:
+        sequential(url, key, data, runs=max(1, args.warmup), warmup=0)  # load the model's code paths first
+        log.info("Flooding %s/predict with %d clients for %d s", url, args.clients, args.flood)
+        return flood(url, key, data, clients=args.clients, seconds=args.flood, pid=pid)
+
+    if args.start:
+        key = secrets.token_urlsafe(24)
+        with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+            logs = Path(args.log_dir) if args.log_dir else Path(tmp)
+            logs.mkdir(parents=True, exist_ok=True)
+            env = service_env(args, key, Path(tmp), batching=True)
+            for name in ("CHEXOPS_BATCHING", "CHEXOPS_MAX_QUEUE", "CHEXOPS_QUEUE_TIMEOUT_MS"):
+                env.pop(name)  # the service's own defaults, unless --service-env sets them
+            env.update(dict(item.split("=", 1) for item in args.service_env))
+            with Started(env, logs / "service-flood.log") as svc:
+                result["flood"] = measure(svc.url, key, svc.process.pid)
+                result["flood"]["alive_after"] = svc.process.poll() is None
+        result["model_tag"] = args.model
+    else:
+        if not args.key:
+            raise SystemExit("--url needs --key (an API key of the service)")
+        result["flood"] = measure(args.url.rstrip("/"), args.key, None)
+    f = result["flood"]
+    log.info("  %d answers %s in %.0f s; %d connection errors; admitted p95 %s ms; RSS %s → peak %s → %s MiB",
+             f["answers"], f["by_status"], f["seconds"], sum(f["connection_errors"].values()),
+             (f["admitted_latency"] or {}).get("p95_ms"), f.get("rss_before_mb"), f.get("rss_peak_mb"), f.get("rss_after_mb"))
+    return result
+
+
 def run(args) -> dict[str, Any]:
+    if args.flood:
+        return run_flood(args)
     data = Path(args.image).read_bytes()
     result: dict[str, Any] = {"service_env": args.service_env, "image": str(args.image), "image_bytes": len(data), "intra_op_threads": args.threads,
                               "precision": args.precision, "runs": args.runs, "warmup": args.warmup,
@@ -372,6 +420,12 @@ def run(args) -> dict[str, Any]:
                         result["services"][name] = measure_service(svc.url, key, data, args)
                     except ServiceError as exc:
                         raise ServiceError(f"{exc}\n--- the service's log ({name}), last lines ---\n{svc.logs()}") from None
+            if not args.no_fastapi:  # the baseline: FastAPI + uvicorn around the same session and preprocessing
+                onnx = Path(args.onnx) if args.onnx else model_file(args.model, args.precision)
+                log.info("Starting the FastAPI + uvicorn baseline on %s", onnx)
+                module = ["chexops.benchmarks.fastapi_baseline", "--onnx", str(onnx), "--threads", str(args.threads)]
+                with Started(service_env(args, key, Path(tmp), False), logs / "fastapi.log", module=module) as svc:
+                    result["services"]["fastapi_uvicorn"] = measure_service(svc.url, key, data, args)
         result["model_tag"] = args.model
     else:
         if not args.key:
@@ -384,9 +438,21 @@ def run(args) -> dict[str, Any]:
     log.info("Bare ONNX Runtime session on %s", onnx_path)
     result["bare"] = bare(onnx_path, data, args.threads, args.runs, args.warmup)
     log.info("  bare: p50 %.2f ms, p95 %.2f ms", result["bare"]["p50_ms"], result["bare"]["p95_ms"])
+    if args.triton:
+        from chexops.benchmarks.triton_client import infer_function, measure
+
+        log.info("Triton at %s, model %s (gRPC; decode + preprocess in the client)", args.triton, args.triton_model)
+        once = infer_function(args.triton, args.triton_model, onnx_path, data)
+        result["services"]["triton_grpc"] = measure(once, args.runs, args.warmup, args.concurrency, args.requests, stats)
+        for part in ("sequential", "concurrent"):
+            result["services"]["triton_grpc"][part]["errors"] = {"failed": 0}
     for value in result["services"].values():
         value["overhead_vs_bare"] = overhead(value["sequential"], result["bare"])
     return result
+
+
+PATHS = {"fastapi_uvicorn": "FastAPI + uvicorn baseline (same session and preprocessing)",
+         "triton_grpc": "Triton (ONNX Runtime backend, gRPC; decode + preprocess in the client)"}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -396,7 +462,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"| bare ONNX Runtime (decode + preprocess + run) | {b['p50_ms']:.2f} | {b['p95_ms']:.2f} | — | — | — | — |"]
     for name, value in result["services"].items():
         s, o, c = value["sequential"], value["overhead_vs_bare"], value["concurrent"]
-        rows.append(f"| `/predict`, {name.replace('_', ' ')} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | "
+        label = PATHS.get(name, f"`/predict`, {name.replace('_', ' ')}")
+        rows.append(f"| {label} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | "
                     f"{o['p50_percent']:+.1f} % / {o['p95_percent']:+.1f} % | {c['requests_per_s']:.1f} | "
                     f"{c['p50_ms']:.1f} / {c['p95_ms']:.1f} | "
                     f"{s['errors']['failed'] + c['errors']['failed']} of {s['n'] + s['errors']['failed'] + c['n'] + c['errors']['failed']} |")
@@ -426,13 +493,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--requests", type=int, default=400, help="requests in all at --concurrency")
+    parser.add_argument("--no-fastapi", action="store_true", help="--start: skip the FastAPI + uvicorn baseline")
+    parser.add_argument("--triton", metavar="HOST:PORT", help="also measure a running Triton (gRPC) holding `chexops triton export`'s model")
+    parser.add_argument("--triton-model", default="chexops-cxr", help="--triton: the model's name in the repository")
+    parser.add_argument("--flood", type=int, default=0, metavar="SECONDS",
+                        help="instead: --clients concurrent clients on /predict for SECONDS (refusals, errors, latency, RSS)")
+    parser.add_argument("--clients", type=int, default=64, help="--flood: concurrent clients")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table (stderr)")
     args = parser.parse_args(argv)
     if any("=" not in item for item in args.service_env):
         parser.error("--service-env takes NAME=VALUE")
     if args.architecture and not args.start:
         parser.error("--architecture needs --start")
-    for name in ("runs", "requests", "concurrency", "threads"):
+    for name in ("runs", "requests", "concurrency", "threads", "clients"):
         if not 1 <= getattr(args, name) <= 100_000:
             parser.error(f"--{name} must be within 1..100000")
     if args.url and not args.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
@@ -465,7 +538,7 @@ def main(argv: list[str] | None = None) -> None:
         pass
     result["command"] = result["command"].replace(args.key, "KEY") if args.key else result["command"]
     print(json.dumps(result, indent=2, default=str))
-    if args.markdown:
+    if args.markdown and "flood" not in result:
         print(markdown(result), file=sys.stderr)
 
 

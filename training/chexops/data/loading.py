@@ -16,6 +16,7 @@ from ..config import Config, DataConfig
 from ..errors import DataError
 from ..hashing import sha256_file
 from . import npz
+from .prepare import manifest_version
 from .chexpert import ChexpertTable, apply_policy, check_images, filter_view, image_paths, read_chexpert_csv, split_by_patient
 
 log = logging.getLogger(__name__)
@@ -167,11 +168,15 @@ def load_splits(config: Config) -> Splits:
         val = _eval_view(_rows("val", full, table, rest[val_idx]), table.values[rest[val_idx]], cfg, table.blank)
         splits = Splits(cfg.labels, train, val, test)
         fingerprint["patients"] = {s.name: int(s.frame["patient"].nunique()) for s in (train, val, test) if s is not None}
+        prepared = manifest_version(cfg.csv)  # images from `chexops data prepare`: their manifest's version
+        if prepared:
+            fingerprint.update(prepared)
     fingerprint["rows"] = {s.name: len(s) for s in (splits.train, splits.val, splits.test) if s is not None}
     fingerprint["policy_counts"] = {
         s.name: policy_counts(s.targets, s.mask, cfg.labels) for s in (splits.train, splits.val, splits.test) if s is not None
     }
-    basis = json.dumps({k: fingerprint.get(k) for k in ("sha256", "view", "policy", "rows", "test_sha256", "test_source")}, sort_keys=True)
+    basis = json.dumps({k: fingerprint.get(k) for k in ("sha256", "view", "policy", "rows", "test_sha256", "test_source",
+                                                    "prepared_data_version")}, sort_keys=True)
     fingerprint["data_version"] = hashlib.sha256(basis.encode()).hexdigest()[:12]
     fingerprint["split_versions"] = {s.name: split_version(s, fingerprint["sha256"]) for s in (splits.train, splits.val, splits.test) if s is not None}
     splits.fingerprint = fingerprint

@@ -37,6 +37,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..imaging import ImageInputError, decode, to_png
+from . import openapi
+from .admission import Admission, AdmissionLimits
 from .auth import AuthError
 from .feedback_store import Conflict, NotFound, Unavailable, WrongClinic
 from .inference import LOCALISATION_NOTE, PRIORITY_RULE, heatmap_png, priority
@@ -282,9 +284,11 @@ async def feedback(request: Request) -> Response:
     clinic = _clinic(request, backend)
     raw = await request.body()
     try:
-        body = FeedbackBody.model_validate(json.loads(raw))
-    except json.JSONDecodeError:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep (found by schemathesis)
         raise RequestError("the feedback must be a JSON object {request_id, correct, labels?, note?}.", 400, reason="feedback") from None
+    try:
+        body = FeedbackBody.model_validate(payload)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
         raise RequestError(f"the feedback is not valid: {problems}.", 422, reason="feedback") from None
@@ -335,6 +339,7 @@ async def model_info(request: Request) -> Response:
     return JSONResponse({**model.describe(), "thresholds": model.thresholds, "priority_rule": PRIORITY_RULE,
                          "localisation": LOCALISATION_NOTE,
                          "runtime": {"threads": backend.settings.threads, "batching": backend.settings.batching,
+                                     "providers": backend.model.session.get_providers(),
                                      "max_upload_mb": round(backend.settings.max_upload_bytes / 2**20, 1),
                                      "torch_imported": "torch" in sys.modules,
                                      "feedback_store": await run_in_threadpool(_store_facts, backend.store)}})
@@ -356,6 +361,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/feedback", feedback, methods=["POST"]),
             Route("/", index, methods=["GET"]),
             Route("/model", model_info, methods=["GET"]),
+            Route("/openapi.json", openapi.serve, methods=["GET"]),
             Mount("/static", StaticFiles(directory=settings.static_dir, check_dir=False), name="static"),
         ],
         exception_handlers={ImageInputError: on_image_error, RequestError: on_request_error, AuthError: on_auth_error,
@@ -364,6 +370,8 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.settings = settings
     app.state.backend = None
+    app.add_middleware(Admission, limits=AdmissionLimits.from_env(),  # bounded work in flight: 503 + Retry-After beyond
+                       on_refuse=lambda path: app.state.backend and app.state.backend.metrics.rejected.labels(reason="overload").inc())
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + MULTIPART_SLACK)
     return app
 

@@ -58,8 +58,8 @@ class OnnxModel:
     evaluated: bool = False  # metadata `evaluated`: a gated registry version with its evaluated thresholds
 
     @classmethod
-    def load(cls, path: str | Path, threads: int = 2) -> "OnnxModel":
-        sess = session(path, threads)
+    def load(cls, path: str | Path, threads: int = 2, providers: list[str] | None = None) -> "OnnxModel":
+        sess = session(path, threads, providers)
         meta = sess.get_modelmeta().custom_metadata_map
         missing = [k for k in ("labels", "thresholds", "preprocessing", "head") if k not in meta]
         if missing:
@@ -72,8 +72,8 @@ class OnnxModel:
                     version=meta.get("registry_version", ""), run_id=meta.get("run_id", ""),
                     data_version=meta.get("data_version", ""), precision=meta.get("precision", ""),
                     head_weight=np.asarray(head["weight"], dtype=np.float32), evaluated=meta.get("evaluated") == "true")
-        log.info("Loaded %s v%s (%s, %d labels, input %d px) with %d intra-op threads", model.name, model.version,
-                 model.precision, len(labels), model.spec.size, threads)
+        log.info("Loaded %s v%s (%s, %d labels, input %d px) with %d intra-op threads on %s", model.name, model.version,
+                 model.precision, len(labels), model.spec.size, threads, ", ".join(sess.get_providers()))
         return model
 
     def preprocess(self, grey: np.ndarray) -> np.ndarray:

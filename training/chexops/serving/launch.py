@@ -18,6 +18,7 @@ from pathlib import Path
 from .. import paths
 from ..bento_store import bentoml_home, serving_tag
 from ..errors import ChexopsError
+from . import providers
 from .settings import DEFAULT_MODEL, DEV_KEYS
 from .auth import require_keys_off_loopback
 from .lifetime import die_with_parent
@@ -58,6 +59,7 @@ def serve(port: int, host: str, model: str | None, precision: str | None, thread
     (chexops.serving.lifetime). Off loopback, configured API keys are required (exit 2 otherwise)."""
     require_keys_off_loopback(host)
     env = serve_env(model, precision, threads)
+    providers.parse(env.get("CHEXOPS_PROVIDERS", ""))  # a typo is exit 2 here, not a traceback in the worker
     served = check_model(env)
     resolved = served["tag"]
     env["CHEXOPS_MODEL"] = resolved  # pin what was checked: the service loads exactly this tag

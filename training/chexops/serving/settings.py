@@ -48,7 +48,7 @@ class Settings:
     model_tag: str = DEFAULT_MODEL          # CHEXOPS_MODEL: models:/NAME@ALIAS, models:/NAME/VERSION or a Bento tag NAME:VERSION
     precision: str = "fp32"                 # CHEXOPS_PRECISION: fp32 | int8
     threads: int = 2                        # CHEXOPS_THREADS: ONNX Runtime intra-op threads
-    batching: bool = True                   # CHEXOPS_BATCHING: 0 sends each request alone to the session
+    batching: bool = False                  # CHEXOPS_BATCHING: 1 batches requests through /infer (off: bentos/README.md)
     max_batch_size: int = 16                # CHEXOPS_MAX_BATCH_SIZE
     max_latency_ms: int = 2000              # CHEXOPS_MAX_LATENCY_MS: adaptive batching's latency budget
     max_upload_bytes: int = 20 * 2**20      # CHEXOPS_MAX_UPLOAD_MB
@@ -73,7 +73,7 @@ class Settings:
             model_tag=os.environ.get("CHEXOPS_MODEL", "").strip() or DEFAULT_MODEL,
             precision=precision,
             threads=_int("CHEXOPS_THREADS", 2, low=1),
-            batching=os.environ.get("CHEXOPS_BATCHING", "1").strip().lower() not in ("0", "false", "no", "off"),
+            batching=os.environ.get("CHEXOPS_BATCHING", "0").strip().lower() not in ("0", "false", "no", "off"),
             max_batch_size=_int("CHEXOPS_MAX_BATCH_SIZE", 16, low=1),
             max_latency_ms=_int("CHEXOPS_MAX_LATENCY_MS", 2000, low=1),
             max_upload_bytes=int(_float("CHEXOPS_MAX_UPLOAD_MB", 20.0) * 2**20),

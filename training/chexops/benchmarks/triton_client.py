@@ -1,0 +1,76 @@
+"""The benchmark's Triton path: the same image through a running Triton Inference Server holding the
+repository `chexops triton export` wrote (gRPC, tritonclient), decoded and preprocessed in the client
+with the service's own code, as the bare path does.
+
+    chexops triton export --model chexops-cxr:v3 --out DIR && tritonserver --model-repository DIR &
+    python -m chexops.benchmarks.serve_bench --start --model chexops-cxr:v3 --image IMAGE \
+        --triton 127.0.0.1:8001 --triton-model chexops-cxr
+
+(No Triton server runs here: PyPI's `tritonserver` does not exist and `nvidia-pytriton` bundles a
+server with the Python backend only and needs numpy < 2; see bentos/README.md.)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+
+def infer_function(url: str, model_name: str, onnx_path: Path, data: bytes) -> Callable[[], Any]:
+    """A callable that decodes, preprocesses and infers `data` once through Triton (one gRPC client per thread)."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from chexops.imaging import decode
+    from chexops.serving.inference import OnnxModel
+
+    model = OnnxModel.load(onnx_path, threads=1)  # its metadata (preprocessing spec), not its session
+    local = threading.local()
+
+    def once() -> Any:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = grpcclient.InferenceServerClient(url=url)
+        x = model.preprocess(decode(data).grey)[None].astype(np.float32)
+        tensor = grpcclient.InferInput("image", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        result = client.infer(model_name, [tensor], outputs=[grpcclient.InferRequestedOutput("probabilities")])
+        return result.as_numpy("probabilities")
+
+    return once
+
+
+def measure(once: Callable[[], Any], runs: int, warmup: int, concurrency: int, requests: int,
+            stats: Callable[[list[float]], dict]) -> dict[str, Any]:
+    for _ in range(warmup):
+        once()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - start)
+    sequential = stats(times)
+    counter, lock, concurrent_times = iter(range(requests)), threading.Lock(), []
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if next(counter, None) is None:
+                    return
+            start = time.perf_counter()
+            once()
+            with lock:
+                concurrent_times.append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {"sequential": sequential, "concurrent": {**stats(concurrent_times), "concurrency": concurrency,
+                                                     "wall_s": round(wall, 3),
+                                                     "requests_per_s": round(len(concurrent_times) / wall, 2)}}

@@ -1,0 +1,169 @@
+"""`chexops triton export`: an exported model as a Triton Inference Server model repository.
+
+    chexops triton export --out DIR [--model chexops-cxr:v3 | --onnx model.onnx] [--precision fp32|int8]
+
+writes
+
+    DIR/NAME/1/model.onnx         the ONNX file (chexops metadata inside)
+    DIR/NAME/config.pbtxt         platform onnxruntime_onnx, CPU instances (works on any Triton)
+    DIR/NAME/configs/gpu.pbtxt    the GPU variant: `tritonserver --model-config-name=gpu`
+    DIR/NAME/labels.txt           one label per line (Triton's classification extension)
+
+Input/output names, data types and dims come from the ONNX file itself (a dynamic first dimension
+becomes Triton's batch dimension, with dynamic batching); the labels from its chexops metadata.
+The service's preprocessing (chexops.preprocessing, spec in the metadata) stays with the client:
+Triton receives the normalised C×H×W tensor, as `/infer` does. See bentos/README.md for running it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+DATA_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16", "tensor(double)": "TYPE_FP64",
+              "tensor(int64)": "TYPE_INT64", "tensor(int32)": "TYPE_INT32", "tensor(int8)": "TYPE_INT8",
+              "tensor(uint8)": "TYPE_UINT8", "tensor(bool)": "TYPE_BOOL"}
+CLASSIFIED_OUTPUT = "probabilities"
+
+
+def tensors(onnx_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]:
+    """The ONNX file's inputs and outputs ({name, data_type, shape}; a dynamic dim is -1) and its metadata."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors for a file it cannot load
+        raise UserInputError(f"{onnx_path} is not an ONNX model ONNX Runtime can load: {exc}") from None
+
+    def describe(args) -> list[dict[str, Any]]:
+        out = []
+        for arg in args:
+            if arg.type not in DATA_TYPES:
+                raise UserInputError(f"{onnx_path}: tensor {arg.name} has type {arg.type}, which Triton's config cannot name here.")
+            out.append({"name": arg.name, "data_type": DATA_TYPES[arg.type],
+                        "shape": [d if isinstance(d, int) and d > 0 else -1 for d in arg.shape]})
+        return out
+
+    return describe(session.get_inputs()), describe(session.get_outputs()), session.get_modelmeta().custom_metadata_map
+
+
+def _dims(values: list[int]) -> str:
+    return "[ " + ", ".join(str(v) for v in values) + " ]"
+
+
+def config_text(name: str, inputs: list[dict], outputs: list[dict], max_batch_size: int, kind: str, count: int,
+                threads: int, queue_delay_us: int, labels: bool) -> str:
+    """config.pbtxt (protobuf text format of inference.ModelConfig) for the ONNX Runtime backend."""
+    batched = max_batch_size > 0
+
+    def tensor(t: dict, is_output: bool) -> str:
+        dims = t["shape"][1:] if batched else t["shape"]
+        extra = '\n    label_filename: "labels.txt"' if is_output and labels and t["name"] == CLASSIFIED_OUTPUT else ""
+        return f'  {{\n    name: "{t["name"]}"\n    data_type: {t["data_type"]}\n    dims: {_dims(dims)}{extra}\n  }}'
+
+    lines = [f'name: "{name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {max_batch_size}",
+             "input [\n" + ",\n".join(tensor(t, False) for t in inputs) + "\n]",
+             "output [\n" + ",\n".join(tensor(t, True) for t in outputs) + "\n]"]
+    if batched:
+        preferred = [b for b in (4, 8, 16, 32) if b <= max_batch_size]
+        lines.append(f"dynamic_batching {{\n  preferred_batch_size: {_dims(preferred)}\n"
+                     f"  max_queue_delay_microseconds: {queue_delay_us}\n}}")
+    lines.append(f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}\n  }}\n]")
+    if kind == "KIND_CPU":  # the ONNX Runtime backend's own thread settings (as the service's CHEXOPS_THREADS)
+        lines.append('parameters [\n  {\n    key: "intra_op_thread_count"\n    value: { string_value: "%d" }\n  },\n'
+                     '  {\n    key: "inter_op_thread_count"\n    value: { string_value: "1" }\n  }\n]' % threads)
+    return "\n".join(lines) + "\n"
+
+
+def write_repository(onnx_path: Path, out: Path, name: str = "", max_batch_size: int = 64, cpu_instances: int = 1,
+                     gpu_instances: int = 1, threads: int = 2, queue_delay_us: int = 2000, overwrite: bool = False) -> dict[str, Any]:
+    """A Triton model repository for one ONNX file; returns what was written."""
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise UserInputError(f"no ONNX file at {onnx_path}.")
+    inputs, outputs, meta = tensors(onnx_path)
+    name = name or meta.get("model_name") or onnx_path.stem
+    labels = json.loads(meta["labels"]) if meta.get("labels") else []
+    dynamic_batch = all(t["shape"] and t["shape"][0] == -1 for t in inputs + outputs)
+    if max_batch_size and not dynamic_batch:
+        log.warning("%s has a fixed first dimension: no Triton batching (max_batch_size 0)", onnx_path)
+        max_batch_size = 0
+    model_dir = out / name
+    if model_dir.exists():
+        if not overwrite:
+            raise UserInputError(f"{model_dir} exists: choose another --out or --name, or pass --overwrite.")
+        shutil.rmtree(model_dir)
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "configs").mkdir()
+    shutil.copyfile(onnx_path, model_dir / "1" / "model.onnx")
+    has_labels = bool(labels) and any(t["name"] == CLASSIFIED_OUTPUT for t in outputs)
+    if has_labels:
+        (model_dir / "labels.txt").write_text("\n".join(labels) + "\n")
+    common = dict(name=name, inputs=inputs, outputs=outputs, max_batch_size=max_batch_size, threads=threads,
+                  queue_delay_us=queue_delay_us, labels=has_labels)
+    (model_dir / "config.pbtxt").write_text(config_text(kind="KIND_CPU", count=cpu_instances, **common))
+    (model_dir / "configs" / "gpu.pbtxt").write_text(config_text(kind="KIND_GPU", count=gpu_instances, **common))
+    log.info("Wrote the Triton model %s to %s (inputs %s, outputs %s, max batch %d)", name, model_dir,
+             [t["name"] for t in inputs], [t["name"] for t in outputs], max_batch_size)
+    return {"repository": str(out), "model": name, "dir": str(model_dir), "onnx": str(onnx_path),
+            "max_batch_size": max_batch_size, "inputs": inputs, "outputs": outputs, "labels": len(labels),
+            "configs": {"cpu": str(model_dir / "config.pbtxt"), "gpu": str(model_dir / "configs" / "gpu.pbtxt")},
+            "preprocessing": json.loads(meta["preprocessing"]) if meta.get("preprocessing") else None}
+
+
+def bento_model_file(tag: str, precision: str) -> Path:
+    """The ONNX file of a Bento model (what the service runs) for `precision`."""
+    from .bento_store import bentoml_home
+    from .serving.inference import FILES
+
+    bentoml_home()
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        return Path(bentoml.models.get(tag).path_of(FILES[precision]))
+    except NotFound:
+        raise UserInputError(f"no Bento model {tag}: run `chexops export` or `chexops bento import` first, "
+                             "or give the file with --onnx.") from None
+
+
+@click.group("triton")
+def triton() -> None:
+    """Triton Inference Server: the exported model as a model repository."""
+
+
+@triton.command("export")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="The model repository to write into.")
+@click.option("--model", "model_tag", default=None, help="Bento model tag [default: chexops-cxr:latest].")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="An ONNX file instead of a Bento model.")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True)
+@click.option("--name", default="", help="Triton model name [default: the model's name].")
+@click.option("--max-batch-size", default=64, show_default=True, type=click.IntRange(0, 4096), help="0: no batching.")
+@click.option("--cpu-instances", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--gpu-instances", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 256), help="ONNX Runtime intra-op threads (CPU).")
+@click.option("--queue-delay-us", default=2000, show_default=True, type=click.IntRange(0), help="Dynamic batching's wait.")
+@click.option("--overwrite", is_flag=True, help="Replace this model's directory in the repository.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def triton_export(out: Path, model_tag: str | None, onnx_path: Path | None, precision: str, name: str, max_batch_size: int,
+                  cpu_instances: int, gpu_instances: int, threads: int, queue_delay_us: int, overwrite: bool, as_json: bool) -> None:
+    """Write a Triton model repository (ONNX Runtime backend; CPU config and GPU variant)."""
+    if onnx_path and model_tag:
+        raise click.UsageError("give --model or --onnx, not both.")
+    source = onnx_path or bento_model_file(model_tag or "chexops-cxr:latest", precision)
+    result = write_repository(source, out, name=name, max_batch_size=max_batch_size, cpu_instances=cpu_instances,
+                              gpu_instances=gpu_instances, threads=threads, queue_delay_us=queue_delay_us, overwrite=overwrite)
+    human = (f"Triton model {result['model']} in {result['dir']} (max batch {result['max_batch_size']}):\n"
+             f"  tritonserver --model-repository {out}                        # CPU\n"
+             f"  tritonserver --model-repository {out} --model-config-name=gpu  # GPU")
+    click.echo(json.dumps(result) if as_json else human)
