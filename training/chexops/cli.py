@@ -300,6 +300,7 @@ data.add_command(prepare_cmd)
 cli.add_command(loadtest_cmd)
 cli.add_command(promote_cmd)
 cli.add_command(triton)
+from .clinic_cli import report, simulate_command; cli.add_command(simulate_command); cli.add_command(report)  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
