@@ -27,6 +27,7 @@ from .bento_build import bento_build
 from .pipeline_cli import pipeline
 from .promote import promote_cmd
 from .triton import triton
+from .clinic_cli import report, simulate_command
 
 log = logging.getLogger("chexops")
 
@@ -297,10 +298,13 @@ def feedback_export(out: Path, store_url: str | None, overwrite: bool, as_json: 
 
 cli.add_command(infra)
 data.add_command(prepare_cmd)
+bento.add_command(bento_build)
+cli.add_command(pipeline)
 cli.add_command(loadtest_cmd)
 cli.add_command(promote_cmd)
 cli.add_command(triton)
-from .clinic_cli import report, simulate_command; cli.add_command(simulate_command); cli.add_command(report)  # noqa: E402
+cli.add_command(simulate_command)
+cli.add_command(report)
 
 
 def main(argv: list[str] | None = None) -> None:
