@@ -27,7 +27,6 @@ from .bento_build import bento_build
 from .pipeline_cli import pipeline
 from .promote import promote_cmd
 from .triton import triton
-from .clinic_cli import report, simulate_command
 
 log = logging.getLogger("chexops")
 
@@ -303,6 +302,9 @@ cli.add_command(pipeline)
 cli.add_command(loadtest_cmd)
 cli.add_command(promote_cmd)
 cli.add_command(triton)
+
+from .clinic_cli import report, simulate_command  # noqa: E402  (it imports emit and quiet_stdout from here)
+
 cli.add_command(simulate_command)
 cli.add_command(report)
 
