@@ -18,7 +18,9 @@ import onnx
 import pytest
 import torch
 
+from chexops.hashing import sha256_file
 from chexops.train import load_checkpoint
+from mlflow_fixtures import chexops, chexops_json, free_port, synth_dataset, train_run, write_config
 from support import ROOT
 
 MODEL = "chexops-cxr"
