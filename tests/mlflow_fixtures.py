@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from chexops.data.synth import synthesize
+from chexops.serving.lifetime import die_with_parent
 
 
 def synth_dataset(tmp_path_factory) -> Path:
@@ -111,7 +112,7 @@ def mlflow_server(base: Path, backend_uri: str):
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend_uri,
          "--artifacts-destination", str(base / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
     )
     uri = f"http://127.0.0.1:{port}"
     try:

@@ -23,7 +23,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -32,6 +31,7 @@ import pytest
 
 from chexops.processes import stop_tree
 from chexops.serving.launch import wait_ready
+from chexops.serving.lifetime import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "test-clinic-key-0123456789"
@@ -156,7 +156,7 @@ def start_service(model: ServedModel, log_name: str = "service.log", api_key: st
     with open(log_path, "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "bentos/service.py:Chexops", "--host", "127.0.0.1",
                                     "--port", str(port)], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=die_with_parent)
     url = f"http://127.0.0.1:{port}"
     service = Service(url, api_key, model.home, log_path, port, process, full_env)
     try:

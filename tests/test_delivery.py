@@ -18,6 +18,7 @@ from chexops import gitops
 from mlflow_fixtures import chexops, chexops_json, mlflow_server, synth_dataset, train_run, write_config
 from service_fixtures import API_KEY, served_model, start_service  # noqa: F401  (pytest fixture)
 from support import ROOT
+from chexops.serving.lifetime import die_with_parent
 
 NAME = "chexops-cxr"
 # The gate is not under test here: limits a one-epoch tiny model clears (test_registry judges the gate).
@@ -334,7 +335,7 @@ def prometheus(tmp_path_factory, stable, canaries):
     log = open(base / "prometheus.log", "w")
     proc = subprocess.Popen([binary, f"--config.file={base / 'prometheus.yml'}", f"--storage.tsdb.path={base / 'data'}",
                              f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

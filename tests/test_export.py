@@ -22,6 +22,7 @@ from chexops.hashing import sha256_file
 from chexops.train import load_checkpoint
 from mlflow_fixtures import chexops, chexops_json, free_port, synth_dataset, train_run, write_config
 from support import ROOT
+from chexops.serving.lifetime import die_with_parent
 
 MODEL = "chexops-cxr"
 # The tiny test model: a lower bar than the default, slices of synthetic data are small and noisy.
@@ -440,7 +441,7 @@ def test_serve_resolves_the_candidate_to_its_bento_model(state, tmp_path):
     env.update({"CHEXOPS_HOME": str(state["home"]), "CHEXOPS_API_KEYS": "test:export-test-key-0123456789", "BENTOML_DO_NOT_TRACK": "True"})
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "chexops", "serve", "--port", str(port), "--model", f"models:/{MODEL}@candidate"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, proc, log_path)

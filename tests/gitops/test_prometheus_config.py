@@ -21,6 +21,7 @@ import yaml
 from chexops.processes import stop_tree
 from service_fixtures import free_port
 from .render import REPO
+from chexops.serving.lifetime import die_with_parent
 
 
 def _pod(namespace: str, name: str, track: str, port: int, app: str = "chexops", scrape: str = "true") -> dict:
@@ -89,7 +90,7 @@ def test_the_chexops_job_keeps_the_clinic_pods_with_their_labels(cluster_config,
     log = (tmp_path / "prometheus.log").open("wb")
     proc = subprocess.Popen([prometheus, f"--config.file={path}", f"--storage.tsdb.path={tmp_path / 'data'}",
                              f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=die_with_parent)
     try:
         deadline, active = time.monotonic() + 60, []
         while time.monotonic() < deadline:

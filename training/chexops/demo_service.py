@@ -22,6 +22,7 @@ from .errors import ChexopsError
 from .processes import stop_tree
 from .serving.launch import wait_ready
 from .serving.settings import DEV_KEYS
+from .serving.lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def query_service(model_ref: str, data_root: Path, timeout: float = 240) -> dict
     log.info("$ chexops serve --port %d --model %s   (log: %s)", port, model_ref, log_path)
     with open(log_path, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "chexops", "serve", "--port", str(port), "--model", model_ref],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
             wait_ready(url, proc, log_path, timeout)

@@ -52,6 +52,7 @@ import numpy as np
 from chexops.errors import ChexopsError
 from chexops.processes import stop_tree
 from chexops.serving.launch import wait_ready
+from ..serving.lifetime import die_with_parent
 
 log = logging.getLogger("chexops.benchmarks.serve_bench")
 
@@ -310,7 +311,7 @@ class Started:
         argv = module or ["bentoml", "serve", SERVICE]
         with open(log_path, "ab") as fh:
             self.process = subprocess.Popen([sys.executable, "-m", *argv, "--host", "127.0.0.1", "--port", str(self.port)],
-                                            cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+                                            cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
         try:
             wait_ready(self.url, self.process, log_path, timeout)
         except ChexopsError as exc:
