@@ -75,12 +75,14 @@ class Chexops:
     async def classify(self, x: np.ndarray) -> np.ndarray:
         """K probabilities for one preprocessed image, through adaptive batching unless it is off."""
         if not SETTINGS.batching:
+            self.metrics.batch.labels().observe(1)
             return (await anyio.to_thread.run_sync(self.model.probabilities, x[None], limiter=self.session_lock))[0]
         self.to_async.default_headers[InternalOnly.HEADER] = INTERNAL_TOKEN  # the in-process client's sessions send it
         try:
             return np.asarray(await self.to_async.infer(images=x[None]), dtype=np.float32)[0]
         except Exception as exc:  # noqa: BLE001 - the batcher refused (latency budget) or its local hop broke
             log.warning("adaptive batching failed (%s: %s); this request runs alone", type(exc).__name__, exc)
+            self.metrics.batch.labels().observe(1)
             return (await anyio.to_thread.run_sync(self.model.probabilities, x[None], limiter=self.session_lock))[0]
 
     async def explain(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -291,16 +291,13 @@ TEST_ARGS = {"window": "30s", "feedback-window": "60s", "min-feedback": "3", "ma
 @pytest.fixture(scope="module")
 def canaries(served_model, stable):
     """Two canary services of model version 2 beside the stable one (version 1): one good, one faulty."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from service_fixtures import add_model
 
     model = add_model(served_model.home, CANARY_VERSION)
     common = {"CHEXOPS_ENVIRONMENT": "test", "CHEXOPS_TRACK": "canary"}
-    with ThreadPoolExecutor(2) as pool:
-        good = pool.submit(start_service, own_home(model, "good"), "canary-good.log", **common)
-        faulty = pool.submit(start_service, own_home(model, "faulty"), "canary-faulty.log", CHEXOPS_FAULT_INJECTION=FAULTS, **common)
-        services = {"good": good.result(), "faulty": faulty.result()}
+    # Started from this (the main) thread: a server dies with the thread that started it (PR_SET_PDEATHSIG).
+    services = {"good": start_service(own_home(model, "good"), "canary-good.log", **common),
+                "faulty": start_service(own_home(model, "faulty"), "canary-faulty.log", CHEXOPS_FAULT_INJECTION=FAULTS, **common)}
     yield services
     for svc in services.values():
         svc.stop()

@@ -16,7 +16,7 @@ from service_fixtures import API_KEY, ROOT
 from chexops.simulate import SimulateConfig, simulate
 
 RULES = ROOT / "k8s" / "monitoring" / "rules" / "drift.yaml"
-RULES_TEST = ROOT / "tests" / "promtool" / "drift_test.yaml"
+RULES_TEST = ROOT / "k8s" / "monitoring" / "rules" / "drift.test.yaml"
 LOW = 0.15  # well below the alert's 0.25: with 40 images the PSI's own noise is up to (10 - 1) / 40 ≈ 0.2 over 10 full bins
 
 

@@ -42,7 +42,9 @@ def test_64_clients_get_answers_or_quick_refusals(served_model):
         after = httpx.post(f"{svc.url}/predict", headers=svc.headers, files={"image": ("x", data)}, timeout=60)
         assert after.status_code == 200, after.text
         metrics = httpx.get(f"{svc.url}/metrics", timeout=10).text
-        assert 'chexops_rejected_requests_total{reason="overload"}' in metrics
+        refused = [line for line in metrics.splitlines()
+                   if line.startswith("chexops_rejected_requests_total{") and 'reason="overload"' in line]
+        assert refused and float(refused[0].split()[-1]) == report["by_status"]["503"], (refused, report)
         assert svc.process.poll() is None
         assert "Traceback" not in svc.logs()
     finally:

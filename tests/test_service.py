@@ -174,13 +174,14 @@ def test_concurrent_requests_are_batched_when_batching_is_on(service, served_mod
     assert httpx.get(f"{service.url}/model", timeout=10).json()["runtime"]["batching"] is False  # the default
     # a home of its own: a second `bentoml serve` on the same BENTOML_HOME would wipe the first one's metrics
     shutil.copytree(served_model.home / "bentoml" / "models", tmp_path / "bentoml" / "models")
-    batched = start_service(ServedModel(tmp_path, served_model.tag), "batching.log", CHEXOPS_BATCHING="1")
+    batched = start_service(ServedModel(tmp_path, served_model.tag), "batching.log", CHEXOPS_BATCHING="1",
+                            CHEXOPS_MAX_INFLIGHT="16")  # admission lets the 16 clients reach the batcher together
     try:
         data = SYNTHETIC["jpeg"]()
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            responses = list(pool.map(lambda _: post_image(batched, data), range(16)))
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            responses = list(pool.map(lambda _: post_image(batched, data), range(48)))
         assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
-        assert len({r.json()["request_id"] for r in responses}) == 16
+        assert len({r.json()["request_id"] for r in responses}) == 48
         metrics = httpx.get(f"{batched.url}/metrics", timeout=10).text
         # BentoML's histogram of the batch sizes its adaptive batcher formed for /infer: some batch held more than one image.
         infer = [line for line in metrics.splitlines() if line.startswith("bentoml_service_adaptive_batch_size") and "infer" in line]

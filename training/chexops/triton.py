@@ -25,6 +25,7 @@ from typing import Any
 
 import click
 
+from .model_ref import DEFAULT_SERVE_REF
 from .errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -120,20 +121,16 @@ def write_repository(onnx_path: Path, out: Path, name: str = "", max_batch_size:
             "preprocessing": json.loads(meta["preprocessing"]) if meta.get("preprocessing") else None}
 
 
-def bento_model_file(tag: str, precision: str) -> Path:
-    """The ONNX file of a Bento model (what the service runs) for `precision`."""
-    from .bento_store import bentoml_home
-    from .serving.inference import FILES
+def bento_model_file(reference: str, precision: str) -> Path:
+    """The ONNX file for `precision` of the Bento model `chexops serve` would serve for `reference` (a
+    registry reference or an exact Bento tag, resolved and checked the same way)."""
+    from .bento_store import serving_tag
+    from .onnx_files import FILES
 
-    bentoml_home()
+    tag = serving_tag(reference)["tag"]
     import bentoml
-    from bentoml.exceptions import NotFound
 
-    try:
-        return Path(bentoml.models.get(tag).path_of(FILES[precision]))
-    except NotFound:
-        raise UserInputError(f"no Bento model {tag}: run `chexops export` or `chexops bento import` first, "
-                             "or give the file with --onnx.") from None
+    return Path(bentoml.models.get(tag).path_of(FILES[precision]))
 
 
 @click.group("triton")
@@ -143,7 +140,8 @@ def triton() -> None:
 
 @triton.command("export")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="The model repository to write into.")
-@click.option("--model", "model_tag", default=None, help="Bento model tag [default: chexops-cxr:latest].")
+@click.option("--model", "model_tag", default=None, help="Registry reference (models:/NAME@ALIAS, models:/NAME/VERSION) or Bento tag NAME:VERSION "
+              "[default: models:/chexops-cxr@candidate].")
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="An ONNX file instead of a Bento model.")
 @click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True)
@@ -160,7 +158,7 @@ def triton_export(out: Path, model_tag: str | None, onnx_path: Path | None, prec
     """Write a Triton model repository (ONNX Runtime backend; CPU config and GPU variant)."""
     if onnx_path and model_tag:
         raise click.UsageError("give --model or --onnx, not both.")
-    source = onnx_path or bento_model_file(model_tag or "chexops-cxr:latest", precision)
+    source = onnx_path or bento_model_file(model_tag or DEFAULT_SERVE_REF, precision)
     result = write_repository(source, out, name=name, max_batch_size=max_batch_size, cpu_instances=cpu_instances,
                               gpu_instances=gpu_instances, threads=threads, queue_delay_us=queue_delay_us, overwrite=overwrite)
     human = (f"Triton model {result['model']} in {result['dir']} (max batch {result['max_batch_size']}):\n"

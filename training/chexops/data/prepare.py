@@ -21,6 +21,7 @@ import csv
 import hashlib
 import io
 import json
+import sys
 import logging
 import os
 import signal
@@ -374,10 +375,9 @@ def prepare_cmd(source: str, out_url: str, size: int, workers: int | None, max_b
     """Resize a CheXpert copy for training (local or S3) and write its manifest (the data version)."""
     if workers is not None and workers < 1:
         raise UserInputError("--workers must be at least 1.")
+    from ..cli import emit
+
     summary = prepare(source, out_url, size, workers, max_bad_fraction, endpoint_url)
-    if as_json:
-        click.echo(json.dumps(summary, sort_keys=True))
-    else:
-        click.echo(f"Prepared {summary['images']:,} images ({summary['prepared']:,} now, {summary['skipped']:,} already done, "
-                   f"{summary['bad']} bad) at {size} px in {summary['seconds']:.1f} s; data version {summary['data_version']}, "
-                   f"manifest {summary['manifest']}.")
+    emit(summary, as_json, f"Prepared {summary['images']:,} images ({summary['prepared']:,} now, {summary['skipped']:,} already "
+         f"done, {summary['bad']} bad) at {size} px in {summary['seconds']:.1f} s; data version {summary['data_version']}, "
+         f"manifest {summary['manifest']}.", sys.stdout)

@@ -28,7 +28,8 @@ PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """In a child before exec: receive `sig` when the parent dies (Linux; a no-op elsewhere)."""
+    """In a child before exec: receive `sig` when the parent dies (Linux; a no-op elsewhere). The kernel sends
+    it when the *thread* that started the child ends: start long-lived children from the main thread."""
     if not sys.platform.startswith("linux"):
         return
     parent = os.getppid()

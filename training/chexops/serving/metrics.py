@@ -14,7 +14,7 @@ module, and prometheus_client picks its storage when first imported.
 - chexops_rejected_requests_total{reason}: 4xx answers by cause (auth, rate, upload, ...)
 - chexops_http_requests_total{route,code}, chexops_http_request_duration_seconds{route}: the clinical
   routes (/predict, /explain, /feedback) as clients see them (what the canary analysis compares)
-- chexops_batch_size: images per adaptive batch
+- chexops_batch_size: images per ONNX Runtime run (1 each without adaptive batching)
 - chexops_injected_faults_total{kind}: CHEXOPS_FAULT_INJECTION at work (tests only)
 
 Every series carries `environment`, `track` (stable|canary) and `model_version` (CHEXOPS_ENVIRONMENT,
@@ -70,7 +70,7 @@ class ServiceMetrics:
                              ("route", "code"))
         self.latency = make(prom.Histogram, "chexops_http_request_duration_seconds", "Clinical request latency, by route",
                             ("route",), buckets=LATENCY_BUCKETS)
-        self.batch = make(prom.Histogram, "chexops_batch_size", "Images per adaptive batch",
+        self.batch = make(prom.Histogram, "chexops_batch_size", "Images per ONNX Runtime run (1 each without adaptive batching)",
                           buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64))
         self.injected = make(prom.Counter, "chexops_injected_faults", "Faults injected by CHEXOPS_FAULT_INJECTION", ("kind",))
         self.info.labels(name=model_name, version=version, precision=precision, run_id=run_id).set(1)
