@@ -105,6 +105,10 @@ def test_the_cron_passes_the_feedback_it_exported_to_training():
     export_mounts = {m["mountPath"]: m["name"] for m in _template(cron, "feedback-export")["container"]["volumeMounts"]}
     train_mounts = {m["mountPath"]: m["name"] for m in _template(docs()["chexops-train"]["spec"], "train")["container"]["volumeMounts"]}
     assert export_mounts.get(MOUNT) == "data" and train_mounts.get(MOUNT) == "data" and out.startswith(MOUNT + "/")
+    # evaluate and register (re-evaluating production) load the run's config.yaml, sources included.
+    for name in ("evaluate", "register"):
+        mounts = {m["mountPath"]: m["name"] for m in _template(docs()["chexops-train"]["spec"], name)["container"]["volumeMounts"]}
+        assert mounts.get(MOUNT) == "data", f"{name} cannot read the feedback source"
 
 
 def test_the_training_template_alone_trains_without_extra_sources():
