@@ -12,7 +12,7 @@ import yaml
 from chexops.config import load_config
 from chexops.data.loading import load_splits
 from chexops.data.sources import holdout_splits
-from chexops.errors import ConfigError
+from chexops.errors import ConfigError, DataError
 from clinic_fixtures import clinic_data  # noqa: F401  (pytest fixture)
 
 
@@ -63,3 +63,19 @@ def test_new_feedback_is_a_new_data_version(clinic_data, tmp_path):
 def test_bad_sources_are_config_errors(clinic_data, tmp_path, bad):
     with pytest.raises(ConfigError, match="sources"):
         config(tmp_path, clinic_data, bad)
+
+
+def test_an_empty_source_fails_unless_allowed_and_a_missing_one_always(clinic_data, tmp_path):
+    """`allow_empty`: a CSV with a header and no rows (a feedback export before any feedback) adds nothing;
+    without it that is an error, and a missing CSV is an error either way."""
+    empty = tmp_path / "empty.csv"
+    empty.write_text((clinic_data / "valid.csv").read_text().splitlines()[0] + "\n")
+    source = {"name": "feedback", "csv": str(empty), "root": str(clinic_data.parent)}
+    base = load_splits(config(tmp_path, clinic_data))
+    joined = load_splits(config(tmp_path, clinic_data, {**source, "allow_empty": True}))
+    assert len(joined.train) == len(base.train) and joined.fingerprint["data_version"] == base.fingerprint["data_version"]
+    assert holdout_splits(config(tmp_path, clinic_data, {**source, "allow_empty": True})) == {}
+    with pytest.raises(DataError, match="no rows"):
+        load_splits(config(tmp_path, clinic_data, source))
+    with pytest.raises(DataError, match="does not exist"):
+        load_splits(config(tmp_path, clinic_data, {**source, "csv": str(tmp_path / "missing.csv"), "allow_empty": True}))

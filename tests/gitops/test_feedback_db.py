@@ -24,14 +24,15 @@ PASSWORD = "p@ss/w:rd%?#1"
 
 
 def _secret_urls(host: str) -> dict[str, str]:
-    """namespace -> the `url` of Secret chexops-feedback-db, rendered as Ansible renders it."""
+    """namespace -> the `url` of Secret chexops-feedback-db, rendered as Ansible renders it (staging and
+    production for the service, argo for the scheduled retraining's feedback export)."""
     defaults = yaml.safe_load((REPO / "ansible" / "roles" / "secrets" / "defaults" / "main.yml").read_text())
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
     variables = {"vault_feedback_db_password": PASSWORD}
     variables["secrets_feedback_password"] = env.from_string(defaults["secrets_feedback_password"]).render(**variables)
     variables["secrets_feedback_host"] = host  # the cluster's is postgresql.platform.svc.cluster.local:5432
     return {s["namespace"]: env.from_string(s["data"]["url"]).render(**variables) for s in defaults["secrets_kubernetes"]
-            if s["name"] == "chexops-feedback-db" and s["namespace"] in ("staging", "production")}
+            if s["name"] == "chexops-feedback-db"}
 
 
 def test_feedback_databases_and_the_secrets_urls(tmp_path):
@@ -56,8 +57,10 @@ def test_feedback_databases_and_the_secrets_urls(tmp_path):
         conn.close()
 
         urls = _secret_urls(f"{admin.hostname}:{admin.port}")
-        assert set(urls) == {"staging", "production"}, "a feedback database URL per environment"
-        for namespace, url in urls.items():
+        assert set(urls) == {"staging", "production", "argo"}, "a feedback database URL per environment, and the retraining's"
+        assert urls["argo"] == urls["production"], "the scheduled retraining exports the clinics' (production's) feedback"
+        for namespace in ("staging", "production"):
+            url = urls[namespace]
             parts = urlsplit(url)
             assert (parts.username, unquote(parts.password), parts.path) == ("feedback", PASSWORD, f"/feedback_{namespace}")
             store = FeedbackStore(url)  # creates its tables as `feedback`, the database's owner

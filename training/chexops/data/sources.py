@@ -7,18 +7,22 @@
           csv: .../feedback-export/CheXpert-v1.0-small/train.csv
           weight: 2.0            # each row counts twice in the training set (rows repeated: 2.5 → 2 or 3 times)
           holdout_fraction: 0.2  # the newest 20 % of its rows never train: the feedback hold-out
+          allow_empty: true      # no rows (yet), or none of the configured view: the source adds nothing
 
 Rows of a source are in time order (`chexops feedback export` writes the oldest first), so the
 hold-out is the newest tail: a model is judged on feedback that came after the feedback it learned
 from. Its labels follow the CSV's own policy file (a feedback export's blanks are ignored, not
 negative). The data version covers every source (its file hash, weight and hold-out share): adding
-feedback makes a new data version. `holdout_splits(config)` gives the hold-outs for evaluation.
+feedback makes a new data version; an empty source (`allow_empty`, e.g. the scheduled retraining's
+export before any clinic sent feedback) is logged and left out of it. `holdout_splits(config)` gives
+the hold-outs for evaluation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +34,8 @@ if TYPE_CHECKING:
     from ..config import Config, DataConfig
     from .loading import Split, Splits
 
+log = logging.getLogger(__name__)
+
 
 class ExtraSource(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -39,6 +45,21 @@ class ExtraSource(BaseModel):
     root: Path | None = None
     weight: float = Field(1.0, gt=0, le=20)
     holdout_fraction: float = Field(0.2, ge=0, lt=1)
+    allow_empty: bool = False  # a CSV without rows (of the configured view) adds nothing instead of failing
+
+
+def _empty(source: ExtraSource, cfg: "DataConfig") -> bool:
+    """True when an `allow_empty` source has no row of the configured view (a missing or broken CSV still fails)."""
+    from .chexpert import filter_view, read_chexpert_csv
+
+    if not source.allow_empty:
+        return False
+    try:
+        if pd.read_csv(source.csv, dtype=str, nrows=1).empty:
+            return True
+    except (OSError, ValueError, UnicodeDecodeError):  # read_chexpert_csv below names the problem
+        pass
+    return len(filter_view(read_chexpert_csv(source.csv, cfg.labels), cfg.view)) == 0
 
 
 def _parts(source: ExtraSource, cfg: "DataConfig") -> tuple["Split", "Split | None"]:
@@ -81,6 +102,9 @@ def add_sources(splits: "Splits", config: "Config") -> "Splits":
     train = splits.train
     described = []
     for k, source in enumerate(sources):
+        if _empty(source, config.data):
+            log.warning("Source %s (%s) has no rows of view %r: it adds nothing to this run.", source.name, source.csv, config.data.view)
+            continue
         part, hold = _parts(source, config.data)
         rows = _repeats(len(part), source.weight, config.seed + k)
         train = Split("train", np.concatenate([train.targets, part.targets[rows]]), np.concatenate([train.mask, part.mask[rows]]),
@@ -89,6 +113,8 @@ def add_sources(splits: "Splits", config: "Config") -> "Splits":
         described.append({"name": source.name, "sha256": sha256_file(source.csv), "weight": source.weight,
                           "holdout_fraction": source.holdout_fraction, "rows": len(part),
                           "holdout_rows": len(hold) if hold is not None else 0})
+    if not described:
+        return splits
     splits.train = train
     fp = splits.fingerprint
     fp["sources"] = described
@@ -102,6 +128,8 @@ def holdout_splits(config: "Config") -> dict[str, "Split"]:
     """The newest-rows hold-out of each source (by name) for evaluation; empty without sources."""
     held = {}
     for source in config.data.sources:
+        if _empty(source, config.data):
+            continue
         _, hold = _parts(source, config.data)
         if hold is not None:
             held[source.name] = hold
