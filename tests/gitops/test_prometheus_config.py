@@ -95,7 +95,11 @@ def test_the_chexops_job_keeps_the_clinic_pods_with_their_labels(cluster_config,
         deadline, active = time.monotonic() + 60, []
         while time.monotonic() < deadline:
             try:
-                targets = httpx.get(f"http://127.0.0.1:{port}/api/v1/targets", timeout=2).json()["data"]
+                answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/targets", timeout=2)
+                if answer.status_code != 200:  # "Service Unavailable" while it starts
+                    time.sleep(0.3)
+                    continue
+                targets = answer.json()["data"]
                 active = [t for t in targets["activeTargets"] if t["labels"]["job"] == "chexops"]
                 if len(active) >= 3:
                     break
