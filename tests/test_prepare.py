@@ -129,8 +129,14 @@ def s3(tmp_path_factory):
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    # Credentials as the cluster gives them: the Secret's files, read by boto3 through `chexops s3-credentials`
+    # (the image's AWS config names it as credential_process); moto accepts any.
+    secret = tmp_path_factory.mktemp("s3-secret")
+    (secret / "access-key-id").write_text("moto-key-id\n")
+    (secret / "secret-access-key").write_text("moto-any-value\n")
+    aws_config = secret.parent / f"{secret.name}.aws-config"
+    aws_config.write_text("[default]\ncredential_process = " + f"{sys.executable} -m chexops s3-credentials --dir {secret}\n")
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_CONFIG_FILE": str(aws_config), "AWS_DEFAULT_REGION": "us-east-1"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import boto3

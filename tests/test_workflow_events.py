@@ -240,6 +240,51 @@ def test_every_secret_the_workflows_read_is_made_by_ansible():
                 used.add((name, namespace, key))
             for name, key in re.findall(r'Secret": \{"name": "([^"]+)", "key": "([^"]+)"\}', text):
                 used.add((name, namespace, key))
+    used |= s3_credential_files_mounted()
     assert len(used) >= 5
     for name, namespace, key in used:
         assert key in made.get((name, namespace), set()), f"Secret {namespace}/{name} key {key} is not created by ansible/roles/secrets"
+
+
+def s3_credential_files_mounted() -> set[tuple[str, str, str]]:
+    """(Secret, namespace, key) for every template that mounts S3 credentials where `chexops
+    s3-credentials` (boto3's credential_process in the image) reads them: the files it needs."""
+    from chexops.s3_credentials import DEFAULT_DIR, FILES
+
+    found = set()
+    for path in (ROOT / "workflows").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            namespace = (doc or {}).get("metadata", {}).get("namespace")
+            for template in (doc or {}).get("spec", {}).get("templates", []):
+                container = template.get("container") or {}
+                mounts = {m["name"] for m in container.get("volumeMounts", []) if m["mountPath"] == DEFAULT_DIR}
+                for volume in template.get("volumes", []):
+                    if volume["name"] in mounts:
+                        found |= {(volume["secret"]["secretName"], namespace, key) for key in FILES.values()}
+    return found
+
+
+# The chexops steps that read or write the S3 store (datasets, MLflow run artifacts): the others only
+# talk to MLflow's tracking API.
+ARTIFACT_STEPS = {"data", "train", "evaluate", "register", "export", "bento"}
+
+
+def test_steps_that_reach_s3_mount_the_credentials_and_carry_none_in_their_environment():
+    """Every step that reads or writes the S3 store (MLflow artifacts, data) mounts the credentials Secret for `chexops s3-credentials`;
+    no workflow puts S3 credentials in a container's environment."""
+    from chexops.s3_credentials import DEFAULT_DIR
+
+    checked = 0
+    for path in (ROOT / "workflows").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            for template in (doc or {}).get("spec", {}).get("templates", []):
+                container = template.get("container") or {}
+                env = {e["name"] for e in container.get("env", [])}
+                assert not any(name.startswith("AWS_") and "KEY" in name for name in env), (path.name, template["name"], env)
+                argv = [*container.get("command", []), *container.get("args", [])]
+                step = argv[argv.index("chexops") + 1] if "chexops" in argv else None
+                if step in ARTIFACT_STEPS:
+                    mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+                    assert DEFAULT_DIR in mounts, (path.name, template["name"])
+                    checked += 1
+    assert checked >= 5

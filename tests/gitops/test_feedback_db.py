@@ -20,7 +20,7 @@ from chexops.serving.feedback_store import FeedbackStore
 from mlflow_fixtures import postgres_cluster
 from .render import REPO
 
-PASSWORD = "p@ss/w:rd%?#1"
+URL_HOSTILE = "p@ss/w:rd%?#1"  # every character a connection URL must escape
 
 
 def _secret_urls(host: str) -> dict[str, str]:
@@ -28,7 +28,7 @@ def _secret_urls(host: str) -> dict[str, str]:
     production for the service, argo for the scheduled retraining's feedback export)."""
     defaults = yaml.safe_load((REPO / "ansible" / "roles" / "secrets" / "defaults" / "main.yml").read_text())
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
-    variables = {"vault_feedback_db_password": PASSWORD}
+    variables = {"vault_feedback_db_password": URL_HOSTILE}
     variables["secrets_feedback_password"] = env.from_string(defaults["secrets_feedback_password"]).render(**variables)
     variables["secrets_feedback_host"] = host  # the cluster's is postgresql.platform.svc.cluster.local:5432
     return {s["namespace"]: env.from_string(s["data"]["url"]).render(**variables) for s in defaults["secrets_kubernetes"]
@@ -41,7 +41,7 @@ def test_feedback_databases_and_the_secrets_urls(tmp_path):
     with postgres_cluster() as admin_url:
         admin = urlsplit(admin_url)
         env = {**os.environ, "PGHOST": admin.hostname, "PGPORT": str(admin.port),
-               "POSTGRES_USER": admin.username, "POSTGRES_DB": admin.path.lstrip("/"), "FEEDBACK_PASSWORD": PASSWORD}
+               "POSTGRES_USER": admin.username, "POSTGRES_DB": admin.path.lstrip("/"), "FEEDBACK_PASSWORD": URL_HOSTILE}
         script = REPO / "k8s" / "platform" / "postgresql" / "10-feedback.sh"
         done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, done.stderr
@@ -62,7 +62,7 @@ def test_feedback_databases_and_the_secrets_urls(tmp_path):
         for namespace in ("staging", "production"):
             url = urls[namespace]
             parts = urlsplit(url)
-            assert (parts.username, unquote(parts.password), parts.path) == ("feedback", PASSWORD, f"/feedback_{namespace}")
+            assert (parts.username, unquote(parts.password), parts.path) == ("feedback", URL_HOSTILE, f"/feedback_{namespace}")
             store = FeedbackStore(url)  # creates its tables as `feedback`, the database's owner
             findings = [{"label": "Edema", "probability": 0.8, "threshold": 0.5, "positive": True}]
             store.add_prediction("req-1", "clinic-a", "chexops-cxr", "1", findings, "urgent", {"format": "png"})

@@ -26,6 +26,7 @@ from .step_outputs import write_outputs
 from .bento_build import bento_build
 from .pipeline_cli import pipeline
 from .promote import promote_cmd
+from .s3_credentials import s3_credentials
 from .triton import triton
 
 log = logging.getLogger("chexops")
@@ -302,6 +303,7 @@ cli.add_command(pipeline)
 cli.add_command(loadtest_cmd)
 cli.add_command(promote_cmd)
 cli.add_command(triton)
+cli.add_command(s3_credentials)
 
 from .clinic_cli import report, simulate_command  # noqa: E402  (it imports emit and quiet_stdout from here)
 
