@@ -49,10 +49,11 @@ from typing import Any
 
 import numpy as np
 
+from chexops.benchmarks import timed_calls
 from chexops.errors import ChexopsError
 from chexops.processes import stop_tree
 from chexops.serving.launch import wait_ready
-from ..serving.lifetime import die_with_parent
+from chexops.serving.lifetime import die_with_parent
 
 log = logging.getLogger("chexops.benchmarks.serve_bench")
 
@@ -150,13 +151,7 @@ def bare(onnx_path: Path, data: bytes, threads: int, runs: int, warmup: int) -> 
         x = model.preprocess(decode(data).grey)
         return model.probabilities(x[None])
 
-    for _ in range(warmup):
-        once()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - start)
+    times = timed_calls(once, runs, warmup)
     return {**stats(times), "model": f"{model.name} v{model.version}", "precision": model.precision or "fp32",
             "input_size": model.spec.size, "file": str(onnx_path)}
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+
+from chexops.benchmarks import timed_calls
 from typing import Any, Callable
 
 
@@ -44,13 +46,7 @@ def infer_function(url: str, model_name: str, onnx_path: Path, data: bytes) -> C
 
 def measure(once: Callable[[], Any], runs: int, warmup: int, concurrency: int, requests: int,
             stats: Callable[[list[float]], dict]) -> dict[str, Any]:
-    for _ in range(warmup):
-        once()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - start)
+    times = timed_calls(once, runs, warmup)
     sequential = stats(times)
     counter, lock, concurrent_times = iter(range(requests)), threading.Lock(), []
 
