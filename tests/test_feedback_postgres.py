@@ -138,3 +138,32 @@ def test_the_store_reconnects_after_a_restart(postgres):
     store.add_prediction("down-2", "north", "chexops-cxr", "1", FINDINGS, "urgent", {})
     assert store.add_feedback("down-2", True, None, None, "north")[1] is True
     store.close()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_prediction_records_do_not_wait_for_the_disk_feedback_does(backend, postgres, tmp_path):
+    """A prediction record's commit skips the fsync (no disk wait on /predict's path); a feedback's
+    commit waits for it (an acknowledged feedback survives a crash of the machine)."""
+    store = FeedbackStore(postgres.url if backend == "postgresql" else f"sqlite:///{tmp_path / 'feedback.db'}")
+    statements: list[str] = []
+    sa.event.listen(store.engine, "before_cursor_execute", lambda conn, cursor, statement, *a: statements.append(statement))
+
+    def level() -> str:
+        with store._begin() as conn:  # noqa: SLF001 - what a transaction of each kind runs with
+            full = conn.exec_driver_sql("SHOW synchronous_commit" if backend == "postgresql" else "PRAGMA synchronous").scalar()
+        with store._begin(durable=False) as conn:  # noqa: SLF001
+            relaxed = conn.exec_driver_sql("SHOW synchronous_commit" if backend == "postgresql" else "PRAGMA synchronous").scalar()
+        return f"{full}/{relaxed}"
+
+    assert level() == ("on/off" if backend == "postgresql" else "2/1")
+    statements.clear()
+    store.add_prediction("req-d", "north", "chexops-cxr", "3", FINDINGS, "urgent", {"format": "png", "width": 64, "height": 64})
+    relaxed = "SET LOCAL synchronous_commit TO OFF" if backend == "postgresql" else "PRAGMA synchronous=NORMAL"
+    insert = next(i for i, s in enumerate(statements) if s.lstrip().upper().startswith("INSERT INTO PREDICTIONS"))
+    assert relaxed in statements[:insert], statements
+    statements.clear()
+    store.add_feedback("req-d", True, None, None, "north")
+    assert relaxed not in statements, statements
+    if backend == "sqlite":
+        assert "PRAGMA synchronous=FULL" in statements, statements
+    store.close()

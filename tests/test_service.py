@@ -393,11 +393,11 @@ def test_no_identifier_is_stored_logged_or_exported(service, shared, tmp_path):
     assert len(table) == summary["rows"]
     frame = table.frame
     for path in frame["Path"]:
-        image = Image.open(out / path)
-        assert image.mode.startswith("I;16") and min(image.size) >= 16
-    # The DICOM's row: the clinician's labels, the rest from the prediction (it was "correct").
+        assert min(Image.open(out / path).size) >= 16
+    # The DICOM's row: its pixels re-encoded as 16-bit PNG; the clinician's labels, the rest from the prediction.
     j2k = [i for i, p in enumerate(frame["Path"]) if Image.open(out / p).size == (int(1841 * 1024 / 1955 + 0.5), 1024)]
     assert j2k, "the JPEG 2000 radiograph is not in the export"
+    assert Image.open(out / frame["Path"][j2k[-1]]).mode.startswith("I;16")
     row = table.values[j2k[-1]]
     assert row[table.labels.index("Cardiomegaly")] == 1.0 and row[table.labels.index("Edema")] == 0.0
     assert not np.isnan(row).any()
@@ -408,6 +408,32 @@ def test_no_identifier_is_stored_logged_or_exported(service, shared, tmp_path):
         content = path.read_bytes()
         for value in secret:
             assert value not in content, f"{value!r} found in {path}"
+
+
+def test_a_png_upload_is_kept_as_its_pixels_without_its_text_chunks(service):
+    from PIL import PngImagePlugin
+
+    from chexops.imaging import decode
+    from chexops.serving.feedback_store import FeedbackStore
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("PatientName", "DOE^JANE MRN-123456")
+    buffer = io.BytesIO()
+    Image.fromarray((chest(128) * 255).astype(np.uint8)).save(buffer, format="PNG", pnginfo=info)
+    upload = buffer.getvalue()
+    response = post_image(service, upload)
+    assert response.status_code == 200, response.text
+    request_id = response.json()["request_id"]
+    wait_for_image(service.home, request_id)
+    store = FeedbackStore(f"sqlite:///{service.home / 'feedback' / 'feedback.db'}")
+    try:
+        with store._begin() as conn:  # noqa: SLF001 - the stored bytes themselves
+            kept = conn.exec_driver_sql("SELECT image_png FROM predictions WHERE request_id = ?", (request_id,)).scalar()
+    finally:
+        store.close()
+    assert b"MRN-123456" not in kept and b"PatientName" not in kept
+    assert kept.startswith(b"\x89PNG") and len(kept) < len(upload)  # the upload's own compressed pixels
+    np.testing.assert_array_equal(decode(kept).grey, decode(upload).grey)
 
 
 # --- durability and rate limits ---------------------------------------------------------------------

@@ -13,3 +13,36 @@ def timed_calls(once, runs: int, warmup: int) -> list[float]:
         once()
         times.append(time.perf_counter() - start)
     return times
+
+
+def run_threads(threads) -> float:
+    """Start `threads` (threading.Thread objects), wait for all; the seconds that took."""
+    import time
+
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
+
+
+def concurrent_calls(once, concurrency: int, requests: int) -> tuple[list[float], float]:
+    """`requests` calls of `once` from `concurrency` threads: the seconds of each call, and the wall time."""
+    import threading
+    import time
+
+    counter, lock, times = iter(range(requests)), threading.Lock(), []
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if next(counter, None) is None:
+                    return
+            start = time.perf_counter()
+            once()
+            with lock:
+                times.append(time.perf_counter() - start)
+
+    wall = run_threads([threading.Thread(target=worker) for _ in range(concurrency)])
+    return times, wall

@@ -10,12 +10,15 @@
     python -m chexops.benchmarks.serve_bench --start --model chexops-cxr:v3 --image IMAGE --triton 127.0.0.1:8001
     # overload: 64 concurrent clients for 30 s (answers by status, Retry-After, errors, latency, RSS)
     python -m chexops.benchmarks.serve_bench --start --architecture densenet121 --size 224 --image IMAGE --flood 30
+    # client and server on separate cores (2-core machine: the server and the bare session on CPU 0, one thread)
+    python -m chexops.benchmarks.serve_bench --start --architecture densenet121 --size 224 --image IMAGE --threads 1 --server-cpus 0 --client-cpus 1
 
 Measures, on one image (PNG, JPEG or DICOM), over loopback:
 
 - the bare path, in this process: `chexops.imaging.decode` + the model's preprocessing +
   `session.run` through `chexops.serving.inference.OnnxModel` (the service's own code), on the same
-  ONNX file with the same intra-op threads; N sequential runs after a warm-up;
+  ONNX file with the same intra-op threads; N sequential runs after a warm-up; and the same at
+  concurrency C (C threads sharing the one session), the throughput the service is held to;
 - `/predict`: N sequential requests (one keep-alive connection), latency seen by the client;
 - the overhead: service p50 (p95) over bare p50 (p95), in percent;
 - `/predict` at concurrency C (C client threads, M requests in all): requests/s and the per-request
@@ -23,6 +26,9 @@ Measures, on one image (PNG, JPEG or DICOM), over loopback:
 - with --start, the same for a minimal FastAPI + uvicorn server around the same session and
   preprocessing (`chexops.benchmarks.fastapi_baseline`; --no-fastapi skips it), and with --triton
   for a running Triton Inference Server (`chexops.benchmarks.triton_client`).
+
+With --server-cpus and --client-cpus the servers and the bare session run on the first set of CPUs
+and the HTTP clients on the second, so that they do not take each other's cores.
 
 With --start the service gets its own feedback store in a temporary directory and a rate limit
 high enough for the benchmark; with --url, the service's rate limit must allow the requests
@@ -49,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from chexops.benchmarks import timed_calls
+from chexops.benchmarks import concurrent_calls, run_threads, timed_calls
 from chexops.errors import ChexopsError
 from chexops.processes import stop_tree
 from chexops.serving.launch import wait_ready
@@ -140,8 +146,10 @@ def model_file(tag: str, precision: str) -> Path:
     return Path(bentoml.models.get(tag).path_of(FILES[precision]))
 
 
-def bare(onnx_path: Path, data: bytes, threads: int, runs: int, warmup: int) -> dict[str, Any]:
-    """decode + preprocess + session.run of one image, `runs` times, in this process."""
+def bare(onnx_path: Path, data: bytes, threads: int, runs: int, warmup: int, concurrency: int = 1,
+         requests: int = 0) -> dict[str, Any]:
+    """decode + preprocess + session.run of one image, `runs` times, in this process (and `requests`
+    times from `concurrency` threads)."""
     from chexops.imaging import decode
     from chexops.serving.inference import OnnxModel
 
@@ -152,8 +160,16 @@ def bare(onnx_path: Path, data: bytes, threads: int, runs: int, warmup: int) -> 
         return model.probabilities(x[None])
 
     times = timed_calls(once, runs, warmup)
-    return {**stats(times), "model": f"{model.name} v{model.version}", "precision": model.precision or "fp32",
-            "input_size": model.spec.size, "file": str(onnx_path)}
+    result = {**stats(times), "model": f"{model.name} v{model.version}", "precision": model.precision or "fp32",
+              "input_size": model.spec.size, "file": str(onnx_path)}
+    result["concurrent"] = bare_concurrent(once, concurrency, requests or runs)
+    return result
+
+
+def bare_concurrent(once, concurrency: int, requests: int) -> dict[str, Any]:
+    """`requests` calls of `once` from `concurrency` threads sharing the session: requests/s."""
+    times, wall = concurrent_calls(once, concurrency, requests)
+    return {**stats(times), "concurrency": concurrency, "wall_s": round(wall, 3), "requests_per_s": round(len(times) / wall, 2)}
 
 
 # --- the service over HTTP -------------------------------------------------------------------------------
@@ -267,13 +283,7 @@ def concurrent(url: str, key: str, data: bytes, concurrency: int, requests: int,
                 with lock:
                     times.append(elapsed)
 
-        threads = [threading.Thread(target=worker, args=(c,)) for c in clients]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - start
+        wall = run_threads([threading.Thread(target=worker, args=(c,)) for c in clients])
     finally:
         for client in clients:
             client.close()
@@ -296,8 +306,10 @@ def _free_port() -> int:
 class Started:
     """`bentoml serve` in a process group of its own on a free loopback port, ready."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, timeout: float = 180, module: list[str] | None = None):
-        """`module`: another server (`python -m ...` arguments, given --host and --port) instead of the service."""
+    def __init__(self, env: dict[str, str], log_path: Path, timeout: float = 180, module: list[str] | None = None,
+                 cpus: set[int] | None = None):
+        """`module`: another server (`python -m ...` arguments, given --host and --port) instead of the service;
+        `cpus`: the CPUs it (and every process it starts) runs on."""
         if not module and not (ROOT / "bentos" / "service.py").exists():
             raise SystemExit(f"{ROOT / 'bentos' / 'service.py'} is missing: --start needs the repository checkout")
         self.port = _free_port()
@@ -306,7 +318,8 @@ class Started:
         argv = module or ["bentoml", "serve", SERVICE]
         with open(log_path, "ab") as fh:
             self.process = subprocess.Popen([sys.executable, "-m", *argv, "--host", "127.0.0.1", "--port", str(self.port)],
-                                            cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
+                                            cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=lambda: _child_setup(cpus))
         try:
             wait_ready(self.url, self.process, log_path, timeout)
         except ChexopsError as exc:
@@ -324,6 +337,28 @@ class Started:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _child_setup(cpus: set[int] | None) -> None:
+    die_with_parent()
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
+class Pinned:
+    """`with Pinned(cpus):` this process runs on `cpus` (all threads started inside inherit them), then as before."""
+
+    def __init__(self, cpus: set[int] | None):
+        self.cpus, self.before = cpus, None
+
+    def __enter__(self) -> None:
+        if self.cpus:
+            self.before = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, self.cpus)
+
+    def __exit__(self, *exc) -> None:
+        if self.before:
+            os.sched_setaffinity(0, self.before)
 
 
 def service_env(args, key: str, tmp: Path, batching: bool) -> dict[str, str]:
@@ -381,7 +416,7 @@ def run_flood(args) -> dict[str, Any]:
             for name in ("CHEXOPS_BATCHING", "CHEXOPS_MAX_QUEUE", "CHEXOPS_QUEUE_TIMEOUT_MS"):
                 env.pop(name)  # the service's own defaults, unless --service-env sets them
             env.update(dict(item.split("=", 1) for item in args.service_env))
-            with Started(env, logs / "service-flood.log") as svc:
+            with Started(env, logs / "service-flood.log", cpus=args.server_cpus) as svc:
                 result["flood"] = measure(svc.url, key, svc.process.pid)
                 result["flood"]["alive_after"] = svc.process.poll() is None
         result["model_tag"] = args.model
@@ -411,7 +446,7 @@ def run(args) -> dict[str, Any]:
                 log.info("Starting the service (%s) on %s", name, args.model)
                 logs = Path(args.log_dir) if args.log_dir else Path(tmp)
                 logs.mkdir(parents=True, exist_ok=True)
-                with Started(service_env(args, key, Path(tmp), batching), logs / f"service-{name}.log") as svc:
+                with Started(service_env(args, key, Path(tmp), batching), logs / f"service-{name}.log", cpus=args.server_cpus) as svc:
                     try:
                         result["services"][name] = measure_service(svc.url, key, data, args)
                     except ServiceError as exc:
@@ -420,7 +455,7 @@ def run(args) -> dict[str, Any]:
                 onnx = Path(args.onnx) if args.onnx else model_file(args.model, args.precision)
                 log.info("Starting the FastAPI + uvicorn baseline on %s", onnx)
                 module = ["chexops.benchmarks.fastapi_baseline", "--onnx", str(onnx), "--threads", str(args.threads)]
-                with Started(service_env(args, key, Path(tmp), False), logs / "fastapi.log", module=module) as svc:
+                with Started(service_env(args, key, Path(tmp), False), logs / "fastapi.log", module=module, cpus=args.server_cpus) as svc:
                     result["services"]["fastapi_uvicorn"] = measure_service(svc.url, key, data, args)
         result["model_tag"] = args.model
     else:
@@ -432,8 +467,10 @@ def run(args) -> dict[str, Any]:
         result["model_tag"] = args.model or f"{served.get('name')}:v{served.get('version')}"
     onnx_path = Path(args.onnx) if args.onnx else model_file(result["model_tag"], args.precision)
     log.info("Bare ONNX Runtime session on %s", onnx_path)
-    result["bare"] = bare(onnx_path, data, args.threads, args.runs, args.warmup)
-    log.info("  bare: p50 %.2f ms, p95 %.2f ms", result["bare"]["p50_ms"], result["bare"]["p95_ms"])
+    with Pinned(args.server_cpus):  # where the servers ran
+        result["bare"] = bare(onnx_path, data, args.threads, args.runs, args.warmup, args.concurrency, args.requests)
+    log.info("  bare: p50 %.2f ms, p95 %.2f ms; %.1f req/s at concurrency %d", result["bare"]["p50_ms"], result["bare"]["p95_ms"],
+             result["bare"]["concurrent"]["requests_per_s"], args.concurrency)
     if args.triton:
         from chexops.benchmarks.triton_client import infer_function, measure
 
@@ -444,6 +481,8 @@ def run(args) -> dict[str, Any]:
             result["services"]["triton_grpc"][part]["errors"] = {"failed": 0}
     for value in result["services"].values():
         value["overhead_vs_bare"] = overhead(value["sequential"], result["bare"])
+        value["p50_vs_bare"] = round(value["sequential"]["p50_ms"] / result["bare"]["p50_ms"], 3)
+        value["throughput_vs_bare"] = round(value["concurrent"]["requests_per_s"] / result["bare"]["concurrent"]["requests_per_s"], 3)
     return result
 
 
@@ -453,17 +492,33 @@ PATHS = {"fastapi_uvicorn": "FastAPI + uvicorn baseline (same session and prepro
 
 def markdown(result: dict[str, Any]) -> str:
     b = result["bare"]
-    rows = ["| path | p50 (ms) | p95 (ms) | overhead p50 / p95 | req/s at c={c} | p50 / p95 at c={c} (ms) | failed |".format(c=result["concurrency"]),
+    bc = b["concurrent"]
+    rows = ["| path | p50 (ms) | p95 (ms) | p50 vs bare | req/s at c={c} (vs bare) | p50 / p95 at c={c} (ms) | failed |".format(c=result["concurrency"]),
             "|---|---|---|---|---|---|---|",
-            f"| bare ONNX Runtime (decode + preprocess + run) | {b['p50_ms']:.2f} | {b['p95_ms']:.2f} | — | — | — | — |"]
+            f"| bare ONNX Runtime (decode + preprocess + run) | {b['p50_ms']:.2f} | {b['p95_ms']:.2f} | 1.00× | "
+            f"{bc['requests_per_s']:.1f} | {bc['p50_ms']:.1f} / {bc['p95_ms']:.1f} | — |"]
     for name, value in result["services"].items():
-        s, o, c = value["sequential"], value["overhead_vs_bare"], value["concurrent"]
+        s, c = value["sequential"], value["concurrent"]
         label = PATHS.get(name, f"`/predict`, {name.replace('_', ' ')}")
-        rows.append(f"| {label} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | "
-                    f"{o['p50_percent']:+.1f} % / {o['p95_percent']:+.1f} % | {c['requests_per_s']:.1f} | "
+        rows.append(f"| {label} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | {value['p50_vs_bare']:.2f}× | "
+                    f"{c['requests_per_s']:.1f} ({value['throughput_vs_bare']:.2f}×) | "
                     f"{c['p50_ms']:.1f} / {c['p95_ms']:.1f} | "
                     f"{s['errors']['failed'] + c['errors']['failed']} of {s['n'] + s['errors']['failed'] + c['n'] + c['errors']['failed']} |")
     return "\n".join(rows)
+
+
+def _cpus(text: str) -> set[int]:
+    """'0', '0,2' or '0-3' → a set of CPU numbers."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            low, _, high = part.partition("-")
+            cpus.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a CPU list: {text!r} (e.g. 0, 0,2 or 0-3)") from None
+    if not cpus:
+        raise argparse.ArgumentTypeError("an empty CPU list")
+    return cpus
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -495,8 +550,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flood", type=int, default=0, metavar="SECONDS",
                         help="instead: --clients concurrent clients on /predict for SECONDS (refusals, errors, latency, RSS)")
     parser.add_argument("--clients", type=int, default=64, help="--flood: concurrent clients")
+    parser.add_argument("--server-cpus", type=_cpus, help="CPUs for the servers and the bare session, e.g. 0 or 0-1")
+    parser.add_argument("--client-cpus", type=_cpus, help="CPUs for the HTTP clients, e.g. 1 (with --server-cpus)")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table (stderr)")
     args = parser.parse_args(argv)
+    if bool(args.server_cpus) != bool(args.client_cpus):
+        parser.error("--server-cpus and --client-cpus go together")
+    if args.server_cpus and args.server_cpus & args.client_cpus:
+        parser.error("--server-cpus and --client-cpus must not share a CPU")
+    if args.server_cpus and not (args.server_cpus | args.client_cpus) <= os.sched_getaffinity(0):
+        parser.error(f"this machine lets the benchmark use CPUs {sorted(os.sched_getaffinity(0))}")
     if any("=" not in item for item in args.service_env):
         parser.error("--service-env takes NAME=VALUE")
     if args.architecture and not args.start:
@@ -510,6 +573,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     started = time.monotonic()
     info = machine()
+    if args.client_cpus:
+        os.sched_setaffinity(0, args.client_cpus)  # the clients' CPUs; servers and the bare session are placed explicitly
+        info["server_cpus"], info["client_cpus"] = sorted(args.server_cpus), sorted(args.client_cpus)
     with tempfile.TemporaryDirectory(prefix="serve-bench-home-") as scratch:
         if args.architecture:  # a store of its own: the user's CHEXOPS_HOME stays untouched
             os.environ["CHEXOPS_HOME"] = scratch

@@ -13,10 +13,9 @@ server with the Python backend only and needs numpy < 2; see bentos/README.md.)
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
-from chexops.benchmarks import timed_calls
+from chexops.benchmarks import concurrent_calls, timed_calls
 from typing import Any, Callable
 
 
@@ -48,25 +47,7 @@ def measure(once: Callable[[], Any], runs: int, warmup: int, concurrency: int, r
             stats: Callable[[list[float]], dict]) -> dict[str, Any]:
     times = timed_calls(once, runs, warmup)
     sequential = stats(times)
-    counter, lock, concurrent_times = iter(range(requests)), threading.Lock(), []
-
-    def worker() -> None:
-        while True:
-            with lock:
-                if next(counter, None) is None:
-                    return
-            start = time.perf_counter()
-            once()
-            with lock:
-                concurrent_times.append(time.perf_counter() - start)
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
+    concurrent_times, wall = concurrent_calls(once, concurrency, requests)
     return {"sequential": sequential, "concurrent": {**stats(concurrent_times), "concurrency": concurrency,
                                                      "wall_s": round(wall, 3),
                                                      "requests_per_s": round(len(concurrent_times) / wall, 2)}}

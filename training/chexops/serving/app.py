@@ -36,7 +36,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..imaging import ImageInputError, decode, to_png
+from ..imaging import ImageInputError, decode
 from . import openapi
 from .admission import Admission, AdmissionLimits
 from .auth import AuthError
@@ -45,6 +45,7 @@ from .feedback_store import Conflict, NotFound, Unavailable, WrongClinic
 from .inference import LOCALISATION_NOTE, PRIORITY_RULE, heatmap_png, priority
 from .metrics import HttpMetrics
 from .settings import Settings
+from .stored_image import kept_image
 
 log = logging.getLogger("chexops.serving")
 
@@ -186,32 +187,24 @@ async def _upload(request: Request) -> tuple[bytes, dict[str, Any]]:
     return data, fields
 
 
-async def _decode(request: Request, backend) -> tuple[Any, np.ndarray, dict[str, float], dict[str, Any]]:
-    started = time.perf_counter()
-    data, fields = await _upload(request)
+def _read(data: bytes, backend) -> tuple[Any, np.ndarray, dict[str, float]]:
+    """Decode and preprocess (one trip to a worker thread)."""
     t0 = time.perf_counter()
-    decoded = await run_in_threadpool(decode, data, backend.limits)
+    decoded = decode(data, backend.limits)
     t1 = time.perf_counter()
-    x = await run_in_threadpool(backend.model.preprocess, decoded.grey)
-    t2 = time.perf_counter()
-    timings = {"upload_ms": (t0 - started) * 1000, "decode_ms": (t1 - t0) * 1000, "preprocess_ms": (t2 - t1) * 1000}
-    return decoded, x, timings, fields
+    x = backend.model.preprocess(decoded.grey)
+    return decoded, x, {"decode_ms": (t1 - t0) * 1000, "preprocess_ms": (time.perf_counter() - t1) * 1000}
 
 
-def _stored_png(grey: np.ndarray, max_side: int) -> bytes:
-    from PIL import Image
-
-    h, w = grey.shape
-    if max_side and max(h, w) > max_side:
-        scale = max_side / max(h, w)
-        grey = np.asarray(Image.fromarray(grey, mode="F").resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                                                 Image.Resampling.BILINEAR), dtype=np.float32)
-    return to_png(grey)
+async def _decode(request: Request, backend) -> tuple[bytes, Any, np.ndarray, dict[str, float], dict[str, Any]]:
+    data, fields = await _upload(request)
+    decoded, x, timings = await run_in_threadpool(_read, data, backend)
+    return data, decoded, x, timings, fields
 
 
-def _store_image(backend, request_id: str, grey: np.ndarray) -> None:
+def _store_image(backend, request_id: str, data: bytes, decoded) -> None:
     try:
-        backend.store.set_image(request_id, _stored_png(grey, backend.settings.stored_image_side))
+        backend.store.set_image(request_id, kept_image(data, decoded, backend.settings.stored_image_side))
     except Unavailable as exc:
         log.warning("the image of %s is not stored: the feedback store is unavailable (%s)", request_id, exc)
     except Exception:  # noqa: BLE001 - after the answer: log, never crash the worker
@@ -224,7 +217,7 @@ async def predict(request: Request) -> Response:
     started = time.perf_counter()
     backend = _backend(request)
     clinic = _clinic(request, backend)
-    decoded, x, timings, _ = await _decode(request, backend)
+    data, decoded, x, timings, _ = await _decode(request, backend)
     t0 = time.perf_counter()
     probs = await backend.classify(x)
     timings["inference_ms"] = (time.perf_counter() - t0) * 1000
@@ -242,7 +235,7 @@ async def predict(request: Request) -> Response:
         log.warning("prediction %s answered but not stored: the feedback store is unavailable (%s)", request_id, exc)
         stored = False
     timings["total_ms"] = (time.perf_counter() - started) * 1000
-    timings = {k: round(v, 2) for k, v in timings.items() if k != "upload_ms"}
+    timings = {k: round(v, 2) for k, v in timings.items()}
     backend.metrics.observe_prediction(findings, level, timings)
     positives = [f["label"] for f in findings if f["positive"]]
     log.info("predict %s clinic=%s %s %sx%s priority=%s positive=%d total=%.0fms", request_id, clinic, decoded.kind,
@@ -251,13 +244,13 @@ async def predict(request: Request) -> Response:
             "findings": findings, "priority": level, "timings": timings, "feedback_available": stored}
     if not stored:
         return JSONResponse(body)
-    return JSONResponse(body, background=BackgroundTask(_store_image, backend, request_id, decoded.grey))
+    return JSONResponse(body, background=BackgroundTask(_store_image, backend, request_id, data, decoded))
 
 
 async def explain(request: Request) -> Response:
     backend = _backend(request)
     clinic = _clinic(request, backend)
-    decoded, x, _, fields = await _decode(request, backend)
+    _, decoded, x, _, fields = await _decode(request, backend)
     model = backend.model
     label = (fields.get("label") or "").strip()
     if label not in model.labels:

@@ -1,7 +1,7 @@
 """`chexops feedback export`: the clinicians' feedback as a dataset in CheXpert layout.
 
     DIR/CheXpert-v1.0-small/train.csv
-    DIR/CheXpert-v1.0-small/feedback/patientNNNNN/study1/view1_frontal.png   (16-bit grey, pixels only)
+    DIR/CheXpert-v1.0-small/feedback/patientNNNNN/study1/view1_frontal.png   (or .jpg: the image kept, pixels only)
 
 One row per feedback whose prediction has a stored image, oldest first. The labels of a row:
 
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserInputError
+from ..imaging import JPEG_MAGIC
 from ..data.chexpert import source_policy_path
 from ..labels import CHEXPERT_LABELS, META_COLUMNS
 from .feedback_store import FeedbackStore
@@ -91,7 +92,8 @@ def export_feedback(store: FeedbackStore, out: Path, overwrite: bool = False) ->
                 continue
             rows += 1
             lateral, ap_pa = _view(record["image_info"])
-            relative = f"{FOLDER}/feedback/patient{rows:05d}/study1/view1_{lateral.lower()}.png"
+            suffix = ".jpg" if record["image_png"].startswith(JPEG_MAGIC) else ".png"
+            relative = f"{FOLDER}/feedback/patient{rows:05d}/study1/view1_{lateral.lower()}{suffix}"
             path = out / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(record["image_png"])

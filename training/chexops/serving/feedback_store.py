@@ -1,7 +1,9 @@
 """Predictions and clinicians' feedback, kept for the retraining set (SQLAlchemy Core, pooled).
 
-SQLite by default (`$CHEXOPS_HOME/feedback/feedback.db`, WAL journal, `synchronous=FULL` on every
-pooled connection: a feedback is on disk before its 200 is sent); PostgreSQL when
+SQLite by default (`$CHEXOPS_HOME/feedback/feedback.db`, WAL journal, `synchronous=FULL`: a feedback
+is on disk before its 200 is sent; a prediction record's commit does not wait for the disk, so that
+no fsync is on the prediction's path: it survives a crash of the service, and only a crash of the
+machine can lose the last ones, whose feedback then cannot be given); PostgreSQL when
 `CHEXOPS_FEEDBACK_URL` is a `postgresql://` URL (psycopg2). `sqlite:///PATH` names another SQLite file.
 
 Connections come from a pool and are checked before use (`pool_pre_ping`): a store that went away
@@ -15,8 +17,8 @@ under a lock (PostgreSQL advisory lock, SQLite's write lock), so that replicas s
 migrate once: 1 = the original tables, 2 = `feedback.clinic`, the clinic that gave the feedback
 (filled from the prediction's clinic for older rows).
 
-What is kept carries no patient identifier: the image is its pixels re-encoded as a 16-bit grey PNG
-(`chexops.imaging.to_png`: no metadata at all), the image facts are format, size, modality, bits,
+What is kept carries no patient identifier: the image (column `image_png`, a PNG or a JPEG) is its
+pixels without any metadata (`chexops.serving.stored_image`), the image facts are format, size, modality, bits,
 photometric interpretation and view, never a file name or any other DICOM tag.
 
 Feedback belongs to the clinic whose key made the prediction (`WrongClinic` otherwise) and is
@@ -132,7 +134,11 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 def _sqlite_begin(conn) -> None:
     # One writer at a time, decided when the transaction starts; a long read (the export) only reads.
-    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("chexops_read_only") else "BEGIN IMMEDIATE")
+    # The safety level can only change between transactions: FULL unless the caller asked for a record
+    # that may be lost with the machine (`_begin(durable=False)`).
+    options = conn.get_execution_options()
+    conn.exec_driver_sql(f"PRAGMA synchronous={'FULL' if options.get('chexops_durable', True) else 'NORMAL'}")
+    conn.exec_driver_sql("BEGIN" if options.get("chexops_read_only") else "BEGIN IMMEDIATE")
 
 
 class FeedbackStore:
@@ -161,11 +167,14 @@ class FeedbackStore:
                         self.location, exc)
 
     # --- plumbing ----------------------------------------------------------------------------------
-    def _begin(self):
-        """A transaction on a pooled connection; `Unavailable` when the store cannot be reached."""
+    def _begin(self, durable: bool = True):
+        """A transaction on a pooled connection; `Unavailable` when the store cannot be reached.
+        `durable=False`: its commit does not wait for the disk (SQLite `synchronous=NORMAL` in WAL
+        mode, PostgreSQL `synchronous_commit=off`): safe from a crash of the service, lost only with
+        the machine or the database server; for prediction records, never for feedback."""
         self._check_recent_failure()
         self._ensure_schema()
-        return _Tx(self)
+        return _Tx(self, durable)
 
     def _check_recent_failure(self) -> None:
         if self._last_failure and time.monotonic() - self._last_failure < RETRY_SECONDS:
@@ -218,11 +227,11 @@ class FeedbackStore:
         row = {"request_id": request_id, "created": now(), "clinic": clinic, "model_name": model_name,
                "model_version": model_version, "findings": json.dumps(findings), "priority": priority,
                "image_info": json.dumps(safe_info(image_info))}
-        with self._begin() as conn:
+        with self._begin(durable=False) as conn:
             conn.execute(_insert(self.kind, predictions).values(**row).on_conflict_do_nothing(index_elements=["request_id"]))
 
     def set_image(self, request_id: str, png: bytes) -> None:
-        with self._begin() as conn:
+        with self._begin(durable=False) as conn:
             conn.execute(predictions.update().where(predictions.c.request_id == request_id).values(image_png=png))
 
     def prediction(self, request_id: str) -> dict[str, Any] | None:
@@ -296,22 +305,42 @@ class _Tx:
     """`with store._begin() as conn`: a committed (or rolled back) transaction; driver errors that mean
     the store is unreachable become `Unavailable`."""
 
-    def __init__(self, store: FeedbackStore):
-        self.store = store
-        self.context = None
+    def __init__(self, store: FeedbackStore, durable: bool = True):
+        self.store, self.durable = store, durable
+        self.connection = self.transaction = None
 
     def __enter__(self):
         try:
-            self.context = self.store.engine.begin()
-            return self.context.__enter__()
+            self.connection = self.store.engine.connect()
+            self.connection.execution_options(chexops_durable=self.durable)
+            self.transaction = self.connection.begin()
+            if not self.durable and self.store.kind == "postgresql":
+                self.connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            return self.connection
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            self._close()
             raise self.store._failed(exc) from None
 
     def __exit__(self, exc_type, exc, tb):
         try:
-            return self.context.__exit__(exc_type, exc, tb)
+            if exc_type is None:
+                self.transaction.commit()
+            else:
+                self.transaction.rollback()
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as error:
             raise self.store._failed(error) from None
+        finally:
+            self._close()
+        if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+            raise self.store._failed(exc) from None
+        return False
+
+    def _close(self) -> None:
+        if self.connection is not None:
+            try:
+                self.connection.close()
+            except (sa_exc.OperationalError, sa_exc.InterfaceError):
+                pass
 
 
 def _reason(exc: Exception) -> str:
