@@ -1,7 +1,8 @@
 """Overload: many concurrent clients on `/predict` for a while, and what the service does with them.
 
 `flood(url, key, data, clients=64, seconds=30, pid=PID)` runs `clients` asyncio callers (one
-keep-alive connection each, from one pool) that POST the image back to back for `seconds`, and reports:
+keep-alive connection each, sending one prepared request) that POST the image back to back for
+`seconds`, and reports:
 
 - answers by status; refusals (429/503) with and without `Retry-After`; any other non-200;
 - connection errors (refused, reset, timed out: a request that got no HTTP answer at all);
@@ -49,9 +50,58 @@ def _latency(seconds: list[float]) -> dict[str, float] | None:
             "p95_ms": round(float(np.percentile(ms, 95)), 1), "max_ms": round(float(ms.max()), 1)}
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection that sends a prepared request: the flooding process spends
+    its CPU on sockets, not on building multipart bodies (httpx costs it more CPU than the service
+    spends refusing)."""
+
+    def __init__(self, host: str, port: int, request: bytes, timeout: float):
+        self.host, self.port, self.request, self.timeout = host, port, request, timeout
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self) -> tuple[int, dict[str, str], bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout)
+        try:
+            return await asyncio.wait_for(self._exchange(), self.timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    async def _exchange(self) -> tuple[int, dict[str, str], bytes]:
+        self.writer.write(self.request)
+        await self.writer.drain()
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
+        body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return int(status_line.split()[1]), headers, body
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def prepared_request(url: str, key: str, data: bytes) -> tuple[str, int, bytes]:
+    """(host, port, the bytes of one multipart POST /predict carrying `data`)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    boundary = "chexopsflood7f3a9c"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"image\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    head = (f"POST {parts.path.rstrip('/')}/predict HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    return parts.hostname or "127.0.0.1", parts.port or 80, head + body
+
+
 async def _flood(url: str, key: str, data: bytes, clients: int, seconds: float, timeout: float,
                  pid: int | None) -> dict[str, Any]:
-    import httpx
+    import json
 
     statuses: dict[str, int] = {}
     admitted: list[float] = []
@@ -60,41 +110,39 @@ async def _flood(url: str, key: str, data: bytes, clients: int, seconds: float, 
     not_json: list[int] = []
     connection_errors: dict[str, int] = {}
     rss: list[float] = []
-    headers = {"Authorization": f"Bearer {key}"}
-
-    # one client, one pooled keep-alive connection per concurrent caller (a client per caller costs the
-    # flooding process more CPU than the requests themselves)
-    http = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=clients, max_keepalive_connections=clients))
+    host, port, request = prepared_request(url, key, data)
 
     async def client() -> None:
-        while time.monotonic() < deadline:
-            start = time.perf_counter()
-            try:
-                response = await http.post(f"{url}/predict", headers=headers,
-                                           files={"image": ("image", data, "application/octet-stream")})
-            except httpx.TransportError as exc:
-                name = type(exc).__name__
-                connection_errors[name] = connection_errors.get(name, 0) + 1
-                await asyncio.sleep(0.05)
-                continue
-            elapsed = time.perf_counter() - start
-            code = response.status_code
-            statuses[str(code)] = statuses.get(str(code), 0) + 1
-            if code == 200:
-                admitted.append(elapsed)
-                continue
-            try:
-                if not isinstance(response.json().get("error"), str):
+        connection = Connection(host, port, request, timeout)
+        try:
+            while time.monotonic() < deadline:
+                start = time.perf_counter()
+                try:
+                    code, headers, body = await connection.post()
+                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+                    name = type(exc).__name__
+                    connection_errors[name] = connection_errors.get(name, 0) + 1
+                    await asyncio.sleep(0.05)
+                    continue
+                elapsed = time.perf_counter() - start
+                statuses[str(code)] = statuses.get(str(code), 0) + 1
+                if code == 200:
+                    admitted.append(elapsed)
+                    continue
+                try:
+                    if not isinstance(json.loads(body).get("error"), str):
+                        not_json.append(code)
+                except (ValueError, AttributeError):
                     not_json.append(code)
-            except ValueError:
-                not_json.append(code)
-            if code in REFUSALS:
-                refused.append(elapsed)
-                retry = response.headers.get("retry-after", "")
-                if not retry.isdigit():
-                    no_retry_after.append(code)
-                # a well-behaved client backs off; a flood keeps the pressure on (a short pause only)
-                await asyncio.sleep(0.05 if retry.isdigit() else 0)
+                if code in REFUSALS:
+                    refused.append(elapsed)
+                    retry = headers.get("retry-after", "")
+                    if not retry.isdigit():
+                        no_retry_after.append(code)
+                    # a well-behaved client backs off; a flood keeps the pressure on (a short pause only)
+                    await asyncio.sleep(0.05 if retry.isdigit() else 0)
+        finally:
+            connection.close()
 
     async def sample() -> None:
         while time.monotonic() < deadline:
@@ -105,10 +153,7 @@ async def _flood(url: str, key: str, data: bytes, clients: int, seconds: float, 
 
     deadline = time.monotonic() + seconds
     started = time.perf_counter()
-    try:
-        await asyncio.gather(*(client() for _ in range(clients)), sample())
-    finally:
-        await http.aclose()
+    await asyncio.gather(*(client() for _ in range(clients)), sample())
     wall = time.perf_counter() - started
     other = {k: v for k, v in statuses.items() if k != "200" and int(k) not in REFUSALS}
     return {"clients": clients, "seconds": round(wall, 2), "answers": sum(statuses.values()), "by_status": statuses,
