@@ -241,8 +241,8 @@ def _decode_dicom(data: bytes, limits: ImageLimits) -> DecodedImage:
 
 
 def to_png(grey: np.ndarray) -> bytes:
-    """The pixels alone, re-encoded as a 16-bit grey PNG: what is stored, with no metadata but its
-    `sBIT` chunk (16 significant bits, so that a dark image reads back as it was)."""
+    """The pixels alone, re-encoded as a 16-bit grey PNG, with no metadata but its `sBIT` chunk (16
+    significant bits, so that a dark image reads back as it was): how a DICOM upload is kept."""
     buffer = io.BytesIO()
     info = PngImagePlugin.PngInfo()
     info.add(b"sBIT", bytes([16]))
