@@ -46,6 +46,8 @@ def test_simulate_records_predictions_and_feedback_reaches_the_store(clinic, cli
     truth_known = {label for r in records for label, v in r["truth"].items() if v in (0, 1)}
     assert truth_known and set(report["labels"]) >= truth_known
     reviewed = [r["feedback"] for r in records if "feedback" in r]
+    # the default judge: the clinician calls it correct when the model's triage is the one the reading gives
+    assert all(r["feedback"]["correct"] == (r["priority"] == r["feedback"]["clinician_priority"]) for r in records if "feedback" in r)
     assert 0 < len(reviewed) < len(records) and summary["feedback_stored"] == len(reviewed)
     after = agreement_counts(clinic.store_url)
     correct, incorrect = after[0] - before[0], after[1] - before[1]
@@ -72,3 +74,17 @@ def test_simulate_refuses_bad_settings_and_a_missing_key(clinic_data, tmp_path):
     assert bad.returncode == 2 and "rate" in bad.stderr and "Traceback" not in bad.stderr
     remote = subprocess.run([*base, "--url", "http://clinic.example:3000"], capture_output=True, text=True, env=env)
     assert remote.returncode == 2 and "CHEXOPS_API_KEY" in remote.stderr
+
+
+def test_the_clinician_judges_the_triage_or_every_finding():
+    from chexops.serving.inference import priority
+    from chexops.simulate import verdict
+
+    read = {"Edema": 1, "Cardiomegaly": 0, "Atelectasis": 1}
+    clinician = priority([{"label": k, "positive": bool(v)} for k, v in read.items()])
+    assert clinician == "urgent"
+    one_miss = {"Edema": True, "Cardiomegaly": False, "Atelectasis": False}  # urgent all the same
+    assert verdict("triage", one_miss, "urgent", read, clinician) is True
+    assert verdict("findings", one_miss, "urgent", read, clinician) is False
+    assert verdict("triage", {**one_miss, "Edema": False}, "review", read, clinician) is False
+    assert verdict("findings", {**one_miss, "Atelectasis": True}, "urgent", read, clinician) is True

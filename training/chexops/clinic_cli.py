@@ -27,6 +27,8 @@ from .simulate import PATTERNS, SimulateConfig, human, simulate
 @click.option("--review-share", type=float, default=0.0, show_default=True, help="Share of studies a clinician reviews.")
 @click.option("--error-rate", type=float, default=0.0, show_default=True, help="The clinician's per-label error rate.")
 @click.option("--shift", default="none", show_default=True, help="none, invert or scale:F: alter every image.")
+@click.option("--judge", type=click.Choice(["triage", "findings"]), default="triage", show_default=True,
+              help="The clinician's 'correct': the triage priority agrees, or every finding does.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True, help="Seconds per request.")
 @click.option("--concurrency", type=int, default=16, show_default=True, help="Requests in flight at most.")

@@ -7,8 +7,11 @@ concurrent requests), at `rate` studies a second on average for `duration` secon
 
 For each request the run keeps the prediction, latency, status and the ground truth it knows; a
 `review_share` of the answered studies is reviewed by a simulated clinician, who reads the ground
-truth with a per-label `error_rate` and answers through `POST /feedback` (`correct` when every
-positive/negative verdict matches what the clinician reads, with the clinician's labels).
+truth with a per-label `error_rate` and answers through `POST /feedback` with the labels read and a
+`correct` verdict judged by `judge`: `triage` (the default) when the model's priority (urgent /
+review / routine, `chexops.serving.inference.priority`) is the one the clinician's reading gives,
+the decision a worklist acts on; `findings` only when every positive/negative verdict matches, which
+a 14-finding model almost never earns, so that its agreement rate says little about a canary.
 
 A 429 is backed off for its `Retry-After` (then retried, at most `max_retries` times); the run ends
 by itself at its duration (in-flight requests get `timeout_s` more). It writes `simulate.json` (the
@@ -35,6 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import ChexopsError, UserInputError
+from .serving.inference import priority
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,7 @@ class SimulateConfig(BaseModel):
     review_share: float = Field(0.0, ge=0, le=1)
     error_rate: float = Field(0.0, ge=0, le=0.5)
     shift: str = "none"
+    judge: Literal["triage", "findings"] = "triage"
     seed: int = 0
     timeout_s: float = Field(30.0, gt=0)
     max_retries: int = Field(5, ge=0)
@@ -85,6 +90,13 @@ def shift_fn(spec: str):
         if factor > 0:
             return lambda g: np.clip(g * factor, 0, 1)
     raise ValueError(f"shift must be none, invert or scale:F (F > 0), got {spec!r}")
+
+
+def verdict(judge: str, positive: dict[str, bool], model_priority: str, read: dict[str, int], clinician_priority: str) -> bool:
+    """The simulated clinician's `correct`: the triage decision agrees (`triage`), or every finding read does (`findings`)."""
+    if judge == "triage":
+        return model_priority == clinician_priority
+    return all(positive[label] == bool(v) for label, v in read.items())
 
 
 def arrival_times(pattern: str, rate: float, duration: float, max_requests: int, burst_size: int,
@@ -214,12 +226,13 @@ class Clinic:
         flips = self.flip_draw[index]
         read = {label: (1 - v if flips[j] < self.cfg.error_rate else v)
                 for j, (label, v) in enumerate(truth.items()) if v in (0, 1)}
-        correct = all(record["positive"][label] == bool(v) for label, v in read.items())
+        clinician_priority = priority([{"label": label, "positive": bool(v)} for label, v in read.items()])
+        correct = verdict(self.cfg.judge, record["positive"], record["priority"], read, clinician_priority)
         retries: list[float] = []
         response, failure = self._post("/feedback", retries, json={"request_id": record["request_id"], "correct": correct,
                                                                    "labels": read})
         status = response.status_code if response is not None else 0
-        return {"correct": correct, "labels": len(read), "status": status, "stored": status == 200,
+        return {"correct": correct, "clinician_priority": clinician_priority, "labels": len(read), "status": status, "stored": status == 200,
                 "backoffs": len(retries), "failure": failure}
 
     def run(self) -> dict[str, Any]:
