@@ -7,13 +7,16 @@ docs/benchmarks.md, "The loop experiment")."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from chexops.benchmarks.loop_experiment import MAX_DROP, MIN_GAIN, MIN_POSITIVES, Setup, loop_failures, run_loop
+from chexops.benchmarks.loop_experiment import MAX_DROP, MAX_MEAN_DROP, MIN_GAIN, MIN_POSITIVES, Setup, loop_failures, run_loop
 from chexops.data.chexpert import source_policy_path
 
-SETUP = Setup(patients=300, test_patients=100, clinic_patients=150, image_size=32, size=32, epochs=6, weight=3.0,
+# Seeds 0-3 of this setup all close the loop (the finding +0.27..+0.69 on the hold-out, the worst other judged
+# finding -0.08): the assertions below are not one lucky seed (docs/benchmarks.md, "The loop experiment").
+SETUP = Setup(patients=300, test_patients=120, clinic_patients=250, image_size=32, size=32, epochs=6, weight=4.0,
               holdout_fraction=0.3, error_rate=0.05, bootstrap=200, seed=0)
 
 
@@ -28,8 +31,10 @@ def loop(tmp_path_factory):
 
 def test_feedback_corrects_the_finding_the_model_could_not_learn(loop):
     """The corrupted finding's AUROC on the feedback hold-out rises by MIN_GAIN with a paired 95% interval
-    above 0 (there and on the standard test split), and no other finding with enough positives to be
-    measured loses more than MAX_DROP (the movement of retraining alone, measured by the benchmark's control)."""
+    above 0 (there and on the standard test split); no other finding with enough positives to be measured
+    loses more than MAX_DROP, nor their mean more than MAX_MEAN_DROP (bounds from retraining alone: the
+    benchmark's control, in docs/benchmarks.md). With the source left out the finding does not move
+    (the control: change -0.19..+0.16), so this fails."""
     _, result = loop
     finding = SETUP.finding
     hold, test = result["holdout"][finding], result["test"][finding]
@@ -40,6 +45,7 @@ def test_feedback_corrects_the_finding_the_model_could_not_learn(loop):
         assert len(judged) >= 3, (split, judged)  # the no-regression check judges something
         for label in judged:
             assert result[split][label]["change"] >= -MAX_DROP, (split, label, result[split][label])
+        assert np.mean([result[split][label]["change"] for label in judged]) >= -MAX_MEAN_DROP, split
     assert loop_failures(result, finding) == []
 
 

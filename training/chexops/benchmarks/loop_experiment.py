@@ -192,17 +192,20 @@ def paired_changes(split, base: np.ndarray, cand: np.ndarray, labels: list[str],
     return out
 
 
-# The loop's verdict. A finding with fewer positives than this is not judged for regression: its AUROC
-# moves by 0.1-0.3 between two retrainings without any change of data (the control).
+# The loop's verdict, its bounds from the benchmark's control (the same retraining without the feedback,
+# 3 seeds; docs/benchmarks.md). A finding with fewer positives than MIN_POSITIVES is not judged for
+# regression: its AUROC on 100-300 studies moves by 0.1-0.3 between two retrainings.
 MIN_POSITIVES = 10
-MIN_GAIN = 0.10   # the corrected finding's AUROC on the feedback hold-out must rise at least this much
-MAX_DROP = 0.10   # no other finding (>= MIN_POSITIVES positives) may lose more: retraining alone moves them up to about this
+MIN_GAIN = 0.20        # the corrected finding on the feedback hold-out; retraining alone moved it -0.19..+0.16
+MAX_DROP = 0.15        # any other judged finding; retraining alone moved them by up to -0.16
+MAX_MEAN_DROP = 0.02   # the mean change of the other judged findings; retraining alone: -0.04..+0.02
 
 
 def loop_failures(result: dict[str, Any], finding: str, prefix: str = "") -> list[str]:
     """Why a retrained model (`prefix` "" the candidate, "control_" the control) did not close the loop:
-    the finding's AUROC must rise by MIN_GAIN on the feedback hold-out, with a paired 95% interval above 0
-    there and on the test split; no other finding with MIN_POSITIVES positives may drop by more than MAX_DROP."""
+    on the feedback hold-out the finding's AUROC must rise by MIN_GAIN; on the hold-out and the test split
+    its paired 95% interval must lie above 0, no other finding with MIN_POSITIVES positives may lose more
+    than MAX_DROP, and their mean change may not fall below -MAX_MEAN_DROP."""
     failures = []
     for split in ("holdout", "test"):
         changes = result[prefix + split]
@@ -211,9 +214,13 @@ def loop_failures(result: dict[str, Any], finding: str, prefix: str = "") -> lis
             failures.append(f"{finding} on the {split}: change {target['change']:+.3f} < {MIN_GAIN}")
         if not target["change_ci"][0] > 0:
             failures.append(f"{finding} on the {split}: paired 95% interval {target['change_ci']} not above 0")
-        for label, v in changes.items():
-            if label != finding and v and v["positives"] >= MIN_POSITIVES and v["change"] < -MAX_DROP:
+        judged = {label: v for label, v in changes.items() if label != finding and v and v["positives"] >= MIN_POSITIVES}
+        for label, v in judged.items():
+            if v["change"] < -MAX_DROP:
                 failures.append(f"{label} on the {split}: change {v['change']:+.3f} < -{MAX_DROP} ({v['positives']} positives)")
+        mean = float(np.mean([v["change"] for v in judged.values()])) if judged else math.nan
+        if not mean >= -MAX_MEAN_DROP:
+            failures.append(f"the other findings on the {split}: mean change {mean:+.3f} < -{MAX_MEAN_DROP} ({len(judged)} judged)")
     return failures
 
 
@@ -287,7 +294,8 @@ def summarize(runs: list[dict[str, Any]], finding: str) -> dict[str, Any]:
                 "ci_above_0": sum(x["change_ci"][0] > 0 for x in rows), "ci_below_0": sum(x["change_ci"][1] < 0 for x in rows),
                 "mean_ci": [statistics.mean(x["change_ci"][0] for x in rows), statistics.mean(x["change_ci"][1] for x in rows)],
             }
-    verdicts = {name: sum(not r["failures"][name] for r in runs) for name in runs[0]["failures"]}
+    verdicts = {name: sum(not loop_failures(r, finding, "" if name == "candidate" else f"{name}_") for r in runs)
+                for name in runs[0]["runs"] if name != "base"}
     return {"finding": finding, "seeds": len(runs), "closed_the_loop": verdicts, "table": table}
 
 
@@ -325,8 +333,14 @@ def main(argv: list[str] | None = None) -> None:
             parser.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=value)
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds: one whole experiment each")
     parser.add_argument("--out", type=Path, required=True, help="work directory (datasets, MLflow store, results)")
+    parser.add_argument("--summarize", action="store_true", help="only summarize OUT/loop_experiment.json again")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.summarize:
+        summary = summarize(json.loads((args.out / "loop_experiment.json").read_text())["runs"], args.finding)
+        print(json.dumps(summary))
+        print(markdown(summary))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("CHEXOPS_HOME", str(args.out.resolve() / "home"))
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{args.out.resolve() / 'mlflow.db'}")
