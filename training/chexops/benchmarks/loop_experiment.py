@@ -186,7 +186,7 @@ def paired_changes(split, base: np.ndarray, cand: np.ndarray, labels: list[str],
             idx = idx[keep[idx]]
             if 0 < y[idx].sum() < len(idx):
                 deltas.append(roc_auc_score(y[idx], cand[idx, j]) - roc_auc_score(y[idx], base[idx, j]))
-        lo, hi = np.percentile(deltas, [2.5, 97.5]) if len(deltas) >= n_boot // 2 else (math.nan, math.nan)
+        lo, hi = np.percentile(deltas, [2.5, 97.5]) if deltas and len(deltas) >= n_boot // 2 else (math.nan, math.nan)
         out[label] = {"n": int(keep.sum()), "positives": int(y[keep].sum()), "base": float(a), "candidate": float(b),
                       "change": float(b - a), "change_ci": [float(lo), float(hi)]}
     return out
@@ -300,7 +300,7 @@ def summarize(runs: list[dict[str, Any]], finding: str) -> dict[str, Any]:
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    lines = [f"The loop's criterion (`loop_failures`) held for " + ", ".join(f"{name}: {n} of {summary['seeds']} seeds"
+    lines = ["The loop's criterion (`loop_failures`) held for " + ", ".join(f"{name}: {n} of {summary['seeds']} seeds"
                                                                           for name, n in summary["closed_the_loop"].items()) + ".", ""]
     titles = {"holdout": "the feedback hold-out", "test": "the standard test split",
               "control_holdout": "the feedback hold-out, control (retrained without the feedback)",
