@@ -17,7 +17,8 @@ from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 
 from chexops.data.chexpert import check_images, image_paths, read_chexpert_csv
-from chexops.evaluate import bootstrap_auroc, choose_threshold, expected_calibration_error, label_metrics, load_run
+from chexops.evaluate import (bootstrap_auroc, choose_threshold, expected_calibration_error, format_result, label_metrics,
+                              load_run)
 from chexops.evaluations import index
 from chexops.labels import CHEXPERT_LABELS, META_COLUMNS
 from chexops.preprocessing import PreprocessSpec, load_image, preprocess
@@ -127,6 +128,52 @@ def test_metrics_agree_with_sklearn_on_the_models_own_predictions(trained, tmp_p
     assert result["bootstrap_unit"] == "patient" and result["bootstrap_groups"] == frame["Path"].str.extract(r"(patient\d+)")[0].nunique()
     lo, hi = result["mean_auroc_ci"]
     assert lo < result["mean_auroc"] < hi
+
+
+def test_the_feedback_hold_out_is_reported_next_to_the_test_split(trained, tmp_path):
+    """With a training source (`data.sources`), the evaluation reports the model on its hold-out (the
+    newest rows): per finding scikit-learn's AUROC on this model's predictions with n and positives,
+    a finding with one class there as not measurable (no number, no metric), in metrics.json, MLflow
+    metrics, the model card and the human summary."""
+    data = Path(trained["synth"]) / "CheXpert-v1.0-small"
+    frame = pd.read_csv(data / "valid.csv", dtype=str, keep_default_na=False)
+    frame.loc[len(frame) - round(len(frame) * 0.3):, "Edema"] = "0.0"  # one class in the hold-out: no AUROC exists
+    hold = frame.iloc[len(frame) - round(len(frame) * 0.3):]
+    (tmp_path / "fb").mkdir()
+    frame.to_csv(tmp_path / "fb" / "train.csv", index=False)
+    source = {"name": "fb", "csv": str(tmp_path / "fb" / "train.csv"), "root": str(trained["synth"]), "holdout_fraction": 0.3}
+    config = write_config(tmp_path / "sources.yaml", Path(trained["synth"]), data={"sources": [source]})
+    result = chexops_json("evaluate", "--run", trained["run"], "--config", str(config), "--bootstrap", "50", **trained["env"])
+    summary = format_result(result)  # what `chexops evaluate` prints without --json
+    assert "hold-out of source fb" in summary and "not measurable" in summary
+    assert result["split"] == "test" and result["mean_auroc"] == pytest.approx(trained["youden"]["mean_auroc"], abs=1e-6)
+    h = result["holdouts"]["fb"]
+    assert h["n"] == len(hold) and h["not_measurable"] == ["Edema"] and "Edema" not in h["mean_over"]
+
+    loaded = load_run(trained["client"], trained["run"], None, tmp_path)
+    spec = PreprocessSpec.from_dict(loaded.payload["preprocessing"])
+    batch = np.stack([preprocess(load_image(Path(trained["synth"]) / p), spec) for p in hold["Path"]])
+    with torch.no_grad():
+        probs = torch.sigmoid(loaded.model(torch.from_numpy(batch))).numpy()
+    metrics = trained["client"].get_run(trained["run"]).data.metrics
+    for j, label in enumerate(CHEXPERT_LABELS):
+        y = hold[label].replace("", "0.0").to_numpy(dtype=float)
+        keep = y != -1.0
+        m = h["per_label"][label]
+        assert (m["n"], m["positives"]) == (keep.sum(), y[keep].sum()), label
+        key = f"eval_holdout.fb.auroc.{label.replace(' ', '_')}"
+        if label == "Edema":
+            assert m["measurable"] is False and m["auroc"] is None and key not in metrics
+        else:
+            assert m["measurable"] and m["auroc"] == pytest.approx(roc_auc_score(y[keep], probs[keep, j]), abs=1e-5), label
+            assert metrics[key] == pytest.approx(m["auroc"], abs=1e-6)
+            lo, hi = m["auroc_ci"]
+            assert lo <= m["auroc"] <= hi
+    assert h["mean_auroc"] == pytest.approx(np.mean([h["per_label"][k]["auroc"] for k in h["mean_over"]]), abs=1e-6)
+    assert metrics["eval_holdout.fb.mean_auroc"] == pytest.approx(h["mean_auroc"], abs=1e-6)
+    card = (_record(trained, result, tmp_path / "rec") / "model_card.md").read_text()
+    assert "## Hold-out of source `fb`" in card and "| Edema |" in card and "not measurable" in card
+    assert "holdouts" in trained["youden"] and trained["youden"]["holdouts"] == {}  # no source, no hold-out
 
 
 def test_sensitivity_rule_reaches_its_target_on_validation(trained):

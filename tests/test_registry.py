@@ -218,3 +218,22 @@ def test_judge_and_limits():
 
     with pytest.raises(ConfigError, match="min_mean_auroc"):
         load_gate_config(None, {"min_mean_auroc": 1.5})
+
+
+def test_the_feedback_hold_out_is_tagged_on_the_version_not_judged():
+    """An evaluation's source hold-outs travel to the registry version as `holdout.<source>` (measurable
+    findings only) and leave the gate's verdicts as they were."""
+    from types import SimpleNamespace
+
+    from chexops.registry import version_tags
+
+    holdouts = {"feedback": {"n": 40, "mean_auroc": 0.61, "not_measurable": ["Pleural Other"], "per_label": {
+        "Pleural Effusion": {"n": 40, "positives": 9, "measurable": True, "auroc": 0.83},
+        "Pleural Other": {"n": 40, "positives": 0, "measurable": False, "auroc": None}}}}
+    run = SimpleNamespace(info=SimpleNamespace(run_id="r1"), data=SimpleNamespace(tags={}))
+    tags = version_tags(run, {**EVALUATION, "holdouts": holdouts}, {"rule": "youden", "thresholds": {}}, [])
+    assert json.loads(tags["holdout.feedback"]) == {"n": 40, "mean_auroc": 0.61, "not_measurable": ["Pleural Other"],
+                                                    "auroc": {"Pleural_Effusion": 0.83}}
+    assert "holdout.feedback" not in version_tags(run, EVALUATION, {"rule": "youden", "thresholds": {}}, [])
+    verdicts = judge({**EVALUATION, "holdouts": {"feedback": {**holdouts["feedback"], "mean_auroc": 0.1}}}, None, GateConfig())
+    assert [v.to_dict() for v in verdicts] == [v.to_dict() for v in judge(EVALUATION, None, GateConfig())]

@@ -178,6 +178,8 @@ def register_cmd(run_ref: str, evaluation_id: str | None, name: str, gate_config
                  f"has alias {result['alias']} ({result['model_uri']}).")
     else:
         human = f"{table}\n\nGate refused run {result['run_id']} (evaluation {result['evaluation_id']}): nothing registered."
+    for source, h in result["holdouts"].items():  # reported, not judged
+        human += f"\nHold-out of source {source} ({h['n']} images, not judged): mean AUROC {h['mean_auroc']}."
     if as_json:
         click.echo(table, err=True)
     emit(result, as_json, human, result_stream)

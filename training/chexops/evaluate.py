@@ -7,6 +7,18 @@ patient-level bootstrap interval, AUPRC, sensitivity and specificity at the thre
 calibration → slices → hard cases → plots and a model card → everything logged to the same MLflow
 run as a new record `evaluation/<id>/` (`chexops.evaluations`), with metrics `eval_*`.
 
+The hold-out of every extra training source (`data.sources`, e.g. the clinicians' feedback: its
+newest rows, which never train; `chexops.data.sources.holdout_splits`) is reported next to the
+report split, under `holdouts.<source>` of metrics.json and as metrics `eval_holdout.<source>.*`:
+mean AUROC (over the measurable findings of the mean) and per-finding AUROC with n and positives and
+a patient-level bootstrap interval; a finding without both classes there is "not measurable" (no
+number). To measure another model (production) on the same hold-out, evaluate it with the
+candidate's config (`--config`). The gate reports these numbers but does not judge them: a feedback
+hold-out is young and small (tens to hundreds of studies, a few positives per finding), chosen by
+what clinicians chose to review, and its images are the service's re-encoded uploads; the gate's
+criteria stay on the test split, and people read the hold-out in the evaluation, the model card and
+`chexops register`'s record.
+
 Every metric comes from scikit-learn; only the expected calibration error is assembled here, from
 `sklearn.calibration.calibration_curve`'s bins.
 """
@@ -33,7 +45,8 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, brier_score_loss, recall_score, roc_auc_score, roc_curve
 
 from .config import Config, load_config
-from .data.loading import Split, load_splits, patient_groups
+from .data.loading import Split, load_splits, patient_groups, split_version
+from .data.sources import holdout_splits
 from .errors import ConfigError, DataError, UserInputError
 from .evaluations import EVAL_DIR, artifact_path, index_entry, new_id
 from .labels import META_COLUMNS, metric_key
@@ -194,6 +207,28 @@ def bootstrap_auroc(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, la
 def mean_of(per_label: dict[str, dict[str, Any]], over: list[str], key: str = "auroc") -> float:
     values = [per_label[label][key] for label in over if label in per_label and not math.isnan(per_label[label][key])]
     return float(np.mean(values)) if values else math.nan
+
+
+def holdout_metrics(split: Split, probs: np.ndarray, labels: list[str], mean_over: list[str], n_bootstrap: int,
+                    seed: int = 0) -> dict[str, Any]:
+    """One source's hold-out: per-finding AUROC with n, positives and a patient-level bootstrap interval, and
+    the mean AUROC over the measurable findings of `mean_over`. A finding without both classes is
+    `measurable: false` with AUROC None (not a number: no AUROC exists)."""
+    t, m = split.targets, split.mask
+    per_label = {}
+    for j, label in enumerate(labels):
+        y = t[m[:, j] > 0, j]
+        measurable = _both_classes(y)
+        per_label[label] = {"n": int(len(y)), "positives": int(y.sum()), "measurable": measurable,
+                            "auroc": float(roc_auc_score(y, probs[m[:, j] > 0, j])) if measurable else None}
+    measured = [label for label in mean_over if per_label[label]["measurable"]]
+    cis, mean_ci = bootstrap_auroc(probs, t, m, labels, measured, n_bootstrap, seed, patient_groups(split))
+    for label, values in per_label.items():
+        values["auroc_ci"] = cis[label] if values["measurable"] else None
+    return {"n": len(split), "split_version": split_version(split, ""), "mean_over": measured,
+            "not_measurable": [label for label in labels if not per_label[label]["measurable"]],
+            "mean_auroc": float(np.mean([per_label[label]["auroc"] for label in measured])) if measured else None,
+            "mean_auroc_ci": mean_ci if measured else None, "per_label": per_label}
 
 
 def slice_masks(frame: pd.DataFrame | None) -> list[tuple[str, str, np.ndarray]]:
@@ -471,6 +506,16 @@ def model_card(result: dict[str, Any], loaded: LoadedRun, fingerprint: dict[str,
         lines.append(f"| {s['slice']} | {s['n']} | {s['min_positives']} | {_f(s['mean_auroc'])} | {_f(s['gap'], 3)} |")
     if not result["slices"]:
         lines.append("| (no slice metadata in this dataset) | | | | |")
+    for name, h in (result.get("holdouts") or {}).items():
+        lines += ["", f"## Hold-out of source `{name}`",
+                  f"The newest {h['n']} rows of training source `{name}` (never trained on); mean AUROC over "
+                  f"{', '.join(h['mean_over']) or 'no measurable finding'}: **{_f(h['mean_auroc'])}**.", "",
+                  "| finding | n (pos) | AUROC [95% CI] |", "|---|---|---|"]
+        for label, m in h["per_label"].items():
+            ci = m.get("auroc_ci")
+            lines.append(f"| {label} | {m['n']} ({m['positives']}) | "
+                         + (f"{_f(m['auroc'])}" + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else "") if m["measurable"] else "not measurable (one class)")
+                         + " |")
     lines += [
         "", "## Intended use",
         "Research and engineering of the chexops platform; as a triage aid it would flag studies for a radiologist's "
@@ -490,6 +535,19 @@ def model_card(result: dict[str, Any], loaded: LoadedRun, fingerprint: dict[str,
 # --------------------------------------------------------------------------------------------
 # The command.
 # --------------------------------------------------------------------------------------------
+
+
+def holdout_metric_values(holdouts: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """The MLflow metrics of the sources' hold-outs: `eval_holdout.<source>.mean_auroc`, `...n` and
+    `eval_holdout.<source>.auroc.<finding>` (measurable findings only: no number where no AUROC exists)."""
+    metrics: dict[str, float | None] = {}
+    for name, h in holdouts.items():
+        metrics[f"eval_holdout.{name}.mean_auroc"] = h["mean_auroc"]
+        metrics[f"eval_holdout.{name}.n"] = float(h["n"])
+        for label, v in h["per_label"].items():
+            if v["measurable"]:
+                metrics[f"eval_holdout.{name}.auroc.{metric_key(label)}"] = v["auroc"]
+    return metrics
 
 
 def _clean(value: Any) -> Any:
@@ -579,6 +637,8 @@ def evaluate_run(ref: str, *, config_path: Path | None = None, rule: str = "youd
         overall = mean_of(per_label, mean_over)
         slices = slice_metrics(report.frame, probs, t, m, labels, mean_over, thresholds, overall)
         cases = hard_case_scores(probs, t, m, labels, thresholds)[:hard_cases]
+        holdouts = {name: holdout_metrics(split, _predict(model, split, spec, device), labels, mean_over, n_bootstrap, seed)
+                    for name, split in holdout_splits(config).items()}
 
         fingerprint = splits.fingerprint
         settings = {"config": config.to_dict(), "rule": rule, "target_sensitivity": target_sensitivity,
@@ -601,6 +661,7 @@ def evaluate_run(ref: str, *, config_path: Path | None = None, rule: str = "youd
             "validation": {"mean_auroc": mean_of(val_at, mean_over), "per_label": val_at},
             "slices": slices,
             "worst_slice": min((s for s in slices if not math.isnan(s["gap"])), key=lambda s: s["gap"], default=None),
+            "holdouts": holdouts,
         }
         if result["data_version"] != result["trained_data_version"]:
             log.warning("Evaluating on data version %s; the model was trained on %s.", result["data_version"], result["trained_data_version"])
@@ -634,6 +695,7 @@ def evaluate_run(ref: str, *, config_path: Path | None = None, rule: str = "youd
             key = metric_key(label)
             for name in ("auroc", "auprc", "sensitivity", "specificity", "ece", "threshold"):
                 metrics[f"eval_{name}.{key}"] = v[name]
+        metrics.update(holdout_metric_values(result["holdouts"]))
         client.log_batch(loaded.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None])
         client.log_artifacts(loaded.run_id, str(out), artifact_path(eval_id))
         client.set_tag(loaded.run_id, *index_entry(result))
@@ -663,5 +725,12 @@ def format_result(result: dict[str, Any]) -> str:
     lines += ["", f"{'slice':<24}{'n':>6}{'min pos':>8}{'mean AUROC':>12}{'gap':>8}"]
     for s in result["slices"]:
         lines.append(f"{s['slice']:<24}{s['n']:>6}{s['min_positives']:>8}{_f(s['mean_auroc']):>12}{_f(s['gap']):>8}")
+    for name, h in (result.get("holdouts") or {}).items():
+        ci = h.get("mean_auroc_ci")
+        lines += ["", f"hold-out of source {name} ({h['n']} images): mean AUROC {_f(h['mean_auroc'])}"
+                  + (f" (95% CI {_f(ci[0])}-{_f(ci[1])})" if ci else "") + f" over {', '.join(h['mean_over']) or 'no measurable finding'}",
+                  f"{'finding':<28}{'AUROC':>8}{'n':>6}{'pos':>6}"]
+        for label, m in h["per_label"].items():
+            lines.append(f"{label:<28}{_f(m['auroc']) if m['measurable'] else 'not measurable':>8}{m['n']:>6}{m['positives']:>6}")
     lines += ["", f"{result['hard_cases']['count']} hard cases, plots and model card logged to {result['artifact_uri']}"]
     return "\n".join(lines)

@@ -4,7 +4,9 @@ Each criterion turns an evaluation (`evaluation/<id>/metrics.json` of a run) and
 the evidence about the model holding the `production` alias into a verdict with its value and
 limit: held-out evidence only, the lower bound of the mean AUROC's interval against the floor,
 slices judged by their positives, and a regression check only between numbers measured on the
-same data. No MLflow here: `chexops.registry` fetches, this module judges.
+same data. No MLflow here: `chexops.registry` fetches, this module judges. The hold-outs of training
+sources (the feedback hold-out) are reported with the verdicts and tagged on the version, not judged
+(why: `chexops.evaluate`).
 """
 
 from __future__ import annotations

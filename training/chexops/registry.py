@@ -127,7 +127,16 @@ def version_tags(run, evaluation: dict[str, Any], thresholds: dict[str, Any], ve
     for label, m in (evaluation.get("per_label") or {}).items():
         if m.get("auroc") is not None and not math.isnan(m["auroc"]):
             tags[f"auroc.{metric_key(label)}"] = f"{m['auroc']:.6f}"
+    for source, h in holdout_summary(evaluation).items():  # reported, not judged (chexops.evaluate)
+        tags[f"holdout.{source}"] = json.dumps(h, sort_keys=True)
     return {k: v for k, v in tags.items() if v != ""}
+
+
+def holdout_summary(evaluation: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per training source, its hold-out in short: images, mean AUROC, per-finding AUROC (measurable ones)."""
+    return {source: {"n": h.get("n"), "mean_auroc": h.get("mean_auroc"), "not_measurable": h.get("not_measurable") or [],
+                     "auroc": {metric_key(label): m["auroc"] for label, m in (h.get("per_label") or {}).items() if m.get("measurable")}}
+            for source, h in (evaluation.get("holdouts") or {}).items()}
 
 
 def ensure_registered_model(client, name: str) -> None:
@@ -171,7 +180,7 @@ def register_run(ref: str, *, name: str = DEFAULT_MODEL_NAME, gate: GateConfig |
         "model": name, "version": None, "alias": None, "run_id": run_id, "evaluation_id": evaluation.get("evaluation_id"),
         "split": evaluation.get("split"), "split_version": evaluation.get("split_version"), "passed": ok, "gate": verdicts,
         "limits": gate.model_dump(), "production": production, "mean_auroc": evaluation.get("mean_auroc"),
-        "tracking_uri": client.tracking_uri,
+        "holdouts": holdout_summary(evaluation), "tracking_uri": client.tracking_uri,
     }
     client.set_tag(run_id, "gate", "passed" if ok else "refused")
     if not ok:
