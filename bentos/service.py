@@ -28,10 +28,12 @@ from chexops.serving.app import InternalOnly, create_app
 from chexops.serving.auth import load_keys
 from chexops.serving.feedback_store import FeedbackStore, Unavailable
 from chexops.serving.inference import OnnxModel
+from chexops.serving.bentoml_fixes import cancel_traffic_timers
 from chexops.serving.lifetime import watch_parent
 from chexops.serving.metrics import ServiceMetrics
 from chexops.serving.settings import Settings
 
+cancel_traffic_timers()  # BentoML's request timeout kept every request's context alive for 60 s
 SETTINGS = Settings.from_env()
 PROVIDERS = providers.from_env()  # CHEXOPS_PROVIDERS: ONNX Runtime execution providers (default CPU)
 INTERNAL_TOKEN = secrets.token_urlsafe(24)

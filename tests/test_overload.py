@@ -111,3 +111,43 @@ def test_admission_settings(monkeypatch):
     monkeypatch.setenv("CHEXOPS_MAX_INFLIGHT", "0")
     with pytest.raises(ConfigError, match="CHEXOPS_MAX_INFLIGHT"):
         AdmissionLimits.from_env()
+
+
+def test_bentoml_request_timeout_keeps_no_timer_after_the_request():
+    """BentoML's TimeoutMiddleware left a live 60 s timer (holding the request's context) behind every
+    request: memory grew with the request rate under a flood. Fixed by chexops.serving.bentoml_fixes;
+    the timeout itself still answers 504."""
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    from chexops.serving.bentoml_fixes import cancel_traffic_timers
+
+    cancel_traffic_timers()
+
+    async def app(scope, receive, send):
+        if scope["path"] == "/slow":
+            await asyncio.sleep(1)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def request(middleware, path: str) -> int:
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await middleware({"type": "http", "path": path, "method": "GET", "headers": []}, receive, send)
+        return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        statuses = [await request(TimeoutMiddleware(app, timeout=60), "/") for _ in range(50)]
+        live = [h for h in loop._scheduled if not h.cancelled()]  # noqa: SLF001 - the timers the loop still holds
+        return statuses, live, await request(TimeoutMiddleware(app, timeout=0.05), "/slow")
+
+    statuses, live, slow = asyncio.run(scenario())
+    assert statuses == [200] * 50
+    assert live == []
+    assert slow == 504
