@@ -7,8 +7,8 @@
 2. The base training CSV is corrupted systematically for one finding (default Pleural Effusion):
    the labeller never reports it (every 1.0 and -1.0 becomes 0.0), so the base model cannot learn it.
 3. The base model (evaluated: its operating thresholds) answers the clinic's frontal studies, oldest
-   first, as the service does: each prediction, with the service's stored image (`imaging.to_png` of
-   the decoded pixels), goes into a real feedback store (SQLite, `FeedbackStore`), and a simulated
+   first, as the service does: each prediction, with the image the service keeps
+   (`chexops.serving.stored_image.kept_image`), goes into a real feedback store (SQLite, `FeedbackStore`), and a simulated
    clinician answers from the ground truth as `chexops simulate` does (each label read wrong with
    `error_rate`; `correct` when every verdict matches). `chexops feedback export`'s own function
    (`export_feedback`) turns the store into the feedback dataset. No HTTP here: `chexops serve` and
@@ -111,10 +111,12 @@ def clinic_feedback(model_run: str, thresholds: dict[str, float], data: dict[str
     """The base model answers the clinic's studies, a simulated clinician reviews every answer from the
     ground truth, and the store is exported as `chexops feedback export` does."""
     from chexops.data.chexpert import image_paths, read_chexpert_csv
-    from chexops.imaging import decode, to_png
+    from chexops.imaging import decode
     from chexops.serving.feedback_export import export_feedback
     from chexops.serving.feedback_store import FeedbackStore
     from chexops.serving.inference import priority
+    from chexops.serving.settings import Settings
+    from chexops.serving.stored_image import kept_image
 
     model, spec, labels = _model(model_run, out / "base-model")
     table = read_chexpert_csv(data["clinic"], labels)
@@ -127,9 +129,10 @@ def clinic_feedback(model_run: str, thresholds: dict[str, float], data: dict[str
             request_id = f"{i:06d}" + os.urandom(5).hex()  # in arrival order, as the export reads them
             findings = [{"label": label, "probability": round(float(q), 6), "threshold": thresholds[label],
                          "positive": bool(q >= thresholds[label])} for label, q in zip(labels, p)]
-            decoded = decode(path.read_bytes())
+            upload = path.read_bytes()
+            decoded = decode(upload)
             store.add_prediction(request_id, "clinic-sim", "chexops-loop", "base", findings, priority(findings), decoded.info)
-            store.set_image(request_id, to_png(decoded.grey))
+            store.set_image(request_id, kept_image(upload, decoded, Settings.stored_image_side))
             flips = rng.random(len(labels))
             read = {label: int(1 - v if flips[j] < setup.error_rate else v)
                     for j, (label, v) in enumerate(zip(labels, truth)) if v in (0, 1)}
