@@ -46,21 +46,21 @@ def evaluate(condition: str, result: list[float] | float) -> bool:
         return tok
 
     # Each parser returns a thunk, so that && and || short-circuit like expr-lang.
+    def chain(operator: str, operand, combine):
+        """operand (operator operand)*, folded left with `combine(a_thunk, b_thunk)`."""
+        def parse():
+            left = operand()
+            while peek()[1] == operator:
+                take()
+                left = (lambda a, b: lambda: combine(a, b))(left, operand())
+            return left
+        return parse
+
     def or_():
-        left = and_()
-        while peek()[1] == "||":
-            take()
-            right, prev = and_(), left
-            left = (lambda a, b: lambda: bool(a()) or bool(b()))(prev, right)
-        return left
+        return chain("||", and_, lambda a, b: bool(a()) or bool(b()))()
 
     def and_():
-        left = unary()
-        while peek()[1] == "&&":
-            take()
-            right, prev = unary(), left
-            left = (lambda a, b: lambda: bool(a()) and bool(b()))(prev, right)
-        return left
+        return chain("&&", unary, lambda a, b: bool(a()) and bool(b()))()
 
     def unary():
         if peek()[1] == "!":

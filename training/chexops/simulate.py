@@ -96,6 +96,11 @@ def verdict(judge: str, positive: dict[str, bool], model_priority: str, read: di
     """The simulated clinician's `correct`: the triage decision agrees (`triage`), or every finding read does (`findings`)."""
     if judge == "triage":
         return model_priority == clinician_priority
+    return findings_agree(positive, read)
+
+
+def findings_agree(positive: dict[str, bool], read: dict[str, int]) -> bool:
+    """Every finding the clinician read (label → 0/1) has the model's verdict."""
     return all(positive[label] == bool(v) for label, v in read.items())
 
 

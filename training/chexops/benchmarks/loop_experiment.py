@@ -117,6 +117,7 @@ def clinic_feedback(model_run: str, thresholds: dict[str, float], data: dict[str
     from chexops.serving.inference import priority
     from chexops.serving.settings import Settings
     from chexops.serving.stored_image import kept_image
+    from chexops.simulate import findings_agree
 
     model, spec, labels = _model(model_run, out / "base-model")
     table = read_chexpert_csv(data["clinic"], labels)
@@ -136,7 +137,7 @@ def clinic_feedback(model_run: str, thresholds: dict[str, float], data: dict[str
             flips = rng.random(len(labels))
             read = {label: int(1 - v if flips[j] < setup.error_rate else v)
                     for j, (label, v) in enumerate(zip(labels, truth)) if v in (0, 1)}
-            correct = all(f["positive"] == bool(read[f["label"]]) for f in findings if f["label"] in read)
+            correct = findings_agree({f["label"]: f["positive"] for f in findings}, read)
             store.add_feedback(request_id, correct, read, None)
         return export_feedback(store, out / "feedback-export", overwrite=True)
     finally:

@@ -20,7 +20,7 @@ Measures, on one image (PNG, JPEG or DICOM), over loopback:
   ONNX file with the same intra-op threads; N sequential runs after a warm-up; and the same at
   concurrency C (C threads sharing the one session), the throughput the service is held to;
 - `/predict`: N sequential requests (one keep-alive connection), latency seen by the client;
-- the overhead: service p50 (p95) over bare p50 (p95), in percent;
+- the ratios: service p50 (p95) over bare p50 (p95), and throughput at concurrency C over bare's;
 - `/predict` at concurrency C (C client threads, M requests in all): requests/s and the per-request
   p50/p95, with adaptive batching on and off (`CHEXOPS_BATCHING=0`) when the script starts the service;
 - with --start, the same for a minimal FastAPI + uvicorn server around the same session and
@@ -391,8 +391,10 @@ def measure_service(url: str, key: str, data: bytes, args) -> dict[str, Any]:
     return out
 
 
-def overhead(service: dict[str, Any], bare_result: dict[str, Any]) -> dict[str, float]:
-    return {f"{q}_percent": round(100.0 * (service[f"{q}_ms"] / bare_result[f"{q}_ms"] - 1.0), 1) for q in ("p50", "p95")}
+def vs_bare(service: dict[str, Any], bare_result: dict[str, Any]) -> dict[str, float]:
+    """The service's sequential p50 and p95 over the bare session's, and its throughput at concurrency over the bare one's."""
+    ratios = {q: round(service["sequential"][f"{q}_ms"] / bare_result[f"{q}_ms"], 3) for q in ("p50", "p95")}
+    return {**ratios, "throughput": round(service["concurrent"]["requests_per_s"] / bare_result["concurrent"]["requests_per_s"], 3)}
 
 
 def run_flood(args) -> dict[str, Any]:
@@ -480,9 +482,7 @@ def run(args) -> dict[str, Any]:
         for part in ("sequential", "concurrent"):
             result["services"]["triton_grpc"][part]["errors"] = {"failed": 0}
     for value in result["services"].values():
-        value["overhead_vs_bare"] = overhead(value["sequential"], result["bare"])
-        value["p50_vs_bare"] = round(value["sequential"]["p50_ms"] / result["bare"]["p50_ms"], 3)
-        value["throughput_vs_bare"] = round(value["concurrent"]["requests_per_s"] / result["bare"]["concurrent"]["requests_per_s"], 3)
+        value["vs_bare"] = vs_bare(value, result["bare"])
     return result
 
 
@@ -498,10 +498,10 @@ def markdown(result: dict[str, Any]) -> str:
             f"| bare ONNX Runtime (decode + preprocess + run) | {b['p50_ms']:.2f} | {b['p95_ms']:.2f} | 1.00× | "
             f"{bc['requests_per_s']:.1f} | {bc['p50_ms']:.1f} / {bc['p95_ms']:.1f} | — |"]
     for name, value in result["services"].items():
-        s, c = value["sequential"], value["concurrent"]
+        s, c, ratio = value["sequential"], value["concurrent"], value["vs_bare"]
         label = PATHS.get(name, f"`/predict`, {name.replace('_', ' ')}")
-        rows.append(f"| {label} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | {value['p50_vs_bare']:.2f}× | "
-                    f"{c['requests_per_s']:.1f} ({value['throughput_vs_bare']:.2f}×) | "
+        rows.append(f"| {label} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | {ratio['p50']:.2f}× | "
+                    f"{c['requests_per_s']:.1f} ({ratio['throughput']:.2f}×) | "
                     f"{c['p50_ms']:.1f} / {c['p95_ms']:.1f} | "
                     f"{s['errors']['failed'] + c['errors']['failed']} of {s['n'] + s['errors']['failed'] + c['n'] + c['errors']['failed']} |")
     return "\n".join(rows)
