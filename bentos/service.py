@@ -5,7 +5,7 @@
 Routes (chexops.serving.app, mounted at /): POST /predict, POST /explain, POST /feedback, GET /,
 GET /model; BentoML's own: /livez, /readyz, /metrics. Configuration: CHEXOPS_* environment variables
 (chexops.serving.settings). The model: CHEXOPS_MODEL, a registry reference or an exact Bento tag, resolved
-by chexops.bento_store.serving_tag (`chexops serve` resolves it first and passes the tag). No torch
+by chexops.export.bento.serving_tag (`chexops serve` resolves it first and passes the tag). No torch
 here: ONNX Runtime, numpy, Pillow, pydicom.
 """
 
@@ -20,16 +20,16 @@ import bentoml
 import numpy as np
 from bentoml.validators import DType
 
-from chexops.bento_store import serving_tag
-from chexops.onnx_files import FILES
+from chexops.export.bento import serving_tag
+from chexops.export.files import FILES
 from chexops.serving import providers
-from chexops.drift import DriftMonitor
+from chexops.imaging.drift import DriftMonitor
 from chexops.serving.app import InternalOnly, create_app
 from chexops.serving.auth import load_keys
-from chexops.serving.feedback_store import FeedbackStore, Unavailable
+from chexops.feedback.store import FeedbackStore, Unavailable
 from chexops.serving.inference import OnnxModel
 from chexops.serving.bentoml_fixes import cancel_traffic_timers
-from chexops.serving.lifetime import watch_parent
+from chexops.core.processes import watch_parent
 from chexops.serving.metrics import ServiceMetrics
 from chexops.serving.settings import Settings
 

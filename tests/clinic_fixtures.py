@@ -37,8 +37,8 @@ def training_inputs(data: Path, spec, limit: int = 128):
     import numpy as np
 
     from chexops.data.chexpert import image_paths, read_chexpert_csv
-    from chexops.labels import CHEXPERT_LABELS
-    from chexops.preprocessing import load_image, preprocess
+    from chexops.core.labels import CHEXPERT_LABELS
+    from chexops.imaging.preprocessing import load_image, preprocess
 
     paths = image_paths(read_chexpert_csv(data / "train.csv", list(CHEXPERT_LABELS)), data.parent)[:limit]
     return np.stack([preprocess(load_image(p), spec) for p in paths])
@@ -47,8 +47,9 @@ def training_inputs(data: Path, spec, limit: int = 128):
 def drift_reference(data: Path):
     """`extra_metadata` for make_model: the drift reference of the training images, as export computes it."""
     def extra(fp32, spec, labels):
-        from chexops import drift, quantize
-        from chexops.onnx_files import session
+        from chexops.imaging import drift
+        from chexops.export import quantize
+        from chexops.export.files import session
 
         x = training_inputs(data, spec)
         probs = quantize.run_batches(session(fp32), x)["probabilities"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from chexops.paths import shared_data
+from chexops.core.paths import shared_data
 
 
 @pytest.fixture(autouse=True)

@@ -35,7 +35,7 @@ MAX_PIXELS = 4_000_000  # the service's limits, with a smaller pixel budget so t
 
 def check(data: bytes) -> None:
     """decode `data`; on success, the image must be what the model can take."""
-    from chexops import imaging
+    from chexops.imaging import decode as imaging
 
     limits = imaging.ImageLimits(max_bytes=8 * 2**20, max_pixels=MAX_PIXELS)
     try:
@@ -107,8 +107,8 @@ def main(argv: list[str]) -> None:
         import pydicom.pixels  # noqa: F401
         from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin  # noqa: F401
 
-        from chexops import imaging, preprocessing  # noqa: F401
-    from chexops.paths import shared_data
+        from chexops.imaging import decode as imaging, preprocessing  # noqa: F401
+    from chexops.core.paths import shared_data
 
     corpora = [a for a in argv[1:] if not a.startswith("-")]
     if not corpora:

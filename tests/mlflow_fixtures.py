@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from chexops.data.synth import synthesize
-from chexops.serving.lifetime import die_with_parent
+from chexops.core.processes import die_with_parent
 
 
 def synth_dataset(tmp_path_factory) -> Path:
@@ -70,7 +70,7 @@ def environment(**env: str | None):
 def train_run(config: Path, **env: str) -> dict:
     """Train in this process (no interpreter start-up) under `env`; returns the training summary."""
     from chexops.config import load_config
-    from chexops.train import train
+    from chexops.train.loop import train
 
     with environment(**env):
         return train(load_config(config), resume=False, checkpoint_dir=config.parent / f"ckpt-{config.stem}")

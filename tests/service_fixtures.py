@@ -6,9 +6,9 @@ Use from a test module:
     from service_fixtures import served_model, service  # noqa: F401  (pytest fixtures)
 
 - `served_model` (session scope): `ServedModel(home, tag)`; a small CNN with fixed random weights,
-  exported to ONNX fp32 + static int8 with the real chexops metadata (`chexops.export`), per-label
+  exported to ONNX fp32 + static int8 with the real chexops metadata (`chexops.export.onnx`), per-label
   thresholds that are not 0.5 (`THRESHOLDS`: the service must apply the file's own), and imported
-  into `home/bentoml` as `chexops-cxr:v1` (`chexops.bento_store.import_onnx`). No MLflow, no training:
+  into `home/bentoml` as `chexops-cxr:v1` (`chexops.export.bento.import_onnx`). No MLflow, no training:
   a few seconds. Built in a child process so that this process's BentoML settings stay untouched.
 - `service` (module scope): `Service(url, api_key, home, log_path, ...)`, a `bentoml serve` child on a
   free 127.0.0.1 port with `CHEXOPS_API_KEYS` set, ready (/readyz answers 200) before the first test;
@@ -29,9 +29,9 @@ from typing import NamedTuple
 
 import pytest
 
-from chexops.processes import stop_tree
+from chexops.core.processes import stop_tree
 from chexops.serving.launch import wait_ready
-from chexops.serving.lifetime import die_with_parent
+from chexops.core.processes import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "test-clinic-key-0123456789"
@@ -71,13 +71,13 @@ def make_model(home: Path, version: str = "1", extra_metadata=None) -> str:
     import numpy as np
     import torch
 
-    from chexops.bento_store import import_onnx
+    from chexops.export.bento import import_onnx
     from chexops.config import ModelConfig
-    from chexops.export import INT8_FILE, build_metadata, export_onnx, write_metadata
-    from chexops.labels import CHEXPERT_LABELS
-    from chexops.models import build_model
-    from chexops.preprocessing import PreprocessSpec
-    from chexops.quantize import quantize_static_qdq
+    from chexops.export.onnx import INT8_FILE, build_metadata, export_onnx, write_metadata
+    from chexops.core.labels import CHEXPERT_LABELS
+    from chexops.train.models import build_model
+    from chexops.imaging.preprocessing import PreprocessSpec
+    from chexops.export.quantize import quantize_static_qdq
 
     torch.manual_seed(0)
     labels = list(CHEXPERT_LABELS)

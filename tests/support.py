@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from chexops.labels import CHEXPERT_LABELS, META_COLUMNS
+from chexops.core.labels import CHEXPERT_LABELS, META_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from chexops.business import abnormal, agreement_interval, worklist_times
-from chexops.simulate import SimulateConfig, simulate
+from chexops.loop.business import abnormal, agreement_interval, worklist_times
+from chexops.loop.simulate import SimulateConfig, simulate
 from clinic_fixtures import clinic, clinic_b, clinic_data, clinic_model  # noqa: F401  (pytest fixtures)
 from service_fixtures import API_KEY, ROOT
 

@@ -11,7 +11,7 @@ import pytest
 from chexops.config import PolicyConfig, load_config
 from chexops.data.chexpert import apply_policy, filter_view, image_paths, read_chexpert_csv, split_by_patient
 from chexops.data.loading import load_splits
-from chexops.labels import CHEXPERT_LABELS
+from chexops.core.labels import CHEXPERT_LABELS
 from support import make_rows, run_cli, write_chexpert
 
 LABELS = list(CHEXPERT_LABELS)

@@ -13,13 +13,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from chexops.cli import train_cmd
+from chexops.cli.train import train_cmd
 from chexops.config import load_config
 from chexops.data.loading import load_splits
-from chexops.labels import CHEXPERT_LABELS
-from chexops.pipeline_runner import depends_tasks, substitute
-from chexops.serving.feedback_export import FOLDER
-from chexops.serving.feedback_store import FeedbackStore
+from chexops.core.labels import CHEXPERT_LABELS
+from chexops.pipelines.runner import depends_tasks, substitute
+from chexops.feedback.export import FOLDER
+from chexops.feedback.store import FeedbackStore
 from support import ROOT, make_rows, run_cli, write_chexpert
 
 WORKFLOWS = ROOT / "workflows"

@@ -13,12 +13,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from chexops import gitops
+from chexops.delivery import gitops
 
 from mlflow_fixtures import chexops, chexops_json, mlflow_server, synth_dataset, train_run, write_config
 from service_fixtures import API_KEY, served_model, start_service  # noqa: F401  (pytest fixture)
 from support import ROOT
-from chexops.serving.lifetime import die_with_parent
+from chexops.core.processes import die_with_parent
 
 NAME = "chexops-cxr"
 # The gate is not under test here: limits a one-epoch tiny model clears (test_registry judges the gate).
@@ -459,7 +459,7 @@ def test_every_dashboard_panel_returns_data(prometheus, traffic):
 
 
 def test_fault_injection_is_refused_in_production(monkeypatch):
-    from chexops.errors import ConfigError
+    from chexops.core.errors import ConfigError
     from chexops.serving.settings import Settings
 
     monkeypatch.setenv("CHEXOPS_FAULT_INJECTION", FAULTS)

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from clinic_fixtures import DRIFT_WINDOW as WINDOW
 from clinic_fixtures import clinic, clinic_data, clinic_model  # noqa: F401  (pytest fixtures)
 from service_fixtures import API_KEY, ROOT
-from chexops.simulate import SimulateConfig, simulate
+from chexops.loop.simulate import SimulateConfig, simulate
 
 RULES = ROOT / "k8s" / "monitoring" / "rules" / "drift.yaml"
 RULES_TEST = ROOT / "k8s" / "monitoring" / "rules" / "drift.test.yaml"

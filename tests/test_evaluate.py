@@ -17,12 +17,18 @@ from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 
 from chexops.data.chexpert import check_images, image_paths, read_chexpert_csv
-from chexops.evaluate import (bootstrap_auroc, choose_threshold, expected_calibration_error, format_result, label_metrics,
-                              load_run)
-from chexops.evaluations import index
-from chexops.labels import CHEXPERT_LABELS, META_COLUMNS
-from chexops.preprocessing import PreprocessSpec, load_image, preprocess
-from chexops.model_ref import parse_run_ref
+from chexops.evaluation.run import (
+    bootstrap_auroc,
+    choose_threshold,
+    expected_calibration_error,
+    format_result,
+    label_metrics,
+    load_run,
+)
+from chexops.evaluation.records import index
+from chexops.core.labels import CHEXPERT_LABELS, META_COLUMNS
+from chexops.imaging.preprocessing import PreprocessSpec, load_image, preprocess
+from chexops.registry.refs import parse_run_ref
 from mlflow_fixtures import chexops, chexops_json, synth_dataset, train_run, write_config
 
 SLICES = {"Sex=Female", "Sex=Male", "Age=<40", "Age=40-59", "Age=60-79", "Age=>=80", "AP/PA=AP", "AP/PA=PA",
@@ -304,8 +310,8 @@ def test_parse_run_ref():
 
 
 def test_hard_cases_from_an_npz_dataset_are_pngs_in_chexpert_layout(tmp_path):
-    from chexops.data.loading import Split
-    from chexops.evaluate import hard_case_scores, slice_metrics, write_hard_cases
+    from chexops.data.splits import Split
+    from chexops.evaluation.run import hard_case_scores, slice_metrics, write_hard_cases
 
     rng = np.random.default_rng(0)
     targets = np.array([[1.0], [0.0], [1.0], [0.0]], dtype=np.float32)
@@ -353,7 +359,7 @@ def test_a_test_split_carved_by_patient_is_held_out_and_versioned(tmp_path_facto
     test split the same whatever the training seed (so models trained with other seeds compare)."""
     from chexops.config import load_config
     from chexops.data.loading import load_splits
-    from chexops.errors import ConfigError
+    from chexops.core.errors import ConfigError
 
     synth = synth_dataset(tmp_path_factory)
     carved = write_config(tmp_path / "carved.yaml", synth, data={"test_csv": None, "test_fraction": 0.2})

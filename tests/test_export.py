@@ -18,11 +18,11 @@ import onnx
 import pytest
 import torch
 
-from chexops.hashing import sha256_file
-from chexops.train import load_checkpoint
+from chexops.core.files import sha256_file
+from chexops.train.checkpoint import load_checkpoint
 from mlflow_fixtures import chexops, chexops_json, free_port, synth_dataset, train_run, write_config
 from support import ROOT
-from chexops.serving.lifetime import die_with_parent
+from chexops.core.processes import die_with_parent
 
 MODEL = "chexops-cxr"
 # The tiny test model: a lower bar than the default, slices of synthetic data are small and noisy.
@@ -72,8 +72,8 @@ def state(tmp_path_factory):
 def validation_images(payload: dict, limit: int | None = None) -> np.ndarray:
     from chexops.config import Config
     from chexops.data.loading import load_splits
-    from chexops.preprocessing import PreprocessSpec
-    from chexops.quantize import split_inputs
+    from chexops.imaging.preprocessing import PreprocessSpec
+    from chexops.export.quantize import split_inputs
 
     splits = load_splits(Config.model_validate(payload["config"]))
     return split_inputs(splits.val, PreprocessSpec.from_dict(payload["preprocessing"]), limit=limit)
@@ -81,8 +81,8 @@ def validation_images(payload: dict, limit: int | None = None) -> np.ndarray:
 
 def torch_model(payload: dict):
     from chexops.config import ModelConfig
-    from chexops.models import build_model
-    from chexops.preprocessing import PreprocessSpec
+    from chexops.train.models import build_model
+    from chexops.imaging.preprocessing import PreprocessSpec
 
     model = build_model(ModelConfig(**payload["model_config"]), len(payload["labels"]), PreprocessSpec.from_dict(payload["preprocessing"]))
     model.load_state_dict(payload["model"])
@@ -132,7 +132,7 @@ def test_dynamic_batch_axis_and_float_outputs(state):
 
 
 def test_metadata_is_the_checkpoints(state):
-    from chexops.export import read_metadata
+    from chexops.export.onnx import read_metadata
 
     e, payload = state["summary"]["export"], state["payload"]
     for key, precision in (("fp32", "fp32"), ("int8", "int8-static-qdq"), ("dynamic_int8", "int8-dynamic")):
@@ -148,7 +148,7 @@ def test_metadata_is_the_checkpoints(state):
         assert meta["run_id"] == state["run_id"] == payload["run_id"]
         assert meta["data_version"] == payload["data_version"] == state["trained"]["data_version"]
         assert meta["precision"] == precision
-        reference = json.loads(meta["drift_reference"])  # chexops.drift: what a service's drift score compares with
+        reference = json.loads(meta["drift_reference"])  # chexops.imaging.drift: what a service's drift score compares with
         assert reference["images"] == e["calibration_images"] and len(reference["intensity"]["shares"]) > 5
         head = json.loads(meta["head"])
         assert np.array_equal(np.asarray(head["weight"], dtype=np.float32), payload["model"]["head.weight"].numpy())
@@ -159,8 +159,8 @@ def test_int8_auroc_and_thresholds_are_its_own_on_validation(state):
     """The report's int8 AUROC change and the int8 thresholds, recomputed from the int8 file itself."""
     from chexops.config import Config
     from chexops.data.loading import load_splits
-    from chexops.evaluate import choose_threshold
-    from chexops.metrics import auroc_per_label, mean_auroc
+    from chexops.evaluation.run import choose_threshold
+    from chexops.train.metrics import auroc_per_label, mean_auroc
 
     e, payload = state["summary"]["export"], state["payload"]
     val = load_splits(Config.model_validate(payload["config"])).val
@@ -191,7 +191,7 @@ def test_parity_with_pytorch_on_validation_images(state):
 
 
 def test_parity_with_pytorch_on_real_radiographs(state, shared):
-    from chexops.preprocessing import PreprocessSpec, load_image, preprocess
+    from chexops.imaging.preprocessing import PreprocessSpec, load_image, preprocess
 
     files = sorted((shared / "real-cxr").glob("*.png"))
     assert files, "no real radiographs in the shared data"
@@ -208,7 +208,7 @@ def test_parity_with_pytorch_on_real_radiographs(state, shared):
 
 
 def test_cam_from_onnx_outputs_equals_the_torch_cam(state):
-    from chexops.export import class_activation_maps, read_metadata
+    from chexops.export.onnx import class_activation_maps, read_metadata
 
     e = state["summary"]["export"]
     x = validation_images(state["payload"], limit=4)
@@ -306,7 +306,7 @@ def test_bento_import_before_export_is_refused(state):
 
 
 def test_thresholds_default_to_one_half_with_a_warning(state, monkeypatch, caplog, tmp_path):
-    from chexops import model_ref
+    from chexops.registry import refs as model_ref
 
     monkeypatch.setenv("CHEXOPS_HOME", str(state["home"]))
     run = state["client"].create_run(state["client"].get_experiment_by_name("export-tests").experiment_id)
@@ -339,7 +339,7 @@ def test_a_version_without_gate_verdicts_needs_unevaluated(state):
 
 
 def test_unevaluated_export_says_so_everywhere(state, tmp_path):
-    from chexops.export import read_metadata
+    from chexops.export.onnx import read_metadata
     from chexops.serving.inference import OnnxModel
 
     client, run_id = state["client"], state["run_id"]
@@ -364,8 +364,8 @@ def test_unevaluated_export_says_so_everywhere(state, tmp_path):
 def test_the_export_gate_refuses_with_exit_3(state, monkeypatch, tmp_path):
     """Injected defects: features that differ from PyTorch (wrong CAMs) and an int8 model calibrated on
     blank images (it loses AUROC). The probabilities still agree. Nothing is logged or imported."""
-    import chexops.export as export
-    from chexops import quantize
+    import chexops.export.onnx as export
+    from chexops.export import quantize
 
     real_outputs, real_quantize = export.torch_outputs, quantize.quantize_static_qdq
 
@@ -394,7 +394,7 @@ def test_the_export_gate_refuses_with_exit_3(state, monkeypatch, tmp_path):
 
 
 def test_export_gate_limits():
-    from chexops.export import export_gate
+    from chexops.export.onnx import export_gate
 
     fine = {"probabilities": 1e-6, "features": 1e-5}
     assert all(v["passed"] for v in export_gate(fine, 3.0, -0.004))
@@ -409,7 +409,7 @@ def test_export_gate_limits():
 def test_a_tampered_reimport_of_the_same_version_is_refused(state):
     """Other bytes for version 1 (its run's exported model.onnx edited in the artifact store) are
     refused by `chexops bento import`, exit 2; the stored model stays as it was."""
-    from chexops.export import read_metadata, write_metadata
+    from chexops.export.onnx import read_metadata, write_metadata
 
     home = state["home"]
     stored = bento_model(home, f"{MODEL}:v1")
@@ -433,7 +433,7 @@ def test_a_tampered_reimport_of_the_same_version_is_refused(state):
 def test_serve_resolves_the_candidate_to_its_bento_model(state, tmp_path):
     import httpx
 
-    from chexops.processes import stop_tree
+    from chexops.core.processes import stop_tree
     from chexops.serving.launch import wait_ready
 
     port, log_path = free_port(), tmp_path / "serve.log"

@@ -14,7 +14,15 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from chexops.serving.feedback_store import RETRY_SECONDS, SCHEMA_VERSION, Conflict, FeedbackStore, NotFound, Unavailable, WrongClinic
+from chexops.feedback.store import (
+    RETRY_SECONDS,
+    SCHEMA_VERSION,
+    Conflict,
+    FeedbackStore,
+    NotFound,
+    Unavailable,
+    WrongClinic,
+)
 from mlflow_fixtures import postgres_server
 
 FINDINGS = [{"label": "Edema", "probability": 0.8, "threshold": 0.5, "positive": True}]
@@ -32,7 +40,7 @@ OLD_SCHEMA = (
 # Run in two processes at once: each adds the same feedback for the same requests, in the same order.
 RACER = textwrap.dedent("""
     import json, sys, time
-    from chexops.serving.feedback_store import FeedbackStore
+    from chexops.feedback.store import FeedbackStore
     url, start, ids = sys.argv[1], float(sys.argv[2]), json.loads(sys.argv[3])
     store = FeedbackStore(url)
     time.sleep(max(0.0, start - time.time()))

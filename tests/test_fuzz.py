@@ -28,7 +28,7 @@ def test_decode_survives_fuzzing(tmp_path):
     found = sorted(p.name for p in tmp_path.glob("*-*") if p.name.split("-")[0] in ("crash", "timeout", "oom", "leak"))
     assert result.returncode == 0 and not found, (
         f"the fuzzer found a failing input ({found or 'exit ' + str(result.returncode)} in {tmp_path}): fix "
-        f"chexops.imaging, and keep the input in tests/fuzz_corpus/ if it is small.\n{result.stderr[-4000:]}")
+        f"chexops.imaging.decode, and keep the input in tests/fuzz_corpus/ if it is small.\n{result.stderr[-4000:]}")
     runs = [line for line in result.stderr.splitlines() if line.startswith("stat::number_of_executed_units")]
     assert runs and int(runs[-1].split(":")[-1]) > 100, result.stderr[-2000:]  # it really ran
 
@@ -37,7 +37,7 @@ def test_decode_survives_fuzzing(tmp_path):
 def test_fuzz_regressions_stay_fixed(path: Path):
     """Each kept input: decoded into a valid image, or refused with ImageInputError; nothing else.
     A file named refused-* must be refused (a 4xx), never decoded into something plausible."""
-    from chexops.imaging import ImageInputError, decode
+    from chexops.imaging.decode import ImageInputError, decode
 
     check(path.read_bytes())
     if path.name.startswith("refused-"):
@@ -46,7 +46,7 @@ def test_fuzz_regressions_stay_fixed(path: Path):
 
 
 def test_the_seeds_are_valid_images(tmp_path):
-    from chexops.imaging import decode
+    from chexops.imaging.decode import decode
 
     seeds = write_seeds(tmp_path)
     generated = [p for p in seeds if p.parent == tmp_path and not (REGRESSIONS / p.name).exists()]

@@ -9,8 +9,9 @@ import math
 import pytest
 
 from argo_expr import UnsupportedExpression, evaluate
-from chexops import evidence, gitops
-from chexops.errors import UserInputError
+from chexops.registry import evidence
+from chexops.delivery import gitops
+from chexops.core.errors import UserInputError
 
 
 @pytest.mark.parametrize(("stable", "weight", "canary"), [(2, 10, 1), (9, 10, 1), (18, 10, 2), (2, 50, 2), (4, 50, 4), (3, 25, 1)])

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from chexops.imaging import ImageInputError, ImageLimits, decode, to_png
+from chexops.imaging.decode import ImageInputError, ImageLimits, decode, to_png
 from support import dicom_bytes, dicom_dataset
 
 
@@ -157,7 +157,7 @@ def png16(values: np.ndarray, sbit: int | None = None) -> bytes:
 def test_one_intensity_rule_for_png_jpeg_and_dicom(tmp_path):
     """A dark 12-bit radiograph as a 16-bit PNG (with and without sBIT), a 12-bit DICOM, and their
     8-bit renditions (PNG, JPEG, DICOM) all decode to the same values; training reads the same."""
-    from chexops.preprocessing import load_image, to_grey
+    from chexops.imaging.preprocessing import load_image, to_grey
 
     values = np.round(np.tile(np.linspace(0, 1500, 64), (48, 1))).astype(np.uint16)  # 12-bit, never brighter than 37%
     eight = np.round(values / 4095 * 255).astype(np.uint8)

@@ -1,7 +1,7 @@
 """The loop experiment (issue 12), small: a model that cannot see one finding (its training labels never
 report Pleural Effusion), clinicians' feedback from the ground truth through the real feedback store and
 `chexops feedback export`, a retraining with the export as a `data.sources` entry, and the improvement
-measured by `chexops evaluate` on the feedback hold-out (`chexops.benchmarks.loop_experiment`, which
+measured by `chexops evaluate` on the feedback hold-out (`chexops.loop.experiment`, which
 runs the same experiment larger, with several seeds and a control retrained without the feedback:
 docs/benchmarks.md, "The loop experiment")."""
 
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chexops.benchmarks.loop_experiment import MAX_DROP, MAX_MEAN_DROP, MIN_GAIN, MIN_POSITIVES, Setup, loop_failures, run_loop
+from chexops.loop.experiment import MAX_DROP, MAX_MEAN_DROP, MIN_GAIN, MIN_POSITIVES, Setup, loop_failures, run_loop
 from chexops.data.chexpert import source_policy_path
 
 # Seeds 0-3 of this setup all close the loop (the finding +0.27..+0.69 on the hold-out, the worst other judged

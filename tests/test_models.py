@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from chexops.config import ModelConfig
-from chexops.errors import ConfigError
-from chexops.models import build_model
-from chexops.preprocessing import PreprocessSpec
+from chexops.core.errors import ConfigError
+from chexops.train.models import build_model
+from chexops.imaging.preprocessing import PreprocessSpec
 
 SMALL_VIT = {"vit_hidden_size": 64, "vit_heads": 4, "vit_layers": 2, "vit_patch_size": 8}
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from chexops.benchmarks.flood import flood
-from chexops.errors import ConfigError
+from chexops.core.errors import ConfigError
 from chexops.serving.admission import AdmissionLimits, Gate, Overloaded
 from service_fixtures import served_model, start_service  # noqa: F401  (pytest fixtures)
 from test_service import SYNTHETIC

@@ -9,9 +9,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chexops.errors import UserInputError
-from chexops.pipeline_runner import FAILED, OMITTED, SKIPPED, SUCCEEDED, LocalRunner, evaluate_depends, evaluate_when, run_local
-from chexops.step_outputs import write_outputs
+from chexops.core.errors import UserInputError
+from chexops.pipelines.runner import (
+    FAILED,
+    OMITTED,
+    SKIPPED,
+    SUCCEEDED,
+    LocalRunner,
+    evaluate_depends,
+    evaluate_when,
+    run_local,
+)
+from chexops.core.console import write_outputs
 from support import ROOT, make_rows, run_cli, write_chexpert
 
 TRAINING = ROOT / "workflows" / "training.yaml"

@@ -66,7 +66,7 @@ def test_local_to_local_resizes_writes_csvs_and_a_manifest(source, reference, tm
     image = Image.open(out / manifest["files"][0]["path"])
     assert image.mode == "L" and min(image.size) == SIZE and image.size == (SIZE, 58)  # 200×240 → shorter side 48
     # the same grey and resize code as training: the prepared image is what preprocessing makes of the original
-    from chexops.preprocessing import load_image, resize_grey, to_grey
+    from chexops.imaging.preprocessing import load_image, resize_grey, to_grey
 
     original = to_grey(load_image(source / manifest["files"][0]["path"].split("/", 1)[1]))
     expected = resize_grey(original, SIZE, 58)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chexops.preprocessing import PreprocessSpec, preprocess, preprocess_array, to_grey
+from chexops.imaging.preprocessing import PreprocessSpec, preprocess, preprocess_array, to_grey
 
 
 def test_imports_no_torch():
-    code = "import sys, chexops.preprocessing; print('torch' in sys.modules, 'monai' in sys.modules)"
+    code = "import sys, chexops.imaging.preprocessing; print('torch' in sys.modules, 'monai' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False False"
 
@@ -79,7 +79,7 @@ def save_png(path, array: np.ndarray, sbit: int | None = None):
 
 @pytest.mark.parametrize("dark,sbit", [(False, None), (False, 12), (True, 12)], ids=["12bit-no-sbit", "12bit-sbit", "dark-12bit-sbit"])
 def test_twelve_bit_png_and_its_eight_bit_rendition_agree(tmp_path, dark, sbit):
-    from chexops.preprocessing import load_image
+    from chexops.imaging.preprocessing import load_image
 
     values = twelve_bit(dark)
     eight = np.round(values / 4095 * 255).astype(np.uint8)
@@ -90,7 +90,7 @@ def test_twelve_bit_png_and_its_eight_bit_rendition_agree(tmp_path, dark, sbit):
 
 
 def test_sbit_beats_the_range_guess(tmp_path):
-    from chexops.preprocessing import load_image
+    from chexops.imaging.preprocessing import load_image
 
     values = twelve_bit(dark=True)  # max 1500 would be guessed as 12-bit; sBIT says 16
     grey = to_grey(load_image(save_png(tmp_path / "16.png", values, sbit=16)))

@@ -9,7 +9,7 @@ import logging
 import httpx
 import pytest
 
-from chexops.errors import ConfigError
+from chexops.core.errors import ConfigError
 from chexops.serving.providers import CPU, available, parse
 from service_fixtures import child_env, free_port, served_model, start_service  # noqa: F401  (pytest fixtures)
 from support import run_cli

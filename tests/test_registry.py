@@ -12,8 +12,16 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from chexops.evaluations import index
-from chexops.gate import GateConfig, check_evidence, check_mean_auroc, check_regression, check_slice_gap, judge, load_gate_config
+from chexops.evaluation.records import index
+from chexops.evaluation.gate import (
+    GateConfig,
+    check_evidence,
+    check_mean_auroc,
+    check_regression,
+    check_slice_gap,
+    judge,
+    load_gate_config,
+)
 from support import ROOT, run_cli
 from mlflow_fixtures import chexops, chexops_json, mlflow_server, postgres_cluster, synth_dataset, train_run, write_config
 
@@ -214,7 +222,7 @@ def test_judge_and_limits():
                                                             ("max_regression", True)]
     config = load_gate_config(ROOT / "configs" / "gate.yaml", {"max_regression": 0.05, "min_mean_auroc": None})
     assert config == GateConfig(max_regression=0.05)  # the file holds the defaults; given flags override it
-    from chexops.errors import ConfigError
+    from chexops.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="min_mean_auroc"):
         load_gate_config(None, {"min_mean_auroc": 1.5})
@@ -225,7 +233,7 @@ def test_the_feedback_hold_out_is_tagged_on_the_version_not_judged():
     findings only) and leave the gate's verdicts as they were."""
     from types import SimpleNamespace
 
-    from chexops.registry import version_tags
+    from chexops.registry.register import version_tags
 
     holdouts = {"feedback": {"n": 40, "mean_auroc": 0.61, "not_measurable": ["Pleural Other"], "per_label": {
         "Pleural Effusion": {"n": 40, "positives": 9, "measurable": True, "auroc": 0.83},

@@ -92,7 +92,7 @@ def check_prediction(body: dict) -> None:
 
 
 def wait_for_image(home: Path, request_id: str, db: Path | None = None, timeout: float = 20) -> None:
-    from chexops.serving.feedback_store import FeedbackStore
+    from chexops.feedback.store import FeedbackStore
 
     store = FeedbackStore(f"sqlite:///{db or home / 'feedback' / 'feedback.db'}")
     try:
@@ -120,8 +120,8 @@ def direct_onnx(onnx_path: Path, data: bytes) -> tuple[np.ndarray, dict[str, flo
     decode and preprocess as the package does (one place), thresholds and labels from the file's own metadata."""
     import onnxruntime as ort
 
-    from chexops.imaging import decode
-    from chexops.preprocessing import PreprocessSpec, preprocess_array
+    from chexops.imaging.decode import decode
+    from chexops.imaging.preprocessing import PreprocessSpec, preprocess_array
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
@@ -150,7 +150,7 @@ def test_predict_the_real_radiographs(service, served_model, shared):
             assert f["threshold"] == thresholds[f["label"]]
             assert f["positive"] == bool(p >= thresholds[f["label"]]), (path.name, f["label"])
     # The two SIIM files hold the same stored pixels under MONOCHROME2 and MONOCHROME1: the second is
-    # read inverted (chexops.imaging), so the model sees a different image and answers differently.
+    # read inverted (chexops.imaging.decode), so the model sees a different image and answers differently.
     p2 = [f["probability"] for f in results["siim_cr_chest_pa.dcm"]["findings"]]
     p1 = [f["probability"] for f in results["siim_cr_chest_pa_monochrome1.dcm"]["findings"]]
     assert p1 != p2
@@ -354,7 +354,7 @@ def test_metrics_have_the_service_series(service):
 
 def test_no_torch_in_the_service(service):
     assert httpx.get(f"{service.url}/model", timeout=10).json()["runtime"]["torch_imported"] is False
-    code = "import sys; import chexops.serving.app, chexops.serving.inference, chexops.imaging; print('torch' in sys.modules)"
+    code = "import sys; import chexops.serving.app, chexops.serving.inference, chexops.imaging.decode; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.stdout.strip() == "False", result.stderr
 
@@ -413,8 +413,8 @@ def test_no_identifier_is_stored_logged_or_exported(service, shared, tmp_path):
 def test_a_png_upload_is_kept_as_its_pixels_without_its_text_chunks(service):
     from PIL import PngImagePlugin
 
-    from chexops.imaging import decode
-    from chexops.serving.feedback_store import FeedbackStore
+    from chexops.imaging.decode import decode
+    from chexops.feedback.store import FeedbackStore
 
     info = PngImagePlugin.PngInfo()
     info.add_text("PatientName", "DOE^JANE MRN-123456")
@@ -579,7 +579,7 @@ def test_bentoml_build_makes_a_bento_with_a_dockerfile(served_model):
 # --- units (no server) ------------------------------------------------------------------------------
 
 def test_priority_rule():
-    from chexops.serving.inference import priority
+    from chexops.core.triage import priority
 
     def f(**positive):
         return [{"label": k.replace("_", " "), "positive": v} for k, v in positive.items()]
@@ -591,7 +591,7 @@ def test_priority_rule():
 
 
 def test_keys_and_rate_limiter(tmp_path):
-    from chexops.errors import ConfigError
+    from chexops.core.errors import ConfigError
     from chexops.serving.auth import AuthError, Authenticator, RateLimiter, load_keys
 
     keyfile = tmp_path / "keys"
@@ -620,7 +620,7 @@ def test_keys_and_rate_limiter(tmp_path):
 def test_store_is_wal_idempotent_and_conflicts(tmp_path):
     import sqlite3
 
-    from chexops.serving.feedback_store import Conflict, FeedbackStore, NotFound
+    from chexops.feedback.store import Conflict, FeedbackStore, NotFound
 
     store = FeedbackStore(f"sqlite:///{tmp_path / 'f.db'}")
     findings = [{"label": "Edema", "probability": 0.7, "threshold": 0.5, "positive": True}]
@@ -680,7 +680,7 @@ def test_serving_off_loopback_needs_configured_keys(tmp_path):
 def test_sqlite_store_upgrades_an_old_schema_and_races_between_processes(tmp_path):
     import sqlite3
 
-    from chexops.serving.feedback_store import SCHEMA_VERSION, FeedbackStore, WrongClinic
+    from chexops.feedback.store import SCHEMA_VERSION, FeedbackStore, WrongClinic
     from test_feedback_postgres import OLD_SCHEMA, RACER
 
     db = tmp_path / "old.db"
@@ -713,9 +713,9 @@ def test_feedback_export_blanks_are_masked_by_the_training_reader(tmp_path):
     out of the loss even under the default policy (blank = negative), given labels kept."""
     from chexops.config import PolicyConfig
     from chexops.data.chexpert import apply_policy, read_chexpert_csv
-    from chexops.imaging import to_png
-    from chexops.serving.feedback_export import export_feedback
-    from chexops.serving.feedback_store import FeedbackStore
+    from chexops.imaging.decode import to_png
+    from chexops.feedback.export import export_feedback
+    from chexops.feedback.store import FeedbackStore
 
     store = FeedbackStore(f"sqlite:///{tmp_path / 'f.db'}")
     labels = ["Edema", "Cardiomegaly", "Pneumothorax"]
@@ -743,8 +743,8 @@ def test_feedback_export_streams_the_images(tmp_path):
     exported with a peak of Python allocations well under their total."""
     import tracemalloc
 
-    from chexops.serving.feedback_export import export_feedback
-    from chexops.serving.feedback_store import FeedbackStore
+    from chexops.feedback.export import export_feedback
+    from chexops.feedback.store import FeedbackStore
 
     store = FeedbackStore(f"sqlite:///{tmp_path / 'f.db'}")
     findings = [{"label": "Edema", "probability": 0.9, "threshold": 0.5, "positive": True}]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from chexops.serving.feedback_store import FeedbackStore
+from chexops.feedback.store import FeedbackStore
 from clinic_fixtures import clinic, clinic_b, clinic_data, clinic_model  # noqa: F401  (pytest fixtures)
 from service_fixtures import API_KEY, ROOT
 
@@ -77,8 +77,8 @@ def test_simulate_refuses_bad_settings_and_a_missing_key(clinic_data, tmp_path):
 
 
 def test_the_clinician_judges_the_triage_or_every_finding():
-    from chexops.serving.inference import priority
-    from chexops.simulate import verdict
+    from chexops.core.triage import priority
+    from chexops.loop.simulate import verdict
 
     read = {"Edema": 1, "Cardiomegaly": 0, "Atelectasis": 1}
     clinician = priority([{"label": k, "positive": bool(v)} for k, v in read.items()])

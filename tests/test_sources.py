@@ -12,7 +12,7 @@ import yaml
 from chexops.config import load_config
 from chexops.data.loading import load_splits
 from chexops.data.sources import holdout_splits
-from chexops.errors import ConfigError, DataError
+from chexops.core.errors import ConfigError, DataError
 from clinic_fixtures import clinic_data  # noqa: F401  (pytest fixture)
 
 

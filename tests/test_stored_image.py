@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from chexops.imaging import decode
+from chexops.imaging.decode import decode
 from chexops.serving.stored_image import PNG_KEPT, kept_image
 from support import dicom_bytes, dicom_dataset
 

@@ -13,8 +13,8 @@ from PIL import Image
 
 from chexops.data import synth
 from chexops.data.synth import DATASET_DIR, load_stats, render_example_grid, synthesize
-from chexops.errors import UserInputError
-from chexops.labels import CHEXPERT_LABELS, COMPETITION_LABELS, META_COLUMNS
+from chexops.core.errors import UserInputError
+from chexops.core.labels import CHEXPERT_LABELS, COMPETITION_LABELS, META_COLUMNS
 
 STATS = load_stats()
 TRAIN_VALUES = {"1.0", "0.0", "-1.0", ""}

@@ -18,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from chexops.data.synth import synthesize
-from chexops.train import load_checkpoint
+from chexops.train.checkpoint import load_checkpoint
 from support import ROOT, run_cli
 
 
@@ -207,7 +207,7 @@ class _Payload:
 
 
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, synth_root):
-    from chexops.errors import UserInputError
+    from chexops.core.errors import UserInputError
 
     marker = tmp_path / "ran"
     evil = tmp_path / "model.pt"
@@ -232,7 +232,7 @@ def test_format_one_checkpoints_stay_readable(tmp_path):
 
 
 def test_a_nan_first_epoch_can_be_beaten():
-    from chexops.train import improves
+    from chexops.train.loop import improves
 
     nan, inf = float("nan"), float("inf")
     assert improves(0.6, nan) and improves(0.6, -inf) and improves(0.7, 0.6)
@@ -242,7 +242,7 @@ def test_a_nan_first_epoch_can_be_beaten():
 @pytest.mark.parametrize("name,weights,warned", [("densenet121", None, True), ("small", None, False), ("densenet121", "imagenet.pt", False)])
 def test_random_initialisation_is_said_loudly_and_tagged(caplog, name, weights, warned):
     from chexops.config import ModelConfig
-    from chexops.train import init_tag
+    from chexops.train.loop import init_tag
 
     with caplog.at_level("WARNING"):
         tag = init_tag(ModelConfig.model_construct(name=name, pretrained_weights=weights))
@@ -251,7 +251,7 @@ def test_random_initialisation_is_said_loudly_and_tagged(caplog, name, weights, 
 
 
 def test_epoch_batches_resume_and_split_ranks():
-    from chexops.dataset import EpochBatches
+    from chexops.train.dataset import EpochBatches
 
     full = EpochBatches(50, 8, seed=3)
     full.set_epoch(2)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chexops.paths import shared_data
+from chexops.core.paths import shared_data
 from mlflow_fixtures import postgres_server
 from service_fixtures import served_model, service, start_service  # noqa: F401  (pytest fixtures)
 
@@ -77,7 +77,7 @@ def radiograph(tmp_path_factory) -> Path:
 
 def feedback_record(service, request_id: str) -> dict | None:  # noqa: F811
     """The feedback the service stored for `request_id`, read from its own store."""
-    from chexops.serving.feedback_store import FeedbackStore
+    from chexops.feedback.store import FeedbackStore
 
     url = service.env.get("CHEXOPS_FEEDBACK_URL") or f"sqlite:///{service.home / 'feedback' / 'feedback.db'}"
     store = FeedbackStore(url)

@@ -249,7 +249,7 @@ def test_every_secret_the_workflows_read_is_made_by_ansible():
 def s3_credential_files_mounted() -> set[tuple[str, str, str]]:
     """(Secret, namespace, key) for every template that mounts S3 credentials where `chexops
     s3-credentials` (boto3's credential_process in the image) reads them: the files it needs."""
-    from chexops.s3_credentials import DEFAULT_DIR, FILES
+    from chexops.delivery.s3_credentials import DEFAULT_DIR, FILES
 
     found = set()
     for path in (ROOT / "workflows").glob("*.yaml"):
@@ -272,7 +272,7 @@ ARTIFACT_STEPS = {"data", "train", "evaluate", "register", "export", "bento"}
 def test_steps_that_reach_s3_mount_the_credentials_and_carry_none_in_their_environment():
     """Every step that reads or writes the S3 store (MLflow artifacts, data) mounts the credentials Secret for `chexops s3-credentials`;
     no workflow puts S3 credentials in a container's environment."""
-    from chexops.s3_credentials import DEFAULT_DIR
+    from chexops.delivery.s3_credentials import DEFAULT_DIR
 
     checked = 0
     for path in (ROOT / "workflows").glob("*.yaml"):

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from chexops.cli import cli
-from chexops.pipeline_runner import REFERENCE, depends_tasks
+from chexops.pipelines.runner import REFERENCE, depends_tasks
 from support import ROOT
 
 WORKFLOWS = ROOT / "workflows"

@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 import yaml
 
-from chexops.serving.feedback_store import FeedbackStore
+from chexops.feedback.store import FeedbackStore
 from mlflow_fixtures import postgres_cluster
 from .render import REPO
 

@@ -18,10 +18,10 @@ import httpx
 import pytest
 import yaml
 
-from chexops.processes import stop_tree
+from chexops.core.processes import stop_tree
 from service_fixtures import free_port
 from .render import REPO
-from chexops.serving.lifetime import die_with_parent
+from chexops.core.processes import die_with_parent
 
 
 def _pod(namespace: str, name: str, track: str, port: int, app: str = "chexops", scrape: str = "true") -> dict:

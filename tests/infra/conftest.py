@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from chexops.errors import ChexopsError
+from chexops.core.errors import ChexopsError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[2]
@@ -312,7 +312,7 @@ class Outcome:
 def run_infra(args: list[str], env: dict[str, Any] | None = None) -> Outcome:
     """Run `chexops infra ARGS` in-process; a ChexopsError maps to its exit code and its message
     goes to stderr, as the main CLI does (test_main_cli_maps_errors checks the real entry point)."""
-    from chexops.infra.cli import infra
+    from chexops.cli.infra import infra
 
     result = CliRunner().invoke(infra, list(args), env=env, catch_exceptions=True)
     if isinstance(result.exception, ChexopsError):

@@ -1,3 +1,3 @@
-from .cli import main
+from chexops.cli import main
 
 main()

@@ -14,10 +14,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .data.sources import ExtraSource
-from .errors import ConfigError
-from .labels import CHEXPERT_LABELS, COMPETITION_LABELS
-from .preprocessing import PreprocessSpec
+from chexops.core import paths
+from chexops.core.errors import ConfigError
+from chexops.core.labels import CHEXPERT_LABELS, COMPETITION_LABELS
+from chexops.imaging.preprocessing import PreprocessSpec
 
 Policy = Literal["ones", "zeros", "ignore"]
 
@@ -48,6 +48,19 @@ class PolicyConfig(_Strict):
 
     def for_label(self, label: str) -> Policy:
         return self.uncertain_per_label.get(label, self.uncertain)
+
+
+class ExtraSource(BaseModel):
+    """A CheXpert-layout source joining the training data (`data.sources`), e.g. `chexops feedback export`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$")
+    csv: Path
+    root: Path | None = None
+    weight: float = Field(1.0, gt=0, le=20)
+    holdout_fraction: float = Field(0.2, ge=0, lt=1)
+    allow_empty: bool = False  # a CSV without rows (of the configured view) adds nothing instead of failing
 
 
 class DataConfig(_Strict):
@@ -183,7 +196,7 @@ def _expand(value: Any) -> Any:
         def sub(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             if name == "CHEXOPS_HOME" and name not in os.environ:
-                return str(Path(".chexops").resolve())
+                return str(Path(paths.HOME_DIR).resolve())
             if name in os.environ:
                 return os.environ[name]
             if default is not None:

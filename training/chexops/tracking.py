@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from . import paths
-from .errors import UserInputError
+from chexops.core import paths
+from chexops.core.errors import UserInputError
 
 log = logging.getLogger(__name__)
 

@@ -53,8 +53,8 @@ def real_calibration_images(spec, n: int, seed: int = 0) -> tuple[np.ndarray, np
     """(calibration, held-out) sets of real radiographs from the shared PneumoniaMNIST subset."""
     from PIL import Image
 
-    from chexops.paths import shared_data
-    from chexops.preprocessing import preprocess
+    from chexops.core.paths import shared_data
+    from chexops.imaging.preprocessing import preprocess
 
     path = shared_data() / "real-cxr" / "pneumoniamnist_subset.npz"
     if not path.exists():
@@ -70,12 +70,12 @@ def architecture(args) -> dict[str, Any]:
     """Export a seeded random-init network and compare its three ONNX variants."""
     import torch
 
-    from chexops import quantize
+    from chexops.export import quantize
     from chexops.config import ModelConfig
-    from chexops.export import export_onnx
-    from chexops.models import build_model
-    from chexops.onnx_files import DYNAMIC_FILE, FP32_FILE, INT8_FILE, session
-    from chexops.preprocessing import PreprocessSpec
+    from chexops.export.onnx import export_onnx
+    from chexops.train.models import build_model
+    from chexops.export.files import DYNAMIC_FILE, FP32_FILE, INT8_FILE, session
+    from chexops.imaging.preprocessing import PreprocessSpec
 
     torch.manual_seed(0)
     spec = PreprocessSpec(size=args.size, channels=args.channels, mean=(0.5,), std=(0.25,))
@@ -107,7 +107,7 @@ def architecture(args) -> dict[str, Any]:
 
 def trained(args) -> dict[str, Any]:
     """`chexops export` of a trained model, without logging or Bento import."""
-    from chexops.export import export_model
+    from chexops.export.onnx import export_model
 
     with tempfile.TemporaryDirectory() as tmp:
         e = export_model(args.reference, Path(tmp), calibration=args.calibration, runs=args.runs, threads=args.threads,
@@ -126,9 +126,9 @@ def trained(args) -> dict[str, Any]:
 def files(args) -> dict[str, Any]:
     """Latency of existing ONNX files (e.g. a `chexops export` directory), on one real radiograph
     preprocessed by the first file's own metadata."""
-    from chexops import quantize
-    from chexops.onnx_files import read_metadata
-    from chexops.preprocessing import PreprocessSpec
+    from chexops.export import quantize
+    from chexops.export.files import read_metadata
+    from chexops.imaging.preprocessing import PreprocessSpec
 
     paths = [Path(p) for p in args.files]
     spec = PreprocessSpec.from_json(read_metadata(paths[0])["preprocessing"])

@@ -17,8 +17,9 @@ import threading
 def create_app(onnx_path: str, threads: int):
     from fastapi import FastAPI, File, HTTPException, UploadFile
 
-    from chexops.imaging import ImageInputError, decode
-    from chexops.serving.inference import OnnxModel, priority
+    from chexops.imaging.decode import ImageInputError, decode
+    from chexops.serving.inference import OnnxModel
+    from chexops.core.triage import priority
 
     model = OnnxModel.load(onnx_path, threads=threads)
     session_lock = threading.Lock()  # one session run at a time, as the service's batching-off path

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from chexops.data.loading import Split
-from chexops.dataset import EpochBatches, RadiographDataset, train_loader
-from chexops.paths import shared_data
-from chexops.preprocessing import PreprocessSpec
+from chexops.data.splits import Split
+from chexops.train.dataset import EpochBatches, RadiographDataset, train_loader
+from chexops.core.paths import shared_data
+from chexops.imaging.preprocessing import PreprocessSpec
 
 
 def make_images(folder: Path, n: int) -> list[Path]:

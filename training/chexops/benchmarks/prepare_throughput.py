@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 
 from chexops.data.prepare import prepare, resize_bytes
-from chexops.paths import shared_data
-from chexops.preprocessing import open_image, resize_grey, shorter_side_to, to_grey
+from chexops.core.paths import shared_data
+from chexops.imaging.preprocessing import open_image, resize_grey, shorter_side_to, to_grey
 
 FULL = (2320, 2828)
 

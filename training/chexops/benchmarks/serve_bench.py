@@ -56,14 +56,15 @@ from typing import Any
 import numpy as np
 
 from chexops.benchmarks import concurrent_calls, run_threads, timed_calls
-from chexops.errors import ChexopsError
-from chexops.processes import stop_tree
+from chexops.core.errors import ChexopsError
+from chexops.core.processes import stop_tree
 from chexops.serving.launch import wait_ready
-from chexops.serving.lifetime import die_with_parent
+from chexops.core.processes import die_with_parent
+from chexops.core import paths
 
 log = logging.getLogger("chexops.benchmarks.serve_bench")
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = paths.ROOT
 SERVICE = "bentos/service.py:Chexops"
 
 
@@ -106,15 +107,15 @@ def random_init_model(name: str, size: int, width: int, calibration: int = 8) ->
     store of the current CHEXOPS_HOME; returns its tag. Needs torch (the training extra)."""
     import torch
 
-    from chexops.bento_store import import_onnx
+    from chexops.export.bento import import_onnx
     from chexops.config import ModelConfig
-    from chexops.export import build_metadata, export_onnx, write_metadata
-    from chexops.labels import CHEXPERT_LABELS
-    from chexops.models import build_model
-    from chexops.onnx_files import FP32_FILE, INT8_FILE
-    from chexops.paths import home
-    from chexops.preprocessing import PreprocessSpec
-    from chexops.quantize import quantize_static_qdq
+    from chexops.export.onnx import build_metadata, export_onnx, write_metadata
+    from chexops.core.labels import CHEXPERT_LABELS
+    from chexops.train.models import build_model
+    from chexops.export.files import FP32_FILE, INT8_FILE
+    from chexops.core.paths import home
+    from chexops.imaging.preprocessing import PreprocessSpec
+    from chexops.export.quantize import quantize_static_qdq
 
     torch.manual_seed(0)
     labels = list(CHEXPERT_LABELS)
@@ -137,8 +138,8 @@ def random_init_model(name: str, size: int, width: int, calibration: int = 8) ->
 
 def model_file(tag: str, precision: str) -> Path:
     """The ONNX file the service loads for `tag` at `precision`, from the Bento model store."""
-    from chexops.bento_store import bentoml_home
-    from chexops.onnx_files import FILES
+    from chexops.core.paths import bentoml_home
+    from chexops.export.files import FILES
 
     bentoml_home()
     import bentoml
@@ -150,7 +151,7 @@ def bare(onnx_path: Path, data: bytes, threads: int, runs: int, warmup: int, con
          requests: int = 0) -> dict[str, Any]:
     """decode + preprocess + session.run of one image, `runs` times, in this process (and `requests`
     times from `concurrency` threads)."""
-    from chexops.imaging import decode
+    from chexops.imaging.decode import decode
     from chexops.serving.inference import OnnxModel
 
     model = OnnxModel.load(onnx_path, threads=threads)
@@ -362,8 +363,8 @@ class Pinned:
 
 
 def service_env(args, key: str, tmp: Path, batching: bool) -> dict[str, str]:
-    from chexops import paths
-    from chexops.bento_store import bentoml_home
+    from chexops.core import paths
+    from chexops.core.paths import bentoml_home
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHEXOPS_") and k != "PROMETHEUS_MULTIPROC_DIR"}
     env.update(dict(item.split("=", 1) for item in args.service_env))
@@ -583,7 +584,7 @@ def main(argv: list[str] | None = None) -> None:
             log.info("Exporting a random-init %s at %d px into %s", args.architecture, args.size, scratch)
             args.model = random_init_model(args.architecture, args.size, args.width)
         elif args.start and not args.model:
-            from chexops.bento_store import serving_tag
+            from chexops.export.bento import serving_tag
 
             args.model = serving_tag("")["tag"]  # the registry's candidate, as `chexops serve` resolves it
         try:

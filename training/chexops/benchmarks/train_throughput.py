@@ -16,9 +16,9 @@ from contextlib import nullcontext
 import torch
 
 from chexops.config import ModelConfig
-from chexops.models import build_model
-from chexops.preprocessing import PreprocessSpec
-from chexops.train import masked_bce
+from chexops.train.models import build_model
+from chexops.imaging.preprocessing import PreprocessSpec
+from chexops.train.loop import masked_bce
 
 
 def measure(model_name: str, size: int, batch: int, amp: bool, channels_last: bool, steps: int, warmup: int, device: str) -> dict:

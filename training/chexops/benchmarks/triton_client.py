@@ -24,7 +24,7 @@ def infer_function(url: str, model_name: str, onnx_path: Path, data: bytes) -> C
     import numpy as np
     import tritonclient.grpc as grpcclient
 
-    from chexops.imaging import decode
+    from chexops.imaging.decode import decode
     from chexops.serving.inference import OnnxModel
 
     model = OnnxModel.load(onnx_path, threads=1)  # its metadata (preprocessing spec), not its session

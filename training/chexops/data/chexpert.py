@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import PolicyConfig
-from ..errors import DataError
-from ..labels import META_COLUMNS
+from chexops.config import PolicyConfig
+from chexops.core.errors import DataError
+from chexops.core.labels import META_COLUMNS
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from chexops.core.errors import DataError
 
 SPLITS = ("train", "val", "test")
 

@@ -6,7 +6,7 @@ training, with a manifest whose hash is the data version.
   image paths (8-bit grey, shorter side `--size`, never enlarged) and the CSVs with the rows of failed
   images left out, so `data.root: OUT` trains on it unchanged.
 - Decoding: JPEG draft mode (decode at 1/2, 1/4 or 1/8 scale) before the resize; grey scale and
-  resize are `chexops.preprocessing`'s own. Images are processed in `--workers` processes.
+  resize are `chexops.imaging.preprocessing`'s own. Images are processed in `--workers` processes.
 - Resumable and idempotent: each finished image is journaled under `OUT/.prepare/`; a rerun skips an
   image whose output still has its journaled checksum and whose source is unchanged (size and mtime,
   or S3 ETag). The manifest (`manifest.json` next to the CSVs) lists every output's sha256, sorted,
@@ -21,7 +21,6 @@ import csv
 import hashlib
 import io
 import json
-import sys
 import logging
 import os
 import signal
@@ -31,18 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import click
 import numpy as np
 from PIL import Image
 
-from ..errors import ChexopsError, DataError, UserInputError
-from ..preprocessing import open_image, resize_grey, shorter_side_to, to_grey
+from chexops.core.errors import ChexopsError, UserInputError
+from chexops.data.manifest import MANIFEST, MANIFEST_FORMAT, data_version
+from chexops.imaging.preprocessing import open_image, resize_grey, shorter_side_to, to_grey
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 JOURNAL_DIR = ".prepare"
-MANIFEST_FORMAT = 1
 JPEG_QUALITY = 95
 RESAMPLE = "bilinear"
 _JOURNAL_EVERY = 64  # finished images per journal part: at most this many are redone after a kill
@@ -219,9 +216,6 @@ def _journal_entries(out: Store) -> dict[str, dict[str, Any]]:
     return entries
 
 
-def data_version(manifest: dict[str, Any]) -> str:
-    """The hash of a manifest's canonical JSON (first 12 hex digits, as `chexops train`'s data versions)."""
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
 
 
 def prepare(source_url: str, out_url: str, size: int, workers: int | None = None, max_bad_fraction: float = 0.01,
@@ -346,38 +340,3 @@ def prepare(source_url: str, out_url: str, size: int, workers: int | None = None
             "images": total, "prepared": len(todo) - len(bad), "skipped": total - len(todo), "bad": len(bad),
             "failed": [{"path": p, "reason": e} for p, e in bad], "csv": [e["path"] for e in csv_entries],
             "workers": workers, "seconds": round(time.monotonic() - started, 2)}
-
-
-def manifest_version(csv_path: str | Path) -> dict[str, str] | None:
-    """`{"data_version", "manifest_sha256"}` of the `data prepare` manifest next to a CSV, or None."""
-    path = Path(csv_path).parent / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        recorded = json.loads(path.read_text())
-        version = recorded["data_version"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path} is not a readable data prepare manifest: {exc}") from None
-    return {"prepared_data_version": str(version), "manifest_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-
-
-@click.command("prepare")
-@click.option("--source", required=True, help="CheXpert copy: a folder or s3://BUCKET/PREFIX.")
-@click.option("--out", "out_url", required=True, help="Where the resized dataset goes: a folder or s3://BUCKET/PREFIX.")
-@click.option("--size", type=int, default=320, show_default=True, help="Shorter side of the output images, in pixels.")
-@click.option("--workers", type=int, default=None, help="Decoding processes (default: one per CPU).")
-@click.option("--max-bad-fraction", type=float, default=0.01, show_default=True,
-              help="Fail (exit 1) when more than this share of images is missing or unreadable.")
-@click.option("--endpoint-url", default=None, help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def prepare_cmd(source: str, out_url: str, size: int, workers: int | None, max_bad_fraction: float, endpoint_url: str | None,
-                as_json: bool) -> None:
-    """Resize a CheXpert copy for training (local or S3) and write its manifest (the data version)."""
-    if workers is not None and workers < 1:
-        raise UserInputError("--workers must be at least 1.")
-    from ..cli import emit
-
-    summary = prepare(source, out_url, size, workers, max_bad_fraction, endpoint_url)
-    emit(summary, as_json, f"Prepared {summary['images']:,} images ({summary['prepared']:,} now, {summary['skipped']:,} already "
-         f"done, {summary['bad']} bad) at {size} px in {summary['seconds']:.1f} s; data version {summary['data_version']}, "
-         f"manifest {summary['manifest']}.", sys.stdout)

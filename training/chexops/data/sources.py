@@ -23,34 +23,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from ..config import Config, DataConfig
-    from .loading import Split, Splits
+    from chexops.config import Config, DataConfig, ExtraSource
+    from chexops.data.splits import Split, Splits
 
 log = logging.getLogger(__name__)
 
 
-class ExtraSource(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$")
-    csv: Path
-    root: Path | None = None
-    weight: float = Field(1.0, gt=0, le=20)
-    holdout_fraction: float = Field(0.2, ge=0, lt=1)
-    allow_empty: bool = False  # a CSV without rows (of the configured view) adds nothing instead of failing
-
-
 def _empty(source: ExtraSource, cfg: "DataConfig") -> bool:
     """True when an `allow_empty` source has no row of the configured view (a missing or broken CSV still fails)."""
-    from .chexpert import filter_view, read_chexpert_csv
+    from chexops.data.chexpert import filter_view, read_chexpert_csv
 
     if not source.allow_empty:
         return False
@@ -64,9 +51,9 @@ def _empty(source: ExtraSource, cfg: "DataConfig") -> bool:
 
 def _parts(source: ExtraSource, cfg: "DataConfig") -> tuple["Split", "Split | None"]:
     """The source's (training part, newest-rows hold-out) after the view filter and bad-image check."""
-    from .loading import Split, _chexpert_split, _eval_view
+    from chexops.data.splits import Split, chexpert_split, eval_view
 
-    whole, table = _chexpert_split(f"source:{source.name}", source.csv,
+    whole, table = chexpert_split(f"source:{source.name}", source.csv,
                                    cfg.model_copy(update={"root": source.root}))
     n_hold = int(round(len(whole) * source.holdout_fraction))
     cut = len(whole) - n_hold
@@ -76,7 +63,7 @@ def _parts(source: ExtraSource, cfg: "DataConfig") -> tuple["Split", "Split | No
         return train, None
     hold = Split(f"holdout:{source.name}", whole.targets[cut:], whole.mask[cut:], whole.paths[cut:],
                  frame=whole.frame.iloc[cut:].reset_index(drop=True))
-    return train, _eval_view(hold, table.values[cut:], cfg, table.blank)
+    return train, eval_view(hold, table.values[cut:], cfg, table.blank)
 
 
 def _repeats(n: int, weight: float, seed: int) -> np.ndarray:
@@ -89,14 +76,14 @@ def _repeats(n: int, weight: float, seed: int) -> np.ndarray:
 def add_sources(splits: "Splits", config: "Config") -> "Splits":
     """`splits` with every configured source's training part appended to its train split (weighted), and a
     data version that covers the sources. Without sources, `splits` unchanged."""
-    from ..hashing import sha256_file
-    from .loading import Split
+    from chexops.core.files import sha256_file
+    from chexops.data.splits import Split
 
     sources = config.data.sources
     if not sources:
         return splits
     if splits.train.paths is None:
-        from ..errors import DataError
+        from chexops.core.errors import DataError
 
         raise DataError("data.sources join CheXpert-layout training data only (data.kind: chexpert).")
     train = splits.train

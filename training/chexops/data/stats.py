@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import PolicyConfig
-from .chexpert import apply_policy, check_images, image_paths, read_chexpert_csv
-from .loading import label_counts, policy_counts
+from chexops.config import PolicyConfig
+from chexops.data.chexpert import apply_policy, check_images, image_paths, read_chexpert_csv
+from chexops.data.splits import label_counts, policy_counts
 
 
 def csv_stats(csv: str | Path, labels: list[str], policy: PolicyConfig, root: str | Path | None = None,

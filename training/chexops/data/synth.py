@@ -24,8 +24,8 @@ from statistics import NormalDist
 
 import numpy as np
 
-from chexops.errors import UserInputError
-from chexops.labels import CHEXPERT_LABELS, META_COLUMNS
+from chexops.core.errors import UserInputError
+from chexops.core.labels import CHEXPERT_LABELS, META_COLUMNS
 
 log = logging.getLogger(__name__)
 

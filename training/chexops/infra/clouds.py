@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chexops.errors import ChexopsError, UserInputError
+from chexops.core.errors import ChexopsError, UserInputError
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from chexops.atomic import atomic_write_text
-from chexops.errors import ChexopsError, UserInputError
+from chexops.core.files import atomic_write_text
+from chexops.core.errors import ChexopsError, UserInputError
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from chexops.atomic import atomic_write_text
-from chexops.errors import ChexopsError, UserInputError
+from chexops.core.files import atomic_write_text
+from chexops.core.errors import ChexopsError, UserInputError
 from chexops.infra.clouds import Cloud
 from chexops.infra.openstack import NotFound, OpenStackClient
 

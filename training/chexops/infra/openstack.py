@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from chexops.errors import ChexopsError, UserInputError
+from chexops.core.errors import ChexopsError, UserInputError
 from chexops.infra.clouds import Cloud
 
 log = logging.getLogger(__name__)

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import click
-
-from chexops.errors import UserInputError
+from chexops.core.errors import UserInputError
 from chexops.infra.clouds import Cloud
 from chexops.infra.openstack import translated
 
@@ -220,26 +218,3 @@ def run_checks(settings: dict[str, Any], connect: Callable[[str], Cloud]) -> lis
             results.append(Check(cloud_name, kind, name, setting, False, str(exc)))
         log.info("%s %s '%s' on %s: %s", kind, setting, name, cloud_name, "found" if results[-1].ok else "MISSING")
     return results
-
-
-@click.command("preflight")
-@click.option("--tf-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("terraform"), show_default=True,
-              help="Terraform root whose settings (variables.tf, terraform.tfvars, *.auto.tfvars*) are checked.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def preflight_cmd(tf_dir: Path, as_json: bool) -> None:
-    """Check on each cloud that what Terraform will ask for exists, before `terraform plan`."""
-    from chexops.infra.clouds import connect
-
-    results = run_checks(terraform_settings(tf_dir), connect)
-    missing = [r for r in results if not r.ok]
-    if missing:
-        raise UserInputError(
-            f"{len(missing)} of {len(results)} look-ups failed; fix these Terraform settings before "
-            "`terraform plan`:\n" + "\n".join(f"  - {r.setting}: {r.detail}" for r in missing)
-        )
-    if as_json:
-        click.echo(json.dumps({"ok": True, "checks": [asdict(r) for r in results]}, sort_keys=True))
-    else:
-        for r in results:
-            click.echo(f"ok  {r.cloud:<10} {r.kind:<17} {r.name} ({r.setting})")
-        click.echo(f"All {len(results)} look-ups found what Terraform will ask for.")

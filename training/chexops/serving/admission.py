@@ -28,7 +28,7 @@ from typing import Callable
 
 from starlette.responses import JSONResponse
 
-from ..errors import ConfigError
+from chexops.core.errors import ConfigError
 
 log = logging.getLogger("chexops.serving")
 

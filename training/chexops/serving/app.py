@@ -12,7 +12,7 @@ with Retry-After: the findings never wait on the store. Feedback is accepted onl
 whose key made the prediction (403 otherwise).
 
 Every error is JSON `{"error": "..."}`: 4xx for the caller's mistakes (with the status each
-`chexops.imaging.ImageInputError` carries), never a traceback; an unexpected failure is a 500 with a
+`chexops.imaging.decode.ImageInputError` carries), never a traceback; an unexpected failure is a 500 with a
 generic message and the traceback only in the server log. The routes reach the model, the store and
 the metrics through `app.state.backend` (the BentoML service instance), set when it starts.
 """
@@ -27,7 +27,7 @@ import uuid
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -36,16 +36,18 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..imaging import ImageInputError, decode
-from . import openapi
-from .admission import Admission, AdmissionLimits
-from .auth import AuthError
-from .faults import FaultInjection
-from .feedback_store import Conflict, NotFound, Unavailable, WrongClinic
-from .inference import LOCALISATION_NOTE, PRIORITY_RULE, heatmap_png, priority
-from .metrics import HttpMetrics
-from .settings import Settings
-from .stored_image import kept_image
+from chexops.imaging.decode import ImageInputError, decode
+from chexops.serving import openapi
+from chexops.serving.admission import Admission, AdmissionLimits
+from chexops.serving.auth import AuthError
+from chexops.serving.faults import FaultInjection
+from chexops.feedback.store import Conflict, NotFound, Unavailable, WrongClinic
+from chexops.serving.inference import LOCALISATION_NOTE, heatmap_png
+from chexops.core.triage import PRIORITY_RULE, priority
+from chexops.serving.metrics import HttpMetrics
+from chexops.serving.settings import Settings
+from chexops.serving.stored_image import kept_image
+from chexops.serving.schemas import FeedbackBody
 
 log = logging.getLogger("chexops.serving")
 
@@ -222,7 +224,7 @@ async def predict(request: Request) -> Response:
     probs = await backend.classify(x)
     timings["inference_ms"] = (time.perf_counter() - t0) * 1000
     model = backend.model
-    if getattr(backend, "drift", None) is not None:  # chexops.drift.DriftMonitor: input statistics, drift score
+    if getattr(backend, "drift", None) is not None:  # chexops.imaging.drift.DriftMonitor: input statistics, drift score
         backend.drift.observe(x, probs, decoded.info)
     findings = model.findings(probs)
     level = priority(findings)
@@ -265,13 +267,6 @@ async def explain(request: Request) -> Response:
         "X-Chexops-Label": label, "X-Chexops-Probability": f"{float(probs[k]):.6f}", "Cache-Control": "no-store"})
 
 
-class FeedbackBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    request_id: str = Field(min_length=1, max_length=64)
-    correct: StrictBool
-    labels: dict[str, int] | None = None
-    note: str | None = Field(None, max_length=2000)
 
 
 async def feedback(request: Request) -> Response:

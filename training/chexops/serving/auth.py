@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError
+from chexops.core.errors import ConfigError
 
 
 def parse_keys(text: str, source: str) -> dict[str, str]:

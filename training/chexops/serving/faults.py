@@ -14,7 +14,7 @@ import logging
 import random
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from chexops.core.errors import ConfigError
 
 log = logging.getLogger("chexops.serving")
 

@@ -1,6 +1,6 @@
 """The exported model in ONNX Runtime: what it says about itself, findings, triage, heatmaps.
 
-Everything a prediction needs comes from the ONNX file's own metadata (`chexops.export`): labels,
+Everything a prediction needs comes from the ONNX file's own metadata (`chexops.export.onnx`): labels,
 thresholds, the preprocessing spec, the model's name and version, the CAM head. Read through ONNX
 Runtime (`get_modelmeta`), so the service needs neither torch nor the `onnx` package.
 """
@@ -16,29 +16,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..onnx_files import INPUT_NAME, session
-from ..preprocessing import PreprocessSpec, preprocess_array
+from chexops.export.files import INPUT_NAME, session
+from chexops.imaging.preprocessing import PreprocessSpec, preprocess_array
 
 log = logging.getLogger(__name__)
 
-# Triage. "urgent": a positive finding that can need action within hours (air or fluid in the pleural
-# space, pulmonary oedema, consolidation / pneumonia). "review": any other positive finding, except
-# "No Finding" and "Support Devices" (a device is not a disease). "routine": nothing positive.
-# A model with other labels: its labels named here keep their meaning, every other positive is "review".
-URGENT = frozenset({"Pneumothorax", "Pleural Effusion", "Edema", "Consolidation", "Pneumonia"})
-NOT_A_FINDING = frozenset({"No Finding", "Support Devices"})
-PRIORITY_RULE = ("urgent if Pneumothorax, Pleural Effusion, Edema, Consolidation or Pneumonia is positive; "
-                 "review if any other finding (not No Finding or Support Devices) is positive; routine otherwise")
 LOCALISATION_NOTE = "approximate localisation (class activation map), not a segmentation"
 
 
-def priority(findings: list[dict]) -> str:
-    positive = {f["label"] for f in findings if f["positive"]}
-    if positive & URGENT:
-        return "urgent"
-    if positive - NOT_A_FINDING:
-        return "review"
-    return "routine"
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """`chexops serve`: `bentoml serve bentos/service.py:Chexops` with the right environment.
 
 BENTOML_HOME under $CHEXOPS_HOME; the model reference (default `models:/chexops-cxr@candidate`)
-resolved through the registry to the exact Bento model before anything starts
-(`chexops.bento_store.serving_tag`), which the service then loads by tag; and, when no API key is
+resolved to the exact Bento model before anything starts (by the resolver the caller passes:
+`chexops.export.bento.serving_tag`, so that this layer never imports the registry), which the
+service then loads by tag; and, when no API key is
 configured, a development key that is announced loudly (never for production).
 """
 
@@ -14,25 +15,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
-from .. import paths
-from ..bento_store import bentoml_home, serving_tag
-from ..errors import ChexopsError
-from . import providers
-from .settings import DEFAULT_MODEL, DEV_KEYS
-from .auth import require_keys_off_loopback
-from .lifetime import die_with_parent
+from chexops.core import paths
+from chexops.core.errors import ChexopsError
+from chexops.serving import providers
+from chexops.serving.settings import DEFAULT_MODEL, DEV_KEYS
+from chexops.serving.auth import require_keys_off_loopback
+from chexops.core.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[3]
 SERVICE = "bentos/service.py:Chexops"
 
 
 def serve_env(model: str | None, precision: str | None, threads: int | None) -> dict[str, str]:
     env = dict(os.environ)
     env["CHEXOPS_HOME"] = str(paths.home())
-    env["BENTOML_HOME"] = str(bentoml_home())
+    env["BENTOML_HOME"] = str(paths.bentoml_home())
     env.setdefault("BENTOML_DO_NOT_TRACK", "True")
     if model:
         env["CHEXOPS_MODEL"] = model
@@ -49,18 +49,15 @@ def serve_env(model: str | None, precision: str | None, threads: int | None) -> 
     return env
 
 
-def check_model(env: dict[str, str]) -> dict:
-    """The exact Bento model for `CHEXOPS_MODEL` (a registry reference by default), checked; exit 2 otherwise."""
-    return serving_tag(env.get("CHEXOPS_MODEL") or DEFAULT_MODEL)
-
-
-def serve(port: int, host: str, model: str | None, precision: str | None, threads: int | None, development: bool = False) -> int:
+def serve(port: int, host: str, model: str | None, precision: str | None, threads: int | None,
+          resolve: Callable[[str], dict[str, Any]], development: bool = False) -> int:
     """Run `bentoml serve` until it ends; it dies with this process (PR_SET_PDEATHSIG), its worker with it
-    (chexops.serving.lifetime). Off loopback, configured API keys are required (exit 2 otherwise)."""
+    (chexops.core.processes). `resolve` turns `CHEXOPS_MODEL` (a registry reference by default) into the
+    exact, checked Bento model (exit 2 otherwise). Off loopback, configured API keys are required (exit 2 otherwise)."""
     require_keys_off_loopback(host)
     env = serve_env(model, precision, threads)
     providers.parse(env.get("CHEXOPS_PROVIDERS", ""))  # a typo is exit 2 here, not a traceback in the worker
-    served = check_model(env)
+    served = resolve(env.get("CHEXOPS_MODEL") or DEFAULT_MODEL)
     resolved = served["tag"]
     env["CHEXOPS_MODEL"] = resolved  # pin what was checked: the service loads exactly this tag
     env["CHEXOPS_MODEL_REF"] = served["reference"]
@@ -72,7 +69,7 @@ def serve(port: int, host: str, model: str | None, precision: str | None, thread
     log.info("Serving %s = Bento model %s (%s) at http://%s:%d  (web page /, API /predict /explain /feedback, /metrics)",
              served["reference"], resolved, env.get("CHEXOPS_PRECISION", "fp32"), host, port)
     log.info("$ %s", " ".join(cmd[1:]))
-    return subprocess.call(cmd, cwd=ROOT, env=env, preexec_fn=die_with_parent)
+    return subprocess.call(cmd, cwd=paths.ROOT, env=env, preexec_fn=die_with_parent)
 
 
 def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:

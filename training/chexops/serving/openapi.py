@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import __version__
+from chexops import __version__
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -94,6 +94,6 @@ async def serve(request):
     """GET /openapi.json (no key needed: it describes, it reveals nothing)."""
     from starlette.responses import JSONResponse
 
-    from .app import FeedbackBody
+    from chexops.serving.schemas import FeedbackBody
 
     return JSONResponse(document(FeedbackBody.model_json_schema()))

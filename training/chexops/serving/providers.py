@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 
-from ..errors import ConfigError
+from chexops.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

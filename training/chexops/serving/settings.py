@@ -7,13 +7,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import paths
-from ..errors import ConfigError
-from ..imaging import ImageLimits
-from ..model_ref import DEFAULT_SERVE_REF
-from .faults import FaultSpec, parse_faults
+from chexops.core import paths
+from chexops.core.errors import ConfigError
+from chexops.imaging.decode import ImageLimits
+from chexops.core.names import DEFAULT_SERVE_REF
+from chexops.serving.faults import FaultSpec, parse_faults
 
-DEFAULT_MODEL = DEFAULT_SERVE_REF  # resolved to an exact Bento model by chexops.bento_store.serving_tag
+DEFAULT_MODEL = DEFAULT_SERVE_REF  # resolved to an exact Bento model by chexops.export.bento.serving_tag
 DEV_KEYS = "dev:chexops-dev-key"
 TRACKS = ("stable", "canary")
 
@@ -64,7 +64,7 @@ class Settings:
     auth_failures_per_minute: int = 10      # CHEXOPS_AUTH_FAILURE_LIMIT: failed authentications per minute per address (also the burst)
     feedback_url: str = ""                  # CHEXOPS_FEEDBACK_URL: postgresql://... or sqlite:///path
     stored_image_side: int = 1024           # CHEXOPS_FEEDBACK_IMAGE_SIDE: longest side kept (0: full size)
-    static_dir: Path = Path(__file__).resolve().parents[3] / "bentos" / "static"  # CHEXOPS_STATIC_DIR
+    static_dir: Path = paths.ROOT / "bentos" / "static"  # CHEXOPS_STATIC_DIR
     environment: str = "development"        # CHEXOPS_ENVIRONMENT: staging | production | ... (a metrics label)
     track: str = "stable"                   # CHEXOPS_TRACK: stable | canary (a metrics label)
     faults: FaultSpec | None = None         # CHEXOPS_FAULT_INJECTION: tests of the canary analysis only; never production
@@ -104,7 +104,7 @@ class Settings:
 
     def authenticator(self, keys: dict[str, str]):
         """API keys with this configuration's rate limits (per key, per address, failures per address)."""
-        from .auth import Authenticator, RateLimiter
+        from chexops.serving.auth import Authenticator, RateLimiter
 
         return Authenticator(keys, RateLimiter(self.rate_per_minute, self.rate_burst),
                              RateLimiter(self.address_rate_per_minute, self.address_burst) if self.address_rate_per_minute else None,

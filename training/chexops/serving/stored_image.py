@@ -6,7 +6,7 @@ frame, tables and scans stay, every APPn but Adobe's colour-transform flag, COM 
 the end go). Nothing is decoded or re-encoded, so keeping it costs the service almost no CPU, and it
 reads back as exactly the pixels that were classified (the same intensity rule, `sBIT` included).
 
-Everything else is re-encoded from the decoded pixels as a 16-bit grey PNG (`chexops.imaging.to_png`),
+Everything else is re-encoded from the decoded pixels as a 16-bit grey PNG (`chexops.imaging.decode.to_png`),
 scaled down to the kept size: DICOM (its header is the identifier's home), a larger image, and a PNG
 or JPEG with EXIF (its orientation changes how the pixels read, and EXIF can carry names and dates).
 """
@@ -17,7 +17,7 @@ import struct
 
 import numpy as np
 
-from ..imaging import DecodedImage, to_png
+from chexops.imaging.decode import DecodedImage, to_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_KEPT = frozenset({b"IHDR", b"PLTE", b"tRNS", b"sBIT", b"IDAT", b"IEND"})

@@ -1,0 +1,280 @@
+"""`chexops infra ...`: Blazar leases and the Ansible inventory for the Chameleon deployment.
+
+Every command prints a short human summary, or with --json one JSON object on stdout; progress
+goes to stderr through `logging`. Errors are `ChexopsError` (exit 1: the operation failed, e.g. a
+reservation that is not active) or `UserInputError` (exit 2: a wrong name, a missing lease,
+rejected or expired credentials, a bad argument), which the main CLI prints without traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+from chexops.cli.output import Output, result_output
+from chexops.core.errors import UserInputError
+
+log = logging.getLogger("chexops.infra")
+
+DEFAULT_TFVARS = Path("terraform") / "reservations.auto.tfvars.json"
+DEFAULT_INVENTORY = Path("ansible") / "inventory" / "hosts.yml"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of the record (click's runner swaps it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ARG002 - the stream is always sys.stderr
+        pass
+
+
+def _setup_logging(verbose: bool) -> None:
+    chexops_logger = logging.getLogger("chexops")
+    if not logging.getLogger().handlers and not chexops_logger.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        chexops_logger.addHandler(handler)
+    if verbose or chexops_logger.level == logging.NOTSET:
+        chexops_logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _lease_lines(summary: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Lease {summary['name']} ({summary['id']}): {summary['status']}, "
+        f"{summary['start_date']} -> {summary['end_date']} UTC"
+    ]
+    for res in summary["reservations"]:
+        target = f" -> {k}" if (k := _tfvar_for(summary, res)) else ""
+        lines.append(f"  {res['resource_type']} reservation {res['id']}: {res['status']}{target}")
+    return lines
+
+
+def _tfvar_for(summary: dict[str, Any], res: dict[str, Any]) -> str | None:
+    value = res.get("flavor_id") or res.get("id")
+    for key, tf_value in summary["tfvars"].items():
+        if tf_value == value:
+            return key
+    return None
+
+
+cloud_option = click.option(
+    "--cloud",
+    envvar="OS_CLOUD",
+    show_envvar=True,
+    help="Entry of clouds.yaml to use (kvm_tacc for the CPU lease, chi_uc/chi_tacc for the GPU lease).",
+)
+tfvars_option = click.option(
+    "--tfvars",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_TFVARS,
+    show_default=True,
+    help="JSON tfvars file Terraform loads automatically; reservation ids are merged into it.",
+)
+
+
+@click.group("infra")
+@click.option("-v", "--verbose", is_flag=True, help="Log requests (DEBUG) to stderr.")
+def infra(verbose: bool) -> None:
+    """Chameleon infrastructure: Blazar leases and the Ansible inventory."""
+    _setup_logging(verbose)
+
+
+@infra.group("lease")
+def lease_group() -> None:
+    """Create, inspect, extend and delete the Blazar leases Terraform builds on."""
+
+
+def _blazar(cloud_name: str | None):
+    """Blazar of the named cloud, over its openstacksdk connection's session."""
+    from chexops.infra.clouds import connect
+    from chexops.infra.openstack import OpenStackClient
+
+    return OpenStackClient(connect(cloud_name), "reservation")
+
+
+@lease_group.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["kvm", "gpu"]), required=True, help="kvm: CPU flavor reservation on KVM@TACC; gpu: bare-metal host reservation on a CHI site.")
+@cloud_option
+@click.option("--flavor", default="m1.large", show_default=True, help="[kvm] Flavor to reserve (name or id).")
+@click.option("--node-type", default="gpu_rtx_6000", show_default=True, help="[gpu] Chameleon node type to reserve.")
+@click.option("--count", type=click.IntRange(1, 20), default=None, help="Instances (kvm, default 3) or hosts (gpu, default 1).")
+@click.option("--duration", default="24h", show_default=True, help="Length of the lease: 90m, 12h, 3d, 1d12h (at most 7d).")
+@click.option("--start", default="now", show_default=True, help="'now' or 'YYYY-MM-DD HH:MM' (UTC).")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the lease is ACTIVE.")
+@click.option("--timeout", type=click.FloatRange(1, 7200), default=1200, show_default=True, help="Seconds to wait for ACTIVE.")
+@click.option("--poll", type=click.FloatRange(0.01, 600), default=10, show_default=True, help="Seconds between status checks.")
+@click.option("--reuse/--no-reuse", default=True, show_default=True, help="Reuse a live lease of the same name instead of failing.")
+@tfvars_option
+@result_output
+def lease_create(
+    name: str,
+    role: str,
+    cloud: str | None,
+    flavor: str,
+    node_type: str,
+    count: int | None,
+    duration: str,
+    start: str,
+    wait: bool,
+    timeout: float,
+    poll: float,
+    reuse: bool,
+    tfvars: Path,
+) -> Output:
+    """Reserve the nodes of one ROLE under lease NAME and write its reservation id to TFVARS."""
+    from chexops.infra import lease as lease_mod
+
+    length = lease_mod.parse_duration(duration)
+    begin = None if start.strip().lower() == "now" else lease_mod.parse_user_date(start)
+    if begin is not None and begin < lease_mod.utcnow():
+        raise UserInputError(f"Start {start} UTC is in the past: use 'now' or a later time.")
+    if not tfvars.parent.is_dir():
+        raise UserInputError(f"Cannot write {tfvars}: {tfvars.parent} is not a directory (run from the repository root or pass --tfvars).")
+    blazar = _blazar(cloud)
+    if role == "kvm":
+        reservation = lease_mod.flavor_reservation(lease_mod.resolve_flavor(blazar.cloud, flavor), count or 3)
+    else:
+        reservation = lease_mod.host_reservation(node_type, count or 1)
+    leases = lease_mod.Leases(blazar)
+    lease, created = leases.create(name, reservation, length, start=begin, reuse=reuse)
+    summary = lease_mod.summarize(lease)
+    wanted_key = lease_mod.ROLES[role].tfvars_key
+    if wanted_key not in summary["tfvars"]:
+        raise UserInputError(
+            f"Lease '{name}' ({lease['id']}) holds no {lease_mod.ROLES[role].resource_type} reservation: "
+            "it was made for another role; choose another name."
+        )
+    lease_mod.update_tfvars(tfvars, {wanted_key: summary["tfvars"][wanted_key]})
+    if wait and not summary["active"]:
+        lease = leases.wait_active(lease["id"], timeout=timeout, poll=poll)
+        summary = lease_mod.summarize(lease)
+    elif not summary["active"]:
+        log.warning("Lease %s is %s: `terraform apply` fails until it is ACTIVE.", name, summary["status"])
+    payload = {"created": created, "tfvars_file": str(tfvars), "lease": summary}
+    lines = _lease_lines(summary) + [f"{'Created' if created else 'Reused'}; wrote {wanted_key} to {tfvars}."]
+    return Output(payload, "\n".join(lines))
+
+
+@lease_group.command("status")
+@click.argument("name_or_id")
+@cloud_option
+@click.option("--require-active", is_flag=True, help="Exit 1 unless the lease and all its reservations are active.")
+@result_output
+def lease_status(name_or_id: str, cloud: str | None, require_active: bool) -> Output:
+    """Show a lease, its reservations and the tfvars they feed."""
+    from chexops.infra import lease as lease_mod
+
+    blazar = _blazar(cloud)
+    lease = lease_mod.Leases(blazar).find(name_or_id)
+    summary = lease_mod.summarize(lease)
+    if require_active and not summary["active"]:
+        raise lease_mod.ReservationNotActive(lease_mod.not_active_message(lease))
+    return Output({"lease": summary}, "\n".join(_lease_lines(summary)))
+
+
+@lease_group.command("extend")
+@click.argument("name_or_id")
+@cloud_option
+@click.option("--by", "by", default=None, help="Add this much to the end: 12h, 1d ...")
+@click.option("--until", "until", default=None, help="New end, 'YYYY-MM-DD HH:MM' (UTC).")
+@result_output
+def lease_extend(name_or_id: str, cloud: str | None, by: str | None, until: str | None) -> Output:
+    """Move a lease's end later (Chameleon may refuse beyond its policy)."""
+    from chexops.infra import lease as lease_mod
+
+    if (by is None) == (until is None):
+        raise UserInputError("Give exactly one of --by DURATION or --until 'YYYY-MM-DD HH:MM'.")
+    delta = lease_mod.parse_duration(by) if by is not None else None
+    end = lease_mod.parse_user_date(until) if until is not None else None
+    blazar = _blazar(cloud)
+    leases = lease_mod.Leases(blazar)
+    lease = leases.find(name_or_id)
+    previous_end = lease.get("end_date")
+    updated = leases.extend(lease, by=delta, until=end)
+    summary = lease_mod.summarize(updated)
+    payload = {"previous_end_date": previous_end, "lease": summary}
+    return Output(payload, "\n".join(_lease_lines(summary) + [f"Extended from {previous_end} to {summary['end_date']} UTC."]))
+
+
+@lease_group.command("delete")
+@click.argument("name_or_id")
+@cloud_option
+@tfvars_option
+@result_output
+def lease_delete(name_or_id: str, cloud: str | None, tfvars: Path) -> Output:
+    """Delete a lease (its instances go with it) and forget its ids in TFVARS."""
+    from chexops.infra import lease as lease_mod
+
+    blazar = _blazar(cloud)
+    leases = lease_mod.Leases(blazar)
+    lease = leases.find(name_or_id)
+    summary = lease_mod.summarize(lease)
+    leases.delete(lease)
+    removed = lease_mod.forget_tfvars(tfvars, summary["tfvars"]) if tfvars.exists() else []
+    payload = {"deleted": summary["id"], "name": summary["name"], "tfvars_removed": removed, "tfvars_file": str(tfvars)}
+    lines = [f"Deleted lease {summary['name']} ({summary['id']})."]
+    if removed:
+        lines.append(f"Removed {', '.join(removed)} from {tfvars}.")
+    return Output(payload, "\n".join(lines))
+
+
+@infra.command("inventory")
+@click.option("--tf-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("terraform"), show_default=True, help="Terraform root to run `terraform output -json` in.")
+@click.option("--from-json", "from_json", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Read recorded `terraform output -json` from FILE ('-' for stdin) instead of running terraform.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_INVENTORY, show_default=True, help="Inventory file to write.")
+@result_output
+def inventory_cmd(tf_dir: Path, from_json: Path | None, output: Path) -> Output:
+    """Write the Ansible inventory from Terraform's outputs."""
+    from chexops.infra import inventory as inv
+
+    if from_json is not None and str(from_json) == "-":
+        try:
+            outputs = json.loads(sys.stdin.read())
+        except json.JSONDecodeError as exc:
+            raise UserInputError(f"stdin is not JSON (expected `terraform output -json`): {exc}") from exc
+    elif from_json is not None:
+        outputs = inv.load_outputs(from_json)
+    else:
+        outputs = inv.terraform_output(tf_dir)
+    inventory = inv.build_inventory(outputs)
+    inv.write_inventory(inventory, output)
+    summary = inv.summary(inventory)
+    payload = {"inventory": str(output), **summary}
+    lines = [f"Wrote {output}: {len(summary['hosts'])} hosts (bastion {summary['bastion_ip']})."]
+    lines += [f"  {group}: {', '.join(hosts) or '-'}" for group, hosts in summary["groups"].items()]
+    return Output(payload, "\n".join(lines))
+
+
+@infra.command("preflight")
+@click.option("--tf-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("terraform"), show_default=True,
+              help="Terraform root whose settings (variables.tf, terraform.tfvars, *.auto.tfvars*) are checked.")
+@result_output
+def preflight_cmd(tf_dir: Path) -> Output:
+    """Check on each cloud that what Terraform will ask for exists, before `terraform plan`."""
+    from chexops.infra.clouds import connect
+    from chexops.infra.preflight import run_checks, terraform_settings
+
+    results = run_checks(terraform_settings(tf_dir), connect)
+    missing = [r for r in results if not r.ok]
+    if missing:
+        raise UserInputError(
+            f"{len(missing)} of {len(results)} look-ups failed; fix these Terraform settings before "
+            "`terraform plan`:\n" + "\n".join(f"  - {r.setting}: {r.detail}" for r in missing)
+        )
+    lines = [f"ok  {r.cloud:<10} {r.kind:<17} {r.name} ({r.setting})" for r in results]
+    lines.append(f"All {len(results)} look-ups found what Terraform will ask for.")
+    return Output({"ok": True, "checks": [asdict(r) for r in results]}, "\n".join(lines))

@@ -1,0 +1,38 @@
+"""The one output path of every command: `@result_output` adds `--json`, keeps stdout for the result,
+writes the step's outputs (`$CHEXOPS_OUTPUTS`, for Argo) and prints the human summary otherwise."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import sys
+
+import click
+
+from chexops.core.console import Output, emit
+
+__all__ = ["Output", "result_output"]
+
+
+def result_output(func):
+    """Decorate a click command's function (below `@click.command`) that returns an `Output`.
+
+    While the command works, stdout goes to stderr, so that its result is all stdout holds whatever
+    libraries print (MLflow prints run links). The function gets `as_json` when it asks for it; an
+    `Output.refusal` is raised after the result is printed (a gate's exit 3 still reports why)."""
+    wants_json = "as_json" in inspect.signature(func).parameters
+
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+    @functools.wraps(func)
+    def wrapper(*args, as_json: bool = False, **kwargs):
+        stream = sys.stdout
+        with contextlib.redirect_stdout(sys.stderr):
+            out = func(*args, **kwargs, **({"as_json": as_json} if wants_json else {}))
+        if out is None:  # nothing to report (a non-zero rank under torchrun)
+            return
+        emit(out.result, as_json, out.human, stream)
+        if out.refusal is not None:
+            raise out.refusal
+
+    return wrapper

@@ -1,0 +1,130 @@
+"""`chexops triton export`: an exported model as a Triton Inference Server model repository.
+
+    chexops triton export --out DIR [--model chexops-cxr:v3 | --onnx model.onnx] [--precision fp32|int8]
+
+writes
+
+    DIR/NAME/1/model.onnx         the ONNX file (chexops metadata inside)
+    DIR/NAME/config.pbtxt         platform onnxruntime_onnx, CPU instances (works on any Triton)
+    DIR/NAME/configs/gpu.pbtxt    the GPU variant: `tritonserver --model-config-name=gpu`
+    DIR/NAME/labels.txt           one label per line (Triton's classification extension)
+
+Input/output names, data types and dims come from the ONNX file itself (a dynamic first dimension
+becomes Triton's batch dimension, with dynamic batching); the labels from its chexops metadata.
+The service's preprocessing (chexops.imaging.preprocessing, spec in the metadata) stays with the client:
+Triton receives the normalised C×H×W tensor, as `/infer` does. See bentos/README.md for running it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from chexops.core.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+DATA_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16", "tensor(double)": "TYPE_FP64",
+              "tensor(int64)": "TYPE_INT64", "tensor(int32)": "TYPE_INT32", "tensor(int8)": "TYPE_INT8",
+              "tensor(uint8)": "TYPE_UINT8", "tensor(bool)": "TYPE_BOOL"}
+CLASSIFIED_OUTPUT = "probabilities"
+
+
+def tensors(onnx_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]:
+    """The ONNX file's inputs and outputs ({name, data_type, shape}; a dynamic dim is -1) and its metadata."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors for a file it cannot load
+        raise UserInputError(f"{onnx_path} is not an ONNX model ONNX Runtime can load: {exc}") from None
+
+    def describe(args) -> list[dict[str, Any]]:
+        out = []
+        for arg in args:
+            if arg.type not in DATA_TYPES:
+                raise UserInputError(f"{onnx_path}: tensor {arg.name} has type {arg.type}, which Triton's config cannot name here.")
+            out.append({"name": arg.name, "data_type": DATA_TYPES[arg.type],
+                        "shape": [d if isinstance(d, int) and d > 0 else -1 for d in arg.shape]})
+        return out
+
+    return describe(session.get_inputs()), describe(session.get_outputs()), session.get_modelmeta().custom_metadata_map
+
+
+def _dims(values: list[int]) -> str:
+    return "[ " + ", ".join(str(v) for v in values) + " ]"
+
+
+def config_text(name: str, inputs: list[dict], outputs: list[dict], max_batch_size: int, kind: str, count: int,
+                threads: int, queue_delay_us: int, labels: bool) -> str:
+    """config.pbtxt (protobuf text format of inference.ModelConfig) for the ONNX Runtime backend."""
+    batched = max_batch_size > 0
+
+    def tensor(t: dict, is_output: bool) -> str:
+        dims = t["shape"][1:] if batched else t["shape"]
+        extra = '\n    label_filename: "labels.txt"' if is_output and labels and t["name"] == CLASSIFIED_OUTPUT else ""
+        return f'  {{\n    name: "{t["name"]}"\n    data_type: {t["data_type"]}\n    dims: {_dims(dims)}{extra}\n  }}'
+
+    lines = [f'name: "{name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {max_batch_size}",
+             "input [\n" + ",\n".join(tensor(t, False) for t in inputs) + "\n]",
+             "output [\n" + ",\n".join(tensor(t, True) for t in outputs) + "\n]"]
+    if batched:
+        preferred = [b for b in (4, 8, 16, 32) if b <= max_batch_size]
+        lines.append(f"dynamic_batching {{\n  preferred_batch_size: {_dims(preferred)}\n"
+                     f"  max_queue_delay_microseconds: {queue_delay_us}\n}}")
+    lines.append(f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}\n  }}\n]")
+    if kind == "KIND_CPU":  # the ONNX Runtime backend's own thread settings (as the service's CHEXOPS_THREADS)
+        lines.append('parameters [\n  {\n    key: "intra_op_thread_count"\n    value: { string_value: "%d" }\n  },\n'
+                     '  {\n    key: "inter_op_thread_count"\n    value: { string_value: "1" }\n  }\n]' % threads)
+    return "\n".join(lines) + "\n"
+
+
+def write_repository(onnx_path: Path, out: Path, name: str = "", max_batch_size: int = 64, cpu_instances: int = 1,
+                     gpu_instances: int = 1, threads: int = 2, queue_delay_us: int = 2000, overwrite: bool = False) -> dict[str, Any]:
+    """A Triton model repository for one ONNX file; returns what was written."""
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise UserInputError(f"no ONNX file at {onnx_path}.")
+    inputs, outputs, meta = tensors(onnx_path)
+    name = name or meta.get("model_name") or onnx_path.stem
+    labels = json.loads(meta["labels"]) if meta.get("labels") else []
+    dynamic_batch = all(t["shape"] and t["shape"][0] == -1 for t in inputs + outputs)
+    if max_batch_size and not dynamic_batch:
+        log.warning("%s has a fixed first dimension: no Triton batching (max_batch_size 0)", onnx_path)
+        max_batch_size = 0
+    model_dir = out / name
+    if model_dir.exists():
+        if not overwrite:
+            raise UserInputError(f"{model_dir} exists: choose another --out or --name, or pass --overwrite.")
+        shutil.rmtree(model_dir)
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "configs").mkdir()
+    shutil.copyfile(onnx_path, model_dir / "1" / "model.onnx")
+    has_labels = bool(labels) and any(t["name"] == CLASSIFIED_OUTPUT for t in outputs)
+    if has_labels:
+        (model_dir / "labels.txt").write_text("\n".join(labels) + "\n")
+    common = dict(name=name, inputs=inputs, outputs=outputs, max_batch_size=max_batch_size, threads=threads,
+                  queue_delay_us=queue_delay_us, labels=has_labels)
+    (model_dir / "config.pbtxt").write_text(config_text(kind="KIND_CPU", count=cpu_instances, **common))
+    (model_dir / "configs" / "gpu.pbtxt").write_text(config_text(kind="KIND_GPU", count=gpu_instances, **common))
+    log.info("Wrote the Triton model %s to %s (inputs %s, outputs %s, max batch %d)", name, model_dir,
+             [t["name"] for t in inputs], [t["name"] for t in outputs], max_batch_size)
+    return {"repository": str(out), "model": name, "dir": str(model_dir), "onnx": str(onnx_path),
+            "max_batch_size": max_batch_size, "inputs": inputs, "outputs": outputs, "labels": len(labels),
+            "configs": {"cpu": str(model_dir / "config.pbtxt"), "gpu": str(model_dir / "configs" / "gpu.pbtxt")},
+            "preprocessing": json.loads(meta["preprocessing"]) if meta.get("preprocessing") else None}
+
+
+def bento_model_file(reference: str, precision: str) -> Path:
+    """The ONNX file for `precision` of the Bento model `chexops serve` would serve for `reference` (a
+    registry reference or an exact Bento tag, resolved and checked the same way)."""
+    from chexops.export.bento import serving_tag
+    from chexops.export.files import FILES
+
+    tag = serving_tag(reference)["tag"]
+    import bentoml
+
+    return Path(bentoml.models.get(tag).path_of(FILES[precision]))
