@@ -28,7 +28,7 @@ from chexops.evaluation.run import (
 from chexops.evaluation.records import index
 from chexops.core.labels import CHEXPERT_LABELS, META_COLUMNS
 from chexops.imaging.preprocessing import PreprocessSpec, load_image, preprocess
-from chexops.registry.refs import parse_run_ref
+from chexops.train.checkpoint import parse_run_ref
 from mlflow_fixtures import chexops, chexops_json, synth_dataset, train_run, write_config
 
 SLICES = {"Sex=Female", "Sex=Male", "Age=<40", "Age=40-59", "Age=60-79", "Age=>=80", "AP/PA=AP", "AP/PA=PA",

@@ -51,7 +51,7 @@ from chexops.data.sources import holdout_splits
 from chexops.core.errors import ConfigError, DataError, UserInputError
 from chexops.evaluation.records import EVAL_DIR, artifact_path, index_entry, new_id
 from chexops.core.labels import META_COLUMNS, metric_key
-from chexops.registry.refs import parse_run_ref
+from chexops.train.checkpoint import parse_run_ref
 from chexops.tracking import download, get_run, mlflow_client
 
 log = logging.getLogger(__name__)

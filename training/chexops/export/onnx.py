@@ -373,11 +373,12 @@ def _record(ref, out: Path, result: dict[str, Any]) -> dict[str, str]:
     """The ONNX files and report into the training run (`export/`; `export-unevaluated/` for an
     --unevaluated export, so it never shadows the approved one); their URIs and sha256 as run tags,
     and as registry version tags for an approved export."""
-    from chexops.registry import refs as model_ref
     from chexops.core.files import sha256_file
 
     folder = "export" if result["evaluated"] else "export-unevaluated"
-    c = model_ref.client()
+    from chexops.tracking import mlflow_client
+
+    c = mlflow_client()
     for f in (FP32_FILE, INT8_FILE, "report.json"):
         c.log_artifact(ref.run_id, str(out / f), folder)
     uris = {"fp32": f"runs:/{ref.run_id}/{folder}/{FP32_FILE}", "int8": f"runs:/{ref.run_id}/{folder}/{INT8_FILE}",

@@ -4,8 +4,7 @@ training run and its checkpoint through MLflow (registry alias → version → r
 Every failure to resolve is the user's input (`UserInputError`, exit 2): a model, alias, version
 or run that does not exist, or a run without a `checkpoint/model.pt` artifact.
 
-The one home of the registered model's default name, the checkpoint's artifact path and the
-run-reference parser (`parse_run_ref`, also used by `chexops evaluate` and `chexops register`).
+Run references are parsed by `chexops.train.checkpoint.parse_run_ref` (`chexops evaluate` uses it too).
 """
 
 from __future__ import annotations
@@ -20,7 +19,8 @@ from typing import Any
 from chexops.core import paths
 from chexops.core.errors import UserInputError
 from chexops.core.names import DEFAULT_MODEL_NAME
-from chexops.train.checkpoint import CHECKPOINT_FILE, CHECKPOINT_PATH
+from chexops.tracking import mlflow_client
+from chexops.train.checkpoint import CHECKPOINT_FILE, CHECKPOINT_PATH, parse_run_ref
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +32,6 @@ def is_registry_ref(uri: str) -> bool:
     return bool(_MODELS.match(uri.strip()))
 
 
-def parse_run_ref(ref: str) -> tuple[str, str]:
-    """`RUN_ID` or `runs:/RUN_ID[/path]` → (run id, checkpoint artifact path; `checkpoint/model.pt` by default)."""
-    ref = ref.strip()
-    artifact = CHECKPOINT_PATH
-    if ref.startswith("runs:/"):
-        run_id, _, rest = ref[len("runs:/"):].strip("/").partition("/")
-        if rest:
-            artifact = rest if rest.endswith(".pt") else rest.rstrip("/") + "/" + CHECKPOINT_FILE
-    else:
-        run_id = ref
-    if not run_id or not run_id.isalnum():
-        raise UserInputError(f"{ref!r} is neither a run id nor a runs:/RUN_ID/... URI.")
-    return run_id, artifact
 
 
 @dataclass(frozen=True)
@@ -83,15 +70,6 @@ class ModelRef:
         return f"registry version {self.version} of {self.name!r} failed the gate ({', '.join(failed)})" if failed else ""
 
 
-def client():
-    """An MlflowClient on chexops' tracking store (`MLFLOW_TRACKING_URI` or SQLite under `$CHEXOPS_HOME`)."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    mlflow.set_tracking_uri(paths.default_tracking_uri())
-    return MlflowClient()
-
-
 def _missing(exc: Exception) -> bool:
     code = getattr(exc, "error_code", "")
     return code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND") or "not found" in str(exc).lower()
@@ -101,7 +79,7 @@ def resolve(uri: str, default_name: str = DEFAULT_MODEL_NAME) -> ModelRef:
     """`models:/NAME@ALIAS`, `models:/NAME/VERSION` or `runs:/RUN_ID[/checkpoint[/model.pt]]` → a `ModelRef`."""
     from mlflow.exceptions import MlflowException
 
-    c = client()
+    c = mlflow_client()
     m = _MODELS.match(uri)
     if m:
         name, alias, version = m["name"], m["alias"], m["version"]
@@ -189,7 +167,7 @@ def thresholds(ref: ModelRef, labels: list[str], dst: Path) -> tuple[dict[str, f
     (rule `default-0.5`), with a warning, when the run has not been evaluated."""
     from chexops.evaluation import records as evaluations
 
-    judged = evaluations.judged(client(), ref.run_id, ref.version_tags)
+    judged = evaluations.judged(mlflow_client(), ref.run_id, ref.version_tags)
     path = download(ref, evaluations.artifact_path(judged, "thresholds.json"), dst, required=False) if judged else None
     if path is None:
         log.warning("%s: run %s has no evaluation/thresholds.json (run chexops evaluate first); using 0.5 for every label.",

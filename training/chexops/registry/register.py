@@ -19,7 +19,7 @@ from chexops.evaluation.gate import GateConfig, judge, passed
 from chexops.core.labels import metric_key
 from chexops.train.checkpoint import CHECKPOINT_DIR, CHECKPOINT_PATH
 from chexops.core.names import DEFAULT_MODEL_NAME
-from chexops.registry.refs import parse_run_ref
+from chexops.train.checkpoint import parse_run_ref
 from chexops.tracking import download, get_run, mlflow_client
 
 log = logging.getLogger(__name__)

@@ -1,16 +1,19 @@
-"""The training checkpoint: its format, its artifact path in a run, a safe load (weights only, no pickle)."""
+"""The training checkpoint: its format, its artifact path in a run, a safe load (weights only, no pickle).
+
+torch is imported where a checkpoint is written or read, so that the constants and `parse_run_ref` cost nothing."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from chexops.config import Config
 from chexops.core.errors import UserInputError
 from chexops.core.files import atomic_write
+
+if TYPE_CHECKING:
+    import torch
 
 
 CHECKPOINT_FORMAT = 2  # tensors plus a JSON string: loadable with torch.load(weights_only=True)
@@ -21,6 +24,8 @@ READABLE_FORMATS = (1, 2)  # format 1 held the same fields as plain containers
 
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save through a temporary file and a rename: a kill never leaves half a checkpoint."""
+    import torch
+
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -41,6 +46,8 @@ def model_payload(model: torch.nn.Module, config: Config, labels: list[str], ext
 def safe_load(path: str | Path) -> Any:
     """`torch.load` with `weights_only=True`: tensors and plain containers only, never a pickle that
     runs code (raises `pickle.UnpicklingError` for one)."""
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -77,3 +84,18 @@ CHECKPOINT_DIR, CHECKPOINT_FILE = "checkpoint", "model.pt"
 
 
 CHECKPOINT_PATH = f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}"
+
+
+def parse_run_ref(ref: str) -> tuple[str, str]:
+    """`RUN_ID` or `runs:/RUN_ID[/path]` → (run id, checkpoint artifact path; `checkpoint/model.pt` by default)."""
+    ref = ref.strip()
+    artifact = CHECKPOINT_PATH
+    if ref.startswith("runs:/"):
+        run_id, _, rest = ref[len("runs:/"):].strip("/").partition("/")
+        if rest:
+            artifact = rest if rest.endswith(".pt") else rest.rstrip("/") + "/" + CHECKPOINT_FILE
+    else:
+        run_id = ref
+    if not run_id or not run_id.isalnum():
+        raise UserInputError(f"{ref!r} is neither a run id nor a runs:/RUN_ID/... URI.")
+    return run_id, artifact
