@@ -1,5 +1,6 @@
-
-
+"""Benchmark scripts (`python -m chexops.benchmarks.NAME`), whose numbers go into docs/benchmarks.md.
+May import every stage below the CLI.
+"""
 
 def timed_calls(once, runs: int, warmup: int) -> list[float]:
     """Seconds of each of `runs` sequential calls of `once`, after `warmup` untimed ones."""

@@ -1,1 +1,3 @@
-"""chexops.core."""
+"""Foundations every stage shares: errors and exit codes, paths, atomic files, processes, console output,
+labels, names, triage. Imports nothing of chexops; no torch, MLflow or click.
+"""
