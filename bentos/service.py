@@ -25,7 +25,6 @@ from chexops.export.files import FILES
 from chexops.serving import providers
 from chexops.imaging.drift import DriftMonitor
 from chexops.serving.app import InternalOnly, create_app
-from chexops.serving.auth import load_keys
 from chexops.feedback.store import FeedbackStore, Unavailable
 from chexops.serving.inference import OnnxModel
 from chexops.serving.bentoml_fixes import cancel_traffic_timers
@@ -35,7 +34,7 @@ from chexops.serving.settings import Settings
 
 cancel_traffic_timers()  # BentoML's request timeout kept every request's context alive for 60 s
 SETTINGS = Settings.from_env()
-PROVIDERS = providers.from_env()  # CHEXOPS_PROVIDERS: ONNX Runtime execution providers (default CPU)
+PROVIDERS = providers.available(SETTINGS.execution_providers())  # those this ONNX Runtime build has
 INTERNAL_TOKEN = secrets.token_urlsafe(24)
 app = create_app(SETTINGS)
 log = logging.getLogger("chexops.serving")
@@ -53,11 +52,11 @@ class Chexops:
         self.model = OnnxModel.load(self.bento_model.path_of(FILES[SETTINGS.precision]), threads=SETTINGS.threads,
                                     providers=PROVIDERS)
         self.limits = SETTINGS.image_limits()
-        self.auth = SETTINGS.authenticator(load_keys())
+        self.auth = SETTINGS.authenticator()
         self.store = FeedbackStore(SETTINGS.feedback_location())
         self.metrics = ServiceMetrics(self.model.name, self.model.version, self.model.precision, self.model.run_id,
                                       environment=SETTINGS.environment, track=SETTINGS.track)
-        self.drift = DriftMonitor.for_model(self.model)
+        self.drift = DriftMonitor.for_model(self.model, SETTINGS.drift_window, SETTINGS.drift_min_images)
         try:
             self.metrics.set_agreement(self.store.agreement())
         except Unavailable:

@@ -3,21 +3,24 @@ the input statistics are on /metrics; the alert rule passes promtool (check and 
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from clinic_fixtures import DRIFT_WINDOW as WINDOW
 from clinic_fixtures import clinic, clinic_data, clinic_model  # noqa: F401  (pytest fixtures)
 from service_fixtures import API_KEY, ROOT
+from chexops.imaging.drift import ALERT_PSI
 from chexops.loop.simulate import SimulateConfig, simulate
 
 RULES = ROOT / "k8s" / "monitoring" / "rules" / "drift.yaml"
 RULES_TEST = ROOT / "k8s" / "monitoring" / "rules" / "drift.test.yaml"
-LOW = 0.15  # well below the alert's 0.25: with 40 images the PSI's own noise is up to (10 - 1) / 40 ≈ 0.2 over 10 full bins
+LOW = 0.15  # well below ALERT_PSI: with 40 images the PSI's own noise is up to (10 - 1) / 40 ≈ 0.2 over 10 full bins
 
 
 @pytest.fixture
@@ -65,8 +68,8 @@ def test_in_distribution_traffic_scores_low_and_inputs_are_described(drift_servi
 @pytest.mark.parametrize("shift", ["invert", "scale:0.4"])
 def test_shifted_traffic_scores_high(drift_service, clinic_data, tmp_path, shift):
     send(drift_service.url, clinic_data, tmp_path, shift)
-    assert drift_score(drift_service.url, "intensity") > 0.25
-    assert drift_score(drift_service.url) > 0.25
+    assert drift_score(drift_service.url, "intensity") > ALERT_PSI
+    assert drift_score(drift_service.url) > ALERT_PSI
     send(drift_service.url, clinic_data, tmp_path / "back", "none")  # the clinic recovers: the window forgets
     assert drift_score(drift_service.url) < LOW
 
@@ -79,3 +82,13 @@ def test_alert_rule_is_valid_and_fires_on_sustained_drift():
     assert check.returncode == 0, check.stdout + check.stderr
     test = subprocess.run([promtool, "test", "rules", str(RULES_TEST)], capture_output=True, text=True, cwd=RULES_TEST.parent)
     assert test.returncode == 0, test.stdout + test.stderr
+
+
+def test_the_alert_fires_above_alert_psi():
+    """ALERT_PSI is the one home of the significant-drift level: the alert rule (and its text) say the same."""
+    rule = next(r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]
+                if r.get("alert") == "ChexopsInputDrift")
+    threshold = re.fullmatch(r'.*chexops_drift_score\{component="overall"\}\) > ([0-9.]+)', rule["expr"].strip())
+    assert threshold is not None, rule["expr"]
+    assert float(threshold.group(1)) == ALERT_PSI
+    assert f"above {ALERT_PSI:g} for" in rule["annotations"]["description"]

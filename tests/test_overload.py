@@ -16,6 +16,7 @@ import pytest
 from chexops.benchmarks.flood import flood
 from chexops.core.errors import ConfigError
 from chexops.serving.admission import AdmissionLimits, Gate, Overloaded
+from chexops.serving.settings import Settings
 from service_fixtures import served_model, start_service  # noqa: F401  (pytest fixtures)
 from test_service import SYNTHETIC
 
@@ -104,13 +105,16 @@ def test_gate_refuses_at_once_what_would_time_out_in_the_queue():
 
 
 def test_admission_settings(monkeypatch):
-    assert AdmissionLimits.from_env() == AdmissionLimits(2, 16, 500)
-    monkeypatch.setenv("CHEXOPS_MAX_INFLIGHT", "2")
+    for name in ("CHEXOPS_MAX_INFLIGHT", "CHEXOPS_MAX_QUEUE", "CHEXOPS_QUEUE_TIMEOUT_MS"):
+        monkeypatch.delenv(name, raising=False)
+    assert Settings.from_env().admission_limits() == AdmissionLimits(2, 16, 500)
+    monkeypatch.setenv("CHEXOPS_MAX_INFLIGHT", "3")
     monkeypatch.setenv("CHEXOPS_MAX_QUEUE", "0")
-    assert AdmissionLimits.from_env() == AdmissionLimits(2, 0, 500)
+    monkeypatch.setenv("CHEXOPS_QUEUE_TIMEOUT_MS", "250")
+    assert Settings.from_env().admission_limits() == AdmissionLimits(3, 0, 250)
     monkeypatch.setenv("CHEXOPS_MAX_INFLIGHT", "0")
-    with pytest.raises(ConfigError, match="CHEXOPS_MAX_INFLIGHT"):
-        AdmissionLimits.from_env()
+    with pytest.raises(ConfigError, match="CHEXOPS_MAX_INFLIGHT must be at least 1, got 0"):
+        Settings.from_env()
 
 
 def test_bentoml_request_timeout_keeps_no_timer_after_the_request():

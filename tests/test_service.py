@@ -596,11 +596,11 @@ def test_keys_and_rate_limiter(tmp_path):
 
     keyfile = tmp_path / "keys"
     keyfile.write_text("# clinics\nnorth:north-key-123\nsouth:south-key-456\n")
-    keys = load_keys({"CHEXOPS_API_KEYS": "east:east-key-789", "CHEXOPS_API_KEYS_FILE": str(keyfile)})
+    keys = load_keys("east:east-key-789", str(keyfile))
     assert keys == {"east-key-789": "east", "north-key-123": "north", "south-key-456": "south"}
-    for bad in ({}, {"CHEXOPS_API_KEYS": "nokey"}, {"CHEXOPS_API_KEYS": "a:short"}, {"CHEXOPS_API_KEYS_FILE": str(tmp_path / "none")}):
+    for bad in (("", ""), ("nokey", ""), ("a:short", ""), ("", str(tmp_path / "none"))):
         with pytest.raises(ConfigError):
-            load_keys(bad)
+            load_keys(*bad)
     now = [0.0]
     auth = Authenticator(keys, RateLimiter(per_minute=60, burst=2, clock=lambda: now[0]))
     assert auth.clinic("Bearer north-key-123") == "north"
@@ -665,11 +665,16 @@ def test_failed_authentication_is_limited_per_address():
 
 
 def test_serving_off_loopback_needs_configured_keys(tmp_path):
+    from chexops.core.errors import ConfigError
     from chexops.serving.auth import is_loopback, require_keys_off_loopback
 
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1")
-    require_keys_off_loopback("0.0.0.0", {"CHEXOPS_API_KEYS": "north:north-key-123"})
+    require_keys_off_loopback("0.0.0.0", "north:north-key-123", "")
+    require_keys_off_loopback("0.0.0.0", "", "/run/secrets/keys")
+    require_keys_off_loopback("127.0.0.1", "", "")
+    with pytest.raises(ConfigError, match="without API keys"):
+        require_keys_off_loopback("0.0.0.0", " ", "")
     env = child_env(tmp_path)
     result = subprocess.run([sys.executable, "-m", "chexops", "serve", "--host", "0.0.0.0", "--port", str(free_port()),
                              "--model", "chexops-cxr:v1"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)

@@ -8,13 +8,13 @@ for the training images the model was calibrated on:
 - each finding's predicted-probability distribution, in ten bins of width 0.1 (fixed: a model whose
   probabilities barely vary would make quantile bins split hairs).
 
-A service's `DriftMonitor` keeps the last `window` images (CHEXOPS_DRIFT_WINDOW, default 200) and,
-once it has `min_images` (CHEXOPS_DRIFT_MIN_IMAGES, default 30), scores them against the reference
-with the population stability index, PSI = Σ (a − e)·ln(a / e) over the bins (e: reference share,
-a: window share). The rule of thumb: below 0.1 no shift, 0.1–0.25 a moderate one, above 0.25 a
-significant one (`k8s/monitoring/rules/drift.yaml` alerts there). Quantile bins make the score of a
-same-distribution sample about (bins − 1) / n: with the defaults ≈0.05 for intensities; for
-predictions at most that (fewer occupied bins, fewer degrees of freedom).
+A service's `DriftMonitor` keeps the last `window` images (the service's CHEXOPS_DRIFT_WINDOW) and,
+once it has `min_images` (CHEXOPS_DRIFT_MIN_IMAGES), scores them against the reference with the
+population stability index, PSI = Σ (a − e)·ln(a / e) over the bins (e: reference share, a: window
+share). The rule of thumb: below 0.1 no shift, 0.1–0.25 a moderate one, above that (`ALERT_PSI`) a
+significant one (`k8s/monitoring/rules/drift.yaml` alerts there; tests/test_drift.py keeps the two
+equal). Quantile bins make the score of a same-distribution sample about (bins − 1) / n: with 200
+images ≈0.05 for intensities; for predictions at most that (fewer occupied bins, fewer degrees of freedom).
 
 Prometheus series (beside the service's own, `chexops.serving.metrics`, whose
 `chexops_finding_probability` histogram is the prediction distribution):
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import deque
 from typing import Any
 
@@ -47,7 +46,7 @@ REFERENCE_KEY = "drift_reference"
 INTENSITY_BINS = 10
 PROBABILITY_EDGES = [round(0.1 * i, 1) for i in range(1, 10)]  # ten bins of width 0.1
 EPS = 1e-4
-ALERT_PSI = 0.25
+ALERT_PSI = 0.25  # a significant shift: the alert's threshold in k8s/monitoring/rules/drift.yaml
 
 
 def grey_inputs(x: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -96,8 +95,8 @@ class DriftMonitor:
     `observe` is called once per decoded image (cheap: one histogram of the model input). Without a
     reference in the model's metadata the input statistics are still exported; the score is not."""
 
-    def __init__(self, ref: dict[str, Any] | None, spec: PreprocessSpec, labels: list[str], window: int = 200,
-                 min_images: int = 30, metrics: bool = True):
+    def __init__(self, ref: dict[str, Any] | None, spec: PreprocessSpec, labels: list[str], window: int,
+                 min_images: int, metrics: bool = True):
         self.ref, self.spec, self.labels = ref, spec, labels
         self.min_images = min_images
         self.window: deque[tuple[np.ndarray, dict[str, np.ndarray]]] = deque(maxlen=window)
@@ -109,15 +108,14 @@ class DriftMonitor:
             self.p_labels = [label for label in labels if label in ref["predictions"]]
 
     @classmethod
-    def for_model(cls, model) -> "DriftMonitor":
-        """From a `chexops.serving.inference.OnnxModel`: its metadata's reference, the window from the environment."""
+    def for_model(cls, model, window: int, min_images: int) -> "DriftMonitor":
+        """From a `chexops.serving.inference.OnnxModel`: its metadata's reference; the last `window` images,
+        scored once there are `min_images` (at most the window)."""
         raw = model.session.get_modelmeta().custom_metadata_map.get(REFERENCE_KEY)
         ref = json.loads(raw) if raw else None
         if ref is None:
             log.warning("the model has no drift reference in its metadata (exported before drift monitoring): "
                         "input statistics are exported, the drift score is not")
-        window = int(os.environ.get("CHEXOPS_DRIFT_WINDOW", "200") or 200)
-        min_images = int(os.environ.get("CHEXOPS_DRIFT_MIN_IMAGES", "30") or 30)
         return cls(ref, model.spec, model.labels, window=max(1, window), min_images=max(1, min(min_images, window)))
 
     def observe(self, x: np.ndarray, probabilities: np.ndarray, info: dict[str, Any]) -> None:

@@ -133,7 +133,7 @@ def clinic_feedback(model_run: str, thresholds: dict[str, float], data: dict[str
             upload = path.read_bytes()
             decoded = decode(upload)
             store.add_prediction(request_id, "clinic-sim", "chexops-loop", "base", findings, priority(findings), decoded.info)
-            store.set_image(request_id, kept_image(upload, decoded, Settings.stored_image_side))
+            store.set_image(request_id, kept_image(upload, decoded, Settings.model_fields["stored_image_side"].default))
             flips = rng.random(len(labels))
             read = {label: int(1 - v if flips[j] < setup.error_rate else v)
                     for j, (label, v) in enumerate(zip(labels, truth)) if v in (0, 1)}

@@ -7,13 +7,8 @@ in the queue and the recent service time, is longer is not queued). Everything e
 `503 {"error": ...}` and a `Retry-After` (seconds, from the recent service time and the queue's
 length), without keeping its body: memory and latency stay bounded however many clients arrive, and
 an admitted request waits at most the timeout before it starts. (Per-key rate limits are the 429s of
-`chexops.serving.auth`; this is the service's own capacity.)
-
-| variable | default | |
-|---|---|---|
-| `CHEXOPS_MAX_INFLIGHT` | 2 | requests on /predict and /explain processed at once (about cores / CHEXOPS_THREADS) |
-| `CHEXOPS_MAX_QUEUE` | 16 | more that may wait for a slot (0: refuse as soon as all slots are busy) |
-| `CHEXOPS_QUEUE_TIMEOUT_MS` | 500 | the longest a request waits for a slot before its 503 |
+`chexops.serving.auth`; this is the service's own capacity.) The limits are `CHEXOPS_MAX_INFLIGHT`,
+`CHEXOPS_MAX_QUEUE` and `CHEXOPS_QUEUE_TIMEOUT_MS` (`chexops.serving.settings`, `Settings.admission_limits`).
 """
 
 from __future__ import annotations
@@ -21,14 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
 from starlette.responses import JSONResponse
-
-from chexops.core.errors import ConfigError
 
 log = logging.getLogger("chexops.serving")
 
@@ -37,23 +29,9 @@ GUARDED = ("/predict", "/explain")
 
 @dataclass(frozen=True)
 class AdmissionLimits:
-    max_inflight: int = 2
-    max_queue: int = 16
-    queue_timeout_ms: int = 500
-
-    @classmethod
-    def from_env(cls) -> "AdmissionLimits":
-        def whole(name: str, default: int, low: int) -> int:
-            raw = os.environ.get(name, "").strip()
-            if not raw:
-                return default
-            if not raw.isdigit() or int(raw) < low:
-                raise ConfigError(f"{name} must be a whole number of at least {low}, got {raw!r}.")
-            return int(raw)
-
-        return cls(max_inflight=whole("CHEXOPS_MAX_INFLIGHT", cls.max_inflight, 1),
-                   max_queue=whole("CHEXOPS_MAX_QUEUE", cls.max_queue, 0),
-                   queue_timeout_ms=whole("CHEXOPS_QUEUE_TIMEOUT_MS", cls.queue_timeout_ms, 1))
+    max_inflight: int
+    max_queue: int
+    queue_timeout_ms: int
 
 
 class Overloaded(Exception):

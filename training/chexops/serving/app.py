@@ -38,7 +38,7 @@ from starlette.staticfiles import StaticFiles
 
 from chexops.imaging.decode import ImageInputError, decode
 from chexops.serving import openapi
-from chexops.serving.admission import Admission, AdmissionLimits
+from chexops.serving.admission import Admission
 from chexops.serving.auth import AuthError
 from chexops.serving.faults import FaultInjection
 from chexops.feedback.store import Conflict, NotFound, Unavailable, WrongClinic
@@ -360,7 +360,7 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.settings = settings
     app.state.backend = None
-    app.add_middleware(Admission, limits=AdmissionLimits.from_env(),  # bounded work in flight: 503 + Retry-After beyond
+    app.add_middleware(Admission, limits=settings.admission_limits(),  # bounded work in flight (503 + Retry-After)
                        on_refuse=lambda path: app.state.backend and app.state.backend.metrics.rejected.labels(reason="overload").inc())
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + MULTIPART_SLACK)
     if settings.faults is not None:  # tests of the canary analysis only (refused in production)

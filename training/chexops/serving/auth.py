@@ -3,8 +3,8 @@ client address, and a limit on failed authentications per client address.
 
 Keys come from `CHEXOPS_API_KEYS` (`clinic:key,clinic2:key2`) or a mounted file named by
 `CHEXOPS_API_KEYS_FILE` (the same pairs, one per line or comma-separated; `#` starts a comment), a
-Kubernetes Secret's natural form. Both may be given; their keys are merged. Keys are compared in
-constant time and never logged; only the clinic name is.
+Kubernetes Secret's natural form; `chexops.serving.settings` reads both. Both may be given; their keys
+are merged. Keys are compared in constant time and never logged; only the clinic name is.
 
 A client address that failed authentication `auth_failures` times in a row (refilled at that many per
 minute) is answered 429 with Retry-After before its key is even looked at, so guessing keys is
@@ -18,7 +18,6 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import math
-import os
 import socket
 import threading
 import time
@@ -57,19 +56,19 @@ def is_loopback(host: str) -> bool:
     return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
-def require_keys_off_loopback(host: str, environ: dict[str, str] | None = None) -> None:
-    """`ConfigError` (exit 2) when serving on a non-loopback address without configured API keys: the
-    development key that `chexops serve` would fall back on is published in this repository."""
-    env = os.environ if environ is None else environ
-    if not is_loopback(host) and not env.get("CHEXOPS_API_KEYS", "").strip() and not env.get("CHEXOPS_API_KEYS_FILE", "").strip():
+def require_keys_off_loopback(host: str, api_keys: str, api_keys_file: str) -> None:
+    """`ConfigError` (exit 2) when serving on a non-loopback address without configured API keys
+    (`CHEXOPS_API_KEYS`, `CHEXOPS_API_KEYS_FILE`): the development key that `chexops serve` would fall
+    back on is published in this repository."""
+    if not is_loopback(host) and not api_keys.strip() and not api_keys_file.strip():
         raise ConfigError(f"refusing to serve on {host} without API keys: the development key is public. Set "
                           "CHEXOPS_API_KEYS=clinic:key[,clinic2:key2] or CHEXOPS_API_KEYS_FILE, or serve on 127.0.0.1.")
 
 
-def load_keys(environ: dict[str, str] | None = None) -> dict[str, str]:
-    env = os.environ if environ is None else environ
-    keys = parse_keys(env.get("CHEXOPS_API_KEYS", ""), "CHEXOPS_API_KEYS")
-    file = env.get("CHEXOPS_API_KEYS_FILE", "").strip()
+def load_keys(api_keys: str, api_keys_file: str) -> dict[str, str]:
+    """{key: clinic} of `CHEXOPS_API_KEYS` (the pairs) and `CHEXOPS_API_KEYS_FILE` (a file of them), merged."""
+    keys = parse_keys(api_keys, "CHEXOPS_API_KEYS")
+    file = api_keys_file.strip()
     if file:
         try:
             keys.update(parse_keys(Path(file).read_text(), f"CHEXOPS_API_KEYS_FILE {file}"))

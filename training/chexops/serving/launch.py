@@ -19,8 +19,7 @@ from typing import Any, Callable
 
 from chexops.core import paths
 from chexops.core.errors import ChexopsError
-from chexops.serving import providers
-from chexops.serving.settings import DEFAULT_MODEL, DEV_KEYS
+from chexops.serving.settings import DEV_KEYS, Settings
 from chexops.serving.auth import require_keys_off_loopback
 from chexops.core.processes import die_with_parent
 
@@ -54,10 +53,10 @@ def serve(port: int, host: str, model: str | None, precision: str | None, thread
     """Run `bentoml serve` until it ends; it dies with this process (PR_SET_PDEATHSIG), its worker with it
     (chexops.core.processes). `resolve` turns `CHEXOPS_MODEL` (a registry reference by default) into the
     exact, checked Bento model (exit 2 otherwise). Off loopback, configured API keys are required (exit 2 otherwise)."""
-    require_keys_off_loopback(host)
+    settings = Settings.from_env()  # a bad CHEXOPS_* value is exit 2 here, not a traceback in the worker
+    require_keys_off_loopback(host, settings.api_keys.get_secret_value(), settings.api_keys_file)
     env = serve_env(model, precision, threads)
-    providers.parse(env.get("CHEXOPS_PROVIDERS", ""))  # a typo is exit 2 here, not a traceback in the worker
-    served = resolve(env.get("CHEXOPS_MODEL") or DEFAULT_MODEL)
+    served = resolve(model or settings.model_tag)
     resolved = served["tag"]
     env["CHEXOPS_MODEL"] = resolved  # pin what was checked: the service loads exactly this tag
     env["CHEXOPS_MODEL_REF"] = served["reference"]
@@ -67,7 +66,7 @@ def serve(port: int, host: str, model: str | None, precision: str | None, thread
     if development:
         cmd.append("--development")
     log.info("Serving %s = Bento model %s (%s) at http://%s:%d  (web page /, API /predict /explain /feedback, /metrics)",
-             served["reference"], resolved, env.get("CHEXOPS_PRECISION", "fp32"), host, port)
+             served["reference"], resolved, precision or settings.precision, host, port)
     log.info("$ %s", " ".join(cmd[1:]))
     return subprocess.call(cmd, cwd=paths.ROOT, env=env, preexec_fn=die_with_parent)
 

@@ -1,4 +1,5 @@
-"""`CHEXOPS_PROVIDERS`: which ONNX Runtime execution providers the service's session uses.
+"""`CHEXOPS_PROVIDERS` (read by `chexops.serving.settings`): which ONNX Runtime execution providers the
+service's session uses.
 
 A comma-separated list in order of preference, short or full names: `cpu` (the default), `cuda`,
 `tensorrt`, `rocm`, `openvino`, `dnnl` (`CUDAExecutionProvider`, ...). An unknown name stops the
@@ -11,7 +12,6 @@ fallback for operators another provider cannot run.
 from __future__ import annotations
 
 import logging
-import os
 
 from chexops.core.errors import ConfigError
 
@@ -49,6 +49,3 @@ def available(requested: list[str], present: list[str] | None = None) -> list[st
                     missing, ", ".join(present))
     return usable
 
-
-def from_env() -> list[str]:
-    return available(parse(os.environ.get("CHEXOPS_PROVIDERS", "")))
