@@ -43,7 +43,7 @@ log = logging.getLogger("chexops.serving")
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(name="chexops", workers=1, traffic={"timeout": 60})
 class Chexops:
-    bento_model = bentoml.models.BentoModel(serving_tag(SETTINGS.model_tag)["tag"])
+    bento_model = bentoml.models.BentoModel(serving_tag(SETTINGS.model_tag).tag)
 
     def __init__(self) -> None:
         logging.getLogger("chexops").setLevel(logging.INFO)  # through BentoML's log handlers

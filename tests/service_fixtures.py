@@ -98,7 +98,7 @@ def make_model(home: Path, version: str = "1", extra_metadata=None) -> str:
     calibration = np.random.default_rng(0).normal(0, 1, (16, 1, SIZE, SIZE)).astype(np.float32)
     int8 = quantize_static_qdq(fp32, out / INT8_FILE, calibration)
     write_metadata(int8, {**metadata, "precision": "int8-static-qdq"})
-    return import_onnx(fp32, int8)["tag"]
+    return import_onnx(fp32, int8).tag
 
 
 def add_model(home: Path, version: str = "1") -> ServedModel:

@@ -40,7 +40,7 @@ def test_business_report_from_two_real_simulate_runs(two_runs):
                              "--bootstrap", "200", "--json"], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout)
-    a_records = [r for r in reports["a"]["requests"] if r.get("priority")]
+    a_records = [r for r in reports["a"].requests if r.get("priority")]
     assert out["studies"] == len(a_records) == 30
     assert out["abnormal"] == sum(abnormal(r["truth"]) for r in a_records)
     assert out["a"]["model"]["precision"] != out["b"]["model"]["precision"]  # two variants really compared

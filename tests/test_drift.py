@@ -16,7 +16,7 @@ from clinic_fixtures import DRIFT_WINDOW as WINDOW
 from clinic_fixtures import clinic, clinic_data, clinic_model  # noqa: F401  (pytest fixtures)
 from service_fixtures import API_KEY, ROOT
 from chexops.imaging.drift import ALERT_PSI
-from chexops.loop.simulate import SimulateConfig, simulate
+from chexops.loop.simulate import SimulateConfig, SimulateSummary, simulate
 
 RULES = ROOT / "k8s" / "monitoring" / "rules" / "drift.yaml"
 RULES_TEST = ROOT / "k8s" / "monitoring" / "rules" / "drift.test.yaml"
@@ -43,17 +43,17 @@ def drift_score(url: str, component: str = "overall") -> float:
     return samples(url)[("chexops_drift_score", (("component", component),))]
 
 
-def send(url, data, out, shift: str) -> dict:
+def send(url, data, out, shift: str) -> SimulateSummary:
     """WINDOW studies of the clinic (in this process: the command itself is tested in test_simulate.py)."""
     cfg = SimulateConfig(url=url, csv=data / "valid.csv", root=data, out=out, pattern="steady", rate=60, duration=1,
                          max_requests=WINDOW, shift=shift, concurrency=4)
-    return simulate(cfg, "CLINIC_KEY")["summary"]
+    return simulate(cfg, "CLINIC_KEY").summary
 
 
 def test_in_distribution_traffic_scores_low_and_inputs_are_described(drift_service, clinic_data, tmp_path):
     before = samples(drift_service.url)
     summary = send(drift_service.url, clinic_data, tmp_path, "none")
-    assert summary["answered"] == WINDOW
+    assert summary.answered == WINDOW
     metrics = samples(drift_service.url)
     assert metrics[("chexops_drift_window_images", ())] == WINDOW
     assert drift_score(drift_service.url, "intensity") < 0.1, metrics

@@ -49,7 +49,7 @@ def test_changing_a_steps_command_in_the_yaml_changes_what_runs(tmp_path):
     others = [t["name"] for t in template(doc, "main")["dag"]["tasks"] if t["name"] != "prepare"]
 
     result = run_local(changed, {"data-source": str(tmp_path / "source")}, tmp_path / "work", skip={n: "test" for n in others})
-    nodes = {n["name"]: n for n in result["nodes"]}
+    nodes = {n["name"]: n for n in result.nodes}
     assert nodes["main.prepare"]["command"] == ["chexops", "data", "stats", str(csv), "--json"]
     assert nodes["main.prepare"]["phase"] == SUCCEEDED and nodes["main.prepare"]["outputs"] == {"rows": "11"}
     assert nodes["main.prepare"]["result"]["rows"] == 11
@@ -162,6 +162,6 @@ def test_cluster_only_steps_are_skipped_with_their_reason_and_their_inputs_never
     (tmp_path / "w.yaml").write_text(yaml.safe_dump(doc))
     tasks = [t["name"] for t in template(doc, "main")["dag"]["tasks"]]
     result = run_local(tmp_path / "w.yaml", {}, tmp_path, skip={n: "test" for n in tasks if n not in ("image", "promote-staging")})
-    nodes = {n["name"]: n for n in result["nodes"]}
+    nodes = {n["name"]: n for n in result.nodes}
     assert nodes["main.image"]["phase"] == nodes["main.promote-staging"]["phase"] == SKIPPED
     assert "in-cluster registry" in nodes["main.image"]["message"] and "cluster only" in nodes["main.promote-staging"]["message"]

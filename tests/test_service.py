@@ -732,8 +732,8 @@ def test_feedback_export_blanks_are_masked_by_the_training_reader(tmp_path):
     store.add_feedback("b", True, None, None, "north")  # correct: every label from the prediction
     summary = export_feedback(store, tmp_path / "out")
     store.close()
-    assert summary["rows"] == 2
-    table = read_chexpert_csv(summary["csv"], summary["labels"])
+    assert summary.rows == 2
+    table = read_chexpert_csv(summary.csv, summary.labels)
     targets, mask = apply_policy(table.values, table.labels, table.policy(PolicyConfig()))
     assert PolicyConfig().blank == "negative" and table.blank == "ignore"
     column = {label: table.labels.index(label) for label in labels}
@@ -765,5 +765,5 @@ def test_feedback_export_streams_the_images(tmp_path):
     finally:
         tracemalloc.stop()
         store.close()
-    assert summary["rows"] == 40
+    assert summary.rows == 40
     assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB for 10 MiB of images"  # about 2.5 MiB: 8 rows at a time

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from chexops.data import synth
-from chexops.data.synth import DATASET_DIR, load_stats, render_example_grid, synthesize
+from chexops.data.synth import DATASET_DIR, SynthSummary, load_stats, render_example_grid, synthesize
 from chexops.core.errors import UserInputError
 from chexops.core.labels import CHEXPERT_LABELS, COMPETITION_LABELS, META_COLUMNS
 
@@ -28,13 +28,13 @@ def read(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory) -> tuple[Path, dict]:
+def small(tmp_path_factory) -> tuple[Path, SynthSummary]:
     out = tmp_path_factory.mktemp("small")
     return out, synthesize(out, patients=12, valid_patients=5, image_size=32, seed=3, progress=False)
 
 
 @pytest.fixture(scope="module")
-def medium(tmp_path_factory) -> dict:
+def medium(tmp_path_factory) -> SynthSummary:
     """CSV only, enough rows to compare rates with the real statistics."""
     out = tmp_path_factory.mktemp("medium")
     return synthesize(out, patients=3000, valid_patients=1000, seed=11, images=False, progress=False)
@@ -44,14 +44,14 @@ def test_layout_columns_and_images(small):
     out, summary = small
     assert sorted(p.name for p in out.iterdir()) == [DATASET_DIR]  # no temporary leftovers
     root = out / DATASET_DIR
-    assert summary["root"] == str(out)
-    assert summary["train_csv"] == str(root / "train.csv") and summary["valid_csv"] == str(root / "valid.csv")
-    assert (summary["patients"], summary["valid_patients"], summary["image_size"], summary["seed"]) == (12, 5, 32, 3)
-    assert summary["seconds"] >= 0
+    assert summary.root == str(out)
+    assert summary.train_csv == str(root / "train.csv") and summary.valid_csv == str(root / "valid.csv")
+    assert (summary.patients, summary.valid_patients, summary.image_size, summary.seed) == (12, 5, 32, 3)
+    assert summary.seconds >= 0
     for split, n_patients in (("train", 12), ("valid", 5)):
         columns, rows = read(root / f"{split}.csv")
         assert columns == STATS["columns"] == list(META_COLUMNS + CHEXPERT_LABELS)
-        assert len(rows) == summary[f"{split}_rows"] >= n_patients
+        assert len(rows) == getattr(summary, f"{split}_rows") >= n_patients
         patients = set()
         for row in rows:
             m = PATH_RE.match(row["Path"])
@@ -77,8 +77,8 @@ def test_patients_disjoint_and_valid_ids_continue(small):
 
 
 def test_value_sets(medium):
-    _, train = read(medium["train_csv"])
-    _, valid = read(medium["valid_csv"])
+    _, train = read(medium.train_csv)
+    _, valid = read(medium.valid_csv)
     for row in train:
         assert {row[label] for label in CHEXPERT_LABELS} <= TRAIN_VALUES
         assert row["No Finding"] in {"1.0", ""}
@@ -98,8 +98,8 @@ def test_value_sets(medium):
 
 
 def test_rates_match_the_real_statistics(medium):
-    _, train = read(medium["train_csv"])
-    _, valid = read(medium["valid_csv"])
+    _, train = read(medium.train_csv)
+    _, valid = read(medium.valid_csv)
     n = len(train)
     studies = len({r["Path"].rsplit("/", 1)[0] for r in train})
     assert 3.0 < n / 3000 < 3.95  # real: 223414 / 64540 = 3.46 images per patient
@@ -147,13 +147,13 @@ def test_deterministic_for_a_seed(tmp_path, small):
     rows = read(out / DATASET_DIR / "train.csv")[1][:5] + read(out / DATASET_DIR / "valid.csv")[1][:2]
     for row in rows:
         assert (tmp_path / "a" / row["Path"]).read_bytes() == (out / row["Path"]).read_bytes()
-    other_rows = read(other["train_csv"])[1][:3]
+    other_rows = read(other.train_csv)[1][:3]
     assert all(
         (tmp_path / "b" / r["Path"]).read_bytes() != (out / r["Path"]).read_bytes()
         for r in other_rows
         if (out / r["Path"]).exists()
     )
-    assert again["train_rows"] == len(read(again["train_csv"])[1])
+    assert again.train_rows == len(read(again.train_csv)[1])
 
 
 def _features(root: Path, rows: list[dict[str, str]]) -> np.ndarray:
@@ -172,8 +172,8 @@ def test_traces_are_learnable_and_the_check_can_fail(tmp_path):
     from sklearn.metrics import roc_auc_score
 
     summary = synthesize(tmp_path, patients=600, valid_patients=300, image_size=96, seed=0, progress=False)
-    train = [r for r in read(summary["train_csv"])[1] if r["Frontal/Lateral"] == "Frontal"]
-    valid = [r for r in read(summary["valid_csv"])[1] if r["Frontal/Lateral"] == "Frontal"]
+    train = [r for r in read(summary.train_csv)[1] if r["Frontal/Lateral"] == "Frontal"]
+    valid = [r for r in read(summary.valid_csv)[1] if r["Frontal/Lateral"] == "Frontal"]
     pca = PCA(64, whiten=True, random_state=0).fit(_features(tmp_path, train))
     x_train, x_valid = pca.transform(_features(tmp_path, train)), pca.transform(_features(tmp_path, valid))
     aucs, shuffled = {}, {}
@@ -205,7 +205,7 @@ def test_refuses_an_existing_dataset_unless_overwrite(tmp_path):
         synthesize(tmp_path, patients=2, valid_patients=1, image_size=16, progress=False)
     assert (target / "mine.txt").read_text() == "keep me"
     summary = synthesize(tmp_path, patients=2, valid_patients=1, image_size=16, progress=False, overwrite=True)
-    assert not (target / "mine.txt").exists() and Path(summary["train_csv"]).exists()
+    assert not (target / "mine.txt").exists() and Path(summary.train_csv).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [DATASET_DIR]
 
 

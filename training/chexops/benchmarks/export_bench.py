@@ -111,16 +111,19 @@ def trained(args) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         e = export_model(args.reference, Path(tmp), calibration=args.calibration, runs=args.runs, threads=args.threads,
-                         activations=args.activations, log_to_run=False, bento=False)["export"]
-    variants = {"fp32": {"latency_ms": e["fp32_latency_ms"], "latency_ratio": 1.0, "mean_auroc": e["fp32_mean_auroc"],
-                         "auroc_delta": 0.0, "size_bytes": e["sizes_bytes"]["fp32"]}}
+                         activations=args.activations, log_to_run=False, bento=False).export
+    variants = {"fp32": {"latency_ms": e.fp32_latency_ms, "latency_ratio": 1.0, "mean_auroc": e.fp32_mean_auroc,
+                         "auroc_delta": 0.0, "size_bytes": e.sizes_bytes["fp32"]}}
     for key, name in (("int8", "static_int8"), ("dynamic_int8", "dynamic_int8")):
-        variants[name] = {"latency_ms": e[f"{key}_latency_ms"], "latency_ratio": e[f"{key}_latency_ratio"],
-                          "mean_auroc": e["fp32_mean_auroc"] + e[f"{key}_auroc_delta"], "auroc_delta": e[f"{key}_auroc_delta"],
-                          "size_bytes": e["sizes_bytes"][key], "max_abs_prob_diff_vs_fp32": e[f"{key}_max_abs_prob_diff"]}
-    return {"reference": args.reference, "model": e["model"], "validation_images": e["validation_images"],
-            "calibration_images": e["calibration_images"], "int8_scheme": e["int8_scheme"], "calibration_source": "the model's own training images",
-            "parity_max_abs_diff": e["parity_max_abs_diff"], "variants": variants}
+        delta = getattr(e, f"{key}_auroc_delta")
+        variants[name] = {"latency_ms": getattr(e, f"{key}_latency_ms"),
+                          "latency_ratio": getattr(e, f"{key}_latency_ratio"), "mean_auroc": e.fp32_mean_auroc + delta,
+                          "auroc_delta": delta, "size_bytes": e.sizes_bytes[key],
+                          "max_abs_prob_diff_vs_fp32": getattr(e, f"{key}_max_abs_prob_diff")}
+    return {"reference": args.reference, "model": e.model, "validation_images": e.validation_images,
+            "calibration_images": e.calibration_images, "int8_scheme": e.int8_scheme,
+            "calibration_source": "the model's own training images", "parity_max_abs_diff": e.parity_max_abs_diff,
+            "variants": variants}
 
 
 def files(args) -> dict[str, Any]:

@@ -83,9 +83,10 @@ def main() -> None:
         summary = prepare(str(Path(tmp) / "src"), str(Path(tmp) / "out"), args.size, workers=args.workers)
         seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)  # the worker processes
-        print(json.dumps({"what": f"chexops data prepare --workers {args.workers}", "images": summary["images"], "seconds": round(seconds, 2),
-                          "images_per_wall_s": round(summary["images"] / seconds, 1), "worker_cpu_seconds": round(cpu, 2),
-                          "images_per_s_per_core": round(summary["images"] / cpu, 1) if cpu else None}), flush=True)
+        print(json.dumps({"what": f"chexops data prepare --workers {args.workers}", "images": summary.images,
+                          "seconds": round(seconds, 2),
+                          "images_per_wall_s": round(summary.images / seconds, 1), "worker_cpu_seconds": round(cpu, 2),
+                          "images_per_s_per_core": round(summary.images / cpu, 1) if cpu else None}), flush=True)
 
 
 if __name__ == "__main__":

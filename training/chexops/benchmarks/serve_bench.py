@@ -131,7 +131,7 @@ def random_init_model(name: str, size: int, width: int, calibration: int = 8) ->
     x = np.random.default_rng(0).normal(0, 1, (calibration, 1, size, size)).astype(np.float32)
     int8 = quantize_static_qdq(fp32, out / INT8_FILE, x)
     write_metadata(int8, {**metadata, "precision": "int8-static-qdq"})
-    return import_onnx(fp32, int8)["tag"]
+    return import_onnx(fp32, int8).tag
 
 
 # --- the bare session ------------------------------------------------------------------------------------
@@ -586,7 +586,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.start and not args.model:
             from chexops.export.bento import serving_tag
 
-            args.model = serving_tag("")["tag"]  # the registry's candidate, as `chexops serve` resolves it
+            args.model = serving_tag("").tag  # the registry's candidate, as `chexops serve` resolves it
         try:
             result = run(args)
         except ServiceError as exc:

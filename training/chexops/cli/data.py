@@ -31,8 +31,8 @@ def data_synth(out: Path, patients: int, valid_patients: int, image_size: int, s
 
     summary = synthesize(out, patients=patients, valid_patients=valid_patients, image_size=image_size, seed=seed,
                          overwrite=overwrite, progress=not as_json, images=not no_images)
-    return Output(summary, f"Wrote {summary['train_rows']:,} training and {summary['valid_rows']:,} held-out images "
-                  f"under {summary['root']} ({summary['seconds']:.1f} s).")
+    return Output(summary, f"Wrote {summary.train_rows:,} training and {summary.valid_rows:,} held-out images "
+                  f"under {summary.root} ({summary.seconds:.1f} s).")
 
 
 @data.command("stats")
@@ -72,6 +72,6 @@ def prepare_cmd(source: str, out_url: str, size: int, workers: int | None, max_b
     if workers is not None and workers < 1:
         raise UserInputError("--workers must be at least 1.")
     summary = prepare(source, out_url, size, workers, max_bad_fraction, endpoint_url)
-    return Output(summary, f"Prepared {summary['images']:,} images ({summary['prepared']:,} now, {summary['skipped']:,} "
-                  f"already done, {summary['bad']} bad) at {size} px in {summary['seconds']:.1f} s; data version "
-                  f"{summary['data_version']}, manifest {summary['manifest']}.")
+    return Output(summary, f"Prepared {summary.images:,} images ({summary.prepared:,} now, {summary.skipped:,} "
+                  f"already done, {summary.bad} bad) at {size} px in {summary.seconds:.1f} s; data version "
+                  f"{summary.data_version}, manifest {summary.manifest}.")

@@ -36,18 +36,18 @@ def promote_cmd(target, version, image, weight, analysis_run, analysis_phase, ro
         if target or version:
             raise UserInputError("--rollback takes no --to/--version: it reverts the environment's last promotion.")
         result = rollback(rollback_env, name=name, repo=repo, push=push)
-        return Output(result, f"Rolled back {rollback_env} to version {result['version'] or 'none'} "
-                      f"(reverted {result['reverted'][:12]}, commit {result['commit'][:12]}).")
+        return Output(result, f"Rolled back {rollback_env} to version {result.version or 'none'} "
+                      f"(reverted {result.reverted[:12]}, commit {result.commit[:12]}).")
     if not target or not version:
         raise UserInputError("give --to ENV and --version N (or --rollback ENV).")
     if not version.isdigit():
         raise UserInputError(f"--version must be a registry version number, got {version!r}.")
     result = promote(target, version, name=name, repo=repo, image=image, weight=weight, analysis_run=analysis_run,
                      analysis_phase=analysis_phase, push=push)
-    if not result["promoted"]:
-        return Output(result, result["refusal"], GateRefused(result["refusal"]))
-    evidence = "\n".join(f"  {line}" for line in result["evidence"])
-    return Output(result, f"{result['subject']}\n  commit {result['commit'][:12]}{' (pushed)' if push else ''}, "
+    if not result.promoted:
+        return Output(result, result.refusal, GateRefused(result.refusal))
+    evidence = "\n".join(f"  {line}" for line in result.evidence)
+    return Output(result, f"{result.subject}\n  commit {result.commit[:12]}{' (pushed)' if push else ''}, "
                   f"alias {target} -> {version}\n{evidence}")
 
 
@@ -73,8 +73,8 @@ def loadtest_cmd(host, users, spawn_rate, duration, max_p95_ms, max_error_ratio,
                                api_key_env=api_key_env, images=images, record_ref=record_ref,
                                criteria=loadtest.Criteria(max_p95_ms=max_p95_ms, max_error_ratio=max_error_ratio))
     refusal = None
-    if not result["passed"]:
-        failed = ", ".join(c["criterion"] for c in result["checks"] if not c["passed"])
+    if not result.passed:
+        failed = ", ".join(c["criterion"] for c in result.checks if not c["passed"])
         refusal = GateRefused(f"the load test failed ({failed}); reports in {out}.")
     return Output(result, loadtest.format_result(result), refusal)
 

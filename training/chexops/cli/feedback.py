@@ -30,7 +30,7 @@ def feedback_export(out: Path, store_url: str | None, overwrite: bool) -> Output
         summary = export_feedback(store, out, overwrite=overwrite)
     finally:
         store.close()
-    skipped = summary["skipped"]
-    return Output(summary, f"Wrote {summary['rows']} images with labels to {summary['csv']} from {summary['feedback']} "
+    skipped = summary.skipped
+    return Output(summary, f"Wrote {summary.rows} images with labels to {summary.csv} from {summary.feedback} "
                   f"feedback ({skipped['incorrect_without_labels']} 'incorrect' without labels and {skipped['no_image']} "
                   "without an image skipped).")

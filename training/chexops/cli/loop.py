@@ -42,7 +42,7 @@ def simulate_command(csv_path, api_key_env, **options) -> Output:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise UserInputError(f"invalid simulation settings: {problems}.") from None
     report = simulate(cfg, api_key_env)
-    return Output(report["summary"], human(report["summary"]))
+    return Output(report.summary, human(report.summary))
 
 
 @click.group("report")

@@ -44,8 +44,9 @@ def run_cmd(workflow: Path, local: bool, parameters: tuple[str, ...], skips: tup
         skip = {name: reason or "--skip" for name, _, reason in (s.partition("=") for s in skips)}
         result = run_local(workflow, _parameters(parameters), workdir or Path(tmp), echo=lambda line: click.echo(line, err=True),
                            skip=skip)
-    lines = [f"{n['name']:<40}{n.get('phase', ''):<11}{n.get('seconds', 0):>7.1f} s  {n.get('message', '')}" for n in result["nodes"]]
-    return Output(result, "\n".join([f"Workflow {result['workflow']}: {result['phase']} ({result['seconds']:.0f} s)", *lines]))
+    lines = [f"{n['name']:<40}{n.get('phase', ''):<11}{n.get('seconds', 0):>7.1f} s  {n.get('message', '')}"
+             for n in result.nodes]
+    return Output(result, "\n".join([f"Workflow {result.workflow}: {result.phase} ({result.seconds:.0f} s)", *lines]))
 
 
 
@@ -63,5 +64,5 @@ def record_cmd(workflow: str, status: str | None, outcome: str | None, run_id: s
     if not status and not outcome:
         raise UserInputError("give --status, --outcome or both.")
     result = record_outcome(workflow, status, outcome, run_id or None)
-    return Output(result, f"Pipeline {workflow}: status {result['status'] or '-'}, outcome {result['outcome'] or '-'} "
-                  f"(MLflow run {result['record_run']})")
+    return Output(result, f"Pipeline {workflow}: status {result.status or '-'}, outcome {result.outcome or '-'} "
+                  f"(MLflow run {result.record_run})")

@@ -116,13 +116,13 @@ def export_cmd(model_uri: str, unevaluated: bool, max_int8_auroc_drop: float, ou
 
     summary = export_model(model_uri, out, calibration=calibration, runs=runs, threads=threads, name=name,
                            activations=activations, bento=bento, unevaluated=unevaluated, max_int8_auroc_drop=max_int8_auroc_drop)
-    e = summary["export"]
-    human = (f"Exported {e['model']['uri']} (run {e['model']['run_id']}) to {e['dir']}: parity {e['parity_max_abs_diff']:.1e}; "
-             f"static int8 ΔAUROC {e['int8_auroc_delta']:+.4f}, latency ×{e['int8_latency_ratio']:.2f}; "
-             f"dynamic int8 ΔAUROC {e['dynamic_int8_auroc_delta']:+.4f}, latency ×{e['dynamic_int8_latency_ratio']:.2f} "
-             f"(fp32 {e['fp32_latency_ms']:.2f} ms)")
-    if "bento_model" in summary:
-        human += f"\nBento model {summary['bento_model']['tag']}"
+    e = summary.export
+    human = (f"Exported {e.model['uri']} (run {e.model['run_id']}) to {e.dir}: parity {e.parity_max_abs_diff:.1e}; "
+             f"static int8 ΔAUROC {e.int8_auroc_delta:+.4f}, latency ×{e.int8_latency_ratio:.2f}; "
+             f"dynamic int8 ΔAUROC {e.dynamic_int8_auroc_delta:+.4f}, latency ×{e.dynamic_int8_latency_ratio:.2f} "
+             f"(fp32 {e.fp32_latency_ms:.2f} ms)")
+    if summary.bento_model is not None:
+        human += f"\nBento model {summary.bento_model.tag}"
     return Output(summary, human)
 
 
@@ -137,10 +137,10 @@ def bento() -> None:
 @result_output
 def bento_import(model_uri: str, name: str | None) -> Output:
     """Import a model's exported ONNX files (from its run's export/ artifacts) into the Bento store."""
-    from chexops.export.bento import import_reference
+    from chexops.export.bento import BentoImport, import_reference
 
     result = import_reference(model_uri, name)
-    return Output({"bento_model": result}, f"Bento model {result['tag']} ({result['path']})")
+    return Output(BentoImport(bento_model=result), f"Bento model {result.tag} ({result.path})")
 
 
 @bento.command("build")
@@ -156,5 +156,5 @@ def bento_build(model_uri: str, out: Path, source: Path, name: str | None) -> Ou
     from chexops.export.bento_build import build_context
 
     result = build_context(model_uri, out.resolve(), source.resolve(), name)
-    return Output(result, f"Bento {result['bento']} with {result['bento_model']} in {result['context']} "
-                  f"(Dockerfile {result['dockerfile']})")
+    return Output(result, f"Bento {result.bento} with {result.bento_model} in {result.context} "
+                  f"(Dockerfile {result.dockerfile})")

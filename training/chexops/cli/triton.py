@@ -40,7 +40,7 @@ def triton_export(out: Path, model_tag: str | None, onnx_path: Path | None, prec
     source = onnx_path or bento_model_file(model_tag or DEFAULT_SERVE_REF, precision)
     result = write_repository(source, out, name=name, max_batch_size=max_batch_size, cpu_instances=cpu_instances,
                               gpu_instances=gpu_instances, threads=threads, queue_delay_us=queue_delay_us, overwrite=overwrite)
-    human = (f"Triton model {result['model']} in {result['dir']} (max batch {result['max_batch_size']}):\n"
+    human = (f"Triton model {result.model} in {result.dir} (max batch {result.max_batch_size}):\n"
              f"  tritonserver --model-repository {out}                        # CPU\n"
              f"  tritonserver --model-repository {out} --model-config-name=gpu  # GPU")
     return Output(result, human)

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from chexops.core.errors import ChexopsError, UserInputError
+from chexops.core.results import Result
 from chexops.data.manifest import MANIFEST, MANIFEST_FORMAT, data_version
 from chexops.imaging.preprocessing import open_image, resize_grey, shorter_side_to, to_grey
 
@@ -43,6 +44,24 @@ JOURNAL_DIR = ".prepare"
 JPEG_QUALITY = 95
 RESAMPLE = "bilinear"
 _JOURNAL_EVERY = 64  # finished images per journal part: at most this many are redone after a kill
+
+
+class PrepareSummary(Result):
+    """A prepared dataset: its manifest and data version; images in all, prepared now, skipped (done before)
+    and bad ({path, reason} each); the CSVs written; the workers and seconds it took."""
+
+    manifest: str
+    data_version: str
+    dataset: str
+    size: int
+    images: int
+    prepared: int
+    skipped: int
+    bad: int
+    failed: list[dict[str, str]]
+    csv: list[str]
+    workers: int
+    seconds: float
 
 
 # Storage: a local folder or an S3 prefix, addressed by POSIX keys relative to it.
@@ -219,8 +238,8 @@ def _journal_entries(out: Store) -> dict[str, dict[str, Any]]:
 
 
 def prepare(source_url: str, out_url: str, size: int, workers: int | None = None, max_bad_fraction: float = 0.01,
-            endpoint_url: str | None = None) -> dict[str, Any]:
-    """Prepare the dataset; returns the summary (`manifest`, `data_version`, counts). Raises
+            endpoint_url: str | None = None) -> PrepareSummary:
+    """Prepare the dataset and say what was done. Raises
     `UserInputError` for a wrong input, `ChexopsError` when too many images are bad."""
     started = time.monotonic()
     if not 16 <= size <= 4096:
@@ -336,7 +355,7 @@ def prepare(source_url: str, out_url: str, size: int, workers: int | None = None
         for rel in parts:
             if not rel.endswith("/journal.jsonl"):
                 out.delete(rel)
-    return {"manifest": f"{out_loc.url}/{manifest_rel}", "data_version": version, "dataset": dataset, "size": size,
-            "images": total, "prepared": len(todo) - len(bad), "skipped": total - len(todo), "bad": len(bad),
-            "failed": [{"path": p, "reason": e} for p, e in bad], "csv": [e["path"] for e in csv_entries],
-            "workers": workers, "seconds": round(time.monotonic() - started, 2)}
+    return PrepareSummary(manifest=f"{out_loc.url}/{manifest_rel}", data_version=version, dataset=dataset, size=size,
+                          images=total, prepared=len(todo) - len(bad), skipped=total - len(todo), bad=len(bad),
+                          failed=[{"path": p, "reason": e} for p, e in bad], csv=[e["path"] for e in csv_entries],
+                          workers=workers, seconds=round(time.monotonic() - started, 2))

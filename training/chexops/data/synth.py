@@ -615,4 +615,22 @@ def synthesize(
         summary["train_rows"], summary["valid_rows"], patients, valid_patients, image_size, seed, target,
         summary["seconds"],
     )  # fmt: skip
-    return summary
+    return SynthSummary(**summary)
+
+
+from chexops.core.results import Result  # noqa: E402
+
+
+class SynthSummary(Result):
+    """What `synthesize` wrote: the dataset root, its two CSVs and their rows, the settings, the seconds it took."""
+
+    root: str
+    train_csv: str
+    valid_csv: str
+    train_rows: int
+    valid_rows: int
+    patients: int
+    valid_patients: int
+    image_size: int
+    seed: int
+    seconds: float

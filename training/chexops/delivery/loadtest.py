@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chexops.registry import evidence as ev
 from chexops.core.errors import ChexopsError, UserInputError
+from chexops.core.results import Result
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,33 @@ class Criteria(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_p95_ms: float = Field(1000.0, gt=0)
     max_error_ratio: float = Field(0.0, ge=0, le=1)
+
+
+class LoadTestResult(Result):
+    """A load test: totals (latency percentiles in ms; None when nothing was answered), the criteria and
+    their verdicts ({criterion, value, limit, passed}), per endpoint, failures, reports, and where it was
+    recorded (`--record`)."""
+
+    omit_unset = frozenset({"recorded"})
+
+    passed: bool
+    host: str
+    users: int
+    duration_s: int
+    requests: int
+    failures: int
+    p50_ms: float | None
+    p95_ms: float | None
+    rps: float
+    error_ratio: float | None
+    max_p95_ms: float
+    max_error_ratio: float
+    checks: list[dict[str, Any]]
+    endpoints: dict[str, dict[str, Any]]
+    failure_reasons: list[dict[str, Any]]
+    at: str
+    reports: dict[str, str]
+    recorded: str | None = None
 
 
 def parse_duration(text: str) -> int:
@@ -141,7 +169,7 @@ def judge(total: dict[str, Any], criteria: Criteria) -> list[dict[str, Any]]:
 
 
 def run_loadtest(host: str, *, users: int, spawn_rate: float, duration: str, criteria: Criteria, out: Path,
-                 api_key: str | None, images: tuple[Path, ...] = ()) -> dict[str, Any]:
+                 api_key: str | None, images: tuple[Path, ...] = ()) -> LoadTestResult:
     """Run Locust headless against `host`; the result with its verdicts (the caller exits 3 on a failure)."""
     if not re.match(r"^https?://[^/\s]+", host):
         raise UserInputError(f"--host {host!r} must be an http(s):// URL of the clinic endpoint.")
@@ -160,17 +188,18 @@ def run_loadtest(host: str, *, users: int, spawn_rate: float, duration: str, cri
     stats = read_stats(out)
     total = stats["total"]
     checks = judge(total, criteria)
-    result = {"passed": all(c["passed"] for c in checks), "host": host, "users": users, "duration_s": seconds,
-              **{k: total[k] for k in ("requests", "failures", "p50_ms", "p95_ms", "rps")},
-              "error_ratio": round(total["failures"] / total["requests"], 6) if total["requests"] else None,
-              "max_p95_ms": criteria.max_p95_ms, "max_error_ratio": criteria.max_error_ratio, "checks": checks,
-              "endpoints": stats["endpoints"], "failure_reasons": stats["failure_reasons"], "at": ev.now(),
-              "reports": {"html": str(out / "report.html"), "csv": str(out / "locust_stats.csv")}}
-    (out / "result.json").write_text(json.dumps(result, indent=2))
+    result = LoadTestResult(
+        passed=all(c["passed"] for c in checks), host=host, users=users, duration_s=seconds,
+        **{k: total[k] for k in ("requests", "failures", "p50_ms", "p95_ms", "rps")},
+        error_ratio=round(total["failures"] / total["requests"], 6) if total["requests"] else None,
+        max_p95_ms=criteria.max_p95_ms, max_error_ratio=criteria.max_error_ratio, checks=checks,
+        endpoints=stats["endpoints"], failure_reasons=stats["failure_reasons"], at=ev.now(),
+        reports={"html": str(out / "report.html"), "csv": str(out / "locust_stats.csv")})
+    (out / "result.json").write_text(json.dumps(result.model_dump(mode="json"), indent=2))
     return result
 
 
-def record(ref: str, result: dict[str, Any]) -> str:
+def record(ref: str, result: LoadTestResult) -> str:
     """Store the result on models:/NAME/N as `loadtest.*` tags."""
     from chexops.tracking import mlflow_client
 
@@ -179,25 +208,25 @@ def record(ref: str, result: dict[str, Any]) -> str:
         raise UserInputError(f"--record {ref!r} must be models:/NAME/VERSION (a version number, not an alias).")
     client = mlflow_client()
     ev.version_or_fail(client, m["name"], m["version"])
-    ev.record(client, m["name"], m["version"], ev.loadtest_tags(result))
+    ev.record(client, m["name"], m["version"], ev.loadtest_tags(result.model_dump()))
     log.info("Recorded the load test on %s", ref)
     return ref
 
 
-def format_result(result: dict[str, Any]) -> str:
+def format_result(result: LoadTestResult) -> str:
     lines = [f"{'endpoint':<16}{'requests':>9}{'failures':>9}{'p50 ms':>8}{'p95 ms':>8}{'req/s':>7}"]
-    for name, e in sorted(result["endpoints"].items()):
+    for name, e in sorted(result.endpoints.items()):
         lines.append(f"{name:<16}{e['requests']:>9}{e['failures']:>9}{e['p50_ms'] or 0:>8.0f}{e['p95_ms'] or 0:>8.0f}{e['rps']:>7.1f}")
-    for c in result["checks"]:
+    for c in result.checks:
         lines.append(f"{c['criterion']}: {c['value']} (limit {c['limit']}) {'PASS' if c['passed'] else 'FAIL'}")
-    for f in result["failure_reasons"][:5]:
+    for f in result.failure_reasons[:5]:
         lines.append(f"failure x{f['count']} {f['endpoint']}: {f['error']}")
-    lines.append(f"Load test {'PASSED' if result['passed'] else 'FAILED'}; report {result['reports']['html']}")
+    lines.append(f"Load test {'PASSED' if result.passed else 'FAILED'}; report {result.reports['html']}")
     return "\n".join(lines)
 
 
 def loadtest(host: str, *, users: int, spawn_rate: float, duration: str, out: Path, api_key_env: str,
-             images: tuple[Path, ...], record_ref: str | None, criteria: Criteria) -> dict[str, Any]:
+             images: tuple[Path, ...], record_ref: str | None, criteria: Criteria) -> LoadTestResult:
     """Run the load test with the key in `$api_key_env`; with `record_ref` (models:/NAME/N) keep its result on that version."""
     if record_ref and not _RECORD.match(record_ref.strip()):
         raise UserInputError(f"--record {record_ref!r} must be models:/NAME/VERSION (a version number, not an alias).")
@@ -207,5 +236,5 @@ def loadtest(host: str, *, users: int, spawn_rate: float, duration: str, out: Pa
     result = run_loadtest(host, users=users, spawn_rate=spawn_rate, duration=duration, out=out, api_key=api_key, images=images,
                           criteria=criteria)
     if record_ref:
-        result["recorded"] = record(record_ref, result)
+        result.recorded = record(record_ref, result)
     return result

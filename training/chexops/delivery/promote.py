@@ -11,13 +11,53 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from chexops.registry import evidence as ev
 from chexops.delivery import gitops
 from chexops.core.errors import UserInputError
+from chexops.core.results import Result
 
 log = logging.getLogger(__name__)
+
+
+class Promotion(Result):
+    """`chexops promote`'s result: the evidence judged and, when refused, why (nothing changed); when
+    promoted, the commit and what it changed (a canary also its weight and replicas)."""
+
+    omit_unset = frozenset({"refusal", "weight", "replicas", "stable_replicas", "commit", "pushed", "previous_version",
+                            "image", "alias", "files", "subject"})
+
+    environment: str
+    model: str
+    version: str
+    promoted: bool
+    evidence: list[str]
+    refused: list[str]
+    refusal: str | None = None
+    weight: int | None = None
+    replicas: int | None = None
+    stable_replicas: int | None = None
+    commit: str | None = None
+    pushed: bool | None = None
+    previous_version: str | None = None
+    image: str | None = None
+    alias: str | None = None
+    files: list[str] | None = None
+    subject: str | None = None
+
+
+class Rollback(Result):
+    """`chexops promote --rollback`'s result: the promotion reverted, the new commit, the version now in place."""
+
+    environment: str
+    model: str
+    rolled_back: bool
+    reverted: str
+    commit: str
+    pushed: bool
+    version: str | None
+    from_version: str
+    alias: str
 
 
 def _message(subject: str, body: list[str], trailers: dict[str, str]) -> str:
@@ -46,7 +86,7 @@ def _commit(repo: Path, paths: list[str], message: str, do_push: bool, whole_ind
 
 
 def promote(target: str, version: str, *, name: str, repo: Path, image: str | None = None, weight: int = 10,
-            analysis_run: str | None = None, analysis_phase: str | None = None, push: bool = False) -> dict[str, Any]:
+            analysis_run: str | None = None, analysis_phase: str | None = None, push: bool = False) -> Promotion:
     """Promote `version` to `target`. Raises GateRefused (nothing changed) when evidence is missing."""
     from chexops.tracking import mlflow_client
 
@@ -65,11 +105,11 @@ def promote(target: str, version: str, *, name: str, repo: Path, image: str | No
         found = ev.canary_evidence(tags)
     else:
         found = ev.production_evidence(tags, canary_holder, version, analysis_run, analysis_phase)
-    result: dict[str, Any] = {"environment": target, "model": name, "version": version, "promoted": False,
-                              "evidence": found.lines, "refused": found.reasons}
+    judged = {"environment": target, "model": name, "version": version, "evidence": found.lines,
+              "refused": found.reasons}
     if not found.ok:
-        result["refusal"] = f"{name} version {version} cannot go to {target}: " + "; ".join(found.reasons) + ". Nothing was changed."
-        return result
+        return Promotion(**judged, promoted=False, refusal=f"{name} version {version} cannot go to {target}: "
+                         + "; ".join(found.reasons) + ". Nothing was changed.")
     parsed = parsed or gitops.Image.parse(found.facts["image"])
 
     overlays = {env: gitops.Overlay(repo, env) for env in (("production", "canary") if target == "production" else (target,))}
@@ -78,13 +118,14 @@ def promote(target: str, version: str, *, name: str, repo: Path, image: str | No
     overlay = overlays[target]
     overlay.set_image(parsed, version)
     extra: dict[str, str] = {}
+    canary: dict[str, int] = {}
     if target == "canary":
         stable = gitops.stable_replicas(repo)
         replicas = gitops.canary_replicas(stable, weight)
         overlay.set_replicas(replicas)
         extra = {"Chexops-Canary-Weight": str(weight)}
         subject = f"promote canary: {name} version {version} at {weight}% ({replicas} canary / {stable} stable replicas)"
-        result.update(weight=weight, replicas=replicas, stable_replicas=stable)
+        canary = {"weight": weight, "replicas": replicas, "stable_replicas": stable}
     elif target == "production":
         overlays["canary"].set_replicas(0)
         extra = {"Chexops-Analysis-Run": str(analysis_run)}
@@ -110,12 +151,11 @@ def promote(target: str, version: str, *, name: str, repo: Path, image: str | No
             ev.move_alias(client, name, "canary", None)  # the canary slice is retired with this commit
     ev.record(client, name, version, recorded)
     log.info("Promoted %s version %s to %s in commit %s", name, version, target, sha[:12])
-    result.update(promoted=True, commit=sha, pushed=push, previous_version=previous, image=str(parsed), alias=target,
-                  files=[o.relpath for o in overlays.values()], subject=subject)
-    return result
+    return Promotion(**judged, promoted=True, **canary, commit=sha, pushed=push, previous_version=previous,
+                     image=str(parsed), alias=target, files=[o.relpath for o in overlays.values()], subject=subject)
 
 
-def rollback(environment: str, *, name: str, repo: Path, push: bool = False) -> dict[str, Any]:
+def rollback(environment: str, *, name: str, repo: Path, push: bool = False) -> Rollback:
     """Revert `environment`'s last promotion commit and move its alias back to the version before."""
     from chexops.tracking import mlflow_client
 
@@ -146,5 +186,5 @@ def rollback(environment: str, *, name: str, repo: Path, push: bool = False) -> 
     if version != "?":
         ev.record(client, name, version, {f"rollback.{environment}": f"{new} at {ev.now()}"})
     log.info("Rolled back %s: %s version %s -> %s in commit %s", environment, name, version, previous or "none", new[:12])
-    return {"environment": environment, "model": name, "rolled_back": True, "reverted": sha, "commit": new, "pushed": push,
-            "version": previous, "from_version": version, "alias": environment}
+    return Rollback(environment=environment, model=name, rolled_back=True, reverted=sha, commit=new, pushed=push,
+                    version=previous, from_version=version, alias=environment)

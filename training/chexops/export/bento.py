@@ -33,12 +33,39 @@ from chexops.core import paths
 from chexops.core.errors import UserInputError
 from chexops.core.names import DEFAULT_MODEL_NAME, DEFAULT_SERVE_REF
 from chexops.core.files import sha256_file
+from chexops.core.results import Result
 from chexops.export.files import FP32_FILE, INT8_FILE, read_metadata
 from chexops.core.paths import bentoml_home
 
 log = logging.getLogger(__name__)
 
 
+class BentoModel(Result):
+    """A model in the Bento store: tag, folder, labels, the sha256 of each ONNX file, whether it was there already."""
+
+    tag: str
+    path: str
+    labels: dict[str, str]
+    sha256: dict[str, str]
+    reused: bool
+    bentoml_home: str
+
+
+class BentoImport(Result):
+    """`chexops bento import`'s result."""
+
+    bento_model: BentoModel
+
+
+class ServingTag(Result):
+    """The exact, checked Bento model a serving reference names."""
+
+    tag: str
+    reference: str
+    model_name: str
+    registry_version: str
+    run_id: str
+    evaluated: bool
 
 
 def bento_tag(model_name: str, registry_version: str, run_id: str) -> str:
@@ -51,9 +78,10 @@ def file_digests(fp32: Path, int8: Path) -> dict[str, str]:
     return {FP32_FILE: sha256_file(fp32), INT8_FILE: sha256_file(int8)}
 
 
-def import_onnx(fp32: Path, int8: Path, ref=None, report: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Put both ONNX files into the Bento model store; returns {"tag", "path", "labels", "sha256", "reused"}.
-    The same files again reuse the stored model; other files under the same tag are refused (exit 2)."""
+def import_onnx(fp32: Path, int8: Path, ref=None, report: dict[str, Any] | None = None) -> BentoModel:
+    """Put both ONNX files into the Bento model store (`report`: the export's report.json, whose figures go
+    into the model's metadata). The same files again reuse the stored model; other files under the same
+    tag are refused (exit 2)."""
     home = bentoml_home()
     import bentoml
     from bentoml.exceptions import NotFound
@@ -73,8 +101,8 @@ def import_onnx(fp32: Path, int8: Path, ref=None, report: dict[str, Any] | None 
     if existing is not None:
         if existing.info.metadata.get("sha256") == digests:
             log.info("Bento model %s already holds these files", existing.tag)
-            return {"tag": str(existing.tag), "path": str(existing.path), "labels": dict(existing.info.labels), "sha256": digests,
-                    "reused": True, "bentoml_home": str(home)}
+            return BentoModel(tag=str(existing.tag), path=str(existing.path), labels=dict(existing.info.labels),
+                              sha256=digests, reused=True, bentoml_home=str(home))
         raise UserInputError(
             f"Bento model {tag} already holds other files for {meta['model_name']} "
             f"{'version ' + meta['registry_version'] if meta.get('registry_version') else 'run ' + meta['run_id']} "
@@ -101,8 +129,8 @@ def import_onnx(fp32: Path, int8: Path, ref=None, report: dict[str, Any] | None 
         Path(model.path_of("metadata.json")).write_text(json.dumps({k: v for k, v in meta.items() if k != "head"}, indent=2) + "\n")
     stored = bentoml.models.get(model.tag)
     log.info("Bento model %s in %s", stored.tag, home)
-    return {"tag": str(stored.tag), "path": str(stored.path), "labels": labels, "sha256": digests, "reused": False,
-            "bentoml_home": str(home)}
+    return BentoModel(tag=str(stored.tag), path=str(stored.path), labels=labels, sha256=digests, reused=False,
+                      bentoml_home=str(home))
 
 
 def _short(digests: Any) -> str:
@@ -111,14 +139,14 @@ def _short(digests: Any) -> str:
     return ", ".join(f"{name} {str(value)[:12]}" for name, value in sorted(digests.items()))
 
 
-def import_reference(uri: str, name: str | None = None) -> dict[str, Any]:
+def import_reference(uri: str, name: str | None = None) -> BentoModel:
     """`chexops bento import`: the ONNX files a previous `chexops export` logged to the reference's
     training run (`export/`), into the Bento model store. No torch needed."""
     ref = model_ref.resolve(uri, default_name=name or DEFAULT_MODEL_NAME)
     return _import_ref(ref)
 
 
-def _import_ref(ref: model_ref.ModelRef) -> dict[str, Any]:
+def _import_ref(ref: model_ref.ModelRef) -> BentoModel:
     # A registry reference takes the approved export only; a run also its --unevaluated one.
     folders = ("export",) if model_ref.is_registry_ref(ref.uri) else ("export", "export-unevaluated")
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,9 +168,9 @@ def _import_ref(ref: model_ref.ModelRef) -> dict[str, Any]:
 
 # --- what to serve ---------------------------------------------------------------------------------
 
-def serving_tag(reference: str) -> dict[str, Any]:
+def serving_tag(reference: str) -> ServingTag:
     """The exact Bento model to serve for `reference` (a registry reference, or an explicit Bento tag
-    `NAME:VERSION`), checked: {"tag", "reference", "model_name", "registry_version", "run_id", "evaluated"}.
+    `NAME:VERSION`), checked.
     Every refusal is a `UserInputError` that says what to do."""
     reference = (reference or "").strip() or DEFAULT_SERVE_REF
     bentoml_home()
@@ -162,7 +190,7 @@ def serving_tag(reference: str) -> dict[str, Any]:
     return _checked(model, reference)
 
 
-def _from_registry(reference: str) -> dict[str, Any]:
+def _from_registry(reference: str) -> ServingTag:
     if not _registry_exists():
         raise UserInputError(_nothing_to_serve(reference, f"there is no MLflow registry at {paths.default_tracking_uri()}"))
     try:
@@ -204,7 +232,7 @@ def _stored(tag: str):
         return None
 
 
-def _checked(model, reference: str) -> dict[str, Any]:
+def _checked(model, reference: str) -> ServingTag:
     """The stored model's files still hash to what was imported (nothing edited them in place)."""
     recorded = model.info.metadata.get("sha256")
     actual = {f: sha256_file(model.path_of(f)) for f in (FP32_FILE, INT8_FILE) if os.path.exists(model.path_of(f))}
@@ -212,9 +240,9 @@ def _checked(model, reference: str) -> dict[str, Any]:
         raise UserInputError(f"Bento model {model.tag}: its ONNX files do not match the sha256 recorded at import "
                              f"({_short(recorded)} recorded, {_short(actual)} found); re-export or re-import it.")
     labels = model.info.labels
-    return {"tag": str(model.tag), "reference": reference, "model_name": labels.get("model_name", ""),
-            "registry_version": labels.get("registry_version", ""), "run_id": labels.get("run_id", ""),
-            "evaluated": labels.get("evaluated") == "true"}
+    return ServingTag(tag=str(model.tag), reference=reference, model_name=labels.get("model_name", ""),
+                      registry_version=labels.get("registry_version", ""), run_id=labels.get("run_id", ""),
+                      evaluated=labels.get("evaluated") == "true")
 
 
 def _registry_exists() -> bool:

@@ -30,6 +30,8 @@ import numpy as np
 from chexops.core import paths
 from chexops.core.errors import GateRefused, UserInputError
 from chexops.core.names import DEFAULT_MODEL_NAME
+from chexops.core.results import Result
+from chexops.export.bento import BentoModel, import_onnx
 from chexops.export.files import DYNAMIC_FILE, FP32_FILE, INT8_FILE, read_metadata, session
 from chexops.imaging.preprocessing import PreprocessSpec, load_image, preprocess
 
@@ -43,8 +45,8 @@ MAX_INT8_AUROC_DROP = 0.005       # largest mean-AUROC loss of static int8 again
 OUTPUTS = ("probabilities", "features")
 METADATA_KEYS = ("chexops.format", "labels", "thresholds", "thresholds_rule", "preprocessing", "model_name",
                  "registry_version", "run_id", "data_version", "evaluated", "precision", "head", "outputs")
-__all__ = ["DYNAMIC_FILE", "FP32_FILE", "INT8_FILE", "build_metadata", "export_model", "export_onnx", "read_metadata",
-           "write_metadata", "class_activation_maps"]
+__all__ = ["DYNAMIC_FILE", "FP32_FILE", "INT8_FILE", "ExportReport", "ExportSummary", "build_metadata", "export_model",
+           "export_onnx", "read_metadata", "write_metadata", "class_activation_maps"]
 
 
 # --- the graph -------------------------------------------------------------------------------------
@@ -161,6 +163,61 @@ def parity(model, onnx_path: Path, x: np.ndarray, batch_size: int = 16) -> dict[
 
 # --- the command -----------------------------------------------------------------------------------
 
+class ExportReport(Result):
+    """An export's figures (its `report.json`): files, parity with PyTorch, each int8 variant's mean AUROC,
+    latency and their change against fp32, thresholds, the gate's verdicts ({criterion, value, limit,
+    passed}); then the run's artifact URIs (when logged) and the seconds it took."""
+
+    omit_unset = frozenset({"artifacts", "seconds"})
+
+    model: dict[str, str]
+    evaluated: bool
+    dir: str
+    fp32: str
+    int8: str
+    dynamic_int8: str
+    opset: int
+    parity_max_abs_diff: float
+    parity_features_max_abs_diff: float
+    parity_images: dict[str, Any]
+    calibration_images: int
+    int8_scheme: str
+    validation_images: int
+    mean_over: list[str]
+    fp32_mean_auroc: float
+    fp32_latency_ms: float
+    latency: dict[str, Any]
+    thresholds: dict[str, float]
+    thresholds_rule: str
+    int8_thresholds: dict[str, float]
+    int8_thresholds_rule: str
+    data_version: str
+    int8_mean_auroc: float
+    int8_auroc_delta: float
+    int8_latency_ratio: float
+    int8_latency_ms: float
+    int8_max_abs_prob_diff: float
+    dynamic_int8_mean_auroc: float
+    dynamic_int8_auroc_delta: float
+    dynamic_int8_latency_ratio: float
+    dynamic_int8_latency_ms: float
+    dynamic_int8_max_abs_prob_diff: float
+    sizes_bytes: dict[str, int]
+    gate: list[dict[str, Any]]
+    passed: bool
+    artifacts: dict[str, str] | None = None
+    seconds: float | None = None
+
+
+class ExportSummary(Result):
+    """`chexops export`'s result: the report, and the Bento model the files went into (unless --no-bento)."""
+
+    omit_unset = frozenset({"bento_model"})
+
+    export: ExportReport
+    bento_model: BentoModel | None = None
+
+
 def _load_model(payload: dict[str, Any]):
     from chexops.config import ModelConfig
     from chexops.train.models import build_model
@@ -254,7 +311,7 @@ def export_gate(check: dict[str, float], features_scale: float, int8_auroc_delta
 
 def export_model(uri: str, out: Path | None = None, *, calibration: int = 256, runs: int = 50, threads: int = 2,
                  name: str | None = None, activations: str = "uint8", log_to_run: bool = True, bento: bool = True,
-                 unevaluated: bool = False, max_int8_auroc_drop: float = MAX_INT8_AUROC_DROP) -> dict[str, Any]:
+                 unevaluated: bool = False, max_int8_auroc_drop: float = MAX_INT8_AUROC_DROP) -> ExportSummary:
     """The whole `chexops export`: resolve, rebuild, export, check, quantize, compare, gate, record, import.
 
     A registry version that passed `chexops register`'s gate is exported with its evaluated thresholds;
@@ -324,58 +381,49 @@ def export_model(uri: str, out: Path | None = None, *, calibration: int = 256, r
                           "thresholds_rule": int8_rule})
 
     fp = compared["fp32"]
-    result: dict[str, Any] = {
-        "model": ref.to_dict(),
-        "evaluated": evaluated,
-        "dir": str(out),
-        "fp32": str(fp32), "int8": str(int8), "dynamic_int8": str(dynamic),
-        "opset": OPSET,
-        "parity_max_abs_diff": check["probabilities"],
-        "parity_features_max_abs_diff": check["features"],
-        "parity_images": {"validation": len(val_x), "real_cxr": real_names},
-        "calibration_images": len(calib_x),
-        "int8_scheme": f"static QDQ, {activations} activations (MinMax), int8 per-channel weights",
-        "validation_images": len(val_x),
-        "mean_over": over,
-        "fp32_mean_auroc": fp["mean_auroc"],
-        "fp32_latency_ms": fp["latency_ms"],
-        "latency": {"batch": 1, "intra_op_threads": threads, "runs": runs, "statistic": "median"},
-        "thresholds": thresholds, "thresholds_rule": rule,
-        "int8_thresholds": int8_thr, "int8_thresholds_rule": int8_rule,
-        "data_version": data_version,
-    }
+    int8_figures: dict[str, float] = {}
     for key in ("int8", "dynamic_int8"):
-        result[f"{key}_mean_auroc"] = compared[key]["mean_auroc"]
-        result[f"{key}_auroc_delta"] = compared[key]["mean_auroc"] - fp["mean_auroc"]
-        result[f"{key}_latency_ratio"] = compared[key]["latency_ms"] / fp["latency_ms"]
-        result[f"{key}_latency_ms"] = compared[key]["latency_ms"]
-        result[f"{key}_max_abs_prob_diff"] = compared[key]["max_abs_prob_diff"]
-    result["sizes_bytes"] = {k: v["size_bytes"] for k, v in compared.items()}
-    result["gate"] = export_gate(check, features_scale, result["int8_auroc_delta"], max_int8_auroc_drop)
-    result["passed"] = all(v["passed"] for v in result["gate"])
-    (out / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    if not result["passed"]:
-        failed = "; ".join(f"{v['criterion']} {v['value']:.3g} > {v['limit']:.3g}" for v in result["gate"] if not v["passed"])
+        int8_figures.update({f"{key}_mean_auroc": compared[key]["mean_auroc"],
+                             f"{key}_auroc_delta": compared[key]["mean_auroc"] - fp["mean_auroc"],
+                             f"{key}_latency_ratio": compared[key]["latency_ms"] / fp["latency_ms"],
+                             f"{key}_latency_ms": compared[key]["latency_ms"],
+                             f"{key}_max_abs_prob_diff": compared[key]["max_abs_prob_diff"]})
+    gate = export_gate(check, features_scale, int8_figures["int8_auroc_delta"], max_int8_auroc_drop)
+    result = ExportReport(
+        model=ref.to_dict(), evaluated=evaluated, dir=str(out), fp32=str(fp32), int8=str(int8),
+        dynamic_int8=str(dynamic), opset=OPSET, parity_max_abs_diff=check["probabilities"],
+        parity_features_max_abs_diff=check["features"],
+        parity_images={"validation": len(val_x), "real_cxr": real_names}, calibration_images=len(calib_x),
+        int8_scheme=f"static QDQ, {activations} activations (MinMax), int8 per-channel weights",
+        validation_images=len(val_x), mean_over=over, fp32_mean_auroc=fp["mean_auroc"],
+        fp32_latency_ms=fp["latency_ms"],
+        latency={"batch": 1, "intra_op_threads": threads, "runs": runs, "statistic": "median"},
+        thresholds=thresholds, thresholds_rule=rule, int8_thresholds=int8_thr, int8_thresholds_rule=int8_rule,
+        data_version=data_version, **int8_figures, sizes_bytes={k: v["size_bytes"] for k, v in compared.items()},
+        gate=gate, passed=all(v["passed"] for v in gate))
+    (out / "report.json").write_text(json.dumps(result.model_dump(mode="json"), indent=2, default=str) + "\n")
+    if not result.passed:
+        failed = "; ".join(f"{v['criterion']} {v['value']:.3g} > {v['limit']:.3g}"
+                           for v in result.gate if not v["passed"])
         raise GateRefused(f"the export gate refused {ref.uri}: {failed} (report: {out / 'report.json'}); nothing was logged "
                           "to the run or imported into the Bento store.")
     if log_to_run:
-        result["artifacts"] = _record(ref, out, result)
-    summary: dict[str, Any] = {"export": result}
-    if bento:
-        from chexops.export.bento import import_onnx
-
-        summary["bento_model"] = import_onnx(fp32, int8, ref, result)
-    result["seconds"] = round(time.monotonic() - started, 1)
+        result.artifacts = _record(ref, out, result)
+    bento_model = import_onnx(fp32, int8, ref, result.model_dump(mode="json")) if bento else None
+    result.seconds = round(time.monotonic() - started, 1)
+    summary = ExportSummary(export=result)
+    if bento_model is not None:
+        summary.bento_model = bento_model
     return summary
 
 
-def _record(ref, out: Path, result: dict[str, Any]) -> dict[str, str]:
+def _record(ref, out: Path, result: ExportReport) -> dict[str, str]:
     """The ONNX files and report into the training run (`export/`; `export-unevaluated/` for an
     --unevaluated export, so it never shadows the approved one); their URIs and sha256 as run tags,
     and as registry version tags for an approved export."""
     from chexops.core.files import sha256_file
 
-    folder = "export" if result["evaluated"] else "export-unevaluated"
+    folder = "export" if result.evaluated else "export-unevaluated"
     from chexops.tracking import mlflow_client
 
     c = mlflow_client()
@@ -383,15 +431,16 @@ def _record(ref, out: Path, result: dict[str, Any]) -> dict[str, str]:
         c.log_artifact(ref.run_id, str(out / f), folder)
     uris = {"fp32": f"runs:/{ref.run_id}/{folder}/{FP32_FILE}", "int8": f"runs:/{ref.run_id}/{folder}/{INT8_FILE}",
             "report": f"runs:/{ref.run_id}/{folder}/report.json"}
-    tags = {"export.fp32_uri": uris["fp32"], "export.int8_uri": uris["int8"], "export.fp32_path": result["fp32"],
-            "export.int8_path": result["int8"], "export.registry_version": ref.version if result["evaluated"] else "none",
-            "export.int8_auroc_delta": f"{result['int8_auroc_delta']:.6f}", "export.int8_latency_ratio": f"{result['int8_latency_ratio']:.4f}",
+    tags = {"export.fp32_uri": uris["fp32"], "export.int8_uri": uris["int8"], "export.fp32_path": result.fp32,
+            "export.int8_path": result.int8, "export.registry_version": ref.version if result.evaluated else "none",
+            "export.int8_auroc_delta": f"{result.int8_auroc_delta:.6f}",
+            "export.int8_latency_ratio": f"{result.int8_latency_ratio:.4f}",
             "export.fp32_sha256": sha256_file(out / FP32_FILE), "export.int8_sha256": sha256_file(out / INT8_FILE),
-            "export.evaluated": "true" if result["evaluated"] else "false"}
-    prefix = "export." if result["evaluated"] else "export_unevaluated."
+            "export.evaluated": "true" if result.evaluated else "false"}
+    prefix = "export." if result.evaluated else "export_unevaluated."
     for key, value in tags.items():
         c.set_tag(ref.run_id, prefix + key.removeprefix("export."), value)
-    if ref.version and result["evaluated"]:
+    if ref.version and result.evaluated:
         for key, value in tags.items():
             c.set_model_version_tag(ref.name, ref.version, key, value)
     return uris

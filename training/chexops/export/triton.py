@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from chexops.core.errors import UserInputError
+from chexops.core.results import Result
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,22 @@ DATA_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16", "ten
               "tensor(int64)": "TYPE_INT64", "tensor(int32)": "TYPE_INT32", "tensor(int8)": "TYPE_INT8",
               "tensor(uint8)": "TYPE_UINT8", "tensor(bool)": "TYPE_BOOL"}
 CLASSIFIED_OUTPUT = "probabilities"
+
+
+class TritonRepository(Result):
+    """What `chexops triton export` wrote: the model's folder in the repository, its tensors ({name, data_type,
+    shape}), how many labels, its two configs and the preprocessing spec from the ONNX metadata (None: none there)."""
+
+    repository: str
+    model: str
+    dir: str
+    onnx: str
+    max_batch_size: int
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    labels: int
+    configs: dict[str, str]
+    preprocessing: dict[str, Any] | None
 
 
 def tensors(onnx_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]:
@@ -83,8 +100,9 @@ def config_text(name: str, inputs: list[dict], outputs: list[dict], max_batch_si
 
 
 def write_repository(onnx_path: Path, out: Path, name: str = "", max_batch_size: int = 64, cpu_instances: int = 1,
-                     gpu_instances: int = 1, threads: int = 2, queue_delay_us: int = 2000, overwrite: bool = False) -> dict[str, Any]:
-    """A Triton model repository for one ONNX file; returns what was written."""
+                     gpu_instances: int = 1, threads: int = 2, queue_delay_us: int = 2000,
+                     overwrite: bool = False) -> TritonRepository:
+    """A Triton model repository for one ONNX file."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise UserInputError(f"no ONNX file at {onnx_path}.")
@@ -112,10 +130,11 @@ def write_repository(onnx_path: Path, out: Path, name: str = "", max_batch_size:
     (model_dir / "configs" / "gpu.pbtxt").write_text(config_text(kind="KIND_GPU", count=gpu_instances, **common))
     log.info("Wrote the Triton model %s to %s (inputs %s, outputs %s, max batch %d)", name, model_dir,
              [t["name"] for t in inputs], [t["name"] for t in outputs], max_batch_size)
-    return {"repository": str(out), "model": name, "dir": str(model_dir), "onnx": str(onnx_path),
-            "max_batch_size": max_batch_size, "inputs": inputs, "outputs": outputs, "labels": len(labels),
-            "configs": {"cpu": str(model_dir / "config.pbtxt"), "gpu": str(model_dir / "configs" / "gpu.pbtxt")},
-            "preprocessing": json.loads(meta["preprocessing"]) if meta.get("preprocessing") else None}
+    return TritonRepository(
+        repository=str(out), model=name, dir=str(model_dir), onnx=str(onnx_path), max_batch_size=max_batch_size,
+        inputs=inputs, outputs=outputs, labels=len(labels),
+        configs={"cpu": str(model_dir / "config.pbtxt"), "gpu": str(model_dir / "configs" / "gpu.pbtxt")},
+        preprocessing=json.loads(meta["preprocessing"]) if meta.get("preprocessing") else None)
 
 
 def bento_model_file(reference: str, precision: str) -> Path:
@@ -124,7 +143,7 @@ def bento_model_file(reference: str, precision: str) -> Path:
     from chexops.export.bento import serving_tag
     from chexops.export.files import FILES
 
-    tag = serving_tag(reference)["tag"]
+    tag = serving_tag(reference).tag
     import bentoml
 
     return Path(bentoml.models.get(tag).path_of(FILES[precision]))

@@ -31,12 +31,26 @@ from pathlib import Path
 from typing import Any
 
 from chexops.core.errors import UserInputError
+from chexops.core.results import Result
 from chexops.imaging.decode import JPEG_MAGIC
 from chexops.data.chexpert import source_policy_path
 from chexops.core.labels import CHEXPERT_LABELS, META_COLUMNS
 from chexops.feedback.store import FeedbackStore
 
 FOLDER = "CheXpert-v1.0-small"
+
+
+class FeedbackExport(Result):
+    """What `export_feedback` wrote: the dataset root and its CSV, its rows out of all feedback, the feedback
+    skipped (`incorrect_without_labels`, `no_image`), the label columns and the store read."""
+
+    out: str
+    csv: str
+    rows: int
+    feedback: int
+    skipped: dict[str, int]
+    labels: list[str]
+    store: str
 
 
 def _view(info: dict[str, Any]) -> tuple[str, str]:
@@ -63,7 +77,7 @@ def row_labels(record: dict[str, Any]) -> dict[str, str] | None:
     return values
 
 
-def export_feedback(store: FeedbackStore, out: Path, overwrite: bool = False) -> dict[str, Any]:
+def export_feedback(store: FeedbackStore, out: Path, overwrite: bool = False) -> FeedbackExport:
     out = Path(out)
     folder = out / FOLDER
     if folder.exists():
@@ -101,5 +115,5 @@ def export_feedback(store: FeedbackStore, out: Path, overwrite: bool = False) ->
                              **{label: values.get(label, "") for label in labels}})
     source_policy_path(csv_path).write_text("# chexops feedback export: a blank label is one nobody gave; never a negative.\n"
                                             "blank: ignore\n")
-    return {"out": str(out), "csv": str(csv_path), "rows": rows, "feedback": feedback, "skipped": skipped,
-            "labels": labels, "store": store.location}
+    return FeedbackExport(out=str(out), csv=str(csv_path), rows=rows, feedback=feedback, skipped=skipped, labels=labels,
+                          store=store.location)

@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from chexops.core.errors import UserInputError
+from chexops.core.results import Result
 from chexops.core.triage import NOT_A_FINDING
 from chexops.loop.simulate import REPORT_FILE
 
@@ -54,6 +55,47 @@ class ClinicParameters(BaseModel):
     replications: int = Field(200, ge=10, le=100_000, description="simulated days, each a bootstrap of the studies")
     bootstrap: int = Field(1000, ge=50, le=100_000, description="resamples for the intervals of the rates")
     seed: int = 0
+
+
+class TimeToRead(Result):
+    """Mean minutes until an abnormal study is read, per worklist order, and their differences: each an
+    interval {estimate, low, high} (None: no replication had an abnormal study); the abnormal share and
+    the reading room's utilisation."""
+
+    fifo: dict[str, float | None]
+    priority_a: dict[str, float | None]
+    priority_b: dict[str, float | None]
+    priority_a_minus_fifo: dict[str, float | None]
+    priority_b_minus_fifo: dict[str, float | None]
+    b_minus_a: dict[str, float | None]
+    abnormal_share: float
+    utilisation: float
+
+
+class VersionOutcome(Result):
+    """One model version on the clinic: its model and endpoint, per finding sensitivity and specificity
+    ({estimate, low, high, n} each), agreement with clinicians and latency (from its simulate report)."""
+
+    model: dict[str, Any]
+    endpoint: str
+    operating_point: dict[str, dict[str, dict[str, Any]]]
+    agreement: dict[str, Any]
+    latency_ms: dict[str, float | None]
+
+
+class BusinessReport(Result):
+    """Two model versions compared (`business.json`), then the Markdown report once written."""
+
+    omit_unset = frozenset({"report"})
+
+    studies: int
+    abnormal: int
+    labels: list[str]
+    parameters: ClinicParameters
+    time_to_read_minutes: TimeToRead
+    a: VersionOutcome
+    b: VersionOutcome
+    report: str | None = None
 
 
 def load_report(path: Path) -> dict[str, Any]:
@@ -107,7 +149,7 @@ def worklist_times(arrivals: np.ndarray, reading: np.ndarray, rank: np.ndarray, 
     return done - arrivals
 
 
-def time_to_read(a: list[dict], b: list[dict], params: ClinicParameters) -> dict[str, Any]:
+def time_to_read(a: list[dict], b: list[dict], params: ClinicParameters) -> TimeToRead:
     """Mean minutes to read abnormal studies: FIFO, priority by A, priority by B, over replications."""
     rng = np.random.default_rng(params.seed)
     is_abnormal = np.array([abnormal(r["truth"]) for r in a])
@@ -131,7 +173,7 @@ def time_to_read(a: list[dict], b: list[dict], params: ClinicParameters) -> dict
     out["b_minus_a"] = _interval(arrays["priority_b"] - arrays["priority_a"])
     out["abnormal_share"] = round(float(is_abnormal.mean()), 4)
     out["utilisation"] = round(params.arrivals_per_hour * params.reading_minutes / 60 / params.readers, 3)
-    return out
+    return TimeToRead(**out)
 
 
 def _interval(values: np.ndarray) -> dict[str, float | None]:
@@ -182,18 +224,18 @@ def agreement_interval(n: int, rate: float, simulations: int = 20000, seed: int 
             "half_width": round(float(high - low) / 2, 4), "normal_approx_half_width": round(1.96 * math.sqrt(rate * (1 - rate) / n), 4)}
 
 
-def compare(a_report: dict[str, Any], b_report: dict[str, Any], params: ClinicParameters) -> dict[str, Any]:
+def compare(a_report: dict[str, Any], b_report: dict[str, Any], params: ClinicParameters) -> BusinessReport:
     a, b = matched_studies(a_report, b_report)
     labels = [label for label in a_report["labels"] if label in b_report["labels"]]
     rng = np.random.default_rng(params.seed + 1)
     models = {}
     for key, report, records in (("a", a_report, a), ("b", b_report, b)):
-        models[key] = {"model": report["summary"]["model"], "endpoint": report["summary"]["endpoint"],
-                       "operating_point": operating_point(records, labels, rng, params.bootstrap),
-                       "agreement": agreement(records, rng, params.bootstrap),
-                       "latency_ms": report["summary"]["latency_ms"]}
-    return {"studies": len(a), "abnormal": int(sum(abnormal(r["truth"]) for r in a)), "labels": labels,
-            "parameters": params.model_dump(), "time_to_read_minutes": time_to_read(a, b, params), **models}
+        models[key] = VersionOutcome(model=report["summary"]["model"], endpoint=report["summary"]["endpoint"],
+                                     operating_point=operating_point(records, labels, rng, params.bootstrap),
+                                     agreement=agreement(records, rng, params.bootstrap),
+                                     latency_ms=report["summary"]["latency_ms"])
+    return BusinessReport(studies=len(a), abnormal=int(sum(abnormal(r["truth"]) for r in a)), labels=labels,
+                          parameters=params, time_to_read_minutes=time_to_read(a, b, params), **models)
 
 
 # --- the report -------------------------------------------------------------------------------------
@@ -204,50 +246,50 @@ def _fmt(i: dict[str, Any], digits: int = 3) -> str:
     return f"{i['estimate']:.{digits}f} [{i['low']:.{digits}f}, {i['high']:.{digits}f}]"
 
 
-def _name(m: dict[str, Any]) -> str:
-    model = m["model"]
+def _name(m: VersionOutcome) -> str:
+    model = m.model
     return f"{model.get('name')} v{model.get('version')} ({model.get('precision')})"
 
 
-def markdown(result: dict[str, Any], plots: list[str]) -> str:
-    t, p = result["time_to_read_minutes"], result["parameters"]
-    a, b = result["a"], result["b"]
+def markdown(result: BusinessReport, plots: list[str]) -> str:
+    t, p = result.time_to_read_minutes, result.parameters
+    a, b = result.a, result.b
     lines = [
         "# Business evaluation: two model versions on the same simulated clinic", "",
-        f"- A: {_name(a)} at {a['endpoint']}", f"- B: {_name(b)} at {b['endpoint']}",
-        f"- {result['studies']} studies answered by both, {result['abnormal']} abnormal by the ground truth.",
-        f"- Reading room: {p['arrivals_per_hour']} studies/h (Poisson), reading {p['reading_minutes']} min on average "
-        f"(gamma, shape {p['reading_shape']}), {p['readers']} reader(s): utilisation {t['utilisation']}; "
-        f"{p['replications']} replications. Intervals: bootstrap 95%.", "",
+        f"- A: {_name(a)} at {a.endpoint}", f"- B: {_name(b)} at {b.endpoint}",
+        f"- {result.studies} studies answered by both, {result.abnormal} abnormal by the ground truth.",
+        f"- Reading room: {p.arrivals_per_hour} studies/h (Poisson), reading {p.reading_minutes} min on average "
+        f"(gamma, shape {p.reading_shape}), {p.readers} reader(s): utilisation {t.utilisation}; "
+        f"{p.replications} replications. Intervals: bootstrap 95%.", "",
         "## Time until an abnormal study is read (minutes)", "",
         "| worklist order | mean minutes [95% CI] | change vs first-in first-out |", "|---|---|---|",
-        f"| first-in first-out | {_fmt(t['fifo'], 1)} | |",
-        f"| priority by A | {_fmt(t['priority_a'], 1)} | {_fmt(t['priority_a_minus_fifo'], 1)} |",
-        f"| priority by B | {_fmt(t['priority_b'], 1)} | {_fmt(t['priority_b_minus_fifo'], 1)} |", "",
-        f"B − A (priority worklists): {_fmt(t['b_minus_a'], 1)} minutes.", "",
+        f"| first-in first-out | {_fmt(t.fifo, 1)} | |",
+        f"| priority by A | {_fmt(t.priority_a, 1)} | {_fmt(t.priority_a_minus_fifo, 1)} |",
+        f"| priority by B | {_fmt(t.priority_b, 1)} | {_fmt(t.priority_b_minus_fifo, 1)} |", "",
+        f"B − A (priority worklists): {_fmt(t.b_minus_a, 1)} minutes.", "",
         "## Sensitivity and specificity at the operating thresholds", "",
         "| finding | sensitivity A | sensitivity B | specificity A | specificity B |", "|---|---|---|---|---|",
     ]
-    for label in [*result["labels"], "any abnormality (triage)"]:
-        oa, ob = a["operating_point"][label], b["operating_point"][label]
+    for label in [*result.labels, "any abnormality (triage)"]:
+        oa, ob = a.operating_point[label], b.operating_point[label]
         if oa["sensitivity"]["n"] + oa["specificity"]["n"] == 0:
             continue
         lines.append(f"| {label} | {_fmt(oa['sensitivity'])} (n={oa['sensitivity']['n']}) | {_fmt(ob['sensitivity'])} | "
                      f"{_fmt(oa['specificity'])} (n={oa['specificity']['n']}) | {_fmt(ob['specificity'])} |")
     lines += ["", "## Agreement with clinicians", "",
-              f"- A: {_fmt(a['agreement'])} over {a['agreement']['n']} reviews",
-              f"- B: {_fmt(b['agreement'])} over {b['agreement']['n']} reviews", "",
+              f"- A: {_fmt(a.agreement)} over {a.agreement['n']} reviews",
+              f"- B: {_fmt(b.agreement)} over {b.agreement['n']} reviews", "",
               *[f"![{name}]({name})" for name in plots], ""]
     return "\n".join(lines)
 
 
-def plot(result: dict[str, Any], out: Path) -> list[str]:
+def plot(result: BusinessReport, out: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t = result["time_to_read_minutes"]
+    t = {k: getattr(result.time_to_read_minutes, k) for k in ("fifo", "priority_a", "priority_b")}
     keys = [("fifo", "FIFO"), ("priority_a", "priority A"), ("priority_b", "priority B")]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     est = [t[k]["estimate"] or 0 for k, _ in keys]
@@ -258,13 +300,13 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     fig.savefig(out / "time_to_read.png", dpi=90)
     plt.close(fig)
 
-    labels = [label for label in [*result["labels"], "any abnormality (triage)"]
-              if result["a"]["operating_point"][label]["sensitivity"]["n"]]
+    labels = [label for label in [*result.labels, "any abnormality (triage)"]
+              if result.a.operating_point[label]["sensitivity"]["n"]]
     fig, axes = plt.subplots(1, 2, figsize=(9, 0.35 * len(labels) + 1.5), sharey=True)
     for ax, metric in zip(axes, ("sensitivity", "specificity")):
         for offset, key, colour in ((-0.15, "a", "tab:blue"), (0.15, "b", "tab:orange")):
             for y, label in enumerate(labels):
-                i = result[key]["operating_point"][label][metric]
+                i = getattr(result, key).operating_point[label][metric]
                 if i["estimate"] is not None:
                     ax.errorbar(i["estimate"], y + offset, xerr=[[i["estimate"] - i["low"]], [i["high"] - i["estimate"]]],
                                 fmt="o", color=colour, label=key.upper() if y == 0 else None, capsize=2)
@@ -277,19 +319,19 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     return ["time_to_read.png", "operating_point.png"]
 
 
-def business_report(a_path: Path, b_path: Path, out: Path, params: ClinicParameters) -> dict[str, Any]:
+def business_report(a_path: Path, b_path: Path, out: Path, params: ClinicParameters) -> BusinessReport:
     """Compare two simulate reports; write business.md, business.json and the plots to `out`."""
     result = compare(load_report(a_path), load_report(b_path), params)
     out.mkdir(parents=True, exist_ok=True)
     plots = plot(result, out)
     (out / "business.md").write_text(markdown(result, plots))
-    (out / "business.json").write_text(json.dumps(result, indent=1) + "\n")
-    result["report"] = str(out / "business.md")
+    (out / "business.json").write_text(json.dumps(result.model_dump(mode="json"), indent=1) + "\n")
+    result.report = str(out / "business.md")
     return result
 
 
-def human(result: dict[str, Any]) -> str:
-    t = result["time_to_read_minutes"]
-    return (f"{result['studies']} studies ({result['abnormal']} abnormal). Minutes to read an abnormal study: FIFO "
-            f"{_fmt(t['fifo'], 1)}, priority A {_fmt(t['priority_a'], 1)}, priority B {_fmt(t['priority_b'], 1)}. "
-            f"Agreement A {_fmt(result['a']['agreement'])}, B {_fmt(result['b']['agreement'])}. Report: {result['report']}")
+def human(result: BusinessReport) -> str:
+    t = result.time_to_read_minutes
+    return (f"{result.studies} studies ({result.abnormal} abnormal). Minutes to read an abnormal study: FIFO "
+            f"{_fmt(t.fifo, 1)}, priority A {_fmt(t.priority_a, 1)}, priority B {_fmt(t.priority_b, 1)}. "
+            f"Agreement A {_fmt(result.a.agreement)}, B {_fmt(result.b.agreement)}. Report: {result.report}")

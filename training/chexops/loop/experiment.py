@@ -34,12 +34,15 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import yaml
 from sklearn.metrics import roc_auc_score
+
+if TYPE_CHECKING:
+    from chexops.feedback.export import FeedbackExport
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +110,7 @@ def write_config(path: Path, data: dict[str, Path], setup: Setup, sources: list[
 
 
 def clinic_feedback(model_run: str, thresholds: dict[str, float], data: dict[str, Path], store_url: str, out: Path,
-                    setup: Setup) -> dict[str, Any]:
+                    setup: Setup) -> FeedbackExport:
     """The base model answers the clinic's studies, a simulated clinician reviews every answer from the
     ground truth, and the store is exported as `chexops feedback export` does."""
     from chexops.data.chexpert import image_paths, read_chexpert_csv
@@ -243,7 +246,7 @@ def run_loop(work: Path, setup: Setup = Setup()) -> dict[str, Any]:
     base = train(load_config(base_cfg), resume=False, checkpoint_dir=work / "ckpt-base")["run_id"]
     base_eval = evaluate_run(base, n_bootstrap=0, hard_cases=0, seed=setup.seed)
     exported = clinic_feedback(base, base_eval["thresholds"], data, f"sqlite:///{work / 'feedback.db'}", work, setup)
-    source = {"name": SOURCE, "csv": exported["csv"], "root": exported["out"], "weight": setup.weight,
+    source = {"name": SOURCE, "csv": exported.csv, "root": exported.out, "weight": setup.weight,
               "holdout_fraction": setup.holdout_fraction}
     cand_cfg = write_config(work / "candidate.yaml", data, setup, [source])
     runs = {"base": base, "candidate": train(load_config(cand_cfg), resume=False, checkpoint_dir=work / "ckpt-candidate")["run_id"]}
@@ -260,7 +263,7 @@ def run_loop(work: Path, setup: Setup = Setup()) -> dict[str, Any]:
     labels = models["base"][2]
     result: dict[str, Any] = {
         "setup": asdict(setup), "runs": runs,
-        "feedback": {"rows": exported["rows"], "holdout_rows": len(hold), "skipped": exported["skipped"]},
+        "feedback": {"rows": exported.rows, "holdout_rows": len(hold), "skipped": exported.skipped},
         "evaluations": {name: {"evaluation_id": e["evaluation_id"], "test_mean_auroc": e["mean_auroc"],
                                "holdout": e["holdouts"][SOURCE]} for name, e in evals.items()},
     }

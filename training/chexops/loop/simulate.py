@@ -38,6 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from chexops.core.errors import ChexopsError, UserInputError
+from chexops.core.results import Result
 from chexops.core.triage import priority
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,57 @@ class SimulateConfig(BaseModel):
     def _shift(cls, value: str) -> str:
         shift_fn(value)
         return value
+
+
+class Quantiles(Result):
+    """Latency percentiles in ms (None: nothing answered)."""
+
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class SimulateSummary(Result):
+    """What `chexops simulate` prints: the traffic planned, sent and answered, statuses, back-offs on 429,
+    latency, each finding's AUROC over the run (None: one class only), reviews and agreement (None: none
+    stored), then the plots and the report file once written."""
+
+    omit_unset = frozenset({"plots", "report"})
+
+    endpoint: str
+    model: dict[str, Any]
+    pattern: str
+    rate_per_s: float
+    duration_s: float
+    shift: str
+    seed: int
+    planned: int
+    sent: int
+    answered: int
+    statuses: dict[str, int]
+    backoffs: int
+    rate_limited_requests: int
+    elapsed_s: float
+    achieved_rate_per_s: float
+    latency_ms: Quantiles
+    auroc: dict[str, float | None]
+    reviewed: int
+    feedback_stored: int
+    agreement_rate: float | None
+    review_share: float
+    error_rate: float
+    plots: list[str] | None = None
+    report: str | None = None
+
+
+class SimulateReport(Result):
+    """`simulate.json`: the summary, the model's labels and thresholds, the online AUROC series and every request."""
+
+    summary: SimulateSummary
+    labels: list[str]
+    thresholds: dict[str, Any]
+    online_auroc: dict[str, list[Any]]
+    requests: list[dict[str, Any]]
 
 
 def shift_fn(spec: str):
@@ -240,7 +292,7 @@ class Clinic:
         return {"correct": correct, "clinician_priority": clinician_priority, "labels": len(read), "status": status, "stored": status == 200,
                 "backoffs": len(retries), "failure": failure}
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> SimulateReport:
         cfg = self.cfg
         times = arrival_times(cfg.pattern, cfg.rate, cfg.duration, cfg.max_requests, cfg.burst_size, self.rng)
         cycles = -(-max(len(times), 1) // len(self.paths))  # more studies than images: cycle, each in a new order
@@ -288,7 +340,7 @@ def online_auroc(records: list[dict[str, Any]], labels: list[str], points: int =
 
 
 def build_report(cfg: SimulateConfig, model: dict[str, Any], labels: list[str], records: list[dict[str, Any]], planned: int,
-                 elapsed: float) -> dict[str, Any]:
+                 elapsed: float) -> SimulateReport:
     ok = [r for r in records if r["status"] == 200]
     latencies = np.array([r["latency_ms"] for r in ok]) if ok else np.array([])
     statuses: dict[str, int] = {}
@@ -297,32 +349,32 @@ def build_report(cfg: SimulateConfig, model: dict[str, Any], labels: list[str], 
     reviewed = [r["feedback"] for r in records if "feedback" in r]
     stored = [f for f in reviewed if f["stored"]]
     auroc = online_auroc(records, labels)
-    summary = {
-        "endpoint": cfg.url, "model": {k: model.get(k) for k in ("name", "version", "run_id", "precision")},
-        "pattern": cfg.pattern, "rate_per_s": cfg.rate, "duration_s": cfg.duration, "shift": cfg.shift, "seed": cfg.seed,
-        "planned": planned, "sent": len(records), "answered": len(ok), "statuses": statuses,
-        "backoffs": sum(r["backoffs"] for r in records) + sum(f["backoffs"] for f in reviewed),
-        "rate_limited_requests": sum(1 for r in records if r["backoffs"]),
-        "elapsed_s": round(elapsed, 2), "achieved_rate_per_s": round(len(records) / elapsed, 3) if elapsed else 0.0,
-        "latency_ms": {q: round(float(np.percentile(latencies, p)), 2) if len(latencies) else None
-                       for q, p in (("p50", 50), ("p95", 95), ("p99", 99))},
-        "auroc": {label: auroc[label][-1] if auroc["n"] else None for label in labels},
-        "reviewed": len(reviewed), "feedback_stored": len(stored),
-        "agreement_rate": round(sum(f["correct"] for f in stored) / len(stored), 4) if stored else None,
-        "review_share": cfg.review_share, "error_rate": cfg.error_rate,
-    }
-    return {"summary": summary, "labels": labels, "thresholds": model.get("thresholds", {}), "online_auroc": auroc,
-            "requests": records}
+    summary = SimulateSummary(
+        endpoint=cfg.url, model={k: model.get(k) for k in ("name", "version", "run_id", "precision")},
+        pattern=cfg.pattern, rate_per_s=cfg.rate, duration_s=cfg.duration, shift=cfg.shift, seed=cfg.seed,
+        planned=planned, sent=len(records), answered=len(ok), statuses=statuses,
+        backoffs=sum(r["backoffs"] for r in records) + sum(f["backoffs"] for f in reviewed),
+        rate_limited_requests=sum(1 for r in records if r["backoffs"]),
+        elapsed_s=round(elapsed, 2), achieved_rate_per_s=round(len(records) / elapsed, 3) if elapsed else 0.0,
+        latency_ms=Quantiles(**{q: round(float(np.percentile(latencies, p)), 2) if len(latencies) else None
+                                for q, p in (("p50", 50), ("p95", 95), ("p99", 99))}),
+        auroc={label: auroc[label][-1] if auroc["n"] else None for label in labels},
+        reviewed=len(reviewed), feedback_stored=len(stored),
+        agreement_rate=round(sum(f["correct"] for f in stored) / len(stored), 4) if stored else None,
+        review_share=cfg.review_share, error_rate=cfg.error_rate,
+    )
+    return SimulateReport(summary=summary, labels=labels, thresholds=model.get("thresholds", {}), online_auroc=auroc,
+                          requests=records)
 
 
-def plot_report(report: dict[str, Any], out: Path) -> list[str]:
+def plot_report(report: SimulateReport, out: Path) -> list[str]:
     """latency.png, auroc.png, agreement.png in `out`; returns their names."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = report["requests"]
+    records = report.requests
     ok = [r for r in records if r["status"] == 200]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.scatter([r["sent_s"] for r in ok], [r["latency_ms"] for r in ok], s=8, label="200")
@@ -335,9 +387,9 @@ def plot_report(report: dict[str, Any], out: Path) -> list[str]:
     fig.savefig(out / "latency.png", dpi=90)
     plt.close(fig)
 
-    auroc = report["online_auroc"]
+    auroc = report.online_auroc
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    for label in report["labels"]:
+    for label in report.labels:
         points = [(t, v) for t, v in zip(auroc["t_s"], auroc[label]) if v is not None]
         if points:
             ax.plot(*zip(*points), marker=".", label=label)
@@ -359,24 +411,24 @@ def plot_report(report: dict[str, Any], out: Path) -> list[str]:
     return ["latency.png", "auroc.png", "agreement.png"]
 
 
-def simulate(cfg: SimulateConfig, api_key_env: str = "CHEXOPS_API_KEY") -> dict[str, Any]:
+def simulate(cfg: SimulateConfig, api_key_env: str = "CHEXOPS_API_KEY") -> SimulateReport:
     """Run the clinic, write `simulate.json` and the plots to `cfg.out`; return the report."""
     clinic = Clinic(cfg, api_key(cfg.url, api_key_env))
     report = clinic.run()
     cfg.out.mkdir(parents=True, exist_ok=True)
-    report["summary"]["plots"] = plot_report(report, cfg.out)
-    report["summary"]["report"] = str(cfg.out / REPORT_FILE)
-    (cfg.out / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
+    report.summary.plots = plot_report(report, cfg.out)
+    report.summary.report = str(cfg.out / REPORT_FILE)
+    (cfg.out / REPORT_FILE).write_text(json.dumps(report.model_dump(mode="json"), indent=1) + "\n")
     return report
 
 
-def human(summary: dict[str, Any]) -> str:
-    lat = summary["latency_ms"]
-    agreement = "n/a" if summary["agreement_rate"] is None else f"{summary['agreement_rate']:.1%}"
-    aurocs = [v for v in summary["auroc"].values() if v is not None]
-    return (f"Sent {summary['sent']} of {summary['planned']} studies ({summary['pattern']}, {summary['achieved_rate_per_s']}/s) "
-            f"to {summary['endpoint']} in {summary['elapsed_s']} s: {summary['answered']} answered, statuses "
-            f"{summary['statuses']}, {summary['backoffs']} back-offs on 429. Latency p50 {lat['p50']} ms, p95 {lat['p95']} ms. "
+def human(summary: SimulateSummary) -> str:
+    lat = summary.latency_ms
+    agreement = "n/a" if summary.agreement_rate is None else f"{summary.agreement_rate:.1%}"
+    aurocs = [v for v in summary.auroc.values() if v is not None]
+    return (f"Sent {summary.sent} of {summary.planned} studies ({summary.pattern}, {summary.achieved_rate_per_s}/s) "
+            f"to {summary.endpoint} in {summary.elapsed_s} s: {summary.answered} answered, statuses "
+            f"{summary.statuses}, {summary.backoffs} back-offs on 429. Latency p50 {lat.p50} ms, p95 {lat.p95} ms. "
             f"Mean online AUROC {np.mean(aurocs) if aurocs else float('nan'):.3f} over {len(aurocs)} findings. "
-            f"{summary['feedback_stored']} of {summary['reviewed']} reviews stored, agreement {agreement}. "
-            f"Report: {summary['report']}")
+            f"{summary.feedback_stored} of {summary.reviewed} reviews stored, agreement {agreement}. "
+            f"Report: {summary.report}")

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from chexops.core.results import Result
 
 EXPERIMENT = "chexops-pipelines"
 
 
-def record_outcome(workflow: str, status: str | None, outcome: str | None, run_id: str | None) -> dict[str, str]:
+class PipelineRecord(Result):
+    """A pipeline run as recorded: its MLflow run, the status and outcome stored there ('' when none), the
+    training run tagged ('' when none)."""
+
+    workflow: str
+    record_run: str
+    status: str
+    outcome: str
+    training_run: str
+
+
+def record_outcome(workflow: str, status: str | None, outcome: str | None, run_id: str | None) -> PipelineRecord:
     """One MLflow run per pipeline run (experiment chexops-pipelines, tag chexops.workflow) holding its
     status and outcome; the training run, when named, gets the same tags."""
     from mlflow.tracking import MlflowClient
@@ -28,5 +40,6 @@ def record_outcome(workflow: str, status: str | None, outcome: str | None, run_i
     if status:
         client.set_terminated(record, "FINISHED" if status == "Succeeded" else "FAILED")
     stored = client.get_run(record).data.tags
-    return {"workflow": workflow, "record_run": record, "status": stored.get("chexops.pipeline.status", ""),
-            "outcome": stored.get("chexops.pipeline.outcome", ""), "training_run": stored.get("chexops.training_run", "")}
+    return PipelineRecord(workflow=workflow, record_run=record, status=stored.get("chexops.pipeline.status", ""),
+                          outcome=stored.get("chexops.pipeline.outcome", ""),
+                          training_run=stored.get("chexops.training_run", ""))

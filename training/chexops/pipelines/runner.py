@@ -410,7 +410,8 @@ class LocalRunner:
         return SUCCEEDED
 
 
-def run_local(path: Path, parameters: dict[str, str], workdir: Path, echo=None, skip: dict[str, str] | None = None) -> dict[str, Any]:
+def run_local(path: Path, parameters: dict[str, str], workdir: Path, echo=None,
+              skip: dict[str, str] | None = None) -> WorkflowRun:
     """Run `path` locally; raises ChexopsError when the workflow fails (after its exit handler ran).
     `skip` maps task names to the reason they are skipped."""
     result = LocalRunner(path, parameters, workdir, echo, skip).run()
@@ -418,4 +419,18 @@ def run_local(path: Path, parameters: dict[str, str], workdir: Path, echo=None, 
         failed = [n["name"] for n in result["nodes"] if n.get("phase") == FAILED]
         raise ChexopsError(f"workflow {result['workflow']} failed at {', '.join(failed) or 'an unknown step'} "
                            "(see the step's messages above).")
-    return result
+    return WorkflowRun(**result)
+
+
+from chexops.core.results import Result  # noqa: E402
+
+
+class WorkflowRun(Result):
+    """A workflow run here: its name, file, phase, the entrypoint's outputs, seconds, and every node's summary."""
+
+    workflow: str
+    file: str
+    phase: str
+    outputs: dict[str, str]
+    seconds: float
+    nodes: list[dict[str, Any]]

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, Protocol
 
 from chexops.core import paths
 from chexops.core.errors import ChexopsError
@@ -48,8 +48,17 @@ def serve_env(model: str | None, precision: str | None, threads: int | None) -> 
     return env
 
 
+class Served(Protocol):
+    """What `resolve` returns (`chexops.export.bento.ServingTag`): the exact Bento tag, the reference it was
+    resolved from, and whether the gate approved it."""
+
+    tag: str
+    reference: str
+    evaluated: bool
+
+
 def serve(port: int, host: str, model: str | None, precision: str | None, threads: int | None,
-          resolve: Callable[[str], dict[str, Any]], development: bool = False) -> int:
+          resolve: Callable[[str], Served], development: bool = False) -> int:
     """Run `bentoml serve` until it ends; it dies with this process (PR_SET_PDEATHSIG), its worker with it
     (chexops.core.processes). `resolve` turns `CHEXOPS_MODEL` (a registry reference by default) into the
     exact, checked Bento model (exit 2 otherwise). Off loopback, configured API keys are required (exit 2 otherwise)."""
@@ -57,16 +66,16 @@ def serve(port: int, host: str, model: str | None, precision: str | None, thread
     require_keys_off_loopback(host, settings.api_keys.get_secret_value(), settings.api_keys_file)
     env = serve_env(model, precision, threads)
     served = resolve(model or settings.model_tag)
-    resolved = served["tag"]
+    resolved = served.tag
     env["CHEXOPS_MODEL"] = resolved  # pin what was checked: the service loads exactly this tag
-    env["CHEXOPS_MODEL_REF"] = served["reference"]
-    if not served["evaluated"]:
+    env["CHEXOPS_MODEL_REF"] = served.reference
+    if not served.evaluated:
         log.warning("Bento model %s was exported --unevaluated: not approved by the gate (the page says so).", resolved)
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
     if development:
         cmd.append("--development")
     log.info("Serving %s = Bento model %s (%s) at http://%s:%d  (web page /, API /predict /explain /feedback, /metrics)",
-             served["reference"], resolved, precision or settings.precision, host, port)
+             served.reference, resolved, precision or settings.precision, host, port)
     log.info("$ %s", " ".join(cmd[1:]))
     return subprocess.call(cmd, cwd=paths.ROOT, env=env, preexec_fn=die_with_parent)
 
