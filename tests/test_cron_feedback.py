@@ -17,7 +17,8 @@ from chexops.cli.train import train_cmd
 from chexops.config import load_config
 from chexops.data.loading import load_splits
 from chexops.core.labels import CHEXPERT_LABELS
-from chexops.pipelines.runner import depends_tasks, substitute
+from chexops.pipelines.argo_expr import depends_tasks
+from chexops.pipelines.runner import substitute
 from chexops.feedback.export import FOLDER
 from chexops.feedback.store import FeedbackStore
 from support import ROOT, make_rows, run_cli, write_chexpert
