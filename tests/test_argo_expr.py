@@ -89,8 +89,10 @@ def test_analysis_short_circuits_and_refuses_what_it_does_not_implement():
     assert evaluate_analysis("result[1] >= 3 || result[5] > 0", [0.5, 3.0])  # the right side is never read
     with pytest.raises(IndexError, match="an Error measurement"):
         evaluate_analysis("result[5] > 0", [0.5])
-    for condition, named in (("asInt(result[0]) > 1", "'asInt' is not supported"), ("result[0] + 1 > 2", "unexpected '\\+'"),
-                             ("(result[0] > 1", "unbalanced parentheses"), ("result[a] > 1", "only result\\[<number>\\]"),
+    for condition, named in (("asInt(result[0]) > 1", "'asInt' is not supported"),
+                             ("result[0] + 1 > 2", "unexpected '\\+'"),
+                             ("(result[0] > 1", "unbalanced parentheses"),
+                             ("result[a] > 1", "only result\\[<number>\\]"),
                              ("nan == nan", "'nan' is not supported")):
         with pytest.raises(UnsupportedExpression, match=named):
             evaluate_analysis(condition, [2.0])

@@ -165,9 +165,10 @@ def _add_clavicles(s: Scene, img: np.ndarray) -> None:
     """Two clavicles, on frontal views only."""
     f = np.flatnonzero(s.frontal)
     if len(f):
+        k = len(f)
         for side in (-1.0, 1.0):
-            clavicle = _segment(s.x[f], s.y[f], np.full(len(f), 0.1 * side), np.full(len(f), -0.66),
-                                np.full(len(f), 0.62 * side), np.full(len(f), -0.76), np.full(len(f), 0.035))  # fmt: skip
+            clavicle = _segment(s.x[f], s.y[f], np.full(k, 0.1 * side), np.full(k, -0.66),
+                                np.full(k, 0.62 * side), np.full(k, -0.76), np.full(k, 0.035))  # fmt: skip
             img[f] += 0.1 * clavicle
 
 
