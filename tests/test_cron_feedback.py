@@ -17,8 +17,9 @@ from chexops.cli.train import train_cmd
 from chexops.config import load_config
 from chexops.data.loading import load_splits
 from chexops.core.labels import CHEXPERT_LABELS
-from chexops.pipelines.runner import depends_tasks, substitute
-from chexops.feedback.export import FOLDER
+from chexops.pipelines.argo_expr import depends_tasks
+from chexops.pipelines.runner import substitute
+from chexops.data.chexpert import DATASET_DIR
 from chexops.feedback.store import FeedbackStore
 from support import ROOT, make_rows, run_cli, write_chexpert
 
@@ -94,7 +95,8 @@ def test_the_cron_passes_the_feedback_it_exported_to_training():
     assert len(sources) == 1, f"the train step does not set data.sources: {train_argv}"
     (feedback,) = yaml.safe_load(sources[0].split("=", 1)[1])
     assert feedback["name"] == "feedback"
-    assert Path(feedback["csv"]) == Path(out) / FOLDER / "train.csv", "training reads another CSV than the export writes"
+    assert Path(feedback["csv"]) == Path(out) / DATASET_DIR / "train.csv", \
+        "training reads another CSV than the export writes"
     assert Path(feedback["root"]) == Path(out), "the export's image paths are relative to its --out directory"
     assert feedback["allow_empty"] is True, "no feedback yet would fail the scheduled run"
     assert RUN in out, "each scheduled run needs its own export directory"
@@ -165,7 +167,7 @@ def test_the_override_the_cron_builds_loads_the_export(tmp_path, monkeypatch, fe
     monkeypatch.setenv("CHEXPERT_ROOT", str(prepared))
     config = load_config(ROOT / "configs" / "chexpert-densenet121.yaml", [*overrides, "data.val_fraction=0.2"])
     (source,) = config.data.sources
-    assert source.csv == Path(out) / FOLDER / "train.csv" and source.csv.is_file()
+    assert source.csv == Path(out) / DATASET_DIR / "train.csv" and source.csv.is_file()
     joined = load_splits(config)
     base = load_splits(load_config(ROOT / "configs" / "chexpert-densenet121.yaml",
                                    [*(o for o in overrides if not o.startswith("data.sources=")), "data.val_fraction=0.2"]))

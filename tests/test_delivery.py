@@ -402,7 +402,7 @@ def run_analysis(prometheus: str, **args: str) -> dict[str, tuple[str, list[floa
     args substituted (`{{args.x}}`), its query sent to Prometheus, its conditions applied."""
     import re
 
-    from argo_expr import evaluate
+    from chexops.pipelines.argo_expr import evaluate_analysis
 
     template = yaml.safe_load(ANALYSIS.read_text())
     values = {a["name"]: a.get("value") for a in template["spec"]["args"]}
@@ -415,9 +415,9 @@ def run_analysis(prometheus: str, **args: str) -> dict[str, tuple[str, list[floa
         resolved = json.loads(re.sub(r"\{\{args\.([\w-]+)\}\}", lambda m: str(values[m.group(1)]), text))
         assert resolved["provider"]["prometheus"]["address"] == values["prometheus-address"]
         result = query(prometheus, resolved["provider"]["prometheus"]["query"])
-        if evaluate(resolved["failureCondition"], result):
+        if evaluate_analysis(resolved["failureCondition"], result):
             phases[metric["name"]] = ("Failed", result)
-        elif evaluate(resolved["successCondition"], result):
+        elif evaluate_analysis(resolved["successCondition"], result):
             phases[metric["name"]] = ("Successful", result)
         else:
             phases[metric["name"]] = ("Inconclusive", result)

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from argo_expr import UnsupportedExpression, evaluate
+from chexops.pipelines.argo_expr import UnsupportedExpression, evaluate_analysis
 from chexops.registry import evidence
 from chexops.delivery import gitops
 from chexops.core.errors import UserInputError
@@ -57,7 +57,7 @@ def test_gate_evidence_needs_passing_verdicts():
 
 def test_argo_condition_subset():
     condition = "len(result) > 0 && !isNaN(result[0]) && result[0] <= 0.02"
-    assert [evaluate(condition, r) for r in ([], [math.nan], [0.01], [0.5])] == [False, False, True, False]
-    assert evaluate("result[0] > 1 || len(result) == 2", [0.5, 3.0])
+    assert [evaluate_analysis(condition, r) for r in ([], [math.nan], [0.01], [0.5])] == [False, False, True, False]
+    assert evaluate_analysis("result[0] > 1 || len(result) == 2", [0.5, 3.0])
     with pytest.raises(UnsupportedExpression, match="'asInt' is not supported"):
-        evaluate("asInt(result[0]) > 1", [2.0])
+        evaluate_analysis("asInt(result[0]) > 1", [2.0])

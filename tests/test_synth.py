@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,10 @@ import pytest
 from PIL import Image
 
 from chexops.data import synth
-from chexops.data.synth import DATASET_DIR, SynthSummary, load_stats, render_example_grid, synthesize
+from chexops.data.chexpert import DATASET_DIR
+from chexops.data.synth import SynthSummary, synthesize
+from chexops.data.synth.labels import load_stats
+from chexops.data.synth.render import render_example_grid
 from chexops.core.errors import UserInputError
 from chexops.core.labels import CHEXPERT_LABELS, COMPETITION_LABELS, META_COLUMNS
 
@@ -28,9 +32,12 @@ def read(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory) -> tuple[Path, SynthSummary]:
+def small(tmp_path_factory) -> tuple[Path, SynthSummary, float]:
+    """The dataset root, the summary, and the wall time synthesize took."""
     out = tmp_path_factory.mktemp("small")
-    return out, synthesize(out, patients=12, valid_patients=5, image_size=32, seed=3, progress=False)
+    started = time.perf_counter()
+    summary = synthesize(out, patients=12, valid_patients=5, image_size=32, seed=3, progress=False)
+    return out, summary, time.perf_counter() - started
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +48,13 @@ def medium(tmp_path_factory) -> SynthSummary:
 
 
 def test_layout_columns_and_images(small):
-    out, summary = small
+    out, summary, wall = small
     assert sorted(p.name for p in out.iterdir()) == [DATASET_DIR]  # no temporary leftovers
     root = out / DATASET_DIR
     assert summary.root == str(out)
     assert summary.train_csv == str(root / "train.csv") and summary.valid_csv == str(root / "valid.csv")
     assert (summary.patients, summary.valid_patients, summary.image_size, summary.seed) == (12, 5, 32, 3)
-    assert summary.seconds >= 0
+    assert 0 < summary.seconds <= round(wall, 3) + 0.001  # the run's own duration, in seconds
     for split, n_patients in (("train", 12), ("valid", 5)):
         columns, rows = read(root / f"{split}.csv")
         assert columns == STATS["columns"] == list(META_COLUMNS + CHEXPERT_LABELS)
@@ -67,7 +74,7 @@ def test_layout_columns_and_images(small):
 
 
 def test_patients_disjoint_and_valid_ids_continue(small):
-    out, _ = small
+    out, _, _ = small
     ids = {
         s: {int(PATH_RE.match(r["Path"]).group(2)) for r in read(out / DATASET_DIR / f"{s}.csv")[1]}
         for s in ("train", "valid")
@@ -132,7 +139,7 @@ def test_rates_match_the_real_statistics(medium):
 
 
 def test_deterministic_for_a_seed(tmp_path, small):
-    out, _ = small
+    out, _, _ = small
     again = synthesize(tmp_path / "a", patients=12, valid_patients=5, image_size=32, seed=3, progress=True)
     other = synthesize(tmp_path / "b", patients=12, valid_patients=5, image_size=32, seed=4, progress=False)
     synthesize(

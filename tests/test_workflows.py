@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from chexops.cli import cli
-from chexops.pipelines.runner import REFERENCE, depends_tasks
+from chexops.pipelines.argo_expr import depends_tasks
+from chexops.pipelines.runner import REFERENCE
 from support import ROOT
 
 WORKFLOWS = ROOT / "workflows"

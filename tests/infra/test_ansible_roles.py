@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from chexops.core.paths import HOME_DIR
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +34,7 @@ SUITE = "bookworm"
 MIRROR = os.environ.get("CHEXOPS_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # What a Chameleon cloud image already has; the roles install the rest over the network.
 INCLUDE = "python3,python3-apt,openssh-server,sudo,ca-certificates,e2fsprogs,systemd,systemd-sysv,dbus,iproute2"
-CACHE = Path(os.environ.get("CHEXOPS_HOME", REPO / ".chexops")).resolve() / "cache" / "infra"
+CACHE = Path(os.environ.get("CHEXOPS_HOME", REPO / HOME_DIR)).resolve() / "cache" / "infra"
 TARBALL = CACHE / f"debian-{SUITE}-minbase-{hashlib.sha256(INCLUDE.encode()).hexdigest()[:8]}.tar"
 RECAP = re.compile(r"ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
 ADMIN_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHcSb2p0Q0hleE9wcy10ZXN0LWtleS1ub3QtcmVhbA alice@chexops-test"

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chexops.core import paths
-from chexops.core.errors import ConfigError
+from chexops.core.errors import ConfigError, validation_problems
 from chexops.core.labels import CHEXPERT_LABELS, COMPETITION_LABELS
 from chexops.imaging.preprocessing import PreprocessSpec
 
@@ -226,12 +226,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
 
 
 def _format_validation(source: str, err: ValidationError) -> str:
-    lines = []
-    for item in err.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        msg = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{where}: {msg}")
-    return f"{source} is not a valid chexops config: " + "; ".join(lines) + "."
+    return f"{source} is not a valid chexops config: {validation_problems(err)}."
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> Config:

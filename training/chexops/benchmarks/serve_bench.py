@@ -61,6 +61,7 @@ from chexops.core.processes import stop_tree
 from chexops.serving.launch import wait_ready
 from chexops.core.processes import die_with_parent
 from chexops.core import paths
+from chexops.core.names import DEFAULT_MODEL_NAME
 
 log = logging.getLogger("chexops.benchmarks.serve_bench")
 
@@ -110,7 +111,7 @@ def random_init_model(name: str, size: int, width: int, calibration: int = 8) ->
     from chexops.export.bento import import_onnx
     from chexops.config import ModelConfig
     from chexops.export.onnx import build_metadata, export_onnx, write_metadata
-    from chexops.core.labels import CHEXPERT_LABELS
+    from chexops.core.labels import CHEXPERT_LABELS, DEFAULT_THRESHOLD
     from chexops.train.models import build_model
     from chexops.export.files import FP32_FILE, INT8_FILE
     from chexops.core.paths import home
@@ -123,7 +124,8 @@ def random_init_model(name: str, size: int, width: int, calibration: int = 8) ->
     model = build_model(ModelConfig(name=name, width=width, pretrained_weights=None), len(labels), spec).eval()
     out = home() / "exports" / f"bench-{name}-{size}"
     fp32 = export_onnx(model, spec, out / FP32_FILE)
-    metadata = build_metadata(labels=labels, thresholds={label: 0.5 for label in labels}, rule="benchmark (random init)",
+    metadata = build_metadata(labels=labels, thresholds={label: DEFAULT_THRESHOLD for label in labels},
+                              rule="benchmark (random init)",
                               spec=spec, model_name=f"bench-{name}-{size}", registry_version="1", run_id="0" * 32,
                               data_version="none", head_weight=model.head.weight.detach().numpy(),
                               head_bias=model.head.bias.detach().numpy())
@@ -547,7 +549,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=400, help="requests in all at --concurrency")
     parser.add_argument("--no-fastapi", action="store_true", help="--start: skip the FastAPI + uvicorn baseline")
     parser.add_argument("--triton", metavar="HOST:PORT", help="also measure a running Triton (gRPC) holding `chexops triton export`'s model")
-    parser.add_argument("--triton-model", default="chexops-cxr", help="--triton: the model's name in the repository")
+    parser.add_argument("--triton-model", default=DEFAULT_MODEL_NAME,
+                        help="--triton: the model's name in the repository")
     parser.add_argument("--flood", type=int, default=0, metavar="SECONDS",
                         help="instead: --clients concurrent clients on /predict for SECONDS (refusals, errors, latency, RSS)")
     parser.add_argument("--clients", type=int, default=64, help="--flood: concurrent clients")

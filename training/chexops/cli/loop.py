@@ -9,7 +9,7 @@ import click
 from pydantic import ValidationError
 
 from chexops.cli.output import Output, result_output
-from chexops.core.errors import UserInputError
+from chexops.core.errors import UserInputError, validation_problems
 from chexops.loop.simulate import PATTERNS, SimulateConfig, human, simulate
 
 
@@ -39,8 +39,7 @@ def simulate_command(csv_path, api_key_env, **options) -> Output:
     try:
         cfg = SimulateConfig(csv=csv_path, **options)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise UserInputError(f"invalid simulation settings: {problems}.") from None
+        raise UserInputError(f"invalid simulation settings: {validation_problems(exc)}.") from None
     report = simulate(cfg, api_key_env)
     return Output(report.summary, human(report.summary))
 
@@ -73,8 +72,7 @@ def business(a_path, b_path, out, **parameters) -> Output:
     try:
         params = ClinicParameters(**parameters)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise UserInputError(f"invalid clinic parameters: {problems}.") from None
+        raise UserInputError(f"invalid clinic parameters: {validation_problems(exc)}.") from None
     result = business_report(a_path, b_path, out, params)
     return Output(result, business_human(result))
 

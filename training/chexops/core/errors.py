@@ -3,6 +3,13 @@
 0 done, 1 failed, 2 the user's input is wrong (usage, config, data), 3 a gate refused.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class ChexopsError(Exception):
     """Base class: an error whose message is written for the user, without traceback."""
@@ -28,3 +35,9 @@ class GateRefused(ChexopsError):
     """A quality gate refused a model."""
 
     exit_code = 3
+
+
+def validation_problems(err: ValidationError, top: str = "(top level)") -> str:
+    """A pydantic ValidationError as `field.sub: message; other: message`; an empty location reads `top`."""
+    return "; ".join(f"{'.'.join(str(p) for p in item['loc']) or top}: {item['msg'].removeprefix('Value error, ')}"
+                     for item in err.errors())

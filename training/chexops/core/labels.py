@@ -1,4 +1,4 @@
-"""The CheXpert label set: the 14 observations and the five competition findings."""
+"""The CheXpert label set: the 14 observations and the five competition findings; the default threshold."""
 
 CHEXPERT_LABELS: tuple[str, ...] = (
     "No Finding",
@@ -25,6 +25,10 @@ COMPETITION_LABELS: tuple[str, ...] = (
     "Edema",
     "Pleural Effusion",
 )
+
+# The operating threshold of a label without an evaluated one, and the rule recorded with such thresholds.
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD_RULE = f"default-{DEFAULT_THRESHOLD}"
 
 # Columns that precede the observations in a CheXpert CSV.
 META_COLUMNS: tuple[str, ...] = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")

@@ -7,14 +7,14 @@ from __future__ import annotations
 # space, pulmonary oedema, consolidation / pneumonia). "review": any other positive finding, except
 # "No Finding" and "Support Devices" (a device is not a disease). "routine": nothing positive.
 # A model with other labels: its labels named here keep their meaning, every other positive is "review".
-URGENT = frozenset({"Pneumothorax", "Pleural Effusion", "Edema", "Consolidation", "Pneumonia"})
-
-
+URGENT_FINDINGS = ("Pneumothorax", "Pleural Effusion", "Edema", "Consolidation", "Pneumonia")  # as the rule reads
+URGENT = frozenset(URGENT_FINDINGS)
 NOT_A_FINDING = frozenset({"No Finding", "Support Devices"})
 
 
-PRIORITY_RULE = ("urgent if Pneumothorax, Pleural Effusion, Edema, Consolidation or Pneumonia is positive; "
-                 "review if any other finding (not No Finding or Support Devices) is positive; routine otherwise")
+PRIORITY_RULE = (f"urgent if {', '.join(URGENT_FINDINGS[:-1])} or {URGENT_FINDINGS[-1]} is positive; "
+                 f"review if any other finding (not {' or '.join(sorted(NOT_A_FINDING))}) is positive; "
+                 "routine otherwise")
 
 
 def priority(findings: list[dict]) -> str:

@@ -16,6 +16,8 @@ from chexops.core.labels import META_COLUMNS
 
 log = logging.getLogger(__name__)
 
+DATASET_DIR = "CheXpert-v1.0-small"  # the dataset folder of the small CheXpert: train.csv, valid.csv, images
+
 _ALLOWED = {1.0, 0.0, -1.0}
 _PATIENT = re.compile(r"(patient\d+)")
 

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from chexops.core import paths
+from chexops.data.chexpert import DATASET_DIR
 
 log = logging.getLogger(__name__)
 
@@ -16,4 +17,4 @@ def sample_images(data_root: Path) -> list[Path]:
     if found:
         return found
     log.info("No shared radiographs at %s: sending generated images instead", real)
-    return sorted((data_root / "CheXpert-v1.0-small" / "valid").rglob("*.jpg"))[:3]
+    return sorted((data_root / DATASET_DIR / "valid").rglob("*.jpg"))[:3]

@@ -23,6 +23,7 @@ from chexops.core.files import atomic_write_text
 from chexops.demo.service import format_findings, query_service
 from chexops.core.errors import ChexopsError
 from chexops.core.names import DEFAULT_MODEL_NAME
+from chexops.data.chexpert import DATASET_DIR
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def run_demo(config: Path) -> tuple[dict[str, Any], str]:
     summary: dict[str, Any] = {"chexops_home": str(home), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     data_root = home / "data" / "synth"
-    if (data_root / "CheXpert-v1.0-small" / "train.csv").exists():
+    if (data_root / DATASET_DIR / "train.csv").exists():
         log.info("Synthetic data already at %s", data_root)
         summary["data"] = {"root": str(data_root), "reused": True}
     else:

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from chexops.core.errors import ConfigError
+from chexops.core.errors import ConfigError, validation_problems
 
 
 class GateConfig(BaseModel):
@@ -55,8 +55,7 @@ def load_gate_config(path: str | Path | None, overrides: dict[str, Any]) -> Gate
     try:
         return GateConfig.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"invalid gate limits: {problems}.") from None
+        raise ConfigError(f"invalid gate limits: {validation_problems(err)}.") from None
 
 
 @dataclass

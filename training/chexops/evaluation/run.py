@@ -45,12 +45,13 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, brier_score_loss, recall_score, roc_auc_score, roc_curve
 
 from chexops.config import Config, load_config
+from chexops.data.chexpert import DATASET_DIR
 from chexops.data.loading import load_splits
 from chexops.data.splits import Split, patient_groups, split_version
 from chexops.data.sources import holdout_splits
 from chexops.core.errors import ConfigError, DataError, UserInputError
 from chexops.evaluation.records import EVAL_DIR, artifact_path, index_entry, new_id
-from chexops.core.labels import META_COLUMNS, metric_key
+from chexops.core.labels import DEFAULT_THRESHOLD, META_COLUMNS, metric_key
 from chexops.train.checkpoint import parse_run_ref
 from chexops.tracking import download, get_run, mlflow_client
 
@@ -280,7 +281,7 @@ def hard_case_scores(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, l
 
     An image's score is its largest probability given to a wrong answer (p for a false positive,
     1 - p for a false negative) over the labels it is wrong on."""
-    thr = np.array([thresholds[label] if not math.isnan(thresholds[label]) else 0.5 for label in labels])
+    thr = np.array([thresholds[label] if not math.isnan(thresholds[label]) else DEFAULT_THRESHOLD for label in labels])
     pred = probs >= thr
     wrong = (pred != (targets > 0.5)) & (mask > 0)
     confidence = np.where(targets > 0.5, 1.0 - probs, probs)
@@ -370,7 +371,7 @@ def load_run(client, ref: str, config_path: Path | None, workdir: Path) -> Loade
 def write_hard_cases(out: Path, split: Split, source_csv: Path | None, cases: list[dict[str, Any]], labels: list[str]) -> int:
     """The cases as a CheXpert-layout dataset under `out`: `CheXpert-v1.0-small/valid.csv` (the
     source rows verbatim) plus the images at their CSV paths; `cases.json` says why each is there."""
-    folder = out / "CheXpert-v1.0-small"
+    folder = out / DATASET_DIR
     folder.mkdir(parents=True, exist_ok=True)
     details = []
     if split.frame is not None and split.paths is not None and source_csv is not None:
@@ -393,7 +394,7 @@ def write_hard_cases(out: Path, split: Split, source_csv: Path | None, cases: li
         records = []
         for case in cases:
             i = case["index"]
-            rel = Path("CheXpert-v1.0-small") / "valid" / f"patient{i + 1:05d}" / "study1" / "view1_frontal.png"
+            rel = Path(DATASET_DIR) / "valid" / f"patient{i + 1:05d}" / "study1" / "view1_frontal.png"
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.asarray(split.images[i], dtype=np.uint8)).save(out / rel)
             record = {"Path": str(rel), "Sex": "", "Age": "", "Frontal/Lateral": "Frontal", "AP/PA": ""}
@@ -609,9 +610,10 @@ def evaluate_run(ref: str, *, config_path: Path | None = None, rule: str = "youd
         if len(defaulted) == len(labels):
             raise DataError(f"the validation split ({len(val)} images) has no label with both positive and negative "
                             "examples, so no operating threshold can be chosen.")
-        if defaulted:  # a service needs a number for every label: 0.5, said out loud
-            log.warning("No threshold can be chosen for %s (one class only in validation); using 0.5.", ", ".join(defaulted))
-            thresholds.update({label: 0.5 for label in defaulted})
+        if defaulted:  # a service needs a number for every label: the default, said out loud
+            log.warning("No threshold can be chosen for %s (one class only in validation); using %s.",
+                        ", ".join(defaulted), DEFAULT_THRESHOLD)
+            thresholds.update({label: DEFAULT_THRESHOLD for label in defaulted})
         val_at = {}
         for j, label in enumerate(labels):
             keep = val.mask[:, j] > 0
@@ -673,7 +675,7 @@ def evaluate_run(ref: str, *, config_path: Path | None = None, rule: str = "youd
         out.mkdir(parents=True)
         count = write_hard_cases(out / "hard_cases", report, source_csv, cases, labels)
         result["hard_cases"] = {"count": count, "artifact_path": artifact_path(eval_id, "hard_cases"),
-                                "csv": artifact_path(eval_id, "hard_cases/CheXpert-v1.0-small/valid.csv")}
+                                "csv": artifact_path(eval_id, f"hard_cases/{DATASET_DIR}/valid.csv")}
         plot_roc(out / "roc.png", probs, t, m, labels, per_label, f"ROC on {split_name} (mean AUROC {_f(overall)})")
         plot_reliability(out / "reliability.png", probs, t, m, labels, per_label)
         result = _clean(result)

@@ -29,6 +29,7 @@ import numpy as np
 
 from chexops.core import paths
 from chexops.core.errors import GateRefused, UserInputError
+from chexops.core.labels import DEFAULT_THRESHOLD_RULE
 from chexops.core.names import DEFAULT_MODEL_NAME
 from chexops.core.results import Result
 from chexops.export.bento import BentoModel, import_onnx
@@ -255,7 +256,7 @@ def _approved_thresholds(ref, labels: list[str], thresholds: dict[str, float], r
     """Whether this export carries the gate's approval: a registry version that passed the gate, exported
     with the thresholds it was approved with. Anything else needs `--unevaluated` (exit 2 without it)."""
     why = ref.approval()
-    if not why and rule == "default-0.5":
+    if not why and rule == DEFAULT_THRESHOLD_RULE:
         why = f"run {ref.run_id} has no evaluation/thresholds.json"
     if not why and ref.version_tags.get("thresholds"):
         approved = {k: float(v) for k, v in json.loads(ref.version_tags["thresholds"]).items() if v is not None}

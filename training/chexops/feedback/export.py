@@ -33,11 +33,9 @@ from typing import Any
 from chexops.core.errors import UserInputError
 from chexops.core.results import Result
 from chexops.imaging.decode import JPEG_MAGIC
-from chexops.data.chexpert import source_policy_path
+from chexops.data.chexpert import DATASET_DIR, source_policy_path
 from chexops.core.labels import CHEXPERT_LABELS, META_COLUMNS
 from chexops.feedback.store import FeedbackStore
-
-FOLDER = "CheXpert-v1.0-small"
 
 
 class FeedbackExport(Result):
@@ -79,7 +77,7 @@ def row_labels(record: dict[str, Any]) -> dict[str, str] | None:
 
 def export_feedback(store: FeedbackStore, out: Path, overwrite: bool = False) -> FeedbackExport:
     out = Path(out)
-    folder = out / FOLDER
+    folder = out / DATASET_DIR
     if folder.exists():
         if not overwrite:
             raise UserInputError(f"{folder} already exists; pass --overwrite to replace it.")
@@ -107,7 +105,7 @@ def export_feedback(store: FeedbackStore, out: Path, overwrite: bool = False) ->
             rows += 1
             lateral, ap_pa = _view(record["image_info"])
             suffix = ".jpg" if record["image_png"].startswith(JPEG_MAGIC) else ".png"
-            relative = f"{FOLDER}/feedback/patient{rows:05d}/study1/view1_{lateral.lower()}{suffix}"
+            relative = f"{DATASET_DIR}/feedback/patient{rows:05d}/study1/view1_{lateral.lower()}{suffix}"
             path = out / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(record["image_png"])

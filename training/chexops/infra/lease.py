@@ -43,12 +43,11 @@ class Role:
     name: str
     resource_type: str
     tfvars_key: str
-    site_hint: str
 
 
 ROLES = {
-    "kvm": Role("kvm", "flavor:instance", "kvm_reservation_id", "KVM@TACC"),
-    "gpu": Role("gpu", "physical:host", "gpu_reservation_id", "CHI@UC or CHI@TACC"),
+    "kvm": Role("kvm", "flavor:instance", "kvm_reservation_id"),
+    "gpu": Role("gpu", "physical:host", "gpu_reservation_id"),
 }
 _BY_RESOURCE_TYPE = {role.resource_type: role for role in ROLES.values()}
 

@@ -72,7 +72,8 @@ class Setup:
 
 def make_data(work: Path, setup: Setup) -> dict[str, Path]:
     """The dataset, its corrupted training CSV, the test CSV and the clinic's CSV (frontal studies)."""
-    from chexops.data.synth import DATASET_DIR, synthesize
+    from chexops.data.chexpert import DATASET_DIR
+    from chexops.data.synth import synthesize
 
     root = work / "data"
     synthesize(root, patients=setup.patients, valid_patients=setup.test_patients + setup.clinic_patients,

@@ -29,6 +29,8 @@ import yaml
 
 from chexops.core.errors import ChexopsError, UserInputError
 from chexops.core.console import ENV as OUTPUTS_ENV, RESULT_FILE
+from chexops.pipelines import argo_expr
+from chexops.pipelines.argo_expr import FAILED, OMITTED, SKIPPED, SUCCEEDED, UnsupportedExpression, depends_tasks
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,6 @@ TASK_KEYS = {"name", "template", "arguments", "depends", "dependencies", "when",
 # Commands a local step may start, as this Python runs them.
 LAUNCHERS = {"chexops": [sys.executable, "-m", "chexops"], "torchrun": [sys.executable, "-m", "torch.distributed.run"]}
 
-SUCCEEDED, FAILED, SKIPPED, OMITTED = "Succeeded", "Failed", "Skipped", "Omitted"
 REFERENCE = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 
 
@@ -106,69 +107,28 @@ def substitute(text: str, scope: dict[str, str], where: str) -> str:
     return REFERENCE.sub(one, text)
 
 
-def _literal(token: str) -> str | float:
-    token = token.strip()
-    if len(token) >= 2 and token[0] == token[-1] and token[0] in "'\"":
-        return token[1:-1]
-    try:
-        return float(token)
-    except ValueError:
-        return token
-
-
 def evaluate_when(expr: str, where: str) -> bool:
-    """Argo `when` after substitution: comparisons (== != < > <= >=) joined by && / ||."""
-    if re.search(r"[()!]", expr.replace("!=", "")):
-        raise Unsupported(f"{where}: when {expr!r}: only comparisons joined by && and || are implemented locally.")
-    ops = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b,
-           "<": lambda a, b: a < b, ">": lambda a, b: a > b}
-
-    def compare(part: str) -> bool:
-        match = re.fullmatch(r"\s*(.*?)\s*(==|!=|<=|>=|<|>)\s*(.*?)\s*", part)
-        if not match:
-            raise Unsupported(f"{where}: when {expr!r}: {part.strip()!r} is not a comparison.")
-        left, op, right = _literal(match.group(1)), match.group(2), _literal(match.group(3))
-        if isinstance(left, float) != isinstance(right, float):
-            left, right = str(match.group(1)).strip().strip("'\""), str(match.group(3)).strip().strip("'\"")
-        return ops[op](left, right)
-
-    return any(all(compare(p) for p in conj.split("&&")) for conj in expr.split("||"))
+    """Argo `when` after substitution (the language of chexops.pipelines.argo_expr)."""
+    try:
+        return argo_expr.evaluate_when(expr)
+    except UnsupportedExpression as exc:
+        raise Unsupported(f"{where}: when {expr!r}: {exc}.") from None
 
 
-DEPENDS_TOKEN = re.compile(r"\s*(\(|\)|&&|\|\||!|[A-Za-z0-9_-]+(?:\.[A-Za-z]+)?)")
-RESULTS = {"Succeeded": {SUCCEEDED}, "Failed": {FAILED}, "Errored": set(), "Skipped": {SKIPPED}, "Omitted": {OMITTED},
-           "Daemoned": set(), "AnySucceeded": {SUCCEEDED}, "AllFailed": {FAILED}}
-
-
-def depends_tasks(expr: str) -> list[str]:
-    return [t.split(".")[0] for t in DEPENDS_TOKEN.findall(expr) if t not in ("(", ")", "&&", "||", "!")]
+def _parents(expr: str, where: str) -> list[str]:
+    """The tasks a `depends` names; Unsupported, naming `where`, when it cannot be read."""
+    try:
+        return depends_tasks(expr)
+    except UnsupportedExpression as exc:
+        raise Unsupported(f"{where}: depends {expr!r}: {exc}.") from None
 
 
 def evaluate_depends(expr: str, phases: dict[str, str], where: str) -> bool:
-    """Argo's enhanced `depends`: TASK[.Succeeded|.Failed|.Skipped|...] with && || ! and parentheses;
-    a bare TASK means Succeeded, Skipped or Daemoned."""
-    python: list[str] = []
-    pos = 0
-    while pos < len(expr):
-        match = DEPENDS_TOKEN.match(expr, pos)
-        if not match:
-            if expr[pos:].strip():
-                raise Unsupported(f"{where}: depends {expr!r} cannot be read.")
-            break
-        token, pos = match.group(1), match.end()
-        if token in ("(", ")"):
-            python.append(token)
-        elif token in ("&&", "||", "!"):
-            python.append({"&&": " and ", "||": " or ", "!": " not "}[token])
-        else:
-            task, _, result = token.partition(".")
-            if task not in phases:
-                raise UserInputError(f"{where}: depends names {task!r}, which is not a task of this DAG.")
-            if result and result not in RESULTS:
-                raise Unsupported(f"{where}: depends result {token!r} is not implemented locally.")
-            wanted = RESULTS[result] if result else {SUCCEEDED, SKIPPED}
-            python.append(str(phases[task] in wanted))
-    return bool(eval("".join(python) or "True", {"__builtins__": {}}))  # only True/False/and/or/not/() reach eval
+    """Argo's enhanced `depends` over the phases of the tasks done so far."""
+    unknown = [task for task in _parents(expr, where) if task not in phases]
+    if unknown:
+        raise UserInputError(f"{where}: depends names {unknown[0]!r}, which is not a task of this DAG.")
+    return argo_expr.evaluate_depends(expr, phases)
 
 
 class LocalRunner:
@@ -385,8 +345,9 @@ class LocalRunner:
     def _topological(tasks: dict[str, Any], depends: dict[str, str], where: str) -> list[str]:
         order: list[str] = []
         pending = list(tasks)
+        parents = {n: _parents(depends[n], f"{where}.tasks[{n}]") for n in tasks}
         while pending:
-            ready = [n for n in pending if all(d in order for d in depends_tasks(depends[n]))]
+            ready = [n for n in pending if all(d in order for d in parents[n])]
             if not ready:
                 raise UserInputError(f"{where}: the tasks {', '.join(pending)} depend on each other (a cycle) or on unknown tasks.")
             order.append(ready[0])

@@ -18,6 +18,7 @@ from typing import Any
 
 from chexops.core import paths
 from chexops.core.errors import UserInputError
+from chexops.core.labels import DEFAULT_THRESHOLD, DEFAULT_THRESHOLD_RULE
 from chexops.core.names import DEFAULT_MODEL_NAME
 from chexops.tracking import mlflow_client
 from chexops.train.checkpoint import CHECKPOINT_FILE, CHECKPOINT_PATH, parse_run_ref
@@ -158,21 +159,18 @@ def download_checkpoint(ref: ModelRef, dst: Path) -> dict[str, Any]:
     return payload
 
 
-DEFAULT_RULE = "default-0.5"
-
-
 def thresholds(ref: ModelRef, labels: list[str], dst: Path) -> tuple[dict[str, float], str, float | None]:
     """The operating thresholds (`evaluation/<id>/thresholds.json` of the evaluation the registry
-    version was judged on, else of the run's latest), their rule and target sensitivity; 0.5 each
-    (rule `default-0.5`), with a warning, when the run has not been evaluated."""
+    version was judged on, else of the run's latest), their rule and target sensitivity; DEFAULT_THRESHOLD
+    each (rule DEFAULT_THRESHOLD_RULE), with a warning, when the run has not been evaluated."""
     from chexops.evaluation import records as evaluations
 
     judged = evaluations.judged(mlflow_client(), ref.run_id, ref.version_tags)
     path = download(ref, evaluations.artifact_path(judged, "thresholds.json"), dst, required=False) if judged else None
     if path is None:
-        log.warning("%s: run %s has no evaluation/thresholds.json (run chexops evaluate first); using 0.5 for every label.",
-                    ref.uri, ref.run_id)
-        return {label: 0.5 for label in labels}, DEFAULT_RULE, None
+        log.warning("%s: run %s has no evaluation/thresholds.json (run chexops evaluate first); "
+                    "using %s for every label.", ref.uri, ref.run_id, DEFAULT_THRESHOLD)
+        return {label: DEFAULT_THRESHOLD for label in labels}, DEFAULT_THRESHOLD_RULE, None
     try:
         data = json.loads(path.read_text())
         found = {str(k): float(v) for k, v in data["thresholds"].items() if v is not None}
@@ -181,5 +179,5 @@ def thresholds(ref: ModelRef, labels: list[str], dst: Path) -> tuple[dict[str, f
         raise UserInputError(f"{ref.uri}: evaluation/thresholds.json of run {ref.run_id} is malformed: {exc}") from None
     missing = [label for label in labels if label not in found]  # absent, or null where validation had one class
     if missing:
-        log.warning("evaluation/thresholds.json has no threshold for %s; using 0.5 there.", missing)
-    return {label: found.get(label, 0.5) for label in labels}, str(data.get("rule", "")), target
+        log.warning("evaluation/thresholds.json has no threshold for %s; using %s there.", missing, DEFAULT_THRESHOLD)
+    return {label: found.get(label, DEFAULT_THRESHOLD) for label in labels}, str(data.get("rule", "")), target

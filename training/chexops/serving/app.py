@@ -43,6 +43,7 @@ from chexops.serving.auth import AuthError
 from chexops.serving.faults import FaultInjection
 from chexops.feedback.store import Conflict, NotFound, Unavailable, WrongClinic
 from chexops.serving.inference import LOCALISATION_NOTE, heatmap_png
+from chexops.core.errors import validation_problems
 from chexops.core.triage import PRIORITY_RULE, priority
 from chexops.serving.metrics import HttpMetrics
 from chexops.serving.settings import Settings
@@ -280,7 +281,7 @@ async def feedback(request: Request) -> Response:
     try:
         body = FeedbackBody.model_validate(payload)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc, top="body")
         raise RequestError(f"the feedback is not valid: {problems}.", 422, reason="feedback") from None
     prediction = await run_in_threadpool(backend.store.prediction, body.request_id)
     if prediction is None:

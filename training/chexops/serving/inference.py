@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from chexops.core.labels import DEFAULT_THRESHOLD
 from chexops.export.files import INPUT_NAME, session
 from chexops.imaging.preprocessing import PreprocessSpec, preprocess_array
 
@@ -52,7 +53,8 @@ class OnnxModel:
         labels = json.loads(meta["labels"])
         thresholds = {k: float(v) for k, v in json.loads(meta["thresholds"]).items()}
         head = json.loads(meta["head"])
-        model = cls(session=sess, labels=labels, thresholds={label: thresholds.get(label, 0.5) for label in labels},
+        thresholds = {label: thresholds.get(label, DEFAULT_THRESHOLD) for label in labels}  # one for every label
+        model = cls(session=sess, labels=labels, thresholds=thresholds,
                     spec=PreprocessSpec.from_json(meta["preprocessing"]), name=meta.get("model_name", ""),
                     version=meta.get("registry_version", ""), run_id=meta.get("run_id", ""),
                     data_version=meta.get("data_version", ""), precision=meta.get("precision", ""),
