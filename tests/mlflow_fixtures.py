@@ -19,12 +19,16 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
 
 from chexops.data.synth import synthesize
 from chexops.core.processes import die_with_parent
+
+if TYPE_CHECKING:
+    from chexops.train.loop import TrainSummary
 
 
 def synth_dataset(tmp_path_factory) -> Path:
@@ -67,7 +71,7 @@ def environment(**env: str | None):
         yield
 
 
-def train_run(config: Path, **env: str) -> dict:
+def train_run(config: Path, **env: str) -> TrainSummary:
     """Train in this process (no interpreter start-up) under `env`; returns the training summary."""
     from chexops.config import load_config
     from chexops.train.loop import train

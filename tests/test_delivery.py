@@ -156,7 +156,7 @@ def state(repo: Path, client: MlflowClient) -> tuple[str, str, dict]:
 
 
 def register_version(tmp_path_factory, home: Path, name: str, env: dict) -> str:
-    run = train_run(write_config(home / f"{name}.yaml", synth_dataset(tmp_path_factory), name=name, train={"epochs": 1}), **env)["run_id"]
+    run = train_run(write_config(home / f"{name}.yaml", synth_dataset(tmp_path_factory), name=name, train={"epochs": 1}), **env).run_id
     chexops_json("evaluate", "--run", run, "--bootstrap", "20", "--hard-cases", "2", **env)
     return chexops_json("register", "--run", run, *GATE, **env)["version"]
 

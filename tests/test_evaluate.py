@@ -17,15 +17,10 @@ from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 
 from chexops.data.chexpert import check_images, image_paths, read_chexpert_csv
-from chexops.evaluation.run import (
-    bootstrap_auroc,
-    choose_threshold,
-    expected_calibration_error,
-    format_result,
-    label_metrics,
-    load_run,
-)
-from chexops.evaluation.records import index
+from chexops.evaluation.metrics import bootstrap_auroc, choose_threshold, expected_calibration_error, label_metrics
+from chexops.evaluation.records import Evaluation, index
+from chexops.evaluation.report import format_result
+from chexops.evaluation.run import load_run
 from chexops.core.labels import CHEXPERT_LABELS, META_COLUMNS
 from chexops.imaging.preprocessing import PreprocessSpec, load_image, preprocess
 from chexops.train.checkpoint import parse_run_ref
@@ -44,7 +39,7 @@ def trained(tmp_path_factory):
     synth = synth_dataset(tmp_path_factory)
     config = write_config(home / "tiny.yaml", synth)
     summary = train_run(config, **env)
-    run = summary["run_id"]
+    run = summary.run_id
     sensitivity = chexops_json("evaluate", "--run", run, "--threshold-rule", "sensitivity", "--target-sensitivity", "0.9",
                                "--bootstrap", "20", **env)
     youden = chexops_json("evaluate", "--run", f"runs:/{run}/checkpoint/model.pt", "--bootstrap", "200", "--hard-cases", "12", **env)
@@ -110,7 +105,7 @@ def test_metrics_agree_with_sklearn_on_the_models_own_predictions(trained, tmp_p
     same model on the same test split reproduces training's own test AUROC."""
     result, summary = trained["youden"], trained["summary"]
     assert result["run_id"] == trained["run"] and result["split"] == "test" and result["test_source"] == "test_csv"
-    assert result["mean_auroc"] == pytest.approx(summary["test"]["mean_auroc"], abs=1e-5)
+    assert result["mean_auroc"] == pytest.approx(summary.test.mean_auroc, abs=1e-5)
 
     loaded = load_run(trained["client"], trained["run"], None, tmp_path)
     spec = PreprocessSpec.from_dict(loaded.payload["preprocessing"])
@@ -150,7 +145,7 @@ def test_the_feedback_hold_out_is_reported_next_to_the_test_split(trained, tmp_p
     source = {"name": "fb", "csv": str(tmp_path / "fb" / "train.csv"), "root": str(trained["synth"]), "holdout_fraction": 0.3}
     config = write_config(tmp_path / "sources.yaml", Path(trained["synth"]), data={"sources": [source]})
     result = chexops_json("evaluate", "--run", trained["run"], "--config", str(config), "--bootstrap", "50", **trained["env"])
-    summary = format_result(result)  # what `chexops evaluate` prints without --json
+    summary = format_result(Evaluation.model_validate(result))  # what `chexops evaluate` prints without --json
     assert "hold-out of source fb" in summary and "not measurable" in summary
     assert result["split"] == "test" and result["mean_auroc"] == pytest.approx(trained["youden"]["mean_auroc"], abs=1e-6)
     h = result["holdouts"]["fb"]
@@ -311,7 +306,8 @@ def test_parse_run_ref():
 
 def test_hard_cases_from_an_npz_dataset_are_pngs_in_chexpert_layout(tmp_path):
     from chexops.data.splits import Split
-    from chexops.evaluation.run import hard_case_scores, slice_metrics, write_hard_cases
+    from chexops.evaluation.metrics import hard_case_scores, slice_metrics
+    from chexops.evaluation.report import write_hard_cases
 
     rng = np.random.default_rng(0)
     targets = np.array([[1.0], [0.0], [1.0], [0.0]], dtype=np.float32)

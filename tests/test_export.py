@@ -54,7 +54,7 @@ def state(tmp_path_factory):
     config = write_config(home / "tiny.yaml", synth_dataset(tmp_path_factory), name="tiny-export",
                           tracking={"experiment": "export-tests"})
     trained = train_run(config, **env)
-    run_id = trained["run_id"]
+    run_id = trained.run_id
     evaluated = chexops_json("evaluate", "--run", run_id, "--bootstrap", "20", "--hard-cases", "2", **env)
     registered = chexops_json("register", "--run", run_id, *GATE, **env)
     assert registered["passed"] and registered["version"] == "1" and registered["alias"] == "candidate"
@@ -146,7 +146,7 @@ def test_metadata_is_the_checkpoints(state):
         assert meta["evaluated"] == "true"
         assert meta["registry_version"] == state["version"] and meta["model_name"] == MODEL
         assert meta["run_id"] == state["run_id"] == payload["run_id"]
-        assert meta["data_version"] == payload["data_version"] == state["trained"]["data_version"]
+        assert meta["data_version"] == payload["data_version"] == state["trained"].data_version
         assert meta["precision"] == precision
         reference = json.loads(meta["drift_reference"])  # chexops.imaging.drift: what a service's drift score compares with
         assert reference["images"] == e["calibration_images"] and len(reference["intensity"]["shares"]) > 5
@@ -159,7 +159,7 @@ def test_int8_auroc_and_thresholds_are_its_own_on_validation(state):
     """The report's int8 AUROC change and the int8 thresholds, recomputed from the int8 file itself."""
     from chexops.config import Config
     from chexops.data.loading import load_splits
-    from chexops.evaluation.run import choose_threshold
+    from chexops.evaluation.metrics import choose_threshold
     from chexops.train.metrics import auroc_per_label, mean_auroc
 
     e, payload = state["summary"]["export"], state["payload"]

@@ -45,7 +45,7 @@ def test_good_model_passes_worse_is_refused_second_good_is_compared_with_product
     good = write_config(home / "good.yaml", synth, name="good")
 
     # A good model; registering before evaluating is refused as a usage error.
-    first = train_run(good, **env)["run_id"]
+    first = train_run(good, **env).run_id
     code, _, err = chexops("register", "--run", first, **env)
     assert code == 2 and "has not been evaluated" in err and "Traceback" not in err
     # Evaluated on validation only (a config without a test split): the gate refuses that evidence, saying why.
@@ -84,7 +84,7 @@ def test_good_model_passes_worse_is_refused_second_good_is_compared_with_product
     client.set_registered_model_alias(NAME, "production", "1")
 
     # A deliberately worse model (never learns) is refused: exit 3, nothing registered, aliases untouched.
-    worse = train_run(write_config(home / "worse.yaml", synth, name="worse", train={"lr": 0.0, "epochs": 1, "max_steps": 1}), **env)["run_id"]
+    worse = train_run(write_config(home / "worse.yaml", synth, name="worse", train={"lr": 0.0, "epochs": 1, "max_steps": 1}), **env).run_id
     chexops_json("evaluate", "--run", worse, "--bootstrap", "20", "--hard-cases", "5", **env)
     refused = run_cli("register", "--run", worse, *GATE, "--json", env=env)
     assert refused.returncode == 3, refused.stderr[-2000:]
@@ -100,7 +100,7 @@ def test_good_model_passes_worse_is_refused_second_good_is_compared_with_product
     assert client.get_run(worse).data.tags["gate"] == "refused"
 
     # A second good model becomes version 2; the gate compared it with production (version 1).
-    second = train_run(write_config(home / "good2.yaml", synth, name="good2"), **env)["run_id"]
+    second = train_run(write_config(home / "good2.yaml", synth, name="good2"), **env).run_id
     chexops_json("evaluate", "--run", second, "--bootstrap", "50", "--hard-cases", "5", **env)
     code, out, err = chexops("register", "--run", second, *GATE, **env)
     assert code == 0, err[-2000:]
@@ -150,7 +150,7 @@ def test_registry_on_postgresql(tmp_path_factory):
         env = {"CHEXOPS_HOME": str(base / "home"), "MLFLOW_TRACKING_URI": uri}
         synth = synth_dataset(tmp_path_factory)
         # What is tested here is the store, not the model: a few steps of training, a permissive gate.
-        run = train_run(write_config(base / "pg.yaml", synth, name="pg", train={"epochs": 1, "max_steps": 5}), **env)["run_id"]
+        run = train_run(write_config(base / "pg.yaml", synth, name="pg", train={"epochs": 1, "max_steps": 5}), **env).run_id
         chexops_json("evaluate", "--run", run, "--bootstrap", "20", "--hard-cases", "3", **env)
         reg = chexops_json("register", "--run", run, "--min-mean-auroc", "0", "--max-slice-gap", "1", **env)
         assert (reg["version"], reg["alias"]) == ("1", "candidate")

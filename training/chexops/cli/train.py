@@ -27,11 +27,11 @@ def train_cmd(config_path: Path, overrides: tuple[str, ...], no_resume: bool, ch
 
     config = load_config(config_path, overrides)
     summary = train(config, resume=not no_resume, checkpoint_dir=checkpoint_dir)
-    if not summary:  # a non-zero rank under torchrun
+    if summary is None:  # a non-zero rank under torchrun
         return None
-    human = f"Run {summary['run_id']}: validation mean AUROC {summary['mean_auroc']:.4f} (best epoch {summary['best_epoch']})"
-    if "test" in summary:
-        human += f"; test AUROC {summary['test']['auroc']:.4f}"
+    human = f"Run {summary.run_id}: validation mean AUROC {summary.mean_auroc:.4f} (best epoch {summary.best_epoch})"
+    if summary.test is not None:
+        human += f"; test AUROC {summary.test.auroc:.4f}"
     return Output(summary, human)
 
 
@@ -47,7 +47,8 @@ def train_cmd(config_path: Path, overrides: tuple[str, ...], no_resume: bool, ch
 def evaluate_cmd(run_ref: str, config_path: Path | None, threshold_rule: str, target_sensitivity: float, n_bootstrap: int,
                  hard_cases: int) -> Output:
     """Evaluate a training run (metrics, thresholds, calibration, slices, hard cases) and log it to the run."""
-    from chexops.evaluation.run import evaluate_run, format_result
+    from chexops.evaluation.report import format_result
+    from chexops.evaluation.run import evaluate_run
 
     result = evaluate_run(run_ref, config_path=config_path, rule=threshold_rule, target_sensitivity=target_sensitivity,
                           n_bootstrap=n_bootstrap, hard_cases=hard_cases)
@@ -69,27 +70,28 @@ def register_cmd(run_ref: str, evaluation_id: str | None, name: str, gate_config
                  as_json: bool) -> Output:
     """Quality gate on held-out evidence, then a registry version with alias `candidate`; exit 3 (nothing registered) on refusal."""
     from chexops.core.errors import GateRefused
-    from chexops.evaluation.gate import Verdict, format_verdicts, load_gate_config
+    from chexops.evaluation.gate import format_verdicts, load_gate_config
     from chexops.registry.register import register_run
 
     gate = load_gate_config(gate_config, {"min_mean_auroc": min_mean_auroc, "max_slice_gap": max_slice_gap,
                                           "min_slice_positives": min_slice_positives, "max_regression": max_regression})
     result = register_run(run_ref, name=name, gate=gate, evaluation_id=evaluation_id)
-    table = format_verdicts([Verdict(**v) for v in result["gate"]])
-    if result["passed"]:
-        human = (f"{table}\n\nGate passed on evaluation {result['evaluation_id']}: {name} version {result['version']} "
-                 f"has alias {result['alias']} ({result['model_uri']}).")
+    table = format_verdicts(result.gate)
+    if result.passed:
+        human = (f"{table}\n\nGate passed on evaluation {result.evaluation_id}: {name} version {result.version} "
+                 f"has alias {result.alias} ({result.model_uri}).")
     else:
-        human = f"{table}\n\nGate refused run {result['run_id']} (evaluation {result['evaluation_id']}): nothing registered."
-    for source, h in result["holdouts"].items():  # reported, not judged
+        human = f"{table}\n\nGate refused run {result.run_id} (evaluation {result.evaluation_id}): nothing registered."
+    for source, h in result.holdouts.items():  # reported, not judged
         human += f"\nHold-out of source {source} ({h['n']} images, not judged): mean AUROC {h['mean_auroc']}."
     if as_json:
         click.echo(table, err=True)
     refusal = None
-    if not result["passed"]:
-        failed = ", ".join(v["criterion"] for v in result["gate"] if not v["passed"])
-        why = "; ".join(f"{v['criterion']}: {v['detail']}" for v in result["gate"] if not v["passed"])
-        refusal = GateRefused(f"the quality gate refused run {result['run_id']} ({failed}); nothing was registered. {why}")
+    if not result.passed:
+        failed_verdicts = [v for v in result.gate if not v.passed]
+        failed = ", ".join(v.criterion for v in failed_verdicts)
+        why = "; ".join(f"{v.criterion}: {v.detail}" for v in failed_verdicts)
+        refusal = GateRefused(f"the quality gate refused run {result.run_id} ({failed}); nothing was registered. {why}")
     return Output(result, human, refusal)
 
 

@@ -4,6 +4,8 @@ A record is the artifact folder `evaluation/<id>/` (metrics.json, thresholds.jso
 plots, model card, hard cases) plus its index entry, the run tag `evaluation.<id>` (split, split
 version, data version, config hash, mean AUROC). Ids sort by time, so the latest is the largest.
 A registry version names the record the gate judged in its tag `evaluation_id`.
+
+`EvaluationRecord` is metrics.json; `Evaluation`, what `chexops evaluate` returns, adds where it was logged.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+
+from chexops.core.results import Result
 from chexops.core.errors import UserInputError
 from chexops.tracking import download
 
@@ -23,6 +27,67 @@ INDEX_PREFIX = "evaluation."
 VERSION_TAG = "evaluation_id"
 # What the index entry keeps of metrics.json (small: a run tag).
 INDEX_KEYS = ("created", "split", "split_version", "data_version", "config_sha256", "rule", "mean_auroc", "mean_auroc_ci", "bootstrap_unit")
+
+
+class HardCases(Result):
+    """The record's hard cases: how many, and where (a CheXpert-layout dataset)."""
+
+    count: int
+    artifact_path: str
+    csv: str
+
+
+class ValidationMetrics(Result):
+    """The thresholds' own split: mean AUROC and, per finding, sensitivity, specificity and AUROC."""
+
+    mean_auroc: float | None
+    per_label: dict[str, dict[str, Any]]
+
+
+class EvaluationRecord(Result):
+    """One evaluation, as its record's metrics.json holds it (JSON-safe: no NaN, floats rounded).
+
+    Per finding, slice and hold-out the numbers are open-ended dicts (`chexops.evaluation.metrics`)."""
+
+    run_id: str
+    evaluation_id: str
+    created: str
+    split: str
+    n: int
+    validation_n: int
+    split_version: str
+    test_source: str | None
+    test_patients_in_train: int
+    config_sha256: str
+    data_version: str
+    data_sha256: str
+    trained_data_version: str | None
+    mean_over: list[str]
+    mean_auroc: float | None
+    mean_auroc_ci: list[float] | None
+    mean_ece: float | None
+    rule: str
+    target_sensitivity: float | None
+    thresholds: dict[str, float | None]
+    thresholds_defaulted: list[str]
+    bootstrap: int
+    bootstrap_unit: str
+    bootstrap_groups: int
+    per_label: dict[str, dict[str, Any]]
+    validation: ValidationMetrics
+    slices: list[dict[str, Any]]
+    worst_slice: dict[str, Any] | None
+    holdouts: dict[str, dict[str, Any]]
+    hard_cases: HardCases
+
+
+class Evaluation(EvaluationRecord):
+    """What `chexops evaluate` returns: the record and where it was logged."""
+
+    artifacts: list[str]
+    artifact_uri: str
+    tracking_uri: str
+    seconds: float
 
 
 def new_id() -> str:

@@ -280,7 +280,7 @@ def int8_thresholds(fp32_thresholds: dict[str, float], rule: str, target_sensiti
     data) applied to int8 probabilities of the same validation split. Kept equal to fp32's where the
     rule cannot choose (one class), when the thresholds were not evaluated, or when fp32's evaluated
     thresholds cannot be reproduced on this validation split (other data than `chexops evaluate` used)."""
-    from chexops.evaluation.run import RULES, choose_threshold
+    from chexops.evaluation.metrics import RULES, choose_threshold
 
     if rule not in RULES:
         return dict(fp32_thresholds), f"fp32 ({rule or 'no rule'})"

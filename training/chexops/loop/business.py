@@ -16,7 +16,7 @@ same studies in the same order), one per model version. Only studies answered in
   `positive` verdicts in the reports), over studies whose ground truth is 0/1 for that finding.
 - **Agreement with clinicians**: the share of stored feedback saying the prediction was correct.
 
-Every figure has a bootstrap 95% interval (percentiles over `bootstrap` resamples of the studies).
+Every figure has a bootstrap 95% interval (percentiles over `bootstrap` resamples of the studies: `chexops.core.stats`).
 `agreement_interval` answers the canary's question: how wide is the agreement rate's interval with n
 reviewed studies (by simulation)?
 """
@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from chexops.core.errors import UserInputError
+from chexops.core import stats
 from chexops.core.results import Result
 from chexops.core.triage import NOT_A_FINDING
 from chexops.loop.simulate import REPORT_FILE
@@ -156,9 +157,10 @@ def time_to_read(a: list[dict], b: list[dict], params: ClinicParameters) -> Time
     rank_a = np.array([RANK[r["priority"]] for r in a])
     rank_b = np.array([RANK[r["priority"]] for r in b])
     n = len(a)
+    studies = stats.Groups.rows(n)
     results = {"fifo": [], "priority_a": [], "priority_b": []}
     for _ in range(params.replications):
-        pick = rng.integers(0, n, n)
+        pick = studies.resample(rng)
         if not is_abnormal[pick].any():
             continue
         arrivals = np.cumsum(rng.exponential(60.0 / params.arrivals_per_hour, n))
@@ -177,21 +179,21 @@ def time_to_read(a: list[dict], b: list[dict], params: ClinicParameters) -> Time
 
 
 def _interval(values: np.ndarray) -> dict[str, float | None]:
+    """The mean of simulated values and their central 95%."""
     values = values[~np.isnan(values)]
-    if not len(values):
+    interval = stats.percentile_interval(values)
+    if interval is None:
         return {"estimate": None, "low": None, "high": None}
-    low, high = np.percentile(values, [2.5, 97.5])
-    return {"estimate": round(float(values.mean()), 4), "low": round(float(low), 4), "high": round(float(high), 4)}
+    return {"estimate": round(float(values.mean()), 4), "low": round(interval[0], 4), "high": round(interval[1], 4)}
 
 
 def _rate_interval(hits: np.ndarray, rng: np.random.Generator, bootstrap: int) -> dict[str, float | None]:
     """A share (mean of 0/1) with its bootstrap 95% interval; None when there is nothing to count."""
     if not len(hits):
         return {"estimate": None, "low": None, "high": None, "n": 0}
-    means = hits[rng.integers(0, len(hits), (bootstrap, len(hits)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"estimate": round(float(hits.mean()), 4), "low": round(float(low), 4), "high": round(float(high), 4),
-            "n": int(len(hits))}
+    means = stats.bootstrap(lambda rows: hits[rows].mean(), stats.Groups.rows(len(hits)), bootstrap, rng)
+    low, high = stats.percentile_interval(means)
+    return {"estimate": round(float(hits.mean()), 4), "low": round(low, 4), "high": round(high, 4), "n": int(len(hits))}
 
 
 def operating_point(records: list[dict], labels: list[str], rng: np.random.Generator, bootstrap: int) -> dict[str, Any]:
@@ -218,8 +220,7 @@ def agreement_interval(n: int, rate: float, simulations: int = 20000, seed: int 
     """The 95% interval of the agreement rate measured on `n` reviewed studies when the true rate is `rate`
     (simulated: binomial draws), and its half-width: the noise a canary threshold must allow for."""
     rng = np.random.default_rng(seed)
-    observed = rng.binomial(n, rate, simulations) / n
-    low, high = np.percentile(observed, [2.5, 97.5])
+    low, high = stats.percentile_interval(rng.binomial(n, rate, simulations) / n)
     return {"n": n, "rate": rate, "low": round(float(low), 4), "high": round(float(high), 4),
             "half_width": round(float(high - low) / 2, 4), "normal_approx_half_width": round(1.96 * math.sqrt(rate * (1 - rate) / n), 4)}
 

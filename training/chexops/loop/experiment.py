@@ -172,30 +172,34 @@ def _probabilities(model, spec, paths: list[Path]) -> np.ndarray:
 
 def paired_changes(split, base: np.ndarray, cand: np.ndarray, labels: list[str], n_boot: int, seed: int) -> dict[str, Any]:
     """Per finding: both AUROCs on the same rows and the change's paired bootstrap 95% interval
-    (rows resampled by patient, the same resample for both models). None where a finding has one class."""
+    (rows resampled by patient, the same resample for both models and every finding). None where a
+    finding has one class."""
+    from chexops.core.stats import Groups, bootstrap, percentile_interval
     from chexops.data.splits import patient_groups
-    from chexops.evaluation.run import resample_rows
 
     groups = patient_groups(split)
-    groups = np.arange(len(split)) if groups is None else groups
-    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
-    rng = np.random.default_rng(seed)
-    draws = [resample_rows(rng, members) for _ in range(n_boot)]
+    units = Groups.rows(len(split)) if groups is None else Groups(groups)
+    y, mask = split.targets, split.mask > 0
+    measurable = [j for j in range(len(labels)) if 0 < y[mask[:, j], j].sum() < mask[:, j].sum()]
+
+    def changes(idx: np.ndarray) -> np.ndarray:
+        out = np.full(len(labels), np.nan)
+        for j in measurable:
+            rows = idx[mask[idx, j]]
+            if 0 < y[rows, j].sum() < len(rows):
+                out[j] = roc_auc_score(y[rows, j], cand[rows, j]) - roc_auc_score(y[rows, j], base[rows, j])
+        return out
+
+    deltas = bootstrap(changes, units, n_boot, np.random.default_rng(seed)) if n_boot else np.empty((0, len(labels)))
     out = {}
     for j, label in enumerate(labels):
-        keep = split.mask[:, j] > 0
-        y = split.targets[:, j]
-        if not 0 < y[keep].sum() < keep.sum():
+        if j not in measurable:
             out[label] = None
             continue
-        a, b = roc_auc_score(y[keep], base[keep, j]), roc_auc_score(y[keep], cand[keep, j])
-        deltas = []
-        for idx in draws:
-            idx = idx[keep[idx]]
-            if 0 < y[idx].sum() < len(idx):
-                deltas.append(roc_auc_score(y[idx], cand[idx, j]) - roc_auc_score(y[idx], base[idx, j]))
-        lo, hi = np.percentile(deltas, [2.5, 97.5]) if deltas and len(deltas) >= n_boot // 2 else (math.nan, math.nan)
-        out[label] = {"n": int(keep.sum()), "positives": int(y[keep].sum()), "base": float(a), "candidate": float(b),
+        keep = mask[:, j]
+        a, b = roc_auc_score(y[keep, j], base[keep, j]), roc_auc_score(y[keep, j], cand[keep, j])
+        lo, hi = percentile_interval(deltas[:, j], min_count=n_boot // 2) or (math.nan, math.nan)
+        out[label] = {"n": int(keep.sum()), "positives": int(y[keep, j].sum()), "base": float(a), "candidate": float(b),
                       "change": float(b - a), "change_ci": [float(lo), float(hi)]}
     return out
 
@@ -244,16 +248,16 @@ def run_loop(work: Path, setup: Setup = Setup()) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     data = make_data(work, setup)
     base_cfg = write_config(work / "base.yaml", data, setup)
-    base = train(load_config(base_cfg), resume=False, checkpoint_dir=work / "ckpt-base")["run_id"]
+    base = train(load_config(base_cfg), resume=False, checkpoint_dir=work / "ckpt-base").run_id
     base_eval = evaluate_run(base, n_bootstrap=0, hard_cases=0, seed=setup.seed)
-    exported = clinic_feedback(base, base_eval["thresholds"], data, f"sqlite:///{work / 'feedback.db'}", work, setup)
+    exported = clinic_feedback(base, base_eval.thresholds, data, f"sqlite:///{work / 'feedback.db'}", work, setup)
     source = {"name": SOURCE, "csv": exported.csv, "root": exported.out, "weight": setup.weight,
               "holdout_fraction": setup.holdout_fraction}
     cand_cfg = write_config(work / "candidate.yaml", data, setup, [source])
-    runs = {"base": base, "candidate": train(load_config(cand_cfg), resume=False, checkpoint_dir=work / "ckpt-candidate")["run_id"]}
+    runs = {"base": base, "candidate": train(load_config(cand_cfg), resume=False, checkpoint_dir=work / "ckpt-candidate").run_id}
     if setup.control:  # the same retraining without the feedback: what retraining alone changes
         control_cfg = write_config(work / "control.yaml", data, replace(setup, seed=setup.seed + 1000))
-        runs["control"] = train(load_config(control_cfg), resume=False, checkpoint_dir=work / "ckpt-control")["run_id"]
+        runs["control"] = train(load_config(control_cfg), resume=False, checkpoint_dir=work / "ckpt-control").run_id
     # The evaluation records (evaluate reports the feedback hold-out): every model on the candidate's data.
     evals = {name: evaluate_run(run, config_path=cand_cfg, n_bootstrap=setup.bootstrap, hard_cases=0, seed=setup.seed)
              for name, run in runs.items()}
@@ -265,8 +269,8 @@ def run_loop(work: Path, setup: Setup = Setup()) -> dict[str, Any]:
     result: dict[str, Any] = {
         "setup": asdict(setup), "runs": runs,
         "feedback": {"rows": exported.rows, "holdout_rows": len(hold), "skipped": exported.skipped},
-        "evaluations": {name: {"evaluation_id": e["evaluation_id"], "test_mean_auroc": e["mean_auroc"],
-                               "holdout": e["holdouts"][SOURCE]} for name, e in evals.items()},
+        "evaluations": {name: {"evaluation_id": e.evaluation_id, "test_mean_auroc": e.mean_auroc,
+                               "holdout": e.holdouts[SOURCE]} for name, e in evals.items()},
     }
     for split_name, split in (("holdout", hold), ("test", test)):
         probs = {name: _probabilities(m, spec, split.paths) for name, (m, spec, _) in models.items()}

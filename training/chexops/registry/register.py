@@ -13,9 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
+from chexops.core.results import Result
 from chexops.evaluation import records as evaluations
 from chexops.core.errors import ChexopsError, UserInputError
-from chexops.evaluation.gate import GateConfig, judge, passed
+from chexops.evaluation.gate import GateConfig, Verdict, judge, passed
 from chexops.core.labels import metric_key
 from chexops.train.checkpoint import CHECKPOINT_DIR, CHECKPOINT_PATH
 from chexops.core.names import DEFAULT_MODEL_NAME
@@ -25,6 +28,34 @@ from chexops.tracking import download, get_run, mlflow_client
 log = logging.getLogger(__name__)
 
 ALIASES = ("candidate", "staging", "canary", "production")
+
+
+def _absent(value: Any) -> bool:
+    return value is None
+
+
+class Registration(Result):
+    """What `chexops register` returns: the gate's verdicts on one evaluation and, when it passed, the
+    version made (`version`, `alias`: None on a refusal; the fields after `tracking_uri` only when registered)."""
+
+    model: str
+    version: str | None = None
+    alias: str | None = None
+    run_id: str
+    evaluation_id: str | None
+    split: str | None
+    split_version: str | None
+    passed: bool
+    gate: list[Verdict]
+    limits: GateConfig
+    production: dict[str, Any] | None
+    mean_auroc: float | None
+    holdouts: dict[str, dict[str, Any]]
+    tracking_uri: str
+    source: str | None = Field(None, exclude_if=_absent)
+    reused: bool | None = Field(None, exclude_if=_absent)
+    model_uri: str | None = Field(None, exclude_if=_absent)
+    version_uri: str | None = Field(None, exclude_if=_absent)
 
 
 def read_evaluation(client, run_id: str, evaluation_id: str | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
@@ -97,11 +128,11 @@ def production_evidence(client, name: str, run_id: str, evaluation: dict[str, An
                                  n_bootstrap=0, hard_cases=0)
         except ChexopsError as exc:
             return {**production, "reason": f"{differs}; evaluating it on the candidate's data failed: {exc}"}
-    if again["split_version"] != wanted or again["mean_over"] != evaluation.get("mean_over"):
-        return {**production, "reason": f"{differs}; evaluated again it is on split {again['split_version']} "
-                                        f"over {', '.join(again['mean_over'])} (the data changed since the candidate's evaluation?)"}
-    return {**production, "split_version": wanted, "mean_auroc": again["mean_auroc"], "evaluation_id": again["evaluation_id"],
-            "source": f"its run {production['run_id']} evaluated now on the candidate's data as {again['evaluation_id']}"}
+    if again.split_version != wanted or again.mean_over != evaluation.get("mean_over"):
+        return {**production, "reason": f"{differs}; evaluated again it is on split {again.split_version} "
+                                        f"over {', '.join(again.mean_over)} (the data changed since the candidate's evaluation?)"}
+    return {**production, "split_version": wanted, "mean_auroc": again.mean_auroc, "evaluation_id": again.evaluation_id,
+            "source": f"its run {production['run_id']} evaluated now on the candidate's data as {again.evaluation_id}"}
 
 
 def version_tags(run, evaluation: dict[str, Any], thresholds: dict[str, Any], verdicts: list[dict[str, Any]]) -> dict[str, str]:
@@ -163,7 +194,7 @@ def existing_version(client, name: str, run_id: str):
 
 
 def register_run(ref: str, *, name: str = DEFAULT_MODEL_NAME, gate: GateConfig | None = None, alias: str = "candidate",
-                 evaluation_id: str | None = None) -> dict[str, Any]:
+                 evaluation_id: str | None = None) -> Registration:
     """Judge an evaluation of a run (`evaluation_id`, default the latest); when the gate passes,
     register the run and point `alias` at it.
 
@@ -177,23 +208,22 @@ def register_run(ref: str, *, name: str = DEFAULT_MODEL_NAME, gate: GateConfig |
     run, evaluation, thresholds = read_evaluation(client, run_id, evaluation_id)
     production = production_evidence(client, name, run_id, evaluation, gate)
     judged = judge(evaluation, production, gate)
-    verdicts, ok = [v.to_dict() for v in judged], passed(judged)
-    result: dict[str, Any] = {
-        "model": name, "version": None, "alias": None, "run_id": run_id, "evaluation_id": evaluation.get("evaluation_id"),
-        "split": evaluation.get("split"), "split_version": evaluation.get("split_version"), "passed": ok, "gate": verdicts,
-        "limits": gate.model_dump(), "production": production, "mean_auroc": evaluation.get("mean_auroc"),
-        "holdouts": holdout_summary(evaluation), "tracking_uri": client.tracking_uri,
-    }
+    ok = passed(judged)
+    result = Registration(
+        model=name, run_id=run_id, evaluation_id=evaluation.get("evaluation_id"), split=evaluation.get("split"),
+        split_version=evaluation.get("split_version"), passed=ok, gate=judged, limits=gate, production=production,
+        mean_auroc=evaluation.get("mean_auroc"), holdouts=holdout_summary(evaluation), tracking_uri=client.tracking_uri,
+    )
     client.set_tag(run_id, "gate", "passed" if ok else "refused")
     if not ok:
-        log.warning("Gate refused run %s: %s", run_id, ", ".join(v["criterion"] for v in verdicts if not v["passed"]))
+        log.warning("Gate refused run %s: %s", run_id, ", ".join(v.criterion for v in judged if not v.passed))
         return result
 
     ensure_registered_model(client, name)
     source = f"runs:/{run_id}/{CHECKPOINT_DIR}"
     version = existing_version(client, name, run_id)
     reused = version is not None
-    tags = version_tags(run, evaluation, thresholds, verdicts)
+    tags = version_tags(run, evaluation, thresholds, [v.to_dict() for v in judged])
     if reused:
         log.info("Run %s is already version %s of %s; updating its tags", run_id, version.version, name)
         for key, value in tags.items():
@@ -205,7 +235,7 @@ def register_run(ref: str, *, name: str = DEFAULT_MODEL_NAME, gate: GateConfig |
         )
     client.set_registered_model_alias(name, alias, str(version.version))
     client.set_tag(run_id, "registered_model", f"{name}/{version.version}")
-    result.update(version=str(version.version), alias=alias, source=version.source, reused=reused,
-                  model_uri=f"models:/{name}@{alias}", version_uri=f"models:/{name}/{version.version}")
     log.info("Registered run %s as %s version %s with alias %s", run_id, name, version.version, alias)
-    return result
+    return result.model_copy(update={
+        "version": str(version.version), "alias": alias, "source": version.source, "reused": reused,
+        "model_uri": f"models:/{name}@{alias}", "version_uri": f"models:/{name}/{version.version}"})

@@ -5,6 +5,8 @@ torch is imported where a checkpoint is written or read, so that the constants a
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,38 @@ CHECKPOINT_FORMAT = 2  # tensors plus a JSON string: loadable with torch.load(we
 
 
 READABLE_FORMATS = (1, 2)  # format 1 held the same fields as plain containers
+
+
+@dataclass
+class RunState:
+    """Where a training run stands: what `last.pt` carries besides the tensors (its `state`, as JSON)
+    and the best weights so far (`best_model`, tensors of their own)."""
+
+    epoch: int = 0
+    batch: int = 0  # the next batch of `epoch`
+    step: int = 0  # optimiser steps
+    best: float = -math.inf  # the best validation mean AUROC
+    best_epoch: int = -1
+    bad_epochs: int = 0  # epochs since the best (early stopping)
+    run_id: str | None = None  # the MLflow run, continued on resume
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_model: dict[str, torch.Tensor] | None = None
+
+    @property
+    def is_new(self) -> bool:
+        return self.step == 0 and self.epoch == 0
+
+    def to_json(self, epoch: int, batch: int) -> str:
+        """The JSON `state` of a checkpoint written at (`epoch`, `batch`)."""
+        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "best_model"}
+        return json.dumps({**plain, "epoch": epoch, "batch": batch})
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any]) -> RunState:
+        plain = saved["state"] if isinstance(saved["state"], dict) else json.loads(saved["state"])  # a dict before format 2
+        known = {f.name for f in fields(cls)} - {"best_model"}
+        best_model = saved.get("best_model", plain.get("best_model"))
+        return cls(**{k: v for k, v in plain.items() if k in known}, best_model=best_model)
 
 
 def atomic_save(obj: Any, path: Path) -> None:

@@ -1,9 +1,11 @@
 """The training loop: `chexops train --config FILE`.
 
-Read top to bottom: setup (devices, DDP) → data → model and optimiser → resume → epochs of
-masked-BCE steps with checkpoints → validation, early stopping → test → MLflow artifacts.
-A run killed at any point resumes from `$CHEXOPS_HOME/checkpoints/NAME/last.pt` on the next call
-and ends where an uninterrupted run would. Under `torchrun` it trains with DistributedDataParallel.
+Read top to bottom (`train`): setup (devices, DDP) → data → model and optimiser → resume → the MLflow
+run (`chexops.train.tracking_run`) → epochs of masked-BCE steps with checkpoints → validation, early
+stopping → best weights, test, the model logged (`_finish`). A run killed at any point resumes from
+`$CHEXOPS_HOME/checkpoints/NAME/last.pt` (`chexops.train.checkpoint`) on the next call, in the same
+MLflow run, and ends where an uninterrupted run would. Under `torchrun` it trains with
+DistributedDataParallel; rank 0 validates, tracks and returns the summary.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +26,60 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from pydantic import Field
 from tqdm.auto import tqdm
 
-from chexops.core import paths
+from chexops.core.results import Result
 from chexops.config import Config
-from chexops.data.loading import load_splits
-from chexops.train.dataset import EpochBatches, RadiographDataset, own_generator, train_loader
+from chexops.core import paths
 from chexops.core.errors import UserInputError
+from chexops.data.loading import load_splits
+from chexops.train import tracking_run
+from chexops.train.checkpoint import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_PATH,
+    RunState,
+    atomic_save,
+    model_payload,
+    safe_load,
+)
+from chexops.train.dataset import EpochBatches, RadiographDataset, own_generator, train_loader
 from chexops.train.metrics import as_metrics, auroc_per_label, mean_auroc
-from chexops.train.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE, CHECKPOINT_PATH
 from chexops.train.models import build_model
-from chexops.tracking import flatten, git_info, setup_mlflow
-from chexops.train.checkpoint import CHECKPOINT_FORMAT, atomic_save, model_payload, safe_load
 
 log = logging.getLogger(__name__)
 
+
+class HeldOutMetrics(Result):
+    """The best model on the test split: `auroc` is the single label's AUROC, or the mean AUROC."""
+
+    auroc: float
+    mean_auroc: float
+    loss: float
+    per_label: dict[str, float | None]
+
+
+class TrainSummary(Result):
+    """What `chexops train` returns: the MLflow run, and the best model's validation (and test) metrics."""
+
+    run_id: str
+    init: str
+    experiment: str
+    tracking_uri: str
+    model_uri: str
+    data_version: str
+    labels: list[str]
+    epochs_run: int
+    best_epoch: int
+    steps: int
+    world_size: int
+    mean_auroc: float
+    mean_over: list[str]
+    val_loss: float
+    auroc: dict[str, float | None]
+    test: HeldOutMetrics | None = Field(None, exclude_if=lambda v: v is None)  # only with a test split
+    seconds: float
 
 
 def config_digest(config: Config) -> str:
@@ -97,14 +139,29 @@ def evaluate_split(model, ds: RadiographDataset, config: Config, labels: list[st
     return {"loss": loss, "auroc": per_label, "mean_auroc": mean_auroc(per_label, config.eval.mean_labels(labels))}
 
 
-def _setup_distributed() -> tuple[int, int, int]:
-    """(rank, local rank, world size); initialises the process group under torchrun."""
+def _rounded(per_label: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if math.isnan(v) else round(v, 6)) for k, v in per_label.items()}
+
+
+@dataclass(frozen=True)
+class Processes:
+    rank: int
+    local_rank: int
+    world: int
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed() -> Processes:
+    """This process's rank and the world size; initialises the process group under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return 0, 0, 1
+        return Processes(0, 0, 1)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend=backend)
-    return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world
+    return Processes(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world)
 
 
 def _device(config: Config, local_rank: int) -> torch.device:
@@ -131,21 +188,38 @@ def _scheduler(optimizer, config: Config, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train(config: Config, *, resume: bool = True, checkpoint_dir: Path | None = None) -> dict[str, Any]:
-    """Train `config`; returns the run's summary (MLflow run id, validation and test metrics)."""
+@dataclass
+class Run:
+    """What stays fixed through one training run: what `_finish` needs besides the model and the state."""
+
+    config: Config
+    labels: list[str]
+    fingerprint: dict[str, Any]
+    val_ds: RadiographDataset
+    test_ds: RadiographDataset | None
+    device: torch.device
+    amp: bool
+    world: int
+    last_path: Path  # the resume checkpoint, deleted once the run is done
+    started: float
+
+
+def train(config: Config, *, resume: bool = True, checkpoint_dir: Path | None = None) -> TrainSummary | None:
+    """Train `config`; returns the run's summary on rank 0 (None on the other ranks under torchrun)."""
     started = time.monotonic()
-    rank, local_rank, world = _setup_distributed()
-    master = rank == 0
+    procs = _setup_distributed()
     try:
-        return _train(config, resume, checkpoint_dir, rank, local_rank, world, master, started)
+        return _train(config, resume, checkpoint_dir, procs, started)
     finally:
-        if world > 1 and dist.is_initialized():
+        if procs.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(config, resume, checkpoint_dir, rank, local_rank, world, master, started) -> dict[str, Any]:
+def _train(config: Config, resume: bool, checkpoint_dir: Path | None, procs: Processes,
+           started: float) -> TrainSummary | None:
     t = config.train
-    device = _device(config, local_rank)
+    rank, world, master = procs.rank, procs.world, procs.master
+    device = _device(config, procs.local_rank)
     cuda = device.type == "cuda"
     amp = cuda and t.amp
     channels_last = cuda and t.channels_last
@@ -178,51 +252,23 @@ def _train(config, resume, checkpoint_dir, rank, local_rank, world, master, star
     steps_per_epoch = math.ceil(batches_per_epoch / t.accum_steps)
     total_steps = min(t.epochs * steps_per_epoch, t.max_steps or 10**12)
     scheduler = _scheduler(optimizer, config, total_steps)
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if cuda else None) if world > 1 else model
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[procs.local_rank] if cuda else None) if world > 1 else model
 
     # Resume from the last checkpoint of this very configuration, if any.
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else paths.home() / "checkpoints" / config.name
     last_path = ckpt_dir / "last.pt"
     digest = config_digest(config)
-    state = {"epoch": 0, "batch": 0, "step": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0,
-             "run_id": None, "best_model": None, "history": []}
+    state = RunState()
     if resume and last_path.exists():
-        try:
-            saved = safe_load(last_path)
-        except Exception as exc:  # noqa: BLE001 - a refused pickle or a damaged file
-            raise UserInputError(f"cannot resume from {last_path}: it is not a safe chexops checkpoint ({type(exc).__name__}). "
-                                 "Delete it or run with --no-resume.") from None
-        if saved.get("digest") == digest and saved.get("world") == world:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            torch.set_rng_state(saved["rng"][rank] if rank < len(saved["rng"]) else saved["rng"][0])
-            plain = saved["state"] if isinstance(saved["state"], dict) else json.loads(saved["state"])  # a dict before format 2
-            state.update(plain, best_model=saved.get("best_model", plain.get("best_model")))
-            log.info("Resuming %s from epoch %d, batch %d (step %d)", last_path, state["epoch"], state["batch"], state["step"])
-        else:
-            log.warning("Ignoring %s: it was written by another configuration or process count", last_path)
+        state = _resume(last_path, digest, procs, model, optimizer, scheduler) or state
 
-    run = None
+    # The MLflow run: a new one, or the checkpoint's again.
     if master:
-        import mlflow
-
-        setup_mlflow(config.tracking.experiment)
-        if config.tracking.system_metrics:
-            mlflow.set_system_metrics_sampling_interval(float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", 5)))
-        run = mlflow.start_run(run_id=state["run_id"], run_name=None if state["run_id"] else (config.tracking.run_name or config.name),
-                               log_system_metrics=config.tracking.system_metrics)
-        state["run_id"] = run.info.run_id
-        if state["step"] == 0 and state["epoch"] == 0:
-            mlflow.log_params({k: ("" if v is None else v) for k, v in flatten(config.to_dict()).items()})
-            mlflow.set_tags({**git_info(), "data_version": splits.fingerprint["data_version"],
-                             "data_sha256": splits.fingerprint["sha256"], "world_size": str(world), "device": str(device),
-                             "amp": str(amp), "channels_last": str(channels_last), "config_digest": digest, "init": init,
-                             **{k: splits.fingerprint[k] for k in ("prepared_data_version",) if k in splits.fingerprint}})
-            mlflow.log_dict(splits.fingerprint, "data_fingerprint.json")
-            mlflow.log_dict(config.to_dict(), "config.yaml")
-            mlflow.log_dict({"labels": labels}, "labels.json")
-            mlflow.log_dict(spec.to_dict(), "preprocessing.json")
+        state.run_id = tracking_run.start(config, state.run_id)
+        if state.is_new:
+            tracking_run.log_inputs(config, splits.fingerprint, labels, spec.to_dict(), {
+                "world_size": str(world), "device": str(device), "amp": str(amp), "channels_last": str(channels_last),
+                "config_digest": digest, "init": init})
 
     def checkpoint(epoch: int, batch: int) -> None:
         rngs = [torch.get_rng_state()]
@@ -231,24 +277,17 @@ def _train(config, resume, checkpoint_dir, rank, local_rank, world, master, star
             dist.all_gather_object(gathered, torch.get_rng_state())
             rngs = gathered
         if master:
-            plain = {k: v for k, v in state.items() if k != "best_model"}
             atomic_save({"format": CHECKPOINT_FORMAT, "digest": digest, "world": world, "model": model.state_dict(),
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs,
-                         "state": json.dumps({**plain, "epoch": epoch, "batch": batch}), "best_model": state["best_model"]}, last_path)
-
-    def log_metrics(metrics: dict[str, float], step: int) -> None:
-        if master:
-            import mlflow
-
-            mlflow.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)}, step=step)
+                         "state": state.to_json(epoch, batch), "best_model": state.best_model}, last_path)
 
     # Epochs.
     stop = False
     model.train()
     sampler = EpochBatches(len(train_ds), per_rank_batch, config.seed, rank, world)
     loader = train_loader(train_ds, sampler, t.num_workers, pin_memory=cuda)
-    for epoch in range(state["epoch"], t.epochs):
-        start_batch = state["batch"] if epoch == state["epoch"] else 0
+    for epoch in range(state.epoch, t.epochs):
+        start_batch = state.batch if epoch == state.epoch else 0
         sampler.set_epoch(epoch, start_batch)
         n_batches = len(sampler)
         running, seen = 0.0, 0
@@ -270,96 +309,104 @@ def _train(config, resume, checkpoint_dir, rank, local_rank, world, master, star
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
-                state["step"] += 1
+                state.step += 1
                 if master:
                     bar.set_postfix(loss=f"{running / max(seen, 1):.4f}")
-                if state["step"] % t.checkpoint_every == 0:
+                if state.step % t.checkpoint_every == 0:
                     checkpoint(epoch, b + 1)
-                if t.max_steps and state["step"] >= t.max_steps:
+                if t.max_steps and state.step >= t.max_steps:
                     break
 
         # Validation on rank 0; the decision to stop is shared with the other ranks.
         record: dict[str, float] = {"epoch": float(epoch + 1)}
         if master:
             val = evaluate_split(model, val_ds, config, labels, device, amp)
-            improved = improves(val["mean_auroc"], state["best"]) or state["best_epoch"] < 0
+            improved = improves(val["mean_auroc"], state.best) or state.best_epoch < 0
             if improved:
-                state.update(best=val["mean_auroc"], best_epoch=epoch + 1, bad_epochs=0,
-                             best_model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+                state.best, state.best_epoch, state.bad_epochs = val["mean_auroc"], epoch + 1, 0
+                state.best_model = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             else:
-                state["bad_epochs"] += 1
+                state.bad_epochs += 1
             record.update({"train_loss": running / max(seen, 1), "val_loss": val["loss"], "val_mean_auroc": val["mean_auroc"],
                            "lr": optimizer.param_groups[0]["lr"], **as_metrics("val_auroc", val["auroc"])})
-            log_metrics(record, epoch + 1)
-            state["history"].append({k: float(v) for k, v in record.items() if not math.isnan(v)})
+            tracking_run.log_metrics(record, epoch + 1)
+            state.history.append({k: float(v) for k, v in record.items() if not math.isnan(v)})
             log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val mean AUROC %.4f%s", epoch + 1, t.epochs,
                      record["train_loss"], val["loss"], val["mean_auroc"], " (best)" if improved else "")
-            stop = bool(t.patience and state["bad_epochs"] >= t.patience) or bool(t.max_steps and state["step"] >= t.max_steps)
-            if t.patience and state["bad_epochs"] >= t.patience:
+            stop = bool(t.patience and state.bad_epochs >= t.patience) or bool(t.max_steps and state.step >= t.max_steps)
+            if t.patience and state.bad_epochs >= t.patience:
                 log.info("Early stopping: no better validation mean AUROC for %d epochs", t.patience)
         if world > 1:
-            flag = [stop, state["best"], state["best_epoch"], state["bad_epochs"]]
+            flag = [stop, state.best, state.best_epoch, state.bad_epochs]
             dist.broadcast_object_list(flag, src=0)
-            stop, state["best"], state["best_epoch"], state["bad_epochs"] = flag
-        state["batch"] = 0
+            stop, state.best, state.best_epoch, state.bad_epochs = flag
+        state.batch = 0
         checkpoint(epoch + 1, 0)
         if stop:
             break
 
-    summary: dict[str, Any] = {}
+    summary = None
     if master:
-        summary = _finish(config, model, state, labels, val_ds, test_ds, splits.fingerprint, device, amp, ckpt_dir, started, world)
+        run = Run(config, labels, splits.fingerprint, val_ds, test_ds, device, amp, world, last_path, started)
+        summary = _finish(run, model, state)
     if world > 1:
         dist.barrier()
     return summary
 
 
-def _finish(config, model, state, labels, val_ds, test_ds, fingerprint, device, amp, ckpt_dir, started, world) -> dict[str, Any]:
-    """Best weights back in, final validation and test metrics, artifacts; then the checkpoint goes."""
-    import mlflow
+def _resume(path: Path, digest: str, procs: Processes, model, optimizer, scheduler) -> RunState | None:
+    """The state of `path` with the weights, optimiser, schedule and random state loaded back; None
+    (start afresh) when another configuration or process count wrote it."""
+    try:
+        saved = safe_load(path)
+    except Exception as exc:  # noqa: BLE001 - a refused pickle or a damaged file
+        raise UserInputError(f"cannot resume from {path}: it is not a safe chexops checkpoint ({type(exc).__name__}). "
+                             "Delete it or run with --no-resume.") from None
+    if saved.get("digest") != digest or saved.get("world") != procs.world:
+        log.warning("Ignoring %s: it was written by another configuration or process count", path)
+        return None
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    rank = procs.rank
+    torch.set_rng_state(saved["rng"][rank] if rank < len(saved["rng"]) else saved["rng"][0])
+    state = RunState.from_checkpoint(saved)
+    log.info("Resuming %s from epoch %d, batch %d (step %d)", path, state.epoch, state.batch, state.step)
+    return state
 
-    model.load_state_dict(state["best_model"])
-    val = evaluate_split(model, val_ds, config, labels, device, amp)
-    summary: dict[str, Any] = {
-        "run_id": state["run_id"],
-        "init": init_tag(config.model, warn=False),
-        "experiment": config.tracking.experiment,
-        "tracking_uri": mlflow.get_tracking_uri(),
-        "model_uri": f"runs:/{state['run_id']}/{CHECKPOINT_PATH}",
-        "data_version": fingerprint["data_version"],
-        "labels": labels,
-        "epochs_run": len(state["history"]),
-        "best_epoch": state["best_epoch"],
-        "steps": state["step"],
-        "world_size": world,
-        "mean_auroc": val["mean_auroc"],
-        "mean_over": config.eval.mean_labels(labels),
-        "val_loss": val["loss"],
-        "auroc": {k: (None if math.isnan(v) else round(v, 6)) for k, v in val["auroc"].items()},
-    }
-    final = {"best_val_mean_auroc": val["mean_auroc"], "best_epoch": float(state["best_epoch"])}
-    if test_ds is not None:
-        test = evaluate_split(model, test_ds, config, labels, device, amp)
-        test_auroc = test["auroc"][labels[0]] if len(labels) == 1 else test["mean_auroc"]
-        final.update({"test_auroc": test_auroc, "test_mean_auroc": test["mean_auroc"], "test_loss": test["loss"],
-                      **as_metrics("test_auroc", test["auroc"])})
-        summary["test"] = {"auroc": test_auroc, "mean_auroc": test["mean_auroc"], "loss": test["loss"],
-                           "per_label": {k: (None if math.isnan(v) else round(v, 6)) for k, v in test["auroc"].items()}}
-    mlflow.log_metrics({k: v for k, v in final.items() if not math.isnan(v)})
-    payload = model_payload(model, config, labels, {"run_id": state["run_id"], "data_version": fingerprint["data_version"],
+
+def _finish(run: Run, model: torch.nn.Module, state: RunState) -> TrainSummary:
+    """Best weights back in, final validation and test metrics, the model logged; then the checkpoint goes."""
+    config, labels = run.config, run.labels
+    model.load_state_dict(state.best_model)
+    val = evaluate_split(model, run.val_ds, config, labels, run.device, run.amp)
+    final = {"best_val_mean_auroc": val["mean_auroc"], "best_epoch": float(state.best_epoch)}
+    test = None
+    if run.test_ds is not None:
+        scores = evaluate_split(model, run.test_ds, config, labels, run.device, run.amp)
+        test = HeldOutMetrics(auroc=scores["auroc"][labels[0]] if len(labels) == 1 else scores["mean_auroc"],
+                           mean_auroc=scores["mean_auroc"], loss=scores["loss"], per_label=_rounded(scores["auroc"]))
+        final.update({"test_auroc": test.auroc, "test_mean_auroc": test.mean_auroc, "test_loss": test.loss,
+                      **as_metrics("test_auroc", scores["auroc"])})
+    tracking_run.log_metrics(final)
+    data_version = run.fingerprint["data_version"]
+    payload = model_payload(model, config, labels, {"run_id": state.run_id, "data_version": data_version,
                                                     "val_mean_auroc": val["mean_auroc"]})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / CHECKPOINT_FILE
         torch.save(payload, path)
-        mlflow.log_artifact(str(path), artifact_path=CHECKPOINT_DIR)
-    summary["seconds"] = round(time.monotonic() - started, 1)
-    mlflow.log_metric("train_seconds", summary["seconds"])
-    mlflow.end_run()
-    done = ckpt_dir / "last.pt"
-    if done.exists():
-        done.unlink()
-    log.info("Run %s: validation mean AUROC %.4f%s in %.0f s", state["run_id"], val["mean_auroc"],
-             f", test AUROC {summary['test']['auroc']:.4f}" if "test" in summary else "", summary["seconds"])
+        tracking_run.log_model(path)
+    uri = tracking_run.tracking_uri()
+    seconds = round(time.monotonic() - run.started, 1)
+    tracking_run.end(seconds)
+    run.last_path.unlink(missing_ok=True)
+    summary = TrainSummary(
+        run_id=state.run_id, init=init_tag(config.model, warn=False), experiment=config.tracking.experiment,
+        tracking_uri=uri, model_uri=f"runs:/{state.run_id}/{CHECKPOINT_PATH}", data_version=data_version, labels=labels,
+        epochs_run=len(state.history), best_epoch=state.best_epoch, steps=state.step, world_size=run.world,
+        mean_auroc=val["mean_auroc"], mean_over=config.eval.mean_labels(labels), val_loss=val["loss"],
+        auroc=_rounded(val["auroc"]), test=test, seconds=seconds,
+    )
+    log.info("Run %s: validation mean AUROC %.4f%s in %.0f s", state.run_id, val["mean_auroc"],
+             f", test AUROC {test.auroc:.4f}" if test else "", seconds)
     return summary
-
-
