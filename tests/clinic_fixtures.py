@@ -21,7 +21,8 @@ from typing import NamedTuple
 
 import pytest
 
-from service_fixtures import ROOT, ServedModel, Service, child_env, make_model, start_service
+from service_fixtures import ROOT, ServedModel, Service, make_model, start_service
+from support import child_env
 
 
 @pytest.fixture(scope="session")
