@@ -3,7 +3,8 @@ test_webpage.py: a tiny exported model in a Bento model store, and a REAL `bento
 
 Registered for every test by tests/conftest.py (`pytest_plugins`): ask for the fixtures by name.
 
-- `served_model` (session scope): `ServedModel(home, tag)`; a small CNN with fixed random weights,
+- `served_model` (module scope: a module's services keep their feedback, images and metrics under its home,
+  and no other module's are there): `ServedModel(home, tag)`; a small CNN with fixed random weights,
   exported to ONNX fp32 + static int8 with the real chexops metadata (`chexops.export.onnx`), per-label
   thresholds that are not 0.5 (`THRESHOLDS`: the service must apply the file's own), and imported
   into `home/bentoml` as `chexops-cxr:v1` (`chexops.export.bento.import_onnx`). No MLflow, no training:
@@ -91,7 +92,7 @@ def add_model(home: Path, version: str = "1") -> ServedModel:
     return ServedModel(home, json.loads(result.stdout.strip().splitlines()[-1])["tag"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def served_model(tmp_path_factory) -> ServedModel:
     return add_model(tmp_path_factory.mktemp("service-home"))
 
@@ -137,9 +138,10 @@ def start_service(model: ServedModel, log_name: str = "service.log", api_key: st
                 "CHEXOPS_MAX_QUEUE": "1000", "CHEXOPS_QUEUE_TIMEOUT_MS": "120000", **env}  # admission out of the way
     full_env = child_env(model.home, **settings)
     url = f"http://127.0.0.1:{port}"
-    server = ServerProcess([sys.executable, "-m", "bentoml", "serve", "bentos/service.py:Chexops", "--host", "127.0.0.1",
-                            "--port", str(port)], model.home / log_name, url=url, env=full_env, cwd=ROOT,
-                           name="bentoml serve", append=True)
+    argv = [sys.executable, "-m", "bentoml", "serve", "bentos/service.py:Chexops", "--host", "127.0.0.1",
+            "--port", str(port)]
+    server = ServerProcess(argv, model.home / log_name, url=url, env=full_env, cwd=ROOT, name="bentoml serve",
+                           append=True)
     return Service(url, api_key, model.home, port, server.start(), full_env)
 
 

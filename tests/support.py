@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def child_env(home: Path, **extra: str) -> dict[str, str]:
     """The environment of a chexops / bentoml child on `home`, without inherited locations."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PROMETHEUS_MULTIPROC_DIR") and not k.startswith("CHEXOPS_")}
+    inherited = ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PROMETHEUS_MULTIPROC_DIR")
+    env = {k: v for k, v in os.environ.items() if k not in inherited and not k.startswith("CHEXOPS_")}
     env.update({"CHEXOPS_HOME": str(home), "BENTOML_HOME": str(home / "bentoml"), "BENTOML_DO_NOT_TRACK": "True",
                 "PYTHONUNBUFFERED": "1"})
     for key in ("CHEXOPS_SHARED_DATA",):

@@ -65,8 +65,8 @@ def test_reports_of_different_clinics_are_refused(two_runs):
     for r in other["requests"]:
         r["csv_row"] += 1
     (tmp / "other.json").write_text(json.dumps(other))
-    result = run_cli("report", "business", "--a", str(tmp / "a"), "--b", str(tmp / "other.json"), "--out", str(tmp / "x"),
-                     env={"PYTHONPATH": str(ROOT / "training")})
+    result = run_cli("report", "business", "--a", str(tmp / "a"), "--b", str(tmp / "other.json"), "--out",
+                     str(tmp / "x"), env={"PYTHONPATH": str(ROOT / "training")})
     assert result.returncode == 2 and "same clinic" in result.stderr and "Traceback" not in result.stderr
 
 

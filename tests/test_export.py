@@ -53,7 +53,8 @@ def state(tmp_path_factory):
     registered = chexops_json("register", "--run", run_id, *GATE, **env)
     assert registered["passed"] and registered["version"] == "1" and registered["alias"] == "candidate"
 
-    result = run_cli("export", "--model", f"models:/{MODEL}@candidate", "--calibration", "64", "--runs", "10", "--json", home=home)
+    result = run_cli("export", "--model", f"models:/{MODEL}@candidate", "--calibration", "64", "--runs", "10", "--json",
+                     home=home)
     summary = ok_json(result)
     uri = f"sqlite:///{home / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -430,7 +431,8 @@ def test_serve_resolves_the_candidate_to_its_bento_model(state, tmp_path):
     port, log_path = free_port(), tmp_path / "serve.log"
     env = child_env(state["home"], CHEXOPS_API_KEYS="test:export-test-key-0123456789")
     serve = [sys.executable, "-m", "chexops", "serve", "--port", str(port), "--model", f"models:/{MODEL}@candidate"]
-    with ServerProcess(serve, log_path, url=f"http://127.0.0.1:{port}", env=env, cwd=ROOT, name="chexops serve") as server:
+    with ServerProcess(serve, log_path, url=f"http://127.0.0.1:{port}", env=env, cwd=ROOT,
+                       name="chexops serve") as server:
         served = httpx.get(f"{server.url}/model", timeout=10).json()
     assert (served["name"], served["version"], served["run_id"]) == (MODEL, state["version"], state["run_id"])
     assert served["evaluated"] is True and served["thresholds"] == state["thresholds"]

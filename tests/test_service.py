@@ -530,8 +530,8 @@ def _gone(family: list, port: int, timeout: float = 20) -> bool:
 
 def _chexops_serve(model, port: int, log_name: str) -> subprocess.Popen:
     env = child_env(model.home, CHEXOPS_API_KEYS="test-clinic:test-clinic-key-0123456789")
-    server = ServerProcess([sys.executable, "-m", "chexops", "serve", "--host", "127.0.0.1", "--port", str(port), "--model",
-                            model.tag], model.home / log_name, url=f"http://127.0.0.1:{port}", env=env, cwd=ROOT,
+    argv = [sys.executable, "-m", "chexops", "serve", "--host", "127.0.0.1", "--port", str(port), "--model", model.tag]
+    server = ServerProcess(argv, model.home / log_name, url=f"http://127.0.0.1:{port}", env=env, cwd=ROOT,
                            name="chexops serve", append=True)
     return server.start().process
 
@@ -687,8 +687,8 @@ def test_serving_off_loopback_needs_configured_keys(tmp_path):
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1")
     require_keys_off_loopback("0.0.0.0", {"CHEXOPS_API_KEYS": "north:north-key-123"})
-    result = run_cli("serve", "--host", "0.0.0.0", "--port", str(free_port()), "--model", "chexops-cxr:v1", home=tmp_path,
-                     timeout=60)
+    result = run_cli("serve", "--host", "0.0.0.0", "--port", str(free_port()), "--model", "chexops-cxr:v1",
+                     home=tmp_path, timeout=60)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "without API keys" in result.stderr and "Traceback" not in result.stderr
 

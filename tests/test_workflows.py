@@ -255,7 +255,8 @@ def test_every_chexops_step_parses_with_the_real_cli():
         local = (template.get("metadata") or {}).get("annotations", {}).get("chexops.io/local-run")
         if local:
             assert parse_with_cli([dummy(a, defaults) for a in local.split()[1:]]) is not None
-    assert {"train", "evaluate", "register", "export", "build", "record", "promote", "loadtest", "prepare"} <= set(parsed)
+    expected = {"train", "evaluate", "register", "export", "build", "record", "promote", "loadtest", "prepare"}
+    assert expected <= set(parsed), sorted(expected - set(parsed))
 
 
 def test_a_misspelt_option_fails_the_parse():

@@ -89,8 +89,8 @@ def test_the_chexops_job_keeps_the_clinic_pods_with_their_labels(cluster_config,
     port = free_port()
     argv = [prometheus, f"--config.file={path}", f"--storage.tsdb.path={tmp_path / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}"]
-    with ServerProcess(argv, tmp_path / "prometheus.log", url=f"http://127.0.0.1:{port}", ready_path="/-/ready", timeout=60,
-                       name="prometheus"):
+    with ServerProcess(argv, tmp_path / "prometheus.log", url=f"http://127.0.0.1:{port}", ready_path="/-/ready",
+                       timeout=60, name="prometheus"):
         deadline, active = time.monotonic() + 60, []
         while time.monotonic() < deadline:
             try:

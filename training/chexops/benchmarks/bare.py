@@ -46,4 +46,5 @@ def bare(onnx_path: Path, data: bytes, threads: int, runs: int, warmup: int, con
 def bare_concurrent(once, concurrency: int, requests: int) -> dict[str, Any]:
     """`requests` calls of `once` from `concurrency` threads sharing the session: requests/s."""
     times, wall = concurrent_calls(once, concurrency, requests)
-    return {**stats(times), "concurrency": concurrency, "wall_s": round(wall, 3), "requests_per_s": round(len(times) / wall, 2)}
+    return {**stats(times), "concurrency": concurrency, "wall_s": round(wall, 3),
+            "requests_per_s": round(len(times) / wall, 2)}

@@ -21,7 +21,8 @@ def server(env: dict[str, str], log_path: Path, timeout: float = 180, module: li
     if not module and not (paths.ROOT / "bentos" / "service.py").exists():
         raise SystemExit(f"{paths.ROOT / 'bentos' / 'service.py'} is missing: --start needs the repository checkout")
     port = free_port()
-    argv = [sys.executable, "-m", *(module or ["bentoml", "serve", SERVICE]), "--host", "127.0.0.1", "--port", str(port)]
+    argv = [sys.executable, "-m", *(module or ["bentoml", "serve", SERVICE]), "--host", "127.0.0.1",
+            "--port", str(port)]
     return ServerProcess(argv, log_path, url=f"http://127.0.0.1:{port}", env=env, cwd=paths.ROOT, timeout=timeout,
                          name=" ".join(module[:1]) if module else "bentoml serve", append=True,
                          preexec=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
@@ -33,8 +34,9 @@ def service_env(args, key: str, tmp: Path, batching: bool) -> dict[str, str]:
     in `tmp`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHEXOPS_") and k != "PROMETHEUS_MULTIPROC_DIR"}
     env.update(dict(item.split("=", 1) for item in args.service_env))
-    env.update({"CHEXOPS_HOME": str(paths.home()), "BENTOML_HOME": str(paths.bentoml_home()), "BENTOML_DO_NOT_TRACK": "True",
-                "CHEXOPS_MODEL": args.model, "CHEXOPS_PRECISION": args.precision, "CHEXOPS_THREADS": str(args.threads),
+    env.update({"CHEXOPS_HOME": str(paths.home()), "BENTOML_HOME": str(paths.bentoml_home()),
+                "BENTOML_DO_NOT_TRACK": "True", "CHEXOPS_MODEL": args.model, "CHEXOPS_PRECISION": args.precision,
+                "CHEXOPS_THREADS": str(args.threads),
                 "CHEXOPS_BATCHING": "1" if batching else "0", "CHEXOPS_API_KEYS": f"bench:{key}",
                 "CHEXOPS_RATE_LIMIT": "1000000000", "CHEXOPS_RATE_BURST": "1000000",
                 # latency runs measure the service, not its admission gate (--flood keeps the service's defaults)

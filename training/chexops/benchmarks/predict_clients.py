@@ -27,7 +27,8 @@ def _post(client, url: str, key: str, data: bytes) -> tuple[int, dict]:
     except httpx.TransportError as exc:
         return 0, {"error": f"connection: {type(exc).__name__}: {exc}"}
     if response.status_code in (401, 429):
-        hint = " (raise the service's CHEXOPS_RATE_LIMIT / CHEXOPS_RATE_BURST for a benchmark)" if response.status_code == 429 else ""
+        hint = (" (raise the service's CHEXOPS_RATE_LIMIT / CHEXOPS_RATE_BURST for a benchmark)"
+                if response.status_code == 429 else "")
         raise ServiceError(f"/predict answered {response.status_code}: {response.text[:300]}{hint}")
     try:
         body = response.json()

@@ -27,8 +27,9 @@ def random_init_model(name: str, size: int, width: int, calibration: int = 8) ->
     model = build_model(ModelConfig(name=name, width=width, pretrained_weights=None), len(labels), spec).eval()
     out = home() / "exports" / f"bench-{name}-{size}"
     fp32 = export_onnx(model, spec, out / FP32_FILE)
-    metadata = build_metadata(labels=labels, thresholds={label: 0.5 for label in labels}, rule="benchmark (random init)",
-                              spec=spec, model_name=f"bench-{name}-{size}", registry_version="1", run_id="0" * 32,
+    metadata = build_metadata(labels=labels, thresholds={label: 0.5 for label in labels},
+                              rule="benchmark (random init)", spec=spec, model_name=f"bench-{name}-{size}",
+                              registry_version="1", run_id="0" * 32,
                               data_version="none", head_weight=model.head.weight.detach().numpy(),
                               head_bias=model.head.bias.detach().numpy())
     write_metadata(fp32, metadata)

@@ -36,9 +36,11 @@ def machine() -> dict[str, Any]:
 
 
 def vs_bare(service: dict[str, Any], bare_result: dict[str, Any]) -> dict[str, float]:
-    """The service's sequential p50 and p95 over the bare session's, and its throughput at concurrency over the bare one's."""
+    """The service's sequential p50 and p95 over the bare session's, and its throughput at concurrency over the bare
+    one's."""
     ratios = {q: round(service["sequential"][f"{q}_ms"] / bare_result[f"{q}_ms"], 3) for q in ("p50", "p95")}
-    return {**ratios, "throughput": round(service["concurrent"]["requests_per_s"] / bare_result["concurrent"]["requests_per_s"], 3)}
+    throughput = service["concurrent"]["requests_per_s"] / bare_result["concurrent"]["requests_per_s"]
+    return {**ratios, "throughput": round(throughput, 3)}
 
 
 PATHS = {"fastapi_uvicorn": "FastAPI + uvicorn baseline (same session and preprocessing)",
@@ -48,7 +50,9 @@ PATHS = {"fastapi_uvicorn": "FastAPI + uvicorn baseline (same session and prepro
 def markdown(result: dict[str, Any]) -> str:
     b = result["bare"]
     bc = b["concurrent"]
-    rows = ["| path | p50 (ms) | p95 (ms) | p50 vs bare | req/s at c={c} (vs bare) | p50 / p95 at c={c} (ms) | failed |".format(c=result["concurrency"]),
+    at = result["concurrency"]
+    rows = [f"| path | p50 (ms) | p95 (ms) | p50 vs bare | req/s at c={at} (vs bare) | p50 / p95 at c={at} (ms) "
+            "| failed |",
             "|---|---|---|---|---|---|---|",
             f"| bare ONNX Runtime (decode + preprocess + run) | {b['p50_ms']:.2f} | {b['p95_ms']:.2f} | 1.00× | "
             f"{bc['requests_per_s']:.1f} | {bc['p50_ms']:.1f} / {bc['p95_ms']:.1f} | — |"]
@@ -58,5 +62,6 @@ def markdown(result: dict[str, Any]) -> str:
         rows.append(f"| {label} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | {ratio['p50']:.2f}× | "
                     f"{c['requests_per_s']:.1f} ({ratio['throughput']:.2f}×) | "
                     f"{c['p50_ms']:.1f} / {c['p95_ms']:.1f} | "
-                    f"{s['errors']['failed'] + c['errors']['failed']} of {s['n'] + s['errors']['failed'] + c['n'] + c['errors']['failed']} |")
+                    f"{s['errors']['failed'] + c['errors']['failed']} of "
+                    f"{s['n'] + s['errors']['failed'] + c['n'] + c['errors']['failed']} |")
     return "\n".join(rows)

@@ -31,8 +31,8 @@ def query_service(model_ref: str, data_root: Path, timeout: float = 240) -> dict
     log_path = paths.home() / "demo" / "service.log"
     env = {**os.environ, "CHEXOPS_HOME": str(paths.home()), "CHEXOPS_API_KEYS": DEV_KEYS}
     log.info("$ chexops serve --port %d --model %s   (log: %s)", port, model_ref, log_path)
-    server = ServerProcess([sys.executable, "-m", "chexops", "serve", "--port", str(port), "--model", model_ref], log_path,
-                           url=url, env=env, timeout=timeout, name="chexops serve")
+    argv = [sys.executable, "-m", "chexops", "serve", "--port", str(port), "--model", model_ref]
+    server = ServerProcess(argv, log_path, url=url, env=env, timeout=timeout, name="chexops serve")
     with server, httpx.Client(base_url=url, timeout=60) as client:
         results = []
         for image in sample_images(data_root):
