@@ -1,5 +1,6 @@
-# chexops: `make demo` runs the whole lifecycle on this machine; `make test` runs the test suite.
-# Both create the virtual environment on first use (torch==2.13.0 first, then the project).
+# chexops: `make demo` runs the whole lifecycle on this machine; `make test` runs the test suite (what CI runs),
+# `make check` its fast tier (the tests not marked slow: no servers, training, child CLIs, databases or browsers).
+# Each creates the virtual environment on first use (torch==2.13.0 first, then the project).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.chexops-installed
 export CHEXOPS_HOME ?= $(CURDIR)/.chexops
 
-.PHONY: demo test serve venv clean
+.PHONY: demo test check serve venv clean
 
 venv: $(STAMP)
 
@@ -27,6 +28,10 @@ serve: $(STAMP)  # the registry's candidate (chexops serve's default reference),
 test: $(STAMP)
 	VENV=$(VENV) bash tests/install-tools.sh
 	$(BIN)/python -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
+
+check: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 
 clean:

@@ -1,12 +1,13 @@
-"""Fixtures for the closed-loop tests (simulate, drift, business report), shared by their modules:
+"""Fixtures for the closed-loop tests (simulate, drift, business report), shared by their modules. Module scope:
+each module gets fresh services (a service's drift window, metrics and feedback are what that module sent it).
 
-- `clinic_data` (session): a small synthetic CheXpert-v1.0-small (train + valid, 48 px), the clinic's studies.
-- `clinic_model` (session): the tiny fixture model (`service_fixtures.make_model`) with a drift reference computed,
+- `clinic_data` (module): a small synthetic CheXpert-v1.0-small (train + valid, 48 px), the clinic's studies.
+- `clinic_model` (module): the tiny fixture model (`service_fixtures.make_model`) with a drift reference computed,
   as `chexops export` does, from the training images of `clinic_data`; in the Bento store of its own home.
 - `clinic_service(model, tmp, name, **env)`: a real `bentoml serve` of a model with its own feedback store
   (SQLite under `tmp`).
-- `clinic` (session): `Clinic(service, store_url)`, the fp32 service of `clinic_model`, drift window `DRIFT_WINDOW`.
-- `clinic_b` (session): the int8 service of `clinic_model` (another model variant), rate-limited to 10 requests a
+- `clinic` (module): `Clinic(service, store_url)`, the fp32 service of `clinic_model`, drift window `DRIFT_WINDOW`.
+- `clinic_b` (module): the int8 service of `clinic_model` (another model variant), rate-limited to 10 requests a
   second with a burst of 3: steady traffic below that passes, a burst of 8 meets 429s.
 """
 
@@ -21,10 +22,11 @@ from typing import NamedTuple
 
 import pytest
 
-from service_fixtures import ROOT, ServedModel, Service, child_env, make_model, start_service
+from service_fixtures import ROOT, ServedModel, Service, make_model, start_service
+from support import child_env
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def clinic_data(tmp_path_factory) -> Path:
     from chexops.data.synth import synthesize
 
@@ -58,7 +60,7 @@ def drift_reference(data: Path):
     return extra
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def clinic_model(tmp_path_factory, clinic_data) -> ServedModel:
     home = tmp_path_factory.mktemp("clinic-home")
     result = subprocess.run([sys.executable, str(Path(__file__).resolve()), "make-model", str(home), str(clinic_data)],
@@ -86,7 +88,7 @@ def _clinic(model, tmp_path_factory, name: str, **env: str):
     return Clinic(svc, f"sqlite:///{tmp / (name + '.db')}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def clinic(clinic_model, tmp_path_factory):
     made = _clinic(clinic_model, tmp_path_factory, "clinic", CHEXOPS_DRIFT_WINDOW=str(DRIFT_WINDOW),
                    CHEXOPS_DRIFT_MIN_IMAGES="20")
@@ -94,7 +96,7 @@ def clinic(clinic_model, tmp_path_factory):
     made.service.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def clinic_b(clinic_model, tmp_path_factory):
     made = _clinic(clinic_model, tmp_path_factory, "clinic-b", CHEXOPS_PRECISION="int8", CHEXOPS_RATE_LIMIT="600",
                    CHEXOPS_RATE_BURST="3")

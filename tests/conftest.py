@@ -1,4 +1,6 @@
-"""Shared fixtures: an isolated CHEXOPS_HOME, the team's shared data."""
+"""Shared fixtures: an isolated CHEXOPS_HOME, the team's shared data; and, registered here once for every
+test module, the fixtures of the served model and services (service_fixtures) and of the closed loop
+(clinic_fixtures). Test modules ask for them by name; plain helpers are imported from their module."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from chexops.core.paths import shared_data
+
+pytest_plugins = ["service_fixtures", "clinic_fixtures"]
 
 
 @pytest.fixture(autouse=True)

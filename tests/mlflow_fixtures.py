@@ -1,31 +1,26 @@
 """Helpers for the evaluate / register tests: a synthetic dataset shared by the session, tiny training
-configs, the `chexops` CLI in-process, a real `mlflow server` (SQLite or PostgreSQL backend) and a
+configs, a training run in this process, a real `mlflow server` (SQLite or PostgreSQL backend) and a
 throw-away PostgreSQL cluster started by the test itself."""
 
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import os
 import pwd
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 import yaml
 
+from chexops.core.processes import ServerProcess, free_port
 from chexops.data.synth import synthesize
-from chexops.core.processes import die_with_parent
+from support import environment
 
 if TYPE_CHECKING:
     from chexops.train.loop import TrainSummary
@@ -59,18 +54,6 @@ def write_config(path: Path, synth_root: Path, name: str = "tiny", train: dict |
     return path
 
 
-@contextlib.contextmanager
-def environment(**env: str | None):
-    """Variables set (or, when None, removed) for the duration."""
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            if value is None:
-                mp.delenv(key, raising=False)
-            else:
-                mp.setenv(key, value)
-        yield
-
-
 def train_run(config: Path, **env: str) -> TrainSummary:
     """Train in this process (no interpreter start-up) under `env`; returns the training summary."""
     from chexops.config import load_config
@@ -80,65 +63,16 @@ def train_run(config: Path, **env: str) -> TrainSummary:
         return train(load_config(config), resume=False, checkpoint_dir=config.parent / f"ckpt-{config.stem}")
 
 
-def chexops(*args: str, **env: str) -> tuple[int, str, str]:
-    """`chexops ARGS` through the real entry point (`chexops.cli.main`) in this process:
-    (exit code, stdout, stderr)."""
-    from chexops.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with environment(**env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return code, out.getvalue(), err.getvalue()
-
-
-def chexops_json(*args: str, **env: str) -> dict:
-    code, out, err = chexops(*args, "--json", **env)
-    assert code == 0, err[-3000:]
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def mlflow_server(base: Path, backend_uri: str):
     """A real `mlflow server` process with served artifacts; yields its URI."""
     base.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log = base / "server.log"
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend_uri,
-         "--artifacts-destination", str(base / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
-    )
     uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server ({backend_uri}) did not start: " + log.read_text()[-3000:])
-            time.sleep(0.3)
+    argv = [Path(sys.executable).parent / "mlflow", "server", "--backend-store-uri", backend_uri,
+            "--artifacts-destination", base / "artifacts", "--host", "127.0.0.1", "--port", port, "--workers", "1"]
+    with ServerProcess(argv, base / "server.log", url=uri, ready_path="/health", name=f"mlflow server ({backend_uri})"):
         yield uri
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 PG_USER = "chexops-pg"

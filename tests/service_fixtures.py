@@ -1,16 +1,15 @@
 """Fixtures for tests of the clinic endpoint (bentos/service.py), shared by test_service.py and
 test_webpage.py: a tiny exported model in a Bento model store, and a REAL `bentoml serve` process.
 
-Use from a test module:
+Registered for every test by tests/conftest.py (`pytest_plugins`): ask for the fixtures by name.
 
-    from service_fixtures import served_model, service  # noqa: F401  (pytest fixtures)
-
-- `served_model` (session scope): `ServedModel(home, tag)`; a small CNN with fixed random weights,
+- `served_model` (module scope: a module's services keep their feedback, images and metrics under its home,
+  and no other module's are there): `ServedModel(home, tag)`; a small CNN with fixed random weights,
   exported to ONNX fp32 + static int8 with the real chexops metadata (`chexops.export.onnx`), per-label
   thresholds that are not 0.5 (`THRESHOLDS`: the service must apply the file's own), and imported
   into `home/bentoml` as `chexops-cxr:v1` (`chexops.export.bento.import_onnx`). No MLflow, no training:
   a few seconds. Built in a child process so that this process's BentoML settings stay untouched.
-- `service` (module scope): `Service(url, api_key, home, log_path, ...)`, a `bentoml serve` child on a
+- `service` (module scope): `Service(url, api_key, home, port, server)`, a `bentoml serve` child on a
   free 127.0.0.1 port with `CHEXOPS_API_KEYS` set, ready (/readyz answers 200) before the first test;
   killed after the module. `start_service(...)` starts others (other env, a restart on the same home).
 """
@@ -18,9 +17,7 @@ Use from a test module:
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -29,9 +26,8 @@ from typing import NamedTuple
 
 import pytest
 
-from chexops.core.processes import stop_tree
-from chexops.serving.launch import wait_ready
-from chexops.core.processes import die_with_parent
+from chexops.core.processes import ServerProcess, free_port
+from support import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "test-clinic-key-0123456789"
@@ -50,19 +46,6 @@ def thresholds_for(labels: list[str]) -> dict[str, float]:
 class ServedModel(NamedTuple):
     home: Path
     tag: str
-
-
-def child_env(home: Path, **extra: str) -> dict[str, str]:
-    """The environment of a chexops / bentoml child on `home`, without inherited locations."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PROMETHEUS_MULTIPROC_DIR") and not k.startswith("CHEXOPS_")}
-    env.update({"CHEXOPS_HOME": str(home), "BENTOML_HOME": str(home / "bentoml"), "BENTOML_DO_NOT_TRACK": "True",
-                "PYTHONUNBUFFERED": "1"})
-    for key in ("CHEXOPS_SHARED_DATA",):
-        if key in os.environ:
-            env[key] = os.environ[key]
-    env.update(extra)
-    return env
 
 
 def make_model(home: Path, version: str = "1", extra_metadata=None) -> str:
@@ -109,15 +92,9 @@ def add_model(home: Path, version: str = "1") -> ServedModel:
     return ServedModel(home, json.loads(result.stdout.strip().splitlines()[-1])["tag"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def served_model(tmp_path_factory) -> ServedModel:
     return add_model(tmp_path_factory.mktemp("service-home"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -125,21 +102,29 @@ class Service:
     url: str
     api_key: str
     home: Path
-    log_path: Path
     port: int
-    process: subprocess.Popen
+    server: ServerProcess = field(repr=False)
     env: dict[str, str] = field(repr=False, default_factory=dict)
+
+    @property
+    def process(self) -> subprocess.Popen:
+        return self.server.process
+
+    @property
+    def log_path(self) -> Path:
+        return self.server.log_path
 
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
 
     def logs(self) -> str:
+        """The whole log (every restart on it)."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
         """Stop the server and all its workers (SIGKILL: as a crash would)."""
-        stop_tree(self.process, sig, timeout)
+        self.server.stop(sig, timeout)
 
 
 def start_service(model: ServedModel, log_name: str = "service.log", api_key: str = API_KEY, port: int | None = None,
@@ -147,24 +132,17 @@ def start_service(model: ServedModel, log_name: str = "service.log", api_key: st
     """`bentoml serve bentos/service.py:Chexops` on a free port (or `port`), ready; CHEXOPS_* settings from `env` (by
     default rate limits high enough for a test battery, all from 127.0.0.1, an admission queue that never refuses one, and an 8 MiB upload limit)."""
     port = port or free_port()
-    log_path = model.home / log_name
     settings = {"CHEXOPS_MODEL": model.tag, "CHEXOPS_API_KEYS": f"test-clinic:{api_key},other-clinic:{OTHER_KEY}",
                 "CHEXOPS_RATE_LIMIT": "60000", "CHEXOPS_RATE_BURST": "1000", "CHEXOPS_ADDRESS_RATE_LIMIT": "60000",
                 "CHEXOPS_ADDRESS_RATE_BURST": "1000", "CHEXOPS_AUTH_FAILURE_LIMIT": "1000", "CHEXOPS_MAX_UPLOAD_MB": "8",
                 "CHEXOPS_MAX_QUEUE": "1000", "CHEXOPS_QUEUE_TIMEOUT_MS": "120000", **env}  # admission out of the way
     full_env = child_env(model.home, **settings)
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "bentos/service.py:Chexops", "--host", "127.0.0.1",
-                                    "--port", str(port)], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True, preexec_fn=die_with_parent)
     url = f"http://127.0.0.1:{port}"
-    service = Service(url, api_key, model.home, log_path, port, process, full_env)
-    try:
-        wait_ready(url, process, log_path)
-    except Exception:
-        service.stop(signal.SIGKILL)
-        raise
-    return service
+    argv = [sys.executable, "-m", "bentoml", "serve", "bentos/service.py:Chexops", "--host", "127.0.0.1",
+            "--port", str(port)]
+    server = ServerProcess(argv, model.home / log_name, url=url, env=full_env, cwd=ROOT, name="bentoml serve",
+                           append=True)
+    return Service(url, api_key, model.home, port, server.start(), full_env)
 
 
 @pytest.fixture(scope="module")

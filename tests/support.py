@@ -1,10 +1,13 @@
-"""Test helpers: the CLI as a subprocess, hand-made CheXpert CSVs. (Plain functions live here, not in
-conftest.py: tests/infra has a conftest of its own, and `import conftest` would be ambiguous.)"""
+"""Test helpers: the CLI (as a subprocess, `run_cli`, or in this process, `chexops`), a child's clean
+environment, hand-made CheXpert CSVs and DICOM files. (Plain functions live here, not in conftest.py:
+tests/infra has a conftest of its own, and `import conftest` would be ambiguous.)"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -18,10 +21,62 @@ from chexops.core.labels import CHEXPERT_LABELS, META_COLUMNS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """`chexops ARGS` in a child process, as a user runs it."""
+def child_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a chexops / bentoml child on `home`, without inherited locations."""
+    inherited = ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PROMETHEUS_MULTIPROC_DIR")
+    env = {k: v for k, v in os.environ.items() if k not in inherited and not k.startswith("CHEXOPS_")}
+    env.update({"CHEXOPS_HOME": str(home), "BENTOML_HOME": str(home / "bentoml"), "BENTOML_DO_NOT_TRACK": "True",
+                "PYTHONUNBUFFERED": "1"})
+    for key in ("CHEXOPS_SHARED_DATA",):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str | None] | None = None, home: Path | None = None, timeout: float = 600,
+            cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`chexops ARGS` in a child process, as a user runs it: in this process's environment, or, with `home`, in a
+    clean one on `home` (`child_env`); `env` sets more variables (None removes one)."""
+    merged = {**(dict(os.environ) if home is None else child_env(home)), **(env or {})}
     return subprocess.run([sys.executable, "-m", "chexops", *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd, env={**os.environ, **(env or {})})
+                          cwd=cwd, env={k: v for k, v in merged.items() if v is not None})
+
+
+@contextlib.contextmanager
+def environment(**env: str | None):
+    """Variables set (or, when None, removed) for the duration."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            if value is None:
+                mp.delenv(key, raising=False)
+            else:
+                mp.setenv(key, value)
+        yield
+
+
+def chexops(*args: str, **env: str | None) -> tuple[int, str, str]:
+    """`chexops ARGS` through the real entry point (`chexops.cli.main`) in this process, under `env` (None
+    removes a variable): (exit code, stdout, stderr). Faster than `run_cli`; the same exit codes and messages."""
+    from chexops.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with environment(**env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return code, out.getvalue(), err.getvalue()
+
+
+def chexops_json(*args: str, **env: str | None) -> dict:
+    """`chexops ARGS --json` in this process: the JSON it printed; fails the test on a non-zero exit."""
+    code, out, err = chexops(*args, "--json", **env)
+    assert code == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def write_chexpert(root: Path, rows: list[dict], name: str = "train.csv", images: bool = True) -> Path:

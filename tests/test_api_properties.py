@@ -19,7 +19,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
                                                status_code_conformance)
 
-from service_fixtures import served_model, service  # noqa: F401  (pytest fixtures)
+pytestmark = pytest.mark.slow
+
 
 EXAMPLES = int(os.environ.get("CHEXOPS_API_EXAMPLES", "25"))
 OPERATIONS = [("/predict", "POST"), ("/explain", "POST"), ("/feedback", "POST"), ("/model", "GET")]

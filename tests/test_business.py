@@ -4,17 +4,14 @@ and the reading-room simulation's own logic."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from chexops.loop.business import abnormal, agreement_interval, worklist_times
 from chexops.loop.simulate import SimulateConfig, simulate
-from clinic_fixtures import clinic, clinic_b, clinic_data, clinic_model  # noqa: F401  (pytest fixtures)
 from service_fixtures import API_KEY, ROOT
+from support import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +29,12 @@ def two_runs(clinic, clinic_b, clinic_data, tmp_path_factory):
     return reports, tmp_path
 
 
+@pytest.mark.slow
 def test_business_report_from_two_real_simulate_runs(two_runs):
     reports, tmp = two_runs
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "training")}
-    result = subprocess.run([sys.executable, "-m", "chexops", "report", "business", "--a", str(tmp / "a"), "--b",
-                             str(tmp / "b" / "simulate.json"), "--out", str(tmp / "business"), "--replications", "40",
-                             "--bootstrap", "200", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    result = run_cli("report", "business", "--a", str(tmp / "a"), "--b", str(tmp / "b" / "simulate.json"), "--out",
+                     str(tmp / "business"), "--replications", "40", "--bootstrap", "200", "--json",
+                     env={"PYTHONPATH": str(ROOT / "training")}, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout)
     a_records = [r for r in reports["a"].requests if r.get("priority")]
@@ -61,15 +58,15 @@ def test_business_report_from_two_real_simulate_runs(two_runs):
         assert (tmp / "business" / plot).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_reports_of_different_clinics_are_refused(two_runs):
     reports, tmp = two_runs
     other = json.loads((tmp / "b" / "simulate.json").read_text())
     for r in other["requests"]:
         r["csv_row"] += 1
     (tmp / "other.json").write_text(json.dumps(other))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "training")}
-    result = subprocess.run([sys.executable, "-m", "chexops", "report", "business", "--a", str(tmp / "a"), "--b",
-                             str(tmp / "other.json"), "--out", str(tmp / "x")], capture_output=True, text=True, env=env)
+    result = run_cli("report", "business", "--a", str(tmp / "a"), "--b", str(tmp / "other.json"), "--out",
+                     str(tmp / "x"), env={"PYTHONPATH": str(ROOT / "training")})
     assert result.returncode == 2 and "same clinic" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -85,6 +85,7 @@ BAD_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case,mutate,where,value", BAD_CASES, ids=[c[0] for c in BAD_CASES])
 def test_malformed_csv_is_a_clear_error_and_writes_nothing(tmp_path, home, case, mutate, where, value):
     rows = mutate(make_rows())
@@ -103,6 +104,7 @@ def test_malformed_csv_is_a_clear_error_and_writes_nothing(tmp_path, home, case,
     assert not (home / "mlflow.db").exists() and not (home / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_missing_and_unreadable_images_are_named_and_counted(tmp_path, home):
     rows = make_rows()
     csv = write_chexpert(tmp_path, rows)
@@ -123,6 +125,7 @@ def test_missing_and_unreadable_images_are_named_and_counted(tmp_path, home):
     assert len(splits.train) + len(splits.val) == 12 - 2
 
 
+@pytest.mark.slow
 def test_stats_counts_before_and_after_policy(tmp_path):
     csv = write_chexpert(tmp_path, make_rows(), images=False)
     result = run_cli("data", "stats", str(csv), "--json")
@@ -142,6 +145,7 @@ def test_stats_counts_before_and_after_policy(tmp_path):
     assert "13 rows, 6 patients, 12 studies" in human.stdout
 
 
+@pytest.mark.slow
 def test_unreadable_csv_and_missing_file(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_bytes(b"\xff\xfe\x00garbage\x00\n\x01")
@@ -150,6 +154,7 @@ def test_unreadable_csv_and_missing_file(tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr and str(target) in result.stderr
 
 
+@pytest.mark.slow
 def test_config_errors_are_clear(tmp_path):
     result = run_cli("train", "--config", "configs/demo.yaml", "train.lr=fast", "model.colour=blue")
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -145,6 +145,7 @@ def _store(path: Path, feedback: int) -> str:
     return url
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("feedback", [5, 0], ids=["feedback", "no-feedback-yet"])
 def test_the_override_the_cron_builds_loads_the_export(tmp_path, monkeypatch, feedback):
     """The train step's own overrides (the volume's /data mapped to a local folder), with a real

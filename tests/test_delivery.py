@@ -15,10 +15,9 @@ from mlflow import MlflowClient
 
 from chexops.delivery import gitops
 
-from mlflow_fixtures import chexops, chexops_json, mlflow_server, synth_dataset, train_run, write_config
-from service_fixtures import API_KEY, served_model, start_service  # noqa: F401  (pytest fixture)
-from support import ROOT
-from chexops.core.processes import die_with_parent
+from mlflow_fixtures import mlflow_server, synth_dataset, train_run, write_config
+from service_fixtures import API_KEY, start_service
+from support import ROOT, chexops, chexops_json
 
 NAME = "chexops-cxr"
 # The gate is not under test here: limits a one-epoch tiny model clears (test_registry judges the gate).
@@ -167,6 +166,7 @@ def promote(repo: Path, env: dict, *args: str) -> tuple[int, dict | None, str]:
     return code, (json.loads(out.strip().splitlines()[-1]) if out.strip() else None), err
 
 
+@pytest.mark.slow
 def test_promotion_staging_canary_production_and_rollback(tmp_path_factory, mlflow_uri, stable, gitops_repo):
     repo, home = gitops_repo, tmp_path_factory.mktemp("promote-home")
     env = {"CHEXOPS_HOME": str(home), "MLFLOW_TRACKING_URI": mlflow_uri, "CHEXOPS_API_KEY": API_KEY}
@@ -307,13 +307,7 @@ def canaries(served_model, stable):
 def prometheus(tmp_path_factory, stable, canaries):
     """Debian's Prometheus on loopback (1 s scrapes, the rules loaded): namespace prod-good holds the stable
     service and the good canary, prod-faulty the same stable service and the faulty canary."""
-    import os
-    import signal
-    import time
-
-    import httpx
-
-    from mlflow_fixtures import free_port
+    from chexops.core.processes import ServerProcess, free_port
 
     binary = shutil.which("prometheus")
     if binary is None:
@@ -329,26 +323,11 @@ def prometheus(tmp_path_factory, stable, canaries):
               "scrape_configs": jobs}
     (base / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
-    log = open(base / "prometheus.log", "w")
-    proc = subprocess.Popen([binary, f"--config.file={base / 'prometheus.yml'}", f"--storage.tsdb.path={base / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (base / "prometheus.log").read_text()[-3000:]
-            time.sleep(0.3)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        log.close()
+    argv = [binary, f"--config.file={base / 'prometheus.yml'}", f"--storage.tsdb.path={base / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle"]
+    with ServerProcess(argv, base / "prometheus.log", url=f"http://127.0.0.1:{port}", ready_path="/-/ready", timeout=60,
+                       name="prometheus") as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
@@ -424,6 +403,7 @@ def run_analysis(prometheus: str, **args: str) -> dict[str, tuple[str, list[floa
     return phases
 
 
+@pytest.mark.slow
 def test_canary_analysis_passes_the_good_canary_and_fails_the_faulty_one(prometheus, traffic, canaries):
     assert traffic["stable"]["passed"] and traffic["good"]["passed"] and traffic["faulty"]["failures"] > 0
     assert "FAULT INJECTION IS ON" in canaries["faulty"].logs() and "FAULT INJECTION" not in canaries["good"].logs()
@@ -442,6 +422,7 @@ def test_canary_analysis_passes_the_good_canary_and_fails_the_faulty_one(prometh
     assert all(silent[m][0] == "Inconclusive" for m in ("error-ratio", "latency-p95", "input-rejections")), silent
 
 
+@pytest.mark.slow
 def test_every_dashboard_panel_returns_data(prometheus, traffic):
     dashboards = sorted(DASHBOARDS.glob("*.json"))
     assert dashboards

@@ -11,6 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from support import run_cli
 
+pytestmark = pytest.mark.slow
+
 
 def test_demo_writes_summary_with_training_metrics(tmp_path, home):
     config = yaml.safe_load(open("configs/demo.yaml"))

@@ -13,7 +13,6 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from clinic_fixtures import DRIFT_WINDOW as WINDOW
-from clinic_fixtures import clinic, clinic_data, clinic_model  # noqa: F401  (pytest fixtures)
 from service_fixtures import API_KEY, ROOT
 from chexops.imaging.drift import ALERT_PSI
 from chexops.loop.simulate import SimulateConfig, SimulateSummary, simulate
@@ -50,6 +49,7 @@ def send(url, data, out, shift: str) -> SimulateSummary:
     return simulate(cfg, "CLINIC_KEY").summary
 
 
+@pytest.mark.slow
 def test_in_distribution_traffic_scores_low_and_inputs_are_described(drift_service, clinic_data, tmp_path):
     before = samples(drift_service.url)
     summary = send(drift_service.url, clinic_data, tmp_path, "none")
@@ -65,6 +65,7 @@ def test_in_distribution_traffic_scores_low_and_inputs_are_described(drift_servi
         assert metrics[(series, ())] - before.get((series, ()), 0) == WINDOW * per_image
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shift", ["invert", "scale:0.4"])
 def test_shifted_traffic_scores_high(drift_service, clinic_data, tmp_path, shift):
     send(drift_service.url, clinic_data, tmp_path, shift)

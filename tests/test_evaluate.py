@@ -24,7 +24,8 @@ from chexops.evaluation.run import load_run
 from chexops.core.labels import CHEXPERT_LABELS, META_COLUMNS
 from chexops.imaging.preprocessing import PreprocessSpec, load_image, preprocess
 from chexops.train.checkpoint import parse_run_ref
-from mlflow_fixtures import chexops, chexops_json, synth_dataset, train_run, write_config
+from mlflow_fixtures import synth_dataset, train_run, write_config
+from support import chexops, chexops_json
 
 SLICES = {"Sex=Female", "Sex=Male", "Age=<40", "Age=40-59", "Age=60-79", "Age=>=80", "AP/PA=AP", "AP/PA=PA",
           "Frontal/Lateral=Frontal", "Frontal/Lateral=Lateral"}
@@ -53,6 +54,7 @@ def _record(trained, result, tmp_path) -> Path:
                                                     dst_path=str(tmp_path), tracking_uri=trained["env"]["MLFLOW_TRACKING_URI"]))
 
 
+@pytest.mark.slow
 def test_evaluation_is_logged_to_the_training_run(trained, tmp_path):
     client, run_id, result = trained["client"], trained["run"], trained["youden"]
     run = client.get_run(run_id)
@@ -82,6 +84,7 @@ def test_evaluation_is_logged_to_the_training_run(trained, tmp_path):
     assert run_id in card and "Frontal/Lateral=Lateral" in card and "synthetic" in card and "patients" in card
 
 
+@pytest.mark.slow
 def test_a_second_evaluation_keeps_the_first(trained, tmp_path):
     """Two evaluations of one run are two records: the second (Youden) leaves the first (sensitivity)
     as it was, and the index (run tags) lists both with their split, data and config hash."""
@@ -99,6 +102,7 @@ def test_a_second_evaluation_keeps_the_first(trained, tmp_path):
     assert entries[0]["data_version"] == youden["data_version"]
 
 
+@pytest.mark.slow
 def test_metrics_agree_with_sklearn_on_the_models_own_predictions(trained, tmp_path):
     """What the fixture guarantees: the evaluation's AUROCs are scikit-learn's on this model's
     predictions for valid.csv (read here with pandas: uncertain ignored, blank negative), and the
@@ -131,6 +135,7 @@ def test_metrics_agree_with_sklearn_on_the_models_own_predictions(trained, tmp_p
     assert lo < result["mean_auroc"] < hi
 
 
+@pytest.mark.slow
 def test_the_feedback_hold_out_is_reported_next_to_the_test_split(trained, tmp_path):
     """With a training source (`data.sources`), the evaluation reports the model on its hold-out (the
     newest rows): per finding scikit-learn's AUROC on this model's predictions with n and positives,
@@ -177,6 +182,7 @@ def test_the_feedback_hold_out_is_reported_next_to_the_test_split(trained, tmp_p
     assert "holdouts" in trained["youden"] and trained["youden"]["holdouts"] == {}  # no source, no hold-out
 
 
+@pytest.mark.slow
 def test_sensitivity_rule_reaches_its_target_on_validation(trained):
     youden, sens = trained["youden"], trained["sensitivity"]
     assert sens["rule"] == "sensitivity" and sens["target_sensitivity"] == 0.9
@@ -190,6 +196,7 @@ def test_sensitivity_rule_reaches_its_target_on_validation(trained):
     assert mean_sens >= np.mean([youden["validation"]["per_label"][k]["sensitivity"] for k in CHEXPERT_LABELS])
 
 
+@pytest.mark.slow
 def test_slices_cover_sex_age_projection_and_view(trained):
     result = trained["youden"]
     slices = {s["slice"]: s for s in result["slices"]}
@@ -203,6 +210,7 @@ def test_slices_cover_sex_age_projection_and_view(trained):
     assert sum(slices[f"Age={band}"]["n"] for band in ("<40", "40-59", "60-79", ">=80")) == result["n"]
 
 
+@pytest.mark.slow
 def test_hard_cases_are_a_chexpert_dataset_of_wrong_answers(trained, tmp_path):
     result = trained["youden"]
     assert result["hard_cases"]["count"] == 12
@@ -224,6 +232,7 @@ def test_hard_cases_are_a_chexpert_dataset_of_wrong_answers(trained, tmp_path):
         assert (case["probability"] >= threshold) != (truth == 1.0)  # really wrong at the operating point
 
 
+@pytest.mark.slow
 def test_missing_run_and_missing_checkpoint(trained):
     env = trained["env"]
     code, out, err = chexops("evaluate", "--run", "0123456789abcdef0123456789abcdef", **env)
@@ -236,6 +245,7 @@ def test_missing_run_and_missing_checkpoint(trained):
     assert code == 2
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint(trained, tmp_path):
     env, client = trained["env"], trained["client"]
     run_id = client.create_run(client.get_run(trained["run"]).info.experiment_id).info.run_id
@@ -250,12 +260,14 @@ def test_corrupt_checkpoint(trained, tmp_path):
     assert code == 2 and "not a chexops checkpoint" in err
 
 
+@pytest.mark.slow
 def test_config_with_other_labels_is_refused(trained, tmp_path):
     config = write_config(tmp_path / "other.yaml", trained["synth"], data={"labels": ["Edema", "Pleural Effusion"]})
     code, _, err = chexops("evaluate", "--run", trained["run"], "--config", str(config), **trained["env"])
     assert code == 2 and "differ from the checkpoint's" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_empty_validation_set_is_refused(trained, tmp_path):
     rng = np.random.default_rng(0)
     archive = tmp_path / "empty-val.npz"
@@ -272,6 +284,7 @@ def test_empty_validation_set_is_refused(trained, tmp_path):
     assert code == 2 and "no rows" in err
 
 
+@pytest.mark.slow
 def test_bad_flags_are_usage_errors(trained):
     code, _, err = chexops("evaluate", "--run", trained["run"], "--threshold-rule", "f1", **trained["env"])
     assert code == 2 and "f1" in err
@@ -349,6 +362,7 @@ def test_bootstrap_resamples_patients_not_images():
         bootstrap_auroc(p, y, mask, ["Edema"], ["Edema"], 100, seed=3)[1]
 
 
+@pytest.mark.slow
 def test_a_test_split_carved_by_patient_is_held_out_and_versioned(tmp_path_factory, tmp_path):
     """Without data.test_csv, data.test_fraction carves a test split out of data.csv by patient:
     no patient on two sides, the carve recorded in the fingerprint and the data version, and the

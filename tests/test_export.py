@@ -20,21 +20,15 @@ import torch
 
 from chexops.core.files import sha256_file
 from chexops.train.checkpoint import load_checkpoint
-from mlflow_fixtures import chexops, chexops_json, free_port, synth_dataset, train_run, write_config
-from support import ROOT
-from chexops.core.processes import die_with_parent
+from mlflow_fixtures import synth_dataset, train_run, write_config
+from support import ROOT, child_env, chexops, chexops_json, run_cli
+from chexops.core.processes import ServerProcess, free_port
+
+pytestmark = pytest.mark.slow
 
 MODEL = "chexops-cxr"
 # The tiny test model: a lower bar than the default, slices of synthetic data are small and noisy.
 GATE = ("--min-mean-auroc", "0.7", "--max-slice-gap", "0.2", "--min-slice-positives", "15", "--max-regression", "0.02")
-
-
-def cli(home: Path, *args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
-    """`chexops ARGS` in a child process on `home`, without inherited MLflow / BentoML locations."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BENTOML_HOME") and not k.startswith("CHEXOPS_")}
-    clean.update({"CHEXOPS_HOME": str(home), **env})
-    return subprocess.run([sys.executable, "-m", "chexops", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env=clean)
 
 
 def ok_json(result: subprocess.CompletedProcess) -> dict:
@@ -59,7 +53,8 @@ def state(tmp_path_factory):
     registered = chexops_json("register", "--run", run_id, *GATE, **env)
     assert registered["passed"] and registered["version"] == "1" and registered["alias"] == "candidate"
 
-    result = cli(home, "export", "--model", f"models:/{MODEL}@candidate", "--calibration", "64", "--runs", "10", "--json")
+    result = run_cli("export", "--model", f"models:/{MODEL}@candidate", "--calibration", "64", "--runs", "10", "--json",
+                     home=home)
     summary = ok_json(result)
     uri = f"sqlite:///{home / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -263,7 +258,7 @@ def test_bento_model_in_the_store_with_the_registry_version(state):
 
 
 def test_bento_import_from_a_registry_reference(state):
-    result = ok_json(cli(state["home"], "bento", "import", "--model", f"models:/{MODEL}@candidate", "--json"))
+    result = ok_json(run_cli("bento", "import", "--model", f"models:/{MODEL}@candidate", "--json", home=state["home"]))
     assert result["bento_model"]["tag"] == state["summary"]["bento_model"]["tag"]
     assert result["bento_model"]["reused"] is True  # the same files: the stored model stays
 
@@ -293,7 +288,7 @@ def test_bad_references_exit_2_without_traceback(state, reference, message, monk
 
 
 def test_bad_reference_from_the_command_line(state):
-    result = cli(state["home"], "export", "--model", f"models:/{MODEL}@nope", "--json")
+    result = run_cli("export", "--model", f"models:/{MODEL}@nope", "--json", home=state["home"])
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert f"chexops: error: models:/{MODEL}@nope: the registry has no model '{MODEL}' with alias 'nope'" in result.stderr
@@ -301,7 +296,7 @@ def test_bad_reference_from_the_command_line(state):
 
 def test_bento_import_before_export_is_refused(state):
     run = state["client"].create_run(state["client"].get_experiment_by_name("export-tests").experiment_id)
-    result = cli(state["home"], "bento", "import", "--model", f"runs:/{run.info.run_id}")
+    result = run_cli("bento", "import", "--model", f"runs:/{run.info.run_id}", home=state["home"])
     assert result.returncode == 2 and "chexops export" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -343,8 +338,8 @@ def test_unevaluated_export_says_so_everywhere(state, tmp_path):
     from chexops.serving.inference import OnnxModel
 
     client, run_id = state["client"], state["run_id"]
-    summary = ok_json(cli(state["home"], "export", "--model", f"runs:/{run_id}", "--unevaluated", "--calibration", "16",
-                          "--runs", "2", "--json"))
+    summary = ok_json(run_cli("export", "--model", f"runs:/{run_id}", "--unevaluated", "--calibration", "16",
+                              "--runs", "2", "--json", home=state["home"]))
     e = summary["export"]
     assert e["evaluated"] is False
     for key in ("fp32", "int8"):
@@ -420,7 +415,7 @@ def test_a_tampered_reimport_of_the_same_version_is_refused(state):
     try:
         meta = read_metadata(artifact)
         write_metadata(artifact, {**meta, "thresholds": json.dumps({k: 0.01 for k in json.loads(meta["thresholds"])})})
-        result = cli(home, "bento", "import", "--model", f"models:/{MODEL}@candidate")
+        result = run_cli("bento", "import", "--model", f"models:/{MODEL}@candidate", home=home)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert f"{MODEL}:v1 already holds other files" in result.stderr and "never replaced" in result.stderr
     finally:
@@ -433,28 +428,19 @@ def test_a_tampered_reimport_of_the_same_version_is_refused(state):
 def test_serve_resolves_the_candidate_to_its_bento_model(state, tmp_path):
     import httpx
 
-    from chexops.core.processes import stop_tree
-    from chexops.serving.launch import wait_ready
-
     port, log_path = free_port(), tmp_path / "serve.log"
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BENTOML_HOME") and not k.startswith("CHEXOPS_")}
-    env.update({"CHEXOPS_HOME": str(state["home"]), "CHEXOPS_API_KEYS": "test:export-test-key-0123456789", "BENTOML_DO_NOT_TRACK": "True"})
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "chexops", "serve", "--port", str(port), "--model", f"models:/{MODEL}@candidate"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, proc, log_path)
-        served = httpx.get(f"{url}/model", timeout=10).json()
-    finally:
-        stop_tree(proc, timeout=30)
+    env = child_env(state["home"], CHEXOPS_API_KEYS="test:export-test-key-0123456789")
+    serve = [sys.executable, "-m", "chexops", "serve", "--port", str(port), "--model", f"models:/{MODEL}@candidate"]
+    with ServerProcess(serve, log_path, url=f"http://127.0.0.1:{port}", env=env, cwd=ROOT,
+                       name="chexops serve") as server:
+        served = httpx.get(f"{server.url}/model", timeout=10).json()
     assert (served["name"], served["version"], served["run_id"]) == (MODEL, state["version"], state["run_id"])
     assert served["evaluated"] is True and served["thresholds"] == state["thresholds"]
     assert f"models:/{MODEL}@candidate = Bento model {MODEL}:v1" in log_path.read_text()
 
 
 def test_serve_with_nothing_registered_says_what_to_do(tmp_path):
-    result = cli(tmp_path / "empty-home", "serve", "--port", str(free_port()), timeout=120)
+    result = run_cli("serve", "--port", str(free_port()), home=tmp_path / "empty-home", timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and f"nothing to serve for models:/{MODEL}@candidate" in result.stderr
     assert "make demo" in result.stderr
@@ -467,7 +453,7 @@ def test_serve_with_nothing_registered_says_what_to_do(tmp_path):
     (f"{MODEL}:v9", f"no Bento model {MODEL}:v9"),
 ])
 def test_serve_refuses_what_is_not_an_exact_approved_model(state, model, message):
-    result = cli(state["home"], "serve", "--port", str(free_port()), "--model", model, timeout=120)
+    result = run_cli("serve", "--port", str(free_port()), "--model", model, home=state["home"], timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr and message in result.stderr, result.stderr[-2000:]
 
 
@@ -476,6 +462,6 @@ def test_serve_refuses_a_bento_model_edited_in_place(state, tmp_path):
     shutil.copytree(state["home"] / "bentoml", store, symlinks=True)
     edited = next(store.glob(f"models/{MODEL}/v1/model.int8.onnx"))
     edited.write_bytes(edited.read_bytes() + b"\0")
-    result = cli(state["home"], "serve", "--port", str(free_port()), "--model", f"models:/{MODEL}@candidate", timeout=120,
-                 BENTOML_HOME=str(store))
+    result = run_cli("serve", "--port", str(free_port()), "--model", f"models:/{MODEL}@candidate", home=state["home"],
+                     timeout=120, env={"BENTOML_HOME": str(store)})
     assert result.returncode == 2 and "do not match the sha256 recorded at import" in result.stderr, result.stderr[-2000:]

@@ -25,6 +25,8 @@ from chexops.feedback.store import (
 )
 from mlflow_fixtures import postgres_server
 
+pytestmark = pytest.mark.slow
+
 FINDINGS = [{"label": "Edema", "probability": 0.8, "threshold": 0.5, "positive": True}]
 # The store's original schema (version 1, before the clinic of a feedback was kept), as deployed stores have it.
 OLD_SCHEMA = (

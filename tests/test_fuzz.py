@@ -19,6 +19,7 @@ from support import ROOT
 SECONDS = int(os.environ.get("CHEXOPS_FUZZ_SECONDS", "45"))
 
 
+@pytest.mark.slow
 def test_decode_survives_fuzzing(tmp_path):
     corpus = tmp_path / "corpus"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "training"), os.environ.get("PYTHONPATH", "")])}

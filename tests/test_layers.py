@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service_fixtures import child_env, served_model  # noqa: F401
+from support import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "training" / "chexops"
@@ -132,7 +132,7 @@ def test_the_layer_contracts_catch_torch_in_the_service_and_an_upward_import(tmp
     assert "never import torch, MLflow, click or the training code BROKEN" in result.stdout  # bento → registry → train
 
 
-def test_the_service_module_imports_without_torch_or_mlflow(served_model):  # noqa: F811
+def test_the_service_module_imports_without_torch_or_mlflow(served_model):
     code = ("import json, sys; sys.path.insert(0, '.'); import bentos.service as service; "
             "print(json.dumps({'service': service.Chexops.name, 'torch': 'torch' in sys.modules, "
             "'mlflow': 'mlflow' in sys.modules}))")

@@ -14,6 +14,8 @@ import pytest
 from chexops.loop.experiment import MAX_DROP, MAX_MEAN_DROP, MIN_GAIN, MIN_POSITIVES, Setup, loop_failures, run_loop
 from chexops.data.chexpert import source_policy_path
 
+pytestmark = pytest.mark.slow
+
 # Seeds 0-3 of this setup all close the loop (the finding +0.27..+0.69 on the hold-out, the worst other judged
 # finding -0.08): the assertions below are not one lucky seed (docs/benchmarks.md, "The loop experiment").
 SETUP = Setup(patients=300, test_patients=120, clinic_patients=250, image_size=32, size=32, epochs=6, weight=4.0,

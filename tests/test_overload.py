@@ -17,12 +17,13 @@ from chexops.benchmarks.flood import flood
 from chexops.core.errors import ConfigError
 from chexops.serving.admission import AdmissionLimits, Gate, Overloaded
 from chexops.serving.settings import Settings
-from service_fixtures import served_model, start_service  # noqa: F401  (pytest fixtures)
+from service_fixtures import start_service
 from test_service import SYNTHETIC
 
 pytestmark = pytest.mark.timeout(300)
 
 
+@pytest.mark.slow
 def test_64_clients_get_answers_or_quick_refusals(served_model):
     svc = start_service(served_model, "overload.log", CHEXOPS_MAX_INFLIGHT="1", CHEXOPS_MAX_QUEUE="2",
                         CHEXOPS_QUEUE_TIMEOUT_MS="100")

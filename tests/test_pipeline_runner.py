@@ -56,6 +56,7 @@ def test_changing_a_steps_command_in_the_yaml_changes_what_runs(tmp_path):
     assert all(nodes[f"main.{n}"]["phase"] == SKIPPED for n in others)
 
 
+@pytest.mark.slow
 def test_the_cli_runs_a_workflow_and_reports_its_task_names(tmp_path):
     write_chexpert(tmp_path / "source", make_rows(n_patients=3))
     doc = training()
@@ -131,6 +132,7 @@ def test_step_results_become_output_files(tmp_path):
     assert write_outputs({"a": 1}, None) is None
 
 
+@pytest.mark.slow
 def test_the_training_image_dockerfile_is_hadolint_clean(tmp_path):
     import shutil
     import subprocess

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlflow_fixtures import free_port
+from chexops.core.processes import free_port
 from support import ROOT, make_rows, run_cli, write_chexpert
+
+pytestmark = pytest.mark.slow
 
 SIZE = 48
 

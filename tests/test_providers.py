@@ -11,7 +11,8 @@ import pytest
 
 from chexops.core.errors import ConfigError
 from chexops.serving.providers import CPU, available, parse
-from service_fixtures import child_env, free_port, served_model, start_service  # noqa: F401  (pytest fixtures)
+from chexops.core.processes import free_port
+from service_fixtures import start_service
 from support import run_cli
 from test_service import SYNTHETIC
 
@@ -39,12 +40,14 @@ def test_missing_providers_are_skipped_with_a_warning(caplog):
     assert available([CUDA, CPU], present=[CUDA, CPU]) == [CUDA, CPU]
 
 
+@pytest.mark.slow
 def test_serve_refuses_an_unknown_provider_before_starting(served_model):
-    result = run_cli("serve", "--port", str(free_port()), env=child_env(served_model.home, CHEXOPS_PROVIDERS="gpu"),
+    result = run_cli("serve", "--port", str(free_port()), home=served_model.home, env={"CHEXOPS_PROVIDERS": "gpu"},
                      timeout=120)
     assert result.returncode == 2 and "CHEXOPS_PROVIDERS" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_gpu_request_serves_on_the_cpu_where_there_is_no_gpu(served_model):
     svc = start_service(served_model, "providers.log", CHEXOPS_PROVIDERS="cuda,cpu")
     try:

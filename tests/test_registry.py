@@ -22,8 +22,8 @@ from chexops.evaluation.gate import (
     judge,
     load_gate_config,
 )
-from support import ROOT, run_cli
-from mlflow_fixtures import chexops, chexops_json, mlflow_server, postgres_cluster, synth_dataset, train_run, write_config
+from support import ROOT, chexops, chexops_json, run_cli
+from mlflow_fixtures import mlflow_server, postgres_cluster, synth_dataset, train_run, write_config
 
 NAME = "chexops-cxr"
 # The tiny test model: a lower bar than the default 0.8, slices of synthetic data are small and noisy.
@@ -37,6 +37,7 @@ def sqlite_server(tmp_path_factory):
         yield uri
 
 
+@pytest.mark.slow
 def test_good_model_passes_worse_is_refused_second_good_is_compared_with_production(tmp_path_factory, sqlite_server):
     home = tmp_path_factory.mktemp("registry-home")
     env = {"CHEXOPS_HOME": str(home), "MLFLOW_TRACKING_URI": sqlite_server}
@@ -143,6 +144,7 @@ def test_good_model_passes_worse_is_refused_second_good_is_compared_with_product
     assert client.get_model_version(NAME, "2").tags["evaluation_id"] == other["evaluation_id"]
 
 
+@pytest.mark.slow
 def test_registry_on_postgresql(tmp_path_factory):
     """The same pass and refusal with PostgreSQL as MLflow's backend store (a cluster started here)."""
     base = tmp_path_factory.mktemp("mlflow-pg")

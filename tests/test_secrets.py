@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from support import ROOT
 
 BASELINE = ROOT / ".secrets.baseline"
@@ -36,6 +38,7 @@ def test_the_baseline_is_reviewed():
     assert not unreviewed, f"entries in .secrets.baseline not audited as 'not a secret': {unreviewed}"
 
 
+@pytest.mark.slow
 def test_no_secret_outside_the_reviewed_baseline(tmp_path):
     baseline = tmp_path / ".secrets.baseline"  # the hook rewrites its baseline (line numbers): a copy
     shutil.copyfile(BASELINE, baseline)

@@ -28,8 +28,9 @@ import pydicom
 import pytest
 from PIL import Image
 
-from service_fixtures import EXPORT, OTHER_KEY, ROOT, ServedModel, child_env, free_port, served_model, service, start_service  # noqa: F401
-from support import dicom_bytes, dicom_dataset
+from chexops.core.processes import ServerProcess, free_port
+from service_fixtures import EXPORT, OTHER_KEY, ROOT, ServedModel, start_service
+from support import child_env, dicom_bytes, dicom_dataset, run_cli
 
 LABEL_COUNT = 14
 
@@ -108,6 +109,7 @@ def wait_for_image(home: Path, request_id: str, db: Path | None = None, timeout:
 
 # --- predictions ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(SYNTHETIC))
 def test_predict_synthetic_formats(service, kind):
     response = post_image(service, SYNTHETIC[kind]())
@@ -130,6 +132,7 @@ def direct_onnx(onnx_path: Path, data: bytes) -> tuple[np.ndarray, dict[str, flo
     return probs[0], json.loads(meta["thresholds"]), json.loads(meta["labels"])
 
 
+@pytest.mark.slow
 def test_predict_the_real_radiographs(service, served_model, shared):
     """/predict answers what a bare ONNX Runtime run of the exported file answers for the same image,
     with the file's own (not 0.5) thresholds, for every real sample."""
@@ -156,6 +159,7 @@ def test_predict_the_real_radiographs(service, served_model, shared):
     assert p1 != p2
 
 
+@pytest.mark.slow
 def test_bentoml_client_and_the_internal_batch_api(service):
     import bentoml
     from bentoml.exceptions import BentoMLException
@@ -170,6 +174,7 @@ def test_bentoml_client_and_the_internal_batch_api(service):
             client.infer(images=np.zeros((1, 1, 32, 32), dtype=np.float32))
 
 
+@pytest.mark.slow
 def test_concurrent_requests_are_batched_when_batching_is_on(service, served_model, tmp_path):
     assert httpx.get(f"{service.url}/model", timeout=10).json()["runtime"]["batching"] is False  # the default
     # a home of its own: a second `bentoml serve` on the same BENTOML_HOME would wipe the first one's metrics
@@ -214,6 +219,7 @@ BAD = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_uploads_are_4xx_json(service, case):
     make, status = BAD[case]
@@ -225,6 +231,7 @@ def test_bad_uploads_are_4xx_json(service, case):
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.slow
 def test_malformed_requests_are_4xx_json(service):
     url, headers = f"{service.url}/predict", service.headers
     cases = [
@@ -239,6 +246,7 @@ def test_malformed_requests_are_4xx_json(service):
         assert "error" in response.json() and "Traceback" not in response.text
 
 
+@pytest.mark.slow
 def test_upload_over_the_size_limit_is_413_quickly(service):
     limit = httpx.get(f"{service.url}/model", timeout=10).json()["runtime"]["max_upload_mb"]
     big = png_header_only(64, 64) + b"\0" * int((limit + 1) * 2**20)
@@ -248,6 +256,7 @@ def test_upload_over_the_size_limit_is_413_quickly(service):
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.slow
 def test_the_service_keeps_serving_after_bad_input(service):
     for make, _ in BAD.values():
         post_image(service, make())
@@ -260,6 +269,7 @@ def test_the_service_keeps_serving_after_bad_input(service):
 
 # --- auth -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_api_keys(service):
     data = SYNTHETIC["png16"]()
     for path in ("/predict", "/explain"):
@@ -273,6 +283,7 @@ def test_api_keys(service):
         assert httpx.get(f"{service.url}{path}", timeout=10).status_code == 200, path
 
 
+@pytest.mark.slow
 def test_the_page_is_served(service):
     response = httpx.get(f"{service.url}/", timeout=10)
     assert response.status_code == 200 and "text/html" in response.headers["content-type"]
@@ -281,6 +292,7 @@ def test_the_page_is_served(service):
 
 # --- explain ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_explain_answers_a_heatmap_png(service):
     response = post_image(service, SYNTHETIC["png16"](), path="/explain", label="Edema")
     assert response.status_code == 200, response.text
@@ -292,6 +304,7 @@ def test_explain_answers_a_heatmap_png(service):
     assert np.abs(colours[..., 0].astype(int) - colours[..., 2].astype(int)).max() > 20  # coloured overlay
 
 
+@pytest.mark.slow
 def test_explain_with_an_unknown_label_lists_the_labels(service):
     response = post_image(service, SYNTHETIC["png16"](), path="/explain", label="Dragons")
     assert response.status_code == 422
@@ -301,6 +314,7 @@ def test_explain_with_an_unknown_label_lists_the_labels(service):
 
 # --- feedback ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_feedback_is_stored_idempotent_and_checked(service):
     request_id = post_image(service, SYNTHETIC["jpeg"]()).json()["request_id"]
     url, headers = f"{service.url}/feedback", service.headers
@@ -335,6 +349,7 @@ def test_feedback_is_stored_idempotent_and_checked(service):
     assert response.status_code == 400 and "error" in response.json()
 
 
+@pytest.mark.slow
 def test_metrics_have_the_service_series(service):
     request_id = post_image(service, SYNTHETIC["png16"]()).json()["request_id"]
     httpx.post(f"{service.url}/feedback", json={"request_id": request_id, "correct": True}, headers=service.headers, timeout=30)
@@ -352,6 +367,7 @@ def test_metrics_have_the_service_series(service):
     assert 0 < ratio <= 1
 
 
+@pytest.mark.slow
 def test_no_torch_in_the_service(service):
     assert httpx.get(f"{service.url}/model", timeout=10).json()["runtime"]["torch_imported"] is False
     code = "import sys; import chexops.serving.app, chexops.serving.inference, chexops.imaging.decode; print('torch' in sys.modules)"
@@ -368,6 +384,7 @@ def identifiers(path: Path) -> list[bytes]:
     return [v.encode() for v in values if len(v) >= 3]
 
 
+@pytest.mark.slow
 def test_no_identifier_is_stored_logged_or_exported(service, shared, tmp_path):
     from chexops.data.chexpert import read_chexpert_csv
 
@@ -383,8 +400,7 @@ def test_no_identifier_is_stored_logged_or_exported(service, shared, tmp_path):
     wait_for_image(service.home, request_id)
 
     out = tmp_path / "export"
-    result = subprocess.run([sys.executable, "-m", "chexops", "feedback", "export", "--out", str(out), "--json"],
-                            capture_output=True, text=True, timeout=120, cwd=ROOT, env=child_env(service.home))
+    result = run_cli("feedback", "export", "--out", str(out), "--json", home=service.home, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert summary["rows"] >= 1 and Path(summary["csv"]) == out / "CheXpert-v1.0-small" / "train.csv"
@@ -410,6 +426,7 @@ def test_no_identifier_is_stored_logged_or_exported(service, shared, tmp_path):
             assert value not in content, f"{value!r} found in {path}"
 
 
+@pytest.mark.slow
 def test_a_png_upload_is_kept_as_its_pixels_without_its_text_chunks(service):
     from PIL import PngImagePlugin
 
@@ -438,6 +455,7 @@ def test_a_png_upload_is_kept_as_its_pixels_without_its_text_chunks(service):
 
 # --- durability and rate limits ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_acknowledged_feedback_survives_sigkill_and_the_rate_limit(served_model, tmp_path):
     """What this proves: a feedback is committed before its 200 is sent, so a crash of the service
     process (SIGKILL: no shutdown, no checkpoint) right after loses nothing acknowledged, and a new
@@ -511,17 +529,14 @@ def _gone(family: list, port: int, timeout: float = 20) -> bool:
 
 
 def _chexops_serve(model, port: int, log_name: str) -> subprocess.Popen:
-    from chexops.serving.launch import wait_ready
-
     env = child_env(model.home, CHEXOPS_API_KEYS="test-clinic:test-clinic-key-0123456789")
-    with open(model.home / log_name, "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "chexops", "serve", "--host", "127.0.0.1", "--port", str(port),
-                                    "--model", model.tag], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    wait_ready(f"http://127.0.0.1:{port}", process, model.home / log_name)
-    return process
+    argv = [sys.executable, "-m", "chexops", "serve", "--host", "127.0.0.1", "--port", str(port), "--model", model.tag]
+    server = ServerProcess(argv, model.home / log_name, url=f"http://127.0.0.1:{port}", env=env, cwd=ROOT,
+                           name="chexops serve", append=True)
+    return server.start().process
 
 
+@pytest.mark.slow
 def test_nothing_keeps_serving_after_chexops_serve_is_killed(served_model):
     """`chexops serve` killed with SIGKILL (its whole process group: itself and `bentoml serve`, not the
     BentoML worker, which runs in its own session), then, restarted on the same port at once, with
@@ -554,6 +569,7 @@ def test_nothing_keeps_serving_after_chexops_serve_is_killed(served_model):
 
 # --- packaging --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_bentoml_build_makes_a_bento_with_a_dockerfile(served_model):
     env = child_env(served_model.home, CHEXOPS_MODEL=served_model.tag, COLUMNS="4000")  # no wrapped paths
     build = subprocess.run([sys.executable, "-m", "bentoml", "build", "-f", "bentos/bentofile.yaml", ".", "-o", "tag"],
@@ -664,6 +680,7 @@ def test_failed_authentication_is_limited_per_address():
     assert err.value.status == 429 and "address" in str(err.value)
 
 
+@pytest.mark.slow
 def test_serving_off_loopback_needs_configured_keys(tmp_path):
     from chexops.core.errors import ConfigError
     from chexops.serving.auth import is_loopback, require_keys_off_loopback
@@ -675,13 +692,13 @@ def test_serving_off_loopback_needs_configured_keys(tmp_path):
     require_keys_off_loopback("127.0.0.1", "", "")
     with pytest.raises(ConfigError, match="without API keys"):
         require_keys_off_loopback("0.0.0.0", " ", "")
-    env = child_env(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "chexops", "serve", "--host", "0.0.0.0", "--port", str(free_port()),
-                             "--model", "chexops-cxr:v1"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    result = run_cli("serve", "--host", "0.0.0.0", "--port", str(free_port()), "--model", "chexops-cxr:v1",
+                     home=tmp_path, timeout=60)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "without API keys" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_sqlite_store_upgrades_an_old_schema_and_races_between_processes(tmp_path):
     import sqlite3
 

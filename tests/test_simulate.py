@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 
 from chexops.feedback.store import FeedbackStore
-from clinic_fixtures import clinic, clinic_b, clinic_data, clinic_model  # noqa: F401  (pytest fixtures)
 from service_fixtures import API_KEY, ROOT
+from support import run_cli
 
 
 def run_simulate(url: str, data, out, *args: str, key: str = API_KEY) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "training"), "CLINIC_KEY": key}
-    result = subprocess.run([sys.executable, "-m", "chexops", "simulate", "--url", url, "--csv", str(data / "valid.csv"),
-                             "--root", str(data), "--out", str(out), "--api-key-env", "CLINIC_KEY", "--json", *args],
-                            capture_output=True, text=True, env=env, timeout=120)
+    result = run_cli("simulate", "--url", url, "--csv", str(data / "valid.csv"), "--root", str(data), "--out", str(out),
+                     "--api-key-env", "CLINIC_KEY", "--json", *args,
+                     env={"PYTHONPATH": str(ROOT / "training"), "CLINIC_KEY": key}, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
@@ -32,6 +28,7 @@ def agreement_counts(store_url: str) -> tuple[int, int]:
         store.close()
 
 
+@pytest.mark.slow
 def test_simulate_records_predictions_and_feedback_reaches_the_store(clinic, clinic_data, tmp_path):
     svc = clinic.service
     before = agreement_counts(clinic.store_url)
@@ -57,6 +54,7 @@ def test_simulate_records_predictions_and_feedback_reaches_the_store(clinic, cli
         assert (tmp_path / plot).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_simulate_backs_off_on_429_and_gets_every_study_answered(clinic_b, clinic_data, tmp_path):
     time.sleep(0.5)  # the bucket (burst 3, 10/s) is full again after any earlier traffic
     summary = run_simulate(clinic_b.service.url, clinic_data, tmp_path / "out", "--pattern", "burst", "--burst-size", "8",
@@ -66,13 +64,13 @@ def test_simulate_backs_off_on_429_and_gets_every_study_answered(clinic_b, clini
     assert summary["rate_limited_requests"] >= 5 and summary["backoffs"] >= 5
 
 
+@pytest.mark.slow
 def test_simulate_refuses_bad_settings_and_a_missing_key(clinic_data, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "CHEXOPS_API_KEY"}
-    env["PYTHONPATH"] = str(ROOT / "training")
-    base = [sys.executable, "-m", "chexops", "simulate", "--csv", str(clinic_data / "valid.csv"), "--out", str(tmp_path)]
-    bad = subprocess.run([*base, "--url", "http://127.0.0.1:9", "--rate", "0"], capture_output=True, text=True, env=env)
+    env = {"CHEXOPS_API_KEY": None, "PYTHONPATH": str(ROOT / "training")}
+    base = ["simulate", "--csv", str(clinic_data / "valid.csv"), "--out", str(tmp_path)]
+    bad = run_cli(*base, "--url", "http://127.0.0.1:9", "--rate", "0", env=env)
     assert bad.returncode == 2 and "rate" in bad.stderr and "Traceback" not in bad.stderr
-    remote = subprocess.run([*base, "--url", "http://clinic.example:3000"], capture_output=True, text=True, env=env)
+    remote = run_cli(*base, "--url", "http://clinic.example:3000", env=env)
     assert remote.returncode == 2 and "CHEXOPS_API_KEY" in remote.stderr
 
 

@@ -13,7 +13,6 @@ from chexops.config import load_config
 from chexops.data.loading import load_splits
 from chexops.data.sources import holdout_splits
 from chexops.core.errors import ConfigError, DataError
-from clinic_fixtures import clinic_data  # noqa: F401  (pytest fixture)
 
 
 def config(tmp_path, data, *sources: dict):

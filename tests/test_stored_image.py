@@ -105,7 +105,9 @@ def test_a_png_or_jpeg_is_kept_as_its_own_pixels_without_its_metadata(name):
 
 
 def test_real_radiographs_are_kept_as_they_read(shared):
-    for path in sorted((shared / "real-cxr").glob("*.png")):
+    radiographs = sorted((shared / "real-cxr").glob("*.png"))
+    assert radiographs, f"no PNG radiograph in {shared / 'real-cxr'}"
+    for path in radiographs:
         data = path.read_bytes()
         decoded = decode(data)
         kept = kept_image(data, decoded, max_side=1024)

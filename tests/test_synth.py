@@ -173,6 +173,7 @@ def _features(root: Path, rows: list[dict[str, str]]) -> np.ndarray:
     )
 
 
+@pytest.mark.slow
 def test_traces_are_learnable_and_the_check_can_fail(tmp_path):
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from chexops.data.synth import synthesize
 from chexops.train.checkpoint import load_checkpoint
+from mlflow_fixtures import mlflow_server as running_mlflow
 from support import ROOT, run_cli
 
 
@@ -51,39 +51,15 @@ def train_json(*args: str, env: dict | None = None) -> dict:
     return json.loads(result.stdout)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` process with a SQLite store and served artifacts."""
     base = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
-         "--artifacts-destination", str(base / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=open(base / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    for _ in range(120):
-        try:
-            if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not start: " + (base / "server.log").read_text()[-2000:])
-    yield uri
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    with running_mlflow(base, f"sqlite:///{base / 'mlflow.db'}") as uri:
+        yield uri
 
 
+@pytest.mark.slow
 def test_trains_and_tracks_on_a_real_mlflow_server(tmp_path, synth_root, mlflow_server):
     env = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
     summary = train_json("--config", str(tiny_config(tmp_path, synth_root)), env=env)
@@ -117,6 +93,7 @@ def test_trains_and_tracks_on_a_real_mlflow_server(tmp_path, synth_root, mlflow_
     assert payload["labels"][0] == "No Finding" and payload["preprocessing"]["size"] == 32 and payload["run_id"] == run.info.run_id
 
 
+@pytest.mark.slow
 def test_zero_learning_rate_learns_nothing_and_stops_early(tmp_path, synth_root):
     summary = train_json("--config", str(tiny_config(tmp_path, synth_root, lr=0.0, schedule="constant", patience=1)))
     assert summary["test"]["mean_auroc"] < 0.65  # the synthetic findings are not guessable without learning
@@ -124,6 +101,7 @@ def test_zero_learning_rate_learns_nothing_and_stops_early(tmp_path, synth_root)
     assert summary["epochs_run"] == summary["best_epoch"] + 1 < 6
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path, synth_root):
     config = tiny_config(tmp_path, synth_root, epochs=1, batch_size=16, accum_steps=3)
     summary = train_json("--config", str(config))
@@ -138,6 +116,7 @@ def summary_rows(config: Path) -> int:
     return len(load_splits(load_config(config)).train)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_ends_where_an_uninterrupted_run_ends(tmp_path, synth_root):
     reference = train_json("--config", str(tiny_config(tmp_path, synth_root, epochs=4, checkpoint_every=5)), "--checkpoint-dir", str(tmp_path / "ref"))
     # the killed run decodes in 2 DataLoader worker processes, uncached: the same batches, the same result
@@ -173,6 +152,7 @@ def test_sigkill_then_resume_ends_where_an_uninterrupted_run_ends(tmp_path, synt
     assert diff < 1e-4
 
 
+@pytest.mark.slow
 def test_distributed_data_parallel_on_cpu_with_gloo(tmp_path, synth_root):
     config = tiny_config(tmp_path, synth_root, epochs=2)
     torchrun = Path(sys.executable).parent / "torchrun"
@@ -188,6 +168,7 @@ def test_distributed_data_parallel_on_cpu_with_gloo(tmp_path, synth_root):
     assert run.data.tags["world_size"] == "2"
 
 
+@pytest.mark.slow
 def test_pneumoniamnist_real_radiographs(tmp_path, shared):
     summary = train_json("--config", "configs/pneumoniamnist.yaml", "train.epochs=5", "train.patience=null")
     assert summary["labels"] == ["Pneumonia"]
@@ -206,6 +187,7 @@ class _Payload:
         return (Path.write_text, (self.marker, "pwned"))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, synth_root):
     from chexops.core.errors import UserInputError
 

@@ -11,8 +11,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from service_fixtures import child_env, served_model  # noqa: F401  (pytest fixtures)
-from support import run_cli
+from support import child_env, run_cli
+
+pytestmark = pytest.mark.slow
 
 
 def parse(path) -> model_config_pb2.ModelConfig:

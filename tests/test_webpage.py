@@ -21,7 +21,7 @@ from PIL import Image
 
 from chexops.core.paths import shared_data
 from mlflow_fixtures import postgres_server
-from service_fixtures import served_model, service, start_service  # noqa: F401  (pytest fixtures)
+from service_fixtures import start_service
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -29,6 +29,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 TIMEOUT_MS = 30_000
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (apt-get install chromium): "
                                                      "the page is tested in Debian's chromium, never a downloaded one"),
     pytest.mark.timeout(300),
@@ -46,7 +47,7 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, service):  # noqa: F811
+def page(browser, service):
     """A fresh tab (own sessionStorage) that fails the test on a script error or a request that
     leaves the service: the page must load nothing from the network but the service itself."""
     context = browser.new_context(viewport={"width": 1280, "height": 1000}, base_url=service.url)
@@ -75,7 +76,7 @@ def radiograph(tmp_path_factory) -> Path:
     return path
 
 
-def feedback_record(service, request_id: str) -> dict | None:  # noqa: F811
+def feedback_record(service, request_id: str) -> dict | None:
     """The feedback the service stored for `request_id`, read from its own store."""
     from chexops.feedback.store import FeedbackStore
 
@@ -101,7 +102,7 @@ def wait_for_findings(page) -> None:
     assert not error.is_visible(), f"the page shows an error instead of findings: {error.inner_text()}"
 
 
-def test_upload_findings_heatmap_and_feedback(page, service, radiograph, tmp_path):  # noqa: F811
+def test_upload_findings_heatmap_and_feedback(page, service, radiograph, tmp_path):
     model = httpx.get(f"{service.url}/model", timeout=10).json()
     analyse(page, service.api_key, radiograph)
 
@@ -173,7 +174,7 @@ def test_upload_findings_heatmap_and_feedback(page, service, radiograph, tmp_pat
     assert page.evaluate("sessionStorage.getItem('chexops.apiKey')") == service.api_key
 
 
-def test_wrong_key_shows_the_401_message(page, service, radiograph):  # noqa: F811
+def test_wrong_key_shows_the_401_message(page, service, radiograph):
     with page.expect_response(lambda r: r.url.endswith("/predict")) as answered:
         analyse(page, "not-a-valid-key", radiograph)
     assert answered.value.status == 401
@@ -184,7 +185,7 @@ def test_wrong_key_shows_the_401_message(page, service, radiograph):  # noqa: F8
     assert page.get_by_test_id("results").is_hidden()
 
 
-def test_dicom_and_unsupported_file(page, service, shared, tmp_path):  # noqa: F811
+def test_dicom_and_unsupported_file(page, service, shared, tmp_path):
     dicom = shared / "real-cxr" / "siim_cr_chest_pa.dcm"
     analyse(page, service.api_key, dicom)
     assert "DICOM" in page.locator("#viewer-placeholder").inner_text()  # the browser cannot preview it
@@ -201,7 +202,7 @@ def test_dicom_and_unsupported_file(page, service, shared, tmp_path):  # noqa: F
     assert "not a supported image" in error.inner_text()
 
 
-def test_drag_and_drop_selects_the_file(page, service, radiograph):  # noqa: F811
+def test_drag_and_drop_selects_the_file(page, service, radiograph):
     page.goto("/")
     page.get_by_label("API key").fill(service.api_key)
     data = list(radiograph.read_bytes())
@@ -213,7 +214,7 @@ def test_drag_and_drop_selects_the_file(page, service, radiograph):  # noqa: F81
     assert page.locator("#analyse").is_enabled()
 
 
-def test_the_feedback_store_down_and_back(browser, served_model, tmp_path):  # noqa: F811
+def test_the_feedback_store_down_and_back(browser, served_model, tmp_path):
     """A real PostgreSQL store, stopped under a running service: /predict answers (not stored, no 5xx),
     /feedback is 503 with Retry-After, the page tells the clinician feedback is unavailable; restarted:
     the service reconnects by itself and feedback is stored again."""
@@ -271,7 +272,7 @@ def _generated_png(tmp_path: Path) -> bytes:
     return path.read_bytes()
 
 
-def test_an_unevaluated_model_is_announced_on_the_page(page, service):  # noqa: F811
+def test_an_unevaluated_model_is_announced_on_the_page(page, service):
     """The test model was exported without the gate (`evaluated: false` in its metadata): /model says
     so and the page shows the warning banner."""
     assert httpx.get(f"{service.url}/model", timeout=10).json()["evaluated"] is False

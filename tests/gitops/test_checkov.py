@@ -14,6 +14,8 @@ import pytest
 
 from .render import REPO
 
+pytestmark = pytest.mark.slow
+
 SKIP = re.compile(r"^CKV2?_K8S_\d+=\S.{10,}$")
 
 

@@ -20,6 +20,8 @@ from chexops.feedback.store import FeedbackStore
 from mlflow_fixtures import postgres_cluster
 from .render import REPO
 
+pytestmark = pytest.mark.slow
+
 URL_HOSTILE = "p@ss/w:rd%?#1"  # every character a connection URL must escape
 
 

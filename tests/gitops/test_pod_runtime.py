@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service_fixtures import ServedModel, served_model, start_service  # noqa: F401
+from service_fixtures import ServedModel, start_service
 from .render import REPO
 
 API_KEY = "pod-runtime-key-0123456789"
@@ -31,7 +31,7 @@ def _state(root: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_the_service_runs_as_the_deployment_runs_it(env_docs, served_model, tmp_path):  # noqa: F811
+def test_the_service_runs_as_the_deployment_runs_it(env_docs, served_model, tmp_path):
     (deployment,) = [d for d in env_docs["production"] if d["kind"] == "Deployment"]
     pod = deployment["spec"]["template"]
     (container,) = pod["spec"]["containers"]

@@ -18,10 +18,10 @@ import httpx
 import pytest
 import yaml
 
-from chexops.core.processes import stop_tree
-from service_fixtures import free_port
+from chexops.core.processes import ServerProcess, free_port
 from .render import REPO
-from chexops.core.processes import die_with_parent
+
+pytestmark = pytest.mark.slow
 
 
 def _pod(namespace: str, name: str, track: str, port: int, app: str = "chexops", scrape: str = "true") -> dict:
@@ -87,11 +87,10 @@ def test_the_chexops_job_keeps_the_clinic_pods_with_their_labels(cluster_config,
     assert check.returncode == 0, check.stdout + check.stderr
 
     port = free_port()
-    log = (tmp_path / "prometheus.log").open("wb")
-    proc = subprocess.Popen([prometheus, f"--config.file={path}", f"--storage.tsdb.path={tmp_path / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, preexec_fn=die_with_parent)
-    try:
+    argv = [prometheus, f"--config.file={path}", f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}"]
+    with ServerProcess(argv, tmp_path / "prometheus.log", url=f"http://127.0.0.1:{port}", ready_path="/-/ready",
+                       timeout=60, name="prometheus"):
         deadline, active = time.monotonic() + 60, []
         while time.monotonic() < deadline:
             try:
@@ -107,9 +106,6 @@ def test_the_chexops_job_keeps_the_clinic_pods_with_their_labels(cluster_config,
                 pass
             time.sleep(0.3)
         rules = httpx.get(f"http://127.0.0.1:{port}/api/v1/rules", timeout=5).json()["data"]["groups"]
-    finally:
-        stop_tree(proc)
-        log.close()
     kept = {t["labels"]["pod"]: t for t in active}
     assert set(kept) == {"chexops-abc", "chexops-canary-def", "chexops-ghi"}, (tmp_path / "prometheus.log").read_text()[-2000:]
     for pod in pods[:3]:

@@ -1,6 +1,6 @@
 """Fixtures of the infra tests: a local Keystone + Blazar + Nova + Glance + Neutron stub on
 127.0.0.1 (the requests openstacksdk makes: version discovery, look-ups by id then by name), and a
-runner that gives `chexops infra ...` the exit codes the main CLI gives."""
+runner of `chexops infra ...` in this process."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from chexops.core.errors import ChexopsError
+from support import chexops
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[2]
@@ -310,16 +309,9 @@ class Outcome:
 
 
 def run_infra(args: list[str], env: dict[str, Any] | None = None) -> Outcome:
-    """Run `chexops infra ARGS` in-process; a ChexopsError maps to its exit code and its message
-    goes to stderr, as the main CLI does (test_main_cli_maps_errors checks the real entry point)."""
-    from chexops.cli.infra import infra
-
-    result = CliRunner().invoke(infra, list(args), env=env, catch_exceptions=True)
-    if isinstance(result.exception, ChexopsError):
-        return Outcome(result.exception.exit_code, result.stdout, result.stderr + str(result.exception))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return Outcome(result.exit_code, result.stdout, result.stderr)
+    """`chexops infra ARGS` in this process through the real entry point (`support.chexops`): a ChexopsError is its
+    exit code and one message on stderr (test_main_cli_maps_errors checks the same as a child process)."""
+    return Outcome(*chexops("infra", *args, **(env or {})))
 
 
 @pytest.fixture()

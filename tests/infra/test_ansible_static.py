@@ -52,6 +52,7 @@ def test_playbooks_found():
     assert [p.name for p in _playbooks()] == ["site.yml"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("playbook", _playbooks(), ids=lambda p: p.name)
 def test_syntax_check(playbook, tmp_path):
     tool = _need("ansible-playbook")
@@ -65,6 +66,7 @@ def test_syntax_check(playbook, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_ansible_lint_production_profile(tmp_path):
     tool = _need("ansible-lint")
     proc = subprocess.run(

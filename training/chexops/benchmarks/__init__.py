@@ -2,6 +2,19 @@
 May import every stage below the CLI.
 """
 
+from __future__ import annotations
+
+
+def stats(seconds: list[float]) -> dict[str, float]:
+    """Latency statistics of call durations in seconds: n, p50, p95, mean and max in milliseconds."""
+    import numpy as np
+
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    return {"n": int(ms.size), "p50_ms": round(float(np.percentile(ms, 50)), 3),
+            "p95_ms": round(float(np.percentile(ms, 95)), 3), "mean_ms": round(float(ms.mean()), 3),
+            "max_ms": round(float(ms.max()), 3)}
+
+
 def timed_calls(once, runs: int, warmup: int) -> list[float]:
     """Seconds of each of `runs` sequential calls of `once`, after `warmup` untimed ones."""
     import time

@@ -12,6 +12,8 @@ on the port. Two guards:
   if it is still alive a few seconds later, `os._exit`. The port is free again at once.
 
 `stop_tree` stops a server and every descendant, including workers that left its process group.
+`ServerProcess` starts a server with both guards, waits until it answers, and stops it with `stop_tree`;
+`free_port` finds it a port.
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from chexops.core.errors import ChexopsError
 
 
 def stop_tree(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
@@ -48,6 +55,7 @@ def stop_tree(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
     psutil.wait_procs(alive, timeout=10)
     if process.poll() is None:
         process.wait(10)
+
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +89,95 @@ def watch_parent(interval: float = 0.5, grace: float = 5.0) -> threading.Thread:
     thread = threading.Thread(target=watch, name="chexops-parent-watch", daemon=True)
     thread.start()
     return thread
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now (the OS's choice)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """A server command in a session of its own that dies with this process (`die_with_parent`), its output
+    in `log_path`; ready once `url` + `ready_path` answers 200; stopped with all it started (`stop_tree`).
+
+        with ServerProcess([...], log_path, url=f"http://127.0.0.1:{port}", name="bentoml serve") as server:
+            httpx.get(f"{server.url}/model")
+
+    Without `url` it is ready once started. `preexec`: more to do in the child before exec (e.g.
+    `os.sched_setaffinity`); `append`: keep the log's earlier content (a restart on the same log)."""
+
+    def __init__(self, argv: Sequence[str], log_path: Path, *, url: str | None = None, ready_path: str = "/readyz",
+                 env: Mapping[str, str] | None = None, cwd: Path | str | None = None, timeout: float = 120,
+                 name: str | None = None, preexec: Callable[[], None] | None = None, append: bool = False):
+        self.argv, self.log_path, self.url, self.ready_path = [str(a) for a in argv], Path(log_path), url, ready_path
+        self.env, self.cwd, self.timeout, self.preexec, self.append = env, cwd, timeout, preexec, append
+        self.name = name or Path(self.argv[0]).name
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._started().pid
+
+    def start(self) -> "ServerProcess":
+        """Start the command and wait until it is ready; `ChexopsError` (the server stopped) if it dies or stalls."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab" if self.append else "wb") as out:
+            self.process = subprocess.Popen(self.argv, cwd=self.cwd, env=None if self.env is None else dict(self.env),
+                                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=self._child_setup)
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop(signal.SIGKILL, timeout=10)
+            raise
+        return self
+
+    def _child_setup(self) -> None:
+        die_with_parent()
+        if self.preexec is not None:
+            self.preexec()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until `url` + `ready_path` answers 200 (at once without `url`); `ChexopsError` with the log's tail
+        if the server exits or is not ready within `timeout` seconds (default: the one given at construction)."""
+        if self.url is None:
+            return
+        import httpx  # here: importing this module stays light
+
+        process, timeout = self._started(), self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise ChexopsError(f"{self.name} exited with code {process.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise ChexopsError(f"{self.name} was not ready after {timeout:.0f} s:\n{self.logs()}")
+
+    def logs(self, chars: int = 4000) -> str:
+        """The last `chars` characters of the server's log."""
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else "(no log)"
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        """`sig` to the server and every descendant; SIGKILL to whatever is left after `timeout` seconds."""
+        if self.process is not None:
+            stop_tree(self.process, sig, timeout)
+
+    def _started(self) -> subprocess.Popen:
+        if self.process is None:
+            raise RuntimeError(f"{self.name} was not started")
+        return self.process
+
+    def __enter__(self) -> "ServerProcess":
+        return self if self.process is not None else self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

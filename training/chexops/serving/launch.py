@@ -13,12 +13,9 @@ import logging
 import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 from typing import Callable, Protocol
 
 from chexops.core import paths
-from chexops.core.errors import ChexopsError
 from chexops.serving.settings import DEV_KEYS, Settings
 from chexops.serving.auth import require_keys_off_loopback
 from chexops.core.processes import die_with_parent
@@ -79,23 +76,3 @@ def serve(port: int, host: str, model: str | None, precision: str | None, thread
     log.info("$ %s", " ".join(cmd[1:]))
     return subprocess.call(cmd, cwd=paths.ROOT, env=env, preexec_fn=die_with_parent)
 
-
-def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:
-    """Block until a started service answers /readyz; `ChexopsError` with its log's tail if it dies or stalls."""
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ChexopsError(f"bentoml serve exited with code {process.returncode}:\n{_tail(log_path)}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise ChexopsError(f"bentoml serve was not ready after {timeout:.0f} s:\n{_tail(log_path)}")
-
-
-def _tail(path: Path, chars: int = 4000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
