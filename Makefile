@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.chexops-installed
 export CHEXOPS_HOME ?= $(CURDIR)/.chexops
 
-.PHONY: demo test check serve venv clean
+.PHONY: demo test check lint serve venv clean
 
 venv: $(STAMP)
 
@@ -25,12 +25,16 @@ demo: $(STAMP)
 serve: $(STAMP)  # the registry's candidate (chexops serve's default reference), resolved to its exact Bento model
 	$(BIN)/chexops serve
 
-test: $(STAMP)
+lint: $(STAMP)  # the house's rules (docs/architecture.md): ruff, then the layer contracts
+	$(BIN)/ruff check training bentos tests
+	$(BIN)/lint-imports
+
+test: $(STAMP) lint
 	VENV=$(VENV) bash tests/install-tools.sh
 	$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 
-check: $(STAMP)
+check: $(STAMP) lint
 	$(BIN)/python -m pytest -m "not slow"; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 

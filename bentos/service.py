@@ -20,15 +20,15 @@ import bentoml
 import numpy as np
 from bentoml.validators import DType
 
+from chexops.core.processes import watch_parent
 from chexops.export.bento import serving_tag
 from chexops.export.files import FILES
-from chexops.serving import providers
-from chexops.imaging.drift import DriftMonitor
-from chexops.serving.app import InternalOnly, create_app
 from chexops.feedback.store import FeedbackStore, Unavailable
-from chexops.serving.inference import OnnxModel
+from chexops.imaging.drift import DriftMonitor
+from chexops.serving import providers
+from chexops.serving.app import InternalOnly, create_app
 from chexops.serving.bentoml_fixes import cancel_traffic_timers
-from chexops.core.processes import watch_parent
+from chexops.serving.inference import OnnxModel
 from chexops.serving.metrics import ServiceMetrics
 from chexops.serving.settings import Settings
 
@@ -49,22 +49,36 @@ class Chexops:
         logging.getLogger("chexops").setLevel(logging.INFO)  # through BentoML's log handlers
         watch_parent()  # this worker stops when `bentoml serve` (its arbiter) is gone, even after a SIGKILL
         self.settings = SETTINGS
-        self.model = OnnxModel.load(self.bento_model.path_of(FILES[SETTINGS.precision]), threads=SETTINGS.threads,
-                                    providers=PROVIDERS)
+        self.model = OnnxModel.load(
+            self.bento_model.path_of(FILES[SETTINGS.precision]), threads=SETTINGS.threads, providers=PROVIDERS
+        )
         self.limits = SETTINGS.image_limits()
         self.auth = SETTINGS.authenticator()
         self.store = FeedbackStore(SETTINGS.feedback_location())
-        self.metrics = ServiceMetrics(self.model.name, self.model.version, self.model.precision, self.model.run_id,
-                                      environment=SETTINGS.environment, track=SETTINGS.track)
+        self.metrics = ServiceMetrics(
+            self.model.name,
+            self.model.version,
+            self.model.precision,
+            self.model.run_id,
+            environment=SETTINGS.environment,
+            track=SETTINGS.track,
+        )
         self.drift = DriftMonitor.for_model(self.model, SETTINGS.drift_window, SETTINGS.drift_min_images)
         try:
             self.metrics.set_agreement(self.store.agreement())
         except Unavailable:
             pass  # logged by the store; predictions are served without it
         self.session_lock = anyio.CapacityLimiter(1)  # one session run at a time outside the batcher
-        log.info("Serving %s (%s) from %s; feedback store %s (%s); %d API key(s); batching %s",
-                 self.bento_model.tag, SETTINGS.precision, self.bento_model.path, self.store.location, self.store.kind,
-                 len(self.auth.keys), "on" if SETTINGS.batching else "off")
+        log.info(
+            "Serving %s (%s) from %s; feedback store %s (%s); %d API key(s); batching %s",
+            self.bento_model.tag,
+            SETTINGS.precision,
+            self.bento_model.path,
+            self.store.location,
+            self.store.kind,
+            len(self.auth.keys),
+            "on" if SETTINGS.batching else "off",
+        )
         app.state.backend = self
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)

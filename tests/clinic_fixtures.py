@@ -17,7 +17,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-
 from typing import NamedTuple
 
 import pytest
@@ -38,8 +37,8 @@ def clinic_data(tmp_path_factory) -> Path:
 def training_inputs(data: Path, spec, limit: int = 128):
     import numpy as np
 
-    from chexops.data.chexpert import image_paths, read_chexpert_csv
     from chexops.core.labels import CHEXPERT_LABELS
+    from chexops.data.chexpert import image_paths, read_chexpert_csv
     from chexops.imaging.preprocessing import load_image, preprocess
 
     paths = image_paths(read_chexpert_csv(data / "train.csv", list(CHEXPERT_LABELS)), data.parent)[:limit]
@@ -48,10 +47,11 @@ def training_inputs(data: Path, spec, limit: int = 128):
 
 def drift_reference(data: Path):
     """`extra_metadata` for make_model: the drift reference of the training images, as export computes it."""
+
     def extra(fp32, spec, labels):
-        from chexops.imaging import drift
         from chexops.export import quantize
         from chexops.export.files import session
+        from chexops.imaging import drift
 
         x = training_inputs(data, spec)
         probs = quantize.run_batches(session(fp32), x)["probabilities"]
@@ -63,8 +63,14 @@ def drift_reference(data: Path):
 @pytest.fixture(scope="module")
 def clinic_model(tmp_path_factory, clinic_data) -> ServedModel:
     home = tmp_path_factory.mktemp("clinic-home")
-    result = subprocess.run([sys.executable, str(Path(__file__).resolve()), "make-model", str(home), str(clinic_data)],
-                            capture_output=True, text=True, cwd=ROOT, env=child_env(home), timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "make-model", str(home), str(clinic_data)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=child_env(home),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return ServedModel(home, json.loads(result.stdout.strip().splitlines()[-1])["tag"])
 
@@ -90,16 +96,23 @@ def _clinic(model, tmp_path_factory, name: str, **env: str):
 
 @pytest.fixture(scope="module")
 def clinic(clinic_model, tmp_path_factory):
-    made = _clinic(clinic_model, tmp_path_factory, "clinic", CHEXOPS_DRIFT_WINDOW=str(DRIFT_WINDOW),
-                   CHEXOPS_DRIFT_MIN_IMAGES="20")
+    made = _clinic(
+        clinic_model, tmp_path_factory, "clinic", CHEXOPS_DRIFT_WINDOW=str(DRIFT_WINDOW), CHEXOPS_DRIFT_MIN_IMAGES="20"
+    )
     yield made
     made.service.stop()
 
 
 @pytest.fixture(scope="module")
 def clinic_b(clinic_model, tmp_path_factory):
-    made = _clinic(clinic_model, tmp_path_factory, "clinic-b", CHEXOPS_PRECISION="int8", CHEXOPS_RATE_LIMIT="600",
-                   CHEXOPS_RATE_BURST="3")
+    made = _clinic(
+        clinic_model,
+        tmp_path_factory,
+        "clinic-b",
+        CHEXOPS_PRECISION="int8",
+        CHEXOPS_RATE_LIMIT="600",
+        CHEXOPS_RATE_BURST="3",
+    )
     yield made
     made.service.stop()
 

@@ -80,11 +80,13 @@ def write_seeds(folder: Path, shared: Path | None = None) -> list[Path]:
         "rgb.png": encoded(Image.fromarray(grey8).convert("RGB"), "PNG"),
         "palette-transparent.png": encoded(Image.fromarray(grey8).convert("P"), "PNG", transparency=0),
         "baseline.jpg": encoded(Image.fromarray(grey8), "JPEG", quality=80),
-        "progressive-exif.jpg": encoded(Image.fromarray(grey8).convert("RGB"), "JPEG", progressive=True,
-                                        exif=rotated),
+        "progressive-exif.jpg": encoded(Image.fromarray(grey8).convert("RGB"), "JPEG", progressive=True, exif=rotated),
         "dx12.dcm": dicom_bytes(dicom_dataset((grey16 >> 4).astype(np.uint16))),
-        "cr-mono1-rescaled.dcm": dicom_bytes(dicom_dataset((grey16 >> 4).astype(np.uint16), modality="CR",
-                                                           photometric="MONOCHROME1", rescale=(2.0, -1024.0))),
+        "cr-mono1-rescaled.dcm": dicom_bytes(
+            dicom_dataset(
+                (grey16 >> 4).astype(np.uint16), modality="CR", photometric="MONOCHROME1", rescale=(2.0, -1024.0)
+            )
+        ),
     }
     written = []
     for name, data in seeds.items():
@@ -107,14 +109,16 @@ def main(argv: list[str]) -> None:
         import pydicom.pixels  # noqa: F401
         from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin  # noqa: F401
 
-        from chexops.imaging import decode as imaging, preprocessing  # noqa: F401
+        from chexops.imaging import decode as imaging  # noqa: F401
     from chexops.core.paths import shared_data
 
     corpora = [a for a in argv[1:] if not a.startswith("-")]
     if not corpora:
         sys.exit(f"usage: {argv[0]} [libFuzzer flags] CORPUS_DIR  (the seeds are written into it; new inputs too)")
     write_seeds(Path(corpora[0]), shared_data() / "real-cxr")
-    warnings.simplefilter("ignore")  # pydicom and Pillow warn about every damaged file; decode's own filters still apply
+    warnings.simplefilter(
+        "ignore"
+    )  # pydicom and Pillow warn about every damaged file; decode's own filters still apply
     atheris.Setup(argv, TestOneInput)
     atheris.Fuzz()
 

@@ -38,13 +38,27 @@ def synth_dataset(tmp_path_factory) -> Path:
 def write_config(path: Path, synth_root: Path, name: str = "tiny", train: dict | None = None, **sections) -> Path:
     """A tiny CPU training config on the synthetic data, all views (laterals included)."""
     config = {
-        "name": name, "seed": 0,
-        "data": {"csv": str(synth_root / "CheXpert-v1.0-small/train.csv"), "test_csv": str(synth_root / "CheXpert-v1.0-small/valid.csv"),
-                 "root": str(synth_root), "val_fraction": 0.25, "view": "all"},
+        "name": name,
+        "seed": 0,
+        "data": {
+            "csv": str(synth_root / "CheXpert-v1.0-small/train.csv"),
+            "test_csv": str(synth_root / "CheXpert-v1.0-small/valid.csv"),
+            "root": str(synth_root),
+            "val_fraction": 0.25,
+            "view": "all",
+        },
         "preprocess": {"size": 24, "mean": [0.45], "std": [0.25]},
         "model": {"name": "small", "width": 8},
-        "train": {"epochs": 4, "batch_size": 32, "optimizer": "adamw", "lr": 0.004, "schedule": "onecycle", "checkpoint_every": 1000,
-                  "device": "cpu", **(train or {})},
+        "train": {
+            "epochs": 4,
+            "batch_size": 32,
+            "optimizer": "adamw",
+            "lr": 0.004,
+            "schedule": "onecycle",
+            "checkpoint_every": 1000,
+            "device": "cpu",
+            **(train or {}),
+        },
         "tracking": {"experiment": "tests", "system_metrics": False},
     }
     for key, value in sections.items():
@@ -69,8 +83,20 @@ def mlflow_server(base: Path, backend_uri: str):
     base.mkdir(parents=True, exist_ok=True)
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    argv = [Path(sys.executable).parent / "mlflow", "server", "--backend-store-uri", backend_uri,
-            "--artifacts-destination", base / "artifacts", "--host", "127.0.0.1", "--port", port, "--workers", "1"]
+    argv = [
+        Path(sys.executable).parent / "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_uri,
+        "--artifacts-destination",
+        base / "artifacts",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port,
+        "--workers",
+        "1",
+    ]
     with ServerProcess(argv, base / "server.log", url=uri, ready_path="/health", name=f"mlflow server ({backend_uri})"):
         yield uri
 
@@ -90,7 +116,11 @@ def _postgres_account() -> str | None:
     useradd = shutil.which("useradd")
     if useradd is None:
         pytest.skip("PostgreSQL refuses to run as root, and there is no `postgres` user and no useradd to create one")
-    subprocess.run([useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER], check=True, capture_output=True)
+    subprocess.run(
+        [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
+        check=True,
+        capture_output=True,
+    )
     return PG_USER
 
 
@@ -99,7 +129,10 @@ def _pg_binary(name: str) -> str | None:
     found = shutil.which(name)
     if found:
         return found
-    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+    )
     return str(candidates[-1]) if candidates else None
 
 
@@ -118,9 +151,14 @@ class PostgresServer:
         self.running = False
 
     def start(self) -> None:
-        done = self._run([self._pg_ctl, "-D", str(self._data), "-o", self._options, "-l", str(self._log), "-w", "-t", "60", "start"])
+        done = self._run(
+            [self._pg_ctl, "-D", str(self._data), "-o", self._options, "-l", str(self._log), "-w", "-t", "60", "start"]
+        )
         if done.returncode != 0:
-            pytest.fail(f"pg_ctl start failed: {done.stderr[-1500:]} {self._log.read_text()[-1500:] if self._log.exists() else ''}")
+            pytest.fail(
+                f"pg_ctl start failed: {done.stderr[-1500:]} "
+                f"{self._log.read_text()[-1500:] if self._log.exists() else ''}"
+            )
         self.running = True
 
     def stop(self) -> None:
@@ -135,7 +173,9 @@ def postgres_server():
     tests/install-tools.sh installs Debian's `postgresql`, so CI has them)."""
     initdb, pg_ctl = _pg_binary("initdb"), _pg_binary("pg_ctl")
     if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are missing: bash tests/install-tools.sh installs them")
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl) are missing: bash tests/install-tools.sh installs them"
+        )
     pytest.importorskip("psycopg2", reason="psycopg2-binary (MLflow's PostgreSQL driver) is not installed")
     account = _postgres_account()
     runuser, su = shutil.which("runuser"), shutil.which("su")
@@ -144,7 +184,11 @@ def postgres_server():
 
     def run(cmd: list[str]) -> subprocess.CompletedProcess:
         if account is not None:
-            cmd = [runuser, "-u", account, "--", *cmd] if runuser else [su, "-s", "/bin/sh", account, "-c", shlex.join(cmd)]
+            cmd = (
+                [runuser, "-u", account, "--", *cmd]
+                if runuser
+                else [su, "-s", "/bin/sh", account, "-c", shlex.join(cmd)]
+            )
         return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
     base = Path(tempfile.mkdtemp(prefix="chexops-pg-"))  # under /tmp: reachable by the PostgreSQL account
@@ -157,7 +201,9 @@ def postgres_server():
     port = free_port()
     options = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off"
     # SQLAlchemy 2.1 would pick psycopg 3 for plain postgresql://
-    server = PostgresServer(run, pg_ctl, data, options, log, f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres")
+    server = PostgresServer(
+        run, pg_ctl, data, options, log, f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    )
     try:
         done = run([initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-instructions"])
         if done.returncode != 0:

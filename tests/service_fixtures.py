@@ -54,13 +54,13 @@ def make_model(home: Path, version: str = "1", extra_metadata=None) -> str:
     import numpy as np
     import torch
 
-    from chexops.export.bento import import_onnx
     from chexops.config import ModelConfig
-    from chexops.export.onnx import INT8_FILE, build_metadata, export_onnx, write_metadata
     from chexops.core.labels import CHEXPERT_LABELS
-    from chexops.train.models import build_model
-    from chexops.imaging.preprocessing import PreprocessSpec
+    from chexops.export.bento import import_onnx
+    from chexops.export.onnx import INT8_FILE, build_metadata, export_onnx, write_metadata
     from chexops.export.quantize import quantize_static_qdq
+    from chexops.imaging.preprocessing import PreprocessSpec
+    from chexops.train.models import build_model
 
     torch.manual_seed(0)
     labels = list(CHEXPERT_LABELS)
@@ -71,9 +71,18 @@ def make_model(home: Path, version: str = "1", extra_metadata=None) -> str:
     out = home / (EXPORT if version == "1" else EXPORT.with_name(f"{EXPORT.name}-v{version}"))
     fp32 = export_onnx(model, spec, out / "model.onnx")
     thresholds = thresholds_for(labels)
-    metadata = build_metadata(labels=labels, thresholds=thresholds, rule="test", spec=spec, model_name="chexops-cxr",
-                              registry_version=version, run_id="0123456789abcdef0123456789abcdef", data_version="test-data",
-                              head_weight=model.head.weight.detach().numpy(), head_bias=model.head.bias.detach().numpy())
+    metadata = build_metadata(
+        labels=labels,
+        thresholds=thresholds,
+        rule="test",
+        spec=spec,
+        model_name="chexops-cxr",
+        registry_version=version,
+        run_id="0123456789abcdef0123456789abcdef",
+        data_version="test-data",
+        head_weight=model.head.weight.detach().numpy(),
+        head_bias=model.head.bias.detach().numpy(),
+    )
     write_metadata(fp32, metadata)
     if extra_metadata is not None:
         metadata.update(extra_metadata(fp32, spec, labels))
@@ -86,8 +95,14 @@ def make_model(home: Path, version: str = "1", extra_metadata=None) -> str:
 
 def add_model(home: Path, version: str = "1") -> ServedModel:
     """`make_model` in a child process (this process's BentoML settings stay untouched)."""
-    result = subprocess.run([sys.executable, str(Path(__file__).resolve()), "make-model", str(home), version], capture_output=True,
-                            text=True, cwd=ROOT, env=child_env(home), timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "make-model", str(home), version],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=child_env(home),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return ServedModel(home, json.loads(result.stdout.strip().splitlines()[-1])["tag"])
 
@@ -127,21 +142,42 @@ class Service:
         self.server.stop(sig, timeout)
 
 
-def start_service(model: ServedModel, log_name: str = "service.log", api_key: str = API_KEY, port: int | None = None,
-                  **env: str) -> Service:
+def start_service(
+    model: ServedModel, log_name: str = "service.log", api_key: str = API_KEY, port: int | None = None, **env: str
+) -> Service:
     """`bentoml serve bentos/service.py:Chexops` on a free port (or `port`), ready; CHEXOPS_* settings from `env` (by
-    default rate limits high enough for a test battery, all from 127.0.0.1, an admission queue that never refuses one, and an 8 MiB upload limit)."""
+    default rate limits high enough for a test battery, all from 127.0.0.1, an admission queue that never refuses one,
+    and an 8 MiB upload limit)."""
     port = port or free_port()
-    settings = {"CHEXOPS_MODEL": model.tag, "CHEXOPS_API_KEYS": f"test-clinic:{api_key},other-clinic:{OTHER_KEY}",
-                "CHEXOPS_RATE_LIMIT": "60000", "CHEXOPS_RATE_BURST": "1000", "CHEXOPS_ADDRESS_RATE_LIMIT": "60000",
-                "CHEXOPS_ADDRESS_RATE_BURST": "1000", "CHEXOPS_AUTH_FAILURE_LIMIT": "1000", "CHEXOPS_MAX_UPLOAD_MB": "8",
-                "CHEXOPS_MAX_QUEUE": "1000", "CHEXOPS_QUEUE_TIMEOUT_MS": "120000", **env}  # admission out of the way
+    settings = {
+        "CHEXOPS_MODEL": model.tag,
+        "CHEXOPS_API_KEYS": f"test-clinic:{api_key},other-clinic:{OTHER_KEY}",
+        "CHEXOPS_RATE_LIMIT": "60000",
+        "CHEXOPS_RATE_BURST": "1000",
+        "CHEXOPS_ADDRESS_RATE_LIMIT": "60000",
+        "CHEXOPS_ADDRESS_RATE_BURST": "1000",
+        "CHEXOPS_AUTH_FAILURE_LIMIT": "1000",
+        "CHEXOPS_MAX_UPLOAD_MB": "8",
+        "CHEXOPS_MAX_QUEUE": "1000",
+        "CHEXOPS_QUEUE_TIMEOUT_MS": "120000",
+        **env,
+    }  # admission out of the way
     full_env = child_env(model.home, **settings)
     url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "bentoml", "serve", "bentos/service.py:Chexops", "--host", "127.0.0.1",
-            "--port", str(port)]
-    server = ServerProcess(argv, model.home / log_name, url=url, env=full_env, cwd=ROOT, name="bentoml serve",
-                           append=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "bentos/service.py:Chexops",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    server = ServerProcess(
+        argv, model.home / log_name, url=url, env=full_env, cwd=ROOT, name="bentoml serve", append=True
+    )
     return Service(url, api_key, model.home, port, server.start(), full_env)
 
 

@@ -25,8 +25,14 @@ def child_env(home: Path, **extra: str) -> dict[str, str]:
     """The environment of a chexops / bentoml child on `home`, without inherited locations."""
     inherited = ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PROMETHEUS_MULTIPROC_DIR")
     env = {k: v for k, v in os.environ.items() if k not in inherited and not k.startswith("CHEXOPS_")}
-    env.update({"CHEXOPS_HOME": str(home), "BENTOML_HOME": str(home / "bentoml"), "BENTOML_DO_NOT_TRACK": "True",
-                "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "CHEXOPS_HOME": str(home),
+            "BENTOML_HOME": str(home / "bentoml"),
+            "BENTOML_DO_NOT_TRACK": "True",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     for key in ("CHEXOPS_SHARED_DATA",):
         if key in os.environ:
             env[key] = os.environ[key]
@@ -34,13 +40,24 @@ def child_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, env: dict[str, str | None] | None = None, home: Path | None = None, timeout: float = 600,
-            cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str,
+    env: dict[str, str | None] | None = None,
+    home: Path | None = None,
+    timeout: float = 600,
+    cwd: Path = ROOT,
+) -> subprocess.CompletedProcess:
     """`chexops ARGS` in a child process, as a user runs it: in this process's environment, or, with `home`, in a
     clean one on `home` (`child_env`); `env` sets more variables (None removes one)."""
     merged = {**(dict(os.environ) if home is None else child_env(home)), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "chexops", *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd, env={k: v for k, v in merged.items() if v is not None})
+    return subprocess.run(
+        [sys.executable, "-m", "chexops", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={k: v for k, v in merged.items() if v is not None},
+    )
 
 
 @contextlib.contextmanager
@@ -103,17 +120,34 @@ def make_rows(n_patients: int = 6, studies: int = 2) -> list[dict]:
     rows = []
     for p in range(1, n_patients + 1):
         for s in range(1, studies + 1):
-            row = {"Path": f"CheXpert-v1.0-small/train/patient{p:05d}/study{s}/view1_frontal.jpg", "Sex": "Female" if p % 2 else "Male",
-                   "Age": str(40 + p), "Frontal/Lateral": "Frontal", "AP/PA": "AP" if s % 2 else "PA"}
+            row = {
+                "Path": f"CheXpert-v1.0-small/train/patient{p:05d}/study{s}/view1_frontal.jpg",
+                "Sex": "Female" if p % 2 else "Male",
+                "Age": str(40 + p),
+                "Frontal/Lateral": "Frontal",
+                "AP/PA": "AP" if s % 2 else "PA",
+            }
             for j, label in enumerate(CHEXPERT_LABELS):
                 row[label] = ["1.0", "0.0", "-1.0", ""][(p + s + j) % 4]
             rows.append(row)
-    rows.append({**rows[0], "Path": "CheXpert-v1.0-small/train/patient00001/study1/view2_lateral.jpg", "Frontal/Lateral": "Lateral", "AP/PA": ""})
+    rows.append(
+        {
+            **rows[0],
+            "Path": "CheXpert-v1.0-small/train/patient00001/study1/view2_lateral.jpg",
+            "Frontal/Lateral": "Lateral",
+            "AP/PA": "",
+        }
+    )
     return rows
 
 
-def dicom_dataset(values: np.ndarray | None, modality: str = "DX", bits: int = 12, photometric: str = "MONOCHROME2",
-                  rescale: tuple[float, float] | None = None):
+def dicom_dataset(
+    values: np.ndarray | None,
+    modality: str = "DX",
+    bits: int = 12,
+    photometric: str = "MONOCHROME2",
+    rescale: tuple[float, float] | None = None,
+):
     """A DICOM Part 10 dataset carrying patient identifiers, with `values` (uint16, H×W) as pixel data."""
     import pydicom
     from pydicom.dataset import FileMetaDataset

@@ -16,8 +16,11 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                               status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +43,12 @@ def test_the_document_lists_the_routes(api):
 
 
 # GET /model takes no input: nothing to negate
-CASES = [(path, method, mode) for path, method in OPERATIONS for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
-         if not (method == "GET" and mode == GenerationMode.NEGATIVE)]
+CASES = [
+    (path, method, mode)
+    for path, method in OPERATIONS
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+    if not (method == "GET" and mode == GenerationMode.NEGATIVE)
+]
 
 
 @pytest.mark.parametrize("path, method, mode", CASES, ids=[f"{p}-{m.value}" for p, _, m in CASES])
@@ -50,8 +57,14 @@ def test_the_service_keeps_to_its_openapi_document(api, service, path, method, m
     seen: dict[int, int] = {}
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     def exchange(case):
         headers = {**(case.headers or {}), **service.headers}
         response = case.call(base_url=service.url, headers=headers, timeout=60)

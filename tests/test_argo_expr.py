@@ -20,38 +20,44 @@ from chexops.pipelines.argo_expr import (
 )
 
 
-@pytest.mark.parametrize("expr, expected", [
-    ("3 == 3", True),
-    ("3 == 3.0", True),  # both numbers: compared as numbers
-    ("'3' == 3.0", False),  # a quoted side is text
-    ("true == true", True),
-    ("false == true", False),
-    ("'a b' == 'a b'", True),
-    ("10 > 9", True),  # numbers, not text ('10' < '9')
-    ("b > a", True),
-    ("1 == 2 || 2 == 2 && 3 == 3", True),  # && binds tighter than ||
-    ("(1 == 2 || 2 == 2) && 3 == 4", False),
-    ("!(1 == 2)", True),
-    ("1 != 2 && !(a == b)", True),
-])
+@pytest.mark.parametrize(
+    "expr, expected",
+    [
+        ("3 == 3", True),
+        ("3 == 3.0", True),  # both numbers: compared as numbers
+        ("'3' == 3.0", False),  # a quoted side is text
+        ("true == true", True),
+        ("false == true", False),
+        ("'a b' == 'a b'", True),
+        ("10 > 9", True),  # numbers, not text ('10' < '9')
+        ("b > a", True),
+        ("1 == 2 || 2 == 2 && 3 == 3", True),  # && binds tighter than ||
+        ("(1 == 2 || 2 == 2) && 3 == 4", False),
+        ("!(1 == 2)", True),
+        ("1 != 2 && !(a == b)", True),
+    ],
+)
 def test_when(expr, expected):
     assert evaluate_when(expr) is expected
 
 
-@pytest.mark.parametrize("expr, named", [
-    ("3 = 3", "cannot read"),  # not an operator of the language
-    ("3 == 3 & 4 == 4", "cannot read"),
-    ("(3 == 3", "unbalanced parentheses"),
-    ("3 == 3)", "unbalanced parentheses"),
-    ("((3 == 3) && 4 == 4", "unbalanced parentheses"),
-    ("true", "'true' is not a comparison"),
-    ("!true", "'true' is not a comparison"),
-    ("3 == 3 &&", "ends too early"),
-    ("3 == 3 4", "unexpected '4'"),
-    ("'open == 3", "cannot read"),
-    ("(1 == 1) == 2", "a condition is compared with a value"),
-    ("__import__('os') == 1", "'__import__' is not a comparison"),  # never run: nothing is eval'd
-])
+@pytest.mark.parametrize(
+    "expr, named",
+    [
+        ("3 = 3", "cannot read"),  # not an operator of the language
+        ("3 == 3 & 4 == 4", "cannot read"),
+        ("(3 == 3", "unbalanced parentheses"),
+        ("3 == 3)", "unbalanced parentheses"),
+        ("((3 == 3) && 4 == 4", "unbalanced parentheses"),
+        ("true", "'true' is not a comparison"),
+        ("!true", "'true' is not a comparison"),
+        ("3 == 3 &&", "ends too early"),
+        ("3 == 3 4", "unexpected '4'"),
+        ("'open == 3", "cannot read"),
+        ("(1 == 1) == 2", "a condition is compared with a value"),
+        ("__import__('os') == 1", "'__import__' is not a comparison"),  # never run: nothing is eval'd
+    ],
+)
 def test_when_refusals(expr, named):
     with pytest.raises(UnsupportedExpression, match=named):
         evaluate_when(expr)
@@ -69,15 +75,18 @@ def test_depends():
     assert depends_tasks("  ") == []
 
 
-@pytest.mark.parametrize("expr, named", [
-    ("a.Foo", "result 'a.Foo' is not implemented locally"),
-    ("a == b", "comparisons"),
-    ("(a && b", "unbalanced parentheses"),
-    ("a && b)", "unbalanced parentheses"),
-    ("a & b", "cannot read"),
-    ("a.b.Failed", "cannot read 'a.b.Failed'"),
-    ("'a'", "cannot read"),
-])
+@pytest.mark.parametrize(
+    "expr, named",
+    [
+        ("a.Foo", "result 'a.Foo' is not implemented locally"),
+        ("a == b", "comparisons"),
+        ("(a && b", "unbalanced parentheses"),
+        ("a && b)", "unbalanced parentheses"),
+        ("a & b", "cannot read"),
+        ("a.b.Failed", "cannot read 'a.b.Failed'"),
+        ("'a'", "cannot read"),
+    ],
+)
 def test_depends_refusals(expr, named):
     with pytest.raises(UnsupportedExpression, match=named):
         depends_tasks(expr)
@@ -89,10 +98,12 @@ def test_analysis_short_circuits_and_refuses_what_it_does_not_implement():
     assert evaluate_analysis("result[1] >= 3 || result[5] > 0", [0.5, 3.0])  # the right side is never read
     with pytest.raises(IndexError, match="an Error measurement"):
         evaluate_analysis("result[5] > 0", [0.5])
-    for condition, named in (("asInt(result[0]) > 1", "'asInt' is not supported"),
-                             ("result[0] + 1 > 2", "unexpected '\\+'"),
-                             ("(result[0] > 1", "unbalanced parentheses"),
-                             ("result[a] > 1", "only result\\[<number>\\]"),
-                             ("nan == nan", "'nan' is not supported")):
+    for condition, named in (
+        ("asInt(result[0]) > 1", "'asInt' is not supported"),
+        ("result[0] + 1 > 2", "unexpected '\\+'"),
+        ("(result[0] > 1", "unbalanced parentheses"),
+        ("result[a] > 1", "only result\\[<number>\\]"),
+        ("nan == nan", "'nan' is not supported"),
+    ):
         with pytest.raises(UnsupportedExpression, match=named):
             evaluate_analysis(condition, [2.0])

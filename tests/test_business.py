@@ -22,9 +22,20 @@ def two_runs(clinic, clinic_b, clinic_data, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CLINIC_KEY", API_KEY)  # the tests' own variable, read through simulate's api_key_env
         for key, svc in (("a", clinic.service), ("b", clinic_b.service)):
-            cfg = SimulateConfig(url=svc.url, csv=clinic_data / "valid.csv", root=clinic_data, out=tmp_path / key,
-                                 pattern="steady", rate=5, duration=6, max_requests=30, review_share=0.5, error_rate=0.05,
-                                 seed=7, concurrency=4)
+            cfg = SimulateConfig(
+                url=svc.url,
+                csv=clinic_data / "valid.csv",
+                root=clinic_data,
+                out=tmp_path / key,
+                pattern="steady",
+                rate=5,
+                duration=6,
+                max_requests=30,
+                review_share=0.5,
+                error_rate=0.05,
+                seed=7,
+                concurrency=4,
+            )
             reports[key] = simulate(cfg, "CLINIC_KEY")
     return reports, tmp_path
 
@@ -32,9 +43,23 @@ def two_runs(clinic, clinic_b, clinic_data, tmp_path_factory):
 @pytest.mark.slow
 def test_business_report_from_two_real_simulate_runs(two_runs):
     reports, tmp = two_runs
-    result = run_cli("report", "business", "--a", str(tmp / "a"), "--b", str(tmp / "b" / "simulate.json"), "--out",
-                     str(tmp / "business"), "--replications", "40", "--bootstrap", "200", "--json",
-                     env={"PYTHONPATH": str(ROOT / "training")}, timeout=120)
+    result = run_cli(
+        "report",
+        "business",
+        "--a",
+        str(tmp / "a"),
+        "--b",
+        str(tmp / "b" / "simulate.json"),
+        "--out",
+        str(tmp / "business"),
+        "--replications",
+        "40",
+        "--bootstrap",
+        "200",
+        "--json",
+        env={"PYTHONPATH": str(ROOT / "training")},
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout)
     a_records = [r for r in reports["a"].requests if r.get("priority")]
@@ -65,8 +90,17 @@ def test_reports_of_different_clinics_are_refused(two_runs):
     for r in other["requests"]:
         r["csv_row"] += 1
     (tmp / "other.json").write_text(json.dumps(other))
-    result = run_cli("report", "business", "--a", str(tmp / "a"), "--b", str(tmp / "other.json"), "--out",
-                     str(tmp / "x"), env={"PYTHONPATH": str(ROOT / "training")})
+    result = run_cli(
+        "report",
+        "business",
+        "--a",
+        str(tmp / "a"),
+        "--b",
+        str(tmp / "other.json"),
+        "--out",
+        str(tmp / "x"),
+        env={"PYTHONPATH": str(ROOT / "training")},
+    )
     assert result.returncode == 2 and "same clinic" in result.stderr and "Traceback" not in result.stderr
 
 

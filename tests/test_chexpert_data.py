@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from chexops.config import PolicyConfig, load_config
+from chexops.core.labels import CHEXPERT_LABELS
 from chexops.data.chexpert import apply_policy, filter_view, image_paths, read_chexpert_csv, split_by_patient
 from chexops.data.loading import load_splits
-from chexops.core.labels import CHEXPERT_LABELS
 from support import make_rows, run_cli, write_chexpert
 
 LABELS = list(CHEXPERT_LABELS)
@@ -47,9 +47,16 @@ def test_the_policy_a_user_sets_applies_to_every_label(tmp_path, setting):
     targets, mask = apply_policy(values, ["Atelectasis", "Cardiomegaly", "Edema"], config.data.policy)
     assert mask.tolist() == [[float(setting != "ignore")] * 3]
     assert targets.tolist() == [[float(setting == "ones")] * 3]
-    explicit = load_config(None, [f"data.csv={csv}", "data.policy.uncertain=ignore", "data.policy.uncertain_per_label={Edema: ones}"])
-    assert apply_policy(values, ["Atelectasis", "Cardiomegaly", "Edema"], explicit.data.policy)[1].tolist() == [[0.0, 0.0, 1.0]]
-    assert load_config(None, [f"data.csv={csv}"]).data.policy.uncertain_per_label == {"Atelectasis": "ones", "Edema": "ones"}
+    explicit = load_config(
+        None, [f"data.csv={csv}", "data.policy.uncertain=ignore", "data.policy.uncertain_per_label={Edema: ones}"]
+    )
+    assert apply_policy(values, ["Atelectasis", "Cardiomegaly", "Edema"], explicit.data.policy)[1].tolist() == [
+        [0.0, 0.0, 1.0]
+    ]
+    assert load_config(None, [f"data.csv={csv}"]).data.policy.uncertain_per_label == {
+        "Atelectasis": "ones",
+        "Edema": "ones",
+    }
 
 
 def test_view_filter(tmp_path):
@@ -79,9 +86,24 @@ def test_image_paths_accept_root_or_dataset_folder(tmp_path):
 
 
 BAD_CASES = [
-    ("missing column", lambda rows: [{k: v for k, v in r.items() if k != "Edema"} for r in rows], "missing column 'Edema'", None),
-    ("label value", lambda rows: [{**r, "Cardiomegaly": "2.0"} if i == 4 else r for i, r in enumerate(rows)], "row 5 (line 6), column 'Cardiomegaly'", "2.0"),
-    ("age", lambda rows: [{**r, "Age": "forty"} if i == 2 else r for i, r in enumerate(rows)], "row 3 (line 4), column 'Age'", "forty"),
+    (
+        "missing column",
+        lambda rows: [{k: v for k, v in r.items() if k != "Edema"} for r in rows],
+        "missing column 'Edema'",
+        None,
+    ),
+    (
+        "label value",
+        lambda rows: [{**r, "Cardiomegaly": "2.0"} if i == 4 else r for i, r in enumerate(rows)],
+        "row 5 (line 6), column 'Cardiomegaly'",
+        "2.0",
+    ),
+    (
+        "age",
+        lambda rows: [{**r, "Age": "forty"} if i == 2 else r for i, r in enumerate(rows)],
+        "row 3 (line 4), column 'Age'",
+        "forty",
+    ),
 ]
 
 
@@ -93,8 +115,10 @@ def test_malformed_csv_is_a_clear_error_and_writes_nothing(tmp_path, home, case,
     if case == "missing column":  # DictWriter wrote an empty column: drop it for real
         frame = pd.read_csv(csv, dtype=str, keep_default_na=False).drop(columns=["Edema"])
         frame.to_csv(csv, index=False)
-    for args in (["train", "--config", "configs/demo.yaml", f"data.csv={csv}", f"data.root={tmp_path}", "data.test_csv=null"],
-                 ["data", "stats", str(csv)]):
+    for args in (
+        ["train", "--config", "configs/demo.yaml", f"data.csv={csv}", f"data.root={tmp_path}", "data.test_csv=null"],
+        ["data", "stats", str(csv)],
+    ):
         result = run_cli(*args)
         assert result.returncode == 2, result.stderr
         assert where in result.stderr
@@ -110,7 +134,9 @@ def test_missing_and_unreadable_images_are_named_and_counted(tmp_path, home):
     csv = write_chexpert(tmp_path, rows)
     (tmp_path / rows[1]["Path"]).unlink()
     (tmp_path / rows[2]["Path"]).write_bytes(b"not a jpeg at all")
-    result = run_cli("train", "--config", "configs/demo.yaml", f"data.csv={csv}", f"data.root={tmp_path}", "data.test_csv=null")
+    result = run_cli(
+        "train", "--config", "configs/demo.yaml", f"data.csv={csv}", f"data.root={tmp_path}", "data.test_csv=null"
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "1 missing (row 2:" in result.stderr and "1 unreadable (row 3:" in result.stderr
     assert "data.skip_bad_images" in result.stderr
@@ -119,8 +145,16 @@ def test_missing_and_unreadable_images_are_named_and_counted(tmp_path, home):
     stats = json.loads(run_cli("data", "stats", str(csv), "--root", str(tmp_path), "--json").stdout)
     assert stats["images"]["missing"] == 1 and stats["images"]["unreadable"] == 1
 
-    config = load_config("configs/demo.yaml", [f"data.csv={csv}", f"data.root={tmp_path}", "data.test_csv=null",
-                                               "data.skip_bad_images=true", "data.val_fraction=0.3"])
+    config = load_config(
+        "configs/demo.yaml",
+        [
+            f"data.csv={csv}",
+            f"data.root={tmp_path}",
+            "data.test_csv=null",
+            "data.skip_bad_images=true",
+            "data.val_fraction=0.3",
+        ],
+    )
     splits = load_splits(config)
     assert len(splits.train) + len(splits.val) == 12 - 2
 
@@ -139,8 +173,14 @@ def test_stats_counts_before_and_after_policy(tmp_path):
         assert raw["positive"] == (frame[label] == "1.0").sum() and raw["blank"] == (frame[label] == "").sum()
         assert sum(raw.values()) == 13 and after["ignored"] == 0
     # U-Ones for Edema, U-Zeros for Cardiomegaly (the LibAUC default)
-    assert stats["labels"]["Edema"]["after_policy"]["positive"] == stats["labels"]["Edema"]["raw"]["positive"] + stats["labels"]["Edema"]["raw"]["uncertain"]
-    assert stats["labels"]["Cardiomegaly"]["after_policy"]["positive"] == stats["labels"]["Cardiomegaly"]["raw"]["positive"]
+    assert (
+        stats["labels"]["Edema"]["after_policy"]["positive"]
+        == stats["labels"]["Edema"]["raw"]["positive"] + stats["labels"]["Edema"]["raw"]["uncertain"]
+    )
+    assert (
+        stats["labels"]["Cardiomegaly"]["after_policy"]["positive"]
+        == stats["labels"]["Cardiomegaly"]["raw"]["positive"]
+    )
     human = run_cli("data", "stats", str(csv))
     assert "13 rows, 6 patients, 12 studies" in human.stdout
 

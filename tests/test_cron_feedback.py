@@ -15,12 +15,12 @@ from PIL import Image
 
 from chexops.cli.train import train_cmd
 from chexops.config import load_config
-from chexops.data.loading import load_splits
 from chexops.core.labels import CHEXPERT_LABELS
+from chexops.data.chexpert import DATASET_DIR
+from chexops.data.loading import load_splits
+from chexops.feedback.store import FeedbackStore
 from chexops.pipelines.argo_expr import depends_tasks
 from chexops.pipelines.runner import substitute
-from chexops.data.chexpert import DATASET_DIR
-from chexops.feedback.store import FeedbackStore
 from support import ROOT, make_rows, run_cli, write_chexpert
 
 WORKFLOWS = ROOT / "workflows"
@@ -29,8 +29,12 @@ MOUNT = "/data"
 
 
 def docs() -> dict[str, dict]:
-    return {doc["metadata"]["name"]: doc for path in WORKFLOWS.glob("*.yaml")
-            for doc in yaml.safe_load_all(path.read_text()) if doc and doc.get("kind") in ("WorkflowTemplate", "CronWorkflow")}
+    return {
+        doc["metadata"]["name"]: doc
+        for path in WORKFLOWS.glob("*.yaml")
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") in ("WorkflowTemplate", "CronWorkflow")
+    }
 
 
 def _template(spec: dict, name: str) -> dict:
@@ -59,7 +63,10 @@ def resolved_cron() -> tuple[list[str], list[str], dict]:
     every parameter resolved along cron main → chexops-pipeline main → chexops-train main → train."""
     objects = docs()
     cron = objects["chexops-retrain"]["spec"]["workflowSpec"]
-    base = {"workflow.name": RUN, **{f"workflow.parameters.{p['name']}": str(p["value"]) for p in cron["arguments"]["parameters"]}}
+    base = {
+        "workflow.name": RUN,
+        **{f"workflow.parameters.{p['name']}": str(p["value"]) for p in cron["arguments"]["parameters"]},
+    }
     tasks = {t["name"]: t for t in _template(cron, "main")["dag"]["tasks"]}
     export = _template(cron, tasks["feedback"]["template"])["container"]
     export_argv = [substitute(a, base, "feedback-export") for a in [*export["command"], *export["args"]]]
@@ -84,7 +91,7 @@ def resolved_cron() -> tuple[list[str], list[str], dict]:
 
 def train_context(argv: list[str]):
     """The train step's command parsed by the real `chexops train` (after `torchrun ... -m chexops`)."""
-    rest = argv[argv.index("train") + 1:]
+    rest = argv[argv.index("train") + 1 :]
     return train_cmd.make_context("train", rest)
 
 
@@ -95,8 +102,9 @@ def test_the_cron_passes_the_feedback_it_exported_to_training():
     assert len(sources) == 1, f"the train step does not set data.sources: {train_argv}"
     (feedback,) = yaml.safe_load(sources[0].split("=", 1)[1])
     assert feedback["name"] == "feedback"
-    assert Path(feedback["csv"]) == Path(out) / DATASET_DIR / "train.csv", \
+    assert Path(feedback["csv"]) == Path(out) / DATASET_DIR / "train.csv", (
         "training reads another CSV than the export writes"
+    )
     assert Path(feedback["root"]) == Path(out), "the export's image paths are relative to its --out directory"
     assert feedback["allow_empty"] is True, "no feedback yet would fail the scheduled run"
     assert RUN in out, "each scheduled run needs its own export directory"
@@ -105,11 +113,17 @@ def test_the_cron_passes_the_feedback_it_exported_to_training():
     volumes = {v["name"]: v for v in cron["volumes"]}
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "chexops-data"
     export_mounts = {m["mountPath"]: m["name"] for m in _template(cron, "feedback-export")["container"]["volumeMounts"]}
-    train_mounts = {m["mountPath"]: m["name"] for m in _template(docs()["chexops-train"]["spec"], "train")["container"]["volumeMounts"]}
+    train_mounts = {
+        m["mountPath"]: m["name"]
+        for m in _template(docs()["chexops-train"]["spec"], "train")["container"]["volumeMounts"]
+    }
     assert export_mounts.get(MOUNT) == "data" and train_mounts.get(MOUNT) == "data" and out.startswith(MOUNT + "/")
     # evaluate and register (re-evaluating production) load the run's config.yaml, sources included.
     for name in ("evaluate", "register"):
-        mounts = {m["mountPath"]: m["name"] for m in _template(docs()["chexops-train"]["spec"], name)["container"]["volumeMounts"]}
+        mounts = {
+            m["mountPath"]: m["name"]
+            for m in _template(docs()["chexops-train"]["spec"], name)["container"]["volumeMounts"]
+        }
         assert mounts.get(MOUNT) == "data", f"{name} cannot read the feedback source"
 
 
@@ -135,11 +149,17 @@ def _store(path: Path, feedback: int) -> str:
     store = FeedbackStore(url)
     try:
         for i in range(feedback):
-            findings = [{"label": label, "probability": 0.7 if j % 2 else 0.2, "positive": bool(j % 2)}
-                        for j, label in enumerate(CHEXPERT_LABELS)]
-            store.add_prediction(f"req-{i}", "clinic-a", "chexops-cxr", "1", findings, "routine", {"view_position": "PA"})
+            findings = [
+                {"label": label, "probability": 0.7 if j % 2 else 0.2, "positive": bool(j % 2)}
+                for j, label in enumerate(CHEXPERT_LABELS)
+            ]
+            store.add_prediction(
+                f"req-{i}", "clinic-a", "chexops-cxr", "1", findings, "routine", {"view_position": "PA"}
+            )
             store.set_image(f"req-{i}", _png(i))
-            store.add_feedback(f"req-{i}", correct=bool(i % 2), labels=None if i % 2 else {"Cardiomegaly": 1}, note=None)
+            store.add_feedback(
+                f"req-{i}", correct=bool(i % 2), labels=None if i % 2 else {"Cardiomegaly": 1}, note=None
+            )
     finally:
         store.close()
     return url
@@ -160,8 +180,14 @@ def test_the_override_the_cron_builds_loads_the_export(tmp_path, monkeypatch, fe
     write_chexpert(prepared, make_rows(n_patients=6))
     write_chexpert(prepared, make_rows(n_patients=3), name="valid.csv")
     store = _store(tmp_path / "feedback.db", feedback)
-    result = run_cli(*export_argv[1:export_argv.index("--out")], "--out", out, "--store", store,
-                     *export_argv[export_argv.index("--out") + 2:])
+    result = run_cli(
+        *export_argv[1 : export_argv.index("--out")],
+        "--out",
+        out,
+        "--store",
+        store,
+        *export_argv[export_argv.index("--out") + 2 :],
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["rows"] == feedback
 
@@ -170,8 +196,12 @@ def test_the_override_the_cron_builds_loads_the_export(tmp_path, monkeypatch, fe
     (source,) = config.data.sources
     assert source.csv == Path(out) / DATASET_DIR / "train.csv" and source.csv.is_file()
     joined = load_splits(config)
-    base = load_splits(load_config(ROOT / "configs" / "chexpert-densenet121.yaml",
-                                   [*(o for o in overrides if not o.startswith("data.sources=")), "data.val_fraction=0.2"]))
+    base = load_splits(
+        load_config(
+            ROOT / "configs" / "chexpert-densenet121.yaml",
+            [*(o for o in overrides if not o.startswith("data.sources=")), "data.val_fraction=0.2"],
+        )
+    )
     held = round(feedback * source.holdout_fraction)
     assert len(joined.train) == len(base.train) + feedback - held
     feedback_paths = [p for p in map(str, joined.train.paths) if p.startswith(out)]

@@ -14,7 +14,6 @@ import yaml
 from mlflow import MlflowClient
 
 from chexops.delivery import gitops
-
 from mlflow_fixtures import mlflow_server, synth_dataset, train_run, write_config
 from service_fixtures import API_KEY, start_service
 from support import ROOT, chexops, chexops_json
@@ -51,7 +50,9 @@ def own_home(model, name: str):
 @pytest.fixture(scope="module")
 def stable(served_model):
     """The stable service: a good model, track stable (also the load test's target)."""
-    svc = start_service(own_home(served_model, "stable"), "stable.log", CHEXOPS_ENVIRONMENT="test", CHEXOPS_TRACK="stable")
+    svc = start_service(
+        own_home(served_model, "stable"), "stable.log", CHEXOPS_ENVIRONMENT="test", CHEXOPS_TRACK="stable"
+    )
     yield svc
     svc.stop()
 
@@ -59,7 +60,9 @@ def stable(served_model):
 # --- the GitOps repository ---------------------------------------------------------------------------
 
 CONTRACT_BASE = {
-    "kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - deployment.yaml\n",
+    "kustomization.yaml": (
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - deployment.yaml\n"
+    ),
     "deployment.yaml": """apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -101,8 +104,11 @@ def write_contract_overlays(root: Path) -> None:
     for name, text in CONTRACT_BASE.items():
         (root / "k8s/chexops/base").mkdir(parents=True, exist_ok=True)
         (root / "k8s/chexops/base" / name).write_text(text)
-    for env, namespace, extra in (("staging", "staging", ""), ("production", "production", "replicas:\n  - name: chexops\n    count: 2\n"),
-                                  ("canary", "production", "nameSuffix: -canary\nreplicas:\n  - name: chexops\n    count: 0\n")):
+    for env, namespace, extra in (
+        ("staging", "staging", ""),
+        ("production", "production", "replicas:\n  - name: chexops\n    count: 2\n"),
+        ("canary", "production", "nameSuffix: -canary\nreplicas:\n  - name: chexops\n    count: 0\n"),
+    ):
         (root / OVERLAYS / env).mkdir(parents=True, exist_ok=True)
         (root / OVERLAYS / env / "kustomization.yaml").write_text(BOOTSTRAP_OVERLAY.format(namespace=namespace) + extra)
 
@@ -131,7 +137,9 @@ def gitops_repo(tmp_path) -> Path:
 def render(repo: Path, env: str) -> list[dict]:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed: the overlays cannot be rendered")
-    out = subprocess.run(["kubectl", "kustomize", str(repo / OVERLAYS / env)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(repo / OVERLAYS / env)], capture_output=True, text=True, check=True
+    ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -151,11 +159,17 @@ def comments(text: str) -> list[str]:
 
 
 def state(repo: Path, client: MlflowClient) -> tuple[str, str, dict]:
-    return git(repo, "rev-parse", "HEAD"), git(repo, "status", "--porcelain"), dict(client.get_registered_model(NAME).aliases)
+    return (
+        git(repo, "rev-parse", "HEAD"),
+        git(repo, "status", "--porcelain"),
+        dict(client.get_registered_model(NAME).aliases),
+    )
 
 
 def register_version(tmp_path_factory, home: Path, name: str, env: dict) -> str:
-    run = train_run(write_config(home / f"{name}.yaml", synth_dataset(tmp_path_factory), name=name, train={"epochs": 1}), **env).run_id
+    run = train_run(
+        write_config(home / f"{name}.yaml", synth_dataset(tmp_path_factory), name=name, train={"epochs": 1}), **env
+    ).run_id
     chexops_json("evaluate", "--run", run, "--bootstrap", "20", "--hard-cases", "2", **env)
     return chexops_json("register", "--run", run, *GATE, **env)["version"]
 
@@ -184,7 +198,9 @@ def test_promotion_staging_canary_production_and_rollback(tmp_path_factory, mlfl
     comments_before = comments((repo / OVERLAYS / "staging/kustomization.yaml").read_text())
     # Staging without gate evidence: refused, nothing touched.
     before = state(repo, client)
-    code, result, err = promote(repo, env, "--to", "staging", "--version", unjudged, "--image", f"{REGISTRY}:v3@{DIGEST_B}")
+    code, result, err = promote(
+        repo, env, "--to", "staging", "--version", unjudged, "--image", f"{REGISTRY}:v3@{DIGEST_B}"
+    )
     assert code == 3 and "quality-gate verdicts" in err and result["promoted"] is False
     assert state(repo, client) == before
     # Bad input: exit 2.
@@ -196,7 +212,11 @@ def test_promotion_staging_canary_production_and_rollback(tmp_path_factory, mlfl
     assert code == 0, err[-3000:]
     assert workload(repo, "staging")[::2] == (image_a, first)
     message = git(repo, "log", "-1", "--format=%B")
-    assert "gate min_mean_auroc" in message and "Chexops-Environment: staging" in message and "Chexops-Previous-Version: none" in message
+    assert (
+        "gate min_mean_auroc" in message
+        and "Chexops-Environment: staging" in message
+        and "Chexops-Previous-Version: none" in message
+    )
     assert git(repo, "rev-parse", "HEAD").strip() == git(repo, "rev-parse", "origin/main").strip() == result["commit"]
     text = (repo / OVERLAYS / "staging/kustomization.yaml").read_text()
     assert comments(text) == comments_before and comments_before  # the overlay's comments survive the edit
@@ -212,8 +232,23 @@ def test_promotion_staging_canary_production_and_rollback(tmp_path_factory, mlfl
     # The staging load test (Locust against the real service), recorded on the version.
     out = home / "loadtest-pass"
     # (p95 limit raised from the default 1 s: this shared 2-core test machine is slow and busy)
-    code, stdout, err = chexops("loadtest", "--host", stable.url, "--users", "2", "--duration", "10s", "--max-p95-ms", "8000",
-                                "--out", str(out), "--record", f"models:/{NAME}/{first}", "--json", **env)
+    code, stdout, err = chexops(
+        "loadtest",
+        "--host",
+        stable.url,
+        "--users",
+        "2",
+        "--duration",
+        "10s",
+        "--max-p95-ms",
+        "8000",
+        "--out",
+        str(out),
+        "--record",
+        f"models:/{NAME}/{first}",
+        "--json",
+        **env,
+    )
     assert code == 0, err[-3000:]
     passed = json.loads(stdout)
     assert passed["passed"] and passed["requests"] > 0 and passed["failures"] == 0 and passed["p95_ms"] <= 8000
@@ -234,16 +269,39 @@ def test_promotion_staging_canary_production_and_rollback(tmp_path_factory, mlfl
 
     # Production without a Successful analysis: refused.
     before = state(repo, client)
-    code, _, err = promote(repo, env, "--to", "production", "--version", first, "--analysis-run", "chexops-canary-x",
-                           "--analysis-phase", "Failed")
+    code, _, err = promote(
+        repo,
+        env,
+        "--to",
+        "production",
+        "--version",
+        first,
+        "--analysis-run",
+        "chexops-canary-x",
+        "--analysis-phase",
+        "Failed",
+    )
     assert code == 3 and "not Successful" in err and state(repo, client) == before
 
     # Production: the canary slice retired in the same commit.
-    code, result, err = promote(repo, env, "--to", "production", "--version", first, "--analysis-run", "chexops-canary-x",
-                                "--analysis-phase", "Successful")
+    code, result, err = promote(
+        repo,
+        env,
+        "--to",
+        "production",
+        "--version",
+        first,
+        "--analysis-run",
+        "chexops-canary-x",
+        "--analysis-phase",
+        "Successful",
+    )
     assert code == 0, err[-3000:]
     assert workload(repo, "production") == (image_a, stable_count, first) and workload(repo, "canary")[1] == 0
-    assert sorted(result["files"]) == [f"{OVERLAYS}/canary/kustomization.yaml", f"{OVERLAYS}/production/kustomization.yaml"]
+    assert sorted(result["files"]) == [
+        f"{OVERLAYS}/canary/kustomization.yaml",
+        f"{OVERLAYS}/production/kustomization.yaml",
+    ]
     assert "canary analysis chexops-canary-x: Successful" in git(repo, "log", "-1", "--format=%B")
     aliases = client.get_registered_model(NAME).aliases
     assert aliases["production"] == first and "canary" not in aliases
@@ -251,8 +309,23 @@ def test_promotion_staging_canary_production_and_rollback(tmp_path_factory, mlfl
     # Version 2 reaches staging; its load test fails (impossible p95): exit 3, recorded, canary refused.
     assert promote(repo, env, "--to", "staging", "--version", second, "--image", image_b)[0] == 0
     assert workload(repo, "staging")[0] == image_b
-    code, stdout, err = chexops("loadtest", "--host", stable.url, "--users", "2", "--duration", "5s", "--max-p95-ms", "1",
-                                "--out", str(home / "loadtest-fail"), "--record", f"models:/{NAME}/{second}", "--json", **env)
+    code, stdout, err = chexops(
+        "loadtest",
+        "--host",
+        stable.url,
+        "--users",
+        "2",
+        "--duration",
+        "5s",
+        "--max-p95-ms",
+        "1",
+        "--out",
+        str(home / "loadtest-fail"),
+        "--record",
+        f"models:/{NAME}/{second}",
+        "--json",
+        **env,
+    )
     assert code == 3 and "the load test failed" in err and "max_p95_ms" in err
     assert json.loads(stdout)["passed"] is False
     code, _, err = promote(repo, env, "--to", "canary", "--version", second)
@@ -261,7 +334,9 @@ def test_promotion_staging_canary_production_and_rollback(tmp_path_factory, mlfl
     # Rollback staging: version 1 again, in git and in the alias.
     code, result, err = promote(repo, env, "--rollback", "staging")
     assert code == 0, err[-3000:]
-    assert workload(repo, "staging")[0] == image_a and client.get_model_version_by_alias(NAME, "staging").version == first
+    assert (
+        workload(repo, "staging")[0] == image_a and client.get_model_version_by_alias(NAME, "staging").version == first
+    )
     assert "Chexops-Rollback-Of:" in git(repo, "log", "-1", "--format=%B")
     # Rollback production: the bootstrap render again, the alias gone, the canary stays retired.
     assert promote(repo, env, "--rollback", "production")[0] == 0
@@ -296,8 +371,12 @@ def canaries(served_model, stable):
     model = add_model(served_model.home, CANARY_VERSION)
     common = {"CHEXOPS_ENVIRONMENT": "test", "CHEXOPS_TRACK": "canary"}
     # Started from this (the main) thread: a server dies with the thread that started it (PR_SET_PDEATHSIG).
-    services = {"good": start_service(own_home(model, "good"), "canary-good.log", **common),
-                "faulty": start_service(own_home(model, "faulty"), "canary-faulty.log", CHEXOPS_FAULT_INJECTION=FAULTS, **common)}
+    services = {
+        "good": start_service(own_home(model, "good"), "canary-good.log", **common),
+        "faulty": start_service(
+            own_home(model, "faulty"), "canary-faulty.log", CHEXOPS_FAULT_INJECTION=FAULTS, **common
+        ),
+    }
     yield services
     for svc in services.values():
         svc.stop()
@@ -314,19 +393,42 @@ def prometheus(tmp_path_factory, stable, canaries):
         pytest.skip("prometheus (Debian package) is not installed: run tests/install-tools.sh")
     base = tmp_path_factory.mktemp("prometheus")
     host = lambda svc: svc.url.removeprefix("http://")  # noqa: E731
-    jobs = [{"job_name": f"chexops-{name}", "metrics_path": "/metrics",
-             "static_configs": [{"targets": [host(stable)], "labels": {"namespace": f"prod-{name}", "pod": "chexops-stable"}},
-                                {"targets": [host(canaries[name])], "labels": {"namespace": f"prod-{name}", "pod": f"chexops-canary-{name}"}}]}
-            for name in ("good", "faulty")]
-    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-              "rule_files": [str(p) for p in sorted(RULES.glob("*.yaml")) if not p.name.endswith(".test.yaml")],
-              "scrape_configs": jobs}
+    jobs = [
+        {
+            "job_name": f"chexops-{name}",
+            "metrics_path": "/metrics",
+            "static_configs": [
+                {"targets": [host(stable)], "labels": {"namespace": f"prod-{name}", "pod": "chexops-stable"}},
+                {
+                    "targets": [host(canaries[name])],
+                    "labels": {"namespace": f"prod-{name}", "pod": f"chexops-canary-{name}"},
+                },
+            ],
+        }
+        for name in ("good", "faulty")
+    ]
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+        "rule_files": [str(p) for p in sorted(RULES.glob("*.yaml")) if not p.name.endswith(".test.yaml")],
+        "scrape_configs": jobs,
+    }
     (base / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
-    argv = [binary, f"--config.file={base / 'prometheus.yml'}", f"--storage.tsdb.path={base / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle"]
-    with ServerProcess(argv, base / "prometheus.log", url=f"http://127.0.0.1:{port}", ready_path="/-/ready", timeout=60,
-                       name="prometheus") as server:
+    argv = [
+        binary,
+        f"--config.file={base / 'prometheus.yml'}",
+        f"--storage.tsdb.path={base / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--web.enable-lifecycle",
+    ]
+    with ServerProcess(
+        argv,
+        base / "prometheus.log",
+        url=f"http://127.0.0.1:{port}",
+        ready_path="/-/ready",
+        timeout=60,
+        name="prometheus",
+    ) as server:
         yield server.url
 
 
@@ -337,7 +439,6 @@ def traffic(tmp_path_factory, stable, canaries, prometheus):
     import time
 
     import httpx
-
     from PIL import Image
 
     out = tmp_path_factory.mktemp("traffic")
@@ -345,15 +446,42 @@ def traffic(tmp_path_factory, stable, canaries, prometheus):
     for i in range(3):
         Image.effect_noise((256, 256), 40 + 10 * i).save(out / "images" / f"noise{i}.png")
     targets = {"stable": stable, **canaries}
-    procs = {name: subprocess.Popen([sys.executable, "-m", "chexops", "loadtest", "--host", svc.url, "--users", "2", "--duration", "20s",
-                                     "--max-p95-ms", "60000", "--max-error-ratio", "1", "--images", str(out / "images"), "--out", str(out / name),
-                                     "--json"],
-                                    cwd=ROOT, env={**svc.env, "CHEXOPS_API_KEY": API_KEY}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True)
-             for name, svc in targets.items()}
+    procs = {
+        name: subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "chexops",
+                "loadtest",
+                "--host",
+                svc.url,
+                "--users",
+                "2",
+                "--duration",
+                "20s",
+                "--max-p95-ms",
+                "60000",
+                "--max-error-ratio",
+                "1",
+                "--images",
+                str(out / "images"),
+                "--out",
+                str(out / name),
+                "--json",
+            ],
+            cwd=ROOT,
+            env={**svc.env, "CHEXOPS_API_KEY": API_KEY},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, svc in targets.items()
+    }
     for svc in targets.values():
         for _ in range(1):
-            httpx.post(f"{svc.url}/predict", files={"image": ("x.png", b"not an image")}, headers=svc.headers, timeout=30)
+            httpx.post(
+                f"{svc.url}/predict", files={"image": ("x.png", b"not an image")}, headers=svc.headers, timeout=30
+            )
     results = {}
     for name, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=180)
@@ -361,7 +489,9 @@ def traffic(tmp_path_factory, stable, canaries, prometheus):
         results[name] = json.loads(stdout)
     time.sleep(3)  # two more scrapes and rule evaluations
     targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=30).json()["data"]["activeTargets"]
-    assert len(targets) == 4 and all(t["health"] == "up" for t in targets), [(t["scrapeUrl"], t["health"], t["lastError"]) for t in targets]
+    assert len(targets) == 4 and all(t["health"] == "up" for t in targets), [
+        (t["scrapeUrl"], t["health"], t["lastError"]) for t in targets
+    ]
     return results
 
 

@@ -29,7 +29,10 @@ def test_demo_writes_summary_with_training_metrics(tmp_path, home):
     # the steps are the training WorkflowTemplate's tasks, run from workflows/training.yaml
     nodes = {n["name"]: n for n in summary["pipeline"]["nodes"]}
     assert summary["pipeline"]["file"] == "workflows/training.yaml" and summary["pipeline"]["phase"] == "Succeeded"
-    assert all(nodes[t]["phase"] == "Succeeded" for t in ("main.train", "main.evaluate", "main.gate.register", "main.export", "main.bento"))
+    assert all(
+        nodes[t]["phase"] == "Succeeded"
+        for t in ("main.train", "main.evaluate", "main.gate.register", "main.export", "main.bento")
+    )
     assert nodes["main.image"]["phase"] == "Skipped" and nodes["main.gate.refused"]["phase"] == "Omitted"
     assert nodes["main.train"]["command"][:2] == ["torchrun", "--standalone"]
     assert "▶ main.train: torchrun" in result.stderr and "main.gate.register" in result.stdout
@@ -43,11 +46,19 @@ def test_demo_writes_summary_with_training_metrics(tmp_path, home):
     assert evaluation["run_id"] == train["run_id"] and set(evaluation["thresholds"]) == set(train["labels"])
     # The gate judged held-out evidence: the test split (valid.csv), the same number training measured
     # there with the same weights, and named the evaluation it judged.
-    assert evaluation["split"] == "test" and evaluation["mean_auroc"] == pytest.approx(train["test"]["mean_auroc"], abs=1e-5)
+    assert evaluation["split"] == "test" and evaluation["mean_auroc"] == pytest.approx(
+        train["test"]["mean_auroc"], abs=1e-5
+    )
     assert summary["registry"]["evaluation_id"] == evaluation["evaluation_id"]
     verdicts = {g["criterion"]: g for g in summary["registry"]["gate"]}
-    assert verdicts["held_out"]["passed"] and verdicts["min_mean_auroc"]["value"] == pytest.approx(evaluation["mean_auroc_ci"][0], abs=1e-6)
-    assert (summary["registry"]["model"], summary["registry"]["version"], summary["registry"]["alias"]) == ("chexops-cxr", "1", "candidate")
+    assert verdicts["held_out"]["passed"] and verdicts["min_mean_auroc"]["value"] == pytest.approx(
+        evaluation["mean_auroc_ci"][0], abs=1e-6
+    )
+    assert (summary["registry"]["model"], summary["registry"]["version"], summary["registry"]["alias"]) == (
+        "chexops-cxr",
+        "1",
+        "candidate",
+    )
     export = summary["export"]
     assert Path(export["fp32"]).is_file() and Path(export["int8"]).is_file()
     assert export["passed"] and export["evaluated"] and export["thresholds"] == summary["evaluate"]["thresholds"]
@@ -55,7 +66,9 @@ def test_demo_writes_summary_with_training_metrics(tmp_path, home):
     service = summary["service"]
     assert service["reference"] == "models:/chexops-cxr@candidate"  # served by registry reference
     assert (service["model"]["name"], service["model"]["version"]) == ("chexops-cxr", "1")
-    assert len(service["images"]) >= 3 and all(item["priority"] in ("urgent", "review", "routine") for item in service["images"])
+    assert len(service["images"]) >= 3 and all(
+        item["priority"] in ("urgent", "review", "routine") for item in service["images"]
+    )
     assert "clinic endpoint" in result.stdout and service["images"][0]["file"] in result.stdout
 
     again = run_cli("demo", "--config", str(tmp_path / "demo.yaml"), "--json")

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from clinic_fixtures import DRIFT_WINDOW as WINDOW
-from service_fixtures import API_KEY, ROOT
 from chexops.imaging.drift import ALERT_PSI
 from chexops.loop.simulate import SimulateConfig, SimulateSummary, simulate
+from clinic_fixtures import DRIFT_WINDOW as WINDOW
+from service_fixtures import API_KEY, ROOT
 
 RULES = ROOT / "k8s" / "monitoring" / "rules" / "drift.yaml"
 RULES_TEST = ROOT / "k8s" / "monitoring" / "rules" / "drift.test.yaml"
@@ -34,8 +34,11 @@ def _clinic_key(monkeypatch):
 
 def samples(url: str) -> dict[tuple[str, tuple], float]:
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def drift_score(url: str, component: str = "overall") -> float:
@@ -44,8 +47,18 @@ def drift_score(url: str, component: str = "overall") -> float:
 
 def send(url, data, out, shift: str) -> SimulateSummary:
     """WINDOW studies of the clinic (in this process: the command itself is tested in test_simulate.py)."""
-    cfg = SimulateConfig(url=url, csv=data / "valid.csv", root=data, out=out, pattern="steady", rate=60, duration=1,
-                         max_requests=WINDOW, shift=shift, concurrency=4)
+    cfg = SimulateConfig(
+        url=url,
+        csv=data / "valid.csv",
+        root=data,
+        out=out,
+        pattern="steady",
+        rate=60,
+        duration=1,
+        max_requests=WINDOW,
+        shift=shift,
+        concurrency=4,
+    )
     return simulate(cfg, "CLINIC_KEY").summary
 
 
@@ -58,9 +71,14 @@ def test_in_distribution_traffic_scores_low_and_inputs_are_described(drift_servi
     assert metrics[("chexops_drift_window_images", ())] == WINDOW
     assert drift_score(drift_service.url, "intensity") < 0.1, metrics
     assert drift_score(drift_service.url) < LOW, metrics
-    kinds = {labels: v - before.get((name, labels), 0) for (name, labels), v in metrics.items()
-             if name == "chexops_input_images_total"}
-    assert kinds == {(("format", "jpeg"), ("modality", "unknown"), ("view", "unknown")): WINDOW}  # synthetic JPEGs, no DICOM
+    kinds = {
+        labels: v - before.get((name, labels), 0)
+        for (name, labels), v in metrics.items()
+        if name == "chexops_input_images_total"
+    }
+    assert kinds == {
+        (("format", "jpeg"), ("modality", "unknown"), ("view", "unknown")): WINDOW
+    }  # synthetic JPEGs, no DICOM
     for series, per_image in (("chexops_input_intensity_mean_count", 1), ("chexops_input_pixels_sum", 48 * 48)):
         assert metrics[(series, ())] - before.get((series, ()), 0) == WINDOW * per_image
 
@@ -81,14 +99,20 @@ def test_alert_rule_is_valid_and_fires_on_sustained_drift():
         pytest.skip("promtool is not installed (tests/install-tools.sh installs the Debian prometheus package)")
     check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    test = subprocess.run([promtool, "test", "rules", str(RULES_TEST)], capture_output=True, text=True, cwd=RULES_TEST.parent)
+    test = subprocess.run(
+        [promtool, "test", "rules", str(RULES_TEST)], capture_output=True, text=True, cwd=RULES_TEST.parent
+    )
     assert test.returncode == 0, test.stdout + test.stderr
 
 
 def test_the_alert_fires_above_alert_psi():
     """ALERT_PSI is the one home of the significant-drift level: the alert rule (and its text) say the same."""
-    rule = next(r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]
-                if r.get("alert") == "ChexopsInputDrift")
+    rule = next(
+        r
+        for g in yaml.safe_load(RULES.read_text())["groups"]
+        for r in g["rules"]
+        if r.get("alert") == "ChexopsInputDrift"
+    )
     threshold = re.fullmatch(r'.*chexops_drift_score\{component="overall"\}\) > ([0-9.]+)', rule["expr"].strip())
     assert threshold is not None, rule["expr"]
     assert float(threshold.group(1)) == ALERT_PSI

@@ -13,22 +13,31 @@ import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
-
 from sklearn.metrics import roc_auc_score
 
+from chexops.core.labels import CHEXPERT_LABELS, META_COLUMNS
 from chexops.data.chexpert import check_images, image_paths, read_chexpert_csv
 from chexops.evaluation.metrics import bootstrap_auroc, choose_threshold, expected_calibration_error, label_metrics
 from chexops.evaluation.records import Evaluation, index
 from chexops.evaluation.report import format_result
 from chexops.evaluation.run import load_run
-from chexops.core.labels import CHEXPERT_LABELS, META_COLUMNS
 from chexops.imaging.preprocessing import PreprocessSpec, load_image, preprocess
 from chexops.train.checkpoint import parse_run_ref
 from mlflow_fixtures import synth_dataset, train_run, write_config
 from support import chexops, chexops_json
 
-SLICES = {"Sex=Female", "Sex=Male", "Age=<40", "Age=40-59", "Age=60-79", "Age=>=80", "AP/PA=AP", "AP/PA=PA",
-          "Frontal/Lateral=Frontal", "Frontal/Lateral=Lateral"}
+SLICES = {
+    "Sex=Female",
+    "Sex=Male",
+    "Age=<40",
+    "Age=40-59",
+    "Age=60-79",
+    "Age=>=80",
+    "AP/PA=AP",
+    "AP/PA=PA",
+    "Frontal/Lateral=Frontal",
+    "Frontal/Lateral=Lateral",
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +50,44 @@ def trained(tmp_path_factory):
     config = write_config(home / "tiny.yaml", synth)
     summary = train_run(config, **env)
     run = summary.run_id
-    sensitivity = chexops_json("evaluate", "--run", run, "--threshold-rule", "sensitivity", "--target-sensitivity", "0.9",
-                               "--bootstrap", "20", **env)
-    youden = chexops_json("evaluate", "--run", f"runs:/{run}/checkpoint/model.pt", "--bootstrap", "200", "--hard-cases", "12", **env)
-    return {"home": home, "env": env, "config": config, "synth": synth, "summary": summary, "run": run,
-            "youden": youden, "sensitivity": sensitivity, "client": MlflowClient(env["MLFLOW_TRACKING_URI"])}
+    sensitivity = chexops_json(
+        "evaluate",
+        "--run",
+        run,
+        "--threshold-rule",
+        "sensitivity",
+        "--target-sensitivity",
+        "0.9",
+        "--bootstrap",
+        "20",
+        **env,
+    )
+    youden = chexops_json(
+        "evaluate", "--run", f"runs:/{run}/checkpoint/model.pt", "--bootstrap", "200", "--hard-cases", "12", **env
+    )
+    return {
+        "home": home,
+        "env": env,
+        "config": config,
+        "synth": synth,
+        "summary": summary,
+        "run": run,
+        "youden": youden,
+        "sensitivity": sensitivity,
+        "client": MlflowClient(env["MLFLOW_TRACKING_URI"]),
+    }
 
 
 def _record(trained, result, tmp_path) -> Path:
     """The local copy of one evaluation record (`evaluation/<id>/`)."""
-    return Path(mlflow.artifacts.download_artifacts(run_id=trained["run"], artifact_path=f"evaluation/{result['evaluation_id']}",
-                                                    dst_path=str(tmp_path), tracking_uri=trained["env"]["MLFLOW_TRACKING_URI"]))
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=trained["run"],
+            artifact_path=f"evaluation/{result['evaluation_id']}",
+            dst_path=str(tmp_path),
+            tracking_uri=trained["env"]["MLFLOW_TRACKING_URI"],
+        )
+    )
 
 
 @pytest.mark.slow
@@ -66,8 +102,18 @@ def test_evaluation_is_logged_to_the_training_run(trained, tmp_path):
             assert f"eval_{name}.{label}" in metrics
     record = f"evaluation/{result['evaluation_id']}"
     names = {a.path for a in client.list_artifacts(run_id, record)}
-    assert {f"{record}/{n}" for n in ("metrics.json", "thresholds.json", "config.yaml", "roc.png", "reliability.png", "model_card.md",
-                                      "hard_cases")} <= names
+    assert {
+        f"{record}/{n}"
+        for n in (
+            "metrics.json",
+            "thresholds.json",
+            "config.yaml",
+            "roc.png",
+            "reliability.png",
+            "model_card.md",
+            "hard_cases",
+        )
+    } <= names
 
     local = _record(trained, result, tmp_path)
     thresholds = json.loads((local / "thresholds.json").read_text())
@@ -98,7 +144,10 @@ def test_a_second_evaluation_keeps_the_first(trained, tmp_path):
     assert [e["id"] for e in entries] == [sens["evaluation_id"], youden["evaluation_id"]]
     assert {e["rule"] for e in entries} == {"sensitivity", "youden"}
     assert entries[0]["config_sha256"] != entries[1]["config_sha256"]
-    assert entries[0]["split"] == entries[1]["split"] == "test" and entries[0]["split_version"] == entries[1]["split_version"]
+    assert (
+        entries[0]["split"] == entries[1]["split"] == "test"
+        and entries[0]["split_version"] == entries[1]["split_version"]
+    )
     assert entries[0]["data_version"] == youden["data_version"]
 
 
@@ -130,7 +179,10 @@ def test_metrics_agree_with_sklearn_on_the_models_own_predictions(trained, tmp_p
             assert result["per_label"][label]["auroc"] is None, label
     assert result["mean_auroc"] == pytest.approx(np.mean([expected[k] for k in result["mean_over"]]), abs=1e-5)
     # The interval comes from resampling patients (valid.csv: one study per patient, laterals too).
-    assert result["bootstrap_unit"] == "patient" and result["bootstrap_groups"] == frame["Path"].str.extract(r"(patient\d+)")[0].nunique()
+    assert (
+        result["bootstrap_unit"] == "patient"
+        and result["bootstrap_groups"] == frame["Path"].str.extract(r"(patient\d+)")[0].nunique()
+    )
     lo, hi = result["mean_auroc_ci"]
     assert lo < result["mean_auroc"] < hi
 
@@ -143,16 +195,25 @@ def test_the_feedback_hold_out_is_reported_next_to_the_test_split(trained, tmp_p
     metrics, the model card and the human summary."""
     data = Path(trained["synth"]) / "CheXpert-v1.0-small"
     frame = pd.read_csv(data / "valid.csv", dtype=str, keep_default_na=False)
-    frame.loc[len(frame) - round(len(frame) * 0.3):, "Edema"] = "0.0"  # one class in the hold-out: no AUROC exists
-    hold = frame.iloc[len(frame) - round(len(frame) * 0.3):]
+    frame.loc[len(frame) - round(len(frame) * 0.3) :, "Edema"] = "0.0"  # one class in the hold-out: no AUROC exists
+    hold = frame.iloc[len(frame) - round(len(frame) * 0.3) :]
     (tmp_path / "fb").mkdir()
     frame.to_csv(tmp_path / "fb" / "train.csv", index=False)
-    source = {"name": "fb", "csv": str(tmp_path / "fb" / "train.csv"), "root": str(trained["synth"]), "holdout_fraction": 0.3}
+    source = {
+        "name": "fb",
+        "csv": str(tmp_path / "fb" / "train.csv"),
+        "root": str(trained["synth"]),
+        "holdout_fraction": 0.3,
+    }
     config = write_config(tmp_path / "sources.yaml", Path(trained["synth"]), data={"sources": [source]})
-    result = chexops_json("evaluate", "--run", trained["run"], "--config", str(config), "--bootstrap", "50", **trained["env"])
+    result = chexops_json(
+        "evaluate", "--run", trained["run"], "--config", str(config), "--bootstrap", "50", **trained["env"]
+    )
     summary = format_result(Evaluation.model_validate(result))  # what `chexops evaluate` prints without --json
     assert "hold-out of source fb" in summary and "not measurable" in summary
-    assert result["split"] == "test" and result["mean_auroc"] == pytest.approx(trained["youden"]["mean_auroc"], abs=1e-6)
+    assert result["split"] == "test" and result["mean_auroc"] == pytest.approx(
+        trained["youden"]["mean_auroc"], abs=1e-6
+    )
     h = result["holdouts"]["fb"]
     assert h["n"] == len(hold) and h["not_measurable"] == ["Edema"] and "Edema" not in h["mean_over"]
 
@@ -171,7 +232,9 @@ def test_the_feedback_hold_out_is_reported_next_to_the_test_split(trained, tmp_p
         if label == "Edema":
             assert m["measurable"] is False and m["auroc"] is None and key not in metrics
         else:
-            assert m["measurable"] and m["auroc"] == pytest.approx(roc_auc_score(y[keep], probs[keep, j]), abs=1e-5), label
+            assert m["measurable"] and m["auroc"] == pytest.approx(roc_auc_score(y[keep], probs[keep, j]), abs=1e-5), (
+                label
+            )
             assert metrics[key] == pytest.approx(m["auroc"], abs=1e-6)
             lo, hi = m["auroc_ci"]
             assert lo <= m["auroc"] <= hi
@@ -214,8 +277,14 @@ def test_slices_cover_sex_age_projection_and_view(trained):
 def test_hard_cases_are_a_chexpert_dataset_of_wrong_answers(trained, tmp_path):
     result = trained["youden"]
     assert result["hard_cases"]["count"] == 12
-    local = Path(mlflow.artifacts.download_artifacts(run_id=trained["run"], artifact_path=result["hard_cases"]["artifact_path"],
-                                                     dst_path=str(tmp_path), tracking_uri=trained["env"]["MLFLOW_TRACKING_URI"]))
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=trained["run"],
+            artifact_path=result["hard_cases"]["artifact_path"],
+            dst_path=str(tmp_path),
+            tracking_uri=trained["env"]["MLFLOW_TRACKING_URI"],
+        )
+    )
     table = read_chexpert_csv(local / "CheXpert-v1.0-small" / "valid.csv", list(CHEXPERT_LABELS))
     assert len(table) == 12 and list(table.frame.columns[:5]) == list(META_COLUMNS)
     paths = image_paths(table, local)
@@ -271,8 +340,13 @@ def test_config_with_other_labels_is_refused(trained, tmp_path):
 def test_empty_validation_set_is_refused(trained, tmp_path):
     rng = np.random.default_rng(0)
     archive = tmp_path / "empty-val.npz"
-    np.savez(archive, train_images=rng.integers(0, 255, (8, 28, 28), dtype=np.uint8), train_labels=np.zeros((8, 14)),
-             val_images=np.zeros((0, 28, 28), dtype=np.uint8), val_labels=np.zeros((0, 14)))
+    np.savez(
+        archive,
+        train_images=rng.integers(0, 255, (8, 28, 28), dtype=np.uint8),
+        train_labels=np.zeros((8, 14)),
+        val_images=np.zeros((0, 28, 28), dtype=np.uint8),
+        val_labels=np.zeros((0, 14)),
+    )
     config = write_config(tmp_path / "empty.yaml", trained["synth"], data={"kind": "npz", "npz": str(archive)})
     code, _, err = chexops("evaluate", "--run", trained["run"], "--config", str(config), **trained["env"])
     assert code == 2 and "val split is empty" in err and "Traceback" not in err
@@ -288,17 +362,29 @@ def test_empty_validation_set_is_refused(trained, tmp_path):
 def test_bad_flags_are_usage_errors(trained):
     code, _, err = chexops("evaluate", "--run", trained["run"], "--threshold-rule", "f1", **trained["env"])
     assert code == 2 and "f1" in err
-    code, _, err = chexops("evaluate", "--run", trained["run"], "--threshold-rule", "sensitivity", "--target-sensitivity", "1.5", **trained["env"])
+    code, _, err = chexops(
+        "evaluate",
+        "--run",
+        trained["run"],
+        "--threshold-rule",
+        "sensitivity",
+        "--target-sensitivity",
+        "1.5",
+        **trained["env"],
+    )
     assert code == 2 and "target-sensitivity" in err
 
 
 # Pure functions: no model needed.
 
+
 def test_threshold_rules_on_a_known_example():
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     p = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
     assert choose_threshold(y, p, "youden") == pytest.approx(0.7)  # sens 0.75, spec 1.0
-    assert choose_threshold(y, p, "sensitivity", 1.0) == pytest.approx(0.4)  # the highest threshold catching every positive
+    assert choose_threshold(y, p, "sensitivity", 1.0) == pytest.approx(
+        0.4
+    )  # the highest threshold catching every positive
     assert math.isnan(choose_threshold(np.zeros(5), np.linspace(0, 1, 5), "youden"))
 
 
@@ -358,8 +444,10 @@ def test_bootstrap_resamples_patients_not_images():
     assert width_patient > 2 * width_image, (by_patient, by_image)
     # With one image per patient, patients and images are the same unit: the same interval.
     single = np.arange(len(y))
-    assert bootstrap_auroc(p, y, mask, ["Edema"], ["Edema"], 100, seed=3, groups=single)[1] == \
-        bootstrap_auroc(p, y, mask, ["Edema"], ["Edema"], 100, seed=3)[1]
+    assert (
+        bootstrap_auroc(p, y, mask, ["Edema"], ["Edema"], 100, seed=3, groups=single)[1]
+        == bootstrap_auroc(p, y, mask, ["Edema"], ["Edema"], 100, seed=3)[1]
+    )
 
 
 @pytest.mark.slow
@@ -368,14 +456,18 @@ def test_a_test_split_carved_by_patient_is_held_out_and_versioned(tmp_path_facto
     no patient on two sides, the carve recorded in the fingerprint and the data version, and the
     test split the same whatever the training seed (so models trained with other seeds compare)."""
     from chexops.config import load_config
-    from chexops.data.loading import load_splits
     from chexops.core.errors import ConfigError
+    from chexops.data.loading import load_splits
 
     synth = synth_dataset(tmp_path_factory)
     carved = write_config(tmp_path / "carved.yaml", synth, data={"test_csv": None, "test_fraction": 0.2})
     splits = load_splits(load_config(carved))
     patients = {s.name: set(s.frame["patient"]) for s in (splits.train, splits.val, splits.test)}
-    assert patients["test"] and not patients["test"] & (patients["train"] | patients["val"]) and not patients["train"] & patients["val"]
+    assert (
+        patients["test"]
+        and not patients["test"] & (patients["train"] | patients["val"])
+        and not patients["train"] & patients["val"]
+    )
     assert len(patients["test"]) == round(0.2 * sum(map(len, patients.values())))
     fingerprint = splits.fingerprint
     assert "fraction 0.2" in fingerprint["test_source"] and fingerprint["rows"]["test"] == len(splits.test)
@@ -384,6 +476,9 @@ def test_a_test_split_carved_by_patient_is_held_out_and_versioned(tmp_path_facto
     assert other_seed.fingerprint["split_versions"]["test"] == fingerprint["split_versions"]["test"]
     assert other_seed.fingerprint["split_versions"]["val"] != fingerprint["split_versions"]["val"]
     wider = load_splits(load_config(carved, ["data.test_fraction=0.3"])).fingerprint
-    assert wider["data_version"] != fingerprint["data_version"] and wider["split_versions"]["test"] != fingerprint["split_versions"]["test"]
+    assert (
+        wider["data_version"] != fingerprint["data_version"]
+        and wider["split_versions"]["test"] != fingerprint["split_versions"]["test"]
+    )
     with pytest.raises(ConfigError, match="test_fraction"):
         load_config(write_config(tmp_path / "both.yaml", synth, data={"test_fraction": 0.2}))

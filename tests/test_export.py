@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from chexops.core.files import sha256_file
+from chexops.core.processes import ServerProcess, free_port
 from chexops.train.checkpoint import load_checkpoint
 from mlflow_fixtures import synth_dataset, train_run, write_config
-from support import ROOT, child_env, chexops, chexops_json, run_cli
-from chexops.core.processes import ServerProcess, free_port
+from support import ROOT, chexops, chexops_json, child_env, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -45,30 +45,43 @@ def state(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("export-home")
     env = {"CHEXOPS_HOME": str(home), "MLFLOW_TRACKING_URI": None}
-    config = write_config(home / "tiny.yaml", synth_dataset(tmp_path_factory), name="tiny-export",
-                          tracking={"experiment": "export-tests"})
+    config = write_config(
+        home / "tiny.yaml", synth_dataset(tmp_path_factory), name="tiny-export", tracking={"experiment": "export-tests"}
+    )
     trained = train_run(config, **env)
     run_id = trained.run_id
     evaluated = chexops_json("evaluate", "--run", run_id, "--bootstrap", "20", "--hard-cases", "2", **env)
     registered = chexops_json("register", "--run", run_id, *GATE, **env)
     assert registered["passed"] and registered["version"] == "1" and registered["alias"] == "candidate"
 
-    result = run_cli("export", "--model", f"models:/{MODEL}@candidate", "--calibration", "64", "--runs", "10", "--json",
-                     home=home)
+    result = run_cli(
+        "export", "--model", f"models:/{MODEL}@candidate", "--calibration", "64", "--runs", "10", "--json", home=home
+    )
     summary = ok_json(result)
     uri = f"sqlite:///{home / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     payload = load_checkpoint(Path(client.download_artifacts(run_id, "checkpoint/model.pt", str(home))))
-    return {"home": home, "client": client, "run_id": run_id, "version": "1", "summary": summary, "env": env,
-            "stderr": result.stderr, "payload": payload, "thresholds": evaluated["thresholds"], "evaluated": evaluated,
-            "rule": evaluated["rule"], "trained": trained}
+    return {
+        "home": home,
+        "client": client,
+        "run_id": run_id,
+        "version": "1",
+        "summary": summary,
+        "env": env,
+        "stderr": result.stderr,
+        "payload": payload,
+        "thresholds": evaluated["thresholds"],
+        "evaluated": evaluated,
+        "rule": evaluated["rule"],
+        "trained": trained,
+    }
 
 
 def validation_images(payload: dict, limit: int | None = None) -> np.ndarray:
     from chexops.config import Config
     from chexops.data.loading import load_splits
-    from chexops.imaging.preprocessing import PreprocessSpec
     from chexops.export.quantize import split_inputs
+    from chexops.imaging.preprocessing import PreprocessSpec
 
     splits = load_splits(Config.model_validate(payload["config"]))
     return split_inputs(splits.val, PreprocessSpec.from_dict(payload["preprocessing"]), limit=limit)
@@ -76,10 +89,14 @@ def validation_images(payload: dict, limit: int | None = None) -> np.ndarray:
 
 def torch_model(payload: dict):
     from chexops.config import ModelConfig
-    from chexops.train.models import build_model
     from chexops.imaging.preprocessing import PreprocessSpec
+    from chexops.train.models import build_model
 
-    model = build_model(ModelConfig(**payload["model_config"]), len(payload["labels"]), PreprocessSpec.from_dict(payload["preprocessing"]))
+    model = build_model(
+        ModelConfig(**payload["model_config"]),
+        len(payload["labels"]),
+        PreprocessSpec.from_dict(payload["preprocessing"]),
+    )
     model.load_state_dict(payload["model"])
     return model.eval()
 
@@ -94,20 +111,44 @@ def test_export_writes_one_onnx_file_each_and_reports(state):
     e = state["summary"]["export"]
     out = Path(e["dir"])
     assert out == state["home"] / "exports" / f"{MODEL}-v{state['version']}"
-    assert sorted(p.name for p in out.iterdir()) == ["model.dynamic-int8.onnx", "model.int8.onnx", "model.onnx", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model.dynamic-int8.onnx",
+        "model.int8.onnx",
+        "model.onnx",
+        "report.json",
+    ]
     for key in ("fp32", "int8", "dynamic_int8"):
         onnx.checker.check_model(e[key])
     assert Path(e["int8"]).stat().st_size < Path(e["fp32"]).stat().st_size
     assert e["passed"] is True and e["evaluated"] is True
     assert [(g["criterion"], g["passed"]) for g in e["gate"]] == [
-        ("parity_probabilities", True), ("parity_features", True), ("int8_mean_auroc_drop", True)]
+        ("parity_probabilities", True),
+        ("parity_features", True),
+        ("int8_mean_auroc_drop", True),
+    ]
     assert next(g for g in e["gate"] if g["criterion"] == "int8_mean_auroc_drop")["limit"] == 0.005
-    for key in ("int8_auroc_delta", "int8_latency_ratio", "dynamic_int8_auroc_delta", "dynamic_int8_latency_ratio", "fp32_latency_ms"):
+    for key in (
+        "int8_auroc_delta",
+        "int8_latency_ratio",
+        "dynamic_int8_auroc_delta",
+        "dynamic_int8_latency_ratio",
+        "fp32_latency_ms",
+    ):
         assert isinstance(e[key], float) and np.isfinite(e[key]), key
     assert abs(e["int8_auroc_delta"]) < 0.05  # calibrated on real training images, int8 barely moves AUROC
-    assert e["calibration_images"] == 64 and e["latency"] == {"batch": 1, "intra_op_threads": 2, "runs": 10, "statistic": "median"}
-    assert e["model"] == {"uri": f"models:/{MODEL}@candidate", "name": MODEL, "version": state["version"], "alias": "candidate",
-                          "run_id": state["run_id"]}
+    assert e["calibration_images"] == 64 and e["latency"] == {
+        "batch": 1,
+        "intra_op_threads": 2,
+        "runs": 10,
+        "statistic": "median",
+    }
+    assert e["model"] == {
+        "uri": f"models:/{MODEL}@candidate",
+        "name": MODEL,
+        "version": state["version"],
+        "alias": "candidate",
+        "run_id": state["run_id"],
+    }
     assert json.loads((out / "report.json").read_text())["int8"] == e["int8"]
 
 
@@ -135,7 +176,10 @@ def test_metadata_is_the_checkpoints(state):
         assert json.loads(meta["labels"]) == payload["labels"]
         assert json.loads(meta["preprocessing"]) == payload["preprocessing"]
         if key == "int8":  # its own thresholds, chosen by the same rule (test_int8_thresholds_... checks how)
-            assert json.loads(meta["thresholds"]) == e["int8_thresholds"] and meta["thresholds_rule"] == e["int8_thresholds_rule"]
+            assert (
+                json.loads(meta["thresholds"]) == e["int8_thresholds"]
+                and meta["thresholds_rule"] == e["int8_thresholds_rule"]
+            )
         else:  # exactly what `chexops evaluate` chose and the gate approved
             assert json.loads(meta["thresholds"]) == state["thresholds"] and meta["thresholds_rule"] == state["rule"]
         assert meta["evaluated"] == "true"
@@ -143,7 +187,9 @@ def test_metadata_is_the_checkpoints(state):
         assert meta["run_id"] == state["run_id"] == payload["run_id"]
         assert meta["data_version"] == payload["data_version"] == state["trained"].data_version
         assert meta["precision"] == precision
-        reference = json.loads(meta["drift_reference"])  # chexops.imaging.drift: what a service's drift score compares with
+        reference = json.loads(
+            meta["drift_reference"]
+        )  # chexops.imaging.drift: what a service's drift score compares with
         assert reference["images"] == e["calibration_images"] and len(reference["intensity"]["shares"]) > 5
         head = json.loads(meta["head"])
         assert np.array_equal(np.asarray(head["weight"], dtype=np.float32), payload["model"]["head.weight"].numpy())
@@ -232,9 +278,11 @@ def test_files_and_report_are_logged_to_the_run_and_version(state):
 
 
 def bento_model(home: Path, tag: str) -> dict:
-    code = ("import bentoml, json, sys, os; m = bentoml.models.get(sys.argv[1]); "
-            "print(json.dumps({'tag': str(m.tag), 'labels': m.info.labels, 'metadata': m.info.metadata, 'path': m.path, "
-            "'files': sorted(os.listdir(m.path))}, default=str))")
+    code = (
+        "import bentoml, json, sys, os; m = bentoml.models.get(sys.argv[1]); "
+        "print(json.dumps({'tag': str(m.tag), 'labels': m.info.labels, 'metadata': m.info.metadata, 'path': m.path, "
+        "'files': sorted(os.listdir(m.path))}, default=str))"
+    )
     env = {**os.environ, "BENTOML_HOME": str(home / "bentoml")}
     result = subprocess.run([sys.executable, "-c", code, tag], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -249,8 +297,13 @@ def test_bento_model_in_the_store_with_the_registry_version(state):
     assert model["labels"]["model_name"] == MODEL and model["labels"]["run_id"] == state["run_id"]
     assert model["labels"]["evaluated"] == "true"
     e = state["summary"]["export"]
-    assert model["metadata"]["sha256"] == {"model.onnx": sha256_file(e["fp32"]), "model.int8.onnx": sha256_file(e["int8"])}
-    assert model["metadata"]["sha256"] == {f: sha256_file(Path(model["path"]) / f) for f in ("model.onnx", "model.int8.onnx")}
+    assert model["metadata"]["sha256"] == {
+        "model.onnx": sha256_file(e["fp32"]),
+        "model.int8.onnx": sha256_file(e["int8"]),
+    }
+    assert model["metadata"]["sha256"] == {
+        f: sha256_file(Path(model["path"]) / f) for f in ("model.onnx", "model.int8.onnx")
+    }
     assert {"model.onnx", "model.int8.onnx", "metadata.json"} <= set(model["files"])
     assert model["metadata"]["labels"] == state["payload"]["labels"]
     assert model["metadata"]["thresholds"] == state["thresholds"]
@@ -263,14 +316,17 @@ def test_bento_import_from_a_registry_reference(state):
     assert result["bento_model"]["reused"] is True  # the same files: the stored model stays
 
 
-@pytest.mark.parametrize("reference, message", [
-    (f"models:/{MODEL}@nope", "alias 'nope'"),
-    ("models:/no-such-model@candidate", "no-such-model"),
-    (f"models:/{MODEL}/99", "version 99"),
-    ("runs:/0123456789abcdef0123456789abcdef", "no MLflow run"),
-    ("s3://bucket/model.onnx", "not a model reference"),
-    ("EMPTY_RUN", "no checkpoint/model.pt"),
-])
+@pytest.mark.parametrize(
+    "reference, message",
+    [
+        (f"models:/{MODEL}@nope", "alias 'nope'"),
+        ("models:/no-such-model@candidate", "no-such-model"),
+        (f"models:/{MODEL}/99", "version 99"),
+        ("runs:/0123456789abcdef0123456789abcdef", "no MLflow run"),
+        ("s3://bucket/model.onnx", "not a model reference"),
+        ("EMPTY_RUN", "no checkpoint/model.pt"),
+    ],
+)
 def test_bad_references_exit_2_without_traceback(state, reference, message, monkeypatch, capsys):
     """In-process through the CLI's own entry point (the subprocess path is the test below)."""
     from chexops.cli import main
@@ -291,7 +347,9 @@ def test_bad_reference_from_the_command_line(state):
     result = run_cli("export", "--model", f"models:/{MODEL}@nope", "--json", home=state["home"])
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and result.stdout == ""
-    assert f"chexops: error: models:/{MODEL}@nope: the registry has no model '{MODEL}' with alias 'nope'" in result.stderr
+    assert (
+        f"chexops: error: models:/{MODEL}@nope: the registry has no model '{MODEL}' with alias 'nope'" in result.stderr
+    )
 
 
 def test_bento_import_before_export_is_refused(state):
@@ -314,9 +372,11 @@ def test_thresholds_default_to_one_half_with_a_warning(state, monkeypatch, caplo
 
 # --- only what the gate approved is exported as approved ------------------------------------------------
 
+
 def test_a_run_reference_needs_unevaluated(state):
-    code, out, err = chexops("export", "--model", f"runs:/{state['run_id']}", "--no-bento", "--json",
-                             CHEXOPS_HOME=str(state["home"]))
+    code, out, err = chexops(
+        "export", "--model", f"runs:/{state['run_id']}", "--no-bento", "--json", CHEXOPS_HOME=str(state["home"])
+    )
     assert code == 2 and out == "" and "Traceback" not in err
     assert "not a registry version that passed the gate" in err and "--unevaluated" in err
 
@@ -326,8 +386,9 @@ def test_a_version_without_gate_verdicts_needs_unevaluated(state):
     client = state["client"]
     version = client.create_model_version(MODEL, f"runs:/{state['run_id']}/checkpoint", run_id=state["run_id"])
     try:
-        code, out, err = chexops("export", "--model", f"models:/{MODEL}/{version.version}", "--no-bento",
-                                 CHEXOPS_HOME=str(state["home"]))
+        code, out, err = chexops(
+            "export", "--model", f"models:/{MODEL}/{version.version}", "--no-bento", CHEXOPS_HOME=str(state["home"])
+        )
         assert code == 2 and "carries no gate verdicts" in err and "--unevaluated" in err and "Traceback" not in err
     finally:
         client.delete_model_version(MODEL, version.version)
@@ -338,8 +399,20 @@ def test_unevaluated_export_says_so_everywhere(state, tmp_path):
     from chexops.serving.inference import OnnxModel
 
     client, run_id = state["client"], state["run_id"]
-    summary = ok_json(run_cli("export", "--model", f"runs:/{run_id}", "--unevaluated", "--calibration", "16",
-                              "--runs", "2", "--json", home=state["home"]))
+    summary = ok_json(
+        run_cli(
+            "export",
+            "--model",
+            f"runs:/{run_id}",
+            "--unevaluated",
+            "--calibration",
+            "16",
+            "--runs",
+            "2",
+            "--json",
+            home=state["home"],
+        )
+    )
     e = summary["export"]
     assert e["evaluated"] is False
     for key in ("fp32", "int8"):
@@ -353,7 +426,10 @@ def test_unevaluated_export_says_so_everywhere(state, tmp_path):
     tags = client.get_model_version(MODEL, state["version"]).tags
     assert tags["export.fp32_uri"] == f"runs:/{run_id}/export/model.onnx"
     assert tags["export.fp32_sha256"] == sha256_file(state["summary"]["export"]["fp32"])
-    assert client.get_run(run_id).data.tags["export_unevaluated.fp32_uri"] == f"runs:/{run_id}/export-unevaluated/model.onnx"
+    assert (
+        client.get_run(run_id).data.tags["export_unevaluated.fp32_uri"]
+        == f"runs:/{run_id}/export-unevaluated/model.onnx"
+    )
 
 
 def test_the_export_gate_refuses_with_exit_3(state, monkeypatch, tmp_path):
@@ -375,14 +451,27 @@ def test_the_export_gate_refuses_with_exit_3(state, monkeypatch, tmp_path):
     monkeypatch.setattr(quantize, "quantize_static_qdq", blank_calibration)
     tags_before = state["client"].get_model_version(MODEL, state["version"]).tags
     out = tmp_path / "refused"
-    code, stdout, err = chexops("export", "--model", f"models:/{MODEL}@candidate", "--out", str(out), "--calibration", "8",
-                                "--runs", "1", "--json", CHEXOPS_HOME=str(state["home"]))
+    code, stdout, err = chexops(
+        "export",
+        "--model",
+        f"models:/{MODEL}@candidate",
+        "--out",
+        str(out),
+        "--calibration",
+        "8",
+        "--runs",
+        "1",
+        "--json",
+        CHEXOPS_HOME=str(state["home"]),
+    )
     assert code == 3, err[-2000:]
     assert stdout == "" and "Traceback" not in err and "export gate refused" in err
     report = json.loads((out / "report.json").read_text())
     verdicts = {g["criterion"]: g for g in report["gate"]}
     assert verdicts["parity_probabilities"]["passed"] is True
-    assert verdicts["parity_features"]["passed"] is False and verdicts["parity_features"]["value"] == pytest.approx(0.5, abs=1e-4)
+    assert verdicts["parity_features"]["passed"] is False and verdicts["parity_features"]["value"] == pytest.approx(
+        0.5, abs=1e-4
+    )
     assert verdicts["int8_mean_auroc_drop"]["passed"] is False and verdicts["int8_mean_auroc_drop"]["value"] > 0.005
     assert "parity_features" in err and "int8_mean_auroc_drop" in err
     assert state["client"].get_model_version(MODEL, state["version"]).tags == tags_before
@@ -395,11 +484,16 @@ def test_export_gate_limits():
     assert all(v["passed"] for v in export_gate(fine, 3.0, -0.004))
     assert [v["passed"] for v in export_gate(fine, 3.0, -0.006)] == [True, True, False]
     assert [v["passed"] for v in export_gate(fine, 3.0, -0.001, max_int8_auroc_drop=0.0)] == [True, True, False]
-    assert [v["passed"] for v in export_gate({"probabilities": 2e-4, "features": 5e-4}, 2.0, 0.0)] == [False, False, True]
+    assert [v["passed"] for v in export_gate({"probabilities": 2e-4, "features": 5e-4}, 2.0, 0.0)] == [
+        False,
+        False,
+        True,
+    ]
     assert export_gate(fine, 1.0, float("nan"))[2]["passed"] is False  # an unmeasurable int8 AUROC is no pass
 
 
 # --- the Bento store: one version, one set of bytes ------------------------------------------------------
+
 
 def test_a_tampered_reimport_of_the_same_version_is_refused(state):
     """Other bytes for version 1 (its run's exported model.onnx edited in the artifact store) are
@@ -425,14 +519,16 @@ def test_a_tampered_reimport_of_the_same_version_is_refused(state):
 
 # --- serving: a registry reference, resolved to the exact Bento model -------------------------------------
 
+
 def test_serve_resolves_the_candidate_to_its_bento_model(state, tmp_path):
     import httpx
 
     port, log_path = free_port(), tmp_path / "serve.log"
     env = child_env(state["home"], CHEXOPS_API_KEYS="test:export-test-key-0123456789")
     serve = [sys.executable, "-m", "chexops", "serve", "--port", str(port), "--model", f"models:/{MODEL}@candidate"]
-    with ServerProcess(serve, log_path, url=f"http://127.0.0.1:{port}", env=env, cwd=ROOT,
-                       name="chexops serve") as server:
+    with ServerProcess(
+        serve, log_path, url=f"http://127.0.0.1:{port}", env=env, cwd=ROOT, name="chexops serve"
+    ) as server:
         served = httpx.get(f"{server.url}/model", timeout=10).json()
     assert (served["name"], served["version"], served["run_id"]) == (MODEL, state["version"], state["run_id"])
     assert served["evaluated"] is True and served["thresholds"] == state["thresholds"]
@@ -447,14 +543,19 @@ def test_serve_with_nothing_registered_says_what_to_do(tmp_path):
     assert not (tmp_path / "empty-home" / "mlflow.db").exists()  # asking created no registry
 
 
-@pytest.mark.parametrize("model, message", [
-    (f"{MODEL}:latest", "never :latest"),
-    (f"models:/{MODEL}@production", "no model 'chexops-cxr' with alias 'production'"),
-    (f"{MODEL}:v9", f"no Bento model {MODEL}:v9"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (f"{MODEL}:latest", "never :latest"),
+        (f"models:/{MODEL}@production", "no model 'chexops-cxr' with alias 'production'"),
+        (f"{MODEL}:v9", f"no Bento model {MODEL}:v9"),
+    ],
+)
 def test_serve_refuses_what_is_not_an_exact_approved_model(state, model, message):
     result = run_cli("serve", "--port", str(free_port()), "--model", model, home=state["home"], timeout=120)
-    assert result.returncode == 2 and "Traceback" not in result.stderr and message in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 2 and "Traceback" not in result.stderr and message in result.stderr, result.stderr[
+        -2000:
+    ]
 
 
 def test_serve_refuses_a_bento_model_edited_in_place(state, tmp_path):
@@ -462,6 +563,16 @@ def test_serve_refuses_a_bento_model_edited_in_place(state, tmp_path):
     shutil.copytree(state["home"] / "bentoml", store, symlinks=True)
     edited = next(store.glob(f"models/{MODEL}/v1/model.int8.onnx"))
     edited.write_bytes(edited.read_bytes() + b"\0")
-    result = run_cli("serve", "--port", str(free_port()), "--model", f"models:/{MODEL}@candidate", home=state["home"],
-                     timeout=120, env={"BENTOML_HOME": str(store)})
-    assert result.returncode == 2 and "do not match the sha256 recorded at import" in result.stderr, result.stderr[-2000:]
+    result = run_cli(
+        "serve",
+        "--port",
+        str(free_port()),
+        "--model",
+        f"models:/{MODEL}@candidate",
+        home=state["home"],
+        timeout=120,
+        env={"BENTOML_HOME": str(store)},
+    )
+    assert result.returncode == 2 and "do not match the sha256 recorded at import" in result.stderr, result.stderr[
+        -2000:
+    ]

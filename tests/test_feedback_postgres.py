@@ -35,7 +35,8 @@ OLD_SCHEMA = (
         image_info TEXT NOT NULL, image_png {blob})""",
     """CREATE TABLE feedback (request_id TEXT PRIMARY KEY REFERENCES predictions(request_id), correct INTEGER NOT NULL,
         labels TEXT, note TEXT, created TEXT NOT NULL)""",
-    """INSERT INTO predictions VALUES ('old-1', '2026-01-01T00:00:00Z', 'north', 'chexops-cxr', '1', '[]', 'routine', '{{}}', NULL)""",
+    """INSERT INTO predictions VALUES ('old-1', '2026-01-01T00:00:00Z', 'north', 'chexops-cxr', '1', '[]', 'routine',
+    '{{}}', NULL)""",
     """INSERT INTO feedback VALUES ('old-1', 1, NULL, NULL, '2026-01-01T00:01:00Z')""",
 )
 
@@ -62,7 +63,9 @@ def postgres():
 
 def test_feedback_store_on_postgresql(postgres):
     store = FeedbackStore(postgres.url)
-    store.add_prediction("req-1", "clinic-a", "chexops-cxr", "3", FINDINGS, "urgent", {"format": "png", "width": 64, "height": 64})
+    store.add_prediction(
+        "req-1", "clinic-a", "chexops-cxr", "3", FINDINGS, "urgent", {"format": "png", "width": 64, "height": 64}
+    )
     store.set_image("req-1", b"\x89PNG fake bytes")
     with pytest.raises(WrongClinic):
         store.add_feedback("req-1", False, {"Edema": 0}, "no oedema", "clinic-b")
@@ -77,7 +80,9 @@ def test_feedback_store_on_postgresql(postgres):
     assert store.durability()["synchronous_commit"] == "on"
     store.close()
 
-    reopened = FeedbackStore(postgres.url)  # committed data survives a new pool (and opening an up-to-date schema is a no-op)
+    reopened = FeedbackStore(
+        postgres.url
+    )  # committed data survives a new pool (and opening an up-to-date schema is a no-op)
     assert reopened.schema_version() == SCHEMA_VERSION
     assert reopened.prediction("req-1")["has_image"] is True
     rows = [r for r in reopened.export_rows() if r["request_id"] == "req-1"]
@@ -95,8 +100,16 @@ def test_concurrent_duplicates_from_two_replicas_are_idempotent(postgres):
         store.add_prediction(request_id, "north", "chexops-cxr", "1", FINDINGS, "urgent", {})
     start = time.time() + 2.0  # both processes are up and connected by then
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    racers = [subprocess.Popen([sys.executable, "-c", RACER, postgres.url, str(start), json.dumps(ids)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, postgres.url, str(start), json.dumps(ids)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
     results = [racer.communicate(timeout=120) for racer in racers]
     assert all(r.returncode == 0 for r in racers), [err[-2000:] for _, err in results]
     a, b = (json.loads(out.strip().splitlines()[-1]) for out, _ in results)
@@ -156,18 +169,26 @@ def test_prediction_records_do_not_wait_for_the_disk_feedback_does(backend, post
     commit waits for it (an acknowledged feedback survives a crash of the machine)."""
     store = FeedbackStore(postgres.url if backend == "postgresql" else f"sqlite:///{tmp_path / 'feedback.db'}")
     statements: list[str] = []
-    sa.event.listen(store.engine, "before_cursor_execute", lambda conn, cursor, statement, *a: statements.append(statement))
+    sa.event.listen(
+        store.engine, "before_cursor_execute", lambda conn, cursor, statement, *a: statements.append(statement)
+    )
 
     def level() -> str:
         with store._begin() as conn:  # noqa: SLF001 - what a transaction of each kind runs with
-            full = conn.exec_driver_sql("SHOW synchronous_commit" if backend == "postgresql" else "PRAGMA synchronous").scalar()
+            full = conn.exec_driver_sql(
+                "SHOW synchronous_commit" if backend == "postgresql" else "PRAGMA synchronous"
+            ).scalar()
         with store._begin(durable=False) as conn:  # noqa: SLF001
-            relaxed = conn.exec_driver_sql("SHOW synchronous_commit" if backend == "postgresql" else "PRAGMA synchronous").scalar()
+            relaxed = conn.exec_driver_sql(
+                "SHOW synchronous_commit" if backend == "postgresql" else "PRAGMA synchronous"
+            ).scalar()
         return f"{full}/{relaxed}"
 
     assert level() == ("on/off" if backend == "postgresql" else "2/1")
     statements.clear()
-    store.add_prediction("req-d", "north", "chexops-cxr", "3", FINDINGS, "urgent", {"format": "png", "width": 64, "height": 64})
+    store.add_prediction(
+        "req-d", "north", "chexops-cxr", "3", FINDINGS, "urgent", {"format": "png", "width": 64, "height": 64}
+    )
     relaxed = "SET LOCAL synchronous_commit TO OFF" if backend == "postgresql" else "PRAGMA synchronous=NORMAL"
     insert = next(i for i, s in enumerate(statements) if s.lstrip().upper().startswith("INSERT INTO PREDICTIONS"))
     assert relaxed in statements[:insert], statements

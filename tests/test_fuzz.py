@@ -23,13 +23,28 @@ SECONDS = int(os.environ.get("CHEXOPS_FUZZ_SECONDS", "45"))
 def test_decode_survives_fuzzing(tmp_path):
     corpus = tmp_path / "corpus"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "training"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz_decode.py"), f"-max_total_time={SECONDS}",
-                             "-rss_limit_mb=3072", "-timeout=20", f"-artifact_prefix={tmp_path}/", "-print_final_stats=1",
-                             str(corpus)], capture_output=True, text=True, env=env, timeout=SECONDS + 240, cwd=ROOT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "fuzz_decode.py"),
+            f"-max_total_time={SECONDS}",
+            "-rss_limit_mb=3072",
+            "-timeout=20",
+            f"-artifact_prefix={tmp_path}/",
+            "-print_final_stats=1",
+            str(corpus),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=SECONDS + 240,
+        cwd=ROOT,
+    )
     found = sorted(p.name for p in tmp_path.glob("*-*") if p.name.split("-")[0] in ("crash", "timeout", "oom", "leak"))
     assert result.returncode == 0 and not found, (
         f"the fuzzer found a failing input ({found or 'exit ' + str(result.returncode)} in {tmp_path}): fix "
-        f"chexops.imaging.decode, and keep the input in tests/fuzz_corpus/ if it is small.\n{result.stderr[-4000:]}")
+        f"chexops.imaging.decode, and keep the input in tests/fuzz_corpus/ if it is small.\n{result.stderr[-4000:]}"
+    )
     runs = [line for line in result.stderr.splitlines() if line.startswith("stat::number_of_executed_units")]
     assert runs and int(runs[-1].split(":")[-1]) > 100, result.stderr[-2000:]  # it really ran
 

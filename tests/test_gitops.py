@@ -8,13 +8,15 @@ import math
 
 import pytest
 
+from chexops.core.errors import UserInputError
+from chexops.delivery import gitops
 from chexops.pipelines.argo_expr import UnsupportedExpression, evaluate_analysis
 from chexops.registry import evidence
-from chexops.delivery import gitops
-from chexops.core.errors import UserInputError
 
 
-@pytest.mark.parametrize(("stable", "weight", "canary"), [(2, 10, 1), (9, 10, 1), (18, 10, 2), (2, 50, 2), (4, 50, 4), (3, 25, 1)])
+@pytest.mark.parametrize(
+    ("stable", "weight", "canary"), [(2, 10, 1), (9, 10, 1), (18, 10, 2), (2, 50, 2), (4, 50, 4), (3, 25, 1)]
+)
 def test_canary_replicas_follow_the_contract(stable, weight, canary):
     assert gitops.canary_replicas(stable, weight) == canary == max(1, round(stable * weight / (100 - weight)))
 
@@ -50,9 +52,13 @@ def test_overlay_edit_keeps_comments_and_adds_missing_blocks(tmp_path):
 
 def test_gate_evidence_needs_passing_verdicts():
     assert not evidence.gate_evidence({}).ok
-    failed = evidence.gate_evidence({"gate": '[{"criterion": "min_mean_auroc", "value": 0.6, "limit": 0.8, "passed": false}]'})
+    failed = evidence.gate_evidence(
+        {"gate": '[{"criterion": "min_mean_auroc", "value": 0.6, "limit": 0.8, "passed": false}]'}
+    )
     assert not failed.ok and "min_mean_auroc" in failed.reasons[0]
-    assert evidence.gate_evidence({"gate": '[{"criterion": "min_mean_auroc", "value": 0.9, "limit": 0.8, "passed": true}]'}).ok
+    assert evidence.gate_evidence(
+        {"gate": '[{"criterion": "min_mean_auroc", "value": 0.9, "limit": 0.8, "passed": true}]'}
+    ).ok
 
 
 def test_argo_condition_subset():

@@ -29,15 +29,19 @@ def gradient(w: int = 64, h: int = 48) -> np.ndarray:
     return np.tile(np.linspace(0, 255, w, dtype=np.float32), (h, 1)).astype(np.uint8)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: encode(Image.fromarray(gradient()), "PNG"),
-    lambda: encode(Image.fromarray(gradient().astype(np.uint16) * 257), "PNG"),
-    lambda: encode(Image.fromarray(gradient()).convert("RGB"), "PNG"),
-    lambda: encode(Image.fromarray(gradient()).convert("RGBA"), "PNG"),
-    lambda: encode(Image.fromarray(gradient()).convert("P"), "PNG"),
-    lambda: encode(Image.fromarray(gradient()).convert("CMYK"), "JPEG", quality=95),
-    lambda: encode(Image.fromarray(gradient()).convert("RGB"), "JPEG", quality=95, progressive=True),
-], ids=["grey8", "grey16", "rgb", "rgba", "palette", "cmyk-jpeg", "progressive-jpeg"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: encode(Image.fromarray(gradient()), "PNG"),
+        lambda: encode(Image.fromarray(gradient().astype(np.uint16) * 257), "PNG"),
+        lambda: encode(Image.fromarray(gradient()).convert("RGB"), "PNG"),
+        lambda: encode(Image.fromarray(gradient()).convert("RGBA"), "PNG"),
+        lambda: encode(Image.fromarray(gradient()).convert("P"), "PNG"),
+        lambda: encode(Image.fromarray(gradient()).convert("CMYK"), "JPEG", quality=95),
+        lambda: encode(Image.fromarray(gradient()).convert("RGB"), "JPEG", quality=95, progressive=True),
+    ],
+    ids=["grey8", "grey16", "rgb", "rgba", "palette", "cmyk-jpeg", "progressive-jpeg"],
+)
 def test_valid_variants_decode_to_the_same_grey(make):
     decoded = decode(make())
     assert decoded.grey.shape == (48, 64) and decoded.grey.dtype == np.float32
@@ -59,17 +63,27 @@ def test_content_decides_the_type_not_the_name():
 def png_header_only(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     chunk = b"IHDR" + ihdr
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", 13)
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+        + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    )
 
 
-@pytest.mark.parametrize("data,status,words", [
-    (b"", 400, "empty"),
-    (b"%PDF-1.7 not an image" * 10, 415, "not a PNG, JPEG or DICOM"),
-    (encode(noise(), "PNG")[:3000], 400, "damaged or truncated"),
-    (encode(noise(), "JPEG")[:3000], 400, "damaged or truncated"),
-    (png_header_only(100_000, 100_000), 413, "over the limit"),
-    (png_header_only(4, 4), 422, "at least"),
-], ids=["empty", "non-image", "truncated-png", "truncated-jpeg", "bomb", "tiny"])
+@pytest.mark.parametrize(
+    "data,status,words",
+    [
+        (b"", 400, "empty"),
+        (b"%PDF-1.7 not an image" * 10, 415, "not a PNG, JPEG or DICOM"),
+        (encode(noise(), "PNG")[:3000], 400, "damaged or truncated"),
+        (encode(noise(), "JPEG")[:3000], 400, "damaged or truncated"),
+        (png_header_only(100_000, 100_000), 413, "over the limit"),
+        (png_header_only(4, 4), 422, "at least"),
+    ],
+    ids=["empty", "non-image", "truncated-png", "truncated-jpeg", "bomb", "tiny"],
+)
 def test_bad_uploads_are_clear_errors(data, status, words):
     with pytest.raises(ImageInputError) as err:
         decode(data)
@@ -82,7 +96,9 @@ def test_upload_size_limit():
     assert err.value.status == 413
 
 
-def synthetic_dicom(modality: str = "DX", pixels: bool = True, bits: int = 12, photometric: str = "MONOCHROME2") -> pydicom.Dataset:
+def synthetic_dicom(
+    modality: str = "DX", pixels: bool = True, bits: int = 12, photometric: str = "MONOCHROME2"
+) -> pydicom.Dataset:
     values = np.tile(np.linspace(0, 2**bits - 1, 64), (48, 1)) if pixels else None
     return dicom_dataset(values, modality, bits, photometric, rescale=(2, -100))
 
@@ -99,10 +115,14 @@ def test_dicom_rescale_window_and_monochrome1():
     assert grey[:, 0].max() == 0.0 and grey[:, -1].min() == 1.0 and 0.2 < grey.mean() < 0.8
 
 
-@pytest.mark.parametrize("ds,status,words", [
-    (synthetic_dicom(modality="CT"), 422, "modality is CT"),
-    (synthetic_dicom(pixels=False), 422, "no pixel data"),
-], ids=["modality", "no-pixels"])
+@pytest.mark.parametrize(
+    "ds,status,words",
+    [
+        (synthetic_dicom(modality="CT"), 422, "modality is CT"),
+        (synthetic_dicom(pixels=False), 422, "no pixel data"),
+    ],
+    ids=["modality", "no-pixels"],
+)
 def test_dicom_refusals(ds, status, words):
     with pytest.raises(ImageInputError) as err:
         decode(dicom_bytes(ds))
@@ -188,7 +208,9 @@ def j2k_siz(width: int, height: int) -> bytes:
 
 
 def jpeg_sof(width: int, height: int) -> bytes:
-    return b"\xff\xd8" + b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + bytes([1, 0x11, 0]) + b"\x00" * 200
+    return (
+        b"\xff\xd8" + b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + bytes([1, 0x11, 0]) + b"\x00" * 200
+    )
 
 
 def compressed_dicom(codestream: bytes, syntax: str, rows: int = 64, cols: int = 64) -> bytes:
@@ -203,12 +225,26 @@ def compressed_dicom(codestream: bytes, syntax: str, rows: int = 64, cols: int =
     return dicom_bytes(ds)
 
 
-@pytest.mark.parametrize("codestream,syntax,status,words", [
-    (j2k_siz(9000, 9000), "1.2.840.10008.1.2.4.90", 413, "codestream inside the DICOM declares the image is 9000×9000"),
-    (jpeg_sof(9000, 9000), "1.2.840.10008.1.2.4.50", 413, "codestream inside the DICOM declares the image is 9000×9000"),
-    (j2k_siz(128, 128), "1.2.840.10008.1.2.4.90", 422, "codestream is 128×128"),
-    (b"\x00" * 300, "1.2.840.10008.1.2.4.90", 422, "no JPEG or JPEG 2000 header"),
-], ids=["j2k-bomb", "jpeg-bomb", "j2k-mismatch", "no-header"])
+@pytest.mark.parametrize(
+    "codestream,syntax,status,words",
+    [
+        (
+            j2k_siz(9000, 9000),
+            "1.2.840.10008.1.2.4.90",
+            413,
+            "codestream inside the DICOM declares the image is 9000×9000",
+        ),
+        (
+            jpeg_sof(9000, 9000),
+            "1.2.840.10008.1.2.4.50",
+            413,
+            "codestream inside the DICOM declares the image is 9000×9000",
+        ),
+        (j2k_siz(128, 128), "1.2.840.10008.1.2.4.90", 422, "codestream is 128×128"),
+        (b"\x00" * 300, "1.2.840.10008.1.2.4.90", 422, "no JPEG or JPEG 2000 header"),
+    ],
+    ids=["j2k-bomb", "jpeg-bomb", "j2k-mismatch", "no-header"],
+)
 def test_compressed_dicom_is_sized_from_its_codestream_before_decoding(codestream, syntax, status, words):
     with pytest.raises(ImageInputError) as err:
         decode(compressed_dicom(codestream, syntax))

@@ -32,8 +32,12 @@ def module_graph(package: Path) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         tree = ast.parse(path.read_text())
-        skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
-                   for n in ast.walk(node)}
+        skipped = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+            for n in ast.walk(node)
+        }
         deps: set[str] = set()
         for node in ast.walk(tree):
             if id(node) in skipped:
@@ -98,7 +102,9 @@ def test_the_cycle_check_finds_a_cycle_through_a_function_level_import(tmp_path)
     (package / "a" / "__init__.py").write_text("")
     (package / "a" / "one.py").write_text("from chexops.a import two\n")
     (package / "a" / "two.py").write_text("def f():\n    from chexops.a.one import g\n")
-    (package / "a" / "three.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from chexops.a import one\n")
+    (package / "a" / "three.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from chexops.a import one\n"
+    )
     assert cycles(module_graph(package)) == [["chexops.a.one", "chexops.a.two"]]
 
 
@@ -106,12 +112,20 @@ def test_at_most_a_dozen_files_directly_in_the_package_and_every_folder_says_wha
     assert len([p for p in PACKAGE.iterdir() if p.is_file()]) <= 12
     for init in PACKAGE.glob("*/__init__.py"):
         doc = ast.get_docstring(ast.parse(init.read_text()))
-        assert doc and "import" in doc.lower(), f"{init.relative_to(ROOT)}: the docstring says what lives there and what it may import"
+        assert doc and "import" in doc.lower(), (
+            f"{init.relative_to(ROOT)}: the docstring says what lives there and what it may import"
+        )
 
 
 def lint_imports(cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], capture_output=True, text=True, cwd=cwd, timeout=300,
-                          env={"PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(cwd / "training")})
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env={"PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(cwd / "training")},
+    )
 
 
 def test_the_layer_contracts_hold():
@@ -133,10 +147,18 @@ def test_the_layer_contracts_catch_torch_in_the_service_and_an_upward_import(tmp
 
 
 def test_the_service_module_imports_without_torch_or_mlflow(served_model):
-    code = ("import json, sys; sys.path.insert(0, '.'); import bentos.service as service; "
-            "print(json.dumps({'service': service.Chexops.name, 'torch': 'torch' in sys.modules, "
-            "'mlflow': 'mlflow' in sys.modules}))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=180,
-                            env=child_env(served_model.home, CHEXOPS_MODEL=served_model.tag))
+    code = (
+        "import json, sys; sys.path.insert(0, '.'); import bentos.service as service; "
+        "print(json.dumps({'service': service.Chexops.name, 'torch': 'torch' in sys.modules, "
+        "'mlflow': 'mlflow' in sys.modules}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=180,
+        env=child_env(served_model.home, CHEXOPS_MODEL=served_model.tag),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"service": "chexops", "torch": False, "mlflow": False}

@@ -11,15 +11,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chexops.loop.experiment import MAX_DROP, MAX_MEAN_DROP, MIN_GAIN, MIN_POSITIVES, Setup, loop_failures, run_loop
 from chexops.data.chexpert import source_policy_path
+from chexops.loop.experiment import MAX_DROP, MAX_MEAN_DROP, MIN_GAIN, MIN_POSITIVES, Setup, loop_failures, run_loop
 
 pytestmark = pytest.mark.slow
 
 # Seeds 0-3 of this setup all close the loop (the finding +0.27..+0.69 on the hold-out, the worst other judged
 # finding -0.08): the assertions below are not one lucky seed (docs/benchmarks.md, "The loop experiment").
-SETUP = Setup(patients=300, test_patients=120, clinic_patients=250, image_size=32, size=32, epochs=6, weight=4.0,
-              holdout_fraction=0.3, error_rate=0.05, bootstrap=200, seed=0)
+SETUP = Setup(
+    patients=300,
+    test_patients=120,
+    clinic_patients=250,
+    image_size=32,
+    size=32,
+    epochs=6,
+    weight=4.0,
+    holdout_fraction=0.3,
+    error_rate=0.05,
+    bootstrap=200,
+    seed=0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +54,9 @@ def test_feedback_corrects_the_finding_the_model_could_not_learn(loop):
     assert hold["positives"] >= 10 and hold["change"] >= MIN_GAIN and hold["change_ci"][0] > 0, hold
     assert test["change_ci"][0] > 0, test
     for split in ("holdout", "test"):
-        judged = [label for label, v in result[split].items() if label != finding and v and v["positives"] >= MIN_POSITIVES]
+        judged = [
+            label for label, v in result[split].items() if label != finding and v and v["positives"] >= MIN_POSITIVES
+        ]
         assert len(judged) >= 3, (split, judged)  # the no-regression check judges something
         for label in judged:
             assert result[split][label]["change"] >= -MAX_DROP, (split, label, result[split][label])
@@ -57,7 +70,10 @@ def test_the_feedback_is_an_export_of_the_store_and_its_newest_rows_are_held_out
     of both models hold the feedback hold-out, with the numbers the experiment compares."""
     work, result = loop
     data = work / "run" / "data" / "CheXpert-v1.0-small"
-    assert set(pd.read_csv(data / "train_corrupted.csv", dtype=str, keep_default_na=False)[SETUP.finding]) <= {"0.0", ""}
+    assert set(pd.read_csv(data / "train_corrupted.csv", dtype=str, keep_default_na=False)[SETUP.finding]) <= {
+        "0.0",
+        "",
+    }
     export = work / "run" / "feedback-export" / "CheXpert-v1.0-small"
     rows = pd.read_csv(export / "train.csv", dtype=str, keep_default_na=False)
     clinic = pd.read_csv(data / "clinic.csv", dtype=str, keep_default_na=False)

@@ -7,8 +7,8 @@ import torch
 
 from chexops.config import ModelConfig
 from chexops.core.errors import ConfigError
-from chexops.train.models import build_model
 from chexops.imaging.preprocessing import PreprocessSpec
+from chexops.train.models import build_model
 
 SMALL_VIT = {"vit_hidden_size": 64, "vit_heads": 4, "vit_layers": 2, "vit_patch_size": 8}
 

@@ -13,7 +13,9 @@ from support import ROOT
 
 RULES = ROOT / "k8s/monitoring/rules"
 PROMTOOL = shutil.which("promtool")
-pytestmark = pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian prometheus) is not installed: tests/install-tools.sh")
+pytestmark = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool (Debian prometheus) is not installed: tests/install-tools.sh"
+)
 
 
 def rule_files() -> list:
@@ -30,9 +32,22 @@ def test_rules_are_valid():
 def test_rule_unit_tests_pass_and_fire_every_alert():
     tests = sorted(RULES.glob("*.test.yaml"))
     assert tests
-    done = subprocess.run([PROMTOOL, "test", "rules", *map(str, tests)], capture_output=True, text=True, timeout=120, cwd=RULES)
+    done = subprocess.run(
+        [PROMTOOL, "test", "rules", *map(str, tests)], capture_output=True, text=True, timeout=120, cwd=RULES
+    )
     assert done.returncode == 0 and "SUCCESS" in done.stdout, done.stdout + done.stderr
-    alerts = {r["alert"] for f in rule_files() for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"] if "alert" in r}
-    fired = {a["alertname"] for t in tests for case in yaml.safe_load(t.read_text())["tests"] for a in case.get("alert_rule_test", [])
-             if a.get("exp_alerts")}
+    alerts = {
+        r["alert"]
+        for f in rule_files()
+        for g in yaml.safe_load(f.read_text())["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
+    fired = {
+        a["alertname"]
+        for t in tests
+        for case in yaml.safe_load(t.read_text())["tests"]
+        for a in case.get("alert_rule_test", [])
+        if a.get("exp_alerts")
+    }
     assert alerts and alerts <= fired, f"alerts without a test that fires them: {sorted(alerts - fired)}"

@@ -41,17 +41,19 @@ def test_one_format_for_pydantic_errors():
 
         @field_validator("name")
         @classmethod
-        def _named(cls, value: str) -> str:
+        def _named(cls, value: str) -> str:  # noqa: ARG003 - a validator's signature
             raise ValueError("no names today")
 
     with pytest.raises(ValidationError) as caught:
         Outer.model_validate({"inner": {"n": "x"}, "name": "a"})
     assert validation_problems(caught.value) == (
-        "inner.n: Input should be a valid integer, unable to parse string as an integer; name: no names today")
+        "inner.n: Input should be a valid integer, unable to parse string as an integer; name: no names today"
+    )
     with pytest.raises(ValidationError) as caught:
         Outer.model_validate([])
     assert validation_problems(caught.value, top="body") == (
-        "body: Input should be a valid dictionary or instance of Outer")
+        "body: Input should be a valid dictionary or instance of Outer"
+    )
     expected = r"^invalid gate limits: max_slice_gap: Input should be less than or equal to 1\.$"
     with pytest.raises(ConfigError, match=expected):
         load_gate_config(None, {"max_slice_gap": 2})

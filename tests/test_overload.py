@@ -25,8 +25,9 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.mark.slow
 def test_64_clients_get_answers_or_quick_refusals(served_model):
-    svc = start_service(served_model, "overload.log", CHEXOPS_MAX_INFLIGHT="1", CHEXOPS_MAX_QUEUE="2",
-                        CHEXOPS_QUEUE_TIMEOUT_MS="100")
+    svc = start_service(
+        served_model, "overload.log", CHEXOPS_MAX_INFLIGHT="1", CHEXOPS_MAX_QUEUE="2", CHEXOPS_QUEUE_TIMEOUT_MS="100"
+    )
     try:
         data = SYNTHETIC["png16"]()
         warm = httpx.post(f"{svc.url}/predict", headers=svc.headers, files={"image": ("x", data)}, timeout=60)
@@ -35,7 +36,7 @@ def test_64_clients_get_answers_or_quick_refusals(served_model):
         assert report["connection_errors"] == {}, report
         assert set(report["by_status"]) <= {"200", "503"}, report
         assert report["by_status"].get("200", 0) >= 1, report  # it keeps answering under the flood
-        assert report["refused"] >= 10, report                 # and refuses what it cannot take in time
+        assert report["refused"] >= 10, report  # and refuses what it cannot take in time
         assert report["refused_without_retry_after"] == 0 and report["errors_not_json"] == 0, report
         # refused without a long wait (loose: the machine running the suite is small and busy)
         assert report["refused_latency"]["p50_ms"] < 2000, report
@@ -44,8 +45,11 @@ def test_64_clients_get_answers_or_quick_refusals(served_model):
         after = httpx.post(f"{svc.url}/predict", headers=svc.headers, files={"image": ("x", data)}, timeout=60)
         assert after.status_code == 200, after.text
         metrics = httpx.get(f"{svc.url}/metrics", timeout=10).text
-        refused = [line for line in metrics.splitlines()
-                   if line.startswith("chexops_rejected_requests_total{") and 'reason="overload"' in line]
+        refused = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("chexops_rejected_requests_total{") and 'reason="overload"' in line
+        ]
         assert refused and float(refused[0].split()[-1]) == report["by_status"]["503"], (refused, report)
         assert svc.process.poll() is None
         assert "Traceback" not in svc.logs()
@@ -56,18 +60,18 @@ def test_64_clients_get_answers_or_quick_refusals(served_model):
 def test_gate_queues_in_order_and_refuses_beyond_its_bounds():
     async def scenario():
         gate = Gate(AdmissionLimits(max_inflight=1, max_queue=1, queue_timeout_ms=200))
-        await gate.acquire()                          # the one slot
+        await gate.acquire()  # the one slot
         waiter = asyncio.create_task(gate.acquire())  # queued
         await asyncio.sleep(0.01)
-        with pytest.raises(Overloaded) as full:       # the queue is full: refused at once
+        with pytest.raises(Overloaded) as full:  # the queue is full: refused at once
             await gate.acquire()
         assert full.value.retry_after >= 1
-        gate.release(0.01)                            # the slot passes to the waiter
+        gate.release(0.01)  # the slot passes to the waiter
         await asyncio.wait_for(waiter, 1)
         assert gate.inflight == 1 and not gate.waiters
         loop = asyncio.get_running_loop()
         started = loop.time()
-        with pytest.raises(Overloaded):               # nobody releases: refused after the timeout
+        with pytest.raises(Overloaded):  # nobody releases: refused after the timeout
             await gate.acquire()
         assert 0.15 < loop.time() - started < 1.0
         assert not gate.waiters
@@ -87,17 +91,17 @@ def test_gate_refuses_at_once_what_would_time_out_in_the_queue():
         gate = Gate(AdmissionLimits(max_inflight=2, max_queue=8, queue_timeout_ms=500))
         await gate.acquire()
         await gate.acquire()
-        gate.service_s = 0.2                       # requests have been taking 200 ms
-        first = asyncio.create_task(gate.acquire())   # expected wait 100 ms: queued
+        gate.service_s = 0.2  # requests have been taking 200 ms
+        first = asyncio.create_task(gate.acquire())  # expected wait 100 ms: queued
         second = asyncio.create_task(gate.acquire())  # 200 ms: queued
         await asyncio.sleep(0.01)
         assert len(gate.waiters) == 2
-        gate.service_s = 0.5                       # now 500 ms each: the next would wait ~750 ms
+        gate.service_s = 0.5  # now 500 ms each: the next would wait ~750 ms
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(Overloaded, match="expected wait"):
             await gate.acquire()
-        assert loop.time() - started < 0.1        # at once, not after the 500 ms timeout
+        assert loop.time() - started < 0.1  # at once, not after the 500 ms timeout
         gate.release(0.5)
         gate.release(0.5)
         await asyncio.wait_for(asyncio.gather(first, second), 1)

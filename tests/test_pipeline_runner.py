@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from chexops.core.console import write_outputs
 from chexops.core.errors import UserInputError
 from chexops.pipelines.runner import (
     FAILED,
@@ -20,7 +21,6 @@ from chexops.pipelines.runner import (
     evaluate_when,
     run_local,
 )
-from chexops.core.console import write_outputs
 from support import ROOT, make_rows, run_cli, write_chexpert
 
 TRAINING = ROOT / "workflows" / "training.yaml"
@@ -41,14 +41,21 @@ def test_changing_a_steps_command_in_the_yaml_changes_what_runs(tmp_path):
     csv = write_chexpert(tmp_path / "source", make_rows(n_patients=5))
     doc = training()
     prepare = template(doc, "prepare")
-    prepare["container"]["args"] = ["data", "stats", "{{inputs.parameters.data-source}}/CheXpert-v1.0-small/train.csv", "--json"]
+    prepare["container"]["args"] = [
+        "data",
+        "stats",
+        "{{inputs.parameters.data-source}}/CheXpert-v1.0-small/train.csv",
+        "--json",
+    ]
     prepare["outputs"]["parameters"] = [{"name": "rows", "valueFrom": {"path": "/tmp/outputs/rows"}}]
     del doc["spec"]["onExit"]
     changed = tmp_path / "training.yaml"
     changed.write_text(yaml.safe_dump(doc))
     others = [t["name"] for t in template(doc, "main")["dag"]["tasks"] if t["name"] != "prepare"]
 
-    result = run_local(changed, {"data-source": str(tmp_path / "source")}, tmp_path / "work", skip={n: "test" for n in others})
+    result = run_local(
+        changed, {"data-source": str(tmp_path / "source")}, tmp_path / "work", skip={n: "test" for n in others}
+    )
     nodes = {n["name"]: n for n in result.nodes}
     assert nodes["main.prepare"]["command"] == ["chexops", "data", "stats", str(csv), "--json"]
     assert nodes["main.prepare"]["phase"] == SUCCEEDED and nodes["main.prepare"]["outputs"] == {"rows": "11"}
@@ -60,12 +67,26 @@ def test_changing_a_steps_command_in_the_yaml_changes_what_runs(tmp_path):
 def test_the_cli_runs_a_workflow_and_reports_its_task_names(tmp_path):
     write_chexpert(tmp_path / "source", make_rows(n_patients=3))
     doc = training()
-    template(doc, "prepare")["container"]["args"] = ["data", "stats", "{{inputs.parameters.data-source}}/CheXpert-v1.0-small/train.csv", "--json"]
+    template(doc, "prepare")["container"]["args"] = [
+        "data",
+        "stats",
+        "{{inputs.parameters.data-source}}/CheXpert-v1.0-small/train.csv",
+        "--json",
+    ]
     template(doc, "prepare")["outputs"] = {}
     del doc["spec"]["onExit"]
     (tmp_path / "w.yaml").write_text(yaml.safe_dump(doc))
     skips = [a for t in template(doc, "main")["dag"]["tasks"] if t["name"] != "prepare" for a in ("--skip", t["name"])]
-    result = run_cli("pipeline", "run", str(tmp_path / "w.yaml"), "--local", "-p", f"data-source={tmp_path / 'source'}", *skips, "--json")
+    result = run_cli(
+        "pipeline",
+        "run",
+        str(tmp_path / "w.yaml"),
+        "--local",
+        "-p",
+        f"data-source={tmp_path / 'source'}",
+        *skips,
+        "--json",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "▶ main.prepare: chexops data stats" in result.stderr
     assert json.loads(result.stdout)["phase"] == SUCCEEDED
@@ -74,16 +95,31 @@ def test_the_cli_runs_a_workflow_and_reports_its_task_names(tmp_path):
     assert bad.returncode == 2 and "-p epochs: not parameters of" in bad.stderr and "Traceback" not in bad.stderr
 
 
-@pytest.mark.parametrize("change, named, run_prepare", [
-    (lambda d: template(d, "main")["dag"]["tasks"][0].update(withItems=[1, 2]), "'withItems'", False),
-    (lambda d: template(d, "main")["dag"]["tasks"][0].update(templateRef={"name": "x", "template": "y"}), "'templateRef'", False),
-    (lambda d: template(d, "prepare").update(steps=[[]]), "'steps'", True),
-    (lambda d: template(d, "prepare").update(script={"image": "x", "source": "x"}), "'script'", True),
-    (lambda d: d["spec"].update(volumeClaimTemplates=[]), "'volumeClaimTemplates'", False),
-    (lambda d: template(d, "prepare")["container"]["args"].append("{{=inputs.parameters.gpus}}"), "expression templates", True),
-    (lambda d: template(d, "prepare")["container"].update(command=["sh", "-c"]), "is not a chexops step", True),
-    (lambda d: template(d, "main")["dag"]["tasks"][1].update(depends="prepare.Daemoned || prepare.Foo"), "not implemented locally", False),
-])
+@pytest.mark.parametrize(
+    "change, named, run_prepare",
+    [
+        (lambda d: template(d, "main")["dag"]["tasks"][0].update(withItems=[1, 2]), "'withItems'", False),
+        (
+            lambda d: template(d, "main")["dag"]["tasks"][0].update(templateRef={"name": "x", "template": "y"}),
+            "'templateRef'",
+            False,
+        ),
+        (lambda d: template(d, "prepare").update(steps=[[]]), "'steps'", True),
+        (lambda d: template(d, "prepare").update(script={"image": "x", "source": "x"}), "'script'", True),
+        (lambda d: d["spec"].update(volumeClaimTemplates=[]), "'volumeClaimTemplates'", False),
+        (
+            lambda d: template(d, "prepare")["container"]["args"].append("{{=inputs.parameters.gpus}}"),
+            "expression templates",
+            True,
+        ),
+        (lambda d: template(d, "prepare")["container"].update(command=["sh", "-c"]), "is not a chexops step", True),
+        (
+            lambda d: template(d, "main")["dag"]["tasks"][1].update(depends="prepare.Daemoned || prepare.Foo"),
+            "not implemented locally",
+            False,
+        ),
+    ],
+)
 def test_unimplemented_argo_features_are_refused_by_name(tmp_path, change, named, run_prepare):
     """Refused before anything runs (the other tasks skipped; `depends` is still read for them)."""
     doc = training()
@@ -118,14 +154,26 @@ def test_the_gate_dag_follows_argo_rules_a_refusal_is_not_a_crash():
     main = {t["name"]: SUCCEEDED for t in template(doc, "main")["dag"]["tasks"]}
     after_refusal = {**main, **{n: SKIPPED for n in ("export", "bento", "image", "promote-staging")}}
     assert dag_phase(doc, "main", after_refusal) == SUCCEEDED
-    assert dag_phase(doc, "main", {**main, "evaluate": FAILED, **{n: OMITTED for n in ("gate", "export", "bento", "image",
-                                                                                        "promote-staging")}}) == FAILED
+    assert (
+        dag_phase(
+            doc,
+            "main",
+            {
+                **main,
+                "evaluate": FAILED,
+                **{n: OMITTED for n in ("gate", "export", "bento", "image", "promote-staging")},
+            },
+        )
+        == FAILED
+    )
     export = next(t for t in template(doc, "main")["dag"]["tasks"] if t["name"] == "export")
     assert not evaluate_when(export["when"].replace("{{tasks.gate.outputs.parameters.passed}}", "false"), "t")
 
 
 def test_step_results_become_output_files(tmp_path):
-    out = write_outputs({"run_id": "abc", "passed": False, "export": {"dir": "/x", "parity": 1e-5}, "labels": ["a"]}, tmp_path)
+    out = write_outputs(
+        {"run_id": "abc", "passed": False, "export": {"dir": "/x", "parity": 1e-5}, "labels": ["a"]}, tmp_path
+    )
     assert (out / "run_id").read_text() == "abc" and (out / "passed").read_text() == "false"
     assert (out / "export.dir").read_text() == "/x" and not (out / "labels").exists()
     assert json.loads((out / "result.json").read_text())["labels"] == ["a"]
@@ -163,7 +211,12 @@ def test_cluster_only_steps_are_skipped_with_their_reason_and_their_inputs_never
         task.pop("when", None)
     (tmp_path / "w.yaml").write_text(yaml.safe_dump(doc))
     tasks = [t["name"] for t in template(doc, "main")["dag"]["tasks"]]
-    result = run_local(tmp_path / "w.yaml", {}, tmp_path, skip={n: "test" for n in tasks if n not in ("image", "promote-staging")})
+    result = run_local(
+        tmp_path / "w.yaml", {}, tmp_path, skip={n: "test" for n in tasks if n not in ("image", "promote-staging")}
+    )
     nodes = {n["name"]: n for n in result.nodes}
     assert nodes["main.image"]["phase"] == nodes["main.promote-staging"]["phase"] == SKIPPED
-    assert "in-cluster registry" in nodes["main.image"]["message"] and "cluster only" in nodes["main.promote-staging"]["message"]
+    assert (
+        "in-cluster registry" in nodes["main.image"]["message"]
+        and "cluster only" in nodes["main.promote-staging"]["message"]
+    )

@@ -57,14 +57,21 @@ def source(tmp_path_factory) -> Path:
 def reference(source, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("reference")
     summary = prepare_json("--source", str(source.parent), "--out", str(out), "--size", str(SIZE), "--workers", "2")
-    return {"out": out, "summary": summary, "manifest": json.loads((out / "CheXpert-v1.0-small/manifest.json").read_text())}
+    return {
+        "out": out,
+        "summary": summary,
+        "manifest": json.loads((out / "CheXpert-v1.0-small/manifest.json").read_text()),
+    }
 
 
 def test_local_to_local_resizes_writes_csvs_and_a_manifest(source, reference, tmp_path):
     summary, manifest, out = reference["summary"], reference["manifest"], reference["out"]
     assert summary["images"] == 41 and summary["prepared"] == 41 and summary["bad"] == 0
     assert summary["data_version"] == manifest["data_version"]
-    assert len(manifest["files"]) == 41 and {c["path"] for c in manifest["csv"]} == {"CheXpert-v1.0-small/train.csv", "CheXpert-v1.0-small/valid.csv"}
+    assert len(manifest["files"]) == 41 and {c["path"] for c in manifest["csv"]} == {
+        "CheXpert-v1.0-small/train.csv",
+        "CheXpert-v1.0-small/valid.csv",
+    }
     image = Image.open(out / manifest["files"][0]["path"])
     assert image.mode == "L" and min(image.size) == SIZE and image.size == (SIZE, 58)  # 200×240 → shorter side 48
     # the same grey and resize code as training: the prepared image is what preprocessing makes of the original
@@ -80,7 +87,9 @@ def test_local_to_local_resizes_writes_csvs_and_a_manifest(source, reference, tm
     from chexops.config import load_config
     from chexops.data.loading import load_splits
 
-    splits = load_splits(load_config(None, [f"data.csv={out}/CheXpert-v1.0-small/train.csv", f"data.root={out}", "data.view=all"]))
+    splits = load_splits(
+        load_config(None, [f"data.csv={out}/CheXpert-v1.0-small/train.csv", f"data.root={out}", "data.view=all"])
+    )
     assert splits.fingerprint["prepared_data_version"] == summary["data_version"]
 
 
@@ -88,14 +97,35 @@ def test_bad_images_are_counted_named_and_judged_by_the_fraction(tmp_path):
     src = make_source(tmp_path / "src", patients=4)
     (src / "train/patient00002/study1/view1_frontal.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (src / "train/patient00003/study2/view1_frontal.jpg").unlink()
-    failed = prepare_json("--source", str(src), "--out", str(tmp_path / "out"), "--size", str(SIZE), "--workers", "1", code=1)
-    assert "2 of 9 images" in failed["stderr"] and "patient00002/study1" in failed["stderr"] and "patient00003/study2" in failed["stderr"]
+    failed = prepare_json(
+        "--source", str(src), "--out", str(tmp_path / "out"), "--size", str(SIZE), "--workers", "1", code=1
+    )
+    assert (
+        "2 of 9 images" in failed["stderr"]
+        and "patient00002/study1" in failed["stderr"]
+        and "patient00003/study2" in failed["stderr"]
+    )
     assert not (tmp_path / "out/CheXpert-v1.0-small/manifest.json").exists()
-    ok = prepare_json("--source", str(src), "--out", str(tmp_path / "out"), "--size", str(SIZE), "--workers", "1", "--max-bad-fraction", "0.3")
+    ok = prepare_json(
+        "--source",
+        str(src),
+        "--out",
+        str(tmp_path / "out"),
+        "--size",
+        str(SIZE),
+        "--workers",
+        "1",
+        "--max-bad-fraction",
+        "0.3",
+    )
     assert ok["bad"] == 2 and {f["reason"].split(" ")[0] for f in ok["failed"]} == {"missing", "unreadable"}
     assert ok["skipped"] == 7  # the good images of the failed run were kept
     csv_text = (tmp_path / "out/CheXpert-v1.0-small/train.csv").read_text()
-    assert "patient00002/study1/view1" not in csv_text and "patient00003/study2" not in csv_text and csv_text.count("\n") == 9 - 2 + 1 - 0
+    assert (
+        "patient00002/study1/view1" not in csv_text
+        and "patient00003/study2" not in csv_text
+        and csv_text.count("\n") == 9 - 2 + 1 - 0
+    )
     wrong = run_cli("data", "prepare", "--source", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2"), "--json")
     assert wrong.returncode == 2 and "is not a folder" in wrong.stderr
 
@@ -104,13 +134,34 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_manifest(tmp_path, tmp_path_
     src = make_source(tmp_path / "src", patients=90)  # 181 images
     ref = prepare_json("--source", str(src), "--out", str(tmp_path / "ref"), "--size", str(SIZE), "--workers", "1")
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "chexops", "data", "prepare", "--source", str(src), "--out", str(out),
-                             "--size", str(SIZE), "--workers", "2", "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "chexops",
+            "data",
+            "prepare",
+            "--source",
+            str(src),
+            "--out",
+            str(out),
+            "--size",
+            str(SIZE),
+            "--workers",
+            "2",
+            "--json",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while not list((out / ".prepare").glob("part-*.jsonl")):
         assert proc.poll() is None and time.monotonic() < deadline, "prepare ended before its first journal part"
         time.sleep(0.02)
-    workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
+    workers = [
+        int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    ]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "CheXpert-v1.0-small/manifest.json").exists()
@@ -120,7 +171,9 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_manifest(tmp_path, tmp_path_
     resumed = prepare_json("--source", str(src), "--out", str(out), "--size", str(SIZE), "--workers", "2")
     assert resumed["skipped"] >= 64 and resumed["prepared"] == 181 - resumed["skipped"]
     assert resumed["data_version"] == ref["data_version"]
-    assert (out / "CheXpert-v1.0-small/manifest.json").read_bytes() == (tmp_path / "ref/CheXpert-v1.0-small/manifest.json").read_bytes()
+    assert (out / "CheXpert-v1.0-small/manifest.json").read_bytes() == (
+        tmp_path / "ref/CheXpert-v1.0-small/manifest.json"
+    ).read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +190,14 @@ def s3(tmp_path_factory):
     (secret / "access-key-id").write_text("moto-key-id\n")
     (secret / "secret-access-key").write_text("moto-any-value\n")
     aws_config = secret.parent / f"{secret.name}.aws-config"
-    aws_config.write_text("[default]\ncredential_process = " + f"{sys.executable} -m chexops s3-credentials --dir {secret}\n")
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_CONFIG_FILE": str(aws_config), "AWS_DEFAULT_REGION": "us-east-1"}
+    aws_config.write_text(
+        "[default]\ncredential_process = " + f"{sys.executable} -m chexops s3-credentials --dir {secret}\n"
+    )
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_CONFIG_FILE": str(aws_config),
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import boto3
@@ -155,18 +214,40 @@ def s3(tmp_path_factory):
 
 
 def test_local_to_s3_and_s3_to_local_give_the_same_data_version(source, reference, s3, tmp_path):
-    up = prepare_json("--source", str(source), "--out", "s3://cxr/prepared", "--size", str(SIZE), "--workers", "2", env=s3["env"])
-    assert up["data_version"] == reference["summary"]["data_version"] and up["manifest"] == "s3://cxr/prepared/CheXpert-v1.0-small/manifest.json"
-    keys = {o["Key"] for page in s3["client"].get_paginator("list_objects_v2").paginate(Bucket="cxr", Prefix="prepared/")
-            for o in page.get("Contents", [])}
+    up = prepare_json(
+        "--source", str(source), "--out", "s3://cxr/prepared", "--size", str(SIZE), "--workers", "2", env=s3["env"]
+    )
+    assert (
+        up["data_version"] == reference["summary"]["data_version"]
+        and up["manifest"] == "s3://cxr/prepared/CheXpert-v1.0-small/manifest.json"
+    )
+    keys = {
+        o["Key"]
+        for page in s3["client"].get_paginator("list_objects_v2").paginate(Bucket="cxr", Prefix="prepared/")
+        for o in page.get("Contents", [])
+    }
     assert {f"prepared/{f['path']}" for f in reference["manifest"]["files"]} <= keys
-    again = prepare_json("--source", str(source), "--out", "s3://cxr/prepared", "--size", str(SIZE), "--workers", "1", env=s3["env"])
+    again = prepare_json(
+        "--source", str(source), "--out", "s3://cxr/prepared", "--size", str(SIZE), "--workers", "1", env=s3["env"]
+    )
     assert again["skipped"] == 41  # resumable on S3 too: outputs checked against the journal
     # the original copy in the bucket, prepared back to a folder
     for path in sorted(source.rglob("*")):
         if path.is_file():
             s3["client"].upload_file(str(path), "cxr", f"raw/CheXpert-v1.0-small/{path.relative_to(source).as_posix()}")
-    down = prepare_json("--source", "s3://cxr/raw", "--out", str(tmp_path / "down"), "--size", str(SIZE), "--workers", "2", env=s3["env"])
+    down = prepare_json(
+        "--source",
+        "s3://cxr/raw",
+        "--out",
+        str(tmp_path / "down"),
+        "--size",
+        str(SIZE),
+        "--workers",
+        "2",
+        env=s3["env"],
+    )
     assert down["data_version"] == reference["summary"]["data_version"] and down["images"] == 41
-    missing = run_cli("data", "prepare", "--source", "s3://no-such-bucket/x", "--out", str(tmp_path / "x"), "--json", env=s3["env"])
+    missing = run_cli(
+        "data", "prepare", "--source", "s3://no-such-bucket/x", "--out", str(tmp_path / "x"), "--json", env=s3["env"]
+    )
     assert missing.returncode == 2 and "NoSuchBucket" in missing.stderr and "Traceback" not in missing.stderr

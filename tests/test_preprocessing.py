@@ -35,9 +35,13 @@ def test_sixteen_bit_uses_full_range():
 
 
 def test_normalisation_and_channels():
-    x = preprocess_array(np.full((10, 20), 0.75, np.float32), PreprocessSpec(size=8, channels=1, mean=(0.5,), std=(0.25,)))
+    x = preprocess_array(
+        np.full((10, 20), 0.75, np.float32), PreprocessSpec(size=8, channels=1, mean=(0.5,), std=(0.25,))
+    )
     assert x.shape == (1, 8, 8) and np.allclose(x, 1.0)
-    x3 = preprocess_array(np.full((10, 20), 0.5, np.float32), PreprocessSpec(size=8, channels=3, mean=(0.5, 0.4, 0.3), std=(0.5,)))
+    x3 = preprocess_array(
+        np.full((10, 20), 0.5, np.float32), PreprocessSpec(size=8, channels=3, mean=(0.5, 0.4, 0.3), std=(0.5,))
+    )
     assert np.allclose(x3[:, 0, 0], [0.0, 0.2, 0.4])
 
 
@@ -77,7 +81,9 @@ def save_png(path, array: np.ndarray, sbit: int | None = None):
     return path
 
 
-@pytest.mark.parametrize("dark,sbit", [(False, None), (False, 12), (True, 12)], ids=["12bit-no-sbit", "12bit-sbit", "dark-12bit-sbit"])
+@pytest.mark.parametrize(
+    "dark,sbit", [(False, None), (False, 12), (True, 12)], ids=["12bit-no-sbit", "12bit-sbit", "dark-12bit-sbit"]
+)
 def test_twelve_bit_png_and_its_eight_bit_rendition_agree(tmp_path, dark, sbit):
     from chexops.imaging.preprocessing import load_image
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from chexops.core.errors import ConfigError
-from chexops.serving.providers import CPU, available, parse
 from chexops.core.processes import free_port
+from chexops.serving.providers import CPU, available, parse
 from service_fixtures import start_service
 from support import run_cli
 from test_service import SYNTHETIC
@@ -19,10 +19,17 @@ from test_service import SYNTHETIC
 CUDA = "CUDAExecutionProvider"
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("", [CPU]), ("cpu", [CPU]), ("cuda", [CUDA, CPU]), ("cuda,cpu", [CUDA, CPU]), ("CPU, CUDA", [CUDA, CPU]),
-    ("CUDAExecutionProvider,tensorrt", [CUDA, "TensorrtExecutionProvider", CPU]),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("", [CPU]),
+        ("cpu", [CPU]),
+        ("cuda", [CUDA, CPU]),
+        ("cuda,cpu", [CUDA, CPU]),
+        ("CPU, CUDA", [CUDA, CPU]),
+        ("CUDAExecutionProvider,tensorrt", [CUDA, "TensorrtExecutionProvider", CPU]),
+    ],
+)
 def test_parse(raw, expected):
     assert parse(raw) == expected
 
@@ -42,8 +49,9 @@ def test_missing_providers_are_skipped_with_a_warning(caplog):
 
 @pytest.mark.slow
 def test_serve_refuses_an_unknown_provider_before_starting(served_model):
-    result = run_cli("serve", "--port", str(free_port()), home=served_model.home, env={"CHEXOPS_PROVIDERS": "gpu"},
-                     timeout=120)
+    result = run_cli(
+        "serve", "--port", str(free_port()), home=served_model.home, env={"CHEXOPS_PROVIDERS": "gpu"}, timeout=120
+    )
     assert result.returncode == 2 and "CHEXOPS_PROVIDERS" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -53,8 +61,9 @@ def test_a_gpu_request_serves_on_the_cpu_where_there_is_no_gpu(served_model):
     try:
         runtime = httpx.get(f"{svc.url}/model", timeout=30).json()["runtime"]
         assert runtime["providers"] == [CPU]
-        response = httpx.post(f"{svc.url}/predict", headers=svc.headers, files={"image": ("x", SYNTHETIC["png16"]())},
-                              timeout=60)
+        response = httpx.post(
+            f"{svc.url}/predict", headers=svc.headers, files={"image": ("x", SYNTHETIC["png16"]())}, timeout=60
+        )
         assert response.status_code == 200, response.text
         assert CUDA in svc.logs()  # the fallback is said, not silent
     finally:

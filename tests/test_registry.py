@@ -12,7 +12,6 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from chexops.evaluation.records import index
 from chexops.evaluation.gate import (
     GateConfig,
     check_evidence,
@@ -22,8 +21,9 @@ from chexops.evaluation.gate import (
     judge,
     load_gate_config,
 )
-from support import ROOT, chexops, chexops_json, run_cli
+from chexops.evaluation.records import index
 from mlflow_fixtures import mlflow_server, postgres_cluster, synth_dataset, train_run, write_config
+from support import ROOT, chexops, chexops_json, run_cli
 
 NAME = "chexops-cxr"
 # The tiny test model: a lower bar than the default 0.8, slices of synthetic data are small and noisy.
@@ -50,8 +50,18 @@ def test_good_model_passes_worse_is_refused_second_good_is_compared_with_product
     code, _, err = chexops("register", "--run", first, **env)
     assert code == 2 and "has not been evaluated" in err and "Traceback" not in err
     # Evaluated on validation only (a config without a test split): the gate refuses that evidence, saying why.
-    on_val = chexops_json("evaluate", "--run", first, "--config", str(write_config(home / "no-test.yaml", synth, data={"test_csv": None})),
-                          "--bootstrap", "50", "--hard-cases", "0", **env)
+    on_val = chexops_json(
+        "evaluate",
+        "--run",
+        first,
+        "--config",
+        str(write_config(home / "no-test.yaml", synth, data={"test_csv": None})),
+        "--bootstrap",
+        "50",
+        "--hard-cases",
+        "0",
+        **env,
+    )
     assert on_val["split"] == "validation"
     code, out, err = chexops("register", "--run", first, *GATE, "--json", **env)
     assert code == 3 and "held_out" in err and "chose the epoch and the thresholds" in err and "Traceback" not in err
@@ -73,7 +83,9 @@ def test_good_model_passes_worse_is_refused_second_good_is_compared_with_product
     assert float(tags["mean_auroc"]) == pytest.approx(reg["mean_auroc"], abs=1e-6)
     assert tags["data_version"] == run_tags["data_version"] and tags["data_sha256"] == run_tags["data_sha256"]
     assert tags["git_commit"] == run_tags["git_commit"] and tags["run_id"] == first
-    assert tags["evaluation_id"] == evaluated["evaluation_id"] and tags["eval_split_version"] == evaluated["split_version"]
+    assert (
+        tags["evaluation_id"] == evaluated["evaluation_id"] and tags["eval_split_version"] == evaluated["split_version"]
+    )
     assert "auroc.Pleural_Effusion" in tags and json.loads(tags["thresholds"]).keys() >= {"Edema", "Pleural Effusion"}
     assert version.current_stage in (None, "None")  # stages are never used
     assert run_tags["gate"] == "passed" and run_tags["registered_model"] == f"{NAME}/1"
@@ -85,7 +97,9 @@ def test_good_model_passes_worse_is_refused_second_good_is_compared_with_product
     client.set_registered_model_alias(NAME, "production", "1")
 
     # A deliberately worse model (never learns) is refused: exit 3, nothing registered, aliases untouched.
-    worse = train_run(write_config(home / "worse.yaml", synth, name="worse", train={"lr": 0.0, "epochs": 1, "max_steps": 1}), **env).run_id
+    worse = train_run(
+        write_config(home / "worse.yaml", synth, name="worse", train={"lr": 0.0, "epochs": 1, "max_steps": 1}), **env
+    ).run_id
     chexops_json("evaluate", "--run", worse, "--bootstrap", "20", "--hard-cases", "5", **env)
     refused = run_cli("register", "--run", worse, *GATE, "--json", env=env)
     assert refused.returncode == 3, refused.stderr[-2000:]
@@ -121,17 +135,44 @@ def test_good_model_passes_worse_is_refused_second_good_is_compared_with_product
     frame = pd.read_csv(synth / "CheXpert-v1.0-small" / "valid.csv")
     subset = home / "valid-300.csv"
     frame.iloc[:300].to_csv(subset, index=False)
-    other = chexops_json("evaluate", "--run", second, "--config", str(write_config(home / "other.yaml", synth, data={"test_csv": str(subset)})),
-                         "--bootstrap", "50", "--hard-cases", "0", **env)
-    assert other["split"] == "test" and other["split_version"] != client.get_model_version(NAME, "1").tags["eval_split_version"]
+    other = chexops_json(
+        "evaluate",
+        "--run",
+        second,
+        "--config",
+        str(write_config(home / "other.yaml", synth, data={"test_csv": str(subset)})),
+        "--bootstrap",
+        "50",
+        "--hard-cases",
+        "0",
+        **env,
+    )
+    assert (
+        other["split"] == "test"
+        and other["split_version"] != client.get_model_version(NAME, "1").tags["eval_split_version"]
+    )
     # Told not to re-evaluate production: refused, saying why.
     strict = home / "strict-gate.yaml"
     strict.write_text(yaml.safe_dump({"gate": {"reevaluate_production": False}}))
-    code, out, err = chexops("register", "--run", second, "--evaluation", other["evaluation_id"], "--gate-config", str(strict), *GATE,
-                             "--json", **env)
+    code, out, err = chexops(
+        "register",
+        "--run",
+        second,
+        "--evaluation",
+        other["evaluation_id"],
+        "--gate-config",
+        str(strict),
+        *GATE,
+        "--json",
+        **env,
+    )
     assert code == 3, err[-2000:]
     regression = next(g for g in json.loads(out)["gate"] if g["criterion"] == "max_regression")
-    assert not regression["passed"] and regression["value"] is None and "reevaluate_production is off" in regression["detail"]
+    assert (
+        not regression["passed"]
+        and regression["value"] is None
+        and "reevaluate_production is off" in regression["detail"]
+    )
     # By default production's run is evaluated on the candidate's test data, and that is compared.
     before = {e["id"] for e in index(client.get_run(first))}
     compared = chexops_json("register", "--run", second, "--evaluation", other["evaluation_id"], *GATE, **env)
@@ -152,7 +193,9 @@ def test_registry_on_postgresql(tmp_path_factory):
         env = {"CHEXOPS_HOME": str(base / "home"), "MLFLOW_TRACKING_URI": uri}
         synth = synth_dataset(tmp_path_factory)
         # What is tested here is the store, not the model: a few steps of training, a permissive gate.
-        run = train_run(write_config(base / "pg.yaml", synth, name="pg", train={"epochs": 1, "max_steps": 5}), **env).run_id
+        run = train_run(
+            write_config(base / "pg.yaml", synth, name="pg", train={"epochs": 1, "max_steps": 5}), **env
+        ).run_id
         chexops_json("evaluate", "--run", run, "--bootstrap", "20", "--hard-cases", "3", **env)
         reg = chexops_json("register", "--run", run, "--min-mean-auroc", "0", "--max-slice-gap", "1", **env)
         assert (reg["version"], reg["alias"]) == ("1", "candidate")
@@ -166,11 +209,19 @@ def test_registry_on_postgresql(tmp_path_factory):
 # The gate's criteria as pure functions.
 
 EVALUATION = {
-    "mean_auroc": 0.85, "mean_auroc_ci": [0.82, 0.88], "bootstrap_unit": "patient", "mean_over": ["Edema"],
-    "split": "test", "test_source": "test_csv", "test_patients_in_train": 0, "split_version": "s1",
-    "slices": [{"slice": "Sex=Male", "n": 100, "min_positives": 40, "mean_auroc": 0.84, "gap": -0.01},
-               {"slice": "Frontal/Lateral=Lateral", "n": 50, "min_positives": 30, "mean_auroc": 0.70, "gap": -0.15},
-               {"slice": "Age=<40", "n": 500, "min_positives": 5, "mean_auroc": 0.40, "gap": -0.45}],
+    "mean_auroc": 0.85,
+    "mean_auroc_ci": [0.82, 0.88],
+    "bootstrap_unit": "patient",
+    "mean_over": ["Edema"],
+    "split": "test",
+    "test_source": "test_csv",
+    "test_patients_in_train": 0,
+    "split_version": "s1",
+    "slices": [
+        {"slice": "Sex=Male", "n": 100, "min_positives": 40, "mean_auroc": 0.84, "gap": -0.01},
+        {"slice": "Frontal/Lateral=Lateral", "n": 50, "min_positives": 30, "mean_auroc": 0.70, "gap": -0.15},
+        {"slice": "Age=<40", "n": 500, "min_positives": 5, "mean_auroc": 0.40, "gap": -0.45},
+    ],
 }
 
 
@@ -196,7 +247,11 @@ def test_mean_auroc_is_judged_on_the_lower_bound_of_its_interval():
 def test_validation_only_evidence_is_refused_unless_accepted():
     on_validation = {**EVALUATION, "split": "validation", "test_source": None}
     refused = check_evidence(on_validation, accept_validation=False)
-    assert not refused.passed and "chose the epoch and the thresholds" in refused.detail and "accept_validation_evidence" in refused.detail
+    assert (
+        not refused.passed
+        and "chose the epoch and the thresholds" in refused.detail
+        and "accept_validation_evidence" in refused.detail
+    )
     assert check_evidence(on_validation, accept_validation=True).passed
     assert check_evidence(EVALUATION, accept_validation=False).passed
     leaky = check_evidence({**EVALUATION, "test_patients_in_train": 3}, accept_validation=True)
@@ -213,15 +268,21 @@ def test_regression_is_only_measured_on_the_same_data():
     for theirs in (0.99, 0.5):
         other = check_regression(EVALUATION, {**same, "split_version": "s0", "mean_auroc": theirs}, 0.02)
         assert not other.passed and other.value is None and "other data" in other.detail
-    reason = check_regression(EVALUATION, {**same, "split_version": "s0", "reason": "reevaluate_production is off"}, 0.02)
+    reason = check_regression(
+        EVALUATION, {**same, "split_version": "s0", "reason": "reevaluate_production is off"}, 0.02
+    )
     assert not reason.passed and "reevaluate_production is off" in reason.detail
     assert not check_regression({**EVALUATION, "mean_auroc": None}, same, 0.02).passed
 
 
 def test_judge_and_limits():
     verdicts = judge(EVALUATION, None, GateConfig(min_mean_auroc=0.9, max_slice_gap=0.2))
-    assert [(v.criterion, v.passed) for v in verdicts] == [("held_out", True), ("min_mean_auroc", False), ("max_slice_gap", True),
-                                                            ("max_regression", True)]
+    assert [(v.criterion, v.passed) for v in verdicts] == [
+        ("held_out", True),
+        ("min_mean_auroc", False),
+        ("max_slice_gap", True),
+        ("max_regression", True),
+    ]
     config = load_gate_config(ROOT / "configs" / "gate.yaml", {"max_regression": 0.05, "min_mean_auroc": None})
     assert config == GateConfig(max_regression=0.05)  # the file holds the defaults; given flags override it
     from chexops.core.errors import ConfigError
@@ -237,13 +298,27 @@ def test_the_feedback_hold_out_is_tagged_on_the_version_not_judged():
 
     from chexops.registry.register import version_tags
 
-    holdouts = {"feedback": {"n": 40, "mean_auroc": 0.61, "not_measurable": ["Pleural Other"], "per_label": {
-        "Pleural Effusion": {"n": 40, "positives": 9, "measurable": True, "auroc": 0.83},
-        "Pleural Other": {"n": 40, "positives": 0, "measurable": False, "auroc": None}}}}
+    holdouts = {
+        "feedback": {
+            "n": 40,
+            "mean_auroc": 0.61,
+            "not_measurable": ["Pleural Other"],
+            "per_label": {
+                "Pleural Effusion": {"n": 40, "positives": 9, "measurable": True, "auroc": 0.83},
+                "Pleural Other": {"n": 40, "positives": 0, "measurable": False, "auroc": None},
+            },
+        }
+    }
     run = SimpleNamespace(info=SimpleNamespace(run_id="r1"), data=SimpleNamespace(tags={}))
     tags = version_tags(run, {**EVALUATION, "holdouts": holdouts}, {"rule": "youden", "thresholds": {}}, [])
-    assert json.loads(tags["holdout.feedback"]) == {"n": 40, "mean_auroc": 0.61, "not_measurable": ["Pleural Other"],
-                                                    "auroc": {"Pleural_Effusion": 0.83}}
+    assert json.loads(tags["holdout.feedback"]) == {
+        "n": 40,
+        "mean_auroc": 0.61,
+        "not_measurable": ["Pleural Other"],
+        "auroc": {"Pleural_Effusion": 0.83},
+    }
     assert "holdout.feedback" not in version_tags(run, EVALUATION, {"rule": "youden", "thresholds": {}}, [])
-    verdicts = judge({**EVALUATION, "holdouts": {"feedback": {**holdouts["feedback"], "mean_auroc": 0.1}}}, None, GateConfig())
+    verdicts = judge(
+        {**EVALUATION, "holdouts": {"feedback": {**holdouts["feedback"], "mean_auroc": 0.1}}}, None, GateConfig()
+    )
     assert [v.to_dict() for v in verdicts] == [v.to_dict() for v in judge(EVALUATION, None, GateConfig())]

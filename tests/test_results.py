@@ -31,8 +31,9 @@ class Step(Result):
 
 def test_fields_in_declaration_order_and_unset_optional_ones_left_out():
     step = Step(passed=True, count=3, ratio=0.5, open_ended={"b": 1, "a": [1, 2]}, previous=None)
-    assert json.dumps(as_dict(step)) == ('{"passed": true, "count": 3, "ratio": 0.5, "open_ended": {"b": 1, "a": [1, 2]}, '
-                                         '"previous": null}')
+    assert json.dumps(as_dict(step)) == (
+        '{"passed": true, "count": 3, "ratio": 0.5, "open_ended": {"b": 1, "a": [1, 2]}, "previous": null}'
+    )
     step.recorded = "models:/m/1"
     step.inner = Inner(n=2, share=None)
     assert list(as_dict(step)) == ["passed", "count", "ratio", "open_ended", "previous", "inner", "recorded"]
@@ -45,8 +46,9 @@ def test_an_optional_field_set_to_none_is_printed_as_null():
 
 
 def test_nan_and_infinities_stay_numbers_nested_or_not():
-    step = Step(passed=True, count=1, ratio=math.inf, open_ended={"auroc": math.nan, "deep": [{"x": -math.inf}]},
-                previous=None)
+    step = Step(
+        passed=True, count=1, ratio=math.inf, open_ended={"auroc": math.nan, "deep": [{"x": -math.inf}]}, previous=None
+    )
     printed = json.dumps(as_dict(step))
     assert '"ratio": Infinity' in printed and '"auroc": NaN' in printed and '"x": -Infinity' in printed
 

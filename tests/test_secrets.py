@@ -33,8 +33,12 @@ def tracked_files() -> list[str]:
 
 def test_the_baseline_is_reviewed():
     baseline = json.loads(BASELINE.read_text())
-    unreviewed = [f"{path}:{r['line_number']} ({r['type']})" for path, results in baseline["results"].items()
-                  for r in results if r.get("is_secret") is not False]
+    unreviewed = [
+        f"{path}:{r['line_number']} ({r['type']})"
+        for path, results in baseline["results"].items()
+        for r in results
+        if r.get("is_secret") is not False
+    ]
     assert not unreviewed, f"entries in .secrets.baseline not audited as 'not a secret': {unreviewed}"
 
 
@@ -45,8 +49,11 @@ def test_no_secret_outside_the_reviewed_baseline(tmp_path):
     hook = Path(sys.executable).with_name("detect-secrets-hook")
     files = tracked_files()
     assert len(files) > 50, files
-    result = subprocess.run([str(hook), "--baseline", str(baseline), *files], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [str(hook), "--baseline", str(baseline), *files], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     # 0: nothing new; 3: only the baseline's line numbers moved (the copy was updated); 1: a new finding
-    assert result.returncode in (0, 3), f"detect-secrets found secret-like strings not in the reviewed baseline " \
-                                        f"(see this module's docstring):\n{result.stdout[-4000:]}{result.stderr[-2000:]}"
+    assert result.returncode in (0, 3), (
+        f"detect-secrets found secret-like strings not in the reviewed baseline "
+        f"(see this module's docstring):\n{result.stdout[-4000:]}{result.stderr[-2000:]}"
+    )

@@ -37,6 +37,7 @@ LABEL_COUNT = 14
 
 # --- images -----------------------------------------------------------------------------------------
 
+
 def encode(image: Image.Image, fmt: str, **kw) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **kw)
@@ -45,7 +46,9 @@ def encode(image: Image.Image, fmt: str, **kw) -> bytes:
 
 def chest(size: int = 96) -> np.ndarray:
     y, x = np.mgrid[0:size, 0:size] / size
-    lungs = np.exp(-(((x - 0.3) / 0.15) ** 2 + ((y - 0.5) / 0.3) ** 2)) + np.exp(-(((x - 0.7) / 0.15) ** 2 + ((y - 0.5) / 0.3) ** 2))
+    lungs = np.exp(-(((x - 0.3) / 0.15) ** 2 + ((y - 0.5) / 0.3) ** 2)) + np.exp(
+        -(((x - 0.7) / 0.15) ** 2 + ((y - 0.5) / 0.3) ** 2)
+    )
     return (1 - 0.7 * lungs).clip(0, 1)
 
 
@@ -56,7 +59,13 @@ def synthetic_dicom(pixels: bool = True, modality: str = "DX") -> bytes:
 def png_header_only(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     chunk = b"IHDR" + ihdr
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", 13)
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+        + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    )
 
 
 def noise_image() -> Image.Image:
@@ -73,10 +82,16 @@ SYNTHETIC = {
 
 # --- helpers ----------------------------------------------------------------------------------------
 
+
 def post_image(svc, data: bytes, path: str = "/predict", key: str | None = None, **fields: str) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key or svc.api_key}"}
-    return httpx.post(f"{svc.url}{path}", files={"image": ("upload.bin", data, "application/octet-stream")}, data=fields,
-                      headers=headers, timeout=60)
+    return httpx.post(
+        f"{svc.url}{path}",
+        files={"image": ("upload.bin", data, "application/octet-stream")},
+        data=fields,
+        headers=headers,
+        timeout=60,
+    )
 
 
 def check_prediction(body: dict) -> None:
@@ -108,6 +123,7 @@ def wait_for_image(home: Path, request_id: str, db: Path | None = None, timeout:
 
 
 # --- predictions ------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(SYNTHETIC))
@@ -179,8 +195,9 @@ def test_concurrent_requests_are_batched_when_batching_is_on(service, served_mod
     assert httpx.get(f"{service.url}/model", timeout=10).json()["runtime"]["batching"] is False  # the default
     # a home of its own: a second `bentoml serve` on the same BENTOML_HOME would wipe the first one's metrics
     shutil.copytree(served_model.home / "bentoml" / "models", tmp_path / "bentoml" / "models")
-    batched = start_service(ServedModel(tmp_path, served_model.tag), "batching.log", CHEXOPS_BATCHING="1",
-                            CHEXOPS_MAX_INFLIGHT="16")  # admission lets the 16 clients reach the batcher together
+    batched = start_service(
+        ServedModel(tmp_path, served_model.tag), "batching.log", CHEXOPS_BATCHING="1", CHEXOPS_MAX_INFLIGHT="16"
+    )  # admission lets the 16 clients reach the batcher together
     try:
         data = SYNTHETIC["jpeg"]()
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
@@ -188,17 +205,27 @@ def test_concurrent_requests_are_batched_when_batching_is_on(service, served_mod
         assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
         assert len({r.json()["request_id"] for r in responses}) == 48
         metrics = httpx.get(f"{batched.url}/metrics", timeout=10).text
-        # BentoML's histogram of the batch sizes its adaptive batcher formed for /infer: some batch held more than one image.
-        infer = [line for line in metrics.splitlines() if line.startswith("bentoml_service_adaptive_batch_size") and "infer" in line]
-        batches = sum(float(line.split()[-1]) for line in infer if line.startswith("bentoml_service_adaptive_batch_size_count"))
+        # BentoML's histogram of the batch sizes its adaptive batcher formed for /infer: some batch held more than one
+        # image.
+        infer = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("bentoml_service_adaptive_batch_size") and "infer" in line
+        ]
+        batches = sum(
+            float(line.split()[-1]) for line in infer if line.startswith("bentoml_service_adaptive_batch_size_count")
+        )
         of_one = sum(float(line.split()[-1]) for line in infer if "_bucket{" in line and 'le="1.0"' in line)
         assert batches > 0, "no adaptive batching series for /infer:\n" + "\n".join(infer)
-        assert of_one < batches, f"all {batches:.0f} batches held one image: nothing was batched under concurrency\n" + "\n".join(infer)
+        assert of_one < batches, (
+            f"all {batches:.0f} batches held one image: nothing was batched under concurrency\n" + "\n".join(infer)
+        )
     finally:
         batched.stop()
 
 
 # --- bad input --------------------------------------------------------------------------------------
+
 
 def truncated_dicom() -> bytes:
     data = synthetic_dicom()
@@ -236,9 +263,16 @@ def test_malformed_requests_are_4xx_json(service):
     url, headers = f"{service.url}/predict", service.headers
     cases = [
         httpx.post(url, headers=headers, timeout=30),  # empty body
-        httpx.post(url, headers=headers, files={"file": ("a.png", SYNTHETIC["png16"](), "image/png")}, timeout=30),  # no image field
+        httpx.post(
+            url, headers=headers, files={"file": ("a.png", SYNTHETIC["png16"](), "image/png")}, timeout=30
+        ),  # no image field
         httpx.post(url, headers=headers, data={"image": "not a file"}, timeout=30),
-        httpx.post(url, headers={**headers, "content-type": "multipart/form-data; boundary=xyz"}, content=b"garbage", timeout=30),
+        httpx.post(
+            url,
+            headers={**headers, "content-type": "multipart/form-data; boundary=xyz"},
+            content=b"garbage",
+            timeout=30,
+        ),
         httpx.post(url, headers=headers, content=SYNTHETIC["png16"](), timeout=30),  # raw bytes, not a form
     ]
     for response in cases:
@@ -269,15 +303,22 @@ def test_the_service_keeps_serving_after_bad_input(service):
 
 # --- auth -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_api_keys(service):
     data = SYNTHETIC["png16"]()
     for path in ("/predict", "/explain"):
         assert httpx.post(f"{service.url}{path}", files={"image": ("x", data)}, timeout=30).status_code == 401
-        response = httpx.post(f"{service.url}{path}", files={"image": ("x", data)}, headers={"Authorization": "Bearer wrong-key-123"},
-                              timeout=30)
+        response = httpx.post(
+            f"{service.url}{path}",
+            files={"image": ("x", data)},
+            headers={"Authorization": "Bearer wrong-key-123"},
+            timeout=30,
+        )
         assert response.status_code == 401 and "not valid" in response.json()["error"]
-    assert httpx.post(f"{service.url}/feedback", json={"request_id": "x", "correct": True}, timeout=30).status_code == 401
+    assert (
+        httpx.post(f"{service.url}/feedback", json={"request_id": "x", "correct": True}, timeout=30).status_code == 401
+    )
     assert post_image(service, data, key=OTHER_KEY).status_code == 200  # the second clinic's key
     for path in ("/", "/livez", "/readyz", "/metrics", "/model"):
         assert httpx.get(f"{service.url}{path}", timeout=10).status_code == 200, path
@@ -291,6 +332,7 @@ def test_the_page_is_served(service):
 
 
 # --- explain ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_explain_answers_a_heatmap_png(service):
@@ -314,11 +356,17 @@ def test_explain_with_an_unknown_label_lists_the_labels(service):
 
 # --- feedback ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_feedback_is_stored_idempotent_and_checked(service):
     request_id = post_image(service, SYNTHETIC["jpeg"]()).json()["request_id"]
     url, headers = f"{service.url}/feedback", service.headers
-    body = {"request_id": request_id, "correct": False, "labels": {"Edema": 1, "Pneumothorax": 0}, "note": "edema missed"}
+    body = {
+        "request_id": request_id,
+        "correct": False,
+        "labels": {"Edema": 1, "Pneumothorax": 0},
+        "note": "edema missed",
+    }
     # Another clinic's key cannot give (or overwrite) this clinic's feedback; nothing is stored by trying.
     other = httpx.post(url, json=body, headers={"Authorization": f"Bearer {OTHER_KEY}"}, timeout=30)
     assert other.status_code == 403 and "another clinic" in other.json()["error"]
@@ -333,49 +381,74 @@ def test_feedback_is_stored_idempotent_and_checked(service):
     # stored, every answer is the stored record, as for a sequential duplicate.
     racing_id = post_image(service, SYNTHETIC["jpeg"]()).json()["request_id"]
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        answers = list(pool.map(lambda _: httpx.post(url, json={**body, "request_id": racing_id}, headers=headers, timeout=30),
-                                range(6)))
+        answers = list(
+            pool.map(
+                lambda _: httpx.post(url, json={**body, "request_id": racing_id}, headers=headers, timeout=30), range(6)
+            )
+        )
     assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
     assert sum(a.json()["created"] for a in answers) == 1
     assert len({json.dumps(a.json()["feedback"], sort_keys=True) for a in answers}) == 1
     assert httpx.post(url, json={**body, "request_id": "0" * 32}, headers=headers, timeout=30).status_code == 404
-    for bad in ({"request_id": request_id}, {"request_id": request_id, "correct": "yes"},
-                {"request_id": request_id, "correct": True, "labels": {"Dragons": 1}},
-                {"request_id": request_id, "correct": True, "labels": {"Edema": 2}},
-                {"request_id": request_id, "correct": True, "extra": 1}):
+    for bad in (
+        {"request_id": request_id},
+        {"request_id": request_id, "correct": "yes"},
+        {"request_id": request_id, "correct": True, "labels": {"Dragons": 1}},
+        {"request_id": request_id, "correct": True, "labels": {"Edema": 2}},
+        {"request_id": request_id, "correct": True, "extra": 1},
+    ):
         response = httpx.post(url, json=bad, headers=headers, timeout=30)
         assert response.status_code == 422 and "error" in response.json(), bad
-    response = httpx.post(url, content=b"{not json", headers={**headers, "content-type": "application/json"}, timeout=30)
+    response = httpx.post(
+        url, content=b"{not json", headers={**headers, "content-type": "application/json"}, timeout=30
+    )
     assert response.status_code == 400 and "error" in response.json()
 
 
 @pytest.mark.slow
 def test_metrics_have_the_service_series(service):
     request_id = post_image(service, SYNTHETIC["png16"]()).json()["request_id"]
-    httpx.post(f"{service.url}/feedback", json={"request_id": request_id, "correct": True}, headers=service.headers, timeout=30)
+    httpx.post(
+        f"{service.url}/feedback", json={"request_id": request_id, "correct": True}, headers=service.headers, timeout=30
+    )
     text = httpx.get(f"{service.url}/metrics", timeout=10).text
     const = 'environment="development",model_version="1"'
-    assert (f'chexops_model_info{{{const},name="chexops-cxr",precision="fp32",run_id="0123456789abcdef0123456789abcdef",'
-            'track="stable",version="1"} 1.0') in text
-    for series in ("chexops_predictions_total{", "chexops_finding_probability_bucket{",
-                   f'chexops_feedback_total{{{const},predicted_version="1",track="stable",verdict="correct"}}',
-                   "chexops_feedback_agreement_ratio{", "chexops_findings_positive_total{", "chexops_rejected_requests_total{",
-                   'chexops_http_requests_total{code="200",' + const + ',route="/predict",track="stable"}',
-                   "chexops_http_request_duration_seconds_bucket{", "chexops_batch_size_bucket{", "bentoml_service_request_total"):
+    assert (
+        f'chexops_model_info{{{const},name="chexops-cxr",precision="fp32",run_id="0123456789abcdef0123456789abcdef",'
+        'track="stable",version="1"} 1.0'
+    ) in text
+    for series in (
+        "chexops_predictions_total{",
+        "chexops_finding_probability_bucket{",
+        f'chexops_feedback_total{{{const},predicted_version="1",track="stable",verdict="correct"}}',
+        "chexops_feedback_agreement_ratio{",
+        "chexops_findings_positive_total{",
+        "chexops_rejected_requests_total{",
+        'chexops_http_requests_total{code="200",' + const + ',route="/predict",track="stable"}',
+        "chexops_http_request_duration_seconds_bucket{",
+        "chexops_batch_size_bucket{",
+        "bentoml_service_request_total",
+    ):
         assert series in text, series
-    ratio = float(next(line for line in text.splitlines() if line.startswith("chexops_feedback_agreement_ratio{")).split()[1])
+    ratio = float(
+        next(line for line in text.splitlines() if line.startswith("chexops_feedback_agreement_ratio{")).split()[1]
+    )
     assert 0 < ratio <= 1
 
 
 @pytest.mark.slow
 def test_no_torch_in_the_service(service):
     assert httpx.get(f"{service.url}/model", timeout=10).json()["runtime"]["torch_imported"] is False
-    code = "import sys; import chexops.serving.app, chexops.serving.inference, chexops.imaging.decode; print('torch' in sys.modules)"
+    code = (
+        "import sys; import chexops.serving.app, chexops.serving.inference, chexops.imaging.decode; "
+        "print('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.stdout.strip() == "False", result.stderr
 
 
 # --- de-identification and the export ---------------------------------------------------------------
+
 
 def identifiers(path: Path) -> list[bytes]:
     ds = pydicom.dcmread(path)
@@ -395,8 +468,15 @@ def test_no_identifier_is_stored_logged_or_exported(service, shared, tmp_path):
     assert response.status_code == 200, response.text
     request_id = response.json()["request_id"]
     labels = {"Cardiomegaly": 1, "Edema": 0}
-    assert httpx.post(f"{service.url}/feedback", json={"request_id": request_id, "correct": True, "labels": labels},
-                      headers=service.headers, timeout=30).status_code == 200
+    assert (
+        httpx.post(
+            f"{service.url}/feedback",
+            json={"request_id": request_id, "correct": True, "labels": labels},
+            headers=service.headers,
+            timeout=30,
+        ).status_code
+        == 200
+    )
     wait_for_image(service.home, request_id)
 
     out = tmp_path / "export"
@@ -430,8 +510,8 @@ def test_no_identifier_is_stored_logged_or_exported(service, shared, tmp_path):
 def test_a_png_upload_is_kept_as_its_pixels_without_its_text_chunks(service):
     from PIL import PngImagePlugin
 
-    from chexops.imaging.decode import decode
     from chexops.feedback.store import FeedbackStore
+    from chexops.imaging.decode import decode
 
     info = PngImagePlugin.PngInfo()
     info.add_text("PatientName", "DOE^JANE MRN-123456")
@@ -445,7 +525,9 @@ def test_a_png_upload_is_kept_as_its_pixels_without_its_text_chunks(service):
     store = FeedbackStore(f"sqlite:///{service.home / 'feedback' / 'feedback.db'}")
     try:
         with store._begin() as conn:  # noqa: SLF001 - the stored bytes themselves
-            kept = conn.exec_driver_sql("SELECT image_png FROM predictions WHERE request_id = ?", (request_id,)).scalar()
+            kept = conn.exec_driver_sql(
+                "SELECT image_png FROM predictions WHERE request_id = ?", (request_id,)
+            ).scalar()
     finally:
         store.close()
     assert b"MRN-123456" not in kept and b"PatientName" not in kept
@@ -454,6 +536,7 @@ def test_a_png_upload_is_kept_as_its_pixels_without_its_text_chunks(service):
 
 
 # --- durability and rate limits ---------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_acknowledged_feedback_survives_sigkill_and_the_rate_limit(served_model, tmp_path):
@@ -465,8 +548,12 @@ def test_acknowledged_feedback_survives_sigkill_and_the_rate_limit(served_model,
     is checked here on the running service's own store connections (/model runtime.feedback_store).
     Also: the per-key rate limit, the per-address limit of failed authentications."""
     db = tmp_path / "durable.db"
-    env = {"CHEXOPS_FEEDBACK_URL": f"sqlite:///{db}", "CHEXOPS_RATE_LIMIT": "6", "CHEXOPS_RATE_BURST": "3",
-           "CHEXOPS_AUTH_FAILURE_LIMIT": "3"}
+    env = {
+        "CHEXOPS_FEEDBACK_URL": f"sqlite:///{db}",
+        "CHEXOPS_RATE_LIMIT": "6",
+        "CHEXOPS_RATE_BURST": "3",
+        "CHEXOPS_AUTH_FAILURE_LIMIT": "3",
+    }
     first = start_service(served_model, log_name="durable-1.log", **env)
     try:
         store = httpx.get(f"{first.url}/model", timeout=10).json()["runtime"]["feedback_store"]
@@ -503,6 +590,7 @@ def test_acknowledged_feedback_survives_sigkill_and_the_rate_limit(served_model,
 
 # --- no orphans -------------------------------------------------------------------------------------
 
+
 def _family(pid: int) -> list:
     import psutil
 
@@ -531,8 +619,15 @@ def _gone(family: list, port: int, timeout: float = 20) -> bool:
 def _chexops_serve(model, port: int, log_name: str) -> subprocess.Popen:
     env = child_env(model.home, CHEXOPS_API_KEYS="test-clinic:test-clinic-key-0123456789")
     argv = [sys.executable, "-m", "chexops", "serve", "--host", "127.0.0.1", "--port", str(port), "--model", model.tag]
-    server = ServerProcess(argv, model.home / log_name, url=f"http://127.0.0.1:{port}", env=env, cwd=ROOT,
-                           name="chexops serve", append=True)
+    server = ServerProcess(
+        argv,
+        model.home / log_name,
+        url=f"http://127.0.0.1:{port}",
+        env=env,
+        cwd=ROOT,
+        name="chexops serve",
+        append=True,
+    )
     return server.start().process
 
 
@@ -569,15 +664,27 @@ def test_nothing_keeps_serving_after_chexops_serve_is_killed(served_model):
 
 # --- packaging --------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_bentoml_build_makes_a_bento_with_a_dockerfile(served_model):
     env = child_env(served_model.home, CHEXOPS_MODEL=served_model.tag, COLUMNS="4000")  # no wrapped paths
-    build = subprocess.run([sys.executable, "-m", "bentoml", "build", "-f", "bentos/bentofile.yaml", ".", "-o", "tag"],
-                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    build = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "-f", "bentos/bentofile.yaml", ".", "-o", "tag"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr[-3000:] + build.stdout[-3000:]
     tag = build.stdout.strip().splitlines()[-1].replace("__tag__:", "")
-    where = subprocess.run([sys.executable, "-m", "bentoml", "get", tag, "-o", "path"], capture_output=True, text=True, env=env,
-                           timeout=120)
+    where = subprocess.run(
+        [sys.executable, "-m", "bentoml", "get", tag, "-o", "path"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert where.returncode == 0, where.stderr
     bento = Path("".join(where.stdout.split()))
     assert bento.is_relative_to(served_model.home / "bentoml" / "bentos")
@@ -594,6 +701,7 @@ def test_bentoml_build_makes_a_bento_with_a_dockerfile(served_model):
 
 # --- units (no server) ------------------------------------------------------------------------------
 
+
 def test_priority_rule():
     from chexops.core.triage import priority
 
@@ -608,7 +716,7 @@ def test_priority_rule():
 
 def test_keys_and_rate_limiter(tmp_path):
     from chexops.core.errors import ConfigError
-    from chexops.serving.auth import AuthError, Authenticator, RateLimiter, load_keys
+    from chexops.serving.auth import Authenticator, AuthError, RateLimiter, load_keys
 
     keyfile = tmp_path / "keys"
     keyfile.write_text("# clinics\nnorth:north-key-123\nsouth:south-key-456\n")
@@ -640,7 +748,9 @@ def test_store_is_wal_idempotent_and_conflicts(tmp_path):
 
     store = FeedbackStore(f"sqlite:///{tmp_path / 'f.db'}")
     findings = [{"label": "Edema", "probability": 0.7, "threshold": 0.5, "positive": True}]
-    store.add_prediction("r1", "north", "m", "1", findings, "urgent", {"width": 10, "PatientName": "X^Y", "filename": "a.dcm"})
+    store.add_prediction(
+        "r1", "north", "m", "1", findings, "urgent", {"width": 10, "PatientName": "X^Y", "filename": "a.dcm"}
+    )
     assert store.prediction("r1")["image_info"] == {"width": 10}  # nothing else is kept
     record, created = store.add_feedback("r1", True, None, None)
     assert created and store.add_feedback("r1", True, None, None) == (record, False)
@@ -655,12 +765,13 @@ def test_store_is_wal_idempotent_and_conflicts(tmp_path):
 
 
 def test_failed_authentication_is_limited_per_address():
-    from chexops.serving.auth import AuthError, Authenticator, RateLimiter
+    from chexops.serving.auth import Authenticator, AuthError, RateLimiter
 
     now = [0.0]
     clock = lambda: now[0]  # noqa: E731
-    auth = Authenticator({"north-key-123": "north"}, RateLimiter(600, 100, clock), RateLimiter(60, 5, clock),
-                         RateLimiter(2, 2, clock))
+    auth = Authenticator(
+        {"north-key-123": "north"}, RateLimiter(600, 100, clock), RateLimiter(60, 5, clock), RateLimiter(2, 2, clock)
+    )
     for _ in range(2):
         with pytest.raises(AuthError) as err:
             auth.clinic("Bearer guess-000000", "10.0.0.1")
@@ -692,8 +803,9 @@ def test_serving_off_loopback_needs_configured_keys(tmp_path):
     require_keys_off_loopback("127.0.0.1", "", "")
     with pytest.raises(ConfigError, match="without API keys"):
         require_keys_off_loopback("0.0.0.0", " ", "")
-    result = run_cli("serve", "--host", "0.0.0.0", "--port", str(free_port()), "--model", "chexops-cxr:v1",
-                     home=tmp_path, timeout=60)
+    result = run_cli(
+        "serve", "--host", "0.0.0.0", "--port", str(free_port()), "--model", "chexops-cxr:v1", home=tmp_path, timeout=60
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "without API keys" in result.stderr and "Traceback" not in result.stderr
 
@@ -720,9 +832,16 @@ def test_sqlite_store_upgrades_an_old_schema_and_races_between_processes(tmp_pat
     for request_id in ids:
         store.add_prediction(request_id, "north", "m", "1", [], "routine", {})
     start = time.time() + 1.5
-    racers = [subprocess.Popen([sys.executable, "-c", RACER, f"sqlite:///{db}", str(start), json.dumps(ids)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**child_env(tmp_path), "PYTHONPATH": ":".join(sys.path)})
-              for _ in range(2)]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, f"sqlite:///{db}", str(start), json.dumps(ids)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**child_env(tmp_path), "PYTHONPATH": ":".join(sys.path)},
+        )
+        for _ in range(2)
+    ]
     results = [racer.communicate(timeout=120) for racer in racers]
     assert all(r.returncode == 0 for r in racers), [err[-2000:] for _, err in results]
     a, b = (json.loads(out.strip().splitlines()[-1]) for out, _ in results)
@@ -735,13 +854,16 @@ def test_feedback_export_blanks_are_masked_by_the_training_reader(tmp_path):
     out of the loss even under the default policy (blank = negative), given labels kept."""
     from chexops.config import PolicyConfig
     from chexops.data.chexpert import apply_policy, read_chexpert_csv
-    from chexops.imaging.decode import to_png
     from chexops.feedback.export import export_feedback
     from chexops.feedback.store import FeedbackStore
+    from chexops.imaging.decode import to_png
 
     store = FeedbackStore(f"sqlite:///{tmp_path / 'f.db'}")
     labels = ["Edema", "Cardiomegaly", "Pneumothorax"]
-    findings = [{"label": label, "probability": p, "threshold": 0.5, "positive": p >= 0.5} for label, p in zip(labels, (0.9, 0.2, 0.1))]
+    findings = [
+        {"label": label, "probability": p, "threshold": 0.5, "positive": p >= 0.5}
+        for label, p in zip(labels, (0.9, 0.2, 0.1))
+    ]
     for request_id in ("a", "b"):
         store.add_prediction(request_id, "north", "m", "1", findings, "urgent", {})
         store.set_image(request_id, to_png(chest(32).astype(np.float32)))
@@ -757,7 +879,11 @@ def test_feedback_export_blanks_are_masked_by_the_training_reader(tmp_path):
     assert targets[0, column["Edema"]] == 0 and mask[0, column["Edema"]] == 1
     assert mask[0, column["Cardiomegaly"]] == 0 and mask[0, column["Pneumothorax"]] == 0  # unknown: not a negative
     assert mask[0].sum() == 1  # every label nobody gave (the 11 other CheXpert labels too) is masked
-    assert targets[1, column["Edema"]] == 1 and targets[1, column["Cardiomegaly"]] == 0 and mask[1, column["Cardiomegaly"]] == 1
+    assert (
+        targets[1, column["Edema"]] == 1
+        and targets[1, column["Cardiomegaly"]] == 0
+        and mask[1, column["Cardiomegaly"]] == 1
+    )
 
 
 def test_feedback_export_streams_the_images(tmp_path):

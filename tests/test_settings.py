@@ -75,18 +75,28 @@ def test_defaults(env, blank):
         for name in VARIABLES:
             env.setenv(name, blank)
     settings = Settings.from_env()
-    assert {name: value(settings, attribute) for name, (attribute, _) in DEFAULTS.items()} == \
-           {name: default for name, (_, default) in DEFAULTS.items()}
+    assert {name: value(settings, attribute) for name, (attribute, _) in DEFAULTS.items()} == {
+        name: default for name, (_, default) in DEFAULTS.items()
+    }
     assert settings.feedback_location() == f"sqlite:///{paths.home() / 'feedback' / 'feedback.db'}"
 
 
 def test_values_are_parsed_as_the_service_uses_them(env, tmp_path):
-    for name, raw in {"CHEXOPS_MODEL": " chexops-cxr:v3 ", "CHEXOPS_PRECISION": "INT8", "CHEXOPS_THREADS": "4",
-                      "CHEXOPS_PROVIDERS": "cuda, cpu", "CHEXOPS_MAX_QUEUE": "0", "CHEXOPS_MAX_UPLOAD_MB": "8",
-                      "CHEXOPS_RATE_LIMIT": "0.5", "CHEXOPS_MODALITIES": "cr, dx ,MG,",
-                      "CHEXOPS_STATIC_DIR": str(tmp_path),
-                      "CHEXOPS_FEEDBACK_URL": "sqlite:////tmp/f.db", "CHEXOPS_ENVIRONMENT": "Staging",
-                      "CHEXOPS_TRACK": "CANARY", "CHEXOPS_FAULT_INJECTION": "error_rate=0.5,delay_ms=300"}.items():
+    for name, raw in {
+        "CHEXOPS_MODEL": " chexops-cxr:v3 ",
+        "CHEXOPS_PRECISION": "INT8",
+        "CHEXOPS_THREADS": "4",
+        "CHEXOPS_PROVIDERS": "cuda, cpu",
+        "CHEXOPS_MAX_QUEUE": "0",
+        "CHEXOPS_MAX_UPLOAD_MB": "8",
+        "CHEXOPS_RATE_LIMIT": "0.5",
+        "CHEXOPS_MODALITIES": "cr, dx ,MG,",
+        "CHEXOPS_STATIC_DIR": str(tmp_path),
+        "CHEXOPS_FEEDBACK_URL": "sqlite:////tmp/f.db",
+        "CHEXOPS_ENVIRONMENT": "Staging",
+        "CHEXOPS_TRACK": "CANARY",
+        "CHEXOPS_FAULT_INJECTION": "error_rate=0.5,delay_ms=300",
+    }.items():
         env.setenv(name, raw)
     settings = Settings.from_env()
     assert (settings.model_tag, settings.precision, settings.threads) == ("chexops-cxr:v3", "int8", 4)
@@ -99,8 +109,9 @@ def test_values_are_parsed_as_the_service_uses_them(env, tmp_path):
     assert settings.faults == FaultSpec(0.5, 300)
 
 
-@pytest.mark.parametrize("raw, on", [("1", True), ("yes", True), ("on", True), ("0", False), ("false", False),
-                                     ("No", False), ("OFF", False)])
+@pytest.mark.parametrize(
+    "raw, on", [("1", True), ("yes", True), ("on", True), ("0", False), ("false", False), ("No", False), ("OFF", False)]
+)
 def test_batching_switch(env, raw, on):
     env.setenv("CHEXOPS_BATCHING", raw)
     assert Settings.from_env().batching is on
@@ -114,24 +125,34 @@ def test_settings_are_frozen_and_keep_keys_out_of_their_repr(env):
         settings.threads = 8
 
 
-@pytest.mark.parametrize("name, raw, message", [
-    ("CHEXOPS_DRIFT_WINDOW", "abc", "CHEXOPS_DRIFT_WINDOW must be a whole number, got 'abc'."),  # int
-    ("CHEXOPS_THREADS", "2.5", "CHEXOPS_THREADS must be a whole number, got '2.5'."),
-    ("CHEXOPS_MAX_INFLIGHT", "0", "CHEXOPS_MAX_INFLIGHT must be at least 1, got 0."),
-    ("CHEXOPS_MAX_QUEUE", "-1", "CHEXOPS_MAX_QUEUE must be at least 0, got -1."),
-    ("CHEXOPS_DRIFT_MIN_IMAGES", "0", "CHEXOPS_DRIFT_MIN_IMAGES must be at least 1, got 0."),
-    ("CHEXOPS_FEEDBACK_IMAGE_SIDE", "big", "CHEXOPS_FEEDBACK_IMAGE_SIDE must be a whole number, got 'big'."),
-    ("CHEXOPS_RATE_LIMIT", "fast", "CHEXOPS_RATE_LIMIT must be a number, got 'fast'."),  # float
-    ("CHEXOPS_MAX_UPLOAD_MB", "0", "CHEXOPS_MAX_UPLOAD_MB must be above 0, got 0."),
-    ("CHEXOPS_PRECISION", "fp16", "CHEXOPS_PRECISION must be 'fp32' or 'int8', got 'fp16'."),  # enum
-    ("CHEXOPS_TRACK", "beta", "CHEXOPS_TRACK must be 'stable' or 'canary', got 'beta'."),
-    ("CHEXOPS_ENVIRONMENT", "my env", "CHEXOPS_ENVIRONMENT must be a short lower-case name (staging, production, ...), "
-                                      "got 'my env'."),
-    ("CHEXOPS_PROVIDERS", "cuda,,cpu", "CHEXOPS_PROVIDERS: unknown execution provider ''"),  # list
-    ("CHEXOPS_PROVIDERS", "gpu", "CHEXOPS_PROVIDERS: unknown execution provider 'gpu'"),
-    ("CHEXOPS_API_KEYS", "north:short", "CHEXOPS_API_KEYS: the key of clinic 'north' is shorter than 8 characters."),
-    ("CHEXOPS_FAULT_INJECTION", "error_rate=2", "CHEXOPS_FAULT_INJECTION: error_rate must be within 0..1"),
-])
+@pytest.mark.parametrize(
+    "name, raw, message",
+    [
+        ("CHEXOPS_DRIFT_WINDOW", "abc", "CHEXOPS_DRIFT_WINDOW must be a whole number, got 'abc'."),  # int
+        ("CHEXOPS_THREADS", "2.5", "CHEXOPS_THREADS must be a whole number, got '2.5'."),
+        ("CHEXOPS_MAX_INFLIGHT", "0", "CHEXOPS_MAX_INFLIGHT must be at least 1, got 0."),
+        ("CHEXOPS_MAX_QUEUE", "-1", "CHEXOPS_MAX_QUEUE must be at least 0, got -1."),
+        ("CHEXOPS_DRIFT_MIN_IMAGES", "0", "CHEXOPS_DRIFT_MIN_IMAGES must be at least 1, got 0."),
+        ("CHEXOPS_FEEDBACK_IMAGE_SIDE", "big", "CHEXOPS_FEEDBACK_IMAGE_SIDE must be a whole number, got 'big'."),
+        ("CHEXOPS_RATE_LIMIT", "fast", "CHEXOPS_RATE_LIMIT must be a number, got 'fast'."),  # float
+        ("CHEXOPS_MAX_UPLOAD_MB", "0", "CHEXOPS_MAX_UPLOAD_MB must be above 0, got 0."),
+        ("CHEXOPS_PRECISION", "fp16", "CHEXOPS_PRECISION must be 'fp32' or 'int8', got 'fp16'."),  # enum
+        ("CHEXOPS_TRACK", "beta", "CHEXOPS_TRACK must be 'stable' or 'canary', got 'beta'."),
+        (
+            "CHEXOPS_ENVIRONMENT",
+            "my env",
+            "CHEXOPS_ENVIRONMENT must be a short lower-case name (staging, production, ...), got 'my env'.",
+        ),
+        ("CHEXOPS_PROVIDERS", "cuda,,cpu", "CHEXOPS_PROVIDERS: unknown execution provider ''"),  # list
+        ("CHEXOPS_PROVIDERS", "gpu", "CHEXOPS_PROVIDERS: unknown execution provider 'gpu'"),
+        (
+            "CHEXOPS_API_KEYS",
+            "north:short",
+            "CHEXOPS_API_KEYS: the key of clinic 'north' is shorter than 8 characters.",
+        ),
+        ("CHEXOPS_FAULT_INJECTION", "error_rate=2", "CHEXOPS_FAULT_INJECTION: error_rate must be within 0..1"),
+    ],
+)
 def test_a_bad_value_is_a_config_error_naming_the_variable(env, name, raw, message):
     env.setenv(name, raw)
     with pytest.raises(ConfigError) as err:
@@ -145,8 +166,10 @@ def test_every_bad_value_is_named_at_once(env):
     env.setenv("CHEXOPS_RATE_BURST", "many")
     with pytest.raises(ConfigError) as err:
         Settings()
-    assert str(err.value).splitlines() == ["CHEXOPS_THREADS must be at least 1, got 0.",
-                                           "CHEXOPS_RATE_BURST must be a whole number, got 'many'."]
+    assert str(err.value).splitlines() == [
+        "CHEXOPS_THREADS must be at least 1, got 0.",
+        "CHEXOPS_RATE_BURST must be a whole number, got 'many'.",
+    ]
 
 
 def test_fault_injection_is_refused_in_production(env):
@@ -178,8 +201,15 @@ def test_only_the_settings_read_the_service_variables():
 
 
 def test_serve_refuses_a_bad_variable_before_starting(tmp_path):
-    result = run_cli("serve", "--port", str(free_port()), "--model", "chexops-cxr:v1",
-                     env=child_env(tmp_path, CHEXOPS_DRIFT_WINDOW="abc"), timeout=120)
+    result = run_cli(
+        "serve",
+        "--port",
+        str(free_port()),
+        "--model",
+        "chexops-cxr:v1",
+        env=child_env(tmp_path, CHEXOPS_DRIFT_WINDOW="abc"),
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "CHEXOPS_DRIFT_WINDOW must be a whole number, got 'abc'." in result.stderr
     assert "Traceback" not in result.stderr and "pydantic" not in result.stderr

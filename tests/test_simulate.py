@@ -13,9 +13,23 @@ from support import run_cli
 
 
 def run_simulate(url: str, data, out, *args: str, key: str = API_KEY) -> dict:
-    result = run_cli("simulate", "--url", url, "--csv", str(data / "valid.csv"), "--root", str(data), "--out", str(out),
-                     "--api-key-env", "CLINIC_KEY", "--json", *args,
-                     env={"PYTHONPATH": str(ROOT / "training"), "CLINIC_KEY": key}, timeout=120)
+    result = run_cli(
+        "simulate",
+        "--url",
+        url,
+        "--csv",
+        str(data / "valid.csv"),
+        "--root",
+        str(data),
+        "--out",
+        str(out),
+        "--api-key-env",
+        "CLINIC_KEY",
+        "--json",
+        *args,
+        env={"PYTHONPATH": str(ROOT / "training"), "CLINIC_KEY": key},
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
@@ -32,8 +46,25 @@ def agreement_counts(store_url: str) -> tuple[int, int]:
 def test_simulate_records_predictions_and_feedback_reaches_the_store(clinic, clinic_data, tmp_path):
     svc = clinic.service
     before = agreement_counts(clinic.store_url)
-    summary = run_simulate(svc.url, clinic_data, tmp_path, "--pattern", "poisson", "--rate", "15", "--duration", "2",
-                           "--max-requests", "24", "--review-share", "0.5", "--error-rate", "0.1", "--seed", "1")
+    summary = run_simulate(
+        svc.url,
+        clinic_data,
+        tmp_path,
+        "--pattern",
+        "poisson",
+        "--rate",
+        "15",
+        "--duration",
+        "2",
+        "--max-requests",
+        "24",
+        "--review-share",
+        "0.5",
+        "--error-rate",
+        "0.1",
+        "--seed",
+        "1",
+    )
     report = json.loads((tmp_path / "simulate.json").read_text())
     records = report["requests"]
     assert summary["sent"] == len(records) == summary["planned"] > 5
@@ -44,7 +75,11 @@ def test_simulate_records_predictions_and_feedback_reaches_the_store(clinic, cli
     assert truth_known and set(report["labels"]) >= truth_known
     reviewed = [r["feedback"] for r in records if "feedback" in r]
     # the default judge: the clinician calls it correct when the model's triage is the one the reading gives
-    assert all(r["feedback"]["correct"] == (r["priority"] == r["feedback"]["clinician_priority"]) for r in records if "feedback" in r)
+    assert all(
+        r["feedback"]["correct"] == (r["priority"] == r["feedback"]["clinician_priority"])
+        for r in records
+        if "feedback" in r
+    )
     assert 0 < len(reviewed) < len(records) and summary["feedback_stored"] == len(reviewed)
     after = agreement_counts(clinic.store_url)
     correct, incorrect = after[0] - before[0], after[1] - before[1]
@@ -57,8 +92,21 @@ def test_simulate_records_predictions_and_feedback_reaches_the_store(clinic, cli
 @pytest.mark.slow
 def test_simulate_backs_off_on_429_and_gets_every_study_answered(clinic_b, clinic_data, tmp_path):
     time.sleep(0.5)  # the bucket (burst 3, 10/s) is full again after any earlier traffic
-    summary = run_simulate(clinic_b.service.url, clinic_data, tmp_path / "out", "--pattern", "burst", "--burst-size", "8",
-                           "--rate", "8", "--duration", "1", "--max-requests", "8")
+    summary = run_simulate(
+        clinic_b.service.url,
+        clinic_data,
+        tmp_path / "out",
+        "--pattern",
+        "burst",
+        "--burst-size",
+        "8",
+        "--rate",
+        "8",
+        "--duration",
+        "1",
+        "--max-requests",
+        "8",
+    )
     assert summary["planned"] == summary["sent"] == 8
     assert summary["statuses"] == {"200": 8}  # every 429 was backed off and retried
     assert summary["rate_limited_requests"] >= 5 and summary["backoffs"] >= 5

@@ -10,23 +10,40 @@ import pytest
 import yaml
 
 from chexops.config import load_config
+from chexops.core.errors import ConfigError, DataError
 from chexops.data.loading import load_splits
 from chexops.data.sources import holdout_splits
-from chexops.core.errors import ConfigError, DataError
 
 
 def config(tmp_path, data, *sources: dict):
     path = tmp_path / f"c{len(list(tmp_path.glob('c*.yaml')))}.yaml"
-    path.write_text(yaml.safe_dump({"name": "sources", "data": {"csv": str(data / "train.csv"), "root": str(data.parent),
-                                                                "view": "all", "sources": list(sources)},
-                                    "preprocess": {"size": 32}, "model": {"name": "small", "width": 8}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "sources",
+                "data": {
+                    "csv": str(data / "train.csv"),
+                    "root": str(data.parent),
+                    "view": "all",
+                    "sources": list(sources),
+                },
+                "preprocess": {"size": 32},
+                "model": {"name": "small", "width": 8},
+            }
+        )
+    )
     return load_config(path)
 
 
 def test_sources_join_training_weighted_with_their_newest_rows_held_out(clinic_data, tmp_path):
     base = load_splits(config(tmp_path, clinic_data))
-    source = {"name": "feedback", "csv": str(clinic_data / "valid.csv"), "root": str(clinic_data.parent), "weight": 2,
-              "holdout_fraction": 0.25}
+    source = {
+        "name": "feedback",
+        "csv": str(clinic_data / "valid.csv"),
+        "root": str(clinic_data.parent),
+        "weight": 2,
+        "holdout_fraction": 0.25,
+    }
     cfg = config(tmp_path, clinic_data, source)
     joined = load_splits(cfg)
     n = len(pd.read_csv(clinic_data / "valid.csv"))
@@ -42,7 +59,10 @@ def test_sources_join_training_weighted_with_their_newest_rows_held_out(clinic_d
     fractional = load_splits(config(tmp_path, clinic_data, {**source, "weight": 1.5}))
     assert len(base.train) + (n - len(hold)) < len(fractional.train) < len(base.train) + 2 * (n - len(hold))
     again = load_splits(config(tmp_path, clinic_data, {**source, "weight": 1.5}))
-    assert len(again.train) == len(fractional.train) and again.fingerprint["data_version"] == fractional.fingerprint["data_version"]
+    assert (
+        len(again.train) == len(fractional.train)
+        and again.fingerprint["data_version"] == fractional.fingerprint["data_version"]
+    )
 
 
 def test_new_feedback_is_a_new_data_version(clinic_data, tmp_path):
@@ -57,8 +77,15 @@ def test_new_feedback_is_a_new_data_version(clinic_data, tmp_path):
     assert before != after
 
 
-@pytest.mark.parametrize("bad", [{"name": "x", "csv": "a.csv", "wieght": 2}, {"name": "x", "csv": "a.csv", "weight": 0},
-                                 {"name": "x y", "csv": "a.csv"}, {"name": "x", "csv": "a.csv", "holdout_fraction": 1}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"name": "x", "csv": "a.csv", "wieght": 2},
+        {"name": "x", "csv": "a.csv", "weight": 0},
+        {"name": "x y", "csv": "a.csv"},
+        {"name": "x", "csv": "a.csv", "holdout_fraction": 1},
+    ],
+)
 def test_bad_sources_are_config_errors(clinic_data, tmp_path, bad):
     with pytest.raises(ConfigError, match="sources"):
         config(tmp_path, clinic_data, bad)
@@ -72,9 +99,13 @@ def test_an_empty_source_fails_unless_allowed_and_a_missing_one_always(clinic_da
     source = {"name": "feedback", "csv": str(empty), "root": str(clinic_data.parent)}
     base = load_splits(config(tmp_path, clinic_data))
     joined = load_splits(config(tmp_path, clinic_data, {**source, "allow_empty": True}))
-    assert len(joined.train) == len(base.train) and joined.fingerprint["data_version"] == base.fingerprint["data_version"]
+    assert (
+        len(joined.train) == len(base.train) and joined.fingerprint["data_version"] == base.fingerprint["data_version"]
+    )
     assert holdout_splits(config(tmp_path, clinic_data, {**source, "allow_empty": True})) == {}
     with pytest.raises(DataError, match="no rows"):
         load_splits(config(tmp_path, clinic_data, source))
     with pytest.raises(DataError, match="does not exist"):
-        load_splits(config(tmp_path, clinic_data, {**source, "csv": str(tmp_path / "missing.csv"), "allow_empty": True}))
+        load_splits(
+            config(tmp_path, clinic_data, {**source, "csv": str(tmp_path / "missing.csv"), "allow_empty": True})
+        )

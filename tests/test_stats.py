@@ -26,9 +26,9 @@ def test_a_resample_draws_as_many_whole_groups_as_there_are():
         drawn = []
         while rows:  # the rows split, front to back, into whole groups
             group = members[int(keys[rows[0]])]
-            assert rows[:len(group)] == group
+            assert rows[: len(group)] == group
             drawn.append(group)
-            rows = rows[len(group):]
+            rows = rows[len(group) :]
         assert len(drawn) == len(groups)
 
 
@@ -61,7 +61,7 @@ def test_the_interval_of_a_mean_covers_the_true_mean_about_95_percent_of_the_tim
     trials, covered = 600, 0
     for _ in range(trials):
         sample = rng.normal(1.0, 2.0, 100)
-        means = bootstrap(lambda rows: sample[rows].mean(), Groups.rows(100), 200, rng)
+        means = bootstrap(lambda rows, sample=sample: sample[rows].mean(), Groups.rows(100), 200, rng)
         low, high = percentile_interval(means)
         covered += low <= 1.0 <= high
     assert 0.92 <= covered / trials <= 0.97
@@ -84,6 +84,7 @@ def test_resampling_groups_widens_the_interval_of_correlated_rows():
 
 def test_a_statistic_of_several_values_gives_one_row_per_resample():
     values = np.arange(10.0)
-    out = bootstrap(lambda rows: np.array([values[rows].min(), values[rows].max()]), Groups.rows(10), 7,
-                    np.random.default_rng(0))
+    out = bootstrap(
+        lambda rows: np.array([values[rows].min(), values[rows].max()]), Groups.rows(10), 7, np.random.default_rng(0)
+    )
     assert out.shape == (7, 2) and (out[:, 0] <= out[:, 1]).all()

@@ -44,7 +44,14 @@ def with_text(data: bytes) -> bytes:
     info.add_itxt("Comment", SECRET.decode(), zip=True)
     image = Image.open(io.BytesIO(data))
     image.load()
-    return png(image, pnginfo=info, **({"transparency": image.info["transparency"]} if "transparency" in image.info else {})) + SECRET
+    return (
+        png(
+            image,
+            pnginfo=info,
+            **({"transparency": image.info["transparency"]} if "transparency" in image.info else {}),
+        )
+        + SECRET
+    )
 
 
 def chunk(kind: bytes, body: bytes) -> bytes:
@@ -54,7 +61,7 @@ def chunk(kind: bytes, body: bytes) -> bytes:
 def png_chunks(data: bytes) -> list[bytes]:
     kinds, i = [], 8
     while i < len(data):
-        length, kind = struct.unpack(">I4s", data[i:i + 8])
+        length, kind = struct.unpack(">I4s", data[i : i + 8])
         kinds.append(kind)
         i += 12 + length
         if kind == b"IEND":
@@ -87,7 +94,9 @@ UPLOADS = {
     "16-bit PNG with sBIT and text chunks": lambda: with_text(sixteen_bit_with_sbit()),
     "palette PNG with transparency and text chunks": lambda: with_text(palette_with_transparency()),
     "grey JPEG with COM, XMP and trailing bytes": lambda: jpeg_with_metadata(),
-    "RGB progressive JPEG with restart markers": lambda: jpeg_with_metadata("RGB", progressive=True, restart_marker_blocks=4),
+    "RGB progressive JPEG with restart markers": lambda: jpeg_with_metadata(
+        "RGB", progressive=True, restart_marker_blocks=4
+    ),
 }
 
 
@@ -120,9 +129,12 @@ def test_exif_dicom_and_large_images_are_re_encoded_from_their_pixels():
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate when read
     exif[0x013B] = SECRET.decode()  # Artist
-    cases = {"EXIF JPEG": jpeg(rotated, exif=exif.tobytes()), "EXIF PNG": png(rotated, exif=exif.tobytes()),
-             "DICOM": dicom_bytes(dicom_dataset((chest(64) * 4095).astype(np.uint16))),
-             "large PNG": png(Image.fromarray((chest(300) * 255).astype(np.uint8)))}
+    cases = {
+        "EXIF JPEG": jpeg(rotated, exif=exif.tobytes()),
+        "EXIF PNG": png(rotated, exif=exif.tobytes()),
+        "DICOM": dicom_bytes(dicom_dataset((chest(64) * 4095).astype(np.uint16))),
+        "large PNG": png(Image.fromarray((chest(300) * 255).astype(np.uint8))),
+    }
     for name, data in cases.items():
         decoded = decode(data)
         kept = kept_image(data, decoded, max_side=200)
@@ -138,7 +150,7 @@ def test_exif_dicom_and_large_images_are_re_encoded_from_their_pixels():
 
 def test_a_structure_it_does_not_follow_is_re_encoded_not_refused():
     data = png(Image.fromarray((chest() * 255).astype(np.uint8)))
-    no_iend = data[:data.rindex(b"IEND") - 4]  # Pillow reads it; the chunk walk finds no end
+    no_iend = data[: data.rindex(b"IEND") - 4]  # Pillow reads it; the chunk walk finds no end
     decoded = decode(no_iend)
     kept = kept_image(no_iend, decoded, max_side=1024)
     assert kept != no_iend and Image.open(io.BytesIO(kept)).mode.startswith("I;16")

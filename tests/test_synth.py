@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from chexops.core.errors import UserInputError
+from chexops.core.labels import CHEXPERT_LABELS, COMPETITION_LABELS, META_COLUMNS
 from chexops.data import synth
 from chexops.data.chexpert import DATASET_DIR
 from chexops.data.synth import SynthSummary, synthesize
 from chexops.data.synth.labels import load_stats
 from chexops.data.synth.render import render_example_grid
-from chexops.core.errors import UserInputError
-from chexops.core.labels import CHEXPERT_LABELS, COMPETITION_LABELS, META_COLUMNS
 
 STATS = load_stats()
 TRAIN_VALUES = {"1.0", "0.0", "-1.0", ""}
@@ -142,9 +142,7 @@ def test_deterministic_for_a_seed(tmp_path, small):
     out, _, _ = small
     again = synthesize(tmp_path / "a", patients=12, valid_patients=5, image_size=32, seed=3, progress=True)
     other = synthesize(tmp_path / "b", patients=12, valid_patients=5, image_size=32, seed=4, progress=False)
-    synthesize(
-        tmp_path / "c", patients=12, valid_patients=5, image_size=32, seed=3, images=False, progress=False
-    )
+    synthesize(tmp_path / "c", patients=12, valid_patients=5, image_size=32, seed=3, images=False, progress=False)
     for name in ("train.csv", "valid.csv"):
         first = (out / DATASET_DIR / name).read_bytes()
         assert (tmp_path / "a" / DATASET_DIR / name).read_bytes() == first
@@ -190,7 +188,7 @@ def test_traces_are_learnable_and_the_check_can_fail(tmp_path):
         y = np.array([r[label] == "1.0" for r in train])[keep]
         truth = np.array([r[label] == "1.0" for r in valid])
 
-        def auroc(labels: np.ndarray) -> float:
+        def auroc(labels: np.ndarray, keep=keep, truth=truth) -> float:
             clf = LogisticRegression(C=1.0, max_iter=1000).fit(x_train[keep], labels)
             return roc_auc_score(truth, clf.predict_proba(x_valid)[:, 1])
 

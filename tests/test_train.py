@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -31,12 +32,26 @@ def synth_root(tmp_path_factory) -> Path:
 
 def tiny_config(tmp_path: Path, synth_root: Path, file: str = "tiny.yaml", cache_images: bool = True, **train) -> Path:
     config = {
-        "name": "tiny", "seed": 0,
-        "data": {"csv": str(synth_root / "CheXpert-v1.0-small/train.csv"), "test_csv": str(synth_root / "CheXpert-v1.0-small/valid.csv"),
-                 "root": str(synth_root), "val_fraction": 0.2, "cache_images": cache_images},
+        "name": "tiny",
+        "seed": 0,
+        "data": {
+            "csv": str(synth_root / "CheXpert-v1.0-small/train.csv"),
+            "test_csv": str(synth_root / "CheXpert-v1.0-small/valid.csv"),
+            "root": str(synth_root),
+            "val_fraction": 0.2,
+            "cache_images": cache_images,
+        },
         "preprocess": {"size": 32, "mean": [0.45], "std": [0.25]},
         "model": {"name": "small", "width": 12},
-        "train": {"epochs": 6, "batch_size": 32, "optimizer": "adamw", "lr": 0.004, "schedule": "onecycle", "checkpoint_every": 10, **train},
+        "train": {
+            "epochs": 6,
+            "batch_size": 32,
+            "optimizer": "adamw",
+            "lr": 0.004,
+            "schedule": "onecycle",
+            "checkpoint_every": 10,
+            **train,
+        },
         "tracking": {"experiment": "tests"},
     }
     path = tmp_path / file
@@ -81,16 +96,29 @@ def test_trains_and_tracks_on_a_real_mlflow_server(tmp_path, synth_root, mlflow_
     assert metrics["test_auroc"] == pytest.approx(summary["test"]["auroc"])
     assert any(key.startswith("system/") for key in metrics), sorted(metrics)
 
-    names = {a.path for a in client.list_artifacts(run.info.run_id)} | {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+    names = {a.path for a in client.list_artifacts(run.info.run_id)} | {
+        a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")
+    }
     assert {"config.yaml", "labels.json", "preprocessing.json", "data_fingerprint.json", "checkpoint/model.pt"} <= names
     mlflow.set_tracking_uri(mlflow_server)
-    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="data_fingerprint.json", dst_path=str(tmp_path))
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="data_fingerprint.json", dst_path=str(tmp_path)
+    )
     fingerprint = json.loads(Path(local).read_text())
-    assert fingerprint["raw_counts"]["Edema"]["uncertain"] > 0 and fingerprint["policy_counts"]["train"]["Edema"]["ignored"] == 0
-    ckpt = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="checkpoint/model.pt", dst_path=str(tmp_path))
+    assert (
+        fingerprint["raw_counts"]["Edema"]["uncertain"] > 0
+        and fingerprint["policy_counts"]["train"]["Edema"]["ignored"] == 0
+    )
+    ckpt = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="checkpoint/model.pt", dst_path=str(tmp_path)
+    )
     payload = load_checkpoint(ckpt)
     assert tags["init"] == "random" and summary["init"] == "random"
-    assert payload["labels"][0] == "No Finding" and payload["preprocessing"]["size"] == 32 and payload["run_id"] == run.info.run_id
+    assert (
+        payload["labels"][0] == "No Finding"
+        and payload["preprocessing"]["size"] == 32
+        and payload["run_id"] == run.info.run_id
+    )
 
 
 @pytest.mark.slow
@@ -106,7 +134,7 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path, synth_root):
     config = tiny_config(tmp_path, synth_root, epochs=1, batch_size=16, accum_steps=3)
     summary = train_json("--config", str(config))
     rows = summary_rows(config)
-    assert summary["steps"] == -(-(-(-rows // 16)) // 3)
+    assert summary["steps"] == math.ceil(math.ceil(rows / 16) / 3)  # optimiser steps: batches of 16, 3 per step
 
 
 def summary_rows(config: Path) -> int:
@@ -118,13 +146,34 @@ def summary_rows(config: Path) -> int:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_ends_where_an_uninterrupted_run_ends(tmp_path, synth_root):
-    reference = train_json("--config", str(tiny_config(tmp_path, synth_root, epochs=4, checkpoint_every=5)), "--checkpoint-dir", str(tmp_path / "ref"))
+    reference = train_json(
+        "--config",
+        str(tiny_config(tmp_path, synth_root, epochs=4, checkpoint_every=5)),
+        "--checkpoint-dir",
+        str(tmp_path / "ref"),
+    )
     # the killed run decodes in 2 DataLoader worker processes, uncached: the same batches, the same result
-    config = tiny_config(tmp_path, synth_root, epochs=4, checkpoint_every=5, num_workers=2, file="workers.yaml", cache_images=False)
+    config = tiny_config(
+        tmp_path, synth_root, epochs=4, checkpoint_every=5, num_workers=2, file="workers.yaml", cache_images=False
+    )
 
     ckpt_dir = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "chexops", "train", "--config", str(config), "--checkpoint-dir", str(ckpt_dir), "--json"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "chexops",
+            "train",
+            "--config",
+            str(config),
+            "--checkpoint-dir",
+            str(ckpt_dir),
+            "--json",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while not (ckpt_dir / "last.pt").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "training ended before its first checkpoint"
@@ -156,8 +205,24 @@ def test_sigkill_then_resume_ends_where_an_uninterrupted_run_ends(tmp_path, synt
 def test_distributed_data_parallel_on_cpu_with_gloo(tmp_path, synth_root):
     config = tiny_config(tmp_path, synth_root, epochs=2)
     torchrun = Path(sys.executable).parent / "torchrun"
-    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "chexops", "train", "--config", str(config), "--json"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "chexops",
+            "train",
+            "--config",
+            str(config),
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1  # only rank 0 reports
@@ -201,16 +266,31 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, synth_root):
     ckpt_dir.mkdir()
     torch.save({"digest": "x", "state": _Payload(marker)}, ckpt_dir / "last.pt")  # a poisoned resume checkpoint
     result = run_cli("train", "--config", str(tiny_config(tmp_path, synth_root)), "--checkpoint-dir", str(ckpt_dir))
-    assert result.returncode == 2 and "not a safe chexops checkpoint" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.returncode == 2 and "not a safe chexops checkpoint" in result.stderr and "Traceback" not in result.stderr
+    )
     assert not marker.exists()
 
 
 def test_format_one_checkpoints_stay_readable(tmp_path):
-    old = {"format": 1, "model": {"head.weight": torch.zeros(2, 3)}, "model_config": {"name": "small"}, "labels": ["A", "B"],
-           "preprocessing": {"size": 32}, "config": {"name": "x"}, "run_id": "r", "data_version": "d", "val_mean_auroc": 0.9}
+    old = {
+        "format": 1,
+        "model": {"head.weight": torch.zeros(2, 3)},
+        "model_config": {"name": "small"},
+        "labels": ["A", "B"],
+        "preprocessing": {"size": 32},
+        "config": {"name": "x"},
+        "run_id": "r",
+        "data_version": "d",
+        "val_mean_auroc": 0.9,
+    }
     torch.save(old, tmp_path / "model.pt")
     payload = load_checkpoint(tmp_path / "model.pt")
-    assert payload["labels"] == ["A", "B"] and payload["val_mean_auroc"] == 0.9 and payload["model"]["head.weight"].shape == (2, 3)
+    assert (
+        payload["labels"] == ["A", "B"]
+        and payload["val_mean_auroc"] == 0.9
+        and payload["model"]["head.weight"].shape == (2, 3)
+    )
 
 
 def test_a_nan_first_epoch_can_be_beaten():
@@ -221,7 +301,9 @@ def test_a_nan_first_epoch_can_be_beaten():
     assert not improves(nan, 0.5) and not improves(nan, nan) and not improves(0.5, 0.6)
 
 
-@pytest.mark.parametrize("name,weights,warned", [("densenet121", None, True), ("small", None, False), ("densenet121", "imagenet.pt", False)])
+@pytest.mark.parametrize(
+    "name,weights,warned", [("densenet121", None, True), ("small", None, False), ("densenet121", "imagenet.pt", False)]
+)
 def test_random_initialisation_is_said_loudly_and_tagged(caplog, name, weights, warned):
     from chexops.config import ModelConfig
     from chexops.train.loop import init_tag

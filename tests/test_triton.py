@@ -23,8 +23,19 @@ def parse(path) -> model_config_pb2.ModelConfig:
 @pytest.fixture(scope="module")
 def repository(served_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("triton")
-    result = run_cli("triton", "export", "--model", served_model.tag, "--out", str(out), "--max-batch-size", "32", "--json",
-                     env=child_env(served_model.home), timeout=300)
+    result = run_cli(
+        "triton",
+        "export",
+        "--model",
+        served_model.tag,
+        "--out",
+        str(out),
+        "--max-batch-size",
+        "32",
+        "--json",
+        env=child_env(served_model.home),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return out, json.loads(result.stdout)
 
@@ -34,7 +45,10 @@ def test_config_matches_the_onnx_file(repository):
     model_dir = out / summary["model"]
     onnx_file = model_dir / "1" / "model.onnx"
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    for config, kind in ((parse(model_dir / "config.pbtxt"), "KIND_CPU"), (parse(model_dir / "configs" / "gpu.pbtxt"), "KIND_GPU")):
+    for config, kind in (
+        (parse(model_dir / "config.pbtxt"), "KIND_CPU"),
+        (parse(model_dir / "configs" / "gpu.pbtxt"), "KIND_GPU"),
+    ):
         assert config.name == summary["model"] == "chexops-cxr"
         assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 32
         assert [(t.name, list(t.dims)) for t in config.input] == [(i.name, i.shape[1:]) for i in session.get_inputs()]
@@ -60,5 +74,7 @@ def test_refusals_are_exit_2(repository, served_model, tmp_path):
     unknown = run_cli("triton", "export", "--model", "chexops-cxr:v999", "--out", str(tmp_path), env=env, timeout=300)
     assert unknown.returncode == 2 and "v999" in unknown.stderr and "Traceback" not in unknown.stderr
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
-    bad = run_cli("triton", "export", "--onnx", str(tmp_path / "bad.onnx"), "--out", str(tmp_path / "r"), env=env, timeout=300)
+    bad = run_cli(
+        "triton", "export", "--onnx", str(tmp_path / "bad.onnx"), "--out", str(tmp_path / "r"), env=env, timeout=300
+    )
     assert bad.returncode == 2 and "not an ONNX model" in bad.stderr and "Traceback" not in bad.stderr

@@ -24,14 +24,25 @@ from mlflow_fixtures import postgres_server
 from service_fixtures import start_service
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TIMEOUT_MS = 30_000
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (apt-get install chromium): "
-                                                     "the page is tested in Debian's chromium, never a downloaded one"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="/usr/bin/chromium is missing (apt-get install chromium): "
+        "the page is tested in Debian's chromium, never a downloaded one",
+    ),
     pytest.mark.timeout(300),
 ]
 
@@ -71,7 +82,9 @@ def radiograph(tmp_path_factory) -> Path:
         return real
     path = tmp_path_factory.mktemp("webpage") / "generated_cxr.png"
     yy, xx = np.mgrid[0:256, 0:256]
-    lungs = np.exp(-(((xx - 85) / 45.0) ** 2 + ((yy - 128) / 80.0) ** 2)) + np.exp(-(((xx - 171) / 45.0) ** 2 + ((yy - 128) / 80.0) ** 2))
+    lungs = np.exp(-(((xx - 85) / 45.0) ** 2 + ((yy - 128) / 80.0) ** 2)) + np.exp(
+        -(((xx - 171) / 45.0) ** 2 + ((yy - 128) / 80.0) ** 2)
+    )
     Image.fromarray((255 * (0.85 - 0.6 * lungs).clip(0, 1)).astype(np.uint8)).save(path)
     return path
 
@@ -110,7 +123,8 @@ def test_upload_findings_heatmap_and_feedback(page, service, radiograph, tmp_pat
     wait_for_findings(page)
     rows = page.locator("[data-testid=finding]")
     assert rows.count() == len(model["labels"])
-    shown = rows.evaluate_all("""els => els.map(e => ({label: e.dataset.label, probability: Number(e.dataset.probability),
+    shown = rows.evaluate_all("""els => els.map(e => ({label: e.dataset.label, probability:
+    Number(e.dataset.probability),
         threshold: Number(e.dataset.threshold), positive: e.dataset.positive === 'true',
         highlighted: e.classList.contains('positive'), text: e.innerText}))""")
     assert sorted(f["label"] for f in shown) == sorted(model["labels"])
@@ -125,8 +139,12 @@ def test_upload_findings_heatmap_and_feedback(page, service, radiograph, tmp_pat
 
     # The page shows what the API answers for the same image.
     with open(radiograph, "rb") as fh:
-        api = httpx.post(f"{service.url}/predict", headers=service.headers, files={"image": ("x", fh.read())}, timeout=30).json()
-    assert {f["label"]: f["probability"] for f in shown} == pytest.approx({f["label"]: f["probability"] for f in api["findings"]})
+        api = httpx.post(
+            f"{service.url}/predict", headers=service.headers, files={"image": ("x", fh.read())}, timeout=30
+        ).json()
+    assert {f["label"]: f["probability"] for f in shown} == pytest.approx(
+        {f["label"]: f["probability"] for f in api["findings"]}
+    )
     request_id = page.get_by_test_id("request-id").inner_text().strip()
     assert len(request_id) >= 16 and request_id != api["request_id"]
     assert page.get_by_test_id("priority").get_attribute("data-value") == api["priority"]
@@ -191,7 +209,9 @@ def test_dicom_and_unsupported_file(page, service, shared, tmp_path):
     assert "DICOM" in page.locator("#viewer-placeholder").inner_text()  # the browser cannot preview it
     wait_for_findings(page)
     page.get_by_test_id("heatmap-toggle").first.click()  # the heatmap shows the DICOM's pixels
-    page.wait_for_function("() => { const i = document.getElementById('heatmap-image'); return !i.hidden && i.naturalWidth > 0; }")
+    page.wait_for_function(
+        "() => { const i = document.getElementById('heatmap-image'); return !i.hidden && i.naturalWidth > 0; }"
+    )
 
     text = tmp_path / "report.png"  # a name that lies: the type comes from the content
     text.write_bytes(b"not an image at all\n" * 10)
@@ -206,11 +226,16 @@ def test_drag_and_drop_selects_the_file(page, service, radiograph):
     page.goto("/")
     page.get_by_label("API key").fill(service.api_key)
     data = list(radiograph.read_bytes())
-    transfer = page.evaluate_handle("""bytes => { const t = new DataTransfer();
-        t.items.add(new File([new Uint8Array(bytes)], 'dropped.png', {type: 'image/png'})); return t; }""", data)
+    transfer = page.evaluate_handle(
+        """bytes => { const t = new DataTransfer();
+        t.items.add(new File([new Uint8Array(bytes)], 'dropped.png', {type: 'image/png'})); return t; }""",
+        data,
+    )
     page.get_by_test_id("dropzone").dispatch_event("drop", {"dataTransfer": transfer})
     assert "dropped.png" in page.get_by_test_id("file-name").inner_text()
-    page.wait_for_function("() => { const i = document.getElementById('preview-image'); return !i.hidden && i.naturalWidth > 0; }")
+    page.wait_for_function(
+        "() => { const i = document.getElementById('preview-image'); return !i.hidden && i.naturalWidth > 0; }"
+    )
     assert page.locator("#analyse").is_enabled()
 
 
@@ -218,11 +243,12 @@ def test_the_feedback_store_down_and_back(browser, served_model, tmp_path):
     """A real PostgreSQL store, stopped under a running service: /predict answers (not stored, no 5xx),
     /feedback is 503 with Retry-After, the page tells the clinician feedback is unavailable; restarted:
     the service reconnects by itself and feedback is stored again."""
-    image = (shared_data() / "real-cxr" / "nih_00000001_000.png")
+    image = shared_data() / "real-cxr" / "nih_00000001_000.png"
     data = image.read_bytes() if image.is_file() else _generated_png(tmp_path)
     with postgres_server() as postgres:
         svc = start_service(served_model, log_name="store-down.log", CHEXOPS_FEEDBACK_URL=postgres.url)
         try:
+
             def predict():
                 return httpx.post(f"{svc.url}/predict", headers=svc.headers, files={"image": ("x", data)}, timeout=30)
 
@@ -231,9 +257,17 @@ def test_the_feedback_store_down_and_back(browser, served_model, tmp_path):
             down = predict()
             assert down.status_code == 200 and down.json()["feedback_available"] is False, down.text
             assert len(down.json()["findings"]) == len(httpx.get(f"{svc.url}/model", timeout=10).json()["labels"])
-            refused = httpx.post(f"{svc.url}/feedback", headers=svc.headers, json={"request_id": down.json()["request_id"],
-                                                                                   "correct": True}, timeout=30)
-            assert refused.status_code == 503 and refused.headers["retry-after"] and "unavailable" in refused.json()["error"]
+            refused = httpx.post(
+                f"{svc.url}/feedback",
+                headers=svc.headers,
+                json={"request_id": down.json()["request_id"], "correct": True},
+                timeout=30,
+            )
+            assert (
+                refused.status_code == 503
+                and refused.headers["retry-after"]
+                and "unavailable" in refused.json()["error"]
+            )
             assert httpx.get(f"{svc.url}/model", timeout=10).json()["runtime"]["feedback_store"]["available"] is False
 
             context = browser.new_context(viewport={"width": 1280, "height": 1000}, base_url=svc.url)
@@ -258,8 +292,12 @@ def test_the_feedback_store_down_and_back(browser, served_model, tmp_path):
             while not (back := predict()).json().get("feedback_available") and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert back.status_code == 200 and back.json()["feedback_available"] is True, back.text
-            stored = httpx.post(f"{svc.url}/feedback", headers=svc.headers, json={"request_id": back.json()["request_id"],
-                                                                                  "correct": True}, timeout=30)
+            stored = httpx.post(
+                f"{svc.url}/feedback",
+                headers=svc.headers,
+                json={"request_id": back.json()["request_id"], "correct": True},
+                timeout=30,
+            )
             assert stored.status_code == 200 and stored.json()["created"] is True
             assert "Traceback" not in svc.logs()
         finally:

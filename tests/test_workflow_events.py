@@ -24,11 +24,19 @@ from support import ROOT
 FIXTURES = ROOT / "tests" / "fixtures" / "github"
 SENSOR = ROOT / "workflows" / "events" / "sensor.yaml"
 STARTS = {"main-training-modified", "main-config-added", "main-config-removed", "main-two-commits-second-trains"}
-NOTHING = {"main-k8s-promotion", "main-docs-mention-training", "main-workflows-only", "branch-training",
-           "branch-named-main-prefix", "tag-release", "ping"}
+NOTHING = {
+    "main-k8s-promotion",
+    "main-docs-mention-training",
+    "main-workflows-only",
+    "branch-training",
+    "branch-named-main-prefix",
+    "tag-release",
+    "ping",
+}
 
 
 # --- Go's encoding/json and regexp --------------------------------------------------------------
+
 
 def go_json(value) -> str:
     """json.Marshal's bytes: compact, UTF-8 kept, <, > and & escaped."""
@@ -127,6 +135,7 @@ def gjson_bool(value) -> bool:
 
 # --- filterData ------------------------------------------------------------------------------
 
+
 def filter_data(filters: list[dict], operator: str, event: dict) -> bool:
     data = json.loads(go_json(event))
     results = []
@@ -188,8 +197,12 @@ def test_the_run_gets_the_pushed_commit():
     assert param["dest"].startswith("spec.arguments.parameters.")
     assert workflow["spec"]["arguments"]["parameters"][index]["name"] == "commit"
     template = workflow["spec"]["workflowTemplateRef"]["name"]
-    pipeline = next(d for p in (ROOT / "workflows").glob("*.yaml") for d in yaml.safe_load_all(p.read_text())
-                    if d and d["kind"] == "WorkflowTemplate" and d["metadata"]["name"] == template)
+    pipeline = next(
+        d
+        for p in (ROOT / "workflows").glob("*.yaml")
+        for d in yaml.safe_load_all(p.read_text())
+        if d and d["kind"] == "WorkflowTemplate" and d["metadata"]["name"] == template
+    )
     assert "commit" in {p["name"] for p in pipeline["spec"]["arguments"]["parameters"]}
 
 
@@ -224,7 +237,10 @@ def test_the_webhook_is_hmac_verified_with_a_secret_the_cluster_has():
     assert secret["key"] in made[(secret["name"], source["metadata"]["namespace"])]
     sensor_doc = sensor()
     dependency = sensor_doc["spec"]["dependencies"][0]
-    assert (dependency["eventSourceName"], dependency["eventName"]) == (source["metadata"]["name"], next(iter(source["spec"]["github"])))
+    assert (dependency["eventSourceName"], dependency["eventName"]) == (
+        source["metadata"]["name"],
+        next(iter(source["spec"]["github"])),
+    )
 
 
 def test_every_secret_the_workflows_read_is_made_by_ansible():
@@ -242,7 +258,9 @@ def test_every_secret_the_workflows_read_is_made_by_ansible():
     used |= s3_credential_files_mounted()
     assert len(used) >= 5
     for name, namespace, key in used:
-        assert key in made.get((name, namespace), set()), f"Secret {namespace}/{name} key {key} is not created by ansible/roles/secrets"
+        assert key in made.get((name, namespace), set()), (
+            f"Secret {namespace}/{name} key {key} is not created by ansible/roles/secrets"
+        )
 
 
 def s3_credential_files_mounted() -> set[tuple[str, str, str]]:
@@ -269,7 +287,8 @@ ARTIFACT_STEPS = {"data", "train", "evaluate", "register", "export", "bento"}
 
 
 def test_steps_that_reach_s3_mount_the_credentials_and_carry_none_in_their_environment():
-    """Every step that reads or writes the S3 store (MLflow artifacts, data) mounts the credentials Secret for `chexops s3-credentials`;
+    """Every step that reads or writes the S3 store (MLflow artifacts, data) mounts the credentials Secret for `chexops
+    s3-credentials`;
     no workflow puts S3 credentials in a container's environment."""
     from chexops.delivery.s3_credentials import DEFAULT_DIR
 
@@ -279,7 +298,11 @@ def test_steps_that_reach_s3_mount_the_credentials_and_carry_none_in_their_envir
             for template in (doc or {}).get("spec", {}).get("templates", []):
                 container = template.get("container") or {}
                 env = {e["name"] for e in container.get("env", [])}
-                assert not any(name.startswith("AWS_") and "KEY" in name for name in env), (path.name, template["name"], env)
+                assert not any(name.startswith("AWS_") and "KEY" in name for name in env), (
+                    path.name,
+                    template["name"],
+                    env,
+                )
                 argv = [*container.get("command", []), *container.get("args", [])]
                 step = argv[argv.index("chexops") + 1] if "chexops" in argv else None
                 if step in ARTIFACT_STEPS:

@@ -29,8 +29,11 @@ ARGO_KINDS = ("WorkflowTemplate", "Workflow", "CronWorkflow")
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 K8S_VERSION = "1.33"
 # Stand-ins for values only known at run time (anything that parses as what the CLI expects).
-RUNTIME_VALUES = {"image": "registry.platform.svc.cluster.local:5000/chexops-cxr:v1@sha256:" + "0" * 64,
-                  "analysis-phase": "Successful", "status": "Succeeded"}
+RUNTIME_VALUES = {
+    "image": "registry.platform.svc.cluster.local:5000/chexops-cxr:v1@sha256:" + "0" * 64,
+    "analysis-phase": "Successful",
+    "status": "Succeeded",
+}
 
 
 def documents() -> list[tuple[Path, dict]]:
@@ -49,8 +52,12 @@ def workflow_specs() -> list[tuple[str, dict]]:
 
 
 def templates_by_ref() -> dict[tuple[str, str], dict]:
-    return {(doc["metadata"]["name"], t["name"]): t for _, doc in documents() if doc["kind"] == "WorkflowTemplate"
-            for t in doc["spec"]["templates"]}
+    return {
+        (doc["metadata"]["name"], t["name"]): t
+        for _, doc in documents()
+        if doc["kind"] == "WorkflowTemplate"
+        for t in doc["spec"]["templates"]
+    }
 
 
 def strings(obj, path=""):
@@ -66,15 +73,21 @@ def strings(obj, path=""):
 
 def test_there_are_the_templates_the_pipeline_needs():
     kinds = {(doc["kind"], doc["metadata"]["name"]) for _, doc in documents()}
-    for expected in [("WorkflowTemplate", "chexops-train"), ("WorkflowTemplate", "chexops-deliver"),
-                     ("WorkflowTemplate", "chexops-pipeline"), ("CronWorkflow", "chexops-retrain"),
-                     ("EventSource", "github"), ("Sensor", "chexops-train-on-push")]:
+    for expected in [
+        ("WorkflowTemplate", "chexops-train"),
+        ("WorkflowTemplate", "chexops-deliver"),
+        ("WorkflowTemplate", "chexops-pipeline"),
+        ("CronWorkflow", "chexops-retrain"),
+        ("EventSource", "github"),
+        ("Sensor", "chexops-train-on-push"),
+    ]:
         assert expected in kinds
     listed = set(yaml.safe_load((WORKFLOWS / "kustomization.yaml").read_text())["resources"])
     assert listed == {str(p.relative_to(WORKFLOWS)) for p in FILES}, "kustomization.yaml must list every manifest"
 
 
 # --- schemas ---------------------------------------------------------------------------------------
+
 
 @functools.lru_cache(maxsize=None)
 def _schema_for(shared: Path, api_version: str, kind: str):
@@ -96,7 +109,9 @@ def test_argo_objects_match_the_upstream_schemas(shared):
         schema = _schema_for(shared, doc["apiVersion"], doc["kind"])
         assert schema is not None, f"{path}: no upstream schema for {doc['kind']}"
         errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=str)
-        assert not errors, f"{path.name} {doc['kind']}: " + "; ".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:5])
+        assert not errors, f"{path.name} {doc['kind']}: " + "; ".join(
+            f"{list(e.absolute_path)}: {e.message}" for e in errors[:5]
+        )
         checked += 1
     assert checked >= 6
 
@@ -110,7 +125,11 @@ def test_the_schemas_are_strict_enough_to_catch_a_removed_field(shared):
     assert list(jsonschema.Draft7Validator(schema).iter_errors(old))
     template = copy.deepcopy(next(doc for _, doc in documents() if doc["kind"] == "WorkflowTemplate"))
     template["spec"]["templates"][0]["retryStrategyy"] = {}
-    assert list(jsonschema.Draft7Validator(_schema_for(shared, template["apiVersion"], "WorkflowTemplate")).iter_errors(template))
+    assert list(
+        jsonschema.Draft7Validator(_schema_for(shared, template["apiVersion"], "WorkflowTemplate")).iter_errors(
+            template
+        )
+    )
 
 
 def test_kubernetes_objects_pass_kubernetes_validate_strict():
@@ -118,11 +137,12 @@ def test_kubernetes_objects_pass_kubernetes_validate_strict():
 
     plain = [(path, doc) for path, doc in documents() if not doc["apiVersion"].startswith("argoproj.io/")]
     assert {doc["kind"] for _, doc in plain} >= {"ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim"}
-    for path, doc in plain:
+    for _path, doc in plain:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
 # --- references ------------------------------------------------------------------------------------
+
 
 def _outputs(template: dict, kind: str) -> set[str]:
     return {p["name"] for p in (template.get("outputs") or {}).get(kind, [])}
@@ -144,7 +164,11 @@ def reference_problems(specs: list[tuple[str, dict]], refs: dict) -> list[str]:
         workflow_params = {p["name"] for p in spec.get("arguments", {}).get("parameters", [])}
         exit_templates = {spec.get("onExit")}
         for template in spec["templates"]:
-            known = {f"workflow.parameters.{p}" for p in workflow_params} | {"workflow.name", "workflow.uid", "workflow.namespace"}
+            known = {f"workflow.parameters.{p}" for p in workflow_params} | {
+                "workflow.name",
+                "workflow.uid",
+                "workflow.namespace",
+            }
             known |= {f"inputs.parameters.{p['name']}" for p in (template.get("inputs") or {}).get("parameters", [])}
             if template["name"] in exit_templates:
                 known |= {"workflow.status", "workflow.failures", "workflow.duration"}
@@ -153,19 +177,32 @@ def reference_problems(specs: list[tuple[str, dict]], refs: dict) -> list[str]:
                 known |= {f"tasks.{task['name']}.{k}" for k in ("status", "exitCode", "startedAt", "finishedAt")}
                 known |= {f"tasks.{task['name']}.outputs.parameters.{o}" for o in _outputs(target, "parameters")}
                 known |= {f"tasks.{task['name']}.outputs.artifacts.{o}" for o in _outputs(target, "artifacts")}
-                required = {p["name"] for p in (target.get("inputs") or {}).get("parameters", []) if "value" not in p and "default" not in p}
+                required = {
+                    p["name"]
+                    for p in (target.get("inputs") or {}).get("parameters", [])
+                    if "value" not in p and "default" not in p
+                }
                 given = {p["name"] for p in (task.get("arguments") or {}).get("parameters", [])}
                 declared = {p["name"] for p in (target.get("inputs") or {}).get("parameters", [])}
                 if required - given or given - declared:
-                    problems.append(f"{where} {template['name']}.{task['name']}: missing {sorted(required - given)}, "
-                                    f"unknown {sorted(given - declared)}")
+                    problems.append(
+                        f"{where} {template['name']}.{task['name']}: missing {sorted(required - given)}, "
+                        f"unknown {sorted(given - declared)}"
+                    )
                 for dep in depends_tasks(task.get("depends", "")):
                     if dep not in {t["name"] for t in template["dag"]["tasks"]}:
                         problems.append(f"{where} {template['name']}.{task['name']}: depends on unknown task {dep}")
                 given_art = {a["name"] for a in (task.get("arguments") or {}).get("artifacts", [])}
-                needed_art = {a["name"] for a in (target.get("inputs") or {}).get("artifacts", []) if "git" not in a and "s3" not in a}
+                needed_art = {
+                    a["name"]
+                    for a in (target.get("inputs") or {}).get("artifacts", [])
+                    if "git" not in a and "s3" not in a
+                }
                 if needed_art - given_art:
-                    problems.append(f"{where} {template['name']}.{task['name']}: input artifacts {sorted(needed_art - given_art)} not given")
+                    problems.append(
+                        f"{where} {template['name']}.{task['name']}: input artifacts {sorted(needed_art - given_art)} "
+                        "not given"
+                    )
             for path, text in strings(template):
                 for match in REFERENCE.finditer(text):
                     if match.group(1) not in known:
@@ -194,13 +231,14 @@ def test_a_wrong_reference_or_a_missing_input_is_caught():
 
 # --- commands parse with the real CLI ------------------------------------------------------------
 
+
 def chexops_argv(container: dict) -> list[str] | None:
     argv = [*container.get("command", []), *container.get("args", [])]
     if argv[:1] == ["chexops"]:
         return argv[1:]
     if argv[:1] == ["torchrun"]:
         assert "-m" in argv and argv[argv.index("-m") + 1] == "chexops", f"torchrun must start chexops: {argv}"
-        return argv[argv.index("-m") + 2:]
+        return argv[argv.index("-m") + 2 :]
     return None
 
 
@@ -246,8 +284,9 @@ def test_every_chexops_step_parses_with_the_real_cli():
     for where, template, _, defaults in all_containers():
         argv = chexops_argv(template["container"])
         if argv is None:
-            assert "chexops.io/local-skip" in (template.get("metadata") or {}).get("annotations", {}), \
+            assert "chexops.io/local-skip" in (template.get("metadata") or {}).get("annotations", {}), (
                 f"{where} {template['name']}: not a chexops command and not declared cluster-only"
+            )
             continue
         argv = [dummy(a, defaults) for a in argv]
         ctx = parse_with_cli(argv)
@@ -267,6 +306,7 @@ def test_a_misspelt_option_fails_the_parse():
 
 # --- images, resources, security ------------------------------------------------------------------
 
+
 def test_every_image_is_pinned_by_digest_and_every_container_is_bounded_and_non_root():
     for where, template, _, _ in all_containers():
         container = template["container"]
@@ -277,7 +317,9 @@ def test_every_image_is_pinned_by_digest_and_every_container_is_bounded_and_non_
         security = container.get("securityContext", {})
         assert security.get("runAsNonRoot") is True and security.get("runAsUser", 0) > 0, f"{name}: not non-root"
         if chexops_argv(container) is not None:
-            assert security.get("allowPrivilegeEscalation") is False and security.get("capabilities", {}).get("drop") == ["ALL"], name
+            assert security.get("allowPrivilegeEscalation") is False and security.get("capabilities", {}).get(
+                "drop"
+            ) == ["ALL"], name
     dockerfile = (ROOT / "training" / "Dockerfile").read_text()
     assert all(DIGEST.search(line.split()[1]) for line in dockerfile.splitlines() if line.startswith("FROM "))
 
@@ -286,7 +328,11 @@ def pod_of(template: dict, spec: dict, defaults: dict[str, str]) -> dict:
     """The Pod Argo makes for a container template (main container only), with placeholders filled."""
     container = {k: v for k, v in template["container"].items()}
     container["name"] = "main"
-    pod_spec = {"containers": [container], "restartPolicy": "Never", "serviceAccountName": spec.get("serviceAccountName", "default")}
+    pod_spec = {
+        "containers": [container],
+        "restartPolicy": "Never",
+        "serviceAccountName": spec.get("serviceAccountName", "default"),
+    }
     volumes = [*spec.get("volumes", []), *template.get("volumes", [])]
     mounted = {m["name"] for m in container.get("volumeMounts", [])}
     if volumes:
@@ -295,8 +341,12 @@ def pod_of(template: dict, spec: dict, defaults: dict[str, str]) -> dict:
         source = template.get(key) or (spec.get(key) if key == "securityContext" else None)
         if source:
             pod_spec[key] = source
-    pod = json.loads(dummy(json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": template["name"]}, "spec": pod_spec}),
-                           defaults))
+    pod = json.loads(
+        dummy(
+            json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": template["name"]}, "spec": pod_spec}),
+            defaults,
+        )
+    )
     if "podSpecPatch" in template:  # a strategic merge: containers by name, maps key by key
         patch = json.loads(dummy(template["podSpecPatch"], defaults))
         for patched in patch.pop("containers", []):
@@ -327,7 +377,9 @@ def _jq(filter_: str, document: dict) -> str:
 
     if not shutil.which("jq"):
         pytest.skip("jq is not installed (Argo's executor runs gojq; jq stands in here)")
-    done = subprocess.run(["jq", "-c", filter_], input=json.dumps(document), capture_output=True, text=True, timeout=30, check=True)
+    done = subprocess.run(
+        ["jq", "-c", filter_], input=json.dumps(document), capture_output=True, text=True, timeout=30, check=True
+    )
     return done.stdout.strip()
 
 
@@ -340,22 +392,37 @@ def test_the_analysis_run_the_delivery_creates_is_valid(shared):
     assert (get["kind"], get["metadata"]["name"]) == ("AnalysisTemplate", "chexops-canary")
     source = ROOT / "k8s" / "analysis" / "chexops-canary.yaml"
     if source.is_file():
-        analysis_template = next(d for d in yaml.safe_load_all(source.read_text()) if d and d["kind"] == "AnalysisTemplate")
+        analysis_template = next(
+            d for d in yaml.safe_load_all(source.read_text()) if d and d["kind"] == "AnalysisTemplate"
+        )
     else:
         print("k8s/analysis/chexops-canary.yaml is not in this tree yet: a stand-in of its shape is used")
-        analysis_template = {"spec": {"args": [{"name": "namespace", "value": "production"}, {"name": "canary-version"}],
-                                      "metrics": [{"name": "error-ratio", "interval": "1m", "count": 5,
-                                                   "successCondition": "result[0] <= 0.01",
-                                                   "provider": {"prometheus": {"address": "http://prometheus:9090",
-                                                                               "query": "vector(0)"}}}]}}
-    outputs = {p["name"]: p["valueFrom"]["jqFilter"].replace("{{inputs.parameters.version}}", "3")
-               for p in templates["analysis-template"]["outputs"]["parameters"]}
+        analysis_template = {
+            "spec": {
+                "args": [{"name": "namespace", "value": "production"}, {"name": "canary-version"}],
+                "metrics": [
+                    {
+                        "name": "error-ratio",
+                        "interval": "1m",
+                        "count": 5,
+                        "successCondition": "result[0] <= 0.01",
+                        "provider": {"prometheus": {"address": "http://prometheus:9090", "query": "vector(0)"}},
+                    }
+                ],
+            }
+        }
+    outputs = {
+        p["name"]: p["valueFrom"]["jqFilter"].replace("{{inputs.parameters.version}}", "3")
+        for p in templates["analysis-template"]["outputs"]["parameters"]
+    }
     values = {name: _jq(filter_, analysis_template) for name, filter_ in outputs.items()}
     manifest = templates["analysis"]["resource"]["manifest"]
     for name, value in {**values, "version": "3"}.items():
         manifest = manifest.replace(f"{{{{inputs.parameters.{name}}}}}", value)
     rendered = yaml.safe_load(manifest.replace("{{workflow.name}}", "chexops-deliver-abc"))
-    errors = list(jsonschema.Draft7Validator(_schema_for(shared, rendered["apiVersion"], "AnalysisRun")).iter_errors(rendered))
+    errors = list(
+        jsonschema.Draft7Validator(_schema_for(shared, rendered["apiVersion"], "AnalysisRun")).iter_errors(rendered)
+    )
     assert not errors, [e.message for e in errors]
     args = {a["name"]: a for a in rendered["spec"]["args"]}
     assert args["canary-version"]["value"] == "3" and all("value" in a or "valueFrom" in a for a in args.values())
@@ -387,13 +454,18 @@ def test_training_runs_on_a_gpu_node_with_torchrun_and_survives_errors():
 
 
 def test_every_pipeline_shares_one_training_mutex():
-    mutexes = {where: [m["name"] for m in spec.get("synchronization", {}).get("mutexes", [])] for where, spec in workflow_specs()}
+    mutexes = {
+        where: [m["name"] for m in spec.get("synchronization", {}).get("mutexes", [])]
+        for where, spec in workflow_specs()
+    }
     training = {w: m for w, m in mutexes.items() if "deliver" not in w}
     assert all(m == ["chexops-training"] for m in training.values()), training
 
 
 def test_artifacts_go_to_the_s3_repository_the_workflows_name():
-    config_maps = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for _, d in documents() if d["kind"] == "ConfigMap"}
+    config_maps = {
+        (d["metadata"]["namespace"], d["metadata"]["name"]): d for _, d in documents() if d["kind"] == "ConfigMap"
+    }
     roles = yaml.safe_load((ROOT / "ansible" / "roles" / "secrets" / "defaults" / "main.yml").read_text())
     made = {(s["name"], s["namespace"]): set(s["data"]) for s in roles["secrets_kubernetes"]}
     refs = 0

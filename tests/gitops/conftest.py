@@ -19,7 +19,9 @@ def renders() -> dict[Path, str | RuntimeError]:
     version = subprocess.run([kubectl(), "version", "--client"], capture_output=True, text=True, check=False).stdout
     found = re.search(r"Kustomize Version: v(\d+)", version)
     if not found or int(found.group(1)) < 5:
-        pytest.skip(f"kubectl's kustomize is older than v5 ({version.strip()!r}): the overlays use `labels` and `replicas`")
+        pytest.skip(
+            f"kubectl's kustomize is older than v5 ({version.strip()!r}): the overlays use `labels` and `replicas`"
+        )
     return render_all(kustomization_dirs())
 
 

@@ -36,8 +36,9 @@ def kubectl() -> str | None:
 
 
 def render(directory: Path) -> str:
-    proc = subprocess.run([kubectl() or "kubectl", "kustomize", str(directory)], capture_output=True, text=True,
-                          timeout=120, check=False)
+    proc = subprocess.run(
+        [kubectl() or "kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=120, check=False
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"kubectl kustomize {directory.relative_to(REPO)} failed:\n{proc.stderr}")
     return proc.stdout
@@ -45,11 +46,13 @@ def render(directory: Path) -> str:
 
 def render_all(dirs: list[Path]) -> dict[Path, str | RuntimeError]:
     """Renders in parallel; a failure is kept as its error, for the test of that directory."""
+
     def one(directory: Path) -> str | RuntimeError:
         try:
             return render(directory)
         except RuntimeError as exc:
             return exc
+
     with ThreadPoolExecutor(max_workers=4) as pool:
         return dict(zip(dirs, pool.map(one, dirs)))
 

@@ -33,7 +33,8 @@ def _validate(schemas: Path, doc: dict) -> None:
     validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)(schema)
     errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.path))
     assert not errors, f"{key} {doc['metadata']['name']}: " + "; ".join(
-        f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors[:5])
+        f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors[:5]
+    )
 
 
 def _go_template(text: str, element: dict) -> str:
@@ -41,7 +42,9 @@ def _go_template(text: str, element: dict) -> str:
     text = re.sub(r"\{\{(-?)\s*if\s+\.(\w+)\s*\}\}", r"{%\1 if \2 %}", text)
     text = re.sub(r"\{\{(-?)\s*end\s*\}\}", r"{%\1 endif %}", text)
     text = re.sub(r"\{\{(-?)\s*\.(\w+)\s*\}\}", r"{{\1 \2 }}", text)
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, finalize=lambda v: json.dumps(v) if isinstance(v, bool) else v)
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, finalize=lambda v: json.dumps(v) if isinstance(v, bool) else v
+    )
     return env.from_string(text).render(**element)
 
 
@@ -106,7 +109,9 @@ def argo_variables(ansible_repo) -> dict:
     variables = {"chexops_repo_url": source["repoURL"], "role_path": str(ARGO_ROLE), **ansible_repo, **defaults}
     env = _jinja()
     for _ in range(3):  # defaults refer to group_vars ("{{ chexops_repo_url }}")
-        variables = {k: env.from_string(v).render(**variables) if isinstance(v, str) else v for k, v in variables.items()}
+        variables = {
+            k: env.from_string(v).render(**variables) if isinstance(v, str) else v for k, v in variables.items()
+        }
     return variables
 
 
@@ -141,15 +146,27 @@ def test_root_application_renders_argocd_as_a_kustomization(root_application):
     assert (REPO / source["path"] / "kustomization.yaml").is_file()
 
 
-def test_repository_url_in_one_place_equal_to_ansibles(argocd_docs, applications, projects, ansible_repo, root_application):
+def test_repository_url_in_one_place_equal_to_ansibles(
+    argocd_docs, applications, projects, ansible_repo, root_application
+):
     source = yaml.safe_load((REPO / "argocd" / "gitops-source.yaml").read_text())["data"]
-    assert ansible_repo.get("chexops_repo_url", source["repoURL"]) == source["repoURL"] == root_application["spec"]["source"]["repoURL"]
+    assert (
+        ansible_repo.get("chexops_repo_url", source["repoURL"])
+        == source["repoURL"]
+        == root_application["spec"]["source"]["repoURL"]
+    )
     template = (REPO / "ansible" / "roles" / "argo" / "templates" / "root-application.yaml.j2").read_text()
     assert "repoURL: {{ argo_repo_url }}" in template and "targetRevision: {{ argo_repo_revision }}" in template
-    assert source["targetRevision"] == ansible_repo["chexops_repo_revision"] == root_application["spec"]["source"]["targetRevision"]
+    assert (
+        source["targetRevision"]
+        == ansible_repo["chexops_repo_revision"]
+        == root_application["spec"]["source"]["targetRevision"]
+    )
     rendered = yaml.safe_dump_all(argocd_docs)
     assert "GITOPS_" not in rendered and "gitops-source" not in rendered
-    git_sources = [s for app in applications for s in app["spec"].get("sources", [app["spec"].get("source")]) if "chart" not in s]
+    git_sources = [
+        s for app in applications for s in app["spec"].get("sources", [app["spec"].get("source")]) if "chart" not in s
+    ]
     assert len(git_sources) >= 7
     for s in git_sources:
         assert (s["repoURL"], s["targetRevision"]) == (source["repoURL"], source["targetRevision"]), s
@@ -166,13 +183,21 @@ def test_ansible_checks_its_url_against_the_file_kustomize_copies_from(argo_vari
     kustomization = yaml.safe_load((REPO / "argocd" / "kustomization.yaml").read_text())
     assert read in [(REPO / "argocd" / r).resolve() for r in kustomization["resources"]], read
     configmap = yaml.safe_load(read.read_text())
-    sources = {(r["source"]["kind"], r["source"]["name"], r["source"]["fieldPath"]) for r in kustomization["replacements"]}
-    assert sources == {("ConfigMap", configmap["metadata"]["name"], f"data.{key}") for key in ("repoURL", "targetRevision")}
+    sources = {
+        (r["source"]["kind"], r["source"]["name"], r["source"]["fieldPath"]) for r in kustomization["replacements"]
+    }
+    assert sources == {
+        ("ConfigMap", configmap["metadata"]["name"], f"data.{key}") for key in ("repoURL", "targetRevision")
+    }
     validate = yaml.safe_load((ARGO_ROLE / "tasks" / "validate.yml").read_text())
     (check,) = [t for t in validate if "argo_gitops_source" in t.get("vars", {})]
-    assert check["vars"]["argo_gitops_source"].startswith("{{ (lookup('ansible.builtin.file', argo_gitops_source_file) | from_yaml)['data']")
-    assert {"argo_repo_url == argo_gitops_source.repoURL", "argo_repo_revision == argo_gitops_source.targetRevision"} <= set(
-        check["ansible.builtin.assert"]["that"])
+    assert check["vars"]["argo_gitops_source"].startswith(
+        "{{ (lookup('ansible.builtin.file', argo_gitops_source_file) | from_yaml)['data']"
+    )
+    assert {
+        "argo_repo_url == argo_gitops_source.repoURL",
+        "argo_repo_revision == argo_gitops_source.targetRevision",
+    } <= set(check["ansible.builtin.assert"]["that"])
 
 
 def test_applications_stay_inside_their_projects(applications, projects, root_application):
@@ -192,7 +217,11 @@ def test_applications_stay_inside_their_projects(applications, projects, root_ap
 def test_projects_allow_every_kind_their_directories_render(renders, projects, argocd_docs, root_application):
     """A kind missing from a project's whitelist fails the sync in the cluster; here it fails this test."""
     apps = {d["metadata"]["name"]: d for d in argocd_docs if d["kind"] == "Application"}
-    targets = [(apps[n]["spec"]["project"], apps[n]["spec"]["source"]["path"]) for n in apps if "path" in apps[n]["spec"]["source"]]
+    targets = [
+        (apps[n]["spec"]["project"], apps[n]["spec"]["source"]["path"])
+        for n in apps
+        if "path" in apps[n]["spec"]["source"]
+    ]
     targets += [("chexops", f"k8s/chexops/overlays/{env}") for env in ("staging", "canary", "production")]
     targets.append(("default", "argocd"))  # the root Application
     for project, path in targets:
@@ -207,7 +236,9 @@ def test_projects_allow_every_kind_their_directories_render(renders, projects, a
                 continue
             group = doc["apiVersion"].rpartition("/")[0]
             key = (group, doc["kind"])
-            assert key in (cluster if doc["kind"] == "Namespace" else namespaced), f"{path}: {key} not allowed in project {project}"
+            assert key in (cluster if doc["kind"] == "Namespace" else namespaced), (
+                f"{path}: {key} not allowed in project {project}"
+            )
 
 
 def test_the_root_application_is_confined_to_the_default_project(root_application, projects):
@@ -263,19 +294,36 @@ def test_environments_and_their_sync_policies(generated):
 
 
 def test_applicationset_never_deletes_an_environment(applicationset):
-    assert applicationset["spec"]["syncPolicy"] == {"applicationsSync": "create-update", "preserveResourcesOnDeletion": True}
+    assert applicationset["spec"]["syncPolicy"] == {
+        "applicationsSync": "create-update",
+        "preserveResourcesOnDeletion": True,
+    }
 
 
 def test_sync_waves_order_dependencies(argocd_docs):
-    wave = {("project " if d["kind"] == "AppProject" else "") + d["metadata"]["name"]:
-            int(d["metadata"].get("annotations", {}).get("argocd.argoproj.io/sync-wave", 0)) for d in argocd_docs}
+    wave = {
+        ("project " if d["kind"] == "AppProject" else "") + d["metadata"]["name"]: int(
+            d["metadata"].get("annotations", {}).get("argocd.argoproj.io/sync-wave", 0)
+        )
+        for d in argocd_docs
+    }
     before = [  # (must be applied earlier, than this)
-        ("project platform", "namespaces"), ("project chexops", "namespaces"),
-        ("namespaces", "argo-rollouts"), ("namespaces", "postgresql"), ("namespaces", "chexops"),
-        ("postgresql", "mlflow"), ("minio", "mlflow"),
-        ("monitoring-config", "prometheus"), ("monitoring-config", "grafana"), ("prometheus", "grafana"),
-        ("argo-rollouts", "chexops-analysis"), ("argo-events", "eventbus"), ("eventbus", "chexops-workflows"),
-        ("postgresql", "chexops"), ("registry", "chexops"), ("prometheus", "chexops"),
+        ("project platform", "namespaces"),
+        ("project chexops", "namespaces"),
+        ("namespaces", "argo-rollouts"),
+        ("namespaces", "postgresql"),
+        ("namespaces", "chexops"),
+        ("postgresql", "mlflow"),
+        ("minio", "mlflow"),
+        ("monitoring-config", "prometheus"),
+        ("monitoring-config", "grafana"),
+        ("prometheus", "grafana"),
+        ("argo-rollouts", "chexops-analysis"),
+        ("argo-events", "eventbus"),
+        ("eventbus", "chexops-workflows"),
+        ("postgresql", "chexops"),
+        ("registry", "chexops"),
+        ("prometheus", "chexops"),
     ]
     for first, then in before:
         assert wave[first] < wave[then], f"{first} (wave {wave[first]}) must come before {then} (wave {wave[then]})"
@@ -321,8 +369,12 @@ ENDPOINT = re.compile(r"\b([a-z0-9-]+)\.platform\.svc(?:\.cluster\.local)?:(\d+)
 def test_every_platform_address_in_git_is_served(argocd_docs, all_docs):
     """Each `<service>.platform.svc...:<port>` written anywhere (workflows, analysis, chart values,
     manifests, Ansible) names a Service the platform really has, on that port."""
-    served = {(d["metadata"]["name"], port["port"]) for _, d in all_docs
-              if d["kind"] == "Service" and d["metadata"].get("namespace") == "platform" for port in d["spec"]["ports"]}
+    served = {
+        (d["metadata"]["name"], port["port"])
+        for _, d in all_docs
+        if d["kind"] == "Service" and d["metadata"].get("namespace") == "platform"
+        for port in d["spec"]["ports"]
+    }
     apps = {d["metadata"]["name"]: d for d in argocd_docs if d["kind"] == "Application"}
     for app, (service, path, default) in CHART_SERVICES.items():
         values = apps[app]["spec"]["source"]["helm"]["valuesObject"]

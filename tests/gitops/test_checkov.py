@@ -43,7 +43,10 @@ def test_checkov_is_clean_or_every_skip_is_justified(renders, all_docs, tmp_path
         (tmp_path / ("-".join(directory.relative_to(REPO).parts) + ".yaml")).write_text(text)
     proc = subprocess.run(
         [str(checkov), "-d", str(tmp_path), "--framework", "kubernetes", "--skip-download", "--compact", "-o", "json"],
-        capture_output=True, text=True, check=False, timeout=300,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
         env={**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"},
     )
     report = json.loads(proc.stdout)

@@ -18,6 +18,7 @@ import yaml
 
 from chexops.feedback.store import FeedbackStore
 from mlflow_fixtures import postgres_cluster
+
 from .render import REPO
 
 pytestmark = pytest.mark.slow
@@ -33,8 +34,11 @@ def _secret_urls(host: str) -> dict[str, str]:
     variables = {"vault_feedback_db_password": URL_HOSTILE}
     variables["secrets_feedback_password"] = env.from_string(defaults["secrets_feedback_password"]).render(**variables)
     variables["secrets_feedback_host"] = host  # the cluster's is postgresql.platform.svc.cluster.local:5432
-    return {s["namespace"]: env.from_string(s["data"]["url"]).render(**variables) for s in defaults["secrets_kubernetes"]
-            if s["name"] == "chexops-feedback-db"}
+    return {
+        s["namespace"]: env.from_string(s["data"]["url"]).render(**variables)
+        for s in defaults["secrets_kubernetes"]
+        if s["name"] == "chexops-feedback-db"
+    }
 
 
 def test_feedback_databases_and_the_secrets_urls(tmp_path):
@@ -42,8 +46,14 @@ def test_feedback_databases_and_the_secrets_urls(tmp_path):
         pytest.skip("psql (PostgreSQL client) is not installed")
     with postgres_cluster() as admin_url:
         admin = urlsplit(admin_url)
-        env = {**os.environ, "PGHOST": admin.hostname, "PGPORT": str(admin.port),
-               "POSTGRES_USER": admin.username, "POSTGRES_DB": admin.path.lstrip("/"), "FEEDBACK_PASSWORD": URL_HOSTILE}
+        env = {
+            **os.environ,
+            "PGHOST": admin.hostname,
+            "PGPORT": str(admin.port),
+            "POSTGRES_USER": admin.username,
+            "POSTGRES_DB": admin.path.lstrip("/"),
+            "FEEDBACK_PASSWORD": URL_HOSTILE,
+        }
         script = REPO / "k8s" / "platform" / "postgresql" / "10-feedback.sh"
         done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, done.stderr
@@ -53,18 +63,27 @@ def test_feedback_databases_and_the_secrets_urls(tmp_path):
         with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
             cur.execute("SHOW hba_file")
             hba = Path(cur.fetchone()[0])
-            hba.write_text("local all all trust\nhost all postgres 127.0.0.1/32 trust\n"
-                           "host all all 127.0.0.1/32 scram-sha-256\n")
+            hba.write_text(
+                "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
+            )
             cur.execute("SELECT pg_reload_conf()")
         conn.close()
 
         urls = _secret_urls(f"{admin.hostname}:{admin.port}")
-        assert set(urls) == {"staging", "production", "argo"}, "a feedback database URL per environment, and the retraining's"
-        assert urls["argo"] == urls["production"], "the scheduled retraining exports the clinics' (production's) feedback"
+        assert set(urls) == {"staging", "production", "argo"}, (
+            "a feedback database URL per environment, and the retraining's"
+        )
+        assert urls["argo"] == urls["production"], (
+            "the scheduled retraining exports the clinics' (production's) feedback"
+        )
         for namespace in ("staging", "production"):
             url = urls[namespace]
             parts = urlsplit(url)
-            assert (parts.username, unquote(parts.password), parts.path) == ("feedback", URL_HOSTILE, f"/feedback_{namespace}")
+            assert (parts.username, unquote(parts.password), parts.path) == (
+                "feedback",
+                URL_HOSTILE,
+                f"/feedback_{namespace}",
+            )
             store = FeedbackStore(url)  # creates its tables as `feedback`, the database's owner
             findings = [{"label": "Edema", "probability": 0.8, "threshold": 0.5, "positive": True}]
             store.add_prediction("req-1", "clinic-a", "chexops-cxr", "1", findings, "urgent", {"format": "png"})

@@ -64,8 +64,9 @@ def test_golden_render(renders, env):
     """What each environment runs, without the fields a promotion changes (see render.normalise)."""
     actual = normalise(env, renders[OVERLAYS / env])
     golden = (GOLDEN / f"{env}.yaml").read_text()
-    assert actual == golden, (f"the {env} render changed: review the diff, then refresh with "
-                              "`python -m tests.gitops.render --update-golden`")
+    assert actual == golden, (
+        f"the {env} render changed: review the diff, then refresh with `python -m tests.gitops.render --update-golden`"
+    )
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -107,7 +108,9 @@ def test_writable_paths_are_volumes(env_docs, env):
     env_vars = {e["name"]: e.get("value") for e in container["env"]}
     for name in ("BENTOML_HOME", "CHEXOPS_HOME", "TMPDIR", "HOME"):
         path = env_vars[name]
-        assert any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts), f"{name}={path} is not on an emptyDir"
+        assert any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts), (
+            f"{name}={path} is not on an emptyDir"
+        )
     assert "/tmp" in mounts
 
 
@@ -139,8 +142,11 @@ def test_labels_and_their_env_vars(env_docs, env):
     assert "chexops.io/model-version" not in deployment["spec"]["selector"]["matchLabels"]
     env_vars = {e["name"]: e for e in _container(deployment)["env"]}
     assert not any("FAULT" in name for name in env_vars), "fault injection exists for the analysis tests only"
-    for var, label in (("CHEXOPS_ENVIRONMENT", "chexops.io/environment"), ("CHEXOPS_TRACK", "chexops.io/track"),
-                       ("CHEXOPS_MODEL_VERSION", "chexops.io/model-version")):
+    for var, label in (
+        ("CHEXOPS_ENVIRONMENT", "chexops.io/environment"),
+        ("CHEXOPS_TRACK", "chexops.io/track"),
+        ("CHEXOPS_MODEL_VERSION", "chexops.io/model-version"),
+    ):
         path = env_vars[var]["valueFrom"]["fieldRef"]["fieldPath"]
         assert path == f"metadata.labels['{label}']", var
 
@@ -150,12 +156,19 @@ def test_secrets_are_the_ones_ansible_creates(env_docs, ansible_secrets, env):
     deployment = _deployment(env_docs[env])
     namespace = deployment["metadata"]["namespace"]
     pod = deployment["spec"]["template"]["spec"]
-    refs = [(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
-            for e in _container(deployment)["env"] if "secretKeyRef" in e.get("valueFrom", {})]
-    refs += [(v["secret"]["secretName"], i["key"]) for v in pod["volumes"] if "secret" in v for i in v["secret"]["items"]]
+    refs = [
+        (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in _container(deployment)["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    ]
+    refs += [
+        (v["secret"]["secretName"], i["key"]) for v in pod["volumes"] if "secret" in v for i in v["secret"]["items"]
+    ]
     assert {name for name, _ in refs} == {"chexops-api-keys", "chexops-feedback-db"}
     for name, key in refs:
-        assert key in ansible_secrets.get((namespace, name), set()), f"no Secret {namespace}/{name} with key {key} in Ansible"
+        assert key in ansible_secrets.get((namespace, name), set()), (
+            f"no Secret {namespace}/{name} with key {key} in Ansible"
+        )
     env_vars = {e["name"] for e in _container(deployment)["env"]}
     assert "CHEXOPS_API_KEYS_FILE" in env_vars and "CHEXOPS_FEEDBACK_URL" in env_vars
 
@@ -173,8 +186,14 @@ def test_canary_is_a_slice_behind_productions_service(env_docs):
         assert service["spec"]["selector"].items() <= pod_labels.items(), "the Service must select both tracks"
         assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     # Disjoint Deployment selectors: neither adopts the other's pods.
-    assert stable["spec"]["selector"]["matchLabels"]["chexops.io/track"] != slice_["spec"]["selector"]["matchLabels"]["chexops.io/track"]
-    assert slice_["spec"]["template"]["spec"]["serviceAccountName"] == stable["spec"]["template"]["spec"]["serviceAccountName"]
+    assert (
+        stable["spec"]["selector"]["matchLabels"]["chexops.io/track"]
+        != slice_["spec"]["selector"]["matchLabels"]["chexops.io/track"]
+    )
+    assert (
+        slice_["spec"]["template"]["spec"]["serviceAccountName"]
+        == stable["spec"]["template"]["spec"]["serviceAccountName"]
+    )
     # The stable Deployment declares the count the canary slice is computed from.
     kustomization = yaml.safe_load((OVERLAYS / "production" / "kustomization.yaml").read_text())
     assert {"name": "chexops", "count": stable["spec"]["replicas"]} in kustomization["replicas"]
@@ -185,7 +204,11 @@ def test_hpa_and_pdb_follow_the_stable_deployment(env_docs, env):
     docs = env_docs[env]
     deployment = _deployment(docs)
     (hpa,) = _kind(docs, "HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     assert hpa["spec"]["minReplicas"] == deployment["spec"]["replicas"] < hpa["spec"]["maxReplicas"]
     (pdb,) = _kind(docs, "PodDisruptionBudget")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -193,21 +216,39 @@ def test_hpa_and_pdb_follow_the_stable_deployment(env_docs, env):
 
 
 def _peers(rule_peers):
-    return [(p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name"),
-             p.get("podSelector", {}).get("matchLabels")) for p in rule_peers]
+    return [
+        (
+            p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name"),
+            p.get("podSelector", {}).get("matchLabels"),
+        )
+        for p in rule_peers
+    ]
 
 
 @pytest.mark.parametrize("env", ("staging", "production"))
 def test_network_policies(env_docs, env):
     policies = {p["metadata"]["name"]: p for p in _kind(env_docs[env], "NetworkPolicy")}
-    deny = [p for p in policies.values() if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")
-            and not p["spec"].get("egress") and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}]
+    deny = [
+        p
+        for p in policies.values()
+        if p["spec"]["podSelector"] == {}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+        and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    ]
     assert deny, f"{env}: no default-deny NetworkPolicy"
     pods = _deployment(env_docs[env])["spec"]["template"]["metadata"]["labels"]
-    ingress = [r for p in policies.values() for r in p["spec"].get("ingress", [])
-               if p["spec"]["podSelector"].get("matchLabels", {}).items() <= pods.items()]
+    ingress = [
+        r
+        for p in policies.values()
+        for r in p["spec"].get("ingress", [])
+        if p["spec"]["podSelector"].get("matchLabels", {}).items() <= pods.items()
+    ]
     sources = sorted((peer for r in ingress for peer in _peers(r["from"])), key=str)
-    expected = [("kube-system", {"app.kubernetes.io/name": "traefik"}), ("platform", {"app.kubernetes.io/name": "prometheus"})]
+    expected = [
+        ("kube-system", {"app.kubernetes.io/name": "traefik"}),
+        ("platform", {"app.kubernetes.io/name": "prometheus"}),
+    ]
     if env == "staging":  # the pipelines' load test (namespace argo) is staging's evidence
         expected.insert(0, ("argo", None))
     assert sources == expected, sources
@@ -239,7 +280,9 @@ def test_persistent_data_is_on_the_platform_storage_class(all_docs):
     """Every claim (and StatefulSet claim template, and EventBus volume) on the class the Ansible
     `kubernetes` role creates on the platform volume (Retain, a path per namespace/claim)."""
     claims = [d["spec"] for _, d in all_docs if d["kind"] == "PersistentVolumeClaim"]
-    claims += [t["spec"] for _, d in all_docs if d["kind"] == "StatefulSet" for t in d["spec"].get("volumeClaimTemplates", [])]
+    claims += [
+        t["spec"] for _, d in all_docs if d["kind"] == "StatefulSet" for t in d["spec"].get("volumeClaimTemplates", [])
+    ]
     claims += [d["spec"]["jetstream"]["persistence"] for _, d in all_docs if d["kind"] == "EventBus"]
     assert len(claims) >= 3
     assert {c["storageClassName"] for c in claims} == {PLATFORM_STORAGE_CLASS}
@@ -249,7 +292,9 @@ def test_monitoring_kustomization_carries_every_rules_file_and_dashboard():
     root = REPO / "k8s" / "monitoring"
     kustomization = yaml.safe_load((root / "kustomization.yaml").read_text())
     listed = {f for g in kustomization["configMapGenerator"] for f in g.get("files", [])}
-    rules = [p for p in [*root.glob("rules/*.yaml"), *root.glob("rules/*.yml")] if ".test." not in p.name]  # promtool tests
+    rules = [
+        p for p in [*root.glob("rules/*.yaml"), *root.glob("rules/*.yml")] if ".test." not in p.name
+    ]  # promtool tests
     present = {str(p.relative_to(root)) for p in [*rules, *root.glob("dashboards/*.json")]}
     assert present and present == listed, f"not listed: {present - listed}; missing: {listed - present}"
 
@@ -267,5 +312,7 @@ def test_every_image_is_pinned(all_docs):
 def test_the_storage_class_is_the_one_ansible_creates():
     defaults = yaml.safe_load((REPO / "ansible" / "roles" / "kubernetes" / "defaults" / "main.yml").read_text())
     if "kubernetes_platform_storage_class" not in defaults:
-        pytest.skip("the Ansible kubernetes role in this tree does not create the platform StorageClass yet (infra's branch)")
+        pytest.skip(
+            "the Ansible kubernetes role in this tree does not create the platform StorageClass yet (infra's branch)"
+        )
     assert defaults["kubernetes_platform_storage_class"] == PLATFORM_STORAGE_CLASS

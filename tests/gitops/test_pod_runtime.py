@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from service_fixtures import ServedModel, start_service
+
 from .render import REPO
 
 API_KEY = "pod-runtime-key-0123456789"
@@ -25,8 +26,13 @@ API_KEY = "pod-runtime-key-0123456789"
 
 def _state(root: Path) -> set[str]:
     """Untracked and ignored files of the source the service runs from."""
-    proc = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "bentos", "training"],
-                          cwd=root, capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "bentos", "training"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return set(proc.stdout.splitlines())
 
 
@@ -54,7 +60,7 @@ def test_the_service_runs_as_the_deployment_runs_it(env_docs, served_model, tmp_
     def local(value: str) -> str:
         for path, here in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
             if value == path or value.startswith(path.rstrip("/") + "/"):
-                return str(here) + value[len(path):]
+                return str(here) + value[len(path) :]
         return value
 
     labels = pod["metadata"]["labels"]

@@ -10,15 +10,16 @@ labels every series gets, then runs unchanged in a real Prometheus."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
 from chexops.core.processes import ServerProcess, free_port
+
 from .render import REPO
 
 pytestmark = pytest.mark.slow
@@ -26,15 +27,18 @@ pytestmark = pytest.mark.slow
 
 def _pod(namespace: str, name: str, track: str, port: int, app: str = "chexops", scrape: str = "true") -> dict:
     """A pod as Kubernetes pod discovery describes it (the labels it sets, per container port)."""
-    return {"targets": [f"127.0.0.1:{port}"], "labels": {
-        "__meta_kubernetes_namespace": namespace,
-        "__meta_kubernetes_pod_name": name,
-        "__meta_kubernetes_pod_label_app_kubernetes_io_name": app,
-        "__meta_kubernetes_pod_label_chexops_io_track": track,
-        "__meta_kubernetes_pod_annotation_prometheus_io_scrape": scrape,
-        "__meta_kubernetes_pod_annotation_prometheus_io_port": str(port),
-        "__meta_kubernetes_pod_annotation_prometheus_io_path": "/metrics",
-    }}
+    return {
+        "targets": [f"127.0.0.1:{port}"],
+        "labels": {
+            "__meta_kubernetes_namespace": namespace,
+            "__meta_kubernetes_pod_name": name,
+            "__meta_kubernetes_pod_label_app_kubernetes_io_name": app,
+            "__meta_kubernetes_pod_label_chexops_io_track": track,
+            "__meta_kubernetes_pod_annotation_prometheus_io_scrape": scrape,
+            "__meta_kubernetes_pod_annotation_prometheus_io_port": str(port),
+            "__meta_kubernetes_pod_annotation_prometheus_io_path": "/metrics",
+        },
+    }
 
 
 @pytest.fixture
@@ -67,10 +71,13 @@ def test_the_chexops_job_keeps_the_clinic_pods_with_their_labels(cluster_config,
         pytest.skip("prometheus is not installed (Debian package prometheus)")
     config = cluster_config
     # The clinic endpoint's pods (two tracks, two environments), and two that must be left out.
-    pods = [_pod("production", "chexops-abc", "stable", free_port()), _pod("production", "chexops-canary-def", "canary", free_port()),
-            _pod("staging", "chexops-ghi", "stable", free_port()),
-            _pod("production", "other-jkl", "stable", free_port(), app="other"),
-            _pod("production", "chexops-off", "stable", free_port(), scrape="false")]
+    pods = [
+        _pod("production", "chexops-abc", "stable", free_port()),
+        _pod("production", "chexops-canary-def", "canary", free_port()),
+        _pod("staging", "chexops-ghi", "stable", free_port()),
+        _pod("production", "other-jkl", "stable", free_port(), app="other"),
+        _pod("production", "chexops-off", "stable", free_port(), scrape="false"),
+    ]
     sd_file, path = tmp_path / "pods.yaml", tmp_path / "prometheus.yml"
     sd_file.write_text(yaml.safe_dump(pods))
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
@@ -83,14 +90,26 @@ def test_the_chexops_job_keeps_the_clinic_pods_with_their_labels(cluster_config,
             job["static_configs"] = []
     path.write_text(yaml.safe_dump(config))
 
-    check = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True, timeout=60, check=False)
+    check = subprocess.run(
+        [promtool, "check", "config", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
     port = free_port()
-    argv = [prometheus, f"--config.file={path}", f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}"]
-    with ServerProcess(argv, tmp_path / "prometheus.log", url=f"http://127.0.0.1:{port}", ready_path="/-/ready",
-                       timeout=60, name="prometheus"):
+    argv = [
+        prometheus,
+        f"--config.file={path}",
+        f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with ServerProcess(
+        argv,
+        tmp_path / "prometheus.log",
+        url=f"http://127.0.0.1:{port}",
+        ready_path="/-/ready",
+        timeout=60,
+        name="prometheus",
+    ):
         deadline, active = time.monotonic() + 60, []
         while time.monotonic() < deadline:
             try:
@@ -107,10 +126,15 @@ def test_the_chexops_job_keeps_the_clinic_pods_with_their_labels(cluster_config,
             time.sleep(0.3)
         rules = httpx.get(f"http://127.0.0.1:{port}/api/v1/rules", timeout=5).json()["data"]["groups"]
     kept = {t["labels"]["pod"]: t for t in active}
-    assert set(kept) == {"chexops-abc", "chexops-canary-def", "chexops-ghi"}, (tmp_path / "prometheus.log").read_text()[-2000:]
+    assert set(kept) == {"chexops-abc", "chexops-canary-def", "chexops-ghi"}, (tmp_path / "prometheus.log").read_text()[
+        -2000:
+    ]
     for pod in pods[:3]:
         target = kept[pod["labels"]["__meta_kubernetes_pod_name"]]
         assert target["labels"]["namespace"] == pod["labels"]["__meta_kubernetes_namespace"]
         assert target["labels"]["track"] == pod["labels"]["__meta_kubernetes_pod_label_chexops_io_track"]
-        assert target["scrapeUrl"] == f"http://127.0.0.1:{pod['labels']['__meta_kubernetes_pod_annotation_prometheus_io_port']}/metrics"
+        assert (
+            target["scrapeUrl"]
+            == f"http://127.0.0.1:{pod['labels']['__meta_kubernetes_pod_annotation_prometheus_io_port']}/metrics"
+        )
     assert rules, "no rule group loaded from k8s/monitoring/rules"

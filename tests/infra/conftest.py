@@ -8,12 +8,12 @@ import copy
 import json
 import threading
 import uuid
-from urllib.parse import parse_qs, urlsplit
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -63,10 +63,29 @@ class OpenStackStub:
     # --- Version documents (keystoneauth's discovery) ----------------------------------------
     def versions(self, service: str) -> dict[str, Any] | None:
         docs = {
-            "glance": {"versions": [{"id": "v2.16", "status": "CURRENT", "links": [{"rel": "self", "href": f"{self.base}/glance/v2/"}]}]},
-            "neutron": {"versions": [{"id": "v2.0", "status": "CURRENT", "links": [{"rel": "self", "href": f"{self.base}/neutron/v2.0/"}]}]},
-            "nova": {"version": {"id": "v2.1", "status": "CURRENT", "version": "2.96", "min_version": "2.1",
-                                 "links": [{"rel": "self", "href": f"{self.base}/nova/v2.1/"}]}},
+            "glance": {
+                "versions": [
+                    {"id": "v2.16", "status": "CURRENT", "links": [{"rel": "self", "href": f"{self.base}/glance/v2/"}]}
+                ]
+            },
+            "neutron": {
+                "versions": [
+                    {
+                        "id": "v2.0",
+                        "status": "CURRENT",
+                        "links": [{"rel": "self", "href": f"{self.base}/neutron/v2.0/"}],
+                    }
+                ]
+            },
+            "nova": {
+                "version": {
+                    "id": "v2.1",
+                    "status": "CURRENT",
+                    "version": "2.96",
+                    "min_version": "2.1",
+                    "links": [{"rel": "self", "href": f"{self.base}/nova/v2.1/"}],
+                }
+            },
         }
         return docs.get(service)
 
@@ -104,7 +123,11 @@ class OpenStackStub:
         identity = body.get("auth", {}).get("identity", {})
         cred = identity.get("application_credential", {})
         unauthorized = {
-            "error": {"code": 401, "message": "The request you have made requires authentication.", "title": "Unauthorized"}
+            "error": {
+                "code": 401,
+                "message": "The request you have made requires authentication.",
+                "title": "Unauthorized",
+            }
         }
         if "application_credential" not in identity.get("methods", []):
             return 401, unauthorized, {}
@@ -120,14 +143,22 @@ class OpenStackStub:
 
     # --- Blazar ---------------------------------------------------------------------------------
     def not_found(self, lease_id: str) -> tuple[int, dict[str, Any]]:
-        return 404, {"error_code": 404, "error_message": f"Object with {{'lease_id': '{lease_id}'}} not found", "error_name": 404}
+        return 404, {
+            "error_code": 404,
+            "error_message": f"Object with {{'lease_id': '{lease_id}'}} not found",
+            "error_name": 404,
+        }
 
     def create_lease(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         for key in ("name", "start_date", "end_date", "reservations"):
             if key not in body:
                 return 400, {"error_code": 400, "error_message": f"Missing {key}", "error_name": 400}
         if any(lease["name"] == body["name"] for lease in self.leases.values()):
-            return 409, {"error_code": 409, "error_message": f"The lease with name: {body['name']} already exists", "error_name": 409}
+            return 409, {
+                "error_code": 409,
+                "error_message": f"The lease with name: {body['name']} already exists",
+                "error_name": 409,
+            }
         request = body["reservations"][0]
         if request["resource_type"] == "flavor:instance":
             lease = _fixture("blazar_lease_flavor.json")["lease"]
@@ -139,7 +170,9 @@ class OpenStackStub:
         if request["resource_type"] == "flavor:instance":
             res.update({"flavor_id": res_id, "amount": request["amount"]})
         else:
-            res.update({"min": request["min"], "max": request["max"], "resource_properties": request["resource_properties"]})
+            res.update(
+                {"min": request["min"], "max": request["max"], "resource_properties": request["resource_properties"]}
+            )
         lease.update(
             {
                 "id": lease_id,
@@ -169,7 +202,11 @@ class OpenStackStub:
         if lease is None:
             return self.not_found(lease_id)
         if lease["status"] not in {"PENDING", "ACTIVE"}:
-            return 409, {"error_code": 409, "error_message": f"Lease {lease_id} is {lease['status']}", "error_name": 409}
+            return 409, {
+                "error_code": 409,
+                "error_message": f"Lease {lease_id} is {lease['status']}",
+                "error_name": 409,
+            }
         if "end_date" in body:
             lease["end_date"] = _blazar_date(body["end_date"])
         return 200, {"lease": copy.deepcopy(lease)}
@@ -217,7 +254,9 @@ def _make_handler(stub: OpenStackStub) -> type[BaseHTTPRequestHandler]:
                 status, data, headers = stub.auth(body)
                 return self._send(status, data, headers)
             if self.headers.get("X-Auth-Token") not in stub.tokens:
-                return self._send(401, {"error": {"code": 401, "message": "Authentication required", "title": "Unauthorized"}})
+                return self._send(
+                    401, {"error": {"code": 401, "message": "Authentication required", "title": "Unauthorized"}}
+                )
             if method == "GET" and (found := stub.lookup(path, query)) is not None:
                 return self._send(*found)
             if path == "/blazar/v1/leases":
@@ -233,7 +272,9 @@ def _make_handler(stub: OpenStackStub) -> type[BaseHTTPRequestHandler]:
                     return self._send(*stub.update_lease(lease_id, body))
                 if method == "DELETE":
                     return self._send(*stub.delete_lease(lease_id))
-            return self._send(404, {"error": {"code": 404, "message": f"No route {method} {path}", "title": "Not Found"}})
+            return self._send(
+                404, {"error": {"code": 404, "message": f"No route {method} {path}", "title": "Not Found"}}
+            )
 
         def do_GET(self) -> None:  # noqa: N802
             self._route("GET")

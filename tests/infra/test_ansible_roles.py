@@ -64,9 +64,7 @@ def _build_tarball() -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     work = CACHE / "debootstrap.tmp"
     shutil.rmtree(work, ignore_errors=True)
-    proc = _run(
-        ["debootstrap", "--variant=minbase", f"--include={INCLUDE}", SUITE, str(work), MIRROR], timeout=900
-    )
+    proc = _run(["debootstrap", "--variant=minbase", f"--include={INCLUDE}", SUITE, str(work), MIRROR], timeout=900)
     if proc.returncode != 0:
         shutil.rmtree(work, ignore_errors=True)
         pytest.skip(
@@ -112,7 +110,10 @@ def debian_root(tmp_path_factory):
         policy = root / "usr" / "sbin" / "policy-rc.d"
         policy.write_text("#!/bin/sh\nexit 101\n")
         policy.chmod(0o755)
-        for cmd in (["mount", "-t", "proc", "proc", str(root / "proc")], ["mount", "--bind", "/dev", str(root / "dev")]):
+        for cmd in (
+            ["mount", "-t", "proc", "proc", str(root / "proc")],
+            ["mount", "--bind", "/dev", str(root / "dev")],
+        ):
             proc = _run(cmd)
             assert proc.returncode == 0, f"{cmd}: {proc.stderr}"
         for name, size in (("volume.img", "256M"), ("foreign.img", "32M")):
@@ -146,13 +147,20 @@ def _inventory(work: Path, root: Path, volumes: list[dict]) -> Path:
         "chexops_public_ip": None,
         "common_admin_users": [{"name": "alice", "ssh_keys": [ADMIN_KEY]}],
     }
-    inventory = {"all": {"hosts": {"debian-root": host}, "children": {"kvm": {"hosts": {"debian-root": None}}, "storage": {"hosts": {"debian-root": None}}}}}
+    inventory = {
+        "all": {
+            "hosts": {"debian-root": host},
+            "children": {"kvm": {"hosts": {"debian-root": None}}, "storage": {"hosts": {"debian-root": None}}},
+        }
+    }
     path = work / f"inventory-{len(volumes)}-{volumes[0]['device'].rsplit('/', 1)[-1] if volumes else 'none'}.yml"
     path.write_text(yaml.safe_dump(inventory))
     return path
 
 
-def _playbook(work: Path, inventory: Path, *extra: str, tags: str = "common,volumes") -> tuple[subprocess.CompletedProcess[str], dict[str, int]]:
+def _playbook(
+    work: Path, inventory: Path, *extra: str, tags: str = "common,volumes"
+) -> tuple[subprocess.CompletedProcess[str], dict[str, int]]:
     env = {
         **os.environ,
         "ANSIBLE_HOME": str(work / "ansible-home"),
@@ -175,7 +183,15 @@ def _tail(proc: subprocess.CompletedProcess[str]) -> str:
 
 def test_common_and_volumes_converge_idempotently(debian_root):
     root, loop, _spare, work = debian_root
-    volumes = [{"name": "platform", "device": "/dev/disk/by-id/virtio-absent", "fallback_device": loop, "mount_point": "/mnt/platform", "fstype": "ext4"}]
+    volumes = [
+        {
+            "name": "platform",
+            "device": "/dev/disk/by-id/virtio-absent",
+            "fallback_device": loop,
+            "mount_point": "/mnt/platform",
+            "fstype": "ext4",
+        }
+    ]
     inventory = _inventory(work, root, volumes)
 
     check, stats = _playbook(work, inventory, "--check", "--diff")

@@ -25,7 +25,11 @@ def _playbooks() -> list[Path]:
         if "roles" in path.parts or "group_vars" in path.parts or "inventory" in path.parts:
             continue
         data = yaml.safe_load(path.read_text())
-        if isinstance(data, list) and data and all(isinstance(p, dict) and ("hosts" in p or "import_playbook" in p) for p in data):
+        if (
+            isinstance(data, list)
+            and data
+            and all(isinstance(p, dict) and ("hosts" in p or "import_playbook" in p) for p in data)
+        ):
             found.append(path)
     return found
 
@@ -61,7 +65,11 @@ def test_syntax_check(playbook, tmp_path):
     inventory.write_text(yaml.safe_dump({"all": {"children": groups}}))
     proc = subprocess.run(
         [str(tool), "--syntax-check", "-i", str(inventory), str(playbook)],
-        cwd=ANSIBLE, env=_env(tmp_path), capture_output=True, text=True, check=False,
+        cwd=ANSIBLE,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -71,7 +79,12 @@ def test_ansible_lint_production_profile(tmp_path):
     tool = _need("ansible-lint")
     proc = subprocess.run(
         [str(tool), "--profile", "production", "--offline", "--nocolor"],
-        cwd=ANSIBLE, env=_env(tmp_path), capture_output=True, text=True, check=False, timeout=600,
+        cwd=ANSIBLE,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert "Profile 'production' was required, and it passed" in proc.stdout + proc.stderr
@@ -141,7 +154,11 @@ def test_registry_mirrors_are_written_before_the_first_start_and_restart_k3s_on_
     plays = yaml.safe_load((ANSIBLE / "site.yml").read_text())
     assert next(p for p in plays if p["roles"][0]["role"] == "kubernetes")["hosts"] == "k3s_server:k3s_agent"
     tasks = yaml.safe_load((ANSIBLE / "roles" / "kubernetes" / "tasks" / "main.yml").read_text())
-    (index,) = [i for i, t in enumerate(tasks) if t.get("ansible.builtin.template", {}).get("dest") == "/etc/rancher/k3s/registries.yaml"]
+    (index,) = [
+        i
+        for i, t in enumerate(tasks)
+        if t.get("ansible.builtin.template", {}).get("dest") == "/etc/rancher/k3s/registries.yaml"
+    ]
     task = tasks[index]
     assert task["ansible.builtin.template"]["src"] == "registries.yaml.j2" and "when" not in task
     assert task["notify"] == "Restart k3s"

@@ -118,7 +118,12 @@ def rendered(tmp_path_factory):
     playbook.write_text(RENDER_PLAY.replace("OUT", str(out)))
     proc = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook)],
-        cwd=work, env=_env(work), capture_output=True, text=True, check=False, timeout=300,
+        cwd=work,
+        env=_env(work),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
     return {host.name: {f.name: f.read_text() for f in host.iterdir()} for host in out.iterdir()}
@@ -183,7 +188,9 @@ def test_host_firewalls_match_terraform_and_k3s(rendered):
     # Inside: the private network, pods, services and the link are trusted everywhere; no node
     # trusts another's public address any more.
     for text in (node1, gpu1, node2):
-        assert re.search(r"elements = \{ 192\.168\.50\.0/24, 10\.42\.0\.0/16, 10\.43\.0\.0/16, 10\.99\.0\.0/24 \}", text), text
+        assert re.search(
+            r"elements = \{ 192\.168\.50\.0/24, 10\.42\.0\.0/16, 10\.43\.0\.0/16, 10\.99\.0\.0/24 \}", text
+        ), text
         assert "203.0.113.10/32, " not in text.split("set ssh_v4")[0]
         assert '"wg-chexops"' in text
         # SSH only from Terraform's ssh_allowed_cidrs, never from anywhere.
@@ -211,7 +218,9 @@ def test_gpu_runtime_class_and_platform_storage_class(rendered):
     runtime = next(d for d in docs if d["kind"] == "RuntimeClass")
     assert runtime["metadata"]["name"] == "nvidia" and runtime["handler"] == "nvidia"
     assert runtime["scheduling"]["nodeSelector"] == {"chexops.io/gpu": "true"}
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in runtime["scheduling"]["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in runtime["scheduling"][
+        "tolerations"
+    ]
     storage = next(d for d in docs if d["kind"] == "StorageClass")
     assert storage["metadata"]["name"] == "chexops-platform" and storage["provisioner"] == "rancher.io/local-path"
     assert storage["reclaimPolicy"] == "Retain" and storage["volumeBindingMode"] == "WaitForFirstConsumer"
@@ -227,18 +236,24 @@ def test_every_node_pulls_the_in_cluster_registry_through_its_node_port(rendered
     images name) to its NodePort on the node itself (k8s/platform/registry)."""
     platform = REPO / "k8s" / "platform" / "registry"
     namespace = yaml.safe_load((platform / "kustomization.yaml").read_text())["namespace"]
-    services = {d["metadata"]["name"]: d for d in yaml.safe_load_all((platform / "registry.yaml").read_text())
-                if d and d["kind"] == "Service"}
+    services = {
+        d["metadata"]["name"]: d
+        for d in yaml.safe_load_all((platform / "registry.yaml").read_text())
+        if d and d["kind"] == "Service"
+    }
     (port,) = services["registry"]["spec"]["ports"]
     (node_port,) = [p for s in services.values() if s["spec"].get("type") == "NodePort" for p in s["spec"]["ports"]]
     name = f"registry.{namespace}.svc.cluster.local:{port['port']}"
     for env in ("staging", "canary", "production"):
-        images = yaml.safe_load((REPO / "k8s" / "chexops" / "overlays" / env / "kustomization.yaml").read_text())["images"]
+        images = yaml.safe_load((REPO / "k8s" / "chexops" / "overlays" / env / "kustomization.yaml").read_text())[
+            "images"
+        ]
         assert {i["newName"].split("/")[0] for i in images} == {name}, env
     assert set(rendered) == {"node1", "node2", "node3", "gpu1"}
     for host, files in rendered.items():
         assert yaml.safe_load(files["registries.yaml"]) == {
-            "mirrors": {name: {"endpoint": [f"http://127.0.0.1:{node_port['nodePort']}"]}}}, host
+            "mirrors": {name: {"endpoint": [f"http://127.0.0.1:{node_port['nodePort']}"]}}
+        }, host
 
 
 FORK_URL = "git@github.com:me/chexops.git"
@@ -259,7 +274,12 @@ def _validate_argo(tmp_path: Path, roles: Path, variables: dict) -> subprocess.C
     env = {**_env(tmp_path), "ANSIBLE_ROLES_PATH": str(roles)}
     return subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", "localhost,", str(playbook), *extra],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=120,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
 
 
@@ -320,7 +340,12 @@ def test_ssh_firewall_has_no_open_fallback(tmp_path, cidrs):
     env = {**_env(tmp_path), "ANSIBLE_ROLES_PATH": str(ANSIBLE / "roles")}
     proc = subprocess.run(
         [str(BIN / "ansible-playbook"), "--check", "-i", "localhost,", str(playbook), *extra],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=120,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
     assert proc.returncode != 0, proc.stdout[-3000:]
     assert "come from Terraform's ssh_allowed_cidrs" in " ".join(proc.stdout.split()), proc.stdout[-3000:]

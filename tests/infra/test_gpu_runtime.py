@@ -57,10 +57,15 @@ def _gpu_consumers():
                     c for c in template.get("containerSet", {}).get("containers", []) or []
                 ]
                 if any(_asks_for_gpu(c) for c in containers if c):
-                    yield f"{path.relative_to(REPO)}: {doc['metadata']['name']}/{template['name']}", _runtime_class(
-                        template.get("podSpecPatch"), wf.get("podSpecPatch")
+                    yield (
+                        f"{path.relative_to(REPO)}: {doc['metadata']['name']}/{template['name']}",
+                        _runtime_class(template.get("podSpecPatch"), wf.get("podSpecPatch")),
                     )
-        pod = (spec.get("template") or {}).get("spec") if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job") else None
+        pod = (
+            (spec.get("template") or {}).get("spec")
+            if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job")
+            else None
+        )
         pod = pod or (spec if kind == "Pod" else None)
         if pod and any(_asks_for_gpu(c) for c in pod.get("containers", [])):
             yield f"{path.relative_to(REPO)}: {kind}/{doc['metadata']['name']}", pod.get("runtimeClassName")

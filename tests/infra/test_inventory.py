@@ -82,7 +82,11 @@ def test_ansible_reads_the_inventory_and_site_targets_it(infra_cli, tmp_path):
     assert sorted(data["k3s_agent"]["hosts"]) == ["gpu1", "node2", "node3"]
     hosts = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", str(out), "site.yml", "--list-hosts"],
-        capture_output=True, text=True, env=env, cwd=REPO / "ansible", check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO / "ansible",
+        check=False,
     )
     assert hosts.returncode == 0, hosts.stderr
     assert "Could not match supplied host pattern" not in hosts.stderr

@@ -27,7 +27,18 @@ def _create(infra_cli, env, tmp_path, *extra):
 def test_create_gpu_lease_waits_for_active_and_writes_tfvars(infra_cli, clouds_env, openstack_stub, tmp_path, caplog):
     caplog.set_level("INFO", logger="chexops")
     openstack_stub.activate_after = 3
-    out = _create(infra_cli, clouds_env, tmp_path, "chexops-gpu", "--role", "gpu", "--node-type", "gpu_a100_pcie", "--duration", "2d")
+    out = _create(
+        infra_cli,
+        clouds_env,
+        tmp_path,
+        "chexops-gpu",
+        "--role",
+        "gpu",
+        "--node-type",
+        "gpu_a100_pcie",
+        "--duration",
+        "2d",
+    )
     assert out.exit_code == 0, out.stderr
     payload = out.json()
     lease = payload["lease"]
@@ -36,7 +47,9 @@ def test_create_gpu_lease_waits_for_active_and_writes_tfvars(infra_cli, clouds_e
     res_id = lease["reservations"][0]["id"]
     assert json.loads(_tfvars(tmp_path).read_text()) == {"gpu_reservation_id": res_id}
 
-    posted = [body for method, path, body in openstack_stub.requests if method == "POST" and path == "/blazar/v1/leases"]
+    posted = [
+        body for method, path, body in openstack_stub.requests if method == "POST" and path == "/blazar/v1/leases"
+    ]
     assert len(posted) == 1
     body = posted[0]
     assert body["start_date"] == "now"
@@ -56,15 +69,24 @@ def test_create_gpu_lease_waits_for_active_and_writes_tfvars(infra_cli, clouds_e
 
 def test_create_kvm_lease_resolves_flavor_and_merges_tfvars(infra_cli, clouds_env, openstack_stub, tmp_path):
     _tfvars(tmp_path).write_text(json.dumps({"gpu_reservation_id": "keep-me"}))
-    out = _create(infra_cli, clouds_env, tmp_path, "chexops-kvm", "--role", "kvm", "--flavor", "m1.large", "--count", "3")
+    out = _create(
+        infra_cli, clouds_env, tmp_path, "chexops-kvm", "--role", "kvm", "--flavor", "m1.large", "--count", "3"
+    )
     assert out.exit_code == 0, out.stderr
     lease = out.json()["lease"]
     res = lease["reservations"][0]
     assert res["resource_type"] == "flavor:instance" and res["flavor_id"] == res["id"]
-    posted = next(body for method, path, body in openstack_stub.requests if method == "POST" and path == "/blazar/v1/leases")
+    posted = next(
+        body for method, path, body in openstack_stub.requests if method == "POST" and path == "/blazar/v1/leases"
+    )
     # `affinity` explicit and null, as python-chi's Lease.add_flavor_reservation sends it.
-    assert posted["reservations"] == [{"resource_type": "flavor:instance", "flavor_id": "4", "amount": 3, "affinity": None}]
-    assert json.loads(_tfvars(tmp_path).read_text()) == {"gpu_reservation_id": "keep-me", "kvm_reservation_id": res["id"]}
+    assert posted["reservations"] == [
+        {"resource_type": "flavor:instance", "flavor_id": "4", "amount": 3, "affinity": None}
+    ]
+    assert json.loads(_tfvars(tmp_path).read_text()) == {
+        "gpu_reservation_id": "keep-me",
+        "kvm_reservation_id": res["id"],
+    }
 
 
 def test_create_reuses_a_live_lease_of_the_same_name(infra_cli, clouds_env, openstack_stub, tmp_path):
@@ -94,7 +116,9 @@ def test_cloud_from_os_cloud_env(infra_cli, clouds_env, openstack_stub, tmp_path
 
 
 def test_extend_moves_the_end(infra_cli, clouds_env, openstack_stub, tmp_path):
-    created = _create(infra_cli, clouds_env, tmp_path, "chexops-gpu", "--role", "gpu", "--duration", "12h").json()["lease"]
+    created = _create(infra_cli, clouds_env, tmp_path, "chexops-gpu", "--role", "gpu", "--duration", "12h").json()[
+        "lease"
+    ]
     out = infra_cli(["lease", "extend", "chexops-gpu", "--cloud", "stub", "--by", "1d", "--json"], clouds_env)
     assert out.exit_code == 0, out.stderr
     payload = out.json()
@@ -108,7 +132,9 @@ def test_extend_moves_the_end(infra_cli, clouds_env, openstack_stub, tmp_path):
 def test_delete_removes_lease_and_its_tfvars(infra_cli, clouds_env, openstack_stub, tmp_path):
     _tfvars(tmp_path).write_text(json.dumps({"kvm_reservation_id": "other"}))
     _create(infra_cli, clouds_env, tmp_path, "chexops-gpu", "--role", "gpu")
-    out = infra_cli(["lease", "delete", "chexops-gpu", "--cloud", "stub", "--tfvars", str(_tfvars(tmp_path)), "--json"], clouds_env)
+    out = infra_cli(
+        ["lease", "delete", "chexops-gpu", "--cloud", "stub", "--tfvars", str(_tfvars(tmp_path)), "--json"], clouds_env
+    )
     assert out.exit_code == 0, out.stderr
     assert out.json()["tfvars_removed"] == ["gpu_reservation_id"]
     assert openstack_stub.leases == {}
@@ -187,8 +213,14 @@ def test_blazar_refusal_is_reported(infra_cli, clouds_env, openstack_stub, tmp_p
     [
         (["lease", "create", "x", "--role", "gpu", "--cloud", "stub", "--duration", "8d"], "at most 7 days"),
         (["lease", "create", "x", "--role", "gpu", "--cloud", "stub", "--duration", "soon"], "is not like 90m"),
-        (["lease", "create", "x", "--role", "kvm", "--cloud", "stub", "--flavor", "m9.huge"], "Flavor 'm9.huge' does not exist"),
-        (["lease", "create", "x", "--role", "gpu", "--cloud", "stub", "--node-type", "bad type!"], "is not a Chameleon node type"),
+        (
+            ["lease", "create", "x", "--role", "kvm", "--cloud", "stub", "--flavor", "m9.huge"],
+            "Flavor 'm9.huge' does not exist",
+        ),
+        (
+            ["lease", "create", "x", "--role", "gpu", "--cloud", "stub", "--node-type", "bad type!"],
+            "is not a Chameleon node type",
+        ),
         (["lease", "status", "x", "--cloud", "nowhere"], "Cloud 'nowhere' is not in"),
         (["lease", "status", "x"], "No cloud named"),
         (["lease", "extend", "x", "--cloud", "stub"], "exactly one of --by"),
@@ -218,16 +250,31 @@ def test_main_cli_maps_errors(clouds_env, openstack_stub):
     """Through the real `chexops` entry point: exit code 2 and a message, never a traceback."""
     probe = subprocess.run(
         [sys.executable, "-c", "from chexops.cli import cli, main; assert 'infra' in cli.commands"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if probe.returncode != 0:
         pytest.skip("the main CLI does not have the infra group wired in (chexops.cli.cli.add_command(infra))")
     env = {k: v for k, v in {**os.environ, **clouds_env}.items() if v is not None}
     env.pop("OS_CLOUD", None)
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from chexops.cli import main; main(sys.argv[1:])",
-         "infra", "lease", "status", "no-such-lease", "--cloud", "stub"],
-        capture_output=True, text=True, env=env, check=False, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from chexops.cli import main; main(sys.argv[1:])",
+            "infra",
+            "lease",
+            "status",
+            "no-such-lease",
+            "--cloud",
+            "stub",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
     assert "No lease 'no-such-lease'" in proc.stderr

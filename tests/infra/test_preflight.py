@@ -26,7 +26,9 @@ def tf_dir(tmp_path, openstack_stub):
         'kvm_cloud = "stub"\nchi_cloud = "stub"\nkey_pair = "laptop"\nssh_allowed_cidrs = ["203.0.113.0/24"]\n'
     )
     (work / "reservations.auto.tfvars.json").write_text(json.dumps({"kvm_reservation_id": KVM_RESERVATION}))
-    openstack_stub.flavors.append({"id": KVM_RESERVATION, "name": f"reservation:{KVM_RESERVATION}", "vcpus": 4, "ram": 8192, "disk": 40})
+    openstack_stub.flavors.append(
+        {"id": KVM_RESERVATION, "name": f"reservation:{KVM_RESERVATION}", "vcpus": 4, "ram": 8192, "disk": 40}
+    )
     openstack_stub.flavors.append({"id": "baremetal-id", "name": "baremetal", "vcpus": 1, "ram": 1, "disk": 1})
     return work
 
@@ -54,7 +56,9 @@ def test_everything_found(infra_cli, clouds_env, openstack_stub, tf_dir):
     # Through the SDK's compute, image and network proxies, each authenticated once per cloud.
     paths = {p for m, p, _ in openstack_stub.requests if m == "GET"}
     assert f"/nova/v2.1/flavors/{KVM_RESERVATION}" in paths
-    assert "/glance/v2/images" in paths and "/neutron/v2.0/networks" in paths and "/nova/v2.1/os-keypairs/laptop" in paths
+    assert (
+        "/glance/v2/images" in paths and "/neutron/v2.0/networks" in paths and "/nova/v2.1/os-keypairs/laptop" in paths
+    )
     assert sum(1 for m, p, _ in openstack_stub.requests if p == "/identity/v3/auth/tokens") == 1
 
 
@@ -68,12 +72,34 @@ def test_cpu_only_checks_one_cloud(infra_cli, clouds_env, tf_dir):
 @pytest.mark.parametrize(
     ("tfvar", "value", "message"),
     [
-        ("gpu_image_name", "CC-Ubuntu99", "gpu_image_name: Image 'CC-Ubuntu99' does not exist on cloud 'stub' (images: CC-Ubuntu24.04, CC-Ubuntu24.04-CUDA)"),
-        ("gpu_network_name", "sharednet9", "gpu_network_name: Network 'sharednet9' does not exist on cloud 'stub' (networks: public, sharednet1)"),
-        ("external_network_name", "sharednet1", "Network 'sharednet1' on cloud 'stub' is not external, so it is no floating-IP pool (pools: public)"),
-        ("external_network_name", "ext-net", "Floating-IP pool 'ext-net' does not exist on cloud 'stub' (pools: public)"),
+        (
+            "gpu_image_name",
+            "CC-Ubuntu99",
+            "gpu_image_name: Image 'CC-Ubuntu99' does not exist on cloud 'stub' (images: CC-Ubuntu24.04, "
+            "CC-Ubuntu24.04-CUDA)",
+        ),
+        (
+            "gpu_network_name",
+            "sharednet9",
+            "gpu_network_name: Network 'sharednet9' does not exist on cloud 'stub' (networks: public, sharednet1)",
+        ),
+        (
+            "external_network_name",
+            "sharednet1",
+            "Network 'sharednet1' on cloud 'stub' is not external, so it is no floating-IP pool (pools: public)",
+        ),
+        (
+            "external_network_name",
+            "ext-net",
+            "Floating-IP pool 'ext-net' does not exist on cloud 'stub' (pools: public)",
+        ),
         ("key_pair", "desktop", "key_pair: Key pair 'desktop' does not exist on cloud 'stub' (key pairs: laptop)"),
-        ("kvm_reservation_id", "087bc740-6d2d-410b-9d47-c7b2b55a9d36", "Flavor '087bc740-6d2d-410b-9d47-c7b2b55a9d36' does not exist on cloud 'stub' (flavors: baremetal, m1.large"),
+        (
+            "kvm_reservation_id",
+            "087bc740-6d2d-410b-9d47-c7b2b55a9d36",
+            "Flavor '087bc740-6d2d-410b-9d47-c7b2b55a9d36' does not exist on cloud 'stub' (flavors: baremetal, "
+            "m1.large",
+        ),
     ],
 )
 def test_a_missing_resource_is_named_before_terraform_runs(infra_cli, clouds_env, tf_dir, tfvar, value, message):
@@ -89,13 +115,19 @@ def test_every_missing_resource_is_reported_at_once(infra_cli, clouds_env, opens
     out = _preflight(infra_cli, clouds_env, tf_dir)
     assert out.exit_code == 2
     assert "2 of 9 look-ups failed" in out.stderr
-    assert "kvm_image_name: Image 'CC-Ubuntu24.04'" in out.stderr and "gpu_image_name: Image 'CC-Ubuntu24.04-CUDA'" in out.stderr
+    assert (
+        "kvm_image_name: Image 'CC-Ubuntu24.04'" in out.stderr
+        and "gpu_image_name: Image 'CC-Ubuntu24.04-CUDA'" in out.stderr
+    )
 
 
 def test_no_reservation_yet(infra_cli, clouds_env, tf_dir):
     (tf_dir / "reservations.auto.tfvars.json").unlink()
     out = _preflight(infra_cli, clouds_env, tf_dir)
-    assert out.exit_code == 2 and "kvm_reservation_id is not set (run `chexops infra lease create --role kvm`)" in out.stderr
+    assert (
+        out.exit_code == 2
+        and "kvm_reservation_id is not set (run `chexops infra lease create --role kvm`)" in out.stderr
+    )
 
 
 def test_expired_credentials(infra_cli, clouds_env, tf_dir):

@@ -61,7 +61,9 @@ def resources(rtype: str | None = None):
 def test_terraform_fmt():
     if shutil.which("terraform") is None:
         pytest.skip("terraform is not on PATH: `terraform fmt -check` not run (install Terraform >= 1.9)")
-    proc = subprocess.run(["terraform", "fmt", "-check", "-recursive", "-diff", str(TF)], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["terraform", "fmt", "-check", "-recursive", "-diff", str(TF)], capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0, f"terraform fmt would change:\n{proc.stdout}"
 
 
@@ -111,7 +113,9 @@ def test_every_variable_is_typed_described_and_validated():
 
 def test_every_output_is_described():
     for path, name, body in blocks("output"):
-        assert len(unq(body.get("description", ""))) >= 10, f"{path.relative_to(REPO)}: output {name} has no description"
+        assert len(unq(body.get("description", ""))) >= 10, (
+            f"{path.relative_to(REPO)}: output {name} has no description"
+        )
 
 
 def test_outputs_the_inventory_needs_exist():
@@ -129,12 +133,18 @@ def test_outputs_the_inventory_needs_exist():
 def test_every_gpu_instance_carries_a_reservation_hint():
     instances = list(resources("openstack_compute_instance_v2"))
     assert instances
-    gpu = [(p, n, b) for p, _, n, b in instances if unq(b.get("flavor_name")) == "baremetal" or unq(b.get("metadata", {}).get("chexops_role")) == "gpu"]
+    gpu = [
+        (p, n, b)
+        for p, _, n, b in instances
+        if unq(b.get("flavor_name")) == "baremetal" or unq(b.get("metadata", {}).get("chexops_role")) == "gpu"
+    ]
     assert gpu, "no GPU (bare-metal) instance found"
     for path, name, body in gpu:
         hints = body.get("scheduler_hints") or []
         reservation = [h["additional_properties"].get("reservation") for h in hints if "additional_properties" in h]
-        assert reservation and "reservation" in str(reservation[0]), f"{path.relative_to(REPO)}: {name} has no reservation scheduler hint"
+        assert reservation and "reservation" in str(reservation[0]), (
+            f"{path.relative_to(REPO)}: {name} has no reservation scheduler hint"
+        )
     # KVM instances boot the reserved flavor instead (its id is the reservation id).
     for path, _, name, body in instances:
         if (path, name, body) not in gpu:
@@ -196,16 +206,32 @@ def variables_only(tmp_path_factory):
     shutil.copy(TF / "variables.tf", work / "variables.tf")
     (work / "versions.tf").write_text('terraform {\n  required_version = ">= 1.9.0"\n}\n')
     env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1", "TF_DATA_DIR": str(work / ".terraform")}
-    proc = subprocess.run(["terraform", "init", "-backend=false", "-input=false", "-no-color"], cwd=work, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["terraform", "init", "-backend=false", "-input=false", "-no-color"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
 
     def plan(**overrides):
-        values = {"key_pair": "laptop", "kvm_reservation_id": UUID_A, "gpu_reservation_id": UUID_B, "ssh_allowed_cidrs": ["198.51.100.0/24"]}
+        values = {
+            "key_pair": "laptop",
+            "kvm_reservation_id": UUID_A,
+            "gpu_reservation_id": UUID_B,
+            "ssh_allowed_cidrs": ["198.51.100.0/24"],
+        }
         values.update(overrides)
         (work / "test.tfvars.json").write_text(json.dumps(values))
         return subprocess.run(
             ["terraform", "plan", "-input=false", "-no-color", "-lock=false", "-var-file=test.tfvars.json"],
-            cwd=work, env=env, capture_output=True, text=True, check=False,
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
 
     return plan
@@ -229,7 +255,10 @@ def test_valid_settings_pass_validation(variables_only):
         ({"kvm_node_count": 0}, "kvm_node_count must be a whole number from 1 to 10"),
         ({"name_prefix": "Chexops_"}, "name_prefix must be"),
         ({"private_network_cidr": "192.168.50.0/29"}, "/27 or larger"),
-        ({"volumes": {"a": {"size_gb": 10, "mount_point": "/etc/x", "purpose": "p"}}}, "mount_point must be an absolute path"),
+        (
+            {"volumes": {"a": {"size_gb": 10, "mount_point": "/etc/x", "purpose": "p"}}},
+            "mount_point must be an absolute path",
+        ),
         ({"volumes": {"a": {"size_gb": 0, "mount_point": "/mnt/a", "purpose": "p"}}}, "size_gb must be a whole number"),
         ({"k8s_api_allowed_cidrs": ["0.0.0.0/0"]}, "k8s_api_allowed_cidrs must be IPv4 CIDRs of /8 or longer"),
     ],
@@ -254,7 +283,10 @@ def test_checkov_is_clean_or_every_skip_is_justified():
     checkov = _checkov()
     proc = subprocess.run(
         [str(checkov), "-d", str(TF), "--framework", "terraform", "--skip-download", "--compact", "-o", "json"],
-        capture_output=True, text=True, check=False, timeout=300,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
         env={**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"},
     )
     report = json.loads(proc.stdout)
@@ -278,7 +310,9 @@ def test_edge_floating_ip_association_waits_for_the_router_interface():
     assert len(edge) == 1, associations
     path, body = edge[0]
     depends = " ".join(body.get("depends_on") or [])
-    assert "openstack_networking_router_interface_v2." in depends, f"{path.relative_to(REPO)}: edge association does not wait for the router interface"
+    assert "openstack_networking_router_interface_v2." in depends, (
+        f"{path.relative_to(REPO)}: edge association does not wait for the router interface"
+    )
     # ... and that interface connects the very subnet node1's port is on, to the router on the external network.
     interface = next(b for p, _, n, b in resources("openstack_networking_router_interface_v2") if p == path)
     assert "openstack_networking_subnet_v2.private" in interface["subnet_id"]
@@ -289,7 +323,9 @@ def test_volumes_are_protected_from_destroy():
     assert volumes
     for path, _, name, body in volumes:
         lifecycle = (body.get("lifecycle") or [{}])[0]
-        assert lifecycle.get("prevent_destroy") is True, f"{path.relative_to(REPO)}: volume {name} lacks prevent_destroy"
+        assert lifecycle.get("prevent_destroy") is True, (
+            f"{path.relative_to(REPO)}: volume {name} lacks prevent_destroy"
+        )
 
 
 def test_cross_site_rules_match_the_site_link_topology():

@@ -106,7 +106,8 @@ def test_no_count_or_for_each_depends_on_apply_time_values():
     for call, directory in calls.items():
         body = next(b[f'"{call}"'] for p in root_files for b in _load(p).get("module", []) if f'"{call}"' in b)
         tainted_vars = {
-            arg for arg, expr in body.items()
+            arg
+            for arg, expr in body.items()
             if arg not in ("source", "providers", "count", "for_each", "depends_on") and _refs(expr) & root_tainted
         }
         files = sorted(directory.glob("*.tf"))
@@ -152,7 +153,14 @@ def _stand_in(text: str) -> str:
             line = body[j]
             if re.match(rf"^  ({'|'.join(META_ARGS)})\s*=", line):
                 expr = [line]
-                depth = line.count("[") + line.count("(") + line.count("{") - line.count("]") - line.count(")") - line.count("}")
+                depth = (
+                    line.count("[")
+                    + line.count("(")
+                    + line.count("{")
+                    - line.count("]")
+                    - line.count(")")
+                    - line.count("}")
+                )
                 while depth > 0:
                     j += 1
                     expr.append(body[j])
@@ -205,18 +213,34 @@ def stand_in_plan(tmp_path_factory):
     work = tmp_path_factory.mktemp("tf-stand-in") / "terraform"
     _build_stand_in(work)
     env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1", "TF_DATA_DIR": str(work / ".terraform")}
-    proc = subprocess.run(["terraform", "init", "-backend=false", "-input=false", "-no-color"], cwd=work, env=env,
-                          capture_output=True, text=True, check=False, timeout=300)
+    proc = subprocess.run(
+        ["terraform", "init", "-backend=false", "-input=false", "-no-color"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     def plan(**overrides):
-        values = {"key_pair": "laptop", "kvm_reservation_id": UUID_A, "gpu_reservation_id": UUID_B,
-                  "ssh_allowed_cidrs": ["198.51.100.0/24"]}
+        values = {
+            "key_pair": "laptop",
+            "kvm_reservation_id": UUID_A,
+            "gpu_reservation_id": UUID_B,
+            "ssh_allowed_cidrs": ["198.51.100.0/24"],
+        }
         values.update(overrides)
         (work / "test.tfvars.json").write_text(json.dumps(values))
         return subprocess.run(
             ["terraform", "plan", "-input=false", "-no-color", "-lock=false", "-var-file=test.tfvars.json"],
-            cwd=work, env=env, capture_output=True, text=True, check=False, timeout=300,
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
         )
 
     return work, plan
@@ -224,9 +248,13 @@ def stand_in_plan(tmp_path_factory):
 
 def test_stand_in_keeps_every_resource_and_its_meta_arguments(stand_in_plan):
     work, _plan = stand_in_plan
-    real = sum(1 for p in (TF / "modules").rglob("main.tf") for line in p.read_text().splitlines() if _BLOCK_START.match(line))
-    standin = sum(len(re.findall(r'^resource "terraform_data" "openstack_', p.read_text(), re.M))
-                  for p in (work / "modules").rglob("main.tf"))
+    real = sum(
+        1 for p in (TF / "modules").rglob("main.tf") for line in p.read_text().splitlines() if _BLOCK_START.match(line)
+    )
+    standin = sum(
+        len(re.findall(r'^resource "terraform_data" "openstack_', p.read_text(), re.M))
+        for p in (work / "modules").rglob("main.tf")
+    )
     assert real > 10 and standin == real
     text = "\n".join(p.read_text() for p in (work / "modules").rglob("main.tf"))
     assert "for_each" in text and "count" in text and "depends_on" in text

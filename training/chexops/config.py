@@ -74,9 +74,14 @@ class DataConfig(_Strict):
     view: Literal["frontal", "ap", "pa", "all"] = "frontal"
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     test_fraction: float = Field(
-        0.0, ge=0.0, lt=1.0,
-        description="without test_csv: this fraction of csv's patients is carved out as the held-out test split")
-    test_seed: int = Field(0, description="seed of the test carve, apart from `seed` so the test split stays put across training seeds")
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="without test_csv: this fraction of csv's patients is carved out as the held-out test split",
+    )
+    test_seed: int = Field(
+        0, description="seed of the test carve, apart from `seed` so the test split stays put across training seeds"
+    )
     skip_bad_images: bool = False
     cache_images: bool = True
     sources: list[ExtraSource] = Field(default_factory=list)  # extra CheXpert-layout sources (chexops.data.sources)
@@ -88,7 +93,10 @@ class DataConfig(_Strict):
         if self.kind == "npz" and self.npz is None:
             raise ValueError("data.npz is required when data.kind is 'npz'")
         if self.test_fraction > 0 and (self.kind != "chexpert" or self.test_csv is not None):
-            raise ValueError("data.test_fraction carves a test split from data.csv: use it with kind chexpert and without data.test_csv")
+            raise ValueError(
+                "data.test_fraction carves a test split from data.csv: use it with kind chexpert and without "
+                "data.test_csv"
+            )
         if not self.labels:
             raise ValueError("data.labels must name at least one label")
         if len(set(self.labels)) != len(self.labels):
@@ -141,7 +149,9 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0.0)
     schedule: Literal["constant", "cosine", "onecycle"] = "constant"
     warmup_steps: int = Field(0, ge=0)
-    patience: int | None = Field(None, ge=1, description="epochs without a better validation mean AUROC before stopping")
+    patience: int | None = Field(
+        None, ge=1, description="epochs without a better validation mean AUROC before stopping"
+    )
     checkpoint_every: int = Field(100, ge=1, description="optimizer steps between checkpoints")
     num_workers: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -193,6 +203,7 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 def _expand(value: Any) -> Any:
     if isinstance(value, str):
+
         def sub(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             if name == "CHEXOPS_HOME" and name not in os.environ:
@@ -202,6 +213,7 @@ def _expand(value: Any) -> Any:
             if default is not None:
                 return default
             raise ConfigError(f"the config references ${{{name}}}, which is not set in the environment")
+
         return _VAR.sub(sub, value)
     if isinstance(value, dict):
         return {k: _expand(v) for k, v in value.items()}
@@ -229,7 +241,9 @@ def _format_validation(source: str, err: ValidationError) -> str:
     return f"{source} is not a valid chexops config: {validation_problems(err)}."
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> Config:
+def load_config(
+    path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
+) -> Config:
     """Read a YAML config (or start from `base`), apply overrides, expand variables, validate."""
     data: dict[str, Any] = dict(base or {})
     source = "the configuration"

@@ -39,10 +39,15 @@ def git_info(start: Path | None = None) -> dict[str, str]:
     cwd = start or Path(__file__).resolve().parent
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
 
     try:
-        return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no")))}
+        return {
+            "git_commit": git("rev-parse", "HEAD"),
+            "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))),
+        }
     except (OSError, subprocess.SubprocessError):
         return {}
 
@@ -76,7 +81,9 @@ def get_run(client, run_id: str):
     try:
         return client.get_run(run_id)
     except MlflowException as exc:
-        raise UserInputError(f"no MLflow run {run_id!r} at {client.tracking_uri}: {exc.message.splitlines()[0]}") from None
+        raise UserInputError(
+            f"no MLflow run {run_id!r} at {client.tracking_uri}: {exc.message.splitlines()[0]}"
+        ) from None
 
 
 def download(client, run_id: str, artifact: str, dst: Path) -> Path | None:
@@ -85,8 +92,11 @@ def download(client, run_id: str, artifact: str, dst: Path) -> Path | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst),
-                                                        tracking_uri=client.tracking_uri))
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=artifact, dst_path=str(dst), tracking_uri=client.tracking_uri
+            )
+        )
     except (MlflowException, OSError) as exc:
         log.debug("artifact %s of run %s: %s", artifact, run_id, exc)
         return None

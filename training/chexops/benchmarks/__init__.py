@@ -10,9 +10,13 @@ def stats(seconds: list[float]) -> dict[str, float]:
     import numpy as np
 
     ms = np.asarray(seconds, dtype=np.float64) * 1000.0
-    return {"n": int(ms.size), "p50_ms": round(float(np.percentile(ms, 50)), 3),
-            "p95_ms": round(float(np.percentile(ms, 95)), 3), "mean_ms": round(float(ms.mean()), 3),
-            "max_ms": round(float(ms.max()), 3)}
+    return {
+        "n": int(ms.size),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p95_ms": round(float(np.percentile(ms, 95)), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+        "max_ms": round(float(ms.max()), 3),
+    }
 
 
 def timed_calls(once, runs: int, warmup: int) -> list[float]:

@@ -23,8 +23,9 @@ def model_file(tag: str, precision: str) -> Path:
     return Path(bentoml.models.get(tag).path_of(FILES[precision]))
 
 
-def bare(onnx_path: Path, data: bytes, threads: int, runs: int, warmup: int, concurrency: int = 1,
-         requests: int = 0) -> dict[str, Any]:
+def bare(
+    onnx_path: Path, data: bytes, threads: int, runs: int, warmup: int, concurrency: int = 1, requests: int = 0
+) -> dict[str, Any]:
     """decode + preprocess + session.run of one image, `runs` times, in this process (and `requests`
     times from `concurrency` threads)."""
     from chexops.imaging.decode import decode
@@ -37,8 +38,13 @@ def bare(onnx_path: Path, data: bytes, threads: int, runs: int, warmup: int, con
         return model.probabilities(x[None])
 
     times = timed_calls(once, runs, warmup)
-    result = {**stats(times), "model": f"{model.name} v{model.version}", "precision": model.precision or "fp32",
-              "input_size": model.spec.size, "file": str(onnx_path)}
+    result = {
+        **stats(times),
+        "model": f"{model.name} v{model.version}",
+        "precision": model.precision or "fp32",
+        "input_size": model.spec.size,
+        "file": str(onnx_path),
+    }
     result["concurrent"] = bare_concurrent(once, concurrency, requests or runs)
     return result
 
@@ -46,5 +52,9 @@ def bare(onnx_path: Path, data: bytes, threads: int, runs: int, warmup: int, con
 def bare_concurrent(once, concurrency: int, requests: int) -> dict[str, Any]:
     """`requests` calls of `once` from `concurrency` threads sharing the session: requests/s."""
     times, wall = concurrent_calls(once, concurrency, requests)
-    return {**stats(times), "concurrency": concurrency, "wall_s": round(wall, 3),
-            "requests_per_s": round(len(times) / wall, 2)}
+    return {
+        **stats(times),
+        "concurrency": concurrency,
+        "wall_s": round(wall, 3),
+        "requests_per_s": round(len(times) / wall, 2),
+    }

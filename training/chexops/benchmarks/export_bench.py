@@ -45,8 +45,15 @@ def machine() -> dict[str, Any]:
         isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f" {f}" in flags]
     except OSError:
         isa = []
-    return {"cpu": cpu, "isa": isa, "logical_cpus": os.cpu_count(), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "isa": isa,
+        "logical_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def real_calibration_images(spec, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +69,11 @@ def real_calibration_images(spec, n: int, seed: int = 0) -> tuple[np.ndarray, np
     with np.load(path) as data:
         train, val = data["train_images"], data["val_images"]
     rng = np.random.default_rng(seed)
-    pick = lambda images, k: np.stack([preprocess(Image.fromarray(images[i]), spec) for i in rng.choice(len(images), k, replace=False)])  # noqa: E731
+
+    def pick(images, k):
+        chosen = rng.choice(len(images), k, replace=False)
+        return np.stack([preprocess(Image.fromarray(images[i]), spec) for i in chosen])
+
     return pick(train, n), pick(val, min(64, len(val)))
 
 
@@ -70,12 +81,12 @@ def architecture(args) -> dict[str, Any]:
     """Export a seeded random-init network and compare its three ONNX variants."""
     import torch
 
-    from chexops.export import quantize
     from chexops.config import ModelConfig
-    from chexops.export.onnx import export_onnx
-    from chexops.train.models import build_model
+    from chexops.export import quantize
     from chexops.export.files import DYNAMIC_FILE, FP32_FILE, INT8_FILE, session
+    from chexops.export.onnx import export_onnx
     from chexops.imaging.preprocessing import PreprocessSpec
+    from chexops.train.models import build_model
 
     torch.manual_seed(0)
     spec = PreprocessSpec(size=args.size, channels=args.channels, mean=(0.5,), std=(0.25,))
@@ -84,25 +95,40 @@ def architecture(args) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         fp32 = export_onnx(model, spec, out / FP32_FILE)
-        variants = {"fp32": fp32,
-                    "static_int8": quantize.quantize_static_qdq(fp32, out / INT8_FILE, calib),
-                    "dynamic_int8": quantize.quantize_dynamic_int8(fp32, out / DYNAMIC_FILE)}
+        variants = {
+            "fp32": fp32,
+            "static_int8": quantize.quantize_static_qdq(fp32, out / INT8_FILE, calib),
+            "dynamic_int8": quantize.quantize_dynamic_int8(fp32, out / DYNAMIC_FILE),
+        }
         if args.sweep:
-            variants["static_int8_per_tensor"] = quantize.quantize_static_qdq(fp32, out / "pt.onnx", calib, per_channel=False)
-            variants["static_uint8_activations"] = quantize.quantize_static_qdq(fp32, out / "u8.onnx", calib, activation="uint8")
+            variants["static_int8_per_tensor"] = quantize.quantize_static_qdq(
+                fp32, out / "pt.onnx", calib, per_channel=False
+            )
+            variants["static_uint8_activations"] = quantize.quantize_static_qdq(
+                fp32, out / "u8.onnx", calib, activation="uint8"
+            )
         results: dict[str, Any] = {}
         reference = None
         for key, path in variants.items():
             probs = quantize.run_batches(session(path), held_out)["probabilities"]
             reference = probs if reference is None else reference
-            results[key] = {"latency_ms": quantize.latency_ms(path, held_out[:1], runs=args.runs, threads=args.threads),
-                            "size_bytes": path.stat().st_size, "max_abs_prob_diff_vs_fp32": float(np.abs(probs - reference).max())}
+            results[key] = {
+                "latency_ms": quantize.latency_ms(path, held_out[:1], runs=args.runs, threads=args.threads),
+                "size_bytes": path.stat().st_size,
+                "max_abs_prob_diff_vs_fp32": float(np.abs(probs - reference).max()),
+            }
             log.info("%-26s %8.2f ms  %7.1f kB", key, results[key]["latency_ms"], results[key]["size_bytes"] / 1024)
     fp = results["fp32"]["latency_ms"]
-    for key, value in results.items():
+    for value in results.values():
         value["latency_ratio"] = value["latency_ms"] / fp
-    return {"model": args.model, "size": args.size, "weights": "random init (seed 0)", "calibration_images": len(calib),
-            "calibration_source": "shared PneumoniaMNIST training images (real radiographs)", "variants": results}
+    return {
+        "model": args.model,
+        "size": args.size,
+        "weights": "random init (seed 0)",
+        "calibration_images": len(calib),
+        "calibration_source": "shared PneumoniaMNIST training images (real radiographs)",
+        "variants": results,
+    }
 
 
 def trained(args) -> dict[str, Any]:
@@ -110,20 +136,45 @@ def trained(args) -> dict[str, Any]:
     from chexops.export.onnx import export_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        e = export_model(args.reference, Path(tmp), calibration=args.calibration, runs=args.runs, threads=args.threads,
-                         activations=args.activations, log_to_run=False, bento=False).export
-    variants = {"fp32": {"latency_ms": e.fp32_latency_ms, "latency_ratio": 1.0, "mean_auroc": e.fp32_mean_auroc,
-                         "auroc_delta": 0.0, "size_bytes": e.sizes_bytes["fp32"]}}
+        e = export_model(
+            args.reference,
+            Path(tmp),
+            calibration=args.calibration,
+            runs=args.runs,
+            threads=args.threads,
+            activations=args.activations,
+            log_to_run=False,
+            bento=False,
+        ).export
+    variants = {
+        "fp32": {
+            "latency_ms": e.fp32_latency_ms,
+            "latency_ratio": 1.0,
+            "mean_auroc": e.fp32_mean_auroc,
+            "auroc_delta": 0.0,
+            "size_bytes": e.sizes_bytes["fp32"],
+        }
+    }
     for key, name in (("int8", "static_int8"), ("dynamic_int8", "dynamic_int8")):
         delta = getattr(e, f"{key}_auroc_delta")
-        variants[name] = {"latency_ms": getattr(e, f"{key}_latency_ms"),
-                          "latency_ratio": getattr(e, f"{key}_latency_ratio"), "mean_auroc": e.fp32_mean_auroc + delta,
-                          "auroc_delta": delta, "size_bytes": e.sizes_bytes[key],
-                          "max_abs_prob_diff_vs_fp32": getattr(e, f"{key}_max_abs_prob_diff")}
-    return {"reference": args.reference, "model": e.model, "validation_images": e.validation_images,
-            "calibration_images": e.calibration_images, "int8_scheme": e.int8_scheme,
-            "calibration_source": "the model's own training images", "parity_max_abs_diff": e.parity_max_abs_diff,
-            "variants": variants}
+        variants[name] = {
+            "latency_ms": getattr(e, f"{key}_latency_ms"),
+            "latency_ratio": getattr(e, f"{key}_latency_ratio"),
+            "mean_auroc": e.fp32_mean_auroc + delta,
+            "auroc_delta": delta,
+            "size_bytes": e.sizes_bytes[key],
+            "max_abs_prob_diff_vs_fp32": getattr(e, f"{key}_max_abs_prob_diff"),
+        }
+    return {
+        "reference": args.reference,
+        "model": e.model,
+        "validation_images": e.validation_images,
+        "calibration_images": e.calibration_images,
+        "int8_scheme": e.int8_scheme,
+        "calibration_source": "the model's own training images",
+        "parity_max_abs_diff": e.parity_max_abs_diff,
+        "variants": variants,
+    }
 
 
 def files(args) -> dict[str, Any]:
@@ -136,8 +187,13 @@ def files(args) -> dict[str, Any]:
     paths = [Path(p) for p in args.files]
     spec = PreprocessSpec.from_json(read_metadata(paths[0])["preprocessing"])
     _, held_out = real_calibration_images(spec, 1)
-    results = {f"{p.parent.name}/{p.name}": {"latency_ms": quantize.latency_ms(p, held_out[:1], runs=args.runs, threads=args.threads),
-                                             "size_bytes": p.stat().st_size} for p in paths}
+    results = {
+        f"{p.parent.name}/{p.name}": {
+            "latency_ms": quantize.latency_ms(p, held_out[:1], runs=args.runs, threads=args.threads),
+            "size_bytes": p.stat().st_size,
+        }
+        for p in paths
+    }
     base = next(iter(results.values()))["latency_ms"]
     for value in results.values():
         value["latency_ratio"] = value["latency_ms"] / base
@@ -145,17 +201,25 @@ def files(args) -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    name = result.get("reference") or (f"{result['model']} {result['size']} px (random init)" if "model" in result
-                                       else f"exported files, {result['size']} px")
+    name = result.get("reference") or (
+        f"{result['model']} {result['size']} px (random init)"
+        if "model" in result
+        else f"exported files, {result['size']} px"
+    )
     rows = []
     for key, v in result["variants"].items():
         delta = f"{v['auroc_delta']:+.4f}" if "auroc_delta" in v else "n/a"
-        rows.append(f"| {name} | {key} | {v['latency_ms']:.2f} | {v['latency_ratio']:.2f}× | {delta} | {v['size_bytes'] / 1e6:.2f} MB |")
+        rows.append(
+            f"| {name} | {key} | {v['latency_ms']:.2f} | {v['latency_ratio']:.2f}× | {delta} | "
+            f"{v['size_bytes'] / 1e6:.2f} MB |"
+        )
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", choices=["small", "densenet121"], default="densenet121")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--channels", type=int, default=1, choices=[1, 3])
@@ -166,16 +230,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibration", type=int, default=128)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--activations", choices=["int8", "uint8"], default="uint8", help="static int8 activations (--reference)")
+    parser.add_argument(
+        "--activations", choices=["int8", "uint8"], default="uint8", help="static int8 activations (--reference)"
+    )
     parser.add_argument("--sweep", action="store_true", help="also time other static int8 variants")
     parser.add_argument("--markdown", action="store_true", help="also print Markdown table rows (stderr)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
     result = files(args) if args.files else trained(args) if args.reference else architecture(args)
-    result.update({"command": "python -m chexops.benchmarks.export_bench " + " ".join(sys.argv[1:] if argv is None else argv),
-                   "batch": 1, "intra_op_threads": args.threads, "runs": args.runs, "statistic": "median",
-                   "machine": machine(), "seconds": round(time.monotonic() - started, 1)})
+    result.update(
+        {
+            "command": "python -m chexops.benchmarks.export_bench " + " ".join(sys.argv[1:] if argv is None else argv),
+            "batch": 1,
+            "intra_op_threads": args.threads,
+            "runs": args.runs,
+            "statistic": "median",
+            "machine": machine(),
+            "seconds": round(time.monotonic() - started, 1),
+        }
+    )
     print(json.dumps(result, indent=2, default=str))
     if args.markdown:
         print(markdown(result), file=sys.stderr)

@@ -9,7 +9,6 @@ POST /predict (multipart field `image`) → {"findings": [...], "priority": ...}
 service does; GET /readyz → 200. `chexops.benchmarks.serve_bench --start` runs it beside /predict.
 """
 
-
 import argparse  # no `from __future__ import annotations`: FastAPI reads the route annotations at run time
 import threading
 
@@ -17,9 +16,9 @@ import threading
 def create_app(onnx_path: str, threads: int):
     from fastapi import FastAPI, File, HTTPException, UploadFile
 
+    from chexops.core.triage import priority
     from chexops.imaging.decode import ImageInputError, decode
     from chexops.serving.inference import OnnxModel
-    from chexops.core.triage import priority
 
     model = OnnxModel.load(onnx_path, threads=threads)
     session_lock = threading.Lock()  # one session run at a time, as the service's batching-off path
@@ -30,7 +29,7 @@ def create_app(onnx_path: str, threads: int):
         return {"ready": True}
 
     @app.post("/predict")
-    def predict(image: UploadFile = File(...)) -> dict:  # a sync route: FastAPI runs it in its thread pool
+    def predict(image: UploadFile = File(...)) -> dict:  # a sync route: FastAPI runs it in its thread pool  # noqa: B008 - FastAPI's own idiom
         try:
             x = model.preprocess(decode(image.file.read()).grey)
         except ImageInputError as exc:
@@ -52,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    uvicorn.run(create_app(args.onnx, args.threads), host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        create_app(args.onnx, args.threads), host=args.host, port=args.port, log_level="warning", access_log=False
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,12 @@ def _latency(seconds: list[float]) -> dict[str, float] | None:
     if not seconds:
         return None
     ms = np.asarray(seconds) * 1000
-    return {"n": int(ms.size), "p50_ms": round(float(np.percentile(ms, 50)), 1),
-            "p95_ms": round(float(np.percentile(ms, 95)), 1), "max_ms": round(float(ms.max()), 1)}
+    return {
+        "n": int(ms.size),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p95_ms": round(float(np.percentile(ms, 95)), 1),
+        "max_ms": round(float(ms.max()), 1),
+    }
 
 
 class Connection:
@@ -62,7 +66,9 @@ class Connection:
 
     async def post(self) -> tuple[int, dict[str, str], bytes]:
         if self.writer is None:
-            self.reader, self.writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout)
+            self.reader, self.writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), self.timeout
+            )
         try:
             return await asyncio.wait_for(self._exchange(), self.timeout)
         except BaseException:
@@ -92,15 +98,24 @@ def prepared_request(url: str, key: str, data: bytes) -> tuple[str, int, bytes]:
 
     parts = urlsplit(url)
     boundary = "chexopsflood7f3a9c"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"image\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    head = (f"POST {parts.path.rstrip('/')}/predict HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {key}\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="image"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST {parts.path.rstrip('/')}/predict HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     return parts.hostname or "127.0.0.1", parts.port or 80, head + body
 
 
-async def _flood(url: str, key: str, data: bytes, clients: int, seconds: float, timeout: float,
-                 pid: int | None) -> dict[str, Any]:
+async def _flood(
+    url: str, key: str, data: bytes, clients: int, seconds: float, timeout: float, pid: int | None
+) -> dict[str, Any]:
     import json
 
     statuses: dict[str, int] = {}
@@ -119,7 +134,13 @@ async def _flood(url: str, key: str, data: bytes, clients: int, seconds: float, 
                 start = time.perf_counter()
                 try:
                     code, headers, body = await connection.post()
-                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+                except (
+                    OSError,
+                    asyncio.TimeoutError,
+                    asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError,
+                    ValueError,
+                ) as exc:
                     name = type(exc).__name__
                     connection_errors[name] = connection_errors.get(name, 0) + 1
                     await asyncio.sleep(0.05)
@@ -156,22 +177,44 @@ async def _flood(url: str, key: str, data: bytes, clients: int, seconds: float, 
     await asyncio.gather(*(client() for _ in range(clients)), sample())
     wall = time.perf_counter() - started
     other = {k: v for k, v in statuses.items() if k != "200" and int(k) not in REFUSALS}
-    return {"clients": clients, "seconds": round(wall, 2), "answers": sum(statuses.values()), "by_status": statuses,
-            "ok_per_s": round(len(admitted) / wall, 2), "refused": len(refused),
-            "refused_without_retry_after": len(no_retry_after), "errors_not_json": len(not_json),
-            "other_status": other, "connection_errors": connection_errors,
-            "admitted_latency": _latency(admitted), "refused_latency": _latency(refused),
-            "rss_peak_mb": max(rss) if rss else None}
+    return {
+        "clients": clients,
+        "seconds": round(wall, 2),
+        "answers": sum(statuses.values()),
+        "by_status": statuses,
+        "ok_per_s": round(len(admitted) / wall, 2),
+        "refused": len(refused),
+        "refused_without_retry_after": len(no_retry_after),
+        "errors_not_json": len(not_json),
+        "other_status": other,
+        "connection_errors": connection_errors,
+        "admitted_latency": _latency(admitted),
+        "refused_latency": _latency(refused),
+        "rss_peak_mb": max(rss) if rss else None,
+    }
 
 
-def flood(url: str, key: str, data: bytes, clients: int = 64, seconds: float = 30, timeout: float = 30,
-          pid: int | None = None, settle: float = 3.0) -> dict[str, Any]:
+def flood(
+    url: str,
+    key: str,
+    data: bytes,
+    clients: int = 64,
+    seconds: float = 30,
+    timeout: float = 30,
+    pid: int | None = None,
+    settle: float = 3.0,
+) -> dict[str, Any]:
     """Flood `/predict` (see the module docstring); RSS before/peak/after when `pid` is given."""
     before = tree_rss_mb(pid) if pid else None
     result = asyncio.run(_flood(url.rstrip("/"), key, data, clients, seconds, timeout, pid))
     if pid:
         time.sleep(settle)
         after = tree_rss_mb(pid)
-        result.update({"rss_before_mb": before, "rss_after_mb": after,
-                       "rss_growth_mb": round(after - before, 1) if after is not None and before is not None else None})
+        result.update(
+            {
+                "rss_before_mb": before,
+                "rss_after_mb": after,
+                "rss_growth_mb": round(after - before, 1) if after is not None and before is not None else None,
+            }
+        )
     return result

@@ -21,16 +21,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from chexops.data.splits import Split
-from chexops.train.dataset import EpochBatches, RadiographDataset, train_loader
 from chexops.core.paths import shared_data
+from chexops.data.splits import Split
 from chexops.imaging.preprocessing import PreprocessSpec
+from chexops.train.dataset import EpochBatches, RadiographDataset, train_loader
 
 
 def make_images(folder: Path, n: int) -> list[Path]:
     sources = sorted((shared_data() / "real-cxr").glob("*.png"))
     rng = np.random.default_rng(0)
-    bases = [Image.open(p).convert("L") for p in sources] or [Image.fromarray(rng.integers(0, 255, (512, 512), dtype=np.uint8))]
+    bases = [Image.open(p).convert("L") for p in sources] or [
+        Image.fromarray(rng.integers(0, 255, (512, 512), dtype=np.uint8))
+    ]
     paths = []
     for i in range(n):
         image = bases[i % len(bases)].rotate(float(rng.uniform(-3, 3))).resize((320, 390), Image.Resampling.BILINEAR)
@@ -42,7 +44,9 @@ def make_images(folder: Path, n: int) -> list[Path]:
 
 def measure(paths: list[Path], workers: int, batch: int, size: int) -> dict:
     split = Split("bench", np.zeros((len(paths), 14), np.float32), np.ones((len(paths), 14), np.float32), paths=paths)
-    ds = RadiographDataset(split, PreprocessSpec(size=size, channels=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)), cache=False)
+    ds = RadiographDataset(
+        split, PreprocessSpec(size=size, channels=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)), cache=False
+    )
     sampler = EpochBatches(len(ds), batch, seed=0)
     loader = train_loader(ds, sampler, workers, pin_memory=torch.cuda.is_available())
     sampler.set_epoch(0)
@@ -51,8 +55,16 @@ def measure(paths: list[Path], workers: int, batch: int, size: int) -> dict:
     start = time.perf_counter()
     seen = sum(len(x) for x, _, _ in loader)
     seconds = time.perf_counter() - start
-    return {"workers": workers, "images": seen, "batch": batch, "size": size, "seconds": round(seconds, 2),
-            "images_per_s": round(seen / seconds, 1), "cpus": os.cpu_count(), "torch": torch.__version__}
+    return {
+        "workers": workers,
+        "images": seen,
+        "batch": batch,
+        "size": size,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(seen / seconds, 1),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+    }
 
 
 def main() -> None:

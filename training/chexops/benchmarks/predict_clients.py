@@ -22,13 +22,19 @@ def _post(client, url: str, key: str, data: bytes) -> tuple[int, dict]:
     import httpx
 
     try:
-        response = client.post(f"{url}/predict", headers={"Authorization": f"Bearer {key}"},
-                               files={"image": ("image", data, "application/octet-stream")})
+        response = client.post(
+            f"{url}/predict",
+            headers={"Authorization": f"Bearer {key}"},
+            files={"image": ("image", data, "application/octet-stream")},
+        )
     except httpx.TransportError as exc:
         return 0, {"error": f"connection: {type(exc).__name__}: {exc}"}
     if response.status_code in (401, 429):
-        hint = (" (raise the service's CHEXOPS_RATE_LIMIT / CHEXOPS_RATE_BURST for a benchmark)"
-                if response.status_code == 429 else "")
+        hint = (
+            " (raise the service's CHEXOPS_RATE_LIMIT / CHEXOPS_RATE_BURST for a benchmark)"
+            if response.status_code == 429
+            else ""
+        )
         raise ServiceError(f"/predict answered {response.status_code}: {response.text[:300]}{hint}")
     try:
         body = response.json()
@@ -130,5 +136,10 @@ def concurrent(url: str, key: str, data: bytes, concurrency: int, requests: int,
         raise ServiceError(str(fatal[0]))
     if not times:
         raise ServiceError(f"no request succeeded: {failures.report()}")
-    return {**stats(times), "concurrency": concurrency, "wall_s": round(wall, 3),
-            "requests_per_s": round(len(times) / wall, 2), "errors": failures.report()}
+    return {
+        **stats(times),
+        "concurrency": concurrency,
+        "wall_s": round(wall, 3),
+        "requests_per_s": round(len(times) / wall, 2),
+        "errors": failures.report(),
+    }

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from chexops.data.prepare import prepare, resize_bytes
 from chexops.core.paths import shared_data
+from chexops.data.prepare import prepare, resize_bytes
 from chexops.imaging.preprocessing import open_image, resize_grey, shorter_side_to, to_grey
 
 FULL = (2320, 2828)
@@ -51,7 +51,9 @@ def naive(data: bytes, size: int) -> bytes:
     grey = to_grey(open_image(io.BytesIO(data)))
     width, height = shorter_side_to(grey.shape[1], grey.shape[0], size)
     out = io.BytesIO()
-    Image.fromarray(np.round(resize_grey(grey, width, height) * 255).astype(np.uint8)).save(out, format="JPEG", quality=95)
+    Image.fromarray(np.round(resize_grey(grey, width, height) * 255).astype(np.uint8)).save(
+        out, format="JPEG", quality=95
+    )
     return out.getvalue()
 
 
@@ -62,8 +64,14 @@ def per_core(name: str, func, blobs: list[bytes], size: int) -> dict:
         func(blob, size)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     # per CPU-second: what one core does, whatever else the machine runs meanwhile
-    return {"what": name, "images": len(blobs), "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
-            "images_per_s_per_core": round(len(blobs) / cpu, 1), "images_per_wall_s": round(len(blobs) / seconds, 1)}
+    return {
+        "what": name,
+        "images": len(blobs),
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu, 2),
+        "images_per_s_per_core": round(len(blobs) / cpu, 1),
+        "images_per_wall_s": round(len(blobs) / seconds, 1),
+    }
 
 
 def main() -> None:
@@ -75,18 +83,39 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_full_size(Path(tmp) / "src", args.images)
         blobs = [p.read_bytes() for p in paths]
-        print(json.dumps({"input": f"{FULL[0]}x{FULL[1]} JPEG q95", "mean_bytes": int(np.mean([len(b) for b in blobs])),
-                          "cpus": os.cpu_count(), "load_average": os.getloadavg()[0]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "input": f"{FULL[0]}x{FULL[1]} JPEG q95",
+                    "mean_bytes": int(np.mean([len(b) for b in blobs])),
+                    "cpus": os.cpu_count(),
+                    "load_average": os.getloadavg()[0],
+                }
+            ),
+            flush=True,
+        )
         print(json.dumps(per_core("naive full decode", naive, blobs, args.size)), flush=True)
-        print(json.dumps(per_core("prepare (draft mode)", lambda b, s: resize_bytes(b, s, ".jpg"), blobs, args.size)), flush=True)
+        print(
+            json.dumps(per_core("prepare (draft mode)", lambda b, s: resize_bytes(b, s, ".jpg"), blobs, args.size)),
+            flush=True,
+        )
         start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         summary = prepare(str(Path(tmp) / "src"), str(Path(tmp) / "out"), args.size, workers=args.workers)
         seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)  # the worker processes
-        print(json.dumps({"what": f"chexops data prepare --workers {args.workers}", "images": summary.images,
-                          "seconds": round(seconds, 2),
-                          "images_per_wall_s": round(summary.images / seconds, 1), "worker_cpu_seconds": round(cpu, 2),
-                          "images_per_s_per_core": round(summary.images / cpu, 1) if cpu else None}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "what": f"chexops data prepare --workers {args.workers}",
+                    "images": summary.images,
+                    "seconds": round(seconds, 2),
+                    "images_per_wall_s": round(summary.images / seconds, 1),
+                    "worker_cpu_seconds": round(cpu, 2),
+                    "images_per_s_per_core": round(summary.images / cpu, 1) if cpu else None,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

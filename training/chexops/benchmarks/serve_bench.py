@@ -11,7 +11,8 @@
     # overload: 64 concurrent clients for 30 s (answers by status, Retry-After, errors, latency, RSS)
     python -m chexops.benchmarks.serve_bench --start --architecture densenet121 --size 224 --image IMAGE --flood 30
     # client and server on separate cores (2-core machine: the server and the bare session on CPU 0, one thread)
-    python -m chexops.benchmarks.serve_bench --start --architecture densenet121 --size 224 --image IMAGE --threads 1 --server-cpus 0 --client-cpus 1
+    python -m chexops.benchmarks.serve_bench --start --architecture densenet121 --size 224 --image IMAGE --threads 1
+    --server-cpus 0 --client-cpus 1
 
 Measures, on one image (PNG, JPEG or DICOM), over loopback:
 
@@ -49,7 +50,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chexops.core.names import DEFAULT_MODEL_NAME
 from chexops.benchmarks import stats
 from chexops.benchmarks.bare import bare, model_file
 from chexops.benchmarks.harness import Pinned, server, service_env
@@ -57,18 +57,30 @@ from chexops.benchmarks.predict_clients import ServiceError, concurrent, sequent
 from chexops.benchmarks.random_model import random_init_model
 from chexops.benchmarks.serve_report import machine, markdown, vs_bare
 from chexops.core.errors import ChexopsError
+from chexops.core.names import DEFAULT_MODEL_NAME
 
 log = logging.getLogger("chexops.benchmarks.serve_bench")
 
 
 def measure_service(url: str, key: str, data: bytes, args) -> dict[str, Any]:
     out = {"sequential": sequential(url, key, data, args.runs, args.warmup)}
-    log.info("  sequential: p50 %.2f ms, p95 %.2f ms; failed %d", out["sequential"]["p50_ms"], out["sequential"]["p95_ms"],
-             out["sequential"]["errors"]["failed"])
+    log.info(
+        "  sequential: p50 %.2f ms, p95 %.2f ms; failed %d",
+        out["sequential"]["p50_ms"],
+        out["sequential"]["p95_ms"],
+        out["sequential"]["errors"]["failed"],
+    )
     out["concurrent"] = concurrent(url, key, data, args.concurrency, args.requests, args.warmup)
     c = out["concurrent"]
-    log.info("  concurrency %d: %.1f req/s, p50 %.2f ms, p95 %.2f ms; failed %d %s", args.concurrency, c["requests_per_s"],
-             c["p50_ms"], c["p95_ms"], c["errors"]["failed"], c["errors"]["examples"] or "")
+    log.info(
+        "  concurrency %d: %.1f req/s, p50 %.2f ms, p95 %.2f ms; failed %d %s",
+        args.concurrency,
+        c["requests_per_s"],
+        c["p50_ms"],
+        c["p95_ms"],
+        c["errors"]["failed"],
+        c["errors"]["examples"] or "",
+    )
     return out
 
 
@@ -77,7 +89,11 @@ def run_flood(args) -> dict[str, Any]:
     from chexops.benchmarks.flood import flood
 
     data = Path(args.image).read_bytes()
-    result: dict[str, Any] = {"service_env": args.service_env, "image": str(args.image), "intra_op_threads": args.threads}
+    result: dict[str, Any] = {
+        "service_env": args.service_env,
+        "image": str(args.image),
+        "intra_op_threads": args.threads,
+    }
 
     def measure(url: str, key: str, pid: int | None) -> dict[str, Any]:
         sequential(url, key, data, runs=max(1, args.warmup), warmup=0)  # load the model's code paths first
@@ -102,9 +118,17 @@ def run_flood(args) -> dict[str, Any]:
             raise SystemExit("--url needs --key (an API key of the service)")
         result["flood"] = measure(args.url.rstrip("/"), args.key, None)
     f = result["flood"]
-    log.info("  %d answers %s in %.0f s; %d connection errors; admitted p95 %s ms; RSS %s → peak %s → %s MiB",
-             f["answers"], f["by_status"], f["seconds"], sum(f["connection_errors"].values()),
-             (f["admitted_latency"] or {}).get("p95_ms"), f.get("rss_before_mb"), f.get("rss_peak_mb"), f.get("rss_after_mb"))
+    log.info(
+        "  %d answers %s in %.0f s; %d connection errors; admitted p95 %s ms; RSS %s → peak %s → %s MiB",
+        f["answers"],
+        f["by_status"],
+        f["seconds"],
+        sum(f["connection_errors"].values()),
+        (f["admitted_latency"] or {}).get("p95_ms"),
+        f.get("rss_before_mb"),
+        f.get("rss_peak_mb"),
+        f.get("rss_after_mb"),
+    )
     return result
 
 
@@ -112,9 +136,18 @@ def run(args) -> dict[str, Any]:
     if args.flood:
         return run_flood(args)
     data = Path(args.image).read_bytes()
-    result: dict[str, Any] = {"service_env": args.service_env, "image": str(args.image), "image_bytes": len(data), "intra_op_threads": args.threads,
-                              "precision": args.precision, "runs": args.runs, "warmup": args.warmup,
-                              "concurrency": args.concurrency, "concurrent_requests": args.requests, "services": {}}
+    result: dict[str, Any] = {
+        "service_env": args.service_env,
+        "image": str(args.image),
+        "image_bytes": len(data),
+        "intra_op_threads": args.threads,
+        "precision": args.precision,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "concurrency": args.concurrency,
+        "concurrent_requests": args.requests,
+        "services": {},
+    }
     if args.start:
         key = secrets.token_urlsafe(24)
         with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
@@ -123,18 +156,22 @@ def run(args) -> dict[str, Any]:
                 log.info("Starting the service (%s) on %s", name, args.model)
                 logs = Path(args.log_dir) if args.log_dir else Path(tmp)
                 logs.mkdir(parents=True, exist_ok=True)
-                with server(service_env(args, key, Path(tmp), batching), logs / f"service-{name}.log",
-                            cpus=args.server_cpus) as svc:
+                with server(
+                    service_env(args, key, Path(tmp), batching), logs / f"service-{name}.log", cpus=args.server_cpus
+                ) as svc:
                     try:
                         result["services"][name] = measure_service(svc.url, key, data, args)
                     except ServiceError as exc:
-                        raise ServiceError(f"{exc}\n--- the service's log ({name}), last lines ---\n{svc.logs()}") from None
+                        raise ServiceError(
+                            f"{exc}\n--- the service's log ({name}), last lines ---\n{svc.logs()}"
+                        ) from None
             if not args.no_fastapi:  # the baseline: FastAPI + uvicorn around the same session and preprocessing
                 onnx = Path(args.onnx) if args.onnx else model_file(args.model, args.precision)
                 log.info("Starting the FastAPI + uvicorn baseline on %s", onnx)
                 module = ["chexops.benchmarks.fastapi_baseline", "--onnx", str(onnx), "--threads", str(args.threads)]
-                with server(service_env(args, key, Path(tmp), False), logs / "fastapi.log", module=module,
-                            cpus=args.server_cpus) as svc:
+                with server(
+                    service_env(args, key, Path(tmp), False), logs / "fastapi.log", module=module, cpus=args.server_cpus
+                ) as svc:
                     result["services"]["fastapi_uvicorn"] = measure_service(svc.url, key, data, args)
         result["model_tag"] = args.model
     else:
@@ -148,14 +185,21 @@ def run(args) -> dict[str, Any]:
     log.info("Bare ONNX Runtime session on %s", onnx_path)
     with Pinned(args.server_cpus):  # where the servers ran
         result["bare"] = bare(onnx_path, data, args.threads, args.runs, args.warmup, args.concurrency, args.requests)
-    log.info("  bare: p50 %.2f ms, p95 %.2f ms; %.1f req/s at concurrency %d", result["bare"]["p50_ms"], result["bare"]["p95_ms"],
-             result["bare"]["concurrent"]["requests_per_s"], args.concurrency)
+    log.info(
+        "  bare: p50 %.2f ms, p95 %.2f ms; %.1f req/s at concurrency %d",
+        result["bare"]["p50_ms"],
+        result["bare"]["p95_ms"],
+        result["bare"]["concurrent"]["requests_per_s"],
+        args.concurrency,
+    )
     if args.triton:
         from chexops.benchmarks.triton_client import infer_function, measure
 
         log.info("Triton at %s, model %s (gRPC; decode + preprocess in the client)", args.triton, args.triton_model)
         once = infer_function(args.triton, args.triton_model, onnx_path, data)
-        result["services"]["triton_grpc"] = measure(once, args.runs, args.warmup, args.concurrency, args.requests, stats)
+        result["services"]["triton_grpc"] = measure(
+            once, args.runs, args.warmup, args.concurrency, args.requests, stats
+        )
         for part in ("sequential", "concurrent"):
             result["services"]["triton_grpc"][part]["errors"] = {"failed": 0}
     for value in result["services"].values():
@@ -178,34 +222,59 @@ def _cpus(text: str) -> set[int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a running service (loopback), e.g. http://127.0.0.1:3000")
     where.add_argument("--start", action="store_true", help="start the service here (batching on, then off)")
     parser.add_argument("--key", help="API key for --url")
     parser.add_argument("--image", required=True, help="the image to send (PNG, JPEG or DICOM)")
-    parser.add_argument("--model", default="", help="Bento model tag (--start: default the registry's candidate; --url: from /predict)")
-    parser.add_argument("--architecture", choices=["small", "densenet121"],
-                        help="--start on a seeded random-init network of this architecture (needs torch) instead of --model")
+    parser.add_argument(
+        "--model", default="", help="Bento model tag (--start: default the registry's candidate; --url: from /predict)"
+    )
+    parser.add_argument(
+        "--architecture",
+        choices=["small", "densenet121"],
+        help="--start on a seeded random-init network of this architecture (needs torch) instead of --model",
+    )
     parser.add_argument("--size", type=int, default=224, help="--architecture input size")
     parser.add_argument("--width", type=int, default=32, help="--architecture small: the CNN's width")
-    parser.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE",
-                        help="--start: another setting for the service, e.g. CHEXOPS_MAX_LATENCY_MS=2000 (repeatable)")
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="--start: another setting for the service, e.g. CHEXOPS_MAX_LATENCY_MS=2000 (repeatable)",
+    )
     parser.add_argument("--log-dir", help="--start: keep the services' logs here (default: a temporary directory)")
     parser.add_argument("--onnx", help="the ONNX file for the bare session (default: the Bento model's file)")
-    parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32", help="as the service's CHEXOPS_PRECISION")
+    parser.add_argument(
+        "--precision", choices=["fp32", "int8"], default="fp32", help="as the service's CHEXOPS_PRECISION"
+    )
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads, as the service's CHEXOPS_THREADS")
     parser.add_argument("--runs", type=int, default=200, help="sequential requests (and bare runs)")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--requests", type=int, default=400, help="requests in all at --concurrency")
     parser.add_argument("--no-fastapi", action="store_true", help="--start: skip the FastAPI + uvicorn baseline")
-    parser.add_argument("--triton", metavar="HOST:PORT", help="also measure a running Triton (gRPC) holding `chexops triton export`'s model")
-    parser.add_argument("--triton-model", default=DEFAULT_MODEL_NAME,
-                        help="--triton: the model's name in the repository")
-    parser.add_argument("--flood", type=int, default=0, metavar="SECONDS",
-                        help="instead: --clients concurrent clients on /predict for SECONDS (refusals, errors, latency, RSS)")
+    parser.add_argument(
+        "--triton",
+        metavar="HOST:PORT",
+        help="also measure a running Triton (gRPC) holding `chexops triton export`'s model",
+    )
+    parser.add_argument(
+        "--triton-model", default=DEFAULT_MODEL_NAME, help="--triton: the model's name in the repository"
+    )
+    parser.add_argument(
+        "--flood",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="instead: --clients concurrent clients on /predict for SECONDS (refusals, errors, latency, RSS)",
+    )
     parser.add_argument("--clients", type=int, default=64, help="--flood: concurrent clients")
     parser.add_argument("--server-cpus", type=_cpus, help="CPUs for the servers and the bare session, e.g. 0 or 0-1")
     parser.add_argument("--client-cpus", type=_cpus, help="CPUs for the HTTP clients, e.g. 1 (with --server-cpus)")
@@ -231,7 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     info = machine()
     if args.client_cpus:
-        os.sched_setaffinity(0, args.client_cpus)  # the clients' CPUs; servers and the bare session are placed explicitly
+        os.sched_setaffinity(
+            0, args.client_cpus
+        )  # the clients' CPUs; servers and the bare session are placed explicitly
         info["server_cpus"], info["client_cpus"] = sorted(args.server_cpus), sorted(args.client_cpus)
     with tempfile.TemporaryDirectory(prefix="serve-bench-home-") as scratch:
         if args.architecture:  # a store of its own: the user's CHEXOPS_HOME stays untouched
@@ -251,8 +322,13 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(str(exc)) from None
     if args.architecture:
         result["model"] = {"architecture": args.architecture, "size": args.size, "weights": "random init (seed 0)"}
-    result.update({"command": "python -m chexops.benchmarks.serve_bench " + " ".join(sys.argv[1:] if argv is None else argv),
-                   "machine": info, "seconds": round(time.monotonic() - started, 1)})
+    result.update(
+        {
+            "command": "python -m chexops.benchmarks.serve_bench " + " ".join(sys.argv[1:] if argv is None else argv),
+            "machine": info,
+            "seconds": round(time.monotonic() - started, 1),
+        }
+    )
     try:
         info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     except OSError:

@@ -30,9 +30,16 @@ def machine() -> dict[str, Any]:
         bentoml_version = version("bentoml")
     except Exception:  # noqa: BLE001 - informational only
         bentoml_version = ""
-    return {"cpu": cpu, "isa": isa, "logical_cpus": os.cpu_count(), "load_average_at_start": load,
-            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "bentoml": bentoml_version,
-            "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "isa": isa,
+        "logical_cpus": os.cpu_count(),
+        "load_average_at_start": load,
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "bentoml": bentoml_version,
+        "platform": platform.platform(),
+    }
 
 
 def vs_bare(service: dict[str, Any], bare_result: dict[str, Any]) -> dict[str, float]:
@@ -43,25 +50,30 @@ def vs_bare(service: dict[str, Any], bare_result: dict[str, Any]) -> dict[str, f
     return {**ratios, "throughput": round(throughput, 3)}
 
 
-PATHS = {"fastapi_uvicorn": "FastAPI + uvicorn baseline (same session and preprocessing)",
-         "triton_grpc": "Triton (ONNX Runtime backend, gRPC; decode + preprocess in the client)"}
+PATHS = {
+    "fastapi_uvicorn": "FastAPI + uvicorn baseline (same session and preprocessing)",
+    "triton_grpc": "Triton (ONNX Runtime backend, gRPC; decode + preprocess in the client)",
+}
 
 
 def markdown(result: dict[str, Any]) -> str:
     b = result["bare"]
     bc = b["concurrent"]
     at = result["concurrency"]
-    rows = [f"| path | p50 (ms) | p95 (ms) | p50 vs bare | req/s at c={at} (vs bare) | p50 / p95 at c={at} (ms) "
-            "| failed |",
-            "|---|---|---|---|---|---|---|",
-            f"| bare ONNX Runtime (decode + preprocess + run) | {b['p50_ms']:.2f} | {b['p95_ms']:.2f} | 1.00× | "
-            f"{bc['requests_per_s']:.1f} | {bc['p50_ms']:.1f} / {bc['p95_ms']:.1f} | — |"]
+    rows = [
+        f"| path | p50 (ms) | p95 (ms) | p50 vs bare | req/s at c={at} (vs bare) | p50 / p95 at c={at} (ms) | failed |",
+        "|---|---|---|---|---|---|---|",
+        f"| bare ONNX Runtime (decode + preprocess + run) | {b['p50_ms']:.2f} | {b['p95_ms']:.2f} | 1.00× | "
+        f"{bc['requests_per_s']:.1f} | {bc['p50_ms']:.1f} / {bc['p95_ms']:.1f} | — |",
+    ]
     for name, value in result["services"].items():
         s, c, ratio = value["sequential"], value["concurrent"], value["vs_bare"]
         label = PATHS.get(name, f"`/predict`, {name.replace('_', ' ')}")
-        rows.append(f"| {label} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | {ratio['p50']:.2f}× | "
-                    f"{c['requests_per_s']:.1f} ({ratio['throughput']:.2f}×) | "
-                    f"{c['p50_ms']:.1f} / {c['p95_ms']:.1f} | "
-                    f"{s['errors']['failed'] + c['errors']['failed']} of "
-                    f"{s['n'] + s['errors']['failed'] + c['n'] + c['errors']['failed']} |")
+        rows.append(
+            f"| {label} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | {ratio['p50']:.2f}× | "
+            f"{c['requests_per_s']:.1f} ({ratio['throughput']:.2f}×) | "
+            f"{c['p50_ms']:.1f} / {c['p95_ms']:.1f} | "
+            f"{s['errors']['failed'] + c['errors']['failed']} of "
+            f"{s['n'] + s['errors']['failed'] + c['n'] + c['errors']['failed']} |"
+        )
     return "\n".join(rows)

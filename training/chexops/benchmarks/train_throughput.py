@@ -16,12 +16,14 @@ from contextlib import nullcontext
 import torch
 
 from chexops.config import ModelConfig
-from chexops.train.models import build_model
 from chexops.imaging.preprocessing import PreprocessSpec
 from chexops.train.loop import masked_bce
+from chexops.train.models import build_model
 
 
-def measure(model_name: str, size: int, batch: int, amp: bool, channels_last: bool, steps: int, warmup: int, device: str) -> dict:
+def measure(
+    model_name: str, size: int, batch: int, amp: bool, channels_last: bool, steps: int, warmup: int, device: str
+) -> dict:
     torch.manual_seed(0)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -55,10 +57,20 @@ def measure(model_name: str, size: int, batch: int, amp: bool, channels_last: bo
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return {"model": model_name, "size": size, "batch": batch, "amp_bf16": amp, "channels_last": channels_last,
-            "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-            "steps": steps, "images_per_s": round(steps * batch / seconds, 1), "ms_per_step": round(1000 * seconds / steps, 2),
-            "final_loss": round(float(loss), 4), "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
+    return {
+        "model": model_name,
+        "size": size,
+        "batch": batch,
+        "amp_bf16": amp,
+        "channels_last": channels_last,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "torch": torch.__version__,
+        "steps": steps,
+        "images_per_s": round(steps * batch / seconds, 1),
+        "ms_per_step": round(1000 * seconds / steps, 2),
+        "final_loss": round(float(loss), 4),
+        "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+    }
 
 
 def main() -> None:
@@ -72,7 +84,10 @@ def main() -> None:
     args = parser.parse_args()
     settings = [(False, False), (True, False), (True, True)] if args.device.startswith("cuda") else [(False, False)]
     for amp, cl in settings:
-        print(json.dumps(measure(args.model, args.size, args.batch, amp, cl, args.steps, args.warmup, args.device)), flush=True)
+        print(
+            json.dumps(measure(args.model, args.size, args.batch, amp, cl, args.steps, args.warmup, args.device)),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any, Callable
 
 from chexops.benchmarks import concurrent_calls, timed_calls
-from typing import Any, Callable
 
 
 def infer_function(url: str, model_name: str, onnx_path: Path, data: bytes) -> Callable[[], Any]:
@@ -43,11 +43,23 @@ def infer_function(url: str, model_name: str, onnx_path: Path, data: bytes) -> C
     return once
 
 
-def measure(once: Callable[[], Any], runs: int, warmup: int, concurrency: int, requests: int,
-            stats: Callable[[list[float]], dict]) -> dict[str, Any]:
+def measure(
+    once: Callable[[], Any],
+    runs: int,
+    warmup: int,
+    concurrency: int,
+    requests: int,
+    stats: Callable[[list[float]], dict],
+) -> dict[str, Any]:
     times = timed_calls(once, runs, warmup)
     sequential = stats(times)
     concurrent_times, wall = concurrent_calls(once, concurrency, requests)
-    return {"sequential": sequential, "concurrent": {**stats(concurrent_times), "concurrency": concurrency,
-                                                     "wall_s": round(wall, 3),
-                                                     "requests_per_s": round(len(concurrent_times) / wall, 2)}}
+    return {
+        "sequential": sequential,
+        "concurrent": {
+            **stats(concurrent_times),
+            "concurrency": concurrency,
+            "wall_s": round(wall, 3),
+            "requests_per_s": round(len(concurrent_times) / wall, 2),
+        },
+    }

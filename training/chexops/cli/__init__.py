@@ -22,8 +22,12 @@ from chexops.core.errors import ChexopsError
 @click.version_option(package_name="chexops")
 def cli(verbose: bool) -> None:
     """chexops: train, evaluate, register, export and serve a chest X-ray classifier."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for noisy in ("alembic", "urllib3", "git", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -31,14 +35,20 @@ def cli(verbose: bool) -> None:
 # Every command, in the order of the lifecycle.
 COMMANDS = [
     data.data,  # synth, stats, prepare
-    train.train_cmd, train.evaluate_cmd, train.register_cmd, train.export_cmd,
+    train.train_cmd,
+    train.evaluate_cmd,
+    train.register_cmd,
+    train.export_cmd,
     train.bento,  # import, build
     triton.triton,
     serve.serve_cmd,
     feedback.feedback,
-    delivery.promote_cmd, delivery.loadtest_cmd, delivery.s3_credentials,
+    delivery.promote_cmd,
+    delivery.loadtest_cmd,
+    delivery.s3_credentials,
     pipeline.pipeline,
-    loop.simulate_command, loop.report,
+    loop.simulate_command,
+    loop.report,
     demo.demo_cmd,
     infra.infra,
 ]

@@ -24,21 +24,49 @@ def data() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset.")
 @click.option("--no-images", is_flag=True, help="Write the CSVs only (for testing readers at full CheXpert scale).")
 @result_output
-def data_synth(out: Path, patients: int, valid_patients: int, image_size: int, seed: int, overwrite: bool, no_images: bool,
-               as_json: bool) -> Output:
+def data_synth(
+    out: Path,
+    patients: int,
+    valid_patients: int,
+    image_size: int,
+    seed: int,
+    overwrite: bool,
+    no_images: bool,
+    as_json: bool,
+) -> Output:
     """Write a synthetic dataset in exactly the CheXpert layout (CSV and JPEG images)."""
     from chexops.data.synth import synthesize
 
-    summary = synthesize(out, patients=patients, valid_patients=valid_patients, image_size=image_size, seed=seed,
-                         overwrite=overwrite, progress=not as_json, images=not no_images)
-    return Output(summary, f"Wrote {summary.train_rows:,} training and {summary.valid_rows:,} held-out images "
-                  f"under {summary.root} ({summary.seconds:.1f} s).")
+    summary = synthesize(
+        out,
+        patients=patients,
+        valid_patients=valid_patients,
+        image_size=image_size,
+        seed=seed,
+        overwrite=overwrite,
+        progress=not as_json,
+        images=not no_images,
+    )
+    return Output(
+        summary,
+        f"Wrote {summary.train_rows:,} training and {summary.valid_rows:,} held-out images "
+        f"under {summary.root} ({summary.seconds:.1f} s).",
+    )
 
 
 @data.command("stats")
 @click.argument("csv", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Dataset root: also count missing and unreadable images.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="Take labels and policy from this training config.")
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Dataset root: also count missing and unreadable images.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Take labels and policy from this training config.",
+)
 @result_output
 def data_stats(csv: Path, root: Path | None, config_path: Path | None) -> Output:
     """Rows, patients, studies, views and per-label counts of a CheXpert CSV."""
@@ -60,18 +88,27 @@ def data_stats(csv: Path, root: Path | None, config_path: Path | None) -> Output
 @click.option("--out", "out_url", required=True, help="Where the resized dataset goes: a folder or s3://BUCKET/PREFIX.")
 @click.option("--size", type=int, default=320, show_default=True, help="Shorter side of the output images, in pixels.")
 @click.option("--workers", type=int, default=None, help="Decoding processes (default: one per CPU).")
-@click.option("--max-bad-fraction", type=float, default=0.01, show_default=True,
-              help="Fail (exit 1) when more than this share of images is missing or unreadable.")
+@click.option(
+    "--max-bad-fraction",
+    type=float,
+    default=0.01,
+    show_default=True,
+    help="Fail (exit 1) when more than this share of images is missing or unreadable.",
+)
 @click.option("--endpoint-url", default=None, help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS).")
 @result_output
-def prepare_cmd(source: str, out_url: str, size: int, workers: int | None, max_bad_fraction: float,
-                endpoint_url: str | None) -> Output:
+def prepare_cmd(
+    source: str, out_url: str, size: int, workers: int | None, max_bad_fraction: float, endpoint_url: str | None
+) -> Output:
     """Resize a CheXpert copy for training (local or S3) and write its manifest (the data version)."""
     from chexops.data.prepare import prepare
 
     if workers is not None and workers < 1:
         raise UserInputError("--workers must be at least 1.")
     summary = prepare(source, out_url, size, workers, max_bad_fraction, endpoint_url)
-    return Output(summary, f"Prepared {summary.images:,} images ({summary.prepared:,} now, {summary.skipped:,} "
-                  f"already done, {summary.bad} bad) at {size} px in {summary.seconds:.1f} s; data version "
-                  f"{summary.data_version}, manifest {summary.manifest}.")
+    return Output(
+        summary,
+        f"Prepared {summary.images:,} images ({summary.prepared:,} now, {summary.skipped:,} "
+        f"already done, {summary.bad} bad) at {size} px in {summary.seconds:.1f} s; data version "
+        f"{summary.data_version}, manifest {summary.manifest}.",
+    )

@@ -10,7 +10,13 @@ from chexops.cli.output import Output, result_output
 
 
 @click.command("demo")
-@click.option("--config", "config_path", default="configs/demo.yaml", show_default=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--config",
+    "config_path",
+    default="configs/demo.yaml",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+)
 @result_output
 def demo_cmd(config_path: Path) -> Output:
     """The whole lifecycle on this machine; writes $CHEXOPS_HOME/demo/summary.json."""

@@ -16,7 +16,12 @@ def feedback() -> None:
 
 @feedback.command("export")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Dataset root to write.")
-@click.option("--store", "store_url", default=None, help="sqlite:///PATH or postgresql://... [default: $CHEXOPS_FEEDBACK_URL or $CHEXOPS_HOME/feedback/feedback.db].")
+@click.option(
+    "--store",
+    "store_url",
+    default=None,
+    help="sqlite:///PATH or postgresql://... [default: $CHEXOPS_FEEDBACK_URL or $CHEXOPS_HOME/feedback/feedback.db].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing export.")
 @result_output
 def feedback_export(out: Path, store_url: str | None, overwrite: bool) -> Output:
@@ -31,6 +36,9 @@ def feedback_export(out: Path, store_url: str | None, overwrite: bool) -> Output
     finally:
         store.close()
     skipped = summary.skipped
-    return Output(summary, f"Wrote {summary.rows} images with labels to {summary.csv} from {summary.feedback} "
-                  f"feedback ({skipped['incorrect_without_labels']} 'incorrect' without labels and {skipped['no_image']} "
-                  "without an image skipped).")
+    return Output(
+        summary,
+        f"Wrote {summary.rows} images with labels to {summary.csv} from {summary.feedback} "
+        f"feedback ({skipped['incorrect_without_labels']} 'incorrect' without labels and {skipped['no_image']} "
+        "without an image skipped).",
+    )

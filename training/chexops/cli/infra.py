@@ -107,17 +107,35 @@ def _blazar(cloud_name: str | None):
 
 @lease_group.command("create")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["kvm", "gpu"]), required=True, help="kvm: CPU flavor reservation on KVM@TACC; gpu: bare-metal host reservation on a CHI site.")
+@click.option(
+    "--role",
+    type=click.Choice(["kvm", "gpu"]),
+    required=True,
+    help="kvm: CPU flavor reservation on KVM@TACC; gpu: bare-metal host reservation on a CHI site.",
+)
 @cloud_option
 @click.option("--flavor", default="m1.large", show_default=True, help="[kvm] Flavor to reserve (name or id).")
 @click.option("--node-type", default="gpu_rtx_6000", show_default=True, help="[gpu] Chameleon node type to reserve.")
-@click.option("--count", type=click.IntRange(1, 20), default=None, help="Instances (kvm, default 3) or hosts (gpu, default 1).")
-@click.option("--duration", default="24h", show_default=True, help="Length of the lease: 90m, 12h, 3d, 1d12h (at most 7d).")
+@click.option(
+    "--count", type=click.IntRange(1, 20), default=None, help="Instances (kvm, default 3) or hosts (gpu, default 1)."
+)
+@click.option(
+    "--duration", default="24h", show_default=True, help="Length of the lease: 90m, 12h, 3d, 1d12h (at most 7d)."
+)
 @click.option("--start", default="now", show_default=True, help="'now' or 'YYYY-MM-DD HH:MM' (UTC).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the lease is ACTIVE.")
-@click.option("--timeout", type=click.FloatRange(1, 7200), default=1200, show_default=True, help="Seconds to wait for ACTIVE.")
-@click.option("--poll", type=click.FloatRange(0.01, 600), default=10, show_default=True, help="Seconds between status checks.")
-@click.option("--reuse/--no-reuse", default=True, show_default=True, help="Reuse a live lease of the same name instead of failing.")
+@click.option(
+    "--timeout", type=click.FloatRange(1, 7200), default=1200, show_default=True, help="Seconds to wait for ACTIVE."
+)
+@click.option(
+    "--poll", type=click.FloatRange(0.01, 600), default=10, show_default=True, help="Seconds between status checks."
+)
+@click.option(
+    "--reuse/--no-reuse",
+    default=True,
+    show_default=True,
+    help="Reuse a live lease of the same name instead of failing.",
+)
 @tfvars_option
 @result_output
 def lease_create(
@@ -143,7 +161,10 @@ def lease_create(
     if begin is not None and begin < lease_mod.utcnow():
         raise UserInputError(f"Start {start} UTC is in the past: use 'now' or a later time.")
     if not tfvars.parent.is_dir():
-        raise UserInputError(f"Cannot write {tfvars}: {tfvars.parent} is not a directory (run from the repository root or pass --tfvars).")
+        raise UserInputError(
+            f"Cannot write {tfvars}: {tfvars.parent} is not a directory (run from the repository root or pass "
+            "--tfvars)."
+        )
     blazar = _blazar(cloud)
     if role == "kvm":
         reservation = lease_mod.flavor_reservation(lease_mod.resolve_flavor(blazar.cloud, flavor), count or 3)
@@ -207,7 +228,9 @@ def lease_extend(name_or_id: str, cloud: str | None, by: str | None, until: str 
     updated = leases.extend(lease, by=delta, until=end)
     summary = lease_mod.summarize(updated)
     payload = {"previous_end_date": previous_end, "lease": summary}
-    return Output(payload, "\n".join(_lease_lines(summary) + [f"Extended from {previous_end} to {summary['end_date']} UTC."]))
+    return Output(
+        payload, "\n".join(_lease_lines(summary) + [f"Extended from {previous_end} to {summary['end_date']} UTC."])
+    )
 
 
 @lease_group.command("delete")
@@ -233,9 +256,28 @@ def lease_delete(name_or_id: str, cloud: str | None, tfvars: Path) -> Output:
 
 
 @infra.command("inventory")
-@click.option("--tf-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("terraform"), show_default=True, help="Terraform root to run `terraform output -json` in.")
-@click.option("--from-json", "from_json", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Read recorded `terraform output -json` from FILE ('-' for stdin) instead of running terraform.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_INVENTORY, show_default=True, help="Inventory file to write.")
+@click.option(
+    "--tf-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("terraform"),
+    show_default=True,
+    help="Terraform root to run `terraform output -json` in.",
+)
+@click.option(
+    "--from-json",
+    "from_json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Read recorded `terraform output -json` from FILE ('-' for stdin) instead of running terraform.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_INVENTORY,
+    show_default=True,
+    help="Inventory file to write.",
+)
 @result_output
 def inventory_cmd(tf_dir: Path, from_json: Path | None, output: Path) -> Output:
     """Write the Ansible inventory from Terraform's outputs."""
@@ -260,8 +302,13 @@ def inventory_cmd(tf_dir: Path, from_json: Path | None, output: Path) -> Output:
 
 
 @infra.command("preflight")
-@click.option("--tf-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("terraform"), show_default=True,
-              help="Terraform root whose settings (variables.tf, terraform.tfvars, *.auto.tfvars*) are checked.")
+@click.option(
+    "--tf-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("terraform"),
+    show_default=True,
+    help="Terraform root whose settings (variables.tf, terraform.tfvars, *.auto.tfvars*) are checked.",
+)
 @result_output
 def preflight_cmd(tf_dir: Path) -> Output:
     """Check on each cloud that what Terraform will ask for exists, before `terraform plan`."""

@@ -1,5 +1,6 @@
 """The closed loop's commands: `chexops simulate` (clinic traffic) and `chexops report business`
-(two model versions on the same simulated clinic). The work is in `chexops.loop.simulate` and `chexops.loop.business`."""
+(two model versions on the same simulated clinic). The work is in `chexops.loop.simulate` and
+`chexops.loop.business`."""
 
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ from chexops.loop.simulate import PATTERNS, SimulateConfig, human, simulate
 
 @click.command("simulate")
 @click.option("--url", required=True, help="The endpoint, e.g. http://127.0.0.1:3000.")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="A CheXpert-layout CSV of held-out studies (e.g. valid.csv).")
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="A CheXpert-layout CSV of held-out studies (e.g. valid.csv).",
+)
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="The folder its paths are relative to.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
 @click.option("--pattern", type=click.Choice(PATTERNS), default="poisson", show_default=True)
@@ -24,11 +30,18 @@ from chexops.loop.simulate import PATTERNS, SimulateConfig, human, simulate
 @click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds of traffic.")
 @click.option("--max-requests", type=int, default=1000, show_default=True)
 @click.option("--burst-size", type=int, default=8, show_default=True, help="Studies per burst (pattern burst).")
-@click.option("--review-share", type=float, default=0.0, show_default=True, help="Share of studies a clinician reviews.")
+@click.option(
+    "--review-share", type=float, default=0.0, show_default=True, help="Share of studies a clinician reviews."
+)
 @click.option("--error-rate", type=float, default=0.0, show_default=True, help="The clinician's per-label error rate.")
 @click.option("--shift", default="none", show_default=True, help="none, invert or scale:F: alter every image.")
-@click.option("--judge", type=click.Choice(["triage", "findings"]), default="triage", show_default=True,
-              help="The clinician's 'correct': the triage priority agrees, or every finding does.")
+@click.option(
+    "--judge",
+    type=click.Choice(["triage", "findings"]),
+    default="triage",
+    show_default=True,
+    help="The clinician's 'correct': the triage priority agrees, or every finding does.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True, help="Seconds per request.")
 @click.option("--concurrency", type=int, default=16, show_default=True, help="Requests in flight at most.")
@@ -50,10 +63,20 @@ def report() -> None:
 
 
 @report.command("business")
-@click.option("--a", "a_path", type=click.Path(exists=True, path_type=Path), required=True,
-              help="The simulate report (simulate.json or its folder) of model version A.")
-@click.option("--b", "b_path", type=click.Path(exists=True, path_type=Path), required=True,
-              help="The simulate report of version B, on the same clinic (same --csv and --seed).")
+@click.option(
+    "--a",
+    "a_path",
+    type=click.Path(exists=True, path_type=Path),
+    required=True,
+    help="The simulate report (simulate.json or its folder) of model version A.",
+)
+@click.option(
+    "--b",
+    "b_path",
+    type=click.Path(exists=True, path_type=Path),
+    required=True,
+    help="The simulate report of version B, on the same clinic (same --csv and --seed).",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
 @click.option("--arrivals-per-hour", type=float, default=10.0, show_default=True, help="Studies arriving per hour.")
 @click.option("--reading-minutes", type=float, default=5.0, show_default=True, help="Mean reading time of a study.")
@@ -92,6 +115,9 @@ def agreement_ci(rate, sizes) -> Output:
     if not ns or min(ns) < 1:
         raise UserInputError("--n needs at least one number of reviewed studies, each at least 1.")
     rows = [agreement_interval(n, rate) for n in ns]
-    text = "\n".join(f"n={r['n']:>5}: agreement {rate:.2f} is measured within [{r['low']:.3f}, {r['high']:.3f}] "
-                     f"(± {r['half_width']:.3f})" for r in rows)
+    text = "\n".join(
+        f"n={r['n']:>5}: agreement {rate:.2f} is measured within [{r['low']:.3f}, {r['high']:.3f}] "
+        f"(± {r['half_width']:.3f})"
+        for r in rows
+    )
     return Output({"rate": rate, "intervals": rows}, text)

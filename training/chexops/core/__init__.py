@@ -1,3 +1,3 @@
 """Foundations every stage shares: errors and exit codes, paths, atomic files, processes, console output,
-labels, names, triage. Imports nothing of chexops; no torch, MLflow or click.
+typed results, bootstrap statistics, labels, names, triage. Imports nothing of chexops; no torch, MLflow or click.
 """

@@ -39,5 +39,7 @@ class GateRefused(ChexopsError):
 
 def validation_problems(err: ValidationError, top: str = "(top level)") -> str:
     """A pydantic ValidationError as `field.sub: message; other: message`; an empty location reads `top`."""
-    return "; ".join(f"{'.'.join(str(p) for p in item['loc']) or top}: {item['msg'].removeprefix('Value error, ')}"
-                     for item in err.errors())
+    return "; ".join(
+        f"{'.'.join(str(p) for p in item['loc']) or top}: {item['msg'].removeprefix('Value error, ')}"
+        for item in err.errors()
+    )

@@ -30,7 +30,6 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding=encoding))
 
 
-
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -9,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]  # the repository (bentos/, configs/, workflows/) in a source checkout
 HOME_DIR = ".chexops"
 
+
 def home() -> Path:
     """The state directory; created on first use."""
     path = Path(os.environ.get("CHEXOPS_HOME", HOME_DIR)).resolve()

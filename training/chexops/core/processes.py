@@ -108,9 +108,20 @@ class ServerProcess:
     Without `url` it is ready once started. `preexec`: more to do in the child before exec (e.g.
     `os.sched_setaffinity`); `append`: keep the log's earlier content (a restart on the same log)."""
 
-    def __init__(self, argv: Sequence[str], log_path: Path, *, url: str | None = None, ready_path: str = "/readyz",
-                 env: Mapping[str, str] | None = None, cwd: Path | str | None = None, timeout: float = 120,
-                 name: str | None = None, preexec: Callable[[], None] | None = None, append: bool = False):
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        url: str | None = None,
+        ready_path: str = "/readyz",
+        env: Mapping[str, str] | None = None,
+        cwd: Path | str | None = None,
+        timeout: float = 120,
+        name: str | None = None,
+        preexec: Callable[[], None] | None = None,
+        append: bool = False,
+    ):
         self.argv, self.log_path, self.url, self.ready_path = [str(a) for a in argv], Path(log_path), url, ready_path
         self.env, self.cwd, self.timeout, self.preexec, self.append = env, cwd, timeout, preexec, append
         self.name = name or Path(self.argv[0]).name
@@ -124,9 +135,15 @@ class ServerProcess:
         """Start the command and wait until it is ready; `ChexopsError` (the server stopped) if it dies or stalls."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab" if self.append else "wb") as out:
-            self.process = subprocess.Popen(self.argv, cwd=self.cwd, env=None if self.env is None else dict(self.env),
-                                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                            preexec_fn=self._child_setup)
+            self.process = subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env=None if self.env is None else dict(self.env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=self._child_setup,
+            )
         try:
             self.wait_ready()
         except BaseException:

@@ -37,7 +37,7 @@ class Groups:
 
     def members(self) -> list[np.ndarray]:
         """Each group's rows."""
-        return [self.order[s:s + k] for s, k in zip(self.starts, self.sizes)]
+        return [self.order[s : s + k] for s, k in zip(self.starts, self.sizes)]
 
     def resample(self, rng: np.random.Generator) -> np.ndarray:
         """The rows of one resample: `len(self)` groups drawn with replacement, each with all its rows."""
@@ -48,8 +48,9 @@ class Groups:
         return self.order[np.repeat(self.starts[drawn], sizes) + within]
 
 
-def bootstrap(statistic: Callable[[np.ndarray], float | np.ndarray], groups: Groups, n_boot: int,
-              rng: np.random.Generator) -> np.ndarray:
+def bootstrap(
+    statistic: Callable[[np.ndarray], float | np.ndarray], groups: Groups, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
     """`statistic(rows)` on `n_boot` resamples of `groups`, one after another from `rng`: shape (n_boot, ...)."""
     return np.array([statistic(groups.resample(rng)) for _ in range(n_boot)], dtype=float)
 

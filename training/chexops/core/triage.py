@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 # Triage. "urgent": a positive finding that can need action within hours (air or fluid in the pleural
 # space, pulmonary oedema, consolidation / pneumonia). "review": any other positive finding, except
 # "No Finding" and "Support Devices" (a device is not a disease). "routine": nothing positive.
@@ -12,9 +11,11 @@ URGENT = frozenset(URGENT_FINDINGS)
 NOT_A_FINDING = frozenset({"No Finding", "Support Devices"})
 
 
-PRIORITY_RULE = (f"urgent if {', '.join(URGENT_FINDINGS[:-1])} or {URGENT_FINDINGS[-1]} is positive; "
-                 f"review if any other finding (not {' or '.join(sorted(NOT_A_FINDING))}) is positive; "
-                 "routine otherwise")
+PRIORITY_RULE = (
+    f"urgent if {', '.join(URGENT_FINDINGS[:-1])} or {URGENT_FINDINGS[-1]} is positive; "
+    f"review if any other finding (not {' or '.join(sorted(NOT_A_FINDING))}) is positive; "
+    "routine otherwise"
+)
 
 
 def priority(findings: list[dict]) -> str:

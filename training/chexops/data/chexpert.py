@@ -62,7 +62,9 @@ class ChexpertTable:
         return len(self.frame)
 
     def subset(self, rows: np.ndarray) -> "ChexpertTable":
-        return ChexpertTable(self.path, self.frame.iloc[rows].reset_index(drop=True), self.labels, self.values[rows], self.blank)
+        return ChexpertTable(
+            self.path, self.frame.iloc[rows].reset_index(drop=True), self.labels, self.values[rows], self.blank
+        )
 
 
 def _row_error(path: Path, bad: pd.Series, column: str, what: str, count_noun: str = "rows") -> DataError:
@@ -71,7 +73,11 @@ def _row_error(path: Path, bad: pd.Series, column: str, what: str, count_noun: s
     return DataError(
         f"{path}: row {first + 1} (line {first + 2}), column {column!r}: {what}, got {value!r}. "
         f"{len(bad)} {count_noun} in this column have this problem"
-        + (f" (rows {', '.join(str(i + 1) for i in bad.index[:5])}{', ...' if len(bad) > 5 else ''})." if len(bad) > 1 else ".")
+        + (
+            f" (rows {', '.join(str(i + 1) for i in bad.index[:5])}{', ...' if len(bad) > 5 else ''})."
+            if len(bad) > 1
+            else "."
+        )
         + " Fix the CSV and run again."
     )
 

@@ -9,7 +9,6 @@ from typing import Any
 
 from chexops.core.errors import DataError
 
-
 MANIFEST = "manifest.json"
 
 

@@ -66,6 +66,7 @@ class PrepareSummary(Result):
 
 # Storage: a local folder or an S3 prefix, addressed by POSIX keys relative to it.
 
+
 @dataclass(frozen=True)
 class Location:
     url: str
@@ -76,7 +77,7 @@ class Location:
         return self.url.startswith("s3://")
 
     def bucket_prefix(self) -> tuple[str, str]:
-        rest = self.url[len("s3://"):]
+        rest = self.url[len("s3://") :]
         bucket, _, prefix = rest.partition("/")
         if not bucket:
             raise UserInputError(f"{self.url}: an S3 location is s3://BUCKET[/PREFIX].")
@@ -101,7 +102,9 @@ class Store:
         if self._client is None:
             import boto3
 
-            self._client = boto3.client("s3", endpoint_url=self.location.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None)
+            self._client = boto3.client(
+                "s3", endpoint_url=self.location.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+            )
         return self._client
 
     def list(self, under: str = "") -> dict[str, str]:
@@ -154,6 +157,7 @@ class Store:
 
 # One image.
 
+
 def resize_bytes(data: bytes, size: int, suffix: str) -> tuple[bytes, int, int]:
     """An image file's bytes → (8-bit grey JPEG or PNG bytes, width, height), shorter side `size`."""
     image = open_image(io.BytesIO(data), min_side=size)
@@ -196,11 +200,18 @@ def _work(task: tuple[str, str, str]) -> dict[str, Any]:
         _WORKER["out"].write(out_rel, encoded)
     except Exception as exc:  # noqa: BLE001 - a full disk, a missing bucket, no credentials
         return {"path": out_rel, "fatal": f"cannot write {out_rel}: {type(exc).__name__}: {exc}"}
-    return {"path": out_rel, "sha256": hashlib.sha256(encoded).hexdigest(), "bytes": len(encoded),
-            "width": width, "height": height, "source_stamp": stamp}
+    return {
+        "path": out_rel,
+        "sha256": hashlib.sha256(encoded).hexdigest(),
+        "bytes": len(encoded),
+        "width": width,
+        "height": height,
+        "source_stamp": stamp,
+    }
 
 
 # The dataset.
+
 
 def _find_dataset(source: Store) -> tuple[str, list[str], dict[str, str]]:
     """(dataset folder key, its CSV keys, the source listing): the source itself when CSVs are at its
@@ -212,10 +223,16 @@ def _find_dataset(source: Store) -> tuple[str, list[str], dict[str, str]]:
     holders = sorted({k.split("/")[0] for k in listing if k.count("/") == 1 and k.endswith(".csv")})
     if len(holders) != 1:
         found = ", ".join(holders) or "none"
-        raise UserInputError(f"{source.location.url}: expected a CheXpert dataset folder (CSVs at its top) or a folder holding "
-                             f"exactly one; folders with CSVs found: {found}.")
+        raise UserInputError(
+            f"{source.location.url}: expected a CheXpert dataset folder (CSVs at its top) or a folder holding "
+            f"exactly one; folders with CSVs found: {found}."
+        )
     folder = holders[0]
-    return folder, sorted(k for k in listing if k.startswith(folder + "/") and k.count("/") == 1 and k.endswith(".csv")), listing
+    return (
+        folder,
+        sorted(k for k in listing if k.startswith(folder + "/") and k.count("/") == 1 and k.endswith(".csv")),
+        listing,
+    )
 
 
 def _read_csv(text: str, where: str) -> tuple[list[str], list[list[str]]]:
@@ -235,10 +252,14 @@ def _journal_entries(out: Store) -> dict[str, dict[str, Any]]:
     return entries
 
 
-
-
-def prepare(source_url: str, out_url: str, size: int, workers: int | None = None, max_bad_fraction: float = 0.01,
-            endpoint_url: str | None = None) -> PrepareSummary:
+def prepare(
+    source_url: str,
+    out_url: str,
+    size: int,
+    workers: int | None = None,
+    max_bad_fraction: float = 0.01,
+    endpoint_url: str | None = None,
+) -> PrepareSummary:
     """Prepare the dataset and say what was done. Raises
     `UserInputError` for a wrong input, `ChexopsError` when too many images are bad."""
     started = time.monotonic()
@@ -247,7 +268,10 @@ def prepare(source_url: str, out_url: str, size: int, workers: int | None = None
     if not 0.0 <= max_bad_fraction <= 1.0:
         raise UserInputError(f"--max-bad-fraction must be within 0..1, got {max_bad_fraction}.")
     workers = workers or os.cpu_count() or 1
-    src_loc, out_loc = Location(source_url.rstrip("/") or "/", endpoint_url), Location(out_url.rstrip("/") or "/", endpoint_url)
+    src_loc, out_loc = (
+        Location(source_url.rstrip("/") or "/", endpoint_url),
+        Location(out_url.rstrip("/") or "/", endpoint_url),
+    )
     if not src_loc.is_s3 and not Path(src_loc.url).is_dir():
         raise UserInputError(f"--source {source_url} is not a folder.")
     if src_loc.url == out_loc.url:
@@ -273,7 +297,9 @@ def prepare(source_url: str, out_url: str, size: int, workers: int | None = None
                 continue
             parts = PurePosixPath(row[col].strip()).parts
             if not parts or parts[0] == "/" or ".." in parts:
-                raise UserInputError(f"{source_url}/{key}: the image path {row[col].strip()!r} leaves the dataset folder.")
+                raise UserInputError(
+                    f"{source_url}/{key}: the image path {row[col].strip()!r} leaves the dataset folder."
+                )
             inner = PurePosixPath(*parts[1:]) if len(parts) > 1 and parts[0] == dataset else PurePosixPath(*parts)
             images.setdefault(row[col].strip(), (f"{folder}/{inner}" if folder else str(inner), f"{dataset}/{inner}"))
     if not images:
@@ -287,10 +313,18 @@ def prepare(source_url: str, out_url: str, size: int, workers: int | None = None
     for src_key, out_rel in sorted(images.values()):
         stamp = listing.get(src_key, "")
         entry = journal.get(out_rel)
-        if entry and stamp and entry.get("source_stamp") == stamp and out_rel in present and out.checksum(out_rel) == entry["sha256"]:
+        if (
+            entry
+            and stamp
+            and entry.get("source_stamp") == stamp
+            and out_rel in present
+            and out.checksum(out_rel) == entry["sha256"]
+        ):
             done[out_rel] = entry
         else:
-            todo.append((src_key, out_rel, stamp))  # a source not listed (no stamp) is counted missing by the worker's read
+            todo.append(
+                (src_key, out_rel, stamp)
+            )  # a source not listed (no stamp) is counted missing by the worker's read
     log.info("%d images: %d already prepared, %d to do, %d workers", len(images), len(done), len(todo), workers)
 
     failed: dict[str, str] = {}
@@ -300,12 +334,17 @@ def prepare(source_url: str, out_url: str, size: int, workers: int | None = None
     def flush() -> None:
         nonlocal part
         if pending:
-            out.write(f"{JOURNAL_DIR}/part-{part:06d}-{os.getpid()}.jsonl", "".join(json.dumps(e) + "\n" for e in pending).encode())
+            out.write(
+                f"{JOURNAL_DIR}/part-{part:06d}-{os.getpid()}.jsonl",
+                "".join(json.dumps(e) + "\n" for e in pending).encode(),
+            )
             part += 1
             pending.clear()
 
     if todo:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(src_loc, out_loc, size)) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, initializer=_init_worker, initargs=(src_loc, out_loc, size)
+        ) as pool:
             for result in pool.map(_work, todo, chunksize=max(1, min(16, len(todo) // (4 * workers) or 1))):
                 if "fatal" in result:
                     flush()
@@ -323,12 +362,21 @@ def prepare(source_url: str, out_url: str, size: int, workers: int | None = None
     total = len(images)
     bad = sorted(failed.items())
     if bad:
-        log.warning("%d of %d images are bad: %s%s", len(bad), total, "; ".join(f"{p}: {e}" for p, e in bad[:5]),
-                    " ..." if len(bad) > 5 else "")
+        log.warning(
+            "%d of %d images are bad: %s%s",
+            len(bad),
+            total,
+            "; ".join(f"{p}: {e}" for p, e in bad[:5]),
+            " ..." if len(bad) > 5 else "",
+        )
     if len(bad) / total > max_bad_fraction:
-        raise ChexopsError(f"{len(bad)} of {total} images ({len(bad) / total:.2%}) are missing or unreadable, above "
-                           f"--max-bad-fraction {max_bad_fraction:g}: " + "; ".join(f"{p}: {e}" for p, e in bad[:10])
-                           + (" ..." if len(bad) > 10 else "") + ". Nothing is published; a rerun redoes only what is missing.")
+        raise ChexopsError(
+            f"{len(bad)} of {total} images ({len(bad) / total:.2%}) are missing or unreadable, above "
+            f"--max-bad-fraction {max_bad_fraction:g}: "
+            + "; ".join(f"{p}: {e}" for p, e in bad[:10])
+            + (" ..." if len(bad) > 10 else "")
+            + ". Nothing is published; a rerun redoes only what is missing."
+        )
 
     # The CSVs without the failed rows, then the manifest.
     failed_csv_paths = {p for p, (_, out_rel) in images.items() if out_rel in failed}
@@ -341,21 +389,44 @@ def prepare(source_url: str, out_url: str, size: int, workers: int | None = None
         writer.writerows(r for r in rows if not (len(r) > col and r[col].strip() in failed_csv_paths))
         data = buffer.getvalue().encode()
         out.write(f"{dataset}/{name}", data)
-        csv_entries.append({"path": f"{dataset}/{name}", "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
+        csv_entries.append(
+            {"path": f"{dataset}/{name}", "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        )
     files = [{k: e[k] for k in ("path", "sha256", "bytes", "width", "height")} for _, e in sorted(done.items())]
-    manifest = {"format": MANIFEST_FORMAT, "dataset": dataset, "size": size, "resample": RESAMPLE, "jpeg_quality": JPEG_QUALITY,
-                "csv": csv_entries, "files": files, "failed": [{"path": p, "reason": e} for p, e in bad]}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "dataset": dataset,
+        "size": size,
+        "resample": RESAMPLE,
+        "jpeg_quality": JPEG_QUALITY,
+        "csv": csv_entries,
+        "files": files,
+        "failed": [{"path": p, "reason": e} for p, e in bad],
+    }
     version = data_version(manifest)
     manifest_rel = f"{dataset}/{MANIFEST}"
     out.write(manifest_rel, json.dumps({**manifest, "data_version": version}, indent=1, sort_keys=True).encode())
     # The journal as one part (the state a later rerun starts from).
     parts = sorted(out.list(JOURNAL_DIR))
     if len(parts) > 1:
-        out.write(f"{JOURNAL_DIR}/journal.jsonl", "".join(json.dumps(done[p], sort_keys=True) + "\n" for p in sorted(done)).encode())
+        out.write(
+            f"{JOURNAL_DIR}/journal.jsonl",
+            "".join(json.dumps(done[p], sort_keys=True) + "\n" for p in sorted(done)).encode(),
+        )
         for rel in parts:
             if not rel.endswith("/journal.jsonl"):
                 out.delete(rel)
-    return PrepareSummary(manifest=f"{out_loc.url}/{manifest_rel}", data_version=version, dataset=dataset, size=size,
-                          images=total, prepared=len(todo) - len(bad), skipped=total - len(todo), bad=len(bad),
-                          failed=[{"path": p, "reason": e} for p, e in bad], csv=[e["path"] for e in csv_entries],
-                          workers=workers, seconds=round(time.monotonic() - started, 2))
+    return PrepareSummary(
+        manifest=f"{out_loc.url}/{manifest_rel}",
+        data_version=version,
+        dataset=dataset,
+        size=size,
+        images=total,
+        prepared=len(todo) - len(bad),
+        skipped=total - len(todo),
+        bad=len(bad),
+        failed=[{"path": p, "reason": e} for p, e in bad],
+        csv=[e["path"] for e in csv_entries],
+        workers=workers,
+        seconds=round(time.monotonic() - started, 2),
+    )

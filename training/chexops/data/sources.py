@@ -53,16 +53,25 @@ def _parts(source: ExtraSource, cfg: "DataConfig") -> tuple["Split", "Split | No
     """The source's (training part, newest-rows hold-out) after the view filter and bad-image check."""
     from chexops.data.splits import Split, chexpert_split, eval_view
 
-    whole, table = chexpert_split(f"source:{source.name}", source.csv,
-                                   cfg.model_copy(update={"root": source.root}))
+    whole, table = chexpert_split(f"source:{source.name}", source.csv, cfg.model_copy(update={"root": source.root}))
     n_hold = int(round(len(whole) * source.holdout_fraction))
     cut = len(whole) - n_hold
-    train = Split(whole.name, whole.targets[:cut], whole.mask[:cut], whole.paths[:cut],
-                  frame=whole.frame.iloc[:cut].reset_index(drop=True))
+    train = Split(
+        whole.name,
+        whole.targets[:cut],
+        whole.mask[:cut],
+        whole.paths[:cut],
+        frame=whole.frame.iloc[:cut].reset_index(drop=True),
+    )
     if not n_hold:
         return train, None
-    hold = Split(f"holdout:{source.name}", whole.targets[cut:], whole.mask[cut:], whole.paths[cut:],
-                 frame=whole.frame.iloc[cut:].reset_index(drop=True))
+    hold = Split(
+        f"holdout:{source.name}",
+        whole.targets[cut:],
+        whole.mask[cut:],
+        whole.paths[cut:],
+        frame=whole.frame.iloc[cut:].reset_index(drop=True),
+    )
     return train, eval_view(hold, table.values[cut:], cfg, table.blank)
 
 
@@ -90,16 +99,32 @@ def add_sources(splits: "Splits", config: "Config") -> "Splits":
     described = []
     for k, source in enumerate(sources):
         if _empty(source, config.data):
-            log.warning("Source %s (%s) has no rows of view %r: it adds nothing to this run.", source.name, source.csv, config.data.view)
+            log.warning(
+                "Source %s (%s) has no rows of view %r: it adds nothing to this run.",
+                source.name,
+                source.csv,
+                config.data.view,
+            )
             continue
         part, hold = _parts(source, config.data)
         rows = _repeats(len(part), source.weight, config.seed + k)
-        train = Split("train", np.concatenate([train.targets, part.targets[rows]]), np.concatenate([train.mask, part.mask[rows]]),
-                      [*train.paths, *(part.paths[i] for i in rows)],
-                      frame=pd.concat([train.frame, part.frame.iloc[rows]], ignore_index=True))
-        described.append({"name": source.name, "sha256": sha256_file(source.csv), "weight": source.weight,
-                          "holdout_fraction": source.holdout_fraction, "rows": len(part),
-                          "holdout_rows": len(hold) if hold is not None else 0})
+        train = Split(
+            "train",
+            np.concatenate([train.targets, part.targets[rows]]),
+            np.concatenate([train.mask, part.mask[rows]]),
+            [*train.paths, *(part.paths[i] for i in rows)],
+            frame=pd.concat([train.frame, part.frame.iloc[rows]], ignore_index=True),
+        )
+        described.append(
+            {
+                "name": source.name,
+                "sha256": sha256_file(source.csv),
+                "weight": source.weight,
+                "holdout_fraction": source.holdout_fraction,
+                "rows": len(part),
+                "holdout_rows": len(hold) if hold is not None else 0,
+            }
+        )
     if not described:
         return splits
     splits.train = train

@@ -107,13 +107,21 @@ def chexpert_split(name: str, csv: Path, cfg: DataConfig) -> tuple[Split, Chexpe
 
 def eval_view(split: Split, values: np.ndarray, cfg: DataConfig, blank: str | None = None) -> Split:
     """Validation and test targets: uncertain is ignored (not guessed), blank as configured (or as the CSV declares)."""
-    policy = cfg.policy.model_copy(update={"uncertain": "ignore", "uncertain_per_label": {}, **({"blank": blank} if blank else {})})
+    policy = cfg.policy.model_copy(
+        update={"uncertain": "ignore", "uncertain_per_label": {}, **({"blank": blank} if blank else {})}
+    )
     split.targets, split.mask = apply_policy(values, cfg.labels, policy)
     return split
 
 
 def _rows(name: str, full: Split, table: ChexpertTable, idx: np.ndarray) -> Split:
-    return Split(name, full.targets[idx], full.mask[idx], [full.paths[i] for i in idx], frame=table.frame.iloc[idx].reset_index(drop=True))
+    return Split(
+        name,
+        full.targets[idx],
+        full.mask[idx],
+        [full.paths[i] for i in idx],
+        frame=table.frame.iloc[idx].reset_index(drop=True),
+    )
 
 
 def split_version(split: Split, source_sha256: str) -> str:

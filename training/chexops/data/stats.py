@@ -43,8 +43,9 @@ class CsvStats(Result):
     images: ImageCheck | None = None
 
 
-def csv_stats(csv: str | Path, labels: list[str], policy: PolicyConfig, root: str | Path | None = None,
-              verify_images: bool = True) -> CsvStats:
+def csv_stats(
+    csv: str | Path, labels: list[str], policy: PolicyConfig, root: str | Path | None = None, verify_images: bool = True
+) -> CsvStats:
     table = read_chexpert_csv(csv, labels)
     frame = table.frame
     policy = table.policy(policy)
@@ -55,18 +56,26 @@ def csv_stats(csv: str | Path, labels: list[str], policy: PolicyConfig, root: st
         rows=len(frame),
         patients=int(frame["patient"].nunique()),
         studies=int(frame["study"].nunique()),
-        views=Views(frontal_lateral={k: int(v) for k, v in frame["Frontal/Lateral"].value_counts().items()},
-                    ap_pa={k: int(v) for k, v in ap_pa.value_counts().items()}),
+        views=Views(
+            frontal_lateral={k: int(v) for k, v in frame["Frontal/Lateral"].value_counts().items()},
+            ap_pa={k: int(v) for k, v in ap_pa.value_counts().items()},
+        ),
         policy=policy.model_dump(),
         labels={
             label: {"raw": raw, "after_policy": after}
-            for (label, raw), after in zip(label_counts(table.values, labels).items(), policy_counts(targets, mask, labels).values())
+            for (label, raw), after in zip(
+                label_counts(table.values, labels).items(), policy_counts(targets, mask, labels).values()
+            )
         },
     )
     if root is not None:
         missing, unreadable = check_images(image_paths(table, root), verify=verify_images)
-        out.images = ImageCheck(root=str(root), missing=len(missing), unreadable=len(unreadable),
-                                examples=[str(frame["Path"].iloc[i]) for i in (missing + unreadable)[:5]])
+        out.images = ImageCheck(
+            root=str(root),
+            missing=len(missing),
+            unreadable=len(unreadable),
+            examples=[str(frame["Path"].iloc[i]) for i in (missing + unreadable)[:5]],
+        )
     return out
 
 
@@ -80,10 +89,15 @@ def format_stats(stats: CsvStats) -> str:
     ]
     for label, counts in stats.labels.items():
         r, a = counts["raw"], counts["after_policy"]
-        lines.append(f"{label:<28}{r['positive']:>9,}{r['negative']:>9,}{r['uncertain']:>9,}{r['blank']:>9,}  | "
-                     f"{a['positive']:>9,}{a['negative']:>9,}{a['ignored']:>9,}")
+        lines.append(
+            f"{label:<28}{r['positive']:>9,}{r['negative']:>9,}{r['uncertain']:>9,}{r['blank']:>9,}  | "
+            f"{a['positive']:>9,}{a['negative']:>9,}{a['ignored']:>9,}"
+        )
     if stats.images is not None:
         im = stats.images
-        lines += ["", f"images under {im.root}: {im.missing:,} missing, {im.unreadable:,} unreadable"
-                  + (f" (e.g. {', '.join(im.examples[:3])})" if im.examples else "")]
+        lines += [
+            "",
+            f"images under {im.root}: {im.missing:,} missing, {im.unreadable:,} unreadable"
+            + (f" (e.g. {', '.join(im.examples[:3])})" if im.examples else ""),
+        ]
     return "\n".join(lines)

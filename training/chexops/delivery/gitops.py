@@ -19,16 +19,18 @@ from chexops.core.errors import ChexopsError, UserInputError
 log = logging.getLogger(__name__)
 
 OVERLAYS = Path("k8s/chexops/overlays")
-IMAGE_NAME = "chexops-serving"          # the image name in the base Deployment
-WORKLOAD = "chexops"                    # the Deployment's name, as overlays' `replicas` name it
+IMAGE_NAME = "chexops-serving"  # the image name in the base Deployment
+WORKLOAD = "chexops"  # the Deployment's name, as overlays' `replicas` name it
 VERSION_LABEL = "chexops.io/model-version"
 TRAILER_ENV = "Chexops-Environment"
 TRAILER_VERSION = "Chexops-Version"
 TRAILER_PREVIOUS = "Chexops-Previous-Version"
 TRAILER_ROLLBACK = "Chexops-Rollback-Of"
 DEFAULT_AUTHOR = ("chexops", "chexops@localhost")
-_IMAGE = re.compile(r"^(?P<repo>[a-z0-9][a-z0-9._\-/:]*?[a-z0-9])(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}))?"
-                    r"@(?P<digest>sha256:[0-9a-f]{64})$")
+_IMAGE = re.compile(
+    r"^(?P<repo>[a-z0-9][a-z0-9._\-/:]*?[a-z0-9])(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}))?"
+    r"@(?P<digest>sha256:[0-9a-f]{64})$"
+)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,9 @@ class Overlay:
         self.path = repo / OVERLAYS / environment / "kustomization.yaml"
         self.relpath = (OVERLAYS / environment / "kustomization.yaml").as_posix()
         if not self.path.is_file():
-            raise UserInputError(f"{self.path} does not exist: --repo must be the GitOps repository (with {OVERLAYS}/).")
+            raise UserInputError(
+                f"{self.path} does not exist: --repo must be the GitOps repository (with {OVERLAYS}/)."
+            )
         self._yaml = _yaml()
         self.doc = self._yaml.load(self.path.read_text())
 
@@ -111,7 +115,8 @@ class Overlay:
                 pairs[VERSION_LABEL] = Q(version)
                 return
         self.doc.setdefault("labels", CommentedSeq()).append(
-            CommentedMap(pairs=CommentedMap({VERSION_LABEL: Q(version)}), includeTemplates=True))
+            CommentedMap(pairs=CommentedMap({VERSION_LABEL: Q(version)}), includeTemplates=True)
+        )
 
     def set_replicas(self, count: int) -> None:
         from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -152,6 +157,7 @@ def canary_replicas(stable: int, weight: int) -> int:
 
 # --- git ----------------------------------------------------------------------------------------------
 
+
 def git(repo: Path, *args: str, check: bool = True) -> str:
     env = dict(os.environ)
     result = subprocess.run(["git", *_identity(repo), *args], cwd=repo, capture_output=True, text=True, env=env)
@@ -176,7 +182,9 @@ def check_repo(repo: Path, paths: list[str]) -> None:
         raise UserInputError(f"{repo} is not a git work tree: --repo must be a clone of the GitOps repository.")
     dirty = git(repo, "status", "--porcelain", "--", *paths).strip()
     if dirty:
-        raise UserInputError(f"uncommitted changes in the overlays would be mixed into the promotion; commit or stash them:\n{dirty}")
+        raise UserInputError(
+            f"uncommitted changes in the overlays would be mixed into the promotion; commit or stash them:\n{dirty}"
+        )
     if git(repo, "diff", "--cached", "--name-only").strip():
         raise UserInputError("the git index has staged changes; commit or reset them before promoting.")
 
@@ -228,11 +236,15 @@ def last_promotion(repo: Path, environment: str) -> tuple[str, dict[str, str]] |
 
 def revert(repo: Path, sha: str) -> None:
     """`git revert --no-commit SHA`: the caller may add to it, then commits."""
-    result = subprocess.run(["git", *_identity(repo), "revert", "--no-commit", sha], cwd=repo, capture_output=True, text=True)
+    result = subprocess.run(
+        ["git", *_identity(repo), "revert", "--no-commit", sha], cwd=repo, capture_output=True, text=True
+    )
     if result.returncode != 0:
         subprocess.run(["git", "revert", "--abort"], cwd=repo, capture_output=True)
-        raise ChexopsError(f"git revert of {sha[:12]} does not apply cleanly (later commits changed the same lines); "
-                           f"nothing was changed. Resolve by hand: git revert {sha[:12]}\n{result.stderr.strip()}")
+        raise ChexopsError(
+            f"git revert of {sha[:12]} does not apply cleanly (later commits changed the same lines); "
+            f"nothing was changed. Resolve by hand: git revert {sha[:12]}\n{result.stderr.strip()}"
+        )
 
 
 def undo_last_commit(repo: Path) -> None:

@@ -1,7 +1,8 @@
-"""`chexops loadtest`: the clinic's traffic (chexops/locustfile.py) against an endpoint, headless
+"""`chexops loadtest`: the clinic's traffic (chexops/delivery/locustfile.py) against an endpoint, headless
 Locust in a child process, judged by pass criteria; exit 3 when they fail.
 
-Reports in --out: Locust's output (`locust.log`), its CSVs (`locust_stats.csv`, `locust_failures.csv`, ...), its HTML report
+Reports in --out: Locust's output (`locust.log`), its CSVs (`locust_stats.csv`, `locust_failures.csv`, ...), its HTML
+report
 (`report.html`) and `result.json`. `--record models:/NAME/N` stores the result on that registry
 version as `loadtest.*` tags: the staging evidence `chexops promote --to canary` requires.
 """
@@ -20,9 +21,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chexops.registry import evidence as ev
 from chexops.core.errors import ChexopsError, UserInputError
 from chexops.core.results import Result
+from chexops.registry import evidence as ev
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,9 @@ def load_images(out: Path, given: tuple[Path, ...] = ()) -> list[Path]:
     from chexops.data.samples import sample_images
 
     if given:
-        files = sorted(f for p in given for f in ([p] if p.is_file() else p.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(
+            f for p in given for f in ([p] if p.is_file() else p.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES
+        )
         if not files:
             raise UserInputError(f"--images names no PNG, JPEG or DICOM file ({', '.join(map(str, given))}).")
         return files
@@ -143,18 +146,29 @@ def read_stats(out: Path) -> dict[str, Any]:
     rows = list(csv.DictReader(path.open()))
     endpoints, total = {}, None
     for row in rows:
-        entry = {"requests": int(row["Request Count"]), "failures": int(row["Failure Count"]), "p50_ms": _num(row["50%"]),
-                 "p95_ms": _num(row["95%"]), "max_ms": _num(row["Max Response Time"]), "rps": round(float(row["Requests/s"]), 2)}
+        entry = {
+            "requests": int(row["Request Count"]),
+            "failures": int(row["Failure Count"]),
+            "p50_ms": _num(row["50%"]),
+            "p95_ms": _num(row["95%"]),
+            "max_ms": _num(row["Max Response Time"]),
+            "rps": round(float(row["Requests/s"]), 2),
+        }
         if row["Name"] == "Aggregated":
             total = entry
         else:
             endpoints[f"{row['Type']} {row['Name']}"] = entry
     failures = []
     if (out / "locust_failures.csv").is_file():
-        failures = [{"endpoint": f"{r['Method']} {r['Name']}", "error": r["Error"][:300], "count": int(r["Occurrences"])}
-                    for r in csv.DictReader((out / "locust_failures.csv").open())]
-    return {"total": total or {"requests": 0, "failures": 0, "p50_ms": None, "p95_ms": None, "max_ms": None, "rps": 0.0},
-            "endpoints": endpoints, "failure_reasons": failures}
+        failures = [
+            {"endpoint": f"{r['Method']} {r['Name']}", "error": r["Error"][:300], "count": int(r["Occurrences"])}
+            for r in csv.DictReader((out / "locust_failures.csv").open())
+        ]
+    return {
+        "total": total or {"requests": 0, "failures": 0, "p50_ms": None, "p95_ms": None, "max_ms": None, "rps": 0.0},
+        "endpoints": endpoints,
+        "failure_reasons": failures,
+    }
 
 
 def judge(total: dict[str, Any], criteria: Criteria) -> list[dict[str, Any]]:
@@ -162,25 +176,73 @@ def judge(total: dict[str, Any], criteria: Criteria) -> list[dict[str, Any]]:
     ratio = failures / requests if requests else None
     return [
         {"criterion": "requests", "value": requests, "limit": "> 0", "passed": requests > 0},
-        {"criterion": "max_error_ratio", "value": ratio, "limit": criteria.max_error_ratio,
-         "passed": ratio is not None and ratio <= criteria.max_error_ratio},
-        {"criterion": "max_p95_ms", "value": p95, "limit": criteria.max_p95_ms, "passed": p95 is not None and p95 <= criteria.max_p95_ms},
+        {
+            "criterion": "max_error_ratio",
+            "value": ratio,
+            "limit": criteria.max_error_ratio,
+            "passed": ratio is not None and ratio <= criteria.max_error_ratio,
+        },
+        {
+            "criterion": "max_p95_ms",
+            "value": p95,
+            "limit": criteria.max_p95_ms,
+            "passed": p95 is not None and p95 <= criteria.max_p95_ms,
+        },
     ]
 
 
-def run_loadtest(host: str, *, users: int, spawn_rate: float, duration: str, criteria: Criteria, out: Path,
-                 api_key: str | None, images: tuple[Path, ...] = ()) -> LoadTestResult:
+def run_loadtest(
+    host: str,
+    *,
+    users: int,
+    spawn_rate: float,
+    duration: str,
+    criteria: Criteria,
+    out: Path,
+    api_key: str | None,
+    images: tuple[Path, ...] = (),
+) -> LoadTestResult:
     """Run Locust headless against `host`; the result with its verdicts (the caller exits 3 on a failure)."""
     if not re.match(r"^https?://[^/\s]+", host):
         raise UserInputError(f"--host {host!r} must be an http(s):// URL of the clinic endpoint.")
     seconds = parse_duration(duration)
     out.mkdir(parents=True, exist_ok=True)
     images = load_images(out, images)
-    env = {**os.environ, "CHEXOPS_LOADTEST_IMAGES": os.pathsep.join(map(str, images)), "CHEXOPS_LOADTEST_API_KEY": api_key or ""}
-    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host.rstrip("/"), "--users", str(users),
-           "--spawn-rate", str(spawn_rate), "--run-time", f"{seconds}s", "--stop-timeout", "10", "--csv", str(out / "locust"),
-           "--html", str(out / "report.html"), "--only-summary", "--exit-code-on-error", "0", "--loglevel", "WARNING"]
-    log.info("Load test: %d users for %d s against %s (%d images); reports in %s", users, seconds, host, len(images), out)
+    env = {
+        **os.environ,
+        "CHEXOPS_LOADTEST_IMAGES": os.pathsep.join(map(str, images)),
+        "CHEXOPS_LOADTEST_API_KEY": api_key or "",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        host.rstrip("/"),
+        "--users",
+        str(users),
+        "--spawn-rate",
+        str(spawn_rate),
+        "--run-time",
+        f"{seconds}s",
+        "--stop-timeout",
+        "10",
+        "--csv",
+        str(out / "locust"),
+        "--html",
+        str(out / "report.html"),
+        "--only-summary",
+        "--exit-code-on-error",
+        "0",
+        "--loglevel",
+        "WARNING",
+    ]
+    log.info(
+        "Load test: %d users for %d s against %s (%d images); reports in %s", users, seconds, host, len(images), out
+    )
     with open(out / "locust.log", "w") as output:
         done = subprocess.run(cmd, env=env, stdout=output, stderr=subprocess.STDOUT, timeout=seconds + 120)
     if done.returncode != 0:
@@ -189,12 +251,20 @@ def run_loadtest(host: str, *, users: int, spawn_rate: float, duration: str, cri
     total = stats["total"]
     checks = judge(total, criteria)
     result = LoadTestResult(
-        passed=all(c["passed"] for c in checks), host=host, users=users, duration_s=seconds,
+        passed=all(c["passed"] for c in checks),
+        host=host,
+        users=users,
+        duration_s=seconds,
         **{k: total[k] for k in ("requests", "failures", "p50_ms", "p95_ms", "rps")},
         error_ratio=round(total["failures"] / total["requests"], 6) if total["requests"] else None,
-        max_p95_ms=criteria.max_p95_ms, max_error_ratio=criteria.max_error_ratio, checks=checks,
-        endpoints=stats["endpoints"], failure_reasons=stats["failure_reasons"], at=ev.now(),
-        reports={"html": str(out / "report.html"), "csv": str(out / "locust_stats.csv")})
+        max_p95_ms=criteria.max_p95_ms,
+        max_error_ratio=criteria.max_error_ratio,
+        checks=checks,
+        endpoints=stats["endpoints"],
+        failure_reasons=stats["failure_reasons"],
+        at=ev.now(),
+        reports={"html": str(out / "report.html"), "csv": str(out / "locust_stats.csv")},
+    )
     (out / "result.json").write_text(json.dumps(result.model_dump(mode="json"), indent=2))
     return result
 
@@ -216,7 +286,10 @@ def record(ref: str, result: LoadTestResult) -> str:
 def format_result(result: LoadTestResult) -> str:
     lines = [f"{'endpoint':<16}{'requests':>9}{'failures':>9}{'p50 ms':>8}{'p95 ms':>8}{'req/s':>7}"]
     for name, e in sorted(result.endpoints.items()):
-        lines.append(f"{name:<16}{e['requests']:>9}{e['failures']:>9}{e['p50_ms'] or 0:>8.0f}{e['p95_ms'] or 0:>8.0f}{e['rps']:>7.1f}")
+        lines.append(
+            f"{name:<16}{e['requests']:>9}{e['failures']:>9}"
+            f"{e['p50_ms'] or 0:>8.0f}{e['p95_ms'] or 0:>8.0f}{e['rps']:>7.1f}"
+        )
     for c in result.checks:
         lines.append(f"{c['criterion']}: {c['value']} (limit {c['limit']}) {'PASS' if c['passed'] else 'FAIL'}")
     for f in result.failure_reasons[:5]:
@@ -225,16 +298,35 @@ def format_result(result: LoadTestResult) -> str:
     return "\n".join(lines)
 
 
-def loadtest(host: str, *, users: int, spawn_rate: float, duration: str, out: Path, api_key_env: str,
-             images: tuple[Path, ...], record_ref: str | None, criteria: Criteria) -> LoadTestResult:
-    """Run the load test with the key in `$api_key_env`; with `record_ref` (models:/NAME/N) keep its result on that version."""
+def loadtest(
+    host: str,
+    *,
+    users: int,
+    spawn_rate: float,
+    duration: str,
+    out: Path,
+    api_key_env: str,
+    images: tuple[Path, ...],
+    record_ref: str | None,
+    criteria: Criteria,
+) -> LoadTestResult:
+    """Run the load test with the key in `$api_key_env`; with `record_ref` (models:/NAME/N) keep its result on that
+    version."""
     if record_ref and not _RECORD.match(record_ref.strip()):
         raise UserInputError(f"--record {record_ref!r} must be models:/NAME/VERSION (a version number, not an alias).")
     api_key = os.environ.get(api_key_env)
     if not api_key:
         log.warning("$%s is not set: requests go without an API key", api_key_env)
-    result = run_loadtest(host, users=users, spawn_rate=spawn_rate, duration=duration, out=out, api_key=api_key, images=images,
-                          criteria=criteria)
+    result = run_loadtest(
+        host,
+        users=users,
+        spawn_rate=spawn_rate,
+        duration=duration,
+        out=out,
+        api_key=api_key,
+        images=images,
+        criteria=criteria,
+    )
     if record_ref:
         result.recorded = record(record_ref, result)
     return result

@@ -56,8 +56,9 @@ class Clinician(HttpUser):
             return
         label = self.predicted[-1][1]
         name, data = next(self.images)
-        with self.client.post("/explain", files={"image": (name, data)}, data={"label": label}, name="/explain",
-                              catch_response=True) as r:
+        with self.client.post(
+            "/explain", files={"image": (name, data)}, data={"label": label}, name="/explain", catch_response=True
+        ) as r:
             if r.status_code != 200 or r.headers.get("content-type") != "image/png":
                 r.failure(f"HTTP {r.status_code}: {r.text[:200]}")
             else:
@@ -70,8 +71,9 @@ class Clinician(HttpUser):
         request_id, _ = self.predicted.popleft()
         self.feedback_sent += 1
         correct = self.feedback_sent % INCORRECT_EVERY != 0
-        with self.client.post("/feedback", json={"request_id": request_id, "correct": correct}, name="/feedback",
-                              catch_response=True) as r:
+        with self.client.post(
+            "/feedback", json={"request_id": request_id, "correct": correct}, name="/feedback", catch_response=True
+        ) as r:
             if r.status_code != 200:
                 r.failure(f"HTTP {r.status_code}: {r.text[:200]}")
             else:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from chexops.registry import evidence as ev
-from chexops.delivery import gitops
 from chexops.core.errors import UserInputError
 from chexops.core.results import Result
+from chexops.delivery import gitops
+from chexops.registry import evidence as ev
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,21 @@ class Promotion(Result):
     """`chexops promote`'s result: the evidence judged and, when refused, why (nothing changed); when
     promoted, the commit and what it changed (a canary also its weight and replicas)."""
 
-    omit_unset = frozenset({"refusal", "weight", "replicas", "stable_replicas", "commit", "pushed", "previous_version",
-                            "image", "alias", "files", "subject"})
+    omit_unset = frozenset(
+        {
+            "refusal",
+            "weight",
+            "replicas",
+            "stable_replicas",
+            "commit",
+            "pushed",
+            "previous_version",
+            "image",
+            "alias",
+            "files",
+            "subject",
+        }
+    )
 
     environment: str
     model: str
@@ -68,9 +81,17 @@ def _message(subject: str, body: list[str], trailers: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _trailers(environment: str, name: str, version: str, previous: str | None, image: str, **extra: str) -> dict[str, str]:
-    return {gitops.TRAILER_ENV: environment, "Chexops-Model": name, gitops.TRAILER_VERSION: version,
-            gitops.TRAILER_PREVIOUS: previous or "none", "Chexops-Image": image, **extra}
+def _trailers(
+    environment: str, name: str, version: str, previous: str | None, image: str, **extra: str
+) -> dict[str, str]:
+    return {
+        gitops.TRAILER_ENV: environment,
+        "Chexops-Model": name,
+        gitops.TRAILER_VERSION: version,
+        gitops.TRAILER_PREVIOUS: previous or "none",
+        "Chexops-Image": image,
+        **extra,
+    }
 
 
 def _commit(repo: Path, paths: list[str], message: str, do_push: bool, whole_index: bool = False) -> str:
@@ -85,8 +106,18 @@ def _commit(repo: Path, paths: list[str], message: str, do_push: bool, whole_ind
     return sha
 
 
-def promote(target: str, version: str, *, name: str, repo: Path, image: str | None = None, weight: int = 10,
-            analysis_run: str | None = None, analysis_phase: str | None = None, push: bool = False) -> Promotion:
+def promote(
+    target: str,
+    version: str,
+    *,
+    name: str,
+    repo: Path,
+    image: str | None = None,
+    weight: int = 10,
+    analysis_run: str | None = None,
+    analysis_phase: str | None = None,
+    push: bool = False,
+) -> Promotion:
     """Promote `version` to `target`. Raises GateRefused (nothing changed) when evidence is missing."""
     from chexops.tracking import mlflow_client
 
@@ -105,14 +136,26 @@ def promote(target: str, version: str, *, name: str, repo: Path, image: str | No
         found = ev.canary_evidence(tags)
     else:
         found = ev.production_evidence(tags, canary_holder, version, analysis_run, analysis_phase)
-    judged = {"environment": target, "model": name, "version": version, "evidence": found.lines,
-              "refused": found.reasons}
+    judged = {
+        "environment": target,
+        "model": name,
+        "version": version,
+        "evidence": found.lines,
+        "refused": found.reasons,
+    }
     if not found.ok:
-        return Promotion(**judged, promoted=False, refusal=f"{name} version {version} cannot go to {target}: "
-                         + "; ".join(found.reasons) + ". Nothing was changed.")
+        return Promotion(
+            **judged,
+            promoted=False,
+            refusal=f"{name} version {version} cannot go to {target}: "
+            + "; ".join(found.reasons)
+            + ". Nothing was changed.",
+        )
     parsed = parsed or gitops.Image.parse(found.facts["image"])
 
-    overlays = {env: gitops.Overlay(repo, env) for env in (("production", "canary") if target == "production" else (target,))}
+    overlays = {
+        env: gitops.Overlay(repo, env) for env in (("production", "canary") if target == "production" else (target,))
+    }
     gitops.check_repo(repo, [o.relpath for o in overlays.values()])
     previous = ev.alias_version(client, name, target)
     overlay = overlays[target]
@@ -124,7 +167,9 @@ def promote(target: str, version: str, *, name: str, repo: Path, image: str | No
         replicas = gitops.canary_replicas(stable, weight)
         overlay.set_replicas(replicas)
         extra = {"Chexops-Canary-Weight": str(weight)}
-        subject = f"promote canary: {name} version {version} at {weight}% ({replicas} canary / {stable} stable replicas)"
+        subject = (
+            f"promote canary: {name} version {version} at {weight}% ({replicas} canary / {stable} stable replicas)"
+        )
         canary = {"weight": weight, "replicas": replicas, "stable_replicas": stable}
     elif target == "production":
         overlays["canary"].set_replicas(0)
@@ -151,8 +196,18 @@ def promote(target: str, version: str, *, name: str, repo: Path, image: str | No
             ev.move_alias(client, name, "canary", None)  # the canary slice is retired with this commit
     ev.record(client, name, version, recorded)
     log.info("Promoted %s version %s to %s in commit %s", name, version, target, sha[:12])
-    return Promotion(**judged, promoted=True, **canary, commit=sha, pushed=push, previous_version=previous,
-                     image=str(parsed), alias=target, files=[o.relpath for o in overlays.values()], subject=subject)
+    return Promotion(
+        **judged,
+        promoted=True,
+        **canary,
+        commit=sha,
+        pushed=push,
+        previous_version=previous,
+        image=str(parsed),
+        alias=target,
+        files=[o.relpath for o in overlays.values()],
+        subject=subject,
+    )
 
 
 def rollback(environment: str, *, name: str, repo: Path, push: bool = False) -> Rollback:
@@ -160,12 +215,17 @@ def rollback(environment: str, *, name: str, repo: Path, push: bool = False) -> 
     from chexops.tracking import mlflow_client
 
     repo = repo.resolve()
-    overlays = [gitops.Overlay(repo, env) for env in (("production", "canary") if environment == "production" else (environment,))]
+    overlays = [
+        gitops.Overlay(repo, env)
+        for env in (("production", "canary") if environment == "production" else (environment,))
+    ]
     gitops.check_repo(repo, [o.relpath for o in overlays])
     found = gitops.last_promotion(repo, environment)
     if found is None:
-        raise UserInputError(f"no promotion commit of {environment} (trailer {gitops.TRAILER_ENV}: {environment}) to roll back "
-                             "on this branch.")
+        raise UserInputError(
+            f"no promotion commit of {environment} (trailer {gitops.TRAILER_ENV}: {environment}) to roll back "
+            "on this branch."
+        )
     sha, trailers = found
     name = trailers.get("Chexops-Model", name)
     version, previous = trailers.get(gitops.TRAILER_VERSION, "?"), trailers.get(gitops.TRAILER_PREVIOUS, "none")
@@ -177,14 +237,31 @@ def rollback(environment: str, *, name: str, repo: Path, push: bool = False) -> 
         canary.set_replicas(0)
         canary.save()
     subject = gitops.git(repo, "log", "-1", "--format=%s", sha).strip()
-    message = _message(f"rollback {environment}: revert \"{subject}\"",
-                       [f"reverts {sha}", f"{environment} goes back to version {previous or 'none (bootstrap)'}"],
-                       {gitops.TRAILER_ENV: environment, "Chexops-Model": name, gitops.TRAILER_VERSION: previous or "none",
-                        gitops.TRAILER_ROLLBACK: sha})
+    message = _message(
+        f'rollback {environment}: revert "{subject}"',
+        [f"reverts {sha}", f"{environment} goes back to version {previous or 'none (bootstrap)'}"],
+        {
+            gitops.TRAILER_ENV: environment,
+            "Chexops-Model": name,
+            gitops.TRAILER_VERSION: previous or "none",
+            gitops.TRAILER_ROLLBACK: sha,
+        },
+    )
     new = _commit(repo, [o.relpath for o in overlays], message, push, whole_index=True)
     ev.move_alias(client, name, environment, previous)
     if version != "?":
         ev.record(client, name, version, {f"rollback.{environment}": f"{new} at {ev.now()}"})
-    log.info("Rolled back %s: %s version %s -> %s in commit %s", environment, name, version, previous or "none", new[:12])
-    return Rollback(environment=environment, model=name, rolled_back=True, reverted=sha, commit=new, pushed=push,
-                    version=previous, from_version=version, alias=environment)
+    log.info(
+        "Rolled back %s: %s version %s -> %s in commit %s", environment, name, version, previous or "none", new[:12]
+    )
+    return Rollback(
+        environment=environment,
+        model=name,
+        rolled_back=True,
+        reverted=sha,
+        commit=new,
+        pushed=push,
+        version=previous,
+        from_version=version,
+        alias=environment,
+    )

@@ -19,19 +19,25 @@ from pathlib import Path
 from typing import Any
 
 from chexops.core import paths
-from chexops.core.files import atomic_write_text
-from chexops.demo.service import format_findings, query_service
 from chexops.core.errors import ChexopsError
+from chexops.core.files import atomic_write_text
 from chexops.core.names import DEFAULT_MODEL_NAME
 from chexops.data.chexpert import DATASET_DIR
+from chexops.demo.service import format_findings, query_service
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = DEFAULT_MODEL_NAME
 WORKFLOW = Path("workflows") / "training.yaml"
 # The workflow's task whose result fills each summary key.
-TASK_RESULTS = {"prepare": "main.prepare", "train": "main.train", "evaluate": "main.evaluate", "registry": "main.gate.register",
-                "export": "main.export", "bento": "main.bento"}
+TASK_RESULTS = {
+    "prepare": "main.prepare",
+    "train": "main.train",
+    "evaluate": "main.evaluate",
+    "registry": "main.gate.register",
+    "export": "main.export",
+    "bento": "main.bento",
+}
 
 
 def run_step(*args: str) -> dict[str, Any]:
@@ -40,7 +46,9 @@ def run_step(*args: str) -> dict[str, Any]:
     log.info("$ chexops %s --json", " ".join(args))
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "CHEXOPS_HOME": str(paths.home())})
     if proc.returncode != 0:
-        raise ChexopsError(f"demo step 'chexops {' '.join(args)}' failed with exit code {proc.returncode} (see its messages above).")
+        raise ChexopsError(
+            f"demo step 'chexops {' '.join(args)}' failed with exit code {proc.returncode} (see its messages above)."
+        )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -49,10 +57,17 @@ def run_training_workflow(config: Path, data_root: Path, home: Path) -> dict[str
     from chexops.config import load_config
     from chexops.tracking import git_info
 
-    parameters = {"config": str(config), "data-source": str(data_root), "data-dir": str(home / "data" / "prepared"),
-                  "image-size": str(load_config(config).preprocess.size), "gpus": "1", "model-name": MODEL_NAME,
-                  "mlflow-tracking-uri": paths.default_tracking_uri(), "s3-endpoint": "",
-                  "commit": git_info().get("git_commit", "local")}
+    parameters = {
+        "config": str(config),
+        "data-source": str(data_root),
+        "data-dir": str(home / "data" / "prepared"),
+        "image-size": str(load_config(config).preprocess.size),
+        "gpus": "1",
+        "model-name": MODEL_NAME,
+        "mlflow-tracking-uri": paths.default_tracking_uri(),
+        "s3-endpoint": "",
+        "commit": git_info().get("git_commit", "local"),
+    }
     args = ["pipeline", "run", str(WORKFLOW), "--local"]
     for name, value in parameters.items():
         args += ["-p", f"{name}={value}"]
@@ -92,27 +107,39 @@ def run_demo(config: Path) -> tuple[dict[str, Any], str]:
 
 def report(summary: dict[str, Any], path: Path) -> str:
     train = summary["train"]
-    lines = ["", "chexops demo", "============", f"MLflow run   {train['run_id']}  ({train['tracking_uri']})",
-             f"validation   mean AUROC {train['mean_auroc']:.3f} over {', '.join(train['mean_over'])}"]
+    lines = [
+        "",
+        "chexops demo",
+        "============",
+        f"MLflow run   {train['run_id']}  ({train['tracking_uri']})",
+        f"validation   mean AUROC {train['mean_auroc']:.3f} over {', '.join(train['mean_over'])}",
+    ]
     if "test" in train:
-        lines.append(f"held-out     mean AUROC {train['test']['mean_auroc']:.3f} (valid.csv, patients never seen in training)")
+        lines.append(
+            f"held-out     mean AUROC {train['test']['mean_auroc']:.3f} (valid.csv, patients never seen in training)"
+        )
         lines.append("")
         lines.append(f"{'finding':<28}{'held-out AUROC':>16}")
         for label, value in train["test"]["per_label"].items():
             lines.append(f"{label:<28}{'n/a' if value is None else f'{value:.3f}':>16}")
     if "registry" in summary:
         reg, exp = summary["registry"], summary["export"]
-        lines += ["", f"evaluation   mean AUROC {summary['evaluate']['mean_auroc']:.3f}; thresholds chosen on validation data",
-                  f"registry     {reg['model']} version {reg['version']}, alias {reg['alias']} (gate passed)",
-                  f"export       {exp['fp32']}",
-                  f"             int8: AUROC {exp['int8_auroc_delta']:+.4f}, latency x{exp['int8_latency_ratio']:.2f}; "
-                  f"parity max |diff| {exp['parity_max_abs_diff']:.1e}",
-                  f"bento model  {summary['bento_model']['tag']}"]
+        lines += [
+            "",
+            f"evaluation   mean AUROC {summary['evaluate']['mean_auroc']:.3f}; thresholds chosen on validation data",
+            f"registry     {reg['model']} version {reg['version']}, alias {reg['alias']} (gate passed)",
+            f"export       {exp['fp32']}",
+            f"             int8: AUROC {exp['int8_auroc_delta']:+.4f}, latency x{exp['int8_latency_ratio']:.2f}; "
+            f"parity max |diff| {exp['parity_max_abs_diff']:.1e}",
+            f"bento model  {summary['bento_model']['tag']}",
+        ]
     if "service" in summary:
         lines += format_findings(summary["service"])
     if "pipeline" in summary:
         lines += ["", f"workflow     {summary['pipeline']['file']} ({summary['pipeline']['workflow']}, run locally)"]
-        lines += [f"  {n['name']:<24}{n.get('phase', ''):<11}{n.get('seconds', 0):>6.0f} s  {n.get('message', '')}".rstrip()
-                  for n in summary["pipeline"]["nodes"]]
+        lines += [
+            f"  {n['name']:<24}{n.get('phase', ''):<11}{n.get('seconds', 0):>6.0f} s  {n.get('message', '')}".rstrip()
+            for n in summary["pipeline"]["nodes"]
+        ]
     lines += ["", f"summary      {path}", f"took         {summary['seconds']:.0f} s"]
     return "\n".join(lines)

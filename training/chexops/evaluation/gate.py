@@ -27,15 +27,29 @@ class GateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min_mean_auroc: float = Field(0.8, ge=0.0, le=1.0,
-                                  description="the lower bound of the mean AUROC's 95% interval (and the point estimate) must reach this")
-    max_slice_gap: float = Field(0.1, ge=0.0, le=1.0, description="no slice's mean AUROC more than this below the whole")
-    min_slice_positives: int = Field(20, ge=1, description="slices where a finding has fewer positives are reported but not judged")
-    max_regression: float = Field(0.02, ge=0.0, le=1.0, description="mean AUROC may drop at most this below production's")
+    min_mean_auroc: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="the lower bound of the mean AUROC's 95% interval (and the point estimate) must reach this",
+    )
+    max_slice_gap: float = Field(
+        0.1, ge=0.0, le=1.0, description="no slice's mean AUROC more than this below the whole"
+    )
+    min_slice_positives: int = Field(
+        20, ge=1, description="slices where a finding has fewer positives are reported but not judged"
+    )
+    max_regression: float = Field(
+        0.02, ge=0.0, le=1.0, description="mean AUROC may drop at most this below production's"
+    )
     accept_validation_evidence: bool = Field(
-        False, description="judge metrics measured on the validation split (which chose the epoch and the thresholds)")
+        False, description="judge metrics measured on the validation split (which chose the epoch and the thresholds)"
+    )
     reevaluate_production: bool = Field(
-        True, description="when production was measured on other data, evaluate it on the candidate's test split; else refuse")
+        True,
+        description="when production was measured on other data, evaluate it on the candidate's test split; "
+        "else refuse",
+    )
 
 
 def load_gate_config(path: str | Path | None, overrides: dict[str, Any]) -> GateConfig:
@@ -85,12 +99,25 @@ def check_evidence(evaluation: dict[str, Any], accept_validation: bool) -> Verdi
     if split == "test" and overlap == 0:
         return Verdict("held_out", None, 0.0, True, f"metrics on the test split ({source})")
     if split == "test":
-        return Verdict("held_out", float(overlap), 0.0, False, f"{overlap} patients of the test split are also in the training data")
+        return Verdict(
+            "held_out",
+            float(overlap),
+            0.0,
+            False,
+            f"{overlap} patients of the test split are also in the training data",
+        )
     if accept_validation:
-        return Verdict("held_out", None, 0.0, True, f"metrics on the {split} split, accepted by accept_validation_evidence")
-    return Verdict("held_out", None, 0.0, False,
-                   f"metrics on the {split} split, which chose the epoch and the thresholds: give the config a test split "
-                   "(data.test_csv or data.test_fraction) and evaluate again, or set accept_validation_evidence")
+        return Verdict(
+            "held_out", None, 0.0, True, f"metrics on the {split} split, accepted by accept_validation_evidence"
+        )
+    return Verdict(
+        "held_out",
+        None,
+        0.0,
+        False,
+        f"metrics on the {split} split, which chose the epoch and the thresholds: give the config a test split "
+        "(data.test_csv or data.test_fraction) and evaluate again, or set accept_validation_evidence",
+    )
 
 
 def check_mean_auroc(evaluation: dict[str, Any], limit: float) -> Verdict:
@@ -103,11 +130,22 @@ def check_mean_auroc(evaluation: dict[str, Any], limit: float) -> Verdict:
     if value is None:
         return Verdict("min_mean_auroc", None, limit, False, where + " is undefined")
     if low is None:
-        return Verdict("min_mean_auroc", None, limit, False,
-                       f"{where} is {value:.3f} without a bootstrap interval: evaluate with --bootstrap > 0")
+        return Verdict(
+            "min_mean_auroc",
+            None,
+            limit,
+            False,
+            f"{where} is {value:.3f} without a bootstrap interval: evaluate with --bootstrap > 0",
+        )
     unit = evaluation.get("bootstrap_unit", "?")
-    return Verdict("min_mean_auroc", low, limit, low >= limit and value >= limit,
-                   f"lower bound of the 95% interval ({unit}s resampled); {where} {value:.3f} [{low:.3f}, {_num(ci[1]) or float('nan'):.3f}]")
+    return Verdict(
+        "min_mean_auroc",
+        low,
+        limit,
+        low >= limit and value >= limit,
+        f"lower bound of the 95% interval ({unit}s resampled); {where} {value:.3f} [{low:.3f}, "
+        f"{_num(ci[1]) or float('nan'):.3f}]",
+    )
 
 
 def check_slice_gap(evaluation: dict[str, Any], limit: float, min_positives: int) -> Verdict:
@@ -117,12 +155,20 @@ def check_slice_gap(evaluation: dict[str, Any], limit: float, min_positives: int
     judged = [s for s in slices if s.get("min_positives", 0) >= min_positives and _num(s.get("gap")) is not None]
     skipped = [s["slice"] for s in slices if s not in judged]
     if not judged:
-        return Verdict("max_slice_gap", None, limit, True,
-                       f"no slice with >= {min_positives} positives per finding and a defined AUROC"
-                       + (f" (skipped: {', '.join(skipped)})" if skipped else ""))
+        return Verdict(
+            "max_slice_gap",
+            None,
+            limit,
+            True,
+            f"no slice with >= {min_positives} positives per finding and a defined AUROC"
+            + (f" (skipped: {', '.join(skipped)})" if skipped else ""),
+        )
     worst = min(judged, key=lambda s: s["gap"])
     shortfall = max(0.0, -float(worst["gap"]))
-    detail = f"worst slice {worst['slice']} (n={worst['n']}, fewest positives {worst['min_positives']}, mean AUROC {worst['mean_auroc']:.3f})"
+    detail = (
+        f"worst slice {worst['slice']} (n={worst['n']}, fewest positives {worst['min_positives']}, "
+        f"mean AUROC {worst['mean_auroc']:.3f})"
+    )
     if skipped:
         detail += f"; not judged (< {min_positives} positives of a finding, or undefined): {', '.join(skipped)}"
     return Verdict("max_slice_gap", shortfall, limit, shortfall <= limit, detail)
@@ -138,15 +184,24 @@ def check_regression(evaluation: dict[str, Any], production: dict[str, Any] | No
     version = production.get("version")
     ours_on, theirs_on = evaluation.get("split_version"), production.get("split_version")
     if not ours_on or ours_on != theirs_on:
-        reason = production.get("reason") or f"measured on other data ({theirs_on or 'unknown'} vs the candidate's {ours_on or 'unknown'})"
+        reason = (
+            production.get("reason")
+            or f"measured on other data ({theirs_on or 'unknown'} vs the candidate's {ours_on or 'unknown'})"
+        )
         return Verdict("max_regression", None, limit, False, f"production version {version} not compared: {reason}")
     ours, theirs = _num(evaluation.get("mean_auroc")), _num(production.get("mean_auroc"))
     if ours is None or theirs is None:
-        return Verdict("max_regression", None, limit, False,
-                       f"cannot compare with production version {version}: a mean AUROC is missing")
+        return Verdict(
+            "max_regression",
+            None,
+            limit,
+            False,
+            f"cannot compare with production version {version}: a mean AUROC is missing",
+        )
     drop = theirs - ours
-    detail = (f"production version {version} mean AUROC {theirs:.3f}, candidate {ours:.3f}, both on split {ours_on}"
-              + (f" ({production['source']})" if production.get("source") else ""))
+    detail = f"production version {version} mean AUROC {theirs:.3f}, candidate {ours:.3f}, both on split {ours_on}" + (
+        f" ({production['source']})" if production.get("source") else ""
+    )
     return Verdict("max_regression", drop, limit, drop <= limit, detail)
 
 
@@ -169,5 +224,8 @@ def format_verdicts(verdicts: list[Verdict]) -> str:
     lines = [f"{'criterion':<16}{'value':>9}  {'limit':<9}{'verdict':<8}detail"]
     for v in verdicts:
         value = "n/a" if v.value is None else f"{v.value:.4f}"
-        lines.append(f"{v.criterion:<16}{value:>9}  {ops.get(v.criterion, '')} {v.limit:<6.3f}{'PASS' if v.passed else 'FAIL':<8}{v.detail}")
+        lines.append(
+            f"{v.criterion:<16}{value:>9}  {ops.get(v.criterion, '')} "
+            f"{v.limit:<6.3f}{'PASS' if v.passed else 'FAIL':<8}{v.detail}"
+        )
     return "\n".join(lines)

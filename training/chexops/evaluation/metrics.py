@@ -18,15 +18,20 @@ import sklearn
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, brier_score_loss, recall_score, roc_auc_score, roc_curve
 
-from chexops.core.labels import DEFAULT_THRESHOLD
 from chexops.core.errors import UserInputError
+from chexops.core.labels import DEFAULT_THRESHOLD
 from chexops.core.stats import Groups, bootstrap, percentile_interval
 from chexops.data.splits import Split, patient_groups, split_version
 
 RULES = ("youden", "sensitivity")
 ECE_BINS = 10
 # Age bands of the slices: [low, high) in years.
-AGE_BANDS: tuple[tuple[str, float, float], ...] = (("<40", 0, 40), ("40-59", 40, 60), ("60-79", 60, 80), (">=80", 80, 200))
+AGE_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("<40", 0, 40),
+    ("40-59", 40, 60),
+    ("60-79", 60, 80),
+    (">=80", 80, 200),
+)
 BOOTSTRAP_CHUNKS = 8
 
 
@@ -81,7 +86,8 @@ def label_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, A
     """AUROC, AUPRC, Brier, ECE and sensitivity / specificity at the threshold of one label."""
     both = both_classes(y)
     out: dict[str, Any] = {
-        "n": int(len(y)), "positives": int(y.sum()),
+        "n": int(len(y)),
+        "positives": int(y.sum()),
         "auroc": float(roc_auc_score(y, p)) if both else math.nan,
         "auprc": float(average_precision_score(y, p)) if both else math.nan,
         "brier": float(brier_score_loss(y, p, labels=[0, 1])) if len(y) else math.nan,
@@ -92,8 +98,9 @@ def label_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, A
     return out
 
 
-def choose_thresholds(split: Split, probs: np.ndarray, labels: list[str], rule: str,
-                      target_sensitivity: float) -> tuple[dict[str, float], list[str]]:
+def choose_thresholds(
+    split: Split, probs: np.ndarray, labels: list[str], rule: str, target_sensitivity: float
+) -> tuple[dict[str, float], list[str]]:
     """Every label's operating threshold on `split` (validation), and the labels with one class there,
     whose threshold defaults to DEFAULT_THRESHOLD (a service needs a number for every label)."""
     thresholds = {}
@@ -105,20 +112,24 @@ def choose_thresholds(split: Split, probs: np.ndarray, labels: list[str], rule: 
     return thresholds, defaulted
 
 
-def validation_metrics(split: Split, probs: np.ndarray, labels: list[str],
-                       thresholds: dict[str, float]) -> dict[str, Any]:
+def validation_metrics(
+    split: Split, probs: np.ndarray, labels: list[str], thresholds: dict[str, float]
+) -> dict[str, Any]:
     """Per label on the split that chose the thresholds: sensitivity, specificity and AUROC."""
     out = {}
     for j, label in enumerate(labels):
         keep = split.mask[:, j] > 0
         y, p = split.targets[keep, j], probs[keep, j]
-        out[label] = {**at_threshold(y, p, thresholds[label]),
-                      "auroc": float(roc_auc_score(y, p)) if both_classes(y) else math.nan}
+        out[label] = {
+            **at_threshold(y, p, thresholds[label]),
+            "auroc": float(roc_auc_score(y, p)) if both_classes(y) else math.nan,
+        }
     return out
 
 
-def per_label_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, labels: list[str],
-                      thresholds: dict[str, float]) -> dict[str, dict[str, Any]]:
+def per_label_metrics(
+    probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, labels: list[str], thresholds: dict[str, float]
+) -> dict[str, dict[str, Any]]:
     """`label_metrics` of every label over its unmasked rows."""
     out = {}
     for j, label in enumerate(labels):
@@ -127,8 +138,9 @@ def per_label_metrics(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, 
     return out
 
 
-def _bootstrap_chunk(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, groups: Groups, n_boot: int,
-                     seed: np.random.SeedSequence) -> np.ndarray:
+def _bootstrap_chunk(
+    probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, groups: Groups, n_boot: int, seed: np.random.SeedSequence
+) -> np.ndarray:
     """AUROC of every label on `n_boot` resamples of the groups (NaN where a resample has one class)."""
     n_labels = targets.shape[1]
     # Labels without masked rows are scored in one multilabel call per resample (much less
@@ -154,9 +166,16 @@ def _bootstrap_chunk(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, g
         return bootstrap(aurocs, groups, n_boot, np.random.default_rng(seed))
 
 
-def bootstrap_auroc(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, labels: list[str], mean_over: list[str],
-                    n_boot: int, seed: int = 0, groups: np.ndarray | None = None,
-                    ) -> tuple[dict[str, tuple[float, float] | None], tuple[float, float] | None]:
+def bootstrap_auroc(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray,
+    labels: list[str],
+    mean_over: list[str],
+    n_boot: int,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
+) -> tuple[dict[str, tuple[float, float] | None], tuple[float, float] | None]:
     """95% percentile intervals of each label's AUROC and of the mean AUROC, from `n_boot` resamples
     of the patients (`groups`: each row's patient; None: each row its own), the same resample for
     every label, so the mean's interval is paired. Images of one patient are correlated: resampling
@@ -173,7 +192,9 @@ def bootstrap_auroc(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, la
     if jobs > 1:
         from joblib import Parallel, delayed
 
-        parts = Parallel(n_jobs=jobs)(delayed(_bootstrap_chunk)(probs, targets, mask, units, k, s) for k, s in zip(sizes, seeds))
+        parts = Parallel(n_jobs=jobs)(
+            delayed(_bootstrap_chunk)(probs, targets, mask, units, k, s) for k, s in zip(sizes, seeds)
+        )
     else:
         parts = [_bootstrap_chunk(probs, targets, mask, units, k, s) for k, s in zip(sizes, seeds)]
     values = np.concatenate(parts)
@@ -189,8 +210,9 @@ def mean_of(per_label: dict[str, dict[str, Any]], over: list[str], key: str = "a
     return float(np.mean(values)) if values else math.nan
 
 
-def holdout_metrics(split: Split, probs: np.ndarray, labels: list[str], mean_over: list[str], n_bootstrap: int,
-                    seed: int = 0) -> dict[str, Any]:
+def holdout_metrics(
+    split: Split, probs: np.ndarray, labels: list[str], mean_over: list[str], n_bootstrap: int, seed: int = 0
+) -> dict[str, Any]:
     """One source's hold-out: per-finding AUROC with n, positives and a patient-level bootstrap interval, and
     the mean AUROC over the measurable findings of `mean_over`. A finding without both classes is
     `measurable: false` with AUROC None (not a number: no AUROC exists)."""
@@ -199,16 +221,25 @@ def holdout_metrics(split: Split, probs: np.ndarray, labels: list[str], mean_ove
     for j, label in enumerate(labels):
         y = t[m[:, j] > 0, j]
         measurable = both_classes(y)
-        per_label[label] = {"n": int(len(y)), "positives": int(y.sum()), "measurable": measurable,
-                            "auroc": float(roc_auc_score(y, probs[m[:, j] > 0, j])) if measurable else None}
+        per_label[label] = {
+            "n": int(len(y)),
+            "positives": int(y.sum()),
+            "measurable": measurable,
+            "auroc": float(roc_auc_score(y, probs[m[:, j] > 0, j])) if measurable else None,
+        }
     measured = [label for label in mean_over if per_label[label]["measurable"]]
     cis, mean_ci = bootstrap_auroc(probs, t, m, labels, measured, n_bootstrap, seed, patient_groups(split))
     for label, values in per_label.items():
         values["auroc_ci"] = cis[label] if values["measurable"] else None
-    return {"n": len(split), "split_version": split_version(split, ""), "mean_over": measured,
-            "not_measurable": [label for label in labels if not per_label[label]["measurable"]],
-            "mean_auroc": float(np.mean([per_label[label]["auroc"] for label in measured])) if measured else None,
-            "mean_auroc_ci": mean_ci if measured else None, "per_label": per_label}
+    return {
+        "n": len(split),
+        "split_version": split_version(split, ""),
+        "mean_over": measured,
+        "not_measurable": [label for label in labels if not per_label[label]["measurable"]],
+        "mean_auroc": float(np.mean([per_label[label]["auroc"] for label in measured])) if measured else None,
+        "mean_auroc_ci": mean_ci if measured else None,
+        "per_label": per_label,
+    }
 
 
 def slice_masks(frame: pd.DataFrame | None) -> list[tuple[str, str, np.ndarray]]:
@@ -231,8 +262,16 @@ def slice_masks(frame: pd.DataFrame | None) -> list[tuple[str, str, np.ndarray]]
     return [(a, v, m) for a, v, m in out if m.any()]
 
 
-def slice_metrics(frame: pd.DataFrame | None, probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, labels: list[str],
-                  mean_over: list[str], thresholds: dict[str, float], overall: float) -> list[dict[str, Any]]:
+def slice_metrics(
+    frame: pd.DataFrame | None,
+    probs: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray,
+    labels: list[str],
+    mean_over: list[str],
+    thresholds: dict[str, float],
+    overall: float,
+) -> list[dict[str, Any]]:
     """Each slice's mean AUROC (over `mean_over`), per-label AUROC, its gap to the whole (`gap` =
     slice - whole: negative when the slice does worse) and its size as positives per finding of
     `mean_over` (`min_positives`: an AUROC rests on its positives, not on the image count)."""
@@ -244,12 +283,22 @@ def slice_metrics(frame: pd.DataFrame | None, probs: np.ndarray, targets: np.nda
             per_label[label] = label_metrics(targets[keep, j], probs[keep, j], thresholds[label])
         mean = mean_of(per_label, mean_over)
         positives = {label: per_label[label]["positives"] for label in mean_over}
-        out.append({
-            "slice": f"{attribute}={value}", "attribute": attribute, "value": value, "n": int(rows.sum()),
-            "positives": positives, "min_positives": min(positives.values(), default=0),
-            "mean_auroc": mean, "gap": mean - overall if not (math.isnan(mean) or math.isnan(overall)) else math.nan,
-            "per_label": {label: {k: m[k] for k in ("n", "positives", "auroc", "sensitivity", "specificity")} for label, m in per_label.items()},
-        })
+        out.append(
+            {
+                "slice": f"{attribute}={value}",
+                "attribute": attribute,
+                "value": value,
+                "n": int(rows.sum()),
+                "positives": positives,
+                "min_positives": min(positives.values(), default=0),
+                "mean_auroc": mean,
+                "gap": mean - overall if not (math.isnan(mean) or math.isnan(overall)) else math.nan,
+                "per_label": {
+                    label: {k: m[k] for k in ("n", "positives", "auroc", "sensitivity", "specificity")}
+                    for label, m in per_label.items()
+                },
+            }
+        )
     return out
 
 
@@ -258,8 +307,9 @@ def worst_slice(slices: list[dict[str, Any]]) -> dict[str, Any] | None:
     return min((s for s in slices if not math.isnan(s["gap"])), key=lambda s: s["gap"], default=None)
 
 
-def hard_case_scores(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, labels: list[str],
-                     thresholds: dict[str, float]) -> list[dict[str, Any]]:
+def hard_case_scores(
+    probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, labels: list[str], thresholds: dict[str, float]
+) -> list[dict[str, Any]]:
     """Images the model gets confidently wrong at the operating thresholds, most confident first.
 
     An image's score is its largest probability given to a wrong answer (p for a false positive,
@@ -274,8 +324,15 @@ def hard_case_scores(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, l
     for i in np.flatnonzero(wrong.any(axis=1)):
         wrong_labels = [labels[j] for j in np.flatnonzero(wrong[i])]
         j = int(best[i])
-        cases.append({"index": int(i), "score": float(scored[i, j]), "label": labels[j],
-                      "error": "false positive" if targets[i, j] < 0.5 else "false negative",
-                      "probability": float(probs[i, j]), "wrong_labels": wrong_labels})
+        cases.append(
+            {
+                "index": int(i),
+                "score": float(scored[i, j]),
+                "label": labels[j],
+                "error": "false positive" if targets[i, j] < 0.5 else "false negative",
+                "probability": float(probs[i, j]),
+                "wrong_labels": wrong_labels,
+            }
+        )
     cases.sort(key=lambda c: -c["score"])
     return cases

@@ -17,16 +17,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-from chexops.core.results import Result
 from chexops.core.errors import UserInputError
+from chexops.core.results import Result
 from chexops.tracking import download
 
 EVAL_DIR = "evaluation"
 INDEX_PREFIX = "evaluation."
 VERSION_TAG = "evaluation_id"
 # What the index entry keeps of metrics.json (small: a run tag).
-INDEX_KEYS = ("created", "split", "split_version", "data_version", "config_sha256", "rule", "mean_auroc", "mean_auroc_ci", "bootstrap_unit")
+INDEX_KEYS = (
+    "created",
+    "split",
+    "split_version",
+    "data_version",
+    "config_sha256",
+    "rule",
+    "mean_auroc",
+    "mean_auroc_ci",
+    "bootstrap_unit",
+)
 
 
 class HardCases(Result):
@@ -114,7 +123,7 @@ def index(run) -> list[dict[str, Any]]:
                 entry = json.loads(value)
             except ValueError:
                 continue
-            entries.append({"id": key[len(INDEX_PREFIX):], **(entry if isinstance(entry, dict) else {})})
+            entries.append({"id": key[len(INDEX_PREFIX) :], **(entry if isinstance(entry, dict) else {})})
     return sorted(entries, key=lambda e: e["id"])
 
 
@@ -129,7 +138,9 @@ def choose(run, evaluation_id: str | None = None) -> dict[str, Any]:
     for entry in entries:
         if entry["id"] == evaluation_id:
             return entry
-    raise UserInputError(f"run {run_id} has no evaluation {evaluation_id!r}; it has {', '.join(e['id'] for e in entries)}.")
+    raise UserInputError(
+        f"run {run_id} has no evaluation {evaluation_id!r}; it has {', '.join(e['id'] for e in entries)}."
+    )
 
 
 def read_json(client, run_id: str, evaluation_id: str, name: str) -> dict[str, Any]:
@@ -138,7 +149,9 @@ def read_json(client, run_id: str, evaluation_id: str, name: str) -> dict[str, A
     with tempfile.TemporaryDirectory(prefix="chexops-evaluation-") as tmp:
         local = download(client, run_id, path, Path(tmp))
         if local is None:
-            raise UserInputError(f"run {run_id} indexes evaluation {evaluation_id} but has no {path}; evaluate it again.")
+            raise UserInputError(
+                f"run {run_id} indexes evaluation {evaluation_id} but has no {path}; evaluate it again."
+            )
         try:
             return json.loads(local.read_text())
         except ValueError:

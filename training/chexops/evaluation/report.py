@@ -14,15 +14,17 @@ import pandas as pd
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_curve
 
-from chexops.data.chexpert import DATASET_DIR
 from chexops.config import Config
 from chexops.core.labels import META_COLUMNS
+from chexops.data.chexpert import DATASET_DIR
 from chexops.data.splits import Split
 from chexops.evaluation.metrics import ECE_BINS, both_classes
 from chexops.evaluation.records import Evaluation, EvaluationRecord
 
 
-def write_hard_cases(out: Path, split: Split, source_csv: Path | None, cases: list[dict[str, Any]], labels: list[str]) -> int:
+def write_hard_cases(
+    out: Path, split: Split, source_csv: Path | None, cases: list[dict[str, Any]], labels: list[str]
+) -> int:
     """The cases as a CheXpert-layout dataset under `out`: `CheXpert-v1.0-small/valid.csv` (the
     source rows verbatim) plus the images at their CSV paths; `cases.json` says why each is there."""
     folder = out / DATASET_DIR
@@ -70,7 +72,9 @@ def _pyplot():
     return plt
 
 
-def plot_roc(path: Path, probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, labels: list[str], per_label: dict, title: str) -> None:
+def plot_roc(
+    path: Path, probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, labels: list[str], per_label: dict, title: str
+) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
     colors = plt.get_cmap("tab20")
@@ -89,7 +93,9 @@ def plot_roc(path: Path, probs: np.ndarray, targets: np.ndarray, mask: np.ndarra
     plt.close(fig)
 
 
-def plot_reliability(path: Path, probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, labels: list[str], per_label: dict) -> None:
+def plot_reliability(
+    path: Path, probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, labels: list[str], per_label: dict
+) -> None:
     plt = _pyplot()
     cols = min(4, len(labels))
     rows = math.ceil(len(labels) / cols)
@@ -120,94 +126,152 @@ def fmt(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def model_card(record: EvaluationRecord, config: Config, payload: dict[str, Any], tags: dict[str, str],
-               fingerprint: dict[str, Any]) -> str:
+def model_card(
+    record: EvaluationRecord, config: Config, payload: dict[str, Any], tags: dict[str, str], fingerprint: dict[str, Any]
+) -> str:
     """The model card: what the model is, what it was trained and evaluated on, how well it does, its limits."""
     cfg, pre, labels, run_id = config, payload["preprocessing"], list(payload["labels"]), record.run_id
     lines = [
-        f"# Model card: chexops run `{run_id}`", "",
+        f"# Model card: chexops run `{run_id}`",
+        "",
         "## Model",
         f"- Architecture: `{payload['model_config'].get('name')}` (multi-label, one sigmoid output per finding).",
         f"- Labels ({len(labels)}): {', '.join(labels)}.",
         f"- Preprocessing: grey scale, {pre['size']}×{pre['size']} ({pre['resample']}), {pre['channels']} channel(s), "
         f"normalised with mean {pre['mean']} and std {pre['std']}.",
         f"- Training run `{run_id}` at git commit `{tags.get('git_commit', 'unknown')}`"
-        f"{' (uncommitted changes)' if tags.get('git_dirty') == 'True' else ''}.", "",
+        f"{' (uncommitted changes)' if tags.get('git_dirty') == 'True' else ''}.",
+        "",
         "## Data",
-        f"- Dataset kind `{cfg.data.kind}`, view filter `{cfg.data.view}`, data version `{fingerprint.get('data_version', tags.get('data_version', 'unknown'))}` "
+        f"- Dataset kind `{cfg.data.kind}`, view filter `{cfg.data.view}`, data version "
+        f"`{fingerprint.get('data_version', tags.get('data_version', 'unknown'))}` "
         f"(sha256 `{str(fingerprint.get('sha256', tags.get('data_sha256', 'unknown')))[:16]}…`).",
-        f"- Rows: {', '.join(f'{k} {v:,}' for k, v in fingerprint.get('rows', {}).items())}. Patients never cross the train/validation/test splits"
+        f"- Rows: {', '.join(f'{k} {v:,}' for k, v in fingerprint.get('rows', {}).items())}. Patients never cross the "
+        "train/validation/test splits"
         + (f" (test: {fingerprint['test_source']})." if fingerprint.get("test_source") else "."),
         f"- Uncertain labels: training policy `{cfg.data.policy.uncertain}` (per label: "
-        f"{', '.join(f'{k} {v}' for k, v in cfg.data.policy.uncertain_per_label.items()) or 'none'}); ignored in evaluation.",
-        f"- Metrics below are on the **{record.split}** split ({record.n:,} images); thresholds were chosen on validation.", "",
+        f"{', '.join(f'{k} {v}' for k, v in cfg.data.policy.uncertain_per_label.items()) or 'none'}); ignored in "
+        "evaluation.",
+        f"- Metrics below are on the **{record.split}** split ({record.n:,} images); thresholds were chosen on "
+        "validation.",
+        "",
         "## Metrics",
         f"Mean AUROC over {', '.join(record.mean_over)}: **{fmt(record.mean_auroc)}**"
-        + (f" (95% CI {fmt(record.mean_auroc_ci[0])}–{fmt(record.mean_auroc_ci[1])}, {record.bootstrap} bootstrap resamples"
-           f" of {record.bootstrap_groups} {record.bootstrap_unit}s)" if record.mean_auroc_ci else "")
-        + ".", "",
+        + (
+            f" (95% CI {fmt(record.mean_auroc_ci[0])}–{fmt(record.mean_auroc_ci[1])}, {record.bootstrap} bootstrap "
+            "resamples"
+            f" of {record.bootstrap_groups} {record.bootstrap_unit}s)"
+            if record.mean_auroc_ci
+            else ""
+        )
+        + ".",
+        "",
         "| finding | n (pos) | AUROC [95% CI] | AUPRC | threshold | sensitivity | specificity | ECE |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for label, m in record.per_label.items():
         ci = m.get("auroc_ci")
-        lines.append(f"| {label} | {m['n']} ({m['positives']}) | {fmt(m['auroc'])}"
-                     + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
-                     + f" | {fmt(m['auprc'])} | {fmt(m['threshold'])} | {fmt(m['sensitivity'])} | {fmt(m['specificity'])} | {fmt(m['ece'])} |")
-    rule = record.rule + (f" (target sensitivity {record.target_sensitivity:.2f})" if record.rule == "sensitivity" else " (Youden's J)")
-    lines += ["", f"Operating thresholds: rule `{rule}`, chosen on the validation split.", "", "## Slices",
-              "Mean AUROC per slice and its gap to the whole (negative: the slice does worse).", "",
-              "| slice | n | fewest positives of a finding | mean AUROC | gap |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {label} | {m['n']} ({m['positives']}) | {fmt(m['auroc'])}"
+            + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
+            + f" | {fmt(m['auprc'])} | {fmt(m['threshold'])} | {fmt(m['sensitivity'])}"
+            + f" | {fmt(m['specificity'])} | {fmt(m['ece'])} |"
+        )
+    rule = record.rule + (
+        f" (target sensitivity {record.target_sensitivity:.2f})" if record.rule == "sensitivity" else " (Youden's J)"
+    )
+    lines += [
+        "",
+        f"Operating thresholds: rule `{rule}`, chosen on the validation split.",
+        "",
+        "## Slices",
+        "Mean AUROC per slice and its gap to the whole (negative: the slice does worse).",
+        "",
+        "| slice | n | fewest positives of a finding | mean AUROC | gap |",
+        "|---|---|---|---|---|",
+    ]
     for s in record.slices:
-        lines.append(f"| {s['slice']} | {s['n']} | {s['min_positives']} | {fmt(s['mean_auroc'])} | {fmt(s['gap'], 3)} |")
+        lines.append(
+            f"| {s['slice']} | {s['n']} | {s['min_positives']} | {fmt(s['mean_auroc'])} | {fmt(s['gap'], 3)} |"
+        )
     if not record.slices:
         lines.append("| (no slice metadata in this dataset) | | | | |")
     for name, h in record.holdouts.items():
-        lines += ["", f"## Hold-out of source `{name}`",
-                  f"The newest {h['n']} rows of training source `{name}` (never trained on); mean AUROC over "
-                  f"{', '.join(h['mean_over']) or 'no measurable finding'}: **{fmt(h['mean_auroc'])}**.", "",
-                  "| finding | n (pos) | AUROC [95% CI] |", "|---|---|---|"]
+        lines += [
+            "",
+            f"## Hold-out of source `{name}`",
+            f"The newest {h['n']} rows of training source `{name}` (never trained on); mean AUROC over "
+            f"{', '.join(h['mean_over']) or 'no measurable finding'}: **{fmt(h['mean_auroc'])}**.",
+            "",
+            "| finding | n (pos) | AUROC [95% CI] |",
+            "|---|---|---|",
+        ]
         for label, m in h["per_label"].items():
             ci = m.get("auroc_ci")
-            lines.append(f"| {label} | {m['n']} ({m['positives']}) | "
-                         + (f"{fmt(m['auroc'])}" + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "") if m["measurable"] else "not measurable (one class)")
-                         + " |")
+            lines.append(
+                f"| {label} | {m['n']} ({m['positives']}) | "
+                + (
+                    f"{fmt(m['auroc'])}" + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
+                    if m["measurable"]
+                    else "not measurable (one class)"
+                )
+                + " |"
+            )
     lines += [
-        "", "## Intended use",
+        "",
+        "## Intended use",
         "Research and engineering of the chexops platform; as a triage aid it would flag studies for a radiologist's "
-        "earlier reading. It does not diagnose, and its outputs are not to be used for patient care without clinical validation.",
-        "", "## Limits",
-        "- Trained and evaluated on the data above only; performance on other hospitals, scanners or populations is unknown.",
+        "earlier reading. It does not diagnose, and its outputs are not to be used for patient care without clinical "
+        "validation.",
+        "",
+        "## Limits",
+        "- Trained and evaluated on the data above only; performance on other hospitals, scanners or populations is "
+        "unknown.",
         "- Labels come from report mining (CheXpert) and are noisy; uncertain labels are excluded from evaluation.",
         "- Small slices give wide intervals; a slice gap is only meaningful with enough images and positives.",
         f"- Calibration: see the reliability diagrams; mean ECE {fmt(record.mean_ece)}. Probabilities are not risks.",
         f"- Hard cases (the most confidently wrong images): {record.hard_cases.count} under `evaluation/hard_cases/`.",
     ]
     if "synth" in str(cfg.data.csv or "") or "synth" in str(cfg.data.root or ""):
-        lines.append("- The data appears to be the synthetic demo dataset: these numbers say nothing about real radiographs.")
+        lines.append(
+            "- The data appears to be the synthetic demo dataset: these numbers say nothing about real radiographs."
+        )
     return "\n".join(lines) + "\n"
 
 
 def format_result(result: Evaluation) -> str:
     """The human summary of `evaluate_run`."""
     ci = result.mean_auroc_ci
-    lines = [f"Run {result.run_id} evaluation {result.evaluation_id}: {result.split} mean AUROC {fmt(result.mean_auroc)}"
-             + (f" (95% CI {fmt(ci[0])}-{fmt(ci[1])}, {result.bootstrap_unit}s resampled)" if ci else "")
-             + f" over {', '.join(result.mean_over)}",
-             f"thresholds by {result.rule} on validation; metrics on {result.split} ({result.n} images)", "",
-             f"{'finding':<28}{'AUROC':>8}{'AUPRC':>8}{'thr':>7}{'sens':>7}{'spec':>7}{'ECE':>7}"]
+    lines = [
+        f"Run {result.run_id} evaluation {result.evaluation_id}: {result.split} mean AUROC {fmt(result.mean_auroc)}"
+        + (f" (95% CI {fmt(ci[0])}-{fmt(ci[1])}, {result.bootstrap_unit}s resampled)" if ci else "")
+        + f" over {', '.join(result.mean_over)}",
+        f"thresholds by {result.rule} on validation; metrics on {result.split} ({result.n} images)",
+        "",
+        f"{'finding':<28}{'AUROC':>8}{'AUPRC':>8}{'thr':>7}{'sens':>7}{'spec':>7}{'ECE':>7}",
+    ]
     for label, m in result.per_label.items():
-        lines.append(f"{label:<28}{fmt(m['auroc']):>8}{fmt(m['auprc']):>8}{fmt(m['threshold'], 2):>7}{fmt(m['sensitivity'], 2):>7}"
-                     f"{fmt(m['specificity'], 2):>7}{fmt(m['ece']):>7}")
+        lines.append(
+            f"{label:<28}{fmt(m['auroc']):>8}{fmt(m['auprc']):>8}"
+            f"{fmt(m['threshold'], 2):>7}{fmt(m['sensitivity'], 2):>7}"
+            f"{fmt(m['specificity'], 2):>7}{fmt(m['ece']):>7}"
+        )
     lines += ["", f"{'slice':<24}{'n':>6}{'min pos':>8}{'mean AUROC':>12}{'gap':>8}"]
     for s in result.slices:
         lines.append(f"{s['slice']:<24}{s['n']:>6}{s['min_positives']:>8}{fmt(s['mean_auroc']):>12}{fmt(s['gap']):>8}")
     for name, h in result.holdouts.items():
         ci = h.get("mean_auroc_ci")
-        lines += ["", f"hold-out of source {name} ({h['n']} images): mean AUROC {fmt(h['mean_auroc'])}"
-                  + (f" (95% CI {fmt(ci[0])}-{fmt(ci[1])})" if ci else "") + f" over {', '.join(h['mean_over']) or 'no measurable finding'}",
-                  f"{'finding':<28}{'AUROC':>8}{'n':>6}{'pos':>6}"]
+        lines += [
+            "",
+            f"hold-out of source {name} ({h['n']} images): mean AUROC {fmt(h['mean_auroc'])}"
+            + (f" (95% CI {fmt(ci[0])}-{fmt(ci[1])})" if ci else "")
+            + f" over {', '.join(h['mean_over']) or 'no measurable finding'}",
+            f"{'finding':<28}{'AUROC':>8}{'n':>6}{'pos':>6}",
+        ]
         for label, m in h["per_label"].items():
-            lines.append(f"{label:<28}{fmt(m['auroc']) if m['measurable'] else 'not measurable':>8}{m['n']:>6}{m['positives']:>6}")
+            lines.append(
+                f"{label:<28}{fmt(m['auroc']) if m['measurable'] else 'not measurable':>8}"
+                f"{m['n']:>6}{m['positives']:>6}"
+            )
     lines += ["", f"{result.hard_cases.count} hard cases, plots and model card logged to {result.artifact_uri}"]
     return "\n".join(lines)

@@ -36,11 +36,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from chexops.data.chexpert import DATASET_DIR
-from chexops.core.labels import DEFAULT_THRESHOLD
 from chexops.config import Config, load_config
 from chexops.core.errors import ConfigError, DataError, UserInputError
-from chexops.core.labels import metric_key
+from chexops.core.labels import DEFAULT_THRESHOLD, metric_key
+from chexops.data.chexpert import DATASET_DIR
 from chexops.data.loading import load_splits
 from chexops.data.sources import holdout_splits
 from chexops.data.splits import Split, Splits, patient_groups
@@ -71,7 +70,15 @@ from chexops.train.checkpoint import parse_run_ref
 log = logging.getLogger(__name__)
 
 # The files of one evaluation record (`evaluation/<id>/...`).
-ARTIFACTS = ("metrics.json", "thresholds.json", "config.yaml", "roc.png", "reliability.png", "model_card.md", "hard_cases")
+ARTIFACTS = (
+    "metrics.json",
+    "thresholds.json",
+    "config.yaml",
+    "roc.png",
+    "reliability.png",
+    "model_card.md",
+    "hard_cases",
+)
 
 
 @dataclass(frozen=True)
@@ -93,8 +100,16 @@ class Settings:
             raise UserInputError("--bootstrap and --hard-cases must not be negative.")
 
 
-def evaluate_run(ref: str, *, config_path: Path | None = None, rule: str = "youden", target_sensitivity: float = 0.9,
-                 n_bootstrap: int = 1000, hard_cases: int = 32, seed: int = 0) -> Evaluation:
+def evaluate_run(
+    ref: str,
+    *,
+    config_path: Path | None = None,
+    rule: str = "youden",
+    target_sensitivity: float = 0.9,
+    n_bootstrap: int = 1000,
+    hard_cases: int = 32,
+    seed: int = 0,
+) -> Evaluation:
     """Evaluate a training run and log the evaluation to it as a new record; returns the result."""
     settings = Settings(rule, target_sensitivity, n_bootstrap, hard_cases, seed)
     settings.check()
@@ -111,12 +126,23 @@ def evaluate_run(ref: str, *, config_path: Path | None = None, rule: str = "youd
         write_record(out, record, loaded, splits.fingerprint, predictions, measured)
         log_record(client, record, out)
     eval_id = record.evaluation_id
-    result = Evaluation(**record.model_dump(), artifacts=[artifact_path(eval_id, name) for name in ARTIFACTS],
-                        artifact_uri=f"runs:/{record.run_id}/{artifact_path(eval_id)}",
-                        tracking_uri=client.tracking_uri, seconds=round(time.monotonic() - started, 1))
-    log.info("Run %s: %s mean AUROC %s (rule %s), worst slice %s, %d hard cases, %.0f s", result.run_id, result.split,
-             fmt(result.mean_auroc), rule, result.worst_slice["slice"] if result.worst_slice else "n/a",
-             result.hard_cases.count, result.seconds)
+    result = Evaluation(
+        **record.model_dump(),
+        artifacts=[artifact_path(eval_id, name) for name in ARTIFACTS],
+        artifact_uri=f"runs:/{record.run_id}/{artifact_path(eval_id)}",
+        tracking_uri=client.tracking_uri,
+        seconds=round(time.monotonic() - started, 1),
+    )
+    log.info(
+        "Run %s: %s mean AUROC %s (rule %s), worst slice %s, %d hard cases, %.0f s",
+        result.run_id,
+        result.split,
+        fmt(result.mean_auroc),
+        rule,
+        result.worst_slice["slice"] if result.worst_slice else "n/a",
+        result.hard_cases.count,
+        result.seconds,
+    )
     return result
 
 
@@ -138,9 +164,9 @@ class LoadedRun:
 def load_run(client, ref: str, config_path: Path | None, workdir: Path) -> LoadedRun:
     """The run's checkpoint as a model in eval mode, and the config to rebuild its data with."""
     from chexops.config import ModelConfig
-    from chexops.train.models import build_model
     from chexops.imaging.preprocessing import PreprocessSpec
     from chexops.train.checkpoint import load_checkpoint
+    from chexops.train.models import build_model
 
     run_id, artifact = parse_run_ref(ref)
     run = get_run(client, run_id)
@@ -150,7 +176,9 @@ def load_run(client, ref: str, config_path: Path | None, workdir: Path) -> Loade
     payload = load_checkpoint(local)
     for key in ("model", "model_config", "labels", "preprocessing"):
         if key not in payload:
-            raise UserInputError(f"checkpoint {artifact} of run {run_id} lacks {key!r}; it is not a complete chexops checkpoint.")
+            raise UserInputError(
+                f"checkpoint {artifact} of run {run_id} lacks {key!r}; it is not a complete chexops checkpoint."
+            )
 
     if config_path is not None:
         config = load_config(config_path)
@@ -169,7 +197,8 @@ def load_run(client, ref: str, config_path: Path | None, workdir: Path) -> Loade
     labels = list(payload["labels"])
     if list(config.data.labels) != labels:
         raise UserInputError(
-            f"the config's labels ({', '.join(config.data.labels)}) differ from the checkpoint's ({', '.join(labels)}); "
+            f"the config's labels ({', '.join(config.data.labels)}) differ from the checkpoint's "
+            f"({', '.join(labels)}); "
             "evaluate with the config the model was trained with."
         )
     try:
@@ -178,9 +207,14 @@ def load_run(client, ref: str, config_path: Path | None, workdir: Path) -> Loade
         model = build_model(model_cfg, len(labels), spec)
         model.load_state_dict(payload["model"])
     except (ValueError, RuntimeError, TypeError, KeyError) as exc:
-        raise UserInputError(f"checkpoint {artifact} of run {run_id} does not rebuild its model: {str(exc).splitlines()[0]}") from None
+        raise UserInputError(
+            f"checkpoint {artifact} of run {run_id} does not rebuild its model: {str(exc).splitlines()[0]}"
+        ) from None
     if config.preprocess.spec() != spec:
-        log.warning("The config's preprocessing differs from the checkpoint's; evaluating with the checkpoint's (what training used).")
+        log.warning(
+            "The config's preprocessing differs from the checkpoint's; evaluating with the checkpoint's (what training "
+            "used)."
+        )
     model.eval()
     return LoadedRun(run_id, run, payload, config, labels, model)
 
@@ -255,11 +289,16 @@ class Measurements:
 def measure(p: Predictions, labels: list[str], mean_over: list[str], settings: Settings) -> Measurements:
     thresholds, defaulted = choose_thresholds(p.val, p.val_probs, labels, settings.rule, settings.target_sensitivity)
     if len(defaulted) == len(labels):
-        raise DataError(f"the validation split ({len(p.val)} images) has no label with both positive and negative "
-                        "examples, so no operating threshold can be chosen.")
+        raise DataError(
+            f"the validation split ({len(p.val)} images) has no label with both positive and negative "
+            "examples, so no operating threshold can be chosen."
+        )
     if defaulted:  # a service needs a number for every label: the default, said out loud
-        log.warning("No threshold can be chosen for %s (one class only in validation); using %s.",
-                    ", ".join(defaulted), DEFAULT_THRESHOLD)
+        log.warning(
+            "No threshold can be chosen for %s (one class only in validation); using %s.",
+            ", ".join(defaulted),
+            DEFAULT_THRESHOLD,
+        )
     t, m = p.report.targets, p.report.mask
     per_label = per_label_metrics(p.probs, t, m, labels, thresholds)
     groups = patient_groups(p.report)
@@ -268,46 +307,81 @@ def measure(p: Predictions, labels: list[str], mean_over: list[str], settings: S
         per_label[label]["auroc_ci"] = cis[label]
     overall = mean_of(per_label, mean_over)
     return Measurements(
-        thresholds=thresholds, defaulted=defaulted,
-        validation=validation_metrics(p.val, p.val_probs, labels, thresholds), per_label=per_label, mean_over=mean_over, mean_auroc=overall, mean_auroc_ci=mean_ci, groups=groups,
+        thresholds=thresholds,
+        defaulted=defaulted,
+        validation=validation_metrics(p.val, p.val_probs, labels, thresholds),
+        per_label=per_label,
+        mean_over=mean_over,
+        mean_auroc=overall,
+        mean_auroc_ci=mean_ci,
+        groups=groups,
         slices=slice_metrics(p.report.frame, p.probs, t, m, labels, mean_over, thresholds, overall),
-        cases=hard_case_scores(p.probs, t, m, labels, thresholds)[:settings.hard_cases],
-        holdouts={name: holdout_metrics(split, probs, labels, mean_over, settings.n_bootstrap, settings.seed)
-                  for name, (split, probs) in p.holdouts.items()},
+        cases=hard_case_scores(p.probs, t, m, labels, thresholds)[: settings.hard_cases],
+        holdouts={
+            name: holdout_metrics(split, probs, labels, mean_over, settings.n_bootstrap, settings.seed)
+            for name, (split, probs) in p.holdouts.items()
+        },
     )
 
 
-def make_record(loaded: LoadedRun, fingerprint: dict[str, Any], p: Predictions, m: Measurements,
-                settings: Settings) -> EvaluationRecord:
+def make_record(
+    loaded: LoadedRun, fingerprint: dict[str, Any], p: Predictions, m: Measurements, settings: Settings
+) -> EvaluationRecord:
     """The record (metrics.json): the measurements with what they were measured on, JSON-safe."""
     evaluation_id = new_id()
-    hashed = {"config": loaded.config.to_dict(), "rule": settings.rule,
-              "target_sensitivity": settings.target_sensitivity, "bootstrap": settings.n_bootstrap, "seed": settings.seed}
-    record = EvaluationRecord.model_validate(_clean({
-        "run_id": loaded.run_id, "evaluation_id": evaluation_id,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "split": p.report_name, "n": len(p.report), "validation_n": len(p.val),
-        "split_version": fingerprint["split_versions"][p.report.name], "test_source": fingerprint.get("test_source"),
-        "test_patients_in_train": fingerprint.get("test_patients_in_train", 0),
-        "config_sha256": hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest(),
-        "data_version": fingerprint["data_version"], "data_sha256": fingerprint["sha256"],
-        "trained_data_version": loaded.run.data.tags.get("data_version"),
-        "mean_over": m.mean_over, "mean_auroc": m.mean_auroc, "mean_auroc_ci": m.mean_auroc_ci,
-        "mean_ece": mean_of(m.per_label, m.mean_over, "ece"),
+    hashed = {
+        "config": loaded.config.to_dict(),
         "rule": settings.rule,
-        "target_sensitivity": settings.target_sensitivity if settings.rule == "sensitivity" else None,
-        "thresholds": m.thresholds, "thresholds_defaulted": m.defaulted, "bootstrap": settings.n_bootstrap,
-        "bootstrap_unit": "patient" if m.groups is not None else "image",
-        "bootstrap_groups": int(len(np.unique(m.groups))) if m.groups is not None else len(p.report),
-        "per_label": m.per_label,
-        "validation": {"mean_auroc": mean_of(m.validation, m.mean_over), "per_label": m.validation},
-        "slices": m.slices, "worst_slice": worst_slice(m.slices), "holdouts": m.holdouts,
-        "hard_cases": {"count": len(m.cases), "artifact_path": artifact_path(evaluation_id, "hard_cases"),
-                       "csv": artifact_path(evaluation_id, f"hard_cases/{DATASET_DIR}/valid.csv")},
-    }))
+        "target_sensitivity": settings.target_sensitivity,
+        "bootstrap": settings.n_bootstrap,
+        "seed": settings.seed,
+    }
+    record = EvaluationRecord.model_validate(
+        _clean(
+            {
+                "run_id": loaded.run_id,
+                "evaluation_id": evaluation_id,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "split": p.report_name,
+                "n": len(p.report),
+                "validation_n": len(p.val),
+                "split_version": fingerprint["split_versions"][p.report.name],
+                "test_source": fingerprint.get("test_source"),
+                "test_patients_in_train": fingerprint.get("test_patients_in_train", 0),
+                "config_sha256": hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest(),
+                "data_version": fingerprint["data_version"],
+                "data_sha256": fingerprint["sha256"],
+                "trained_data_version": loaded.run.data.tags.get("data_version"),
+                "mean_over": m.mean_over,
+                "mean_auroc": m.mean_auroc,
+                "mean_auroc_ci": m.mean_auroc_ci,
+                "mean_ece": mean_of(m.per_label, m.mean_over, "ece"),
+                "rule": settings.rule,
+                "target_sensitivity": settings.target_sensitivity if settings.rule == "sensitivity" else None,
+                "thresholds": m.thresholds,
+                "thresholds_defaulted": m.defaulted,
+                "bootstrap": settings.n_bootstrap,
+                "bootstrap_unit": "patient" if m.groups is not None else "image",
+                "bootstrap_groups": int(len(np.unique(m.groups))) if m.groups is not None else len(p.report),
+                "per_label": m.per_label,
+                "validation": {"mean_auroc": mean_of(m.validation, m.mean_over), "per_label": m.validation},
+                "slices": m.slices,
+                "worst_slice": worst_slice(m.slices),
+                "holdouts": m.holdouts,
+                "hard_cases": {
+                    "count": len(m.cases),
+                    "artifact_path": artifact_path(evaluation_id, "hard_cases"),
+                    "csv": artifact_path(evaluation_id, f"hard_cases/{DATASET_DIR}/valid.csv"),
+                },
+            }
+        )
+    )
     if record.data_version != record.trained_data_version:
-        log.warning("Evaluating on data version %s; the model was trained on %s.", record.data_version,
-                    record.trained_data_version)
+        log.warning(
+            "Evaluating on data version %s; the model was trained on %s.",
+            record.data_version,
+            record.trained_data_version,
+        )
     return record
 
 
@@ -329,8 +403,9 @@ def _clean(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def write_record(out: Path, record: EvaluationRecord, loaded: LoadedRun, fingerprint: dict[str, Any], p: Predictions,
-                 m: Measurements) -> None:
+def write_record(
+    out: Path, record: EvaluationRecord, loaded: LoadedRun, fingerprint: dict[str, Any], p: Predictions, m: Measurements
+) -> None:
     """This evaluation's own folder `out`, next to (never over) earlier ones: the files of `ARTIFACTS`."""
     out.mkdir(parents=True)
     labels, t, mask = loaded.labels, p.report.targets, p.report.mask
@@ -338,8 +413,14 @@ def write_record(out: Path, record: EvaluationRecord, loaded: LoadedRun, fingerp
     title = f"ROC on {p.report_name} (mean AUROC {fmt(m.mean_auroc)})"
     plot_roc(out / "roc.png", p.probs, t, mask, labels, m.per_label, title)
     plot_reliability(out / "reliability.png", p.probs, t, mask, labels, m.per_label)
-    thresholds = {"rule": record.rule, "target_sensitivity": record.target_sensitivity, "thresholds": record.thresholds,
-                  "labels": labels, "chosen_on": "validation", "defaulted": m.defaulted}
+    thresholds = {
+        "rule": record.rule,
+        "target_sensitivity": record.target_sensitivity,
+        "thresholds": record.thresholds,
+        "labels": labels,
+        "chosen_on": "validation",
+        "defaulted": m.defaulted,
+    }
     (out / "thresholds.json").write_text(json.dumps(thresholds, indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps(record.model_dump(mode="json"), indent=2) + "\n")
     card = model_card(record, loaded.config, loaded.payload, loaded.run.data.tags, fingerprint)
@@ -362,9 +443,12 @@ def log_record(client, record: EvaluationRecord, out: Path) -> None:
 
 def record_metrics(record: EvaluationRecord) -> dict[str, float | None]:
     """The MLflow metrics of a record: `eval_mean_auroc`, ..., `eval_<metric>.<finding>`, the hold-outs'."""
-    metrics = {"eval_mean_auroc": record.mean_auroc, "eval_mean_ece": record.mean_ece,
-               "eval_validation_mean_auroc": record.validation.mean_auroc,
-               "eval_hard_cases": float(record.hard_cases.count)}
+    metrics = {
+        "eval_mean_auroc": record.mean_auroc,
+        "eval_mean_ece": record.mean_ece,
+        "eval_validation_mean_auroc": record.validation.mean_auroc,
+        "eval_hard_cases": float(record.hard_cases.count),
+    }
     if record.worst_slice:
         metrics["eval_worst_slice_gap"] = record.worst_slice["gap"]
     if record.mean_auroc_ci:

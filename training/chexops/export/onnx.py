@@ -40,17 +40,42 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 EXPORT_FORMAT = "1"
-PARITY_TOLERANCE = 1e-4           # max |ONNX Runtime − PyTorch| of the probabilities
-FEATURES_TOLERANCE = 1e-4         # of the feature map (the CAMs), relative to its largest magnitude (at least 1)
-MAX_INT8_AUROC_DROP = 0.005       # largest mean-AUROC loss of static int8 against fp32 on validation
+PARITY_TOLERANCE = 1e-4  # max |ONNX Runtime − PyTorch| of the probabilities
+FEATURES_TOLERANCE = 1e-4  # of the feature map (the CAMs), relative to its largest magnitude (at least 1)
+MAX_INT8_AUROC_DROP = 0.005  # largest mean-AUROC loss of static int8 against fp32 on validation
 OUTPUTS = ("probabilities", "features")
-METADATA_KEYS = ("chexops.format", "labels", "thresholds", "thresholds_rule", "preprocessing", "model_name",
-                 "registry_version", "run_id", "data_version", "evaluated", "precision", "head", "outputs")
-__all__ = ["DYNAMIC_FILE", "FP32_FILE", "INT8_FILE", "ExportReport", "ExportSummary", "build_metadata", "export_model",
-           "export_onnx", "read_metadata", "write_metadata", "class_activation_maps"]
+METADATA_KEYS = (
+    "chexops.format",
+    "labels",
+    "thresholds",
+    "thresholds_rule",
+    "preprocessing",
+    "model_name",
+    "registry_version",
+    "run_id",
+    "data_version",
+    "evaluated",
+    "precision",
+    "head",
+    "outputs",
+)
+__all__ = [
+    "DYNAMIC_FILE",
+    "FP32_FILE",
+    "INT8_FILE",
+    "ExportReport",
+    "ExportSummary",
+    "build_metadata",
+    "export_model",
+    "export_onnx",
+    "read_metadata",
+    "write_metadata",
+    "class_activation_maps",
+]
 
 
 # --- the graph -------------------------------------------------------------------------------------
+
 
 def _exportable(model):
     import torch
@@ -81,16 +106,35 @@ def export_onnx(model, spec: PreprocessSpec, path: Path, opset: int = OPSET) -> 
     batch = {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(_exportable(model), (dummy,), str(path), dynamo=False, opset_version=opset, do_constant_folding=True,
-                          input_names=["image"], output_names=list(OUTPUTS),
-                          dynamic_axes={"image": batch, "probabilities": batch, "features": batch})
+        torch.onnx.export(
+            _exportable(model),
+            (dummy,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            do_constant_folding=True,
+            input_names=["image"],
+            output_names=list(OUTPUTS),
+            dynamic_axes={"image": batch, "probabilities": batch, "features": batch},
+        )
     onnx.checker.check_model(str(path))
     return path
 
 
-def build_metadata(*, labels: list[str], thresholds: dict[str, float], rule: str, spec: PreprocessSpec, model_name: str,
-                   registry_version: str, run_id: str, data_version: str, head_weight: np.ndarray, head_bias: np.ndarray,
-                   evaluated: bool = False) -> dict[str, str]:
+def build_metadata(
+    *,
+    labels: list[str],
+    thresholds: dict[str, float],
+    rule: str,
+    spec: PreprocessSpec,
+    model_name: str,
+    registry_version: str,
+    run_id: str,
+    data_version: str,
+    head_weight: np.ndarray,
+    head_bias: np.ndarray,
+    evaluated: bool = False,
+) -> dict[str, str]:
     """`evaluated` is "true" only for a registry version that passed the gate, with its evaluated thresholds."""
     return {
         "chexops.format": EXPORT_FORMAT,
@@ -104,10 +148,18 @@ def build_metadata(*, labels: list[str], thresholds: dict[str, float], rule: str
         "data_version": data_version,
         "evaluated": "true" if evaluated else "false",
         "precision": "fp32",
-        "head": json.dumps({"weight": np.asarray(head_weight, dtype=np.float32).tolist(),
-                            "bias": np.asarray(head_bias, dtype=np.float32).tolist()}),
-        "outputs": json.dumps({"probabilities": "B×K sigmoid, columns in `labels` order",
-                               "features": "B×C×h×w last feature map; CAM[b,k] = Σ_c head.weight[k][c]·features[b,c]"}),
+        "head": json.dumps(
+            {
+                "weight": np.asarray(head_weight, dtype=np.float32).tolist(),
+                "bias": np.asarray(head_bias, dtype=np.float32).tolist(),
+            }
+        ),
+        "outputs": json.dumps(
+            {
+                "probabilities": "B×K sigmoid, columns in `labels` order",
+                "features": "B×C×h×w last feature map; CAM[b,k] = Σ_c head.weight[k][c]·features[b,c]",
+            }
+        ),
     }
 
 
@@ -120,8 +172,10 @@ def write_metadata(path: Path, metadata: dict[str, str]) -> None:
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, str(value)
-    proto.doc_string = (f"chexops {metadata.get('model_name', '')} v{metadata.get('registry_version', '')} "
-                        f"({metadata.get('precision', '')}), run {metadata.get('run_id', '')}")
+    proto.doc_string = (
+        f"chexops {metadata.get('model_name', '')} v{metadata.get('registry_version', '')} "
+        f"({metadata.get('precision', '')}), run {metadata.get('run_id', '')}"
+    )
     onnx.save(proto, str(path))
 
 
@@ -131,6 +185,7 @@ def class_activation_maps(features: np.ndarray, head_weight: np.ndarray) -> np.n
 
 
 # --- parity ----------------------------------------------------------------------------------------
+
 
 def torch_outputs(model, x: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
     import torch
@@ -163,6 +218,7 @@ def parity(model, onnx_path: Path, x: np.ndarray, batch_size: int = 16) -> dict[
 
 
 # --- the command -----------------------------------------------------------------------------------
+
 
 class ExportReport(Result):
     """An export's figures (its `report.json`): files, parity with PyTorch, each int8 variant's mean AUROC,
@@ -242,7 +298,9 @@ def _splits(payload: dict[str, Any]):
     except Exception as exc:  # noqa: BLE001
         raise UserInputError(f"the checkpoint's training config is not valid here: {exc}") from None
     if list(config.data.labels) != list(payload["labels"]):
-        raise UserInputError("the checkpoint's config labels differ from its label list; the checkpoint is inconsistent.")
+        raise UserInputError(
+            "the checkpoint's config labels differ from its label list; the checkpoint is inconsistent."
+        )
     return config, load_splits(config)
 
 
@@ -262,20 +320,34 @@ def _approved_thresholds(ref, labels: list[str], thresholds: dict[str, float], r
         approved = {k: float(v) for k, v in json.loads(ref.version_tags["thresholds"]).items() if v is not None}
         differ = [label for label in labels if label in approved and abs(approved[label] - thresholds[label]) > 1e-9]
         if differ:
-            why = (f"the run's evaluation/thresholds.json differs from the thresholds version {ref.version} was approved with "
-                   f"({', '.join(differ)}): it was evaluated again after registering; register it again")
+            why = (
+                f"the run's evaluation/thresholds.json differs from the thresholds version {ref.version} was approved "
+                "with "
+                f"({', '.join(differ)}): it was evaluated again after registering; register it again"
+            )
     if not why:
         return True
     if not unevaluated:
-        raise UserInputError(f"{ref.uri}: {why}. Export a registry version that passed the gate (chexops evaluate, then "
-                             "chexops register, then --model models:/NAME@candidate), or pass --unevaluated to export it "
-                             "anyway, marked `evaluated: false` (the service shows a warning).")
-    log.warning("%s: %s; exporting it --unevaluated (metadata evaluated=false, not tied to a registry version).", ref.uri, why)
+        raise UserInputError(
+            f"{ref.uri}: {why}. Export a registry version that passed the gate (chexops evaluate, then "
+            "chexops register, then --model models:/NAME@candidate), or pass --unevaluated to export it "
+            "anyway, marked `evaluated: false` (the service shows a warning)."
+        )
+    log.warning(
+        "%s: %s; exporting it --unevaluated (metadata evaluated=false, not tied to a registry version).", ref.uri, why
+    )
     return False
 
 
-def int8_thresholds(fp32_thresholds: dict[str, float], rule: str, target_sensitivity: float | None, split, labels: list[str],
-                    fp32_probs: np.ndarray, int8_probs: np.ndarray) -> tuple[dict[str, float], str]:
+def int8_thresholds(
+    fp32_thresholds: dict[str, float],
+    rule: str,
+    target_sensitivity: float | None,
+    split,
+    labels: list[str],
+    fp32_probs: np.ndarray,
+    int8_probs: np.ndarray,
+) -> tuple[dict[str, float], str]:
     """The int8 model's own operating thresholds: the fp32 rule (`chexops evaluate`'s, on validation
     data) applied to int8 probabilities of the same validation split. Kept equal to fp32's where the
     rule cannot choose (one class), when the thresholds were not evaluated, or when fp32's evaluated
@@ -290,37 +362,61 @@ def int8_thresholds(fp32_thresholds: dict[str, float], rule: str, target_sensiti
         keep = split.mask[:, j] > 0
         again = choose_threshold(split.targets[keep, j], fp32_probs[keep, j], rule, target)
         if not math.isnan(again) and abs(again - fp32_thresholds[label]) > 1e-6:
-            log.warning("fp32 threshold of %s is %.6f on this validation split, %.6f as evaluated: the data differ, so int8 "
-                        "keeps the fp32 thresholds", label, again, fp32_thresholds[label])
+            log.warning(
+                "fp32 threshold of %s is %.6f on this validation split, %.6f as evaluated: the data differ, so int8 "
+                "keeps the fp32 thresholds",
+                label,
+                again,
+                fp32_thresholds[label],
+            )
             return dict(fp32_thresholds), "fp32 (validation data differ from chexops evaluate's)"
         chosen = choose_threshold(split.targets[keep, j], int8_probs[keep, j], rule, target)
         mine[label] = fp32_thresholds[label] if math.isnan(chosen) else float(chosen)
     return mine, f"{rule} on int8 validation probabilities"
 
 
-def export_gate(check: dict[str, float], features_scale: float, int8_auroc_delta: float,
-                max_int8_auroc_drop: float = MAX_INT8_AUROC_DROP) -> list[dict[str, Any]]:
+def export_gate(
+    check: dict[str, float],
+    features_scale: float,
+    int8_auroc_delta: float,
+    max_int8_auroc_drop: float = MAX_INT8_AUROC_DROP,
+) -> list[dict[str, Any]]:
     """The export's own gate: fp32 parity with PyTorch (probabilities, and features: the CAMs), and
     the mean-AUROC cost of static int8. Each verdict: criterion, value, limit, passed."""
     features_limit = FEATURES_TOLERANCE * max(1.0, features_scale)
     drop = -int8_auroc_delta if math.isfinite(int8_auroc_delta) else math.inf
-    verdicts = [("parity_probabilities", check["probabilities"], PARITY_TOLERANCE),
-                ("parity_features", check["features"], features_limit),
-                ("int8_mean_auroc_drop", drop, max_int8_auroc_drop)]
-    return [{"criterion": c, "value": float(v), "limit": float(lim), "passed": bool(v <= lim)} for c, v, lim in verdicts]
+    verdicts = [
+        ("parity_probabilities", check["probabilities"], PARITY_TOLERANCE),
+        ("parity_features", check["features"], features_limit),
+        ("int8_mean_auroc_drop", drop, max_int8_auroc_drop),
+    ]
+    return [
+        {"criterion": c, "value": float(v), "limit": float(lim), "passed": bool(v <= lim)} for c, v, lim in verdicts
+    ]
 
 
-def export_model(uri: str, out: Path | None = None, *, calibration: int = 256, runs: int = 50, threads: int = 2,
-                 name: str | None = None, activations: str = "uint8", log_to_run: bool = True, bento: bool = True,
-                 unevaluated: bool = False, max_int8_auroc_drop: float = MAX_INT8_AUROC_DROP) -> ExportSummary:
+def export_model(
+    uri: str,
+    out: Path | None = None,
+    *,
+    calibration: int = 256,
+    runs: int = 50,
+    threads: int = 2,
+    name: str | None = None,
+    activations: str = "uint8",
+    log_to_run: bool = True,
+    bento: bool = True,
+    unevaluated: bool = False,
+    max_int8_auroc_drop: float = MAX_INT8_AUROC_DROP,
+) -> ExportSummary:
     """The whole `chexops export`: resolve, rebuild, export, check, quantize, compare, gate, record, import.
 
     A registry version that passed `chexops register`'s gate is exported with its evaluated thresholds;
     anything else only with `unevaluated` (then marked so). `GateRefused` (exit 3) when parity or the
     int8 AUROC cost fails: nothing is logged to the run or imported."""
+    from chexops.export import quantize
     from chexops.imaging import drift
     from chexops.registry import refs as model_ref
-    from chexops.export import quantize
 
     started = time.monotonic()
     ref = model_ref.resolve(uri, default_name=name or DEFAULT_MODEL_NAME)
@@ -330,22 +426,38 @@ def export_model(uri: str, out: Path | None = None, *, calibration: int = 256, r
     labels = list(payload["labels"])
     evaluated = _approved_thresholds(ref, labels, thresholds, rule, unevaluated)
     version = ref.version if evaluated else ""  # an unevaluated export never speaks for a registry version
-    out = Path(out) if out else paths.home() / "exports" / (ref.slug if evaluated else f"{ref.name}-run-{ref.run_id[:12]}-unevaluated")
+    out = (
+        Path(out)
+        if out
+        else paths.home() / "exports" / (ref.slug if evaluated else f"{ref.name}-run-{ref.run_id[:12]}-unevaluated")
+    )
     model, spec = _load_model(payload)
     config, splits = _splits(payload)
     over = config.eval.mean_labels(labels)
     data_version = str(payload.get("data_version") or splits.fingerprint["data_version"])
     if data_version != splits.fingerprint["data_version"]:
-        log.warning("the dataset found here (version %s) is not the one the model was trained on (%s)",
-                    splits.fingerprint["data_version"], data_version)
+        log.warning(
+            "the dataset found here (version %s) is not the one the model was trained on (%s)",
+            splits.fingerprint["data_version"],
+            data_version,
+        )
 
     # fp32 export with metadata, then parity against PyTorch.
     out.mkdir(parents=True, exist_ok=True)
     fp32 = export_onnx(model, spec, out / FP32_FILE)
-    metadata = build_metadata(labels=labels, thresholds=thresholds, rule=rule, spec=spec, model_name=ref.name,
-                              registry_version=version, run_id=ref.run_id, data_version=data_version,
-                              head_weight=model.head.weight.detach().numpy(), head_bias=model.head.bias.detach().numpy(),
-                              evaluated=evaluated)
+    metadata = build_metadata(
+        labels=labels,
+        thresholds=thresholds,
+        rule=rule,
+        spec=spec,
+        model_name=ref.name,
+        registry_version=version,
+        run_id=ref.run_id,
+        data_version=data_version,
+        head_weight=model.head.weight.detach().numpy(),
+        head_bias=model.head.bias.detach().numpy(),
+        evaluated=evaluated,
+    )
     write_metadata(fp32, metadata)
     log.info("Preprocessing %d validation images", len(splits.val))
     val_x = quantize.split_inputs(splits.val, spec)
@@ -353,13 +465,22 @@ def export_model(uri: str, out: Path | None = None, *, calibration: int = 256, r
     both = np.concatenate([val_x, real_x])
     check = parity(model, fp32, both)
     features_scale = float(np.abs(torch_outputs(model, both[:64])["features"]).max()) if len(both) else 1.0
-    log.info("Parity on %d validation + %d real images: max |ΔP| %.2e, max |Δfeatures| %.2e (features up to %.2f)",
-             len(val_x), len(real_x), check["probabilities"], check["features"], features_scale)
+    log.info(
+        "Parity on %d validation + %d real images: max |ΔP| %.2e, max |Δfeatures| %.2e (features up to %.2f)",
+        len(val_x),
+        len(real_x),
+        check["probabilities"],
+        check["features"],
+        features_scale,
+    )
 
     # int8: static QDQ calibrated on real training images; dynamic for comparison.
     calib_x = quantize.split_inputs(splits.train, spec, limit=calibration, seed=config.seed)
-    metadata[drift.REFERENCE_KEY] = drift.reference_json(  # the training reference a service's drift score compares with
-        calib_x, quantize.run_batches(session(fp32), calib_x)["probabilities"], spec, labels)
+    metadata[drift.REFERENCE_KEY] = (
+        drift.reference_json(  # the training reference a service's drift score compares with
+            calib_x, quantize.run_batches(session(fp32), calib_x)["probabilities"], spec, labels
+        )
+    )
     write_metadata(fp32, metadata)
     log.info("Static QDQ int8, calibrated on %d training images", len(calib_x))
     int8 = quantize.quantize_static_qdq(fp32, out / INT8_FILE, calib_x, activation=activations)
@@ -371,43 +492,78 @@ def export_model(uri: str, out: Path | None = None, *, calibration: int = 256, r
     val_probs: dict[str, np.ndarray] = {}
     for key, path in variants.items():
         probs = val_probs[key] = quantize.run_batches(session(path), val_x)["probabilities"]
-        compared[key] = {"mean_auroc": _mean_auroc(probs, splits.val, labels, over),
-                         "max_abs_prob_diff": float(np.abs(probs - val_probs["fp32"]).max()),
-                         "latency_ms": quantize.latency_ms(path, val_x[:1], runs=runs, threads=threads),
-                         "size_bytes": path.stat().st_size}
-        log.info("%-12s mean AUROC %.4f, latency %.2f ms (batch 1, %d threads), %.1f kB", key, compared[key]["mean_auroc"],
-                 compared[key]["latency_ms"], threads, compared[key]["size_bytes"] / 1024)
-    int8_thr, int8_rule = int8_thresholds(thresholds, rule, target_sensitivity, splits.val, labels, val_probs["fp32"], val_probs["int8"])
-    write_metadata(int8, {**metadata, "precision": "int8-static-qdq", "thresholds": json.dumps(int8_thr),
-                          "thresholds_rule": int8_rule})
+        compared[key] = {
+            "mean_auroc": _mean_auroc(probs, splits.val, labels, over),
+            "max_abs_prob_diff": float(np.abs(probs - val_probs["fp32"]).max()),
+            "latency_ms": quantize.latency_ms(path, val_x[:1], runs=runs, threads=threads),
+            "size_bytes": path.stat().st_size,
+        }
+        log.info(
+            "%-12s mean AUROC %.4f, latency %.2f ms (batch 1, %d threads), %.1f kB",
+            key,
+            compared[key]["mean_auroc"],
+            compared[key]["latency_ms"],
+            threads,
+            compared[key]["size_bytes"] / 1024,
+        )
+    int8_thr, int8_rule = int8_thresholds(
+        thresholds, rule, target_sensitivity, splits.val, labels, val_probs["fp32"], val_probs["int8"]
+    )
+    write_metadata(
+        int8,
+        {**metadata, "precision": "int8-static-qdq", "thresholds": json.dumps(int8_thr), "thresholds_rule": int8_rule},
+    )
 
     fp = compared["fp32"]
     int8_figures: dict[str, float] = {}
     for key in ("int8", "dynamic_int8"):
-        int8_figures.update({f"{key}_mean_auroc": compared[key]["mean_auroc"],
-                             f"{key}_auroc_delta": compared[key]["mean_auroc"] - fp["mean_auroc"],
-                             f"{key}_latency_ratio": compared[key]["latency_ms"] / fp["latency_ms"],
-                             f"{key}_latency_ms": compared[key]["latency_ms"],
-                             f"{key}_max_abs_prob_diff": compared[key]["max_abs_prob_diff"]})
+        int8_figures.update(
+            {
+                f"{key}_mean_auroc": compared[key]["mean_auroc"],
+                f"{key}_auroc_delta": compared[key]["mean_auroc"] - fp["mean_auroc"],
+                f"{key}_latency_ratio": compared[key]["latency_ms"] / fp["latency_ms"],
+                f"{key}_latency_ms": compared[key]["latency_ms"],
+                f"{key}_max_abs_prob_diff": compared[key]["max_abs_prob_diff"],
+            }
+        )
     gate = export_gate(check, features_scale, int8_figures["int8_auroc_delta"], max_int8_auroc_drop)
     result = ExportReport(
-        model=ref.to_dict(), evaluated=evaluated, dir=str(out), fp32=str(fp32), int8=str(int8),
-        dynamic_int8=str(dynamic), opset=OPSET, parity_max_abs_diff=check["probabilities"],
+        model=ref.to_dict(),
+        evaluated=evaluated,
+        dir=str(out),
+        fp32=str(fp32),
+        int8=str(int8),
+        dynamic_int8=str(dynamic),
+        opset=OPSET,
+        parity_max_abs_diff=check["probabilities"],
         parity_features_max_abs_diff=check["features"],
-        parity_images={"validation": len(val_x), "real_cxr": real_names}, calibration_images=len(calib_x),
+        parity_images={"validation": len(val_x), "real_cxr": real_names},
+        calibration_images=len(calib_x),
         int8_scheme=f"static QDQ, {activations} activations (MinMax), int8 per-channel weights",
-        validation_images=len(val_x), mean_over=over, fp32_mean_auroc=fp["mean_auroc"],
+        validation_images=len(val_x),
+        mean_over=over,
+        fp32_mean_auroc=fp["mean_auroc"],
         fp32_latency_ms=fp["latency_ms"],
         latency={"batch": 1, "intra_op_threads": threads, "runs": runs, "statistic": "median"},
-        thresholds=thresholds, thresholds_rule=rule, int8_thresholds=int8_thr, int8_thresholds_rule=int8_rule,
-        data_version=data_version, **int8_figures, sizes_bytes={k: v["size_bytes"] for k, v in compared.items()},
-        gate=gate, passed=all(v["passed"] for v in gate))
+        thresholds=thresholds,
+        thresholds_rule=rule,
+        int8_thresholds=int8_thr,
+        int8_thresholds_rule=int8_rule,
+        data_version=data_version,
+        **int8_figures,
+        sizes_bytes={k: v["size_bytes"] for k, v in compared.items()},
+        gate=gate,
+        passed=all(v["passed"] for v in gate),
+    )
     (out / "report.json").write_text(json.dumps(result.model_dump(mode="json"), indent=2, default=str) + "\n")
     if not result.passed:
-        failed = "; ".join(f"{v['criterion']} {v['value']:.3g} > {v['limit']:.3g}"
-                           for v in result.gate if not v["passed"])
-        raise GateRefused(f"the export gate refused {ref.uri}: {failed} (report: {out / 'report.json'}); nothing was logged "
-                          "to the run or imported into the Bento store.")
+        failed = "; ".join(
+            f"{v['criterion']} {v['value']:.3g} > {v['limit']:.3g}" for v in result.gate if not v["passed"]
+        )
+        raise GateRefused(
+            f"the export gate refused {ref.uri}: {failed} (report: {out / 'report.json'}); nothing was logged "
+            "to the run or imported into the Bento store."
+        )
     if log_to_run:
         result.artifacts = _record(ref, out, result)
     bento_model = import_onnx(fp32, int8, ref, result.model_dump(mode="json")) if bento else None
@@ -430,14 +586,23 @@ def _record(ref, out: Path, result: ExportReport) -> dict[str, str]:
     c = mlflow_client()
     for f in (FP32_FILE, INT8_FILE, "report.json"):
         c.log_artifact(ref.run_id, str(out / f), folder)
-    uris = {"fp32": f"runs:/{ref.run_id}/{folder}/{FP32_FILE}", "int8": f"runs:/{ref.run_id}/{folder}/{INT8_FILE}",
-            "report": f"runs:/{ref.run_id}/{folder}/report.json"}
-    tags = {"export.fp32_uri": uris["fp32"], "export.int8_uri": uris["int8"], "export.fp32_path": result.fp32,
-            "export.int8_path": result.int8, "export.registry_version": ref.version if result.evaluated else "none",
-            "export.int8_auroc_delta": f"{result.int8_auroc_delta:.6f}",
-            "export.int8_latency_ratio": f"{result.int8_latency_ratio:.4f}",
-            "export.fp32_sha256": sha256_file(out / FP32_FILE), "export.int8_sha256": sha256_file(out / INT8_FILE),
-            "export.evaluated": "true" if result.evaluated else "false"}
+    uris = {
+        "fp32": f"runs:/{ref.run_id}/{folder}/{FP32_FILE}",
+        "int8": f"runs:/{ref.run_id}/{folder}/{INT8_FILE}",
+        "report": f"runs:/{ref.run_id}/{folder}/report.json",
+    }
+    tags = {
+        "export.fp32_uri": uris["fp32"],
+        "export.int8_uri": uris["int8"],
+        "export.fp32_path": result.fp32,
+        "export.int8_path": result.int8,
+        "export.registry_version": ref.version if result.evaluated else "none",
+        "export.int8_auroc_delta": f"{result.int8_auroc_delta:.6f}",
+        "export.int8_latency_ratio": f"{result.int8_latency_ratio:.4f}",
+        "export.fp32_sha256": sha256_file(out / FP32_FILE),
+        "export.int8_sha256": sha256_file(out / INT8_FILE),
+        "export.evaluated": "true" if result.evaluated else "false",
+    }
     prefix = "export." if result.evaluated else "export_unevaluated."
     for key, value in tags.items():
         c.set_tag(ref.run_id, prefix + key.removeprefix("export."), value)

@@ -30,7 +30,11 @@ def split_inputs(split, spec: PreprocessSpec, limit: int | None = None, seed: in
     from PIL import Image
 
     n = len(split)
-    order = np.arange(n) if limit is None or limit >= n else np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+    order = (
+        np.arange(n)
+        if limit is None or limit >= n
+        else np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+    )
     out = np.empty((len(order), spec.channels, spec.size, spec.size), dtype=np.float32)
     for k, i in enumerate(order):
         image = Image.fromarray(split.images[i]) if split.images is not None else load_image(split.paths[i])
@@ -82,8 +86,9 @@ class ImageCalibrationReader:
         self._it = None
 
 
-def quantize_static_qdq(fp32: Path, out: Path, calibration: np.ndarray, per_channel: bool = True,
-                        activation: str = "uint8") -> Path:
+def quantize_static_qdq(
+    fp32: Path, out: Path, calibration: np.ndarray, per_channel: bool = True, activation: str = "uint8"
+) -> Path:
     """Static QDQ (int8 weights, per-channel by default; uint8 or int8 activations), MinMax-calibrated
     on `calibration` images. The model is pre-processed (shape inference, fusions) first.
 
@@ -103,7 +108,7 @@ def quantize_static_qdq(fp32: Path, out: Path, calibration: np.ndarray, per_chan
         return _quantize_static(fp32, out, prepared, calibration, per_channel, activation, Reader)
 
 
-def _quantize_static(fp32, out, prepared, calibration, per_channel, activation, Reader) -> Path:
+def _quantize_static(fp32, out, prepared, calibration, per_channel, activation, reader) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -114,10 +119,17 @@ def _quantize_static(fp32, out, prepared, calibration, per_channel, activation, 
         log.warning("ONNX Runtime quantization pre-processing failed (%s); quantizing the raw export", exc)
         source = fp32
     try:
-        quantize_static(str(source), str(out), Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8 if activation == "uint8" else QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        quantize_static(
+            str(source),
+            str(out),
+            reader(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8 if activation == "uint8" else QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
     finally:
         prepared.unlink(missing_ok=True)
     return out

@@ -28,9 +28,16 @@ from chexops.core.results import Result
 
 log = logging.getLogger(__name__)
 
-DATA_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16", "tensor(double)": "TYPE_FP64",
-              "tensor(int64)": "TYPE_INT64", "tensor(int32)": "TYPE_INT32", "tensor(int8)": "TYPE_INT8",
-              "tensor(uint8)": "TYPE_UINT8", "tensor(bool)": "TYPE_BOOL"}
+DATA_TYPES = {
+    "tensor(float)": "TYPE_FP32",
+    "tensor(float16)": "TYPE_FP16",
+    "tensor(double)": "TYPE_FP64",
+    "tensor(int64)": "TYPE_INT64",
+    "tensor(int32)": "TYPE_INT32",
+    "tensor(int8)": "TYPE_INT8",
+    "tensor(uint8)": "TYPE_UINT8",
+    "tensor(bool)": "TYPE_BOOL",
+}
 CLASSIFIED_OUTPUT = "probabilities"
 
 
@@ -63,9 +70,16 @@ def tensors(onnx_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
         out = []
         for arg in args:
             if arg.type not in DATA_TYPES:
-                raise UserInputError(f"{onnx_path}: tensor {arg.name} has type {arg.type}, which Triton's config cannot name here.")
-            out.append({"name": arg.name, "data_type": DATA_TYPES[arg.type],
-                        "shape": [d if isinstance(d, int) and d > 0 else -1 for d in arg.shape]})
+                raise UserInputError(
+                    f"{onnx_path}: tensor {arg.name} has type {arg.type}, which Triton's config cannot name here."
+                )
+            out.append(
+                {
+                    "name": arg.name,
+                    "data_type": DATA_TYPES[arg.type],
+                    "shape": [d if isinstance(d, int) and d > 0 else -1 for d in arg.shape],
+                }
+            )
         return out
 
     return describe(session.get_inputs()), describe(session.get_outputs()), session.get_modelmeta().custom_metadata_map
@@ -75,8 +89,17 @@ def _dims(values: list[int]) -> str:
     return "[ " + ", ".join(str(v) for v in values) + " ]"
 
 
-def config_text(name: str, inputs: list[dict], outputs: list[dict], max_batch_size: int, kind: str, count: int,
-                threads: int, queue_delay_us: int, labels: bool) -> str:
+def config_text(
+    name: str,
+    inputs: list[dict],
+    outputs: list[dict],
+    max_batch_size: int,
+    kind: str,
+    count: int,
+    threads: int,
+    queue_delay_us: int,
+    labels: bool,
+) -> str:
     """config.pbtxt (protobuf text format of inference.ModelConfig) for the ONNX Runtime backend."""
     batched = max_batch_size > 0
 
@@ -85,23 +108,39 @@ def config_text(name: str, inputs: list[dict], outputs: list[dict], max_batch_si
         extra = '\n    label_filename: "labels.txt"' if is_output and labels and t["name"] == CLASSIFIED_OUTPUT else ""
         return f'  {{\n    name: "{t["name"]}"\n    data_type: {t["data_type"]}\n    dims: {_dims(dims)}{extra}\n  }}'
 
-    lines = [f'name: "{name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {max_batch_size}",
-             "input [\n" + ",\n".join(tensor(t, False) for t in inputs) + "\n]",
-             "output [\n" + ",\n".join(tensor(t, True) for t in outputs) + "\n]"]
+    lines = [
+        f'name: "{name}"',
+        'platform: "onnxruntime_onnx"',
+        f"max_batch_size: {max_batch_size}",
+        "input [\n" + ",\n".join(tensor(t, False) for t in inputs) + "\n]",
+        "output [\n" + ",\n".join(tensor(t, True) for t in outputs) + "\n]",
+    ]
     if batched:
         preferred = [b for b in (4, 8, 16, 32) if b <= max_batch_size]
-        lines.append(f"dynamic_batching {{\n  preferred_batch_size: {_dims(preferred)}\n"
-                     f"  max_queue_delay_microseconds: {queue_delay_us}\n}}")
+        lines.append(
+            f"dynamic_batching {{\n  preferred_batch_size: {_dims(preferred)}\n"
+            f"  max_queue_delay_microseconds: {queue_delay_us}\n}}"
+        )
     lines.append(f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}\n  }}\n]")
     if kind == "KIND_CPU":  # the ONNX Runtime backend's own thread settings (as the service's CHEXOPS_THREADS)
-        lines.append('parameters [\n  {\n    key: "intra_op_thread_count"\n    value: { string_value: "%d" }\n  },\n'
-                     '  {\n    key: "inter_op_thread_count"\n    value: { string_value: "1" }\n  }\n]' % threads)
+        lines.append(
+            'parameters [\n  {\n    key: "intra_op_thread_count"\n    value: { string_value: "%d" }\n  },\n'
+            '  {\n    key: "inter_op_thread_count"\n    value: { string_value: "1" }\n  }\n]' % threads
+        )
     return "\n".join(lines) + "\n"
 
 
-def write_repository(onnx_path: Path, out: Path, name: str = "", max_batch_size: int = 64, cpu_instances: int = 1,
-                     gpu_instances: int = 1, threads: int = 2, queue_delay_us: int = 2000,
-                     overwrite: bool = False) -> TritonRepository:
+def write_repository(
+    onnx_path: Path,
+    out: Path,
+    name: str = "",
+    max_batch_size: int = 64,
+    cpu_instances: int = 1,
+    gpu_instances: int = 1,
+    threads: int = 2,
+    queue_delay_us: int = 2000,
+    overwrite: bool = False,
+) -> TritonRepository:
     """A Triton model repository for one ONNX file."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
@@ -124,17 +163,37 @@ def write_repository(onnx_path: Path, out: Path, name: str = "", max_batch_size:
     has_labels = bool(labels) and any(t["name"] == CLASSIFIED_OUTPUT for t in outputs)
     if has_labels:
         (model_dir / "labels.txt").write_text("\n".join(labels) + "\n")
-    common = dict(name=name, inputs=inputs, outputs=outputs, max_batch_size=max_batch_size, threads=threads,
-                  queue_delay_us=queue_delay_us, labels=has_labels)
+    common = dict(
+        name=name,
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=max_batch_size,
+        threads=threads,
+        queue_delay_us=queue_delay_us,
+        labels=has_labels,
+    )
     (model_dir / "config.pbtxt").write_text(config_text(kind="KIND_CPU", count=cpu_instances, **common))
     (model_dir / "configs" / "gpu.pbtxt").write_text(config_text(kind="KIND_GPU", count=gpu_instances, **common))
-    log.info("Wrote the Triton model %s to %s (inputs %s, outputs %s, max batch %d)", name, model_dir,
-             [t["name"] for t in inputs], [t["name"] for t in outputs], max_batch_size)
+    log.info(
+        "Wrote the Triton model %s to %s (inputs %s, outputs %s, max batch %d)",
+        name,
+        model_dir,
+        [t["name"] for t in inputs],
+        [t["name"] for t in outputs],
+        max_batch_size,
+    )
     return TritonRepository(
-        repository=str(out), model=name, dir=str(model_dir), onnx=str(onnx_path), max_batch_size=max_batch_size,
-        inputs=inputs, outputs=outputs, labels=len(labels),
+        repository=str(out),
+        model=name,
+        dir=str(model_dir),
+        onnx=str(onnx_path),
+        max_batch_size=max_batch_size,
+        inputs=inputs,
+        outputs=outputs,
+        labels=len(labels),
         configs={"cpu": str(model_dir / "config.pbtxt"), "gpu": str(model_dir / "configs" / "gpu.pbtxt")},
-        preprocessing=json.loads(meta["preprocessing"]) if meta.get("preprocessing") else None)
+        preprocessing=json.loads(meta["preprocessing"]) if meta.get("preprocessing") else None,
+    )
 
 
 def bento_model_file(reference: str, precision: str) -> Path:

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from chexops.core.errors import UserInputError
-from chexops.core.results import Result
-from chexops.imaging.decode import JPEG_MAGIC
-from chexops.data.chexpert import DATASET_DIR, source_policy_path
 from chexops.core.labels import CHEXPERT_LABELS, META_COLUMNS
+from chexops.core.results import Result
+from chexops.data.chexpert import DATASET_DIR, source_policy_path
 from chexops.feedback.store import FeedbackStore
+from chexops.imaging.decode import JPEG_MAGIC
 
 
 class FeedbackExport(Result):
@@ -109,9 +109,25 @@ def export_feedback(store: FeedbackStore, out: Path, overwrite: bool = False) ->
             path = out / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(record["image_png"])
-            writer.writerow({"Path": relative, "Sex": "", "Age": "", "Frontal/Lateral": lateral, "AP/PA": ap_pa,
-                             **{label: values.get(label, "") for label in labels}})
-    source_policy_path(csv_path).write_text("# chexops feedback export: a blank label is one nobody gave; never a negative.\n"
-                                            "blank: ignore\n")
-    return FeedbackExport(out=str(out), csv=str(csv_path), rows=rows, feedback=feedback, skipped=skipped, labels=labels,
-                          store=store.location)
+            writer.writerow(
+                {
+                    "Path": relative,
+                    "Sex": "",
+                    "Age": "",
+                    "Frontal/Lateral": lateral,
+                    "AP/PA": ap_pa,
+                    **{label: values.get(label, "") for label in labels},
+                }
+            )
+    source_policy_path(csv_path).write_text(
+        "# chexops feedback export: a blank label is one nobody gave; never a negative.\nblank: ignore\n"
+    )
+    return FeedbackExport(
+        out=str(out),
+        csv=str(csv_path),
+        rows=rows,
+        feedback=feedback,
+        skipped=skipped,
+        labels=labels,
+        store=store.location,
+    )

@@ -52,7 +52,8 @@ RETRY_SECONDS = 1.0  # a store that just failed is not tried again for this long
 
 metadata = sa.MetaData()
 predictions = sa.Table(
-    "predictions", metadata,
+    "predictions",
+    metadata,
     sa.Column("request_id", sa.String(64), primary_key=True),
     sa.Column("created", sa.Text, nullable=False),
     sa.Column("clinic", sa.Text, nullable=False),
@@ -64,7 +65,8 @@ predictions = sa.Table(
     sa.Column("image_png", sa.LargeBinary),
 )
 feedback = sa.Table(
-    "feedback", metadata,
+    "feedback",
+    metadata,
     sa.Column("request_id", sa.String(64), sa.ForeignKey("predictions.request_id"), primary_key=True),
     sa.Column("correct", sa.Integer, nullable=False),
     sa.Column("labels", sa.Text),
@@ -110,15 +112,21 @@ class Feedback:
     clinic: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"request_id": self.request_id, "correct": self.correct, "labels": self.labels, "note": self.note,
-                "created": self.created, "clinic": self.clinic}
+        return {
+            "request_id": self.request_id,
+            "correct": self.correct,
+            "labels": self.labels,
+            "note": self.note,
+            "created": self.created,
+            "clinic": self.clinic,
+        }
 
 
 def engine_url(url: str) -> tuple[str, str]:
     """(kind, SQLAlchemy URL) of a store URL; psycopg2 for every PostgreSQL spelling."""
     for prefix in ("postgresql+psycopg2://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql", "postgresql+psycopg2://" + url[len(prefix):]
+            return "postgresql", "postgresql+psycopg2://" + url[len(prefix) :]
     if url.startswith("sqlite:///"):
         return "sqlite", url
     raise ConfigError(f"feedback store URL must start with sqlite:/// or postgresql://, got {url.split(':')[0]}:")
@@ -147,14 +155,27 @@ class FeedbackStore:
         self.kind, sa_url = engine_url(url)
         if self.kind == "postgresql":
             self.location = url.split("@")[-1]  # no credentials in logs
-            self.engine = sa.create_engine(sa_url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
-                                           pool_timeout=10, pool_recycle=1800, connect_args={"connect_timeout": 5})
+            self.engine = sa.create_engine(
+                sa_url,
+                pool_pre_ping=True,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_timeout=10,
+                pool_recycle=1800,
+                connect_args={"connect_timeout": 5},
+            )
         else:
-            path = Path(url[len("sqlite:///"):])
+            path = Path(url[len("sqlite:///") :])
             path.parent.mkdir(parents=True, exist_ok=True)
             self.location = str(path)
-            self.engine = sa.create_engine(sa_url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
-                                           pool_timeout=30, connect_args={"check_same_thread": False, "timeout": 30})
+            self.engine = sa.create_engine(
+                sa_url,
+                pool_pre_ping=True,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_timeout=30,
+                connect_args={"check_same_thread": False, "timeout": 30},
+            )
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             sa.event.listen(self.engine, "begin", _sqlite_begin)
         self._schema_lock = threading.Lock()
@@ -163,8 +184,11 @@ class FeedbackStore:
         try:
             self._ensure_schema()
         except Unavailable as exc:
-            log.warning("feedback store %s is unavailable (%s); predictions are served without it until it answers",
-                        self.location, exc)
+            log.warning(
+                "feedback store %s is unavailable (%s); predictions are served without it until it answers",
+                self.location,
+                exc,
+            )
 
     # --- plumbing ----------------------------------------------------------------------------------
     def _begin(self, durable: bool = True):
@@ -212,23 +236,44 @@ class FeedbackStore:
         with self._begin() as conn:
             if self.kind == "sqlite":
                 levels = {0: "off", 1: "normal", 2: "full", 3: "extra"}
-                return {"journal_mode": str(conn.exec_driver_sql("PRAGMA journal_mode").scalar()).lower(),
-                        "synchronous": levels[int(conn.exec_driver_sql("PRAGMA synchronous").scalar())]}
-            return {"synchronous_commit": str(conn.exec_driver_sql("SHOW synchronous_commit").scalar()),
-                    "fsync": str(conn.exec_driver_sql("SHOW fsync").scalar())}
+                return {
+                    "journal_mode": str(conn.exec_driver_sql("PRAGMA journal_mode").scalar()).lower(),
+                    "synchronous": levels[int(conn.exec_driver_sql("PRAGMA synchronous").scalar())],
+                }
+            return {
+                "synchronous_commit": str(conn.exec_driver_sql("SHOW synchronous_commit").scalar()),
+                "fsync": str(conn.exec_driver_sql("SHOW fsync").scalar()),
+            }
 
     def schema_version(self) -> int:
         with self._begin() as conn:
             return _version(conn)
 
     # --- predictions -------------------------------------------------------------------------------
-    def add_prediction(self, request_id: str, clinic: str, model_name: str, model_version: str, findings: list[dict],
-                       priority: str, image_info: dict[str, Any]) -> None:
-        row = {"request_id": request_id, "created": now(), "clinic": clinic, "model_name": model_name,
-               "model_version": model_version, "findings": json.dumps(findings), "priority": priority,
-               "image_info": json.dumps(safe_info(image_info))}
+    def add_prediction(
+        self,
+        request_id: str,
+        clinic: str,
+        model_name: str,
+        model_version: str,
+        findings: list[dict],
+        priority: str,
+        image_info: dict[str, Any],
+    ) -> None:
+        row = {
+            "request_id": request_id,
+            "created": now(),
+            "clinic": clinic,
+            "model_name": model_name,
+            "model_version": model_version,
+            "findings": json.dumps(findings),
+            "priority": priority,
+            "image_info": json.dumps(safe_info(image_info)),
+        }
         with self._begin(durable=False) as conn:
-            conn.execute(_insert(self.kind, predictions).values(**row).on_conflict_do_nothing(index_elements=["request_id"]))
+            conn.execute(
+                _insert(self.kind, predictions).values(**row).on_conflict_do_nothing(index_elements=["request_id"])
+            )
 
     def set_image(self, request_id: str, png: bytes) -> None:
         with self._begin(durable=False) as conn:
@@ -236,18 +281,36 @@ class FeedbackStore:
 
     def prediction(self, request_id: str) -> dict[str, Any] | None:
         p = predictions.c
-        query = sa.select(p.request_id, p.created, p.clinic, p.model_name, p.model_version, p.findings, p.priority,
-                          p.image_info, p.image_png.is_not(None)).where(p.request_id == request_id)
+        query = sa.select(
+            p.request_id,
+            p.created,
+            p.clinic,
+            p.model_name,
+            p.model_version,
+            p.findings,
+            p.priority,
+            p.image_info,
+            p.image_png.is_not(None),
+        ).where(p.request_id == request_id)
         with self._begin() as conn:
             row = conn.execute(query).first()
         if row is None:
             return None
-        return {"request_id": row[0], "created": row[1], "clinic": row[2], "model": {"name": row[3], "version": row[4]},
-                "findings": json.loads(row[5]), "priority": row[6], "image_info": json.loads(row[7]), "has_image": bool(row[8])}
+        return {
+            "request_id": row[0],
+            "created": row[1],
+            "clinic": row[2],
+            "model": {"name": row[3], "version": row[4]},
+            "findings": json.loads(row[5]),
+            "priority": row[6],
+            "image_info": json.loads(row[7]),
+            "has_image": bool(row[8]),
+        }
 
     # --- feedback ----------------------------------------------------------------------------------
-    def add_feedback(self, request_id: str, correct: bool, labels: dict[str, int] | None, note: str | None,
-                     clinic: str | None = None) -> tuple[Feedback, bool]:
+    def add_feedback(
+        self, request_id: str, correct: bool, labels: dict[str, int] | None, note: str | None, clinic: str | None = None
+    ) -> tuple[Feedback, bool]:
         """Store a feedback (committed when this returns); (record, created). Raises `NotFound` for an
         unknown request_id, `WrongClinic` when `clinic` is not the prediction's, `Conflict` when another
         feedback is already stored for it. `clinic=None` (operators' tools) skips the clinic check."""
@@ -259,12 +322,23 @@ class FeedbackStore:
             if clinic is not None and owner[0] != clinic:
                 raise WrongClinic(request_id)
             record = Feedback(request_id, correct, labels, note, now(), clinic or owner[0])
-            inserted = conn.execute(_insert(self.kind, feedback).values(
-                request_id=request_id, correct=int(correct), labels=json.dumps(labels, sort_keys=True) if labels is not None else None,
-                note=note, created=record.created, clinic=record.clinic).on_conflict_do_nothing(index_elements=["request_id"]))
+            inserted = conn.execute(
+                _insert(self.kind, feedback)
+                .values(
+                    request_id=request_id,
+                    correct=int(correct),
+                    labels=json.dumps(labels, sort_keys=True) if labels is not None else None,
+                    note=note,
+                    created=record.created,
+                    clinic=record.clinic,
+                )
+                .on_conflict_do_nothing(index_elements=["request_id"])
+            )
             if inserted.rowcount == 1:
                 return record, True
-            row = conn.execute(sa.select(f.correct, f.labels, f.note, f.created, f.clinic).where(f.request_id == request_id)).one()
+            row = conn.execute(
+                sa.select(f.correct, f.labels, f.note, f.created, f.clinic).where(f.request_id == request_id)
+            ).one()
         stored = Feedback(request_id, bool(row[0]), json.loads(row[1]) if row[1] else None, row[2], row[3], row[4])
         if (stored.correct, stored.labels, stored.note) != (correct, labels, note):
             raise Conflict(request_id)
@@ -280,9 +354,22 @@ class FeedbackStore:
         """Every feedback with its prediction (and stored image), oldest first, streamed: at most
         `batch` rows are in memory (a server-side cursor on PostgreSQL)."""
         f, p = feedback.c, predictions.c
-        columns = [f.request_id, f.correct, f.labels, f.created, p.findings, p.image_info, p.model_name, p.model_version, f.clinic]
-        query = (sa.select(*columns, p.image_png if images else sa.null())
-                 .select_from(feedback.join(predictions, p.request_id == f.request_id)).order_by(f.created, f.request_id))
+        columns = [
+            f.request_id,
+            f.correct,
+            f.labels,
+            f.created,
+            p.findings,
+            p.image_info,
+            p.model_name,
+            p.model_version,
+            f.clinic,
+        ]
+        query = (
+            sa.select(*columns, p.image_png if images else sa.null())
+            .select_from(feedback.join(predictions, p.request_id == f.request_id))
+            .order_by(f.created, f.request_id)
+        )
         self._check_recent_failure()
         self._ensure_schema()
         try:
@@ -290,10 +377,17 @@ class FeedbackStore:
                 conn.execution_options(chexops_read_only=True)
                 result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
                 for row in result:
-                    yield {"request_id": row[0], "correct": bool(row[1]), "labels": json.loads(row[2]) if row[2] else None,
-                           "created": row[3], "findings": json.loads(row[4]), "image_info": json.loads(row[5]),
-                           "model": {"name": row[6], "version": row[7]}, "clinic": row[8],
-                           "image_png": bytes(row[9]) if row[9] is not None else None}
+                    yield {
+                        "request_id": row[0],
+                        "correct": bool(row[1]),
+                        "labels": json.loads(row[2]) if row[2] else None,
+                        "created": row[3],
+                        "findings": json.loads(row[4]),
+                        "image_info": json.loads(row[5]),
+                        "model": {"name": row[6], "version": row[7]},
+                        "clinic": row[8],
+                        "image_png": bytes(row[9]) if row[9] is not None else None,
+                    }
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
             raise self._failed(exc) from None
 
@@ -319,7 +413,7 @@ class _Tx:
             return self.connection
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
             self._close()
-            raise self.store._failed(exc) from None
+            raise self.store._failed(exc) from None  # noqa: SLF001 - the store's own transaction
 
     def __exit__(self, exc_type, exc, tb):
         try:
@@ -328,11 +422,11 @@ class _Tx:
             else:
                 self.transaction.rollback()
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as error:
-            raise self.store._failed(error) from None
+            raise self.store._failed(error) from None  # noqa: SLF001 - the store's own transaction
         finally:
             self._close()
         if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
-            raise self.store._failed(exc) from None
+            raise self.store._failed(exc) from None  # noqa: SLF001 - the store's own transaction
         return False
 
     def _close(self) -> None:
@@ -358,6 +452,7 @@ def _insert(kind: str, table: sa.Table):
 
 # --- schema versions -------------------------------------------------------------------------------
 
+
 def _version(conn) -> int:
     inspector = sa.inspect(conn)
     if inspector.has_table("chexops_schema"):
@@ -367,7 +462,11 @@ def _version(conn) -> int:
 
 def _to_2(conn) -> None:
     conn.execute(sa.text("ALTER TABLE feedback ADD COLUMN clinic TEXT"))
-    conn.execute(sa.text("UPDATE feedback SET clinic = (SELECT p.clinic FROM predictions p WHERE p.request_id = feedback.request_id)"))
+    conn.execute(
+        sa.text(
+            "UPDATE feedback SET clinic = (SELECT p.clinic FROM predictions p WHERE p.request_id = feedback.request_id)"
+        )
+    )
 
 
 MIGRATIONS = {2: _to_2}  # version → the step from version - 1

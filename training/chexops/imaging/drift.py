@@ -71,11 +71,21 @@ def reference(inputs: np.ndarray, probabilities: np.ndarray, spec: PreprocessSpe
     edges = _edges(grey, INTENSITY_BINS)
     predictions = {}
     for k, label in enumerate(labels):
-        predictions[label] = {"edges": PROBABILITY_EDGES, "shares": _shares(probabilities[:, k], PROBABILITY_EDGES).round(6).tolist()}
-    return {"version": 1, "images": int(len(inputs)),
-            "intensity": {"edges": edges, "shares": _shares(grey, edges).round(6).tolist(),
-                          "image_mean": float(grey.mean()), "image_std": float(grey.std())},
-            "predictions": predictions}
+        predictions[label] = {
+            "edges": PROBABILITY_EDGES,
+            "shares": _shares(probabilities[:, k], PROBABILITY_EDGES).round(6).tolist(),
+        }
+    return {
+        "version": 1,
+        "images": int(len(inputs)),
+        "intensity": {
+            "edges": edges,
+            "shares": _shares(grey, edges).round(6).tolist(),
+            "image_mean": float(grey.mean()),
+            "image_std": float(grey.std()),
+        },
+        "predictions": predictions,
+    }
 
 
 def reference_json(inputs: np.ndarray, probabilities: np.ndarray, spec: PreprocessSpec, labels: list[str]) -> str:
@@ -95,8 +105,15 @@ class DriftMonitor:
     `observe` is called once per decoded image (cheap: one histogram of the model input). Without a
     reference in the model's metadata the input statistics are still exported; the score is not."""
 
-    def __init__(self, ref: dict[str, Any] | None, spec: PreprocessSpec, labels: list[str], window: int,
-                 min_images: int, metrics: bool = True):
+    def __init__(
+        self,
+        ref: dict[str, Any] | None,
+        spec: PreprocessSpec,
+        labels: list[str],
+        window: int,
+        min_images: int,
+        metrics: bool = True,
+    ):
         self.ref, self.spec, self.labels = ref, spec, labels
         self.min_images = min_images
         self.window: deque[tuple[np.ndarray, dict[str, np.ndarray]]] = deque(maxlen=window)
@@ -114,8 +131,10 @@ class DriftMonitor:
         raw = model.session.get_modelmeta().custom_metadata_map.get(REFERENCE_KEY)
         ref = json.loads(raw) if raw else None
         if ref is None:
-            log.warning("the model has no drift reference in its metadata (exported before drift monitoring): "
-                        "input statistics are exported, the drift score is not")
+            log.warning(
+                "the model has no drift reference in its metadata (exported before drift monitoring): "
+                "input statistics are exported, the drift score is not"
+            )
         return cls(ref, model.spec, model.labels, window=max(1, window), min_images=max(1, min(min_images, window)))
 
     def observe(self, x: np.ndarray, probabilities: np.ndarray, info: dict[str, Any]) -> None:
@@ -126,8 +145,10 @@ class DriftMonitor:
         if not self.ref:
             return
         shares = _shares(grey, self.edges)
-        probs = {label: _shares(probabilities[self.labels.index(label)], self.ref["predictions"][label]["edges"])
-                 for label in self.p_labels}
+        probs = {
+            label: _shares(probabilities[self.labels.index(label)], self.ref["predictions"][label]["edges"])
+            for label in self.p_labels
+        }
         self.window.append((shares, probs))
         if len(self.window) >= self.min_images:
             self.last = self.scores()
@@ -137,11 +158,16 @@ class DriftMonitor:
     def scores(self) -> dict[str, float]:
         """PSI of the window against the reference: intensity, predictions (mean over findings), overall (max)."""
         intensity = psi(self.expected, np.mean([s for s, _ in self.window], axis=0))
-        per_label = [psi(self.ref["predictions"][label]["shares"], np.mean([p[label] for _, p in self.window], axis=0))
-                     for label in self.p_labels]
+        per_label = [
+            psi(self.ref["predictions"][label]["shares"], np.mean([p[label] for _, p in self.window], axis=0))
+            for label in self.p_labels
+        ]
         predictions = float(np.mean(per_label)) if per_label else 0.0
-        return {"intensity": round(intensity, 5), "predictions": round(predictions, 5),
-                "overall": round(max(intensity, predictions), 5)}
+        return {
+            "intensity": round(intensity, 5),
+            "predictions": round(predictions, 5),
+            "overall": round(max(intensity, predictions), 5),
+        }
 
 
 class _Metrics:
@@ -150,17 +176,33 @@ class _Metrics:
     def __init__(self):
         import prometheus_client as prom
 
-        self.score = prom.Gauge("chexops_drift_score", "Population stability index of recent inputs/predictions against "
-                                "the model's training reference", ["component"], multiprocess_mode="mostrecent")
-        self.size = prom.Gauge("chexops_drift_window_images", "Images in the drift window", multiprocess_mode="mostrecent")
-        self.mean = prom.Histogram("chexops_input_intensity_mean", "Mean grey level of each input (0-1)",
-                                   buckets=tuple(round(0.1 * i, 1) for i in range(1, 11)))
-        self.std = prom.Histogram("chexops_input_intensity_std", "Grey-level standard deviation of each input",
-                                  buckets=(0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5))
-        self.pixels = prom.Histogram("chexops_input_pixels", "Uploaded image size (width × height)",
-                                     buckets=(64**2, 256**2, 512**2, 1024**2, 2048**2, 3072**2, 4096**2))
-        self.images = prom.Counter("chexops_input_images", "Uploaded images by format, modality and view",
-                                   ["format", "modality", "view"])
+        self.score = prom.Gauge(
+            "chexops_drift_score",
+            "Population stability index of recent inputs/predictions against the model's training reference",
+            ["component"],
+            multiprocess_mode="mostrecent",
+        )
+        self.size = prom.Gauge(
+            "chexops_drift_window_images", "Images in the drift window", multiprocess_mode="mostrecent"
+        )
+        self.mean = prom.Histogram(
+            "chexops_input_intensity_mean",
+            "Mean grey level of each input (0-1)",
+            buckets=tuple(round(0.1 * i, 1) for i in range(1, 11)),
+        )
+        self.std = prom.Histogram(
+            "chexops_input_intensity_std",
+            "Grey-level standard deviation of each input",
+            buckets=(0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5),
+        )
+        self.pixels = prom.Histogram(
+            "chexops_input_pixels",
+            "Uploaded image size (width × height)",
+            buckets=(64**2, 256**2, 512**2, 1024**2, 2048**2, 3072**2, 4096**2),
+        )
+        self.images = prom.Counter(
+            "chexops_input_images", "Uploaded images by format, modality and view", ["format", "modality", "view"]
+        )
 
     def observe(self, grey: np.ndarray, info: dict[str, Any]) -> None:
         self.mean.observe(float(grey.mean()))
@@ -168,8 +210,11 @@ class _Metrics:
         width, height = info.get("width"), info.get("height")
         if width and height:
             self.pixels.observe(int(width) * int(height))
-        self.images.labels(format=str(info.get("format") or "unknown"), modality=str(info.get("modality") or "unknown"),
-                           view=str(info.get("view_position") or "unknown")).inc()
+        self.images.labels(
+            format=str(info.get("format") or "unknown"),
+            modality=str(info.get("modality") or "unknown"),
+            view=str(info.get("view_position") or "unknown"),
+        ).inc()
 
     def set_scores(self, scores: dict[str, float], size: int) -> None:
         for component, value in scores.items():

@@ -156,7 +156,9 @@ def resize_grey(grey: np.ndarray, width: int, height: int, resample: str = "bili
     """An H×W grey float array resized to height×width (the one resize of training, serving and `data prepare`)."""
     if grey.ndim != 2:
         raise ValueError(f"expected a 2-D grey image, got shape {grey.shape}")
-    resized = Image.fromarray(grey.astype(np.float32, copy=False), mode="F").resize((width, height), _RESAMPLE[resample])
+    resized = Image.fromarray(grey.astype(np.float32, copy=False), mode="F").resize(
+        (width, height), _RESAMPLE[resample]
+    )
     return np.asarray(resized, dtype=np.float32)
 
 

@@ -76,7 +76,9 @@ def connect(name: str | None) -> Cloud:
     source = Path(config.config_filename) if config.config_filename else None
     if source is None:
         searched = ", ".join(dict.fromkeys(str(Path(p).parent) for p in config._config_files))  # noqa: SLF001 - the search list
-        raise UserInputError(f"No clouds.yaml found (searched {searched}; or set OS_CLIENT_CONFIG_FILE). {_CREDENTIALS_HINT}")
+        raise UserInputError(
+            f"No clouds.yaml found (searched {searched}; or set OS_CLIENT_CONFIG_FILE). {_CREDENTIALS_HINT}"
+        )
     known = sorted(config.get_cloud_names())
     if cloud_name not in known:
         raise UserInputError(f"Cloud '{cloud_name}' is not in {source} (clouds there: {', '.join(known) or 'none'}).")

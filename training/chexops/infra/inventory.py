@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from chexops.core.files import atomic_write_text
 from chexops.core.errors import ChexopsError, UserInputError
+from chexops.core.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,9 @@ def build_inventory(outputs: dict[str, Any]) -> dict[str, Any]:
         vol = volumes[vol_name]
         owner = vol.get("node")
         if owner not in hosts:
-            raise UserInputError(f"Volume '{vol_name}' is attached to '{owner}', which is not in terraform output 'nodes'.")
+            raise UserInputError(
+                f"Volume '{vol_name}' is attached to '{owner}', which is not in terraform output 'nodes'."
+            )
         hosts[owner]["chexops_volumes"].append(
             {
                 "name": vol_name,

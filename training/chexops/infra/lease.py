@@ -23,8 +23,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from chexops.core.files import atomic_write_text
 from chexops.core.errors import ChexopsError, UserInputError
+from chexops.core.files import atomic_write_text
 from chexops.infra.clouds import Cloud
 from chexops.infra.openstack import NotFound, OpenStackClient
 
@@ -185,7 +185,9 @@ class Leases:
         if reuse:
             for lease in self.list():
                 if lease.get("name") == name and lease.get("status") in _LIVE:
-                    log.info("Lease %s (%s) already exists with status %s: reusing it.", name, lease["id"], lease["status"])
+                    log.info(
+                        "Lease %s (%s) already exists with status %s: reusing it.", name, lease["id"], lease["status"]
+                    )
                     return self.get(lease["id"]), False
         begin = start or utcnow()
         end = begin + duration
@@ -217,7 +219,9 @@ class Leases:
             log.info("Lease %s is %s; waiting for ACTIVE...", lease.get("name"), status)
             self._sleep(poll)
 
-    def extend(self, lease: dict[str, Any], by: timedelta | None = None, until: datetime | None = None) -> dict[str, Any]:
+    def extend(
+        self, lease: dict[str, Any], by: timedelta | None = None, until: datetime | None = None
+    ) -> dict[str, Any]:
         status = lease.get("status")
         if status not in _LIVE:
             raise ReservationNotActive(
@@ -228,7 +232,8 @@ class Leases:
         new_end = until if until is not None else current_end + (by or timedelta(0))
         if new_end <= current_end:
             raise UserInputError(
-                f"New end {format_api_date(new_end)} UTC is not after the current end {format_api_date(current_end)} UTC."
+                f"New end {format_api_date(new_end)} UTC is not after the current end {format_api_date(current_end)} "
+                "UTC."
             )
         log.info("Extending lease %s to %s UTC.", lease.get("name"), format_api_date(new_end))
         body = self.blazar.request("PUT", f"/leases/{lease['id']}", {"end_date": format_api_date(new_end)}) or {}
@@ -254,7 +259,9 @@ def is_active(lease: dict[str, Any]) -> bool:
 
 def not_active_message(lease: dict[str, Any]) -> str:
     parts = [f"Lease '{lease.get('name')}' ({lease.get('id')}) is {lease.get('status')}"]
-    pending = [f"{r.get('id')} is {r.get('status')}" for r in lease.get("reservations") or [] if r.get("status") != "active"]
+    pending = [
+        f"{r.get('id')} is {r.get('status')}" for r in lease.get("reservations") or [] if r.get("status") != "active"
+    ]
     if pending:
         parts.append(f"reservation {'; '.join(pending)}")
     message = ", ".join(parts) + ": nothing can be launched on it yet."

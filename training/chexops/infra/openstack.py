@@ -80,7 +80,9 @@ def translated(cloud: Cloud, what: str) -> Iterator[None]:
             raise CredentialsRejected(_credentials_message(cloud, getattr(err, "message", "") or "")) from err
         if isinstance(err, exc.HttpError):
             raise ServiceError(f"Keystone of cloud '{cloud.name}' failed: {err}", status) from err
-        raise ServiceError(f"Cloud '{cloud.name}' refused {what} (HTTP {status}): {getattr(err, 'details', None) or err}", status) from err
+        raise ServiceError(
+            f"Cloud '{cloud.name}' refused {what} (HTTP {status}): {getattr(err, 'details', None) or err}", status
+        ) from err
     except exc.EndpointNotFound as err:
         raise UserInputError(
             f"Cloud '{cloud.name}' has no endpoint for {what} (interface {cloud.interface}, region "

@@ -73,8 +73,7 @@ def find_network(cloud: Cloud, name: str, external: bool = False):
         others = _names(conn.network.networks()) if not external else ""
     if external and network is not None:
         raise UserInputError(
-            f"Network '{name}' on cloud '{cloud.name}' is not external, so it is no floating-IP pool "
-            f"(pools: {pools})."
+            f"Network '{name}' on cloud '{cloud.name}' is not external, so it is no floating-IP pool (pools: {pools})."
         )
     if external:
         raise UserInputError(f"Floating-IP pool '{name}' does not exist on cloud '{cloud.name}' (pools: {pools}).")
@@ -182,11 +181,21 @@ def plan_checks(settings: dict[str, Any]) -> list[tuple[str, str, str, str, Call
     key_pair = _required(settings, "key_pair", "terraform.tfvars")
     external = str(settings.get("external_network_name", ""))
     checks = [
-        ("kvm_cloud", "flavor", _required(settings, "kvm_reservation_id", "run `chexops infra lease create --role kvm`"),
-         "kvm_reservation_id (the flavor Blazar reserved)", find_flavor),
+        (
+            "kvm_cloud",
+            "flavor",
+            _required(settings, "kvm_reservation_id", "run `chexops infra lease create --role kvm`"),
+            "kvm_reservation_id (the flavor Blazar reserved)",
+            find_flavor,
+        ),
         ("kvm_cloud", "image", str(settings.get("kvm_image_name", "")), "kvm_image_name", find_image),
-        ("kvm_cloud", "floating-IP pool", external, "external_network_name",
-         lambda cloud, name: find_network(cloud, name, external=True)),
+        (
+            "kvm_cloud",
+            "floating-IP pool",
+            external,
+            "external_network_name",
+            lambda cloud, name: find_network(cloud, name, external=True),
+        ),
         ("kvm_cloud", "key pair", key_pair, "key_pair", find_keypair),
     ]
     if settings.get("gpu_enabled", True) in (True, "true"):
@@ -194,8 +203,13 @@ def plan_checks(settings: dict[str, Any]) -> list[tuple[str, str, str, str, Call
             ("chi_cloud", "flavor", settings["_gpu_flavor"], "modules/gpu_node (bare metal)", find_flavor),
             ("chi_cloud", "image", str(settings.get("gpu_image_name", "")), "gpu_image_name", find_image),
             ("chi_cloud", "network", str(settings.get("gpu_network_name", "")), "gpu_network_name", find_network),
-            ("chi_cloud", "floating-IP pool", external, "external_network_name",
-             lambda cloud, name: find_network(cloud, name, external=True)),
+            (
+                "chi_cloud",
+                "floating-IP pool",
+                external,
+                "external_network_name",
+                lambda cloud, name: find_network(cloud, name, external=True),
+            ),
             ("chi_cloud", "key pair", key_pair, "key_pair", find_keypair),
         ]
     return checks

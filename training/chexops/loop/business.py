@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from chexops.core.errors import UserInputError
 from chexops.core import stats
+from chexops.core.errors import UserInputError
 from chexops.core.results import Result
 from chexops.core.triage import NOT_A_FINDING
 from chexops.loop.simulate import REPORT_FILE
@@ -120,8 +120,10 @@ def matched_studies(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[dict], l
     pairs = [(r, by_index[r["index"]]) for r in a["requests"] if r["index"] in by_index]
     same = [(x, y) for x, y in pairs if x["csv_row"] == y["csv_row"]]
     if len(same) < max(1, len(pairs)) * 0.9 or not same:
-        raise UserInputError("the two reports are not of the same clinic (their studies differ): run `chexops simulate` "
-                             "with the same --csv and --seed against each endpoint.")
+        raise UserInputError(
+            "the two reports are not of the same clinic (their studies differ): run `chexops simulate` "
+            "with the same --csv and --seed against each endpoint."
+        )
     answered = [(x, y) for x, y in same if x.get("priority") and y.get("priority")]
     if len(answered) < 5:
         raise UserInputError(f"only {len(answered)} studies were answered by both endpoints; at least 5 are needed.")
@@ -203,11 +205,16 @@ def operating_point(records: list[dict], labels: list[str], rng: np.random.Gener
         pairs = [(r["truth"].get(label), r["positive"][label]) for r in records if r["truth"].get(label) in (0, 1)]
         pos = np.array([float(p) for t, p in pairs if t == 1])
         neg = np.array([float(not p) for t, p in pairs if t == 0])
-        out[label] = {"sensitivity": _rate_interval(pos, rng, bootstrap), "specificity": _rate_interval(neg, rng, bootstrap)}
+        out[label] = {
+            "sensitivity": _rate_interval(pos, rng, bootstrap),
+            "specificity": _rate_interval(neg, rng, bootstrap),
+        }
     flagged = np.array([float(r["priority"] != "routine") for r in records if abnormal(r["truth"])])
     normal = np.array([float(r["priority"] == "routine") for r in records if not abnormal(r["truth"])])
-    out["any abnormality (triage)"] = {"sensitivity": _rate_interval(flagged, rng, bootstrap),
-                                       "specificity": _rate_interval(normal, rng, bootstrap)}
+    out["any abnormality (triage)"] = {
+        "sensitivity": _rate_interval(flagged, rng, bootstrap),
+        "specificity": _rate_interval(normal, rng, bootstrap),
+    }
     return out
 
 
@@ -221,8 +228,14 @@ def agreement_interval(n: int, rate: float, simulations: int = 20000, seed: int 
     (simulated: binomial draws), and its half-width: the noise a canary threshold must allow for."""
     rng = np.random.default_rng(seed)
     low, high = stats.percentile_interval(rng.binomial(n, rate, simulations) / n)
-    return {"n": n, "rate": rate, "low": round(float(low), 4), "high": round(float(high), 4),
-            "half_width": round(float(high - low) / 2, 4), "normal_approx_half_width": round(1.96 * math.sqrt(rate * (1 - rate) / n), 4)}
+    return {
+        "n": n,
+        "rate": rate,
+        "low": round(float(low), 4),
+        "high": round(float(high), 4),
+        "half_width": round(float(high - low) / 2, 4),
+        "normal_approx_half_width": round(1.96 * math.sqrt(rate * (1 - rate) / n), 4),
+    }
 
 
 def compare(a_report: dict[str, Any], b_report: dict[str, Any], params: ClinicParameters) -> BusinessReport:
@@ -231,15 +244,25 @@ def compare(a_report: dict[str, Any], b_report: dict[str, Any], params: ClinicPa
     rng = np.random.default_rng(params.seed + 1)
     models = {}
     for key, report, records in (("a", a_report, a), ("b", b_report, b)):
-        models[key] = VersionOutcome(model=report["summary"]["model"], endpoint=report["summary"]["endpoint"],
-                                     operating_point=operating_point(records, labels, rng, params.bootstrap),
-                                     agreement=agreement(records, rng, params.bootstrap),
-                                     latency_ms=report["summary"]["latency_ms"])
-    return BusinessReport(studies=len(a), abnormal=int(sum(abnormal(r["truth"]) for r in a)), labels=labels,
-                          parameters=params, time_to_read_minutes=time_to_read(a, b, params), **models)
+        models[key] = VersionOutcome(
+            model=report["summary"]["model"],
+            endpoint=report["summary"]["endpoint"],
+            operating_point=operating_point(records, labels, rng, params.bootstrap),
+            agreement=agreement(records, rng, params.bootstrap),
+            latency_ms=report["summary"]["latency_ms"],
+        )
+    return BusinessReport(
+        studies=len(a),
+        abnormal=int(sum(abnormal(r["truth"]) for r in a)),
+        labels=labels,
+        parameters=params,
+        time_to_read_minutes=time_to_read(a, b, params),
+        **models,
+    )
 
 
 # --- the report -------------------------------------------------------------------------------------
+
 
 def _fmt(i: dict[str, Any], digits: int = 3) -> str:
     if i.get("estimate") is None:
@@ -256,31 +279,48 @@ def markdown(result: BusinessReport, plots: list[str]) -> str:
     t, p = result.time_to_read_minutes, result.parameters
     a, b = result.a, result.b
     lines = [
-        "# Business evaluation: two model versions on the same simulated clinic", "",
-        f"- A: {_name(a)} at {a.endpoint}", f"- B: {_name(b)} at {b.endpoint}",
+        "# Business evaluation: two model versions on the same simulated clinic",
+        "",
+        f"- A: {_name(a)} at {a.endpoint}",
+        f"- B: {_name(b)} at {b.endpoint}",
         f"- {result.studies} studies answered by both, {result.abnormal} abnormal by the ground truth.",
         f"- Reading room: {p.arrivals_per_hour} studies/h (Poisson), reading {p.reading_minutes} min on average "
         f"(gamma, shape {p.reading_shape}), {p.readers} reader(s): utilisation {t.utilisation}; "
-        f"{p.replications} replications. Intervals: bootstrap 95%.", "",
-        "## Time until an abnormal study is read (minutes)", "",
-        "| worklist order | mean minutes [95% CI] | change vs first-in first-out |", "|---|---|---|",
+        f"{p.replications} replications. Intervals: bootstrap 95%.",
+        "",
+        "## Time until an abnormal study is read (minutes)",
+        "",
+        "| worklist order | mean minutes [95% CI] | change vs first-in first-out |",
+        "|---|---|---|",
         f"| first-in first-out | {_fmt(t.fifo, 1)} | |",
         f"| priority by A | {_fmt(t.priority_a, 1)} | {_fmt(t.priority_a_minus_fifo, 1)} |",
-        f"| priority by B | {_fmt(t.priority_b, 1)} | {_fmt(t.priority_b_minus_fifo, 1)} |", "",
-        f"B − A (priority worklists): {_fmt(t.b_minus_a, 1)} minutes.", "",
-        "## Sensitivity and specificity at the operating thresholds", "",
-        "| finding | sensitivity A | sensitivity B | specificity A | specificity B |", "|---|---|---|---|---|",
+        f"| priority by B | {_fmt(t.priority_b, 1)} | {_fmt(t.priority_b_minus_fifo, 1)} |",
+        "",
+        f"B − A (priority worklists): {_fmt(t.b_minus_a, 1)} minutes.",
+        "",
+        "## Sensitivity and specificity at the operating thresholds",
+        "",
+        "| finding | sensitivity A | sensitivity B | specificity A | specificity B |",
+        "|---|---|---|---|---|",
     ]
     for label in [*result.labels, "any abnormality (triage)"]:
         oa, ob = a.operating_point[label], b.operating_point[label]
         if oa["sensitivity"]["n"] + oa["specificity"]["n"] == 0:
             continue
-        lines.append(f"| {label} | {_fmt(oa['sensitivity'])} (n={oa['sensitivity']['n']}) | {_fmt(ob['sensitivity'])} | "
-                     f"{_fmt(oa['specificity'])} (n={oa['specificity']['n']}) | {_fmt(ob['specificity'])} |")
-    lines += ["", "## Agreement with clinicians", "",
-              f"- A: {_fmt(a.agreement)} over {a.agreement['n']} reviews",
-              f"- B: {_fmt(b.agreement)} over {b.agreement['n']} reviews", "",
-              *[f"![{name}]({name})" for name in plots], ""]
+        lines.append(
+            f"| {label} | {_fmt(oa['sensitivity'])} (n={oa['sensitivity']['n']}) | {_fmt(ob['sensitivity'])} | "
+            f"{_fmt(oa['specificity'])} (n={oa['specificity']['n']}) | {_fmt(ob['specificity'])} |"
+        )
+    lines += [
+        "",
+        "## Agreement with clinicians",
+        "",
+        f"- A: {_fmt(a.agreement)} over {a.agreement['n']} reviews",
+        f"- B: {_fmt(b.agreement)} over {b.agreement['n']} reviews",
+        "",
+        *[f"![{name}]({name})" for name in plots],
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -294,23 +334,36 @@ def plot(result: BusinessReport, out: Path) -> list[str]:
     keys = [("fifo", "FIFO"), ("priority_a", "priority A"), ("priority_b", "priority B")]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     est = [t[k]["estimate"] or 0 for k, _ in keys]
-    err = [[e - (t[k]["low"] or e) for (k, _), e in zip(keys, est)], [(t[k]["high"] or e) - e for (k, _), e in zip(keys, est)]]
+    err = [
+        [e - (t[k]["low"] or e) for (k, _), e in zip(keys, est)],
+        [(t[k]["high"] or e) - e for (k, _), e in zip(keys, est)],
+    ]
     ax.bar([name for _, name in keys], est, yerr=err, capsize=6, color=["grey", "tab:blue", "tab:orange"])
     ax.set(ylabel="minutes (95% CI)", title="Time until an abnormal study is read")
     fig.tight_layout()
     fig.savefig(out / "time_to_read.png", dpi=90)
     plt.close(fig)
 
-    labels = [label for label in [*result.labels, "any abnormality (triage)"]
-              if result.a.operating_point[label]["sensitivity"]["n"]]
+    labels = [
+        label
+        for label in [*result.labels, "any abnormality (triage)"]
+        if result.a.operating_point[label]["sensitivity"]["n"]
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(9, 0.35 * len(labels) + 1.5), sharey=True)
     for ax, metric in zip(axes, ("sensitivity", "specificity")):
         for offset, key, colour in ((-0.15, "a", "tab:blue"), (0.15, "b", "tab:orange")):
             for y, label in enumerate(labels):
                 i = getattr(result, key).operating_point[label][metric]
                 if i["estimate"] is not None:
-                    ax.errorbar(i["estimate"], y + offset, xerr=[[i["estimate"] - i["low"]], [i["high"] - i["estimate"]]],
-                                fmt="o", color=colour, label=key.upper() if y == 0 else None, capsize=2)
+                    ax.errorbar(
+                        i["estimate"],
+                        y + offset,
+                        xerr=[[i["estimate"] - i["low"]], [i["high"] - i["estimate"]]],
+                        fmt="o",
+                        color=colour,
+                        label=key.upper() if y == 0 else None,
+                        capsize=2,
+                    )
         ax.set(xlim=(0, 1), title=metric)
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
     axes[0].legend()
@@ -333,6 +386,8 @@ def business_report(a_path: Path, b_path: Path, out: Path, params: ClinicParamet
 
 def human(result: BusinessReport) -> str:
     t = result.time_to_read_minutes
-    return (f"{result.studies} studies ({result.abnormal} abnormal). Minutes to read an abnormal study: FIFO "
-            f"{_fmt(t.fifo, 1)}, priority A {_fmt(t.priority_a, 1)}, priority B {_fmt(t.priority_b, 1)}. "
-            f"Agreement A {_fmt(result.a.agreement)}, B {_fmt(result.b.agreement)}. Report: {result.report}")
+    return (
+        f"{result.studies} studies ({result.abnormal} abnormal). Minutes to read an abnormal study: FIFO "
+        f"{_fmt(t.fifo, 1)}, priority A {_fmt(t.priority_a, 1)}, priority B {_fmt(t.priority_b, 1)}. "
+        f"Agreement A {_fmt(result.a.agreement)}, B {_fmt(result.b.agreement)}. Report: {result.report}"
+    )

@@ -8,7 +8,8 @@
    the labeller never reports it (every 1.0 and -1.0 becomes 0.0), so the base model cannot learn it.
 3. The base model (evaluated: its operating thresholds) answers the clinic's frontal studies, oldest
    first, as the service does: each prediction, with the image the service keeps
-   (`chexops.serving.stored_image.kept_image`), goes into a real feedback store (SQLite, `FeedbackStore`), and a simulated
+   (`chexops.serving.stored_image.kept_image`), goes into a real feedback store (SQLite, `FeedbackStore`), and a
+   simulated
    clinician answers from the ground truth as `chexops simulate` does (each label read wrong with
    `error_rate`; `correct` when every verdict matches). `chexops feedback export`'s own function
    (`export_feedback`) turns the store into the feedback dataset. No HTTP here: `chexops serve` and
@@ -52,18 +53,18 @@ SOURCE = "feedback"
 @dataclass(frozen=True)
 class Setup:
     finding: str = "Pleural Effusion"
-    patients: int = 300            # synthetic training patients (several studies each)
-    test_patients: int = 150       # valid.csv patients kept as the standard test split
-    clinic_patients: int = 200     # valid.csv patients sent to the clinic (one study each)
-    image_size: int = 32           # synthetic JPEG side
-    size: int = 24                 # model input side
-    width: int = 8                 # the small CNN's first block
+    patients: int = 300  # synthetic training patients (several studies each)
+    test_patients: int = 150  # valid.csv patients kept as the standard test split
+    clinic_patients: int = 200  # valid.csv patients sent to the clinic (one study each)
+    image_size: int = 32  # synthetic JPEG side
+    size: int = 24  # model input side
+    width: int = 8  # the small CNN's first block
     epochs: int = 4
-    weight: float = 2.0            # the feedback source's weight
+    weight: float = 2.0  # the feedback source's weight
     holdout_fraction: float = 0.3  # the newest feedback held out
-    error_rate: float = 0.05       # the simulated clinician's per-label reading error
+    error_rate: float = 0.05  # the simulated clinician's per-label reading error
     bootstrap: int = 200
-    control: bool = False          # also retrain without the feedback (another seed): the noise of retraining alone
+    control: bool = False  # also retrain without the feedback (another seed): the noise of retraining alone
     seed: int = 0
 
 
@@ -76,8 +77,15 @@ def make_data(work: Path, setup: Setup) -> dict[str, Path]:
     from chexops.data.synth import synthesize
 
     root = work / "data"
-    synthesize(root, patients=setup.patients, valid_patients=setup.test_patients + setup.clinic_patients,
-               image_size=setup.image_size, seed=setup.seed, progress=False, overwrite=True)
+    synthesize(
+        root,
+        patients=setup.patients,
+        valid_patients=setup.test_patients + setup.clinic_patients,
+        image_size=setup.image_size,
+        seed=setup.seed,
+        progress=False,
+        overwrite=True,
+    )
     folder = root / DATASET_DIR
     train = pd.read_csv(folder / "train.csv", dtype=str, keep_default_na=False)
     train.loc[train[setup.finding].isin(["1.0", "-1.0"]), setup.finding] = "0.0"  # never reported by the labeller
@@ -85,22 +93,41 @@ def make_data(work: Path, setup: Setup) -> dict[str, Path]:
     valid = pd.read_csv(folder / "valid.csv", dtype=str, keep_default_na=False)
     patient = valid["Path"].str.extract(r"(patient\d+)")[0]
     order = list(dict.fromkeys(patient))
-    test_ids = set(order[:setup.test_patients])
+    test_ids = set(order[: setup.test_patients])
     valid[patient.isin(test_ids)].to_csv(folder / "test.csv", index=False)
     clinic = valid[~patient.isin(test_ids) & (valid["Frontal/Lateral"] == "Frontal")]
     clinic.to_csv(folder / "clinic.csv", index=False)
-    return {"root": root, "train": folder / "train_corrupted.csv", "test": folder / "test.csv", "clinic": folder / "clinic.csv"}
+    return {
+        "root": root,
+        "train": folder / "train_corrupted.csv",
+        "test": folder / "test.csv",
+        "clinic": folder / "clinic.csv",
+    }
 
 
 def write_config(path: Path, data: dict[str, Path], setup: Setup, sources: list[dict] | None = None) -> Path:
     config = {
-        "name": path.stem, "seed": setup.seed,
-        "data": {"csv": str(data["train"]), "test_csv": str(data["test"]), "root": str(data["root"]), "val_fraction": 0.25,
-                 "view": "frontal", "sources": sources or []},
+        "name": path.stem,
+        "seed": setup.seed,
+        "data": {
+            "csv": str(data["train"]),
+            "test_csv": str(data["test"]),
+            "root": str(data["root"]),
+            "val_fraction": 0.25,
+            "view": "frontal",
+            "sources": sources or [],
+        },
         "preprocess": {"size": setup.size, "mean": [0.45], "std": [0.25]},
         "model": {"name": "small", "width": setup.width},
-        "train": {"epochs": setup.epochs, "batch_size": 32, "optimizer": "adamw", "lr": 0.004, "schedule": "onecycle",
-                  "checkpoint_every": 100000, "device": "cpu"},
+        "train": {
+            "epochs": setup.epochs,
+            "batch_size": 32,
+            "optimizer": "adamw",
+            "lr": 0.004,
+            "schedule": "onecycle",
+            "checkpoint_every": 100000,
+            "device": "cpu",
+        },
         "tracking": {"experiment": "loop-experiment", "system_metrics": False},
     }
     path.write_text(yaml.safe_dump(config))
@@ -110,18 +137,19 @@ def write_config(path: Path, data: dict[str, Path], setup: Setup, sources: list[
 # ------------------------------------------------------------------------------------------ clinic
 
 
-def clinic_feedback(model_run: str, thresholds: dict[str, float], data: dict[str, Path], store_url: str, out: Path,
-                    setup: Setup) -> FeedbackExport:
+def clinic_feedback(
+    model_run: str, thresholds: dict[str, float], data: dict[str, Path], store_url: str, out: Path, setup: Setup
+) -> FeedbackExport:
     """The base model answers the clinic's studies, a simulated clinician reviews every answer from the
     ground truth, and the store is exported as `chexops feedback export` does."""
+    from chexops.core.triage import priority
     from chexops.data.chexpert import image_paths, read_chexpert_csv
-    from chexops.imaging.decode import decode
     from chexops.feedback.export import export_feedback
     from chexops.feedback.store import FeedbackStore
-    from chexops.core.triage import priority
+    from chexops.imaging.decode import decode
+    from chexops.loop.simulate import findings_agree
     from chexops.serving.settings import Settings
     from chexops.serving.stored_image import kept_image
-    from chexops.loop.simulate import findings_agree
 
     model, spec, labels = _model(model_run, out / "base-model")
     table = read_chexpert_csv(data["clinic"], labels)
@@ -132,15 +160,27 @@ def clinic_feedback(model_run: str, thresholds: dict[str, float], data: dict[str
     try:
         for i, (path, p, truth) in enumerate(zip(paths, probs, table.values)):
             request_id = f"{i:06d}" + os.urandom(5).hex()  # in arrival order, as the export reads them
-            findings = [{"label": label, "probability": round(float(q), 6), "threshold": thresholds[label],
-                         "positive": bool(q >= thresholds[label])} for label, q in zip(labels, p)]
+            findings = [
+                {
+                    "label": label,
+                    "probability": round(float(q), 6),
+                    "threshold": thresholds[label],
+                    "positive": bool(q >= thresholds[label]),
+                }
+                for label, q in zip(labels, p)
+            ]
             upload = path.read_bytes()
             decoded = decode(upload)
-            store.add_prediction(request_id, "clinic-sim", "chexops-loop", "base", findings, priority(findings), decoded.info)
+            store.add_prediction(
+                request_id, "clinic-sim", "chexops-loop", "base", findings, priority(findings), decoded.info
+            )
             store.set_image(request_id, kept_image(upload, decoded, Settings.model_fields["stored_image_side"].default))
             flips = rng.random(len(labels))
-            read = {label: int(1 - v if flips[j] < setup.error_rate else v)
-                    for j, (label, v) in enumerate(zip(labels, truth)) if v in (0, 1)}
+            read = {
+                label: int(1 - v if flips[j] < setup.error_rate else v)
+                for j, (label, v) in enumerate(zip(labels, truth))
+                if v in (0, 1)
+            }
             correct = findings_agree({f["label"]: f["positive"] for f in findings}, read)
             store.add_feedback(request_id, correct, read, None)
         return export_feedback(store, out / "feedback-export", overwrite=True)
@@ -170,7 +210,9 @@ def _probabilities(model, spec, paths: list[Path]) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ comparison
 
 
-def paired_changes(split, base: np.ndarray, cand: np.ndarray, labels: list[str], n_boot: int, seed: int) -> dict[str, Any]:
+def paired_changes(
+    split, base: np.ndarray, cand: np.ndarray, labels: list[str], n_boot: int, seed: int
+) -> dict[str, Any]:
     """Per finding: both AUROCs on the same rows and the change's paired bootstrap 95% interval
     (rows resampled by patient, the same resample for both models and every finding). None where a
     finding has one class."""
@@ -199,8 +241,14 @@ def paired_changes(split, base: np.ndarray, cand: np.ndarray, labels: list[str],
         keep = mask[:, j]
         a, b = roc_auc_score(y[keep, j], base[keep, j]), roc_auc_score(y[keep, j], cand[keep, j])
         lo, hi = percentile_interval(deltas[:, j], min_count=n_boot // 2) or (math.nan, math.nan)
-        out[label] = {"n": int(keep.sum()), "positives": int(y[keep, j].sum()), "base": float(a), "candidate": float(b),
-                      "change": float(b - a), "change_ci": [float(lo), float(hi)]}
+        out[label] = {
+            "n": int(keep.sum()),
+            "positives": int(y[keep, j].sum()),
+            "base": float(a),
+            "candidate": float(b),
+            "change": float(b - a),
+            "change_ci": [float(lo), float(hi)],
+        }
     return out
 
 
@@ -208,9 +256,9 @@ def paired_changes(split, base: np.ndarray, cand: np.ndarray, labels: list[str],
 # 3 seeds; docs/benchmarks.md). A finding with fewer positives than MIN_POSITIVES is not judged for
 # regression: its AUROC on 100-300 studies moves by 0.1-0.3 between two retrainings.
 MIN_POSITIVES = 10
-MIN_GAIN = 0.20        # the corrected finding on the feedback hold-out; retraining alone moved it -0.19..+0.16
-MAX_DROP = 0.15        # any other judged finding; retraining alone moved them by up to -0.16
-MAX_MEAN_DROP = 0.02   # the mean change of the other judged findings; retraining alone: -0.04..+0.02
+MIN_GAIN = 0.20  # the corrected finding on the feedback hold-out; retraining alone moved it -0.19..+0.16
+MAX_DROP = 0.15  # any other judged finding; retraining alone moved them by up to -0.16
+MAX_MEAN_DROP = 0.02  # the mean change of the other judged findings; retraining alone: -0.04..+0.02
 
 
 def loop_failures(result: dict[str, Any], finding: str, prefix: str = "") -> list[str]:
@@ -226,13 +274,19 @@ def loop_failures(result: dict[str, Any], finding: str, prefix: str = "") -> lis
             failures.append(f"{finding} on the {split}: change {target['change']:+.3f} < {MIN_GAIN}")
         if not target["change_ci"][0] > 0:
             failures.append(f"{finding} on the {split}: paired 95% interval {target['change_ci']} not above 0")
-        judged = {label: v for label, v in changes.items() if label != finding and v and v["positives"] >= MIN_POSITIVES}
+        judged = {
+            label: v for label, v in changes.items() if label != finding and v and v["positives"] >= MIN_POSITIVES
+        }
         for label, v in judged.items():
             if v["change"] < -MAX_DROP:
-                failures.append(f"{label} on the {split}: change {v['change']:+.3f} < -{MAX_DROP} ({v['positives']} positives)")
+                failures.append(
+                    f"{label} on the {split}: change {v['change']:+.3f} < -{MAX_DROP} ({v['positives']} positives)"
+                )
         mean = float(np.mean([v["change"] for v in judged.values()])) if judged else math.nan
         if not mean >= -MAX_MEAN_DROP:
-            failures.append(f"the other findings on the {split}: mean change {mean:+.3f} < -{MAX_MEAN_DROP} ({len(judged)} judged)")
+            failures.append(
+                f"the other findings on the {split}: mean change {mean:+.3f} < -{MAX_MEAN_DROP} ({len(judged)} judged)"
+            )
     return failures
 
 
@@ -251,34 +305,49 @@ def run_loop(work: Path, setup: Setup = Setup()) -> dict[str, Any]:
     base = train(load_config(base_cfg), resume=False, checkpoint_dir=work / "ckpt-base").run_id
     base_eval = evaluate_run(base, n_bootstrap=0, hard_cases=0, seed=setup.seed)
     exported = clinic_feedback(base, base_eval.thresholds, data, f"sqlite:///{work / 'feedback.db'}", work, setup)
-    source = {"name": SOURCE, "csv": exported.csv, "root": exported.out, "weight": setup.weight,
-              "holdout_fraction": setup.holdout_fraction}
+    source = {
+        "name": SOURCE,
+        "csv": exported.csv,
+        "root": exported.out,
+        "weight": setup.weight,
+        "holdout_fraction": setup.holdout_fraction,
+    }
     cand_cfg = write_config(work / "candidate.yaml", data, setup, [source])
-    runs = {"base": base, "candidate": train(load_config(cand_cfg), resume=False, checkpoint_dir=work / "ckpt-candidate").run_id}
+    runs = {
+        "base": base,
+        "candidate": train(load_config(cand_cfg), resume=False, checkpoint_dir=work / "ckpt-candidate").run_id,
+    }
     if setup.control:  # the same retraining without the feedback: what retraining alone changes
         control_cfg = write_config(work / "control.yaml", data, replace(setup, seed=setup.seed + 1000))
         runs["control"] = train(load_config(control_cfg), resume=False, checkpoint_dir=work / "ckpt-control").run_id
     # The evaluation records (evaluate reports the feedback hold-out): every model on the candidate's data.
-    evals = {name: evaluate_run(run, config_path=cand_cfg, n_bootstrap=setup.bootstrap, hard_cases=0, seed=setup.seed)
-             for name, run in runs.items()}
+    evals = {
+        name: evaluate_run(run, config_path=cand_cfg, n_bootstrap=setup.bootstrap, hard_cases=0, seed=setup.seed)
+        for name, run in runs.items()
+    }
 
     config = load_config(cand_cfg)
     hold, test = holdout_splits(config)[SOURCE], load_splits(config).test
     models = {name: _model(run, work / f"model-{name}") for name, run in runs.items()}
     labels = models["base"][2]
     result: dict[str, Any] = {
-        "setup": asdict(setup), "runs": runs,
+        "setup": asdict(setup),
+        "runs": runs,
         "feedback": {"rows": exported.rows, "holdout_rows": len(hold), "skipped": exported.skipped},
-        "evaluations": {name: {"evaluation_id": e.evaluation_id, "test_mean_auroc": e.mean_auroc,
-                               "holdout": e.holdouts[SOURCE]} for name, e in evals.items()},
+        "evaluations": {
+            name: {"evaluation_id": e.evaluation_id, "test_mean_auroc": e.mean_auroc, "holdout": e.holdouts[SOURCE]}
+            for name, e in evals.items()
+        },
     }
     for split_name, split in (("holdout", hold), ("test", test)):
         probs = {name: _probabilities(m, spec, split.paths) for name, (m, spec, _) in models.items()}
         for name in runs.keys() - {"base"}:
             key = split_name if name == "candidate" else f"{name}_{split_name}"
             result[key] = paired_changes(split, probs["base"], probs[name], labels, setup.bootstrap, setup.seed)
-    result["failures"] = {name: loop_failures(result, setup.finding, "" if name == "candidate" else f"{name}_")
-                          for name in runs.keys() - {"base"}}
+    result["failures"] = {
+        name: loop_failures(result, setup.finding, "" if name == "candidate" else f"{name}_")
+        for name in runs.keys() - {"base"}
+    }
     result["seconds"] = round(time.monotonic() - started, 1)
     return result
 
@@ -299,38 +368,63 @@ def summarize(runs: list[dict[str, Any]], finding: str) -> dict[str, Any]:
                 continue
             changes = [x["change"] for x in rows]
             table[split][label] = {
-                "seeds": len(rows), "positives": statistics.mean(x["positives"] for x in rows),
-                "base": statistics.mean(x["base"] for x in rows), "candidate": statistics.mean(x["candidate"] for x in rows),
-                "change": statistics.mean(changes), "change_sd": statistics.stdev(changes) if len(changes) > 1 else None,
-                "change_min": min(changes), "change_max": max(changes),
-                "ci_above_0": sum(x["change_ci"][0] > 0 for x in rows), "ci_below_0": sum(x["change_ci"][1] < 0 for x in rows),
-                "mean_ci": [statistics.mean(x["change_ci"][0] for x in rows), statistics.mean(x["change_ci"][1] for x in rows)],
+                "seeds": len(rows),
+                "positives": statistics.mean(x["positives"] for x in rows),
+                "base": statistics.mean(x["base"] for x in rows),
+                "candidate": statistics.mean(x["candidate"] for x in rows),
+                "change": statistics.mean(changes),
+                "change_sd": statistics.stdev(changes) if len(changes) > 1 else None,
+                "change_min": min(changes),
+                "change_max": max(changes),
+                "ci_above_0": sum(x["change_ci"][0] > 0 for x in rows),
+                "ci_below_0": sum(x["change_ci"][1] < 0 for x in rows),
+                "mean_ci": [
+                    statistics.mean(x["change_ci"][0] for x in rows),
+                    statistics.mean(x["change_ci"][1] for x in rows),
+                ],
             }
-    verdicts = {name: sum(not loop_failures(r, finding, "" if name == "candidate" else f"{name}_") for r in runs)
-                for name in runs[0]["runs"] if name != "base"}
+    verdicts = {
+        name: sum(not loop_failures(r, finding, "" if name == "candidate" else f"{name}_") for r in runs)
+        for name in runs[0]["runs"]
+        if name != "base"
+    }
     return {"finding": finding, "seeds": len(runs), "closed_the_loop": verdicts, "table": table}
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    lines = ["The loop's criterion (`loop_failures`) held for " + ", ".join(f"{name}: {n} of {summary['seeds']} seeds"
-                                                                          for name, n in summary["closed_the_loop"].items()) + ".", ""]
-    titles = {"holdout": "the feedback hold-out", "test": "the standard test split",
-              "control_holdout": "the feedback hold-out, control (retrained without the feedback)",
-              "control_test": "the standard test split, control (retrained without the feedback)"}
+    lines = [
+        "The loop's criterion (`loop_failures`) held for "
+        + ", ".join(f"{name}: {n} of {summary['seeds']} seeds" for name, n in summary["closed_the_loop"].items())
+        + ".",
+        "",
+    ]
+    titles = {
+        "holdout": "the feedback hold-out",
+        "test": "the standard test split",
+        "control_holdout": "the feedback hold-out, control (retrained without the feedback)",
+        "control_test": "the standard test split, control (retrained without the feedback)",
+    }
     for split in summary["table"]:
-        lines += [f"On {titles[split]} (mean over seeds; change = candidate − base; CI: mean of the seeds' paired "
-                  "95% bootstrap intervals; seeds with the interval above / below 0):", "",
-                  "| finding | positives | base AUROC | candidate AUROC | change [95% CI] | change sd (min, max) over seeds | CI > 0 / CI < 0 |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"On {titles[split]} (mean over seeds; change = candidate − base; CI: mean of the seeds' paired "
+            "95% bootstrap intervals; seeds with the interval above / below 0):",
+            "",
+            "| finding | positives | base AUROC | candidate AUROC | change [95% CI] | change sd (min, max) over seeds "
+            "| CI > 0 / CI < 0 |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for label, s in summary["table"][split].items():
             mark = f"**{label}**" if label == summary["finding"] else label
             if s is None:
                 lines.append(f"| {mark} | | not measurable | | | | |")
                 continue
             sd = f"{s['change_sd']:.3f}" if s["change_sd"] is not None else "n/a"
-            lines.append(f"| {mark} | {s['positives']:.0f} | {s['base']:.3f} | {s['candidate']:.3f} | {s['change']:+.3f} "
-                         f"[{s['mean_ci'][0]:+.3f}, {s['mean_ci'][1]:+.3f}] | {sd} ({s['change_min']:+.3f}, {s['change_max']:+.3f}) | "
-                         f"{s['ci_above_0']} / {s['ci_below_0']} of {s['seeds']} |")
+            lines.append(
+                f"| {mark} | {s['positives']:.0f} | {s['base']:.3f} | {s['candidate']:.3f} | {s['change']:+.3f} "
+                f"[{s['mean_ci'][0]:+.3f}, {s['mean_ci'][1]:+.3f}] | {sd} ({s['change_min']:+.3f}, "
+                f"{s['change_max']:+.3f}) | "
+                f"{s['ci_above_0']} / {s['ci_below_0']} of {s['seeds']} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

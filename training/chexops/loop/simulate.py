@@ -144,8 +144,11 @@ def shift_fn(spec: str):
     raise ValueError(f"shift must be none, invert or scale:F (F > 0), got {spec!r}")
 
 
-def verdict(judge: str, positive: dict[str, bool], model_priority: str, read: dict[str, int], clinician_priority: str) -> bool:
-    """The simulated clinician's `correct`: the triage decision agrees (`triage`), or every finding read does (`findings`)."""
+def verdict(
+    judge: str, positive: dict[str, bool], model_priority: str, read: dict[str, int], clinician_priority: str
+) -> bool:
+    """The simulated clinician's `correct`: the triage decision agrees (`triage`), or every finding read does
+    (`findings`)."""
     if judge == "triage":
         return model_priority == clinician_priority
     return findings_agree(positive, read)
@@ -156,8 +159,9 @@ def findings_agree(positive: dict[str, bool], read: dict[str, int]) -> bool:
     return all(positive[label] == bool(v) for label, v in read.items())
 
 
-def arrival_times(pattern: str, rate: float, duration: float, max_requests: int, burst_size: int,
-                  rng: np.random.Generator) -> list[float]:
+def arrival_times(
+    pattern: str, rate: float, duration: float, max_requests: int, burst_size: int, rng: np.random.Generator
+) -> list[float]:
     """Seconds from the start at which each study arrives (sorted; a burst shares one time)."""
     if pattern == "steady":
         times = np.arange(0, duration, 1.0 / rate)
@@ -209,16 +213,22 @@ class Clinic:
         self.cfg = cfg
         self.rng = np.random.default_rng(cfg.seed)
         self.shift = shift_fn(cfg.shift)
-        self.client = httpx.Client(base_url=cfg.url.rstrip("/"), headers={"Authorization": f"Bearer {key}"},
-                                   timeout=cfg.timeout_s, limits=httpx.Limits(max_connections=cfg.concurrency))
+        self.client = httpx.Client(
+            base_url=cfg.url.rstrip("/"),
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=cfg.timeout_s,
+            limits=httpx.Limits(max_connections=cfg.concurrency),
+        )
         self.model = self._model_info()
         self.labels: list[str] = list(self.model["labels"])
         table = read_chexpert_csv(cfg.csv, self.labels)
         self.paths = image_paths(table, cfg.root)
         missing = [p for p in self.paths[:20] if not p.is_file()]
         if missing:
-            raise UserInputError(f"images of {cfg.csv} are not under {cfg.root or table.path.parent.parent} "
-                                 f"(first missing: {missing[0]}); pass --root.")
+            raise UserInputError(
+                f"images of {cfg.csv} are not under {cfg.root or table.path.parent.parent} "
+                f"(first missing: {missing[0]}); pass --root."
+            )
         self.rows = table.frame["csv_row"].to_numpy()
         self.truth = table.values
         self.records: list[dict[str, Any]] = []
@@ -232,9 +242,13 @@ class Clinic:
         try:
             response = self.client.get("/model")
         except httpx.HTTPError as exc:
-            raise ChexopsError(f"the endpoint {self.cfg.url} cannot be reached ({type(exc).__name__}: {exc}).") from None
+            raise ChexopsError(
+                f"the endpoint {self.cfg.url} cannot be reached ({type(exc).__name__}: {exc})."
+            ) from None
         if response.status_code != 200:
-            raise ChexopsError(f"{self.cfg.url}/model answered {response.status_code}; is it a chexops endpoint that is ready?")
+            raise ChexopsError(
+                f"{self.cfg.url}/model answered {response.status_code}; is it a chexops endpoint that is ready?"
+            )
         return response.json()
 
     def _post(self, path: str, retries: list[float], **kwargs):
@@ -258,21 +272,33 @@ class Clinic:
     def study(self, index: int, planned: float) -> None:
         k = int(self.order[index])
         truth = {label: (None if math.isnan(v) else int(v)) for label, v in zip(self.labels, self.truth[k])}
-        record: dict[str, Any] = {"index": index, "csv_row": int(self.rows[k]), "planned_s": round(planned, 4),
-                                  "sent_s": round(time.monotonic() - self.started, 4), "truth": truth}
+        record: dict[str, Any] = {
+            "index": index,
+            "csv_row": int(self.rows[k]),
+            "planned_s": round(planned, 4),
+            "sent_s": round(time.monotonic() - self.started, 4),
+            "truth": truth,
+        }
         data, name = _encode(self.paths[k], self.shift)
         retries: list[float] = []
         t0 = time.perf_counter()
         response, failure = self._post("/predict", retries, files={"image": (name, data)})
-        record.update(latency_ms=round((time.perf_counter() - t0) * 1000, 2), backoffs=len(retries),
-                      backoff_s=round(sum(retries), 2), status=response.status_code if response is not None else 0,
-                      failure=failure)
+        record.update(
+            latency_ms=round((time.perf_counter() - t0) * 1000, 2),
+            backoffs=len(retries),
+            backoff_s=round(sum(retries), 2),
+            status=response.status_code if response is not None else 0,
+            failure=failure,
+        )
         if response is not None and response.status_code == 200:
             body = response.json()
-            record.update(request_id=body["request_id"], priority=body["priority"],
-                          model_version=body["model"]["version"],
-                          probabilities={f["label"]: f["probability"] for f in body["findings"]},
-                          positive={f["label"]: bool(f["positive"]) for f in body["findings"]})
+            record.update(
+                request_id=body["request_id"],
+                priority=body["priority"],
+                model_version=body["model"]["version"],
+                probabilities={f["label"]: f["probability"] for f in body["findings"]},
+                positive={f["label"]: bool(f["positive"]) for f in body["findings"]},
+            )
             if self.review_draw[index] < self.cfg.review_share:
                 record["feedback"] = self._review(index, record, truth)
         with self.lock:
@@ -281,16 +307,27 @@ class Clinic:
     def _review(self, index: int, record: dict[str, Any], truth: dict[str, int | None]) -> dict[str, Any]:
         """The clinician reads the ground truth (each known 0/1 label flipped with `error_rate`) and answers."""
         flips = self.flip_draw[index]
-        read = {label: (1 - v if flips[j] < self.cfg.error_rate else v)
-                for j, (label, v) in enumerate(truth.items()) if v in (0, 1)}
+        read = {
+            label: (1 - v if flips[j] < self.cfg.error_rate else v)
+            for j, (label, v) in enumerate(truth.items())
+            if v in (0, 1)
+        }
         clinician_priority = priority([{"label": label, "positive": bool(v)} for label, v in read.items()])
         correct = verdict(self.cfg.judge, record["positive"], record["priority"], read, clinician_priority)
         retries: list[float] = []
-        response, failure = self._post("/feedback", retries, json={"request_id": record["request_id"], "correct": correct,
-                                                                   "labels": read})
+        response, failure = self._post(
+            "/feedback", retries, json={"request_id": record["request_id"], "correct": correct, "labels": read}
+        )
         status = response.status_code if response is not None else 0
-        return {"correct": correct, "clinician_priority": clinician_priority, "labels": len(read), "status": status, "stored": status == 200,
-                "backoffs": len(retries), "failure": failure}
+        return {
+            "correct": correct,
+            "clinician_priority": clinician_priority,
+            "labels": len(read),
+            "status": status,
+            "stored": status == 200,
+            "backoffs": len(retries),
+            "failure": failure,
+        }
 
     def run(self) -> SimulateReport:
         cfg = self.cfg
@@ -299,8 +336,16 @@ class Clinic:
         self.order = np.concatenate([self.rng.permutation(len(self.paths)) for _ in range(cycles)])
         self.review_draw = self.rng.random(len(times))
         self.flip_draw = self.rng.random((len(times), len(self.labels)))
-        log.info("Simulating %d studies (%s, %.2f/s for %.0f s) against %s (%s v%s)", len(times), cfg.pattern, cfg.rate,
-                 cfg.duration, cfg.url, self.model.get("name"), self.model.get("version"))
+        log.info(
+            "Simulating %d studies (%s, %.2f/s for %.0f s) against %s (%s v%s)",
+            len(times),
+            cfg.pattern,
+            cfg.rate,
+            cfg.duration,
+            cfg.url,
+            self.model.get("name"),
+            self.model.get("version"),
+        )
         self.started = time.monotonic()
         self.deadline = self.started + cfg.duration
         with ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="clinic") as pool:
@@ -322,6 +367,7 @@ class Clinic:
 
 # --- the report -------------------------------------------------------------------------------------
 
+
 def online_auroc(records: list[dict[str, Any]], labels: list[str], points: int = 10) -> dict[str, list]:
     """Cumulative AUROC per label after each tenth of the answered studies (None: one class only)."""
     from sklearn.metrics import roc_auc_score
@@ -332,15 +378,23 @@ def online_auroc(records: list[dict[str, Any]], labels: list[str], points: int =
     for label in labels:
         values = []
         for c in cuts:
-            pairs = [(r["truth"][label], r["probabilities"][label]) for r in answered[:c] if r["truth"].get(label) in (0, 1)]
+            pairs = [
+                (r["truth"][label], r["probabilities"][label]) for r in answered[:c] if r["truth"].get(label) in (0, 1)
+            ]
             y = [t for t, _ in pairs]
             values.append(round(float(roc_auc_score(y, [p for _, p in pairs])), 4) if len(set(y)) == 2 else None)
         series[label] = values
     return series
 
 
-def build_report(cfg: SimulateConfig, model: dict[str, Any], labels: list[str], records: list[dict[str, Any]], planned: int,
-                 elapsed: float) -> SimulateReport:
+def build_report(
+    cfg: SimulateConfig,
+    model: dict[str, Any],
+    labels: list[str],
+    records: list[dict[str, Any]],
+    planned: int,
+    elapsed: float,
+) -> SimulateReport:
     ok = [r for r in records if r["status"] == 200]
     latencies = np.array([r["latency_ms"] for r in ok]) if ok else np.array([])
     statuses: dict[str, int] = {}
@@ -350,21 +404,37 @@ def build_report(cfg: SimulateConfig, model: dict[str, Any], labels: list[str], 
     stored = [f for f in reviewed if f["stored"]]
     auroc = online_auroc(records, labels)
     summary = SimulateSummary(
-        endpoint=cfg.url, model={k: model.get(k) for k in ("name", "version", "run_id", "precision")},
-        pattern=cfg.pattern, rate_per_s=cfg.rate, duration_s=cfg.duration, shift=cfg.shift, seed=cfg.seed,
-        planned=planned, sent=len(records), answered=len(ok), statuses=statuses,
+        endpoint=cfg.url,
+        model={k: model.get(k) for k in ("name", "version", "run_id", "precision")},
+        pattern=cfg.pattern,
+        rate_per_s=cfg.rate,
+        duration_s=cfg.duration,
+        shift=cfg.shift,
+        seed=cfg.seed,
+        planned=planned,
+        sent=len(records),
+        answered=len(ok),
+        statuses=statuses,
         backoffs=sum(r["backoffs"] for r in records) + sum(f["backoffs"] for f in reviewed),
         rate_limited_requests=sum(1 for r in records if r["backoffs"]),
-        elapsed_s=round(elapsed, 2), achieved_rate_per_s=round(len(records) / elapsed, 3) if elapsed else 0.0,
-        latency_ms=Quantiles(**{q: round(float(np.percentile(latencies, p)), 2) if len(latencies) else None
-                                for q, p in (("p50", 50), ("p95", 95), ("p99", 99))}),
+        elapsed_s=round(elapsed, 2),
+        achieved_rate_per_s=round(len(records) / elapsed, 3) if elapsed else 0.0,
+        latency_ms=Quantiles(
+            **{
+                q: round(float(np.percentile(latencies, p)), 2) if len(latencies) else None
+                for q, p in (("p50", 50), ("p95", 95), ("p99", 99))
+            }
+        ),
         auroc={label: auroc[label][-1] if auroc["n"] else None for label in labels},
-        reviewed=len(reviewed), feedback_stored=len(stored),
+        reviewed=len(reviewed),
+        feedback_stored=len(stored),
         agreement_rate=round(sum(f["correct"] for f in stored) / len(stored), 4) if stored else None,
-        review_share=cfg.review_share, error_rate=cfg.error_rate,
+        review_share=cfg.review_share,
+        error_rate=cfg.error_rate,
     )
-    return SimulateReport(summary=summary, labels=labels, thresholds=model.get("thresholds", {}), online_auroc=auroc,
-                          requests=records)
+    return SimulateReport(
+        summary=summary, labels=labels, thresholds=model.get("thresholds", {}), online_auroc=auroc, requests=records
+    )
 
 
 def plot_report(report: SimulateReport, out: Path) -> list[str]:
@@ -380,7 +450,9 @@ def plot_report(report: SimulateReport, out: Path) -> list[str]:
     ax.scatter([r["sent_s"] for r in ok], [r["latency_ms"] for r in ok], s=8, label="200")
     other = [r for r in records if r["status"] != 200]
     if other:
-        ax.scatter([r["sent_s"] for r in other], [r["latency_ms"] for r in other], s=12, marker="x", c="red", label="not 200")
+        ax.scatter(
+            [r["sent_s"] for r in other], [r["latency_ms"] for r in other], s=12, marker="x", c="red", label="not 200"
+        )
     ax.set(xlabel="seconds since start", ylabel="latency (ms)", title="Latency over time")
     ax.legend()
     fig.tight_layout()
@@ -404,7 +476,12 @@ def plot_report(report: SimulateReport, out: Path) -> list[str]:
     if reviewed:
         agree = np.cumsum([c for _, c in reviewed]) / np.arange(1, len(reviewed) + 1)
         ax.plot([t for t, _ in reviewed], agree, marker=".")
-    ax.set(xlabel="seconds since start", ylabel="agreement rate (cumulative)", title="Agreement with clinicians", ylim=(0, 1))
+    ax.set(
+        xlabel="seconds since start",
+        ylabel="agreement rate (cumulative)",
+        title="Agreement with clinicians",
+        ylim=(0, 1),
+    )
     fig.tight_layout()
     fig.savefig(out / "agreement.png", dpi=90)
     plt.close(fig)
@@ -426,9 +503,11 @@ def human(summary: SimulateSummary) -> str:
     lat = summary.latency_ms
     agreement = "n/a" if summary.agreement_rate is None else f"{summary.agreement_rate:.1%}"
     aurocs = [v for v in summary.auroc.values() if v is not None]
-    return (f"Sent {summary.sent} of {summary.planned} studies ({summary.pattern}, {summary.achieved_rate_per_s}/s) "
-            f"to {summary.endpoint} in {summary.elapsed_s} s: {summary.answered} answered, statuses "
-            f"{summary.statuses}, {summary.backoffs} back-offs on 429. Latency p50 {lat.p50} ms, p95 {lat.p95} ms. "
-            f"Mean online AUROC {np.mean(aurocs) if aurocs else float('nan'):.3f} over {len(aurocs)} findings. "
-            f"{summary.feedback_stored} of {summary.reviewed} reviews stored, agreement {agreement}. "
-            f"Report: {summary.report}")
+    return (
+        f"Sent {summary.sent} of {summary.planned} studies ({summary.pattern}, {summary.achieved_rate_per_s}/s) "
+        f"to {summary.endpoint} in {summary.elapsed_s} s: {summary.answered} answered, statuses "
+        f"{summary.statuses}, {summary.backoffs} back-offs on 429. Latency p50 {lat.p50} ms, p95 {lat.p95} ms. "
+        f"Mean online AUROC {np.mean(aurocs) if aurocs else float('nan'):.3f} over {len(aurocs)} findings. "
+        f"{summary.feedback_stored} of {summary.reviewed} reviews stored, agreement {agreement}. "
+        f"Report: {summary.report}"
+    )

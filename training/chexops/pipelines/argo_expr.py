@@ -30,14 +30,30 @@ from chexops.core.errors import UserInputError
 # Argo's node phases, as the local runner records them.
 SUCCEEDED, FAILED, SKIPPED, OMITTED = "Succeeded", "Failed", "Skipped", "Omitted"
 # The phases each `depends` result accepts (Errored and Daemoned never happen here).
-DEPENDS_RESULTS = {"Succeeded": {SUCCEEDED}, "Failed": {FAILED}, "Errored": set(), "Skipped": {SKIPPED},
-                   "Omitted": {OMITTED}, "Daemoned": set(), "AnySucceeded": {SUCCEEDED}, "AllFailed": {FAILED}}
+DEPENDS_RESULTS = {
+    "Succeeded": {SUCCEEDED},
+    "Failed": {FAILED},
+    "Errored": set(),
+    "Skipped": {SKIPPED},
+    "Omitted": {OMITTED},
+    "Daemoned": set(),
+    "AnySucceeded": {SUCCEEDED},
+    "AllFailed": {FAILED},
+}
 BARE_TASK = {SUCCEEDED, SKIPPED}
 
-_TOKEN = re.compile(r"""\s*(?:(?P<str>'[^']*'|"[^"]*")|(?P<op>&&|\|\||<=|>=|==|!=|[<>!()\[\]])"""
-                    r"""|(?P<word>[^\s'"&|<>=!()\[\]]+))""")
-_COMPARE: dict[str, Callable[[Any, Any], bool]] = {"<": operator.lt, "<=": operator.le, ">": operator.gt,
-                                                   ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
+_TOKEN = re.compile(
+    r"""\s*(?:(?P<str>'[^']*'|"[^"]*")|(?P<op>&&|\|\||<=|>=|==|!=|[<>!()\[\]])"""
+    r"""|(?P<word>[^\s'"&|<>=!()\[\]]+))"""
+)
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
 _TASK = re.compile(r"([A-Za-z0-9_-]+)(?:\.([A-Za-z]+))?")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 _CONDITIONS = {"or", "and", "not", "cmp"}  # the nodes whose value is a truth value
@@ -74,8 +90,9 @@ class _Parser:
     def take(self, value: str | None = None) -> tuple[str, str]:
         if self.pos >= len(self.tokens) or (value is not None and self.peek() != value):
             found = "the end" if self.pos >= len(self.tokens) else repr(self.peek())
-            raise UnsupportedExpression(f"expected {value!r} but found {found} in {self.text!r}" if value
-                                        else f"{self.text!r} ends too early")
+            raise UnsupportedExpression(
+                f"expected {value!r} but found {found} in {self.text!r}" if value else f"{self.text!r} ends too early"
+            )
         self.pos += 1
         return self.tokens[self.pos - 1]
 
@@ -83,8 +100,9 @@ class _Parser:
         tree = self.or_()
         if self.pos != len(self.tokens):
             extra = self.peek()
-            raise UnsupportedExpression(f"unbalanced parentheses in {self.text!r}" if extra == ")"
-                                        else f"unexpected {extra!r} in {self.text!r}")
+            raise UnsupportedExpression(
+                f"unbalanced parentheses in {self.text!r}" if extra == ")" else f"unexpected {extra!r} in {self.text!r}"
+            )
         return tree
 
     def or_(self) -> Node:
@@ -156,8 +174,7 @@ def _task(parser: _Parser) -> Node:
         raise UnsupportedExpression(f"cannot read {text!r} in {parser.text!r}")
     task, result = m.groups()
     if result is not None and result not in DEPENDS_RESULTS:
-        raise UnsupportedExpression(f"result {text!r} is not implemented locally "
-                                    f"(known: {', '.join(DEPENDS_RESULTS)})")
+        raise UnsupportedExpression(f"result {text!r} is not implemented locally (known: {', '.join(DEPENDS_RESULTS)})")
     return ("task", task, result)
 
 

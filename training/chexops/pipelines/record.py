@@ -28,8 +28,11 @@ def record_outcome(workflow: str, status: str | None, outcome: str | None, run_i
     experiment_id = setup_mlflow(EXPERIMENT)
     client = MlflowClient()
     found = client.search_runs([experiment_id], filter_string=f"tags.`chexops.workflow` = '{workflow}'", max_results=1)
-    record = found[0].info.run_id if found else client.create_run(experiment_id, run_name=workflow,
-                                                                  tags={"chexops.workflow": workflow}).info.run_id
+    record = (
+        found[0].info.run_id
+        if found
+        else client.create_run(experiment_id, run_name=workflow, tags={"chexops.workflow": workflow}).info.run_id
+    )
     tags = {k: v for k, v in {"chexops.pipeline.status": status, "chexops.pipeline.outcome": outcome}.items() if v}
     if run_id:
         tags["chexops.training_run"] = run_id
@@ -40,6 +43,10 @@ def record_outcome(workflow: str, status: str | None, outcome: str | None, run_i
     if status:
         client.set_terminated(record, "FINISHED" if status == "Succeeded" else "FAILED")
     stored = client.get_run(record).data.tags
-    return PipelineRecord(workflow=workflow, record_run=record, status=stored.get("chexops.pipeline.status", ""),
-                          outcome=stored.get("chexops.pipeline.outcome", ""),
-                          training_run=stored.get("chexops.training_run", ""))
+    return PipelineRecord(
+        workflow=workflow,
+        record_run=record,
+        status=stored.get("chexops.pipeline.status", ""),
+        outcome=stored.get("chexops.pipeline.outcome", ""),
+        training_run=stored.get("chexops.training_run", ""),
+    )

@@ -27,8 +27,10 @@ from typing import Any
 
 import yaml
 
+from chexops.core.console import ENV as OUTPUTS_ENV
+from chexops.core.console import RESULT_FILE
 from chexops.core.errors import ChexopsError, UserInputError
-from chexops.core.console import ENV as OUTPUTS_ENV, RESULT_FILE
+from chexops.core.results import Result
 from chexops.pipelines import argo_expr
 from chexops.pipelines.argo_expr import FAILED, OMITTED, SKIPPED, SUCCEEDED, UnsupportedExpression, depends_tasks
 
@@ -40,11 +42,34 @@ KINDS = ("WorkflowTemplate", "Workflow")
 
 # What the runner reads; what it accepts but leaves to the cluster (scheduling, pods, retries).
 SPEC_KEYS = {"entrypoint", "arguments", "templates", "onExit"}
-SPEC_CLUSTER_ONLY = {"artifactRepositoryRef", "serviceAccountName", "securityContext", "synchronization", "podGC", "ttlStrategy",
-                     "activeDeadlineSeconds", "volumes", "podMetadata", "workflowMetadata", "nodeSelector", "tolerations"}
+SPEC_CLUSTER_ONLY = {
+    "artifactRepositoryRef",
+    "serviceAccountName",
+    "securityContext",
+    "synchronization",
+    "podGC",
+    "ttlStrategy",
+    "activeDeadlineSeconds",
+    "volumes",
+    "podMetadata",
+    "workflowMetadata",
+    "nodeSelector",
+    "tolerations",
+}
 TEMPLATE_KEYS = {"name", "inputs", "outputs", "container", "dag", "metadata"}
-TEMPLATE_CLUSTER_ONLY = {"activeDeadlineSeconds", "retryStrategy", "nodeSelector", "tolerations", "podSpecPatch", "volumes",
-                         "securityContext", "serviceAccountName", "timeout", "affinity", "priorityClassName"}
+TEMPLATE_CLUSTER_ONLY = {
+    "activeDeadlineSeconds",
+    "retryStrategy",
+    "nodeSelector",
+    "tolerations",
+    "podSpecPatch",
+    "volumes",
+    "securityContext",
+    "serviceAccountName",
+    "timeout",
+    "affinity",
+    "priorityClassName",
+}
 CONTAINER_KEYS = {"image", "command", "args", "env"}
 CONTAINER_CLUSTER_ONLY = {"resources", "securityContext", "volumeMounts", "imagePullPolicy", "workingDir"}
 TASK_KEYS = {"name", "template", "arguments", "depends", "dependencies", "when", "continueOn"}
@@ -61,8 +86,10 @@ class Unsupported(UserInputError):
 def _refuse_unknown(obj: dict[str, Any], known: set[str], where: str) -> None:
     unknown = sorted(set(obj) - known)
     if unknown:
-        raise Unsupported(f"{where}: the local runner does not implement {', '.join(repr(k) for k in unknown)}; "
-                          "run this workflow in the cluster (argo submit).")
+        raise Unsupported(
+            f"{where}: the local runner does not implement {', '.join(repr(k) for k in unknown)}; "
+            "run this workflow in the cluster (argo submit)."
+        )
 
 
 @dataclass
@@ -99,7 +126,9 @@ def substitute(text: str, scope: dict[str, str], where: str) -> str:
     def one(match: re.Match[str]) -> str:
         name = match.group(1)
         if name.startswith("="):
-            raise Unsupported(f"{where}: expression templates ({match.group(0)}) are not implemented by the local runner.")
+            raise Unsupported(
+                f"{where}: expression templates ({match.group(0)}) are not implemented by the local runner."
+            )
         if name not in scope:
             raise UserInputError(f"{where}: {match.group(0)} does not resolve here.")
         return scope[name]
@@ -134,7 +163,9 @@ def evaluate_depends(expr: str, phases: dict[str, str], where: str) -> bool:
 class LocalRunner:
     """Executes one workflow file's entrypoint (and its onExit handler) as local processes."""
 
-    def __init__(self, path: Path, parameters: dict[str, str], workdir: Path, echo=None, skip: dict[str, str] | None = None):
+    def __init__(
+        self, path: Path, parameters: dict[str, str], workdir: Path, echo=None, skip: dict[str, str] | None = None
+    ):
         self.path = path
         self.skip = dict(skip or {})
         self.doc = load_workflow(path)
@@ -150,7 +181,10 @@ class LocalRunner:
         missing = sorted(k for k, v in self.parameters.items() if v is None)
         if missing:
             raise UserInputError(f"parameters without a value: {', '.join(missing)} (pass -p NAME=VALUE).")
-        self.name = f"{self.doc['metadata'].get('name') or self.doc['metadata'].get('generateName', 'workflow')}-local-{time.strftime('%Y%m%d%H%M%S')}"
+        metadata = self.doc["metadata"]
+        self.name = (
+            f"{metadata.get('name') or metadata.get('generateName', 'workflow')}-local-{time.strftime('%Y%m%d%H%M%S')}"
+        )
         self.workdir = workdir
         self.nodes: list[Node] = []
         self.echo = echo or (lambda line: log.info("%s", line))
@@ -166,8 +200,14 @@ class LocalRunner:
         self.status = SUCCEEDED if main.phase in (SUCCEEDED, SKIPPED) else FAILED
         if self.spec.get("onExit"):
             self.execute(self.spec["onExit"], "onExit", {})
-        return {"workflow": self.name, "file": str(self.path), "phase": self.status, "outputs": main.outputs,
-                "seconds": round(time.monotonic() - started, 1), "nodes": [n.summary() for n in self.nodes]}
+        return {
+            "workflow": self.name,
+            "file": str(self.path),
+            "phase": self.status,
+            "outputs": main.outputs,
+            "seconds": round(time.monotonic() - started, 1),
+            "nodes": [n.summary() for n in self.nodes],
+        }
 
     def global_scope(self) -> dict[str, str]:
         scope = {f"workflow.parameters.{k}": v for k, v in self.parameters.items()}
@@ -205,9 +245,15 @@ class LocalRunner:
         if "dag" in template:
             self.run_dag(template, node, scope)
         elif "container" in template:
-            if inputs.get("artifacts") or (template.get("outputs") or {}).get("artifacts") and LOCAL_RUN not in annotations:
-                raise Unsupported(f"{where}: artifacts are not implemented by the local runner; annotate the template "
-                                  f"{LOCAL_RUN} or {LOCAL_SKIP}.")
+            if (
+                inputs.get("artifacts")
+                or (template.get("outputs") or {}).get("artifacts")
+                and LOCAL_RUN not in annotations
+            ):
+                raise Unsupported(
+                    f"{where}: artifacts are not implemented by the local runner; annotate the template "
+                    f"{LOCAL_RUN} or {LOCAL_SKIP}."
+                )
             self.run_container(template, node, scope, annotations.get(LOCAL_RUN))
         else:
             raise Unsupported(f"{where}: only container and dag templates run locally.")
@@ -230,14 +276,21 @@ class LocalRunner:
             elif "value" in var:
                 env[var["name"]] = substitute(str(var["value"]), scope, f"{where}.env.{var['name']}")
             else:
-                log.debug("%s: %s comes from a Kubernetes Secret in the cluster; not set locally", node.name, var["name"])
+                log.debug(
+                    "%s: %s comes from a Kubernetes Secret in the cluster; not set locally", node.name, var["name"]
+                )
         env.setdefault(OUTPUTS_ENV, str(outputs_dir))
         if local_run is not None:
             argv = shlex.split(substitute(local_run, scope, f"{where}.metadata.annotations[{LOCAL_RUN}]"))
         else:
-            argv = [substitute(str(a), scope, f"{where}.container") for a in [*container.get("command", []), *container.get("args", [])]]
+            argv = [
+                substitute(str(a), scope, f"{where}.container")
+                for a in [*container.get("command", []), *container.get("args", [])]
+            ]
         if not argv or argv[0] not in LAUNCHERS:
-            raise Unsupported(f"{where}: command {argv[:1]} is not a chexops step; annotate the template {LOCAL_RUN} or {LOCAL_SKIP}.")
+            raise Unsupported(
+                f"{where}: command {argv[:1]} is not a chexops step; annotate the template {LOCAL_RUN} or {LOCAL_SKIP}."
+            )
         node.command = argv
         self.echo(f"▶ {node.name}: {shlex.join(argv)}")
         proc = subprocess.run([*LAUNCHERS[argv[0]], *argv[1:]], env=env, stdout=subprocess.DEVNULL)
@@ -252,7 +305,9 @@ class LocalRunner:
             node.message = f"exit code {proc.returncode}"
         self.echo(f"  {node.name}: {node.phase}{f' ({node.message})' if node.message else ''}")
 
-    def collect_outputs(self, template: dict[str, Any], node: Node, outputs_dir: Path, cluster_outputs: str | None) -> None:
+    def collect_outputs(
+        self, template: dict[str, Any], node: Node, outputs_dir: Path, cluster_outputs: str | None
+    ) -> None:
         where = f"templates[{template['name']}].outputs"
         outputs = template.get("outputs") or {}
         _refuse_unknown(outputs, {"parameters", "artifacts"}, where)
@@ -261,9 +316,11 @@ class LocalRunner:
             _refuse_unknown(source, {"path", "default"}, f"{where}.parameters[{param['name']}].valueFrom")
             path = source.get("path", "")
             if not cluster_outputs or not path.startswith(cluster_outputs + "/"):
-                raise Unsupported(f"{where}.parameters[{param['name']}]: valueFrom.path {path!r} is not under ${OUTPUTS_ENV} "
-                                  f"({cluster_outputs}), the only place a local step writes to.")
-            local = outputs_dir / path[len(cluster_outputs) + 1:]
+                raise Unsupported(
+                    f"{where}.parameters[{param['name']}]: valueFrom.path {path!r} is not under ${OUTPUTS_ENV} "
+                    f"({cluster_outputs}), the only place a local step writes to."
+                )
+            local = outputs_dir / path[len(cluster_outputs) + 1 :]
             if local.is_file():
                 node.outputs[param["name"]] = local.read_text().strip()
             elif "default" in source:
@@ -304,7 +361,9 @@ class LocalRunner:
                 phases[name], reason = OMITTED, f"omitted: depends {depends[name]!r} not met"
             elif name in self.skip:
                 phases[name], reason = SKIPPED, f"skipped: {self.skip[name]}"
-            elif "when" in task and not evaluate_when(substitute(str(task["when"]), task_scope, f"{task_where}.when"), task_where):
+            elif "when" in task and not evaluate_when(
+                substitute(str(task["when"]), task_scope, f"{task_where}.when"), task_where
+            ):
                 phases[name], reason = SKIPPED, f"skipped: when {task['when']!r} is false"
             if reason:
                 self.nodes.append(Node(f"{node.name}.{name}", task.get("template", ""), phases[name], message=reason))
@@ -314,12 +373,17 @@ class LocalRunner:
             arguments = task.get("arguments") or {}
             _refuse_unknown(arguments, {"parameters", "artifacts"}, f"{task_where}.arguments")
             target = self.templates.get(task["template"], {})
-            if arguments.get("artifacts") and LOCAL_SKIP not in ((target.get("metadata") or {}).get("annotations") or {}):
+            if arguments.get("artifacts") and LOCAL_SKIP not in (
+                (target.get("metadata") or {}).get("annotations") or {}
+            ):
                 raise Unsupported(f"{task_where}: artifacts are not implemented by the local runner.")
             cluster_only = LOCAL_SKIP in ((target.get("metadata") or {}).get("annotations") or {})
-            for param in [] if cluster_only else arguments.get("parameters", []):  # a skipped template's are never resolved
-                args[f"inputs.parameters.{param['name']}"] = substitute(str(param.get("value", "")), task_scope,
-                                                                        f"{task_where}.arguments.{param['name']}")
+            for param in (
+                [] if cluster_only else arguments.get("parameters", [])
+            ):  # a skipped template's are never resolved
+                args[f"inputs.parameters.{param['name']}"] = substitute(
+                    str(param.get("value", "")), task_scope, f"{task_where}.arguments.{param['name']}"
+                )
             child = self.execute(task["template"], f"{node.name}.{name}", args)
             nodes[name], phases[name] = child, child.phase
             continued = child.phase == FAILED and (task.get("continueOn") or {}).get("failed")
@@ -332,9 +396,13 @@ class LocalRunner:
                 final_scope[f"tasks.{other}.outputs.parameters.{key}"] = value
         for param in (template.get("outputs") or {}).get("parameters", []):
             source = param.get("valueFrom") or {}
-            _refuse_unknown(source, {"parameter", "default"}, f"templates[{template['name']}].outputs.parameters[{param['name']}]")
+            _refuse_unknown(
+                source, {"parameter", "default"}, f"templates[{template['name']}].outputs.parameters[{param['name']}]"
+            )
             try:
-                node.outputs[param["name"]] = substitute(source["parameter"], final_scope, f"templates[{template['name']}].outputs")
+                node.outputs[param["name"]] = substitute(
+                    source["parameter"], final_scope, f"templates[{template['name']}].outputs"
+                )
             except UserInputError:
                 if "default" in source:
                     node.outputs[param["name"]] = str(source["default"])
@@ -349,7 +417,9 @@ class LocalRunner:
         while pending:
             ready = [n for n in pending if all(d in order for d in parents[n])]
             if not ready:
-                raise UserInputError(f"{where}: the tasks {', '.join(pending)} depend on each other (a cycle) or on unknown tasks.")
+                raise UserInputError(
+                    f"{where}: the tasks {', '.join(pending)} depend on each other (a cycle) or on unknown tasks."
+                )
             order.append(ready[0])
             pending.remove(ready[0])
         return order
@@ -371,19 +441,19 @@ class LocalRunner:
         return SUCCEEDED
 
 
-def run_local(path: Path, parameters: dict[str, str], workdir: Path, echo=None,
-              skip: dict[str, str] | None = None) -> WorkflowRun:
+def run_local(
+    path: Path, parameters: dict[str, str], workdir: Path, echo=None, skip: dict[str, str] | None = None
+) -> WorkflowRun:
     """Run `path` locally; raises ChexopsError when the workflow fails (after its exit handler ran).
     `skip` maps task names to the reason they are skipped."""
     result = LocalRunner(path, parameters, workdir, echo, skip).run()
     if result["phase"] != SUCCEEDED:
         failed = [n["name"] for n in result["nodes"] if n.get("phase") == FAILED]
-        raise ChexopsError(f"workflow {result['workflow']} failed at {', '.join(failed) or 'an unknown step'} "
-                           "(see the step's messages above).")
+        raise ChexopsError(
+            f"workflow {result['workflow']} failed at {', '.join(failed) or 'an unknown step'} "
+            "(see the step's messages above)."
+        )
     return WorkflowRun(**result)
-
-
-from chexops.core.results import Result  # noqa: E402
 
 
 class WorkflowRun(Result):

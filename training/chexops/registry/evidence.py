@@ -29,14 +29,13 @@ from chexops.core.errors import UserInputError
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class Evidence:
     """What a promotion found: whether it may go ahead, and the lines its commit message carries."""
 
     ok: bool
-    reasons: list[str] = field(default_factory=list)   # why not, when not ok
-    lines: list[str] = field(default_factory=list)     # human evidence for the commit message
+    reasons: list[str] = field(default_factory=list)  # why not, when not ok
+    lines: list[str] = field(default_factory=list)  # human evidence for the commit message
     facts: dict[str, Any] = field(default_factory=dict)
 
     def refuse(self, reason: str) -> None:
@@ -64,7 +63,9 @@ def gate_evidence(tags: dict[str, str]) -> Evidence:
         return ev
     for v in verdicts:
         value = "n/a" if v.get("value") is None else f"{v['value']:.4f}"
-        ev.lines.append(f"gate {v.get('criterion')}: {value} (limit {v.get('limit')}) {'PASS' if v.get('passed') else 'FAIL'}")
+        ev.lines.append(
+            f"gate {v.get('criterion')}: {value} (limit {v.get('limit')}) {'PASS' if v.get('passed') else 'FAIL'}"
+        )
     failed = [v.get("criterion") for v in verdicts if not v.get("passed")]
     if failed:
         ev.refuse(f"its quality gate failed ({', '.join(map(str, failed))})")
@@ -74,14 +75,30 @@ def gate_evidence(tags: dict[str, str]) -> Evidence:
     return ev
 
 
-LOADTEST_KEYS = ("passed", "requests", "failures", "error_ratio", "p50_ms", "p95_ms", "rps", "users", "duration_s",
-                 "max_p95_ms", "max_error_ratio", "host", "at")
+LOADTEST_KEYS = (
+    "passed",
+    "requests",
+    "failures",
+    "error_ratio",
+    "p50_ms",
+    "p95_ms",
+    "rps",
+    "users",
+    "duration_s",
+    "max_p95_ms",
+    "max_error_ratio",
+    "host",
+    "at",
+)
 
 
 def loadtest_tags(result: dict[str, Any]) -> dict[str, str]:
     """`chexops loadtest --record`: the result as `loadtest.*` tags."""
-    return {f"loadtest.{k}": str(result[k]).lower() if isinstance(result[k], bool) else str(result[k])
-            for k in LOADTEST_KEYS if result.get(k) is not None}
+    return {
+        f"loadtest.{k}": str(result[k]).lower() if isinstance(result[k], bool) else str(result[k])
+        for k in LOADTEST_KEYS
+        if result.get(k) is not None
+    }
 
 
 def canary_evidence(tags: dict[str, str]) -> Evidence:
@@ -92,41 +109,61 @@ def canary_evidence(tags: dict[str, str]) -> Evidence:
     if not image:
         ev.refuse("it was never promoted to staging (no `staging.image` tag)")
     if tags.get("loadtest.passed") != "true":
-        ev.refuse("no passing staging load test is recorded (`chexops loadtest --record models:/NAME/N`)"
-                  if "loadtest.passed" not in tags else
-                  f"its staging load test failed (p95 {tags.get('loadtest.p95_ms')} ms, error ratio {tags.get('loadtest.error_ratio')})")
+        ev.refuse(
+            "no passing staging load test is recorded (`chexops loadtest --record models:/NAME/N`)"
+            if "loadtest.passed" not in tags
+            else f"its staging load test failed (p95 {tags.get('loadtest.p95_ms')} ms, "
+            f"error ratio {tags.get('loadtest.error_ratio')})"
+        )
     elif image and tags.get("loadtest.at", "") < tags.get("staging.at", ""):
-        ev.refuse(f"the recorded load test ({tags.get('loadtest.at')}) is older than the staging promotion ({tags.get('staging.at')})")
+        ev.refuse(
+            f"the recorded load test ({tags.get('loadtest.at')}) is older than the staging promotion "
+            f"({tags.get('staging.at')})"
+        )
     if "loadtest.passed" in tags:
-        ev.lines.append(f"load test (staging, {tags.get('loadtest.host', '?')}): {tags.get('loadtest.users')} users, "
-                        f"{tags.get('loadtest.duration_s')} s, {tags.get('loadtest.requests')} requests, "
-                        f"{tags.get('loadtest.failures')} failures (ratio {tags.get('loadtest.error_ratio')}, "
-                        f"max {tags.get('loadtest.max_error_ratio')}), p50 {tags.get('loadtest.p50_ms')} ms, "
-                        f"p95 {tags.get('loadtest.p95_ms')} ms (max {tags.get('loadtest.max_p95_ms')}), "
-                        f"{tags.get('loadtest.rps')} req/s, at {tags.get('loadtest.at')}")
+        ev.lines.append(
+            f"load test (staging, {tags.get('loadtest.host', '?')}): {tags.get('loadtest.users')} users, "
+            f"{tags.get('loadtest.duration_s')} s, {tags.get('loadtest.requests')} requests, "
+            f"{tags.get('loadtest.failures')} failures (ratio {tags.get('loadtest.error_ratio')}, "
+            f"max {tags.get('loadtest.max_error_ratio')}), p50 {tags.get('loadtest.p50_ms')} ms, "
+            f"p95 {tags.get('loadtest.p95_ms')} ms (max {tags.get('loadtest.max_p95_ms')}), "
+            f"{tags.get('loadtest.rps')} req/s, at {tags.get('loadtest.at')}"
+        )
     ev.facts["image"] = image
     return ev
 
 
-def production_evidence(tags: dict[str, str], canary_version: str | None, version: str, analysis_run: str | None,
-                        analysis_phase: str | None) -> Evidence:
+def production_evidence(
+    tags: dict[str, str], canary_version: str | None, version: str, analysis_run: str | None, analysis_phase: str | None
+) -> Evidence:
     """Production: the version is the canary and its analysis run ended Successful."""
     ev = Evidence(ok=True)
     if not tags.get("canary.commit"):
         ev.refuse("it was never promoted to canary (no `canary.commit` tag)")
     if canary_version != version:
-        ev.refuse(f"the canary alias is on version {canary_version}, not {version}" if canary_version else "no version holds the canary alias")
+        ev.refuse(
+            f"the canary alias is on version {canary_version}, not {version}"
+            if canary_version
+            else "no version holds the canary alias"
+        )
     if not analysis_run:
         ev.refuse("no canary analysis run is named (--analysis-run)")
     if analysis_phase != "Successful":
-        ev.refuse(f"the canary analysis {analysis_run or ''} is {analysis_phase or 'unknown'}, not Successful".replace("  ", " "))
-    ev.lines.append(f"canary analysis {analysis_run}: {analysis_phase} (canary weight {tags.get('canary.weight', '?')}%, "
-                    f"since {tags.get('canary.at', '?')})")
+        ev.refuse(
+            f"the canary analysis {analysis_run or ''} is {analysis_phase or 'unknown'}, not Successful".replace(
+                "  ", " "
+            )
+        )
+    ev.lines.append(
+        f"canary analysis {analysis_run}: {analysis_phase} (canary weight {tags.get('canary.weight', '?')}%, "
+        f"since {tags.get('canary.at', '?')})"
+    )
     ev.facts["image"] = tags.get("staging.image")
     return ev
 
 
 # --- MLflow ------------------------------------------------------------------------------------------
+
 
 def version_or_fail(client, name: str, version: str):
     from mlflow.exceptions import MlflowException

@@ -33,8 +33,6 @@ def is_registry_ref(uri: str) -> bool:
     return bool(_MODELS.match(uri.strip()))
 
 
-
-
 @dataclass(frozen=True)
 class ModelRef:
     """A resolved reference: which run trained it and, when it came through the registry, which version."""
@@ -65,15 +63,25 @@ class ModelRef:
         except ValueError:
             verdicts = None
         if not isinstance(verdicts, list) or not verdicts:
-            return f"registry version {self.version} of {self.name!r} carries no gate verdicts (it was not made by chexops register)"
-        failed = [str(v.get("criterion") if isinstance(v, dict) else v) for v in verdicts
-                  if not isinstance(v, dict) or v.get("passed") is False]  # a criterion not judged (None) fails nothing
-        return f"registry version {self.version} of {self.name!r} failed the gate ({', '.join(failed)})" if failed else ""
+            return (
+                f"registry version {self.version} of {self.name!r} carries no gate verdicts "
+                "(it was not made by chexops register)"
+            )
+        failed = [
+            str(v.get("criterion") if isinstance(v, dict) else v)
+            for v in verdicts
+            if not isinstance(v, dict) or v.get("passed") is False
+        ]  # a criterion not judged (None) fails nothing
+        return (
+            f"registry version {self.version} of {self.name!r} failed the gate ({', '.join(failed)})" if failed else ""
+        )
 
 
 def _missing(exc: Exception) -> bool:
     code = getattr(exc, "error_code", "")
-    return code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND") or "not found" in str(exc).lower()
+    return (
+        code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND") or "not found" in str(exc).lower()
+    )
 
 
 def resolve(uri: str, default_name: str = DEFAULT_MODEL_NAME) -> ModelRef:
@@ -90,17 +98,28 @@ def resolve(uri: str, default_name: str = DEFAULT_MODEL_NAME) -> ModelRef:
             if not _missing(exc):
                 raise
             what = f"alias {alias!r}" if alias else f"version {version}"
-            raise UserInputError(f"{uri}: the registry has no model {name!r} with {what} ({_first_line(exc)}).") from None
+            raise UserInputError(
+                f"{uri}: the registry has no model {name!r} with {what} ({_first_line(exc)})."
+            ) from None
         if not mv.run_id:
             raise UserInputError(f"{uri}: registry version {mv.version} of {name!r} names no training run.")
         source = (mv.source or "").rstrip("/")
         checkpoint = f"{source}/{CHECKPOINT_FILE}" if source and not source.endswith(".pt") else source
-        return ModelRef(uri, name, mv.run_id, str(mv.version), alias or "", checkpoint or f"runs:/{mv.run_id}/{CHECKPOINT_PATH}",
-                        dict(mv.tags or {}))
+        return ModelRef(
+            uri,
+            name,
+            mv.run_id,
+            str(mv.version),
+            alias or "",
+            checkpoint or f"runs:/{mv.run_id}/{CHECKPOINT_PATH}",
+            dict(mv.tags or {}),
+        )
     if uri.startswith("runs:/"):
         run_id, path = parse_run_ref(uri)
         if path != CHECKPOINT_PATH:
-            raise UserInputError(f"{uri}: a run reference is runs:/RUN_ID (its {CHECKPOINT_PATH} is used), not another artifact.")
+            raise UserInputError(
+                f"{uri}: a run reference is runs:/RUN_ID (its {CHECKPOINT_PATH} is used), not another artifact."
+            )
         try:
             c.get_run(run_id)
         except MlflowException as exc:
@@ -109,7 +128,9 @@ def resolve(uri: str, default_name: str = DEFAULT_MODEL_NAME) -> ModelRef:
             raise UserInputError(f"{uri}: there is no MLflow run {run_id} at {paths.default_tracking_uri()}.") from None
         version = _registered_version(c, default_name, run_id)
         return ModelRef(uri, default_name, run_id, version, "", f"runs:/{run_id}/{CHECKPOINT_PATH}")
-    raise UserInputError(f"{uri!r} is not a model reference: use models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID.")
+    raise UserInputError(
+        f"{uri!r} is not a model reference: use models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID."
+    )
 
 
 def _registered_version(c, name: str, run_id: str) -> str:
@@ -130,10 +151,14 @@ def download(ref: ModelRef, artifact_path: str, dst: Path, required: bool = True
     import mlflow
 
     try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=artifact_path, dst_path=str(dst)))
+        return Path(
+            mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=artifact_path, dst_path=str(dst))
+        )
     except Exception as exc:  # noqa: BLE001 - missing artifacts surface as several exception types
         if required:
-            raise UserInputError(f"{ref.uri}: run {ref.run_id} has no artifact {artifact_path!r} ({_first_line(exc)}).") from None
+            raise UserInputError(
+                f"{ref.uri}: run {ref.run_id} has no artifact {artifact_path!r} ({_first_line(exc)})."
+            ) from None
         return None
 
 
@@ -152,7 +177,9 @@ def download_checkpoint(ref: ModelRef, dst: Path) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001
             log.debug("checkpoint not at %s: %s", uri, exc)
     if local is None:
-        raise UserInputError(f"{ref.uri}: run {ref.run_id} has no {CHECKPOINT_PATH} artifact (was it trained by chexops train?).")
+        raise UserInputError(
+            f"{ref.uri}: run {ref.run_id} has no {CHECKPOINT_PATH} artifact (was it trained by chexops train?)."
+        )
     payload = load_checkpoint(local)
     if payload.get("run_id") and payload["run_id"] != ref.run_id:
         log.warning("%s: the checkpoint names run %s, the registry run %s", ref.uri, payload["run_id"], ref.run_id)
@@ -168,8 +195,12 @@ def thresholds(ref: ModelRef, labels: list[str], dst: Path) -> tuple[dict[str, f
     judged = evaluations.judged(mlflow_client(), ref.run_id, ref.version_tags)
     path = download(ref, evaluations.artifact_path(judged, "thresholds.json"), dst, required=False) if judged else None
     if path is None:
-        log.warning("%s: run %s has no evaluation/thresholds.json (run chexops evaluate first); "
-                    "using %s for every label.", ref.uri, ref.run_id, DEFAULT_THRESHOLD)
+        log.warning(
+            "%s: run %s has no evaluation/thresholds.json (run chexops evaluate first); using %s for every label.",
+            ref.uri,
+            ref.run_id,
+            DEFAULT_THRESHOLD,
+        )
         return {label: DEFAULT_THRESHOLD for label in labels}, DEFAULT_THRESHOLD_RULE, None
     try:
         data = json.loads(path.read_text())

@@ -15,15 +15,14 @@ from typing import Any
 
 from pydantic import Field
 
+from chexops.core.errors import ChexopsError, UserInputError
+from chexops.core.labels import metric_key
+from chexops.core.names import DEFAULT_MODEL_NAME
 from chexops.core.results import Result
 from chexops.evaluation import records as evaluations
-from chexops.core.errors import ChexopsError, UserInputError
 from chexops.evaluation.gate import GateConfig, Verdict, judge, passed
-from chexops.core.labels import metric_key
-from chexops.train.checkpoint import CHECKPOINT_DIR, CHECKPOINT_PATH
-from chexops.core.names import DEFAULT_MODEL_NAME
-from chexops.train.checkpoint import parse_run_ref
 from chexops.tracking import download, get_run, mlflow_client
+from chexops.train.checkpoint import CHECKPOINT_DIR, CHECKPOINT_PATH, parse_run_ref
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,9 @@ class Registration(Result):
     version_uri: str | None = Field(None, exclude_if=_absent)
 
 
-def read_evaluation(client, run_id: str, evaluation_id: str | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+def read_evaluation(
+    client, run_id: str, evaluation_id: str | None = None
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """(run, metrics.json, thresholds.json) of one evaluation record of the run: `evaluation_id`,
     or the latest."""
     run = get_run(client, run_id)
@@ -91,13 +92,20 @@ def version_summary(client, name: str, alias: str) -> dict[str, Any] | None:
     version = client.get_model_version(name, str(model.aliases[alias]))
     tags = version.tags or {}
     mean = tags.get("mean_auroc")
-    return {"version": str(version.version), "run_id": version.run_id, "mean_auroc": float(mean) if mean else None,
-            "data_version": tags.get("data_version"), "split_version": tags.get("eval_split_version"),
-            "evaluation_id": tags.get(evaluations.VERSION_TAG),
-            "per_label": {k.removeprefix("auroc."): float(v) for k, v in tags.items() if k.startswith("auroc.")}}
+    return {
+        "version": str(version.version),
+        "run_id": version.run_id,
+        "mean_auroc": float(mean) if mean else None,
+        "data_version": tags.get("data_version"),
+        "split_version": tags.get("eval_split_version"),
+        "evaluation_id": tags.get(evaluations.VERSION_TAG),
+        "per_label": {k.removeprefix("auroc."): float(v) for k, v in tags.items() if k.startswith("auroc.")},
+    }
 
 
-def production_evidence(client, name: str, run_id: str, evaluation: dict[str, Any], gate: GateConfig) -> dict[str, Any] | None:
+def production_evidence(
+    client, name: str, run_id: str, evaluation: dict[str, Any], gate: GateConfig
+) -> dict[str, Any] | None:
     """The production model's mean AUROC on the data the candidate was measured on (same
     `split_version`), or why there is none (`reason`). In order: its registry tags; an earlier
     evaluation of its run on that data; a new evaluation of its run with the candidate's evaluation
@@ -110,32 +118,61 @@ def production_evidence(client, name: str, run_id: str, evaluation: dict[str, An
         return {**production, "source": f"its evaluation {production['evaluation_id']}"}
     for entry in reversed(evaluations.index(get_run(client, production["run_id"]))):
         if entry.get("split_version") == wanted and entry.get("mean_auroc") is not None:
-            return {**production, "split_version": wanted, "mean_auroc": entry["mean_auroc"], "evaluation_id": entry["id"],
-                    "source": f"evaluation {entry['id']} of its run {production['run_id']}"}
+            return {
+                **production,
+                "split_version": wanted,
+                "mean_auroc": entry["mean_auroc"],
+                "evaluation_id": entry["id"],
+                "source": f"evaluation {entry['id']} of its run {production['run_id']}",
+            }
     differs = f"it was measured on split {production['split_version'] or 'unknown'}, the candidate on {wanted}"
     if not gate.reevaluate_production:
         return {**production, "reason": differs + ", and reevaluate_production is off"}
     from chexops.evaluation.run import evaluate_run
 
-    log.info("Production version %s was measured on other data (%s): evaluating its run %s on the candidate's data",
-             production["version"], differs, production["run_id"])
+    log.info(
+        "Production version %s was measured on other data (%s): evaluating its run %s on the candidate's data",
+        production["version"],
+        differs,
+        production["run_id"],
+    )
     with tempfile.TemporaryDirectory(prefix="chexops-register-") as tmp:
-        config = download(client, run_id, evaluations.artifact_path(evaluation["evaluation_id"], "config.yaml"), Path(tmp))
+        config = download(
+            client, run_id, evaluations.artifact_path(evaluation["evaluation_id"], "config.yaml"), Path(tmp)
+        )
         if config is None:
-            return {**production, "reason": differs + "; the candidate's evaluation has no config.yaml to evaluate production with"}
+            return {
+                **production,
+                "reason": differs + "; the candidate's evaluation has no config.yaml to evaluate production with",
+            }
         try:
-            again = evaluate_run(production["run_id"], config_path=config, rule=evaluation.get("rule") or "youden",
-                                 n_bootstrap=0, hard_cases=0)
+            again = evaluate_run(
+                production["run_id"],
+                config_path=config,
+                rule=evaluation.get("rule") or "youden",
+                n_bootstrap=0,
+                hard_cases=0,
+            )
         except ChexopsError as exc:
             return {**production, "reason": f"{differs}; evaluating it on the candidate's data failed: {exc}"}
     if again.split_version != wanted or again.mean_over != evaluation.get("mean_over"):
-        return {**production, "reason": f"{differs}; evaluated again it is on split {again.split_version} "
-                                        f"over {', '.join(again.mean_over)} (the data changed since the candidate's evaluation?)"}
-    return {**production, "split_version": wanted, "mean_auroc": again.mean_auroc, "evaluation_id": again.evaluation_id,
-            "source": f"its run {production['run_id']} evaluated now on the candidate's data as {again.evaluation_id}"}
+        return {
+            **production,
+            "reason": f"{differs}; evaluated again it is on split {again.split_version} "
+            f"over {', '.join(again.mean_over)} (the data changed since the candidate's evaluation?)",
+        }
+    return {
+        **production,
+        "split_version": wanted,
+        "mean_auroc": again.mean_auroc,
+        "evaluation_id": again.evaluation_id,
+        "source": f"its run {production['run_id']} evaluated now on the candidate's data as {again.evaluation_id}",
+    }
 
 
-def version_tags(run, evaluation: dict[str, Any], thresholds: dict[str, Any], verdicts: list[dict[str, Any]]) -> dict[str, str]:
+def version_tags(
+    run, evaluation: dict[str, Any], thresholds: dict[str, Any], verdicts: list[dict[str, Any]]
+) -> dict[str, str]:
     """What a registry version carries: metrics, data fingerprint, code, training run, thresholds, gate."""
     run_tags = run.data.tags
     tags = {
@@ -167,9 +204,17 @@ def version_tags(run, evaluation: dict[str, Any], thresholds: dict[str, Any], ve
 
 def holdout_summary(evaluation: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per training source, its hold-out in short: images, mean AUROC, per-finding AUROC (measurable ones)."""
-    return {source: {"n": h.get("n"), "mean_auroc": h.get("mean_auroc"), "not_measurable": h.get("not_measurable") or [],
-                     "auroc": {metric_key(label): m["auroc"] for label, m in (h.get("per_label") or {}).items() if m.get("measurable")}}
-            for source, h in (evaluation.get("holdouts") or {}).items()}
+    return {
+        source: {
+            "n": h.get("n"),
+            "mean_auroc": h.get("mean_auroc"),
+            "not_measurable": h.get("not_measurable") or [],
+            "auroc": {
+                metric_key(label): m["auroc"] for label, m in (h.get("per_label") or {}).items() if m.get("measurable")
+            },
+        }
+        for source, h in (evaluation.get("holdouts") or {}).items()
+    }
 
 
 def ensure_registered_model(client, name: str) -> None:
@@ -179,9 +224,11 @@ def ensure_registered_model(client, name: str) -> None:
     if _registered_model(client, name) is not None:
         return
     try:
-        client.create_registered_model(name, tags={"created_by": "chexops register"},
-                                       description="chexops chest X-ray classifier; environments are the aliases "
-                                                   + ", ".join(ALIASES) + ".")
+        client.create_registered_model(
+            name,
+            tags={"created_by": "chexops register"},
+            description="chexops chest X-ray classifier; environments are the aliases " + ", ".join(ALIASES) + ".",
+        )
     except MlflowException as exc:  # created meanwhile by a concurrent register
         if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
@@ -193,8 +240,14 @@ def existing_version(client, name: str, run_id: str):
     return max(found, key=lambda v: int(v.version)) if found else None
 
 
-def register_run(ref: str, *, name: str = DEFAULT_MODEL_NAME, gate: GateConfig | None = None, alias: str = "candidate",
-                 evaluation_id: str | None = None) -> Registration:
+def register_run(
+    ref: str,
+    *,
+    name: str = DEFAULT_MODEL_NAME,
+    gate: GateConfig | None = None,
+    alias: str = "candidate",
+    evaluation_id: str | None = None,
+) -> Registration:
     """Judge an evaluation of a run (`evaluation_id`, default the latest); when the gate passes,
     register the run and point `alias` at it.
 
@@ -210,9 +263,18 @@ def register_run(ref: str, *, name: str = DEFAULT_MODEL_NAME, gate: GateConfig |
     judged = judge(evaluation, production, gate)
     ok = passed(judged)
     result = Registration(
-        model=name, run_id=run_id, evaluation_id=evaluation.get("evaluation_id"), split=evaluation.get("split"),
-        split_version=evaluation.get("split_version"), passed=ok, gate=judged, limits=gate, production=production,
-        mean_auroc=evaluation.get("mean_auroc"), holdouts=holdout_summary(evaluation), tracking_uri=client.tracking_uri,
+        model=name,
+        run_id=run_id,
+        evaluation_id=evaluation.get("evaluation_id"),
+        split=evaluation.get("split"),
+        split_version=evaluation.get("split_version"),
+        passed=ok,
+        gate=judged,
+        limits=gate,
+        production=production,
+        mean_auroc=evaluation.get("mean_auroc"),
+        holdouts=holdout_summary(evaluation),
+        tracking_uri=client.tracking_uri,
     )
     client.set_tag(run_id, "gate", "passed" if ok else "refused")
     if not ok:
@@ -230,12 +292,23 @@ def register_run(ref: str, *, name: str = DEFAULT_MODEL_NAME, gate: GateConfig |
             client.set_model_version_tag(name, str(version.version), key, value)
     else:
         version = client.create_model_version(
-            name=name, source=source, run_id=run_id, tags=tags,
-            description=f"Training run {run_id}, mean AUROC {evaluation.get('mean_auroc')}, data {tags.get('data_version')}.",
+            name=name,
+            source=source,
+            run_id=run_id,
+            tags=tags,
+            description=f"Training run {run_id}, mean AUROC {evaluation.get('mean_auroc')}, "
+            f"data {tags.get('data_version')}.",
         )
     client.set_registered_model_alias(name, alias, str(version.version))
     client.set_tag(run_id, "registered_model", f"{name}/{version.version}")
     log.info("Registered run %s as %s version %s with alias %s", run_id, name, version.version, alias)
-    return result.model_copy(update={
-        "version": str(version.version), "alias": alias, "source": version.source, "reused": reused,
-        "model_uri": f"models:/{name}@{alias}", "version_uri": f"models:/{name}/{version.version}"})
+    return result.model_copy(
+        update={
+            "version": str(version.version),
+            "alias": alias,
+            "source": version.source,
+            "reused": reused,
+            "model_uri": f"models:/{name}@{alias}",
+            "version_uri": f"models:/{name}/{version.version}",
+        }
+    )

@@ -58,11 +58,15 @@ class Gate:
             self.inflight += 1
             return
         if len(self.waiters) >= self.limits.max_queue:
-            raise Overloaded(f"{self.inflight} requests in progress and {len(self.waiters)} waiting", self.retry_after())
+            raise Overloaded(
+                f"{self.inflight} requests in progress and {len(self.waiters)} waiting", self.retry_after()
+            )
         expected = (len(self.waiters) + 1) * self.service_s / self.limits.max_inflight
         if expected * 1000 > self.limits.queue_timeout_ms:  # it would time out in the queue: say so now
-            raise Overloaded(f"the expected wait, {expected * 1000:.0f} ms, is over {self.limits.queue_timeout_ms} ms",
-                             self.retry_after())
+            raise Overloaded(
+                f"the expected wait, {expected * 1000:.0f} ms, is over {self.limits.queue_timeout_ms} ms",
+                self.retry_after(),
+            )
         slot = asyncio.get_running_loop().create_future()
         self.waiters.append(slot)
         try:
@@ -101,8 +105,13 @@ class Admission:
     """ASGI middleware: `Gate` on the `paths`; a refusal is a JSON 503 with `Retry-After`.
     `on_refuse(path)` is called for each refusal (metrics)."""
 
-    def __init__(self, app, limits: AdmissionLimits, paths: tuple[str, ...] = GUARDED,
-                 on_refuse: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        app,
+        limits: AdmissionLimits,
+        paths: tuple[str, ...] = GUARDED,
+        on_refuse: Callable[[str], None] | None = None,
+    ):
         self.app, self.paths, self.on_refuse = app, paths, on_refuse
         self.gate = Gate(limits)
         self.refused, self.logged_at = 0, 0.0
@@ -118,10 +127,15 @@ class Admission:
                 self.on_refuse(scope["path"])
             self.refused += 1
             if loop.time() - self.logged_at >= 5:  # one line per 5 s under a flood, not one per refusal
-                log.warning("overloaded: %d request(s) refused with 503 since the last report (now %s)", self.refused, exc)
+                log.warning(
+                    "overloaded: %d request(s) refused with 503 since the last report (now %s)", self.refused, exc
+                )
                 self.refused, self.logged_at = 0, loop.time()
-            response = JSONResponse({"error": f"the service is at capacity ({exc}); retry in {exc.retry_after} s."},
-                                    status_code=503, headers={"Retry-After": str(exc.retry_after)})
+            response = JSONResponse(
+                {"error": f"the service is at capacity ({exc}); retry in {exc.retry_after} s."},
+                status_code=503,
+                headers={"Retry-After": str(exc.retry_after)},
+            )
             await _drain(receive)
             return await response(scope, receive, send)
         started = loop.time()

@@ -36,19 +36,19 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from chexops.core.errors import validation_problems
+from chexops.core.triage import PRIORITY_RULE, priority
+from chexops.feedback.store import Conflict, NotFound, Unavailable, WrongClinic
 from chexops.imaging.decode import ImageInputError, decode
 from chexops.serving import openapi
 from chexops.serving.admission import Admission
 from chexops.serving.auth import AuthError
 from chexops.serving.faults import FaultInjection
-from chexops.feedback.store import Conflict, NotFound, Unavailable, WrongClinic
 from chexops.serving.inference import LOCALISATION_NOTE, heatmap_png
-from chexops.core.errors import validation_problems
-from chexops.core.triage import PRIORITY_RULE, priority
 from chexops.serving.metrics import HttpMetrics
+from chexops.serving.schemas import FeedbackBody
 from chexops.serving.settings import Settings
 from chexops.serving.stored_image import kept_image
-from chexops.serving.schemas import FeedbackBody
 
 log = logging.getLogger("chexops.serving")
 
@@ -114,6 +114,7 @@ def _rejected(request: Request, reason: str) -> None:
 
 # --- exception handlers ----------------------------------------------------------------------------
 
+
 async def on_image_error(request: Request, exc: ImageInputError) -> Response:
     _rejected(request, "image")
     log.info("%s refused (%d): %s", request.url.path, exc.status, exc)
@@ -134,13 +135,19 @@ async def on_auth_error(request: Request, exc: AuthError) -> Response:
 
 async def on_store_unavailable(request: Request, exc: Unavailable) -> Response:
     log.warning("%s: the feedback store is unavailable (%s)", request.url.path, exc)
-    return _error("feedback is unavailable right now (the feedback store cannot be reached); findings are not affected. "
-                  "Retry later.", 503, {"Retry-After": "30"})
+    return _error(
+        "feedback is unavailable right now (the feedback store cannot be reached); findings are not affected. "
+        "Retry later.",
+        503,
+        {"Retry-After": "30"},
+    )
 
 
-async def on_too_large(request: Request, exc: BodyTooLarge) -> Response:
+async def on_too_large(request: Request, exc: BodyTooLarge) -> Response:  # noqa: ARG001 - Starlette's handler signature
     _rejected(request, "size")
-    return _error(_too_large(request.app.state.settings.max_upload_bytes + MULTIPART_SLACK), 413, {"Connection": "close"})
+    return _error(
+        _too_large(request.app.state.settings.max_upload_bytes + MULTIPART_SLACK), 413, {"Connection": "close"}
+    )
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
@@ -149,6 +156,7 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 
 
 # --- request parts -----------------------------------------------------------------------------------
+
 
 def _backend(request: Request):
     backend = getattr(request.app.state, "backend", None)
@@ -165,11 +173,17 @@ async def _upload(request: Request) -> tuple[bytes, dict[str, Any]]:
     """The `image` file of a multipart form, and the form's other (text) fields."""
     content_type = request.headers.get("content-type", "")
     if request.headers.get("content-length") == "0":
-        raise RequestError("the request body is empty: send multipart/form-data with the radiograph in a field named 'image'.",
-                           reason="upload")
+        raise RequestError(
+            "the request body is empty: send multipart/form-data with the radiograph in a field named 'image'.",
+            reason="upload",
+        )
     if not content_type.lower().startswith("multipart/form-data"):
-        raise RequestError("send the radiograph as multipart/form-data in a field named 'image' "
-                           f"(the request's content type is {content_type.split(';')[0] or 'missing'}).", 415, reason="upload")
+        raise RequestError(
+            "send the radiograph as multipart/form-data in a field named 'image' "
+            f"(the request's content type is {content_type.split(';')[0] or 'missing'}).",
+            415,
+            reason="upload",
+        )
     try:
         form = await request.form(max_files=2, max_fields=20)
     except BodyTooLarge:
@@ -179,8 +193,9 @@ async def _upload(request: Request) -> tuple[bytes, dict[str, Any]]:
     try:
         image = form.get("image")
         if image is None:
-            raise RequestError("the form has no field named 'image': send the radiograph (PNG, JPEG or DICOM) in it.",
-                               reason="upload")
+            raise RequestError(
+                "the form has no field named 'image': send the radiograph (PNG, JPEG or DICOM) in it.", reason="upload"
+            )
         if isinstance(image, str):
             raise RequestError("the 'image' field must be a file upload, not text.", reason="upload")
         data = await image.read()
@@ -216,6 +231,7 @@ def _store_image(backend, request_id: str, data: bytes, decoded) -> None:
 
 # --- routes ------------------------------------------------------------------------------------------
 
+
 async def predict(request: Request) -> Response:
     started = time.perf_counter()
     backend = _backend(request)
@@ -231,8 +247,9 @@ async def predict(request: Request) -> Response:
     level = priority(findings)
     request_id = uuid.uuid4().hex
     try:
-        await run_in_threadpool(backend.store.add_prediction, request_id, clinic, model.name, model.version, findings, level,
-                                decoded.info)
+        await run_in_threadpool(
+            backend.store.add_prediction, request_id, clinic, model.name, model.version, findings, level, decoded.info
+        )
         stored = True
     except Unavailable as exc:  # the findings do not wait on the store: answered, not kept, feedback unavailable
         log.warning("prediction %s answered but not stored: the feedback store is unavailable (%s)", request_id, exc)
@@ -241,10 +258,25 @@ async def predict(request: Request) -> Response:
     timings = {k: round(v, 2) for k, v in timings.items()}
     backend.metrics.observe_prediction(findings, level, timings)
     positives = [f["label"] for f in findings if f["positive"]]
-    log.info("predict %s clinic=%s %s %sx%s priority=%s positive=%d total=%.0fms", request_id, clinic, decoded.kind,
-             decoded.info.get("width"), decoded.info.get("height"), level, len(positives), timings["total_ms"])
-    body = {"request_id": request_id, "model": {"name": model.name, "version": model.version, "precision": model.precision},
-            "findings": findings, "priority": level, "timings": timings, "feedback_available": stored}
+    log.info(
+        "predict %s clinic=%s %s %sx%s priority=%s positive=%d total=%.0fms",
+        request_id,
+        clinic,
+        decoded.kind,
+        decoded.info.get("width"),
+        decoded.info.get("height"),
+        level,
+        len(positives),
+        timings["total_ms"],
+    )
+    body = {
+        "request_id": request_id,
+        "model": {"name": model.name, "version": model.version, "precision": model.precision},
+        "findings": findings,
+        "priority": level,
+        "timings": timings,
+        "feedback_available": stored,
+    }
     if not stored:
         return JSONResponse(body)
     return JSONResponse(body, background=BackgroundTask(_store_image, backend, request_id, data, decoded))
@@ -257,17 +289,28 @@ async def explain(request: Request) -> Response:
     model = backend.model
     label = (fields.get("label") or "").strip()
     if label not in model.labels:
-        raise RequestError(f"{'unknown label ' + repr(label) if label else 'a form field label is required'}: "
-                           f"choose one of {', '.join(model.labels)}.", 422, reason="label", labels=model.labels)
+        raise RequestError(
+            f"{'unknown label ' + repr(label) if label else 'a form field label is required'}: "
+            f"choose one of {', '.join(model.labels)}.",
+            422,
+            reason="label",
+            labels=model.labels,
+        )
     probs, cams = await backend.explain(x)
     k = model.labels.index(label)
     png = await run_in_threadpool(heatmap_png, decoded.grey, cams[k], label, float(probs[k]), model.thresholds[label])
     log.info("explain clinic=%s %s label=%s", clinic, decoded.kind, label)
-    return Response(png, media_type="image/png", headers={
-        "X-Chexops-Localisation": "approximate", "X-Chexops-Note": LOCALISATION_NOTE,
-        "X-Chexops-Label": label, "X-Chexops-Probability": f"{float(probs[k]):.6f}", "Cache-Control": "no-store"})
-
-
+    return Response(
+        png,
+        media_type="image/png",
+        headers={
+            "X-Chexops-Localisation": "approximate",
+            "X-Chexops-Note": LOCALISATION_NOTE,
+            "X-Chexops-Label": label,
+            "X-Chexops-Probability": f"{float(probs[k]):.6f}",
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 async def feedback(request: Request) -> Response:
@@ -277,7 +320,9 @@ async def feedback(request: Request) -> Response:
     try:
         payload = json.loads(raw)
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep (found by schemathesis)
-        raise RequestError("the feedback must be a JSON object {request_id, correct, labels?, note?}.", 400, reason="feedback") from None
+        raise RequestError(
+            "the feedback must be a JSON object {request_id, correct, labels?, note?}.", 400, reason="feedback"
+        ) from None
     try:
         body = FeedbackBody.model_validate(payload)
     except ValidationError as exc:
@@ -293,28 +338,48 @@ async def feedback(request: Request) -> Response:
         unknown = sorted(set(body.labels) - set(known))
         bad = sorted(k for k, v in body.labels.items() if v not in (0, 1))
         if unknown or bad:
-            raise RequestError(f"labels must map the prediction's labels to 0 or 1 ({'unknown: ' + ', '.join(unknown) if unknown else 'not 0/1: ' + ', '.join(bad)}).",
-                               422, reason="feedback", labels=known)
+            raise RequestError(
+                "labels must map the prediction's labels to 0 or 1 "
+                f"({'unknown: ' + ', '.join(unknown) if unknown else 'not 0/1: ' + ', '.join(bad)}).",
+                422,
+                reason="feedback",
+                labels=known,
+            )
     try:
-        record, created = await run_in_threadpool(backend.store.add_feedback, body.request_id, body.correct, body.labels, body.note,
-                                                  clinic)
+        record, created = await run_in_threadpool(
+            backend.store.add_feedback, body.request_id, body.correct, body.labels, body.note, clinic
+        )
     except WrongClinic:
         raise _other_clinic(body.request_id) from None
     except NotFound:
         raise RequestError(f"no prediction has request_id {body.request_id!r}.", 404, reason="feedback") from None
     except Conflict:
-        raise RequestError(f"request {body.request_id} already has a different feedback; it is kept as given.", 409,
-                           reason="feedback") from None
+        raise RequestError(
+            f"request {body.request_id} already has a different feedback; it is kept as given.", 409, reason="feedback"
+        ) from None
     if created:
-        backend.metrics.observe_feedback(body.correct, await run_in_threadpool(backend.store.agreement), prediction["model"]["version"])
-    log.info("feedback %s clinic=%s correct=%s labels=%d %s", body.request_id, clinic, body.correct, len(body.labels or {}),
-             "stored" if created else "repeated")
-    return JSONResponse({"request_id": body.request_id, "stored": True, "created": created, "feedback": record.to_dict()})
+        backend.metrics.observe_feedback(
+            body.correct, await run_in_threadpool(backend.store.agreement), prediction["model"]["version"]
+        )
+    log.info(
+        "feedback %s clinic=%s correct=%s labels=%d %s",
+        body.request_id,
+        clinic,
+        body.correct,
+        len(body.labels or {}),
+        "stored" if created else "repeated",
+    )
+    return JSONResponse(
+        {"request_id": body.request_id, "stored": True, "created": created, "feedback": record.to_dict()}
+    )
 
 
 def _other_clinic(request_id: str) -> RequestError:
-    return RequestError(f"request {request_id} was made with another clinic's API key; only that clinic can give its "
-                        "feedback.", 403, reason="clinic")
+    return RequestError(
+        f"request {request_id} was made with another clinic's API key; only that clinic can give its feedback.",
+        403,
+        reason="clinic",
+    )
 
 
 async def index(request: Request) -> Response:
@@ -327,13 +392,22 @@ async def index(request: Request) -> Response:
 async def model_info(request: Request) -> Response:
     backend = _backend(request)
     model = backend.model
-    return JSONResponse({**model.describe(), "thresholds": model.thresholds, "priority_rule": PRIORITY_RULE,
-                         "localisation": LOCALISATION_NOTE,
-                         "runtime": {"threads": backend.settings.threads, "batching": backend.settings.batching,
-                                     "providers": backend.model.session.get_providers(),
-                                     "max_upload_mb": round(backend.settings.max_upload_bytes / 2**20, 1),
-                                     "torch_imported": "torch" in sys.modules,
-                                     "feedback_store": await run_in_threadpool(_store_facts, backend.store)}})
+    return JSONResponse(
+        {
+            **model.describe(),
+            "thresholds": model.thresholds,
+            "priority_rule": PRIORITY_RULE,
+            "localisation": LOCALISATION_NOTE,
+            "runtime": {
+                "threads": backend.settings.threads,
+                "batching": backend.settings.batching,
+                "providers": backend.model.session.get_providers(),
+                "max_upload_mb": round(backend.settings.max_upload_bytes / 2**20, 1),
+                "torch_imported": "torch" in sys.modules,
+                "feedback_store": await run_in_threadpool(_store_facts, backend.store),
+            },
+        }
+    )
 
 
 def _store_facts(store) -> dict[str, Any]:
@@ -355,14 +429,22 @@ def create_app(settings: Settings) -> Starlette:
             Route("/openapi.json", openapi.serve, methods=["GET"]),
             Mount("/static", StaticFiles(directory=settings.static_dir, check_dir=False), name="static"),
         ],
-        exception_handlers={ImageInputError: on_image_error, RequestError: on_request_error, AuthError: on_auth_error,
-                            Unavailable: on_store_unavailable,
-                            BodyTooLarge: on_too_large, Exception: on_unexpected},
+        exception_handlers={
+            ImageInputError: on_image_error,
+            RequestError: on_request_error,
+            AuthError: on_auth_error,
+            Unavailable: on_store_unavailable,
+            BodyTooLarge: on_too_large,
+            Exception: on_unexpected,
+        },
     )
     app.state.settings = settings
     app.state.backend = None
-    app.add_middleware(Admission, limits=settings.admission_limits(),  # bounded work in flight (503 + Retry-After)
-                       on_refuse=lambda path: app.state.backend and app.state.backend.metrics.rejected.labels(reason="overload").inc())
+    app.add_middleware(
+        Admission,
+        limits=settings.admission_limits(),  # bounded work in flight (503 + Retry-After)
+        on_refuse=lambda path: app.state.backend and app.state.backend.metrics.rejected.labels(reason="overload").inc(),
+    )
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + MULTIPART_SLACK)
     if settings.faults is not None:  # tests of the canary analysis only (refused in production)
         app.add_middleware(FaultInjection, spec=settings.faults, owner=app)
@@ -385,6 +467,8 @@ class InternalOnly:
             import hmac
 
             if not hmac.compare_digest(given, self.token):
-                response = JSONResponse({"error": "this endpoint is internal to the service; use POST /predict."}, status_code=403)
+                response = JSONResponse(
+                    {"error": "this endpoint is internal to the service; use POST /predict."}, status_code=403
+                )
                 return await response(scope, receive, send)
         return await self.app(scope, receive, send)

@@ -39,8 +39,10 @@ def parse_keys(text: str, source: str) -> dict[str, str]:
             clinic, sep, key = pair.partition(":")
             clinic, key = clinic.strip(), key.strip()
             if not sep or not clinic or not key:
-                raise ConfigError(f"{source}: each entry must be clinic:key, got an entry without "
-                                  f"{'a clinic' if not clinic else 'a key'}.")
+                raise ConfigError(
+                    f"{source}: each entry must be clinic:key, got an entry without "
+                    f"{'a clinic' if not clinic else 'a key'}."
+                )
             if len(key) < 8:
                 raise ConfigError(f"{source}: the key of clinic {clinic!r} is shorter than 8 characters.")
             keys[key] = clinic
@@ -61,8 +63,10 @@ def require_keys_off_loopback(host: str, api_keys: str, api_keys_file: str) -> N
     (`CHEXOPS_API_KEYS`, `CHEXOPS_API_KEYS_FILE`): the development key that `chexops serve` would fall
     back on is published in this repository."""
     if not is_loopback(host) and not api_keys.strip() and not api_keys_file.strip():
-        raise ConfigError(f"refusing to serve on {host} without API keys: the development key is public. Set "
-                          "CHEXOPS_API_KEYS=clinic:key[,clinic2:key2] or CHEXOPS_API_KEYS_FILE, or serve on 127.0.0.1.")
+        raise ConfigError(
+            f"refusing to serve on {host} without API keys: the development key is public. Set "
+            "CHEXOPS_API_KEYS=clinic:key[,clinic2:key2] or CHEXOPS_API_KEYS_FILE, or serve on 127.0.0.1."
+        )
 
 
 def load_keys(api_keys: str, api_keys_file: str) -> dict[str, str]:
@@ -75,8 +79,10 @@ def load_keys(api_keys: str, api_keys_file: str) -> dict[str, str]:
         except OSError as exc:
             raise ConfigError(f"CHEXOPS_API_KEYS_FILE {file} cannot be read ({exc.strerror}).") from None
     if not keys:
-        raise ConfigError("no API keys: set CHEXOPS_API_KEYS=clinic:key[,clinic2:key2] or CHEXOPS_API_KEYS_FILE "
-                          "(chexops serve sets a development key when neither is set).")
+        raise ConfigError(
+            "no API keys: set CHEXOPS_API_KEYS=clinic:key[,clinic2:key2] or CHEXOPS_API_KEYS_FILE "
+            "(chexops serve sets a development key when neither is set)."
+        )
     return keys
 
 
@@ -138,8 +144,13 @@ def _too_many(wait: float, what: str) -> AuthError:
 
 
 class Authenticator:
-    def __init__(self, keys: dict[str, str], limiter: RateLimiter, per_address: RateLimiter | None = None,
-                 failures: RateLimiter | None = None):
+    def __init__(
+        self,
+        keys: dict[str, str],
+        limiter: RateLimiter,
+        per_address: RateLimiter | None = None,
+        failures: RateLimiter | None = None,
+    ):
         self.keys = keys
         self.limiter = limiter
         self.per_address = per_address  # None: no limit per address on authenticated requests
@@ -158,8 +169,11 @@ class Authenticator:
                 clinic = name
         if scheme.lower() != "bearer" or not token or clinic is None:
             self.failures.take(address)
-            raise AuthError("the API key is not valid." if scheme.lower() == "bearer" and token else
-                            "an API key is required: send the header 'Authorization: Bearer YOUR_KEY'.")
+            raise AuthError(
+                "the API key is not valid."
+                if scheme.lower() == "bearer" and token
+                else "an API key is required: send the header 'Authorization: Bearer YOUR_KEY'."
+            )
         wait = self.per_address.take(address) if self.per_address else 0.0
         if wait > 0:
             raise _too_many(wait, "requests from this address")

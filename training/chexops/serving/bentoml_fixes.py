@@ -25,7 +25,7 @@ def cancel_traffic_timers() -> None:
     if getattr(middleware, "_chexops_cancels_timers", False):
         return
 
-    async def __call__(self, scope, receive, send) -> None:  # the upstream body, plus timer.cancel()
+    async def __call__(self, scope, receive, send) -> None:  # the upstream body, plus timer.cancel()  # noqa: N807 - it replaces the middleware's __call__
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         loop = asyncio.get_running_loop()
@@ -42,7 +42,9 @@ def cancel_traffic_timers() -> None:
             await waiter
         except asyncio.TimeoutError:
             if fut.cancel():
-                resp = JSONResponse({"error": f"Not able to process the request in {self.timeout} seconds"}, status_code=504)
+                resp = JSONResponse(
+                    {"error": f"Not able to process the request in {self.timeout} seconds"}, status_code=504
+                )
                 await resp(scope, receive, send)
         else:
             await fut
@@ -50,5 +52,5 @@ def cancel_traffic_timers() -> None:
             timer.cancel()
 
     middleware.__call__ = __call__
-    middleware._chexops_cancels_timers = True
+    middleware._chexops_cancels_timers = True  # noqa: SLF001 - our own marker
     log.debug("BentoML's TimeoutMiddleware now cancels its timer when a request ends")

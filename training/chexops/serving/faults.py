@@ -36,8 +36,10 @@ def parse_faults(raw: str, environment: str) -> FaultSpec | None:
     if not raw:
         return None
     if environment == "production":
-        raise ConfigError("CHEXOPS_FAULT_INJECTION is refused when CHEXOPS_ENVIRONMENT is production: it exists only to test "
-                          "the canary analysis.")
+        raise ConfigError(
+            "CHEXOPS_FAULT_INJECTION is refused when CHEXOPS_ENVIRONMENT is production: it exists only to test "
+            "the canary analysis."
+        )
     values: dict[str, float] = {}
     for part in raw.split(","):
         key, sep, value = part.partition("=")
@@ -50,7 +52,9 @@ def parse_faults(raw: str, environment: str) -> FaultSpec | None:
             raise ConfigError(f"CHEXOPS_FAULT_INJECTION: {key} must be a number, got {value.strip()!r}.") from None
     spec = FaultSpec(values.get("error_rate", 0.0), int(values.get("delay_ms", 0)))
     if not 0.0 <= spec.error_rate <= 1.0 or spec.delay_ms < 0 or spec.delay_ms > 60_000:
-        raise ConfigError(f"CHEXOPS_FAULT_INJECTION: error_rate must be within 0..1 and delay_ms within 0..60000, got {spec}.")
+        raise ConfigError(
+            f"CHEXOPS_FAULT_INJECTION: error_rate must be within 0..1 and delay_ms within 0..60000, got {spec}."
+        )
     return spec
 
 

@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 LOCALISATION_NOTE = "approximate localisation (class activation map), not a segmentation"
 
 
-
-
 @dataclass
 class OnnxModel:
     """One ONNX file in an ONNX Runtime session with its metadata."""
@@ -54,13 +52,29 @@ class OnnxModel:
         thresholds = {k: float(v) for k, v in json.loads(meta["thresholds"]).items()}
         head = json.loads(meta["head"])
         thresholds = {label: thresholds.get(label, DEFAULT_THRESHOLD) for label in labels}  # one for every label
-        model = cls(session=sess, labels=labels, thresholds=thresholds,
-                    spec=PreprocessSpec.from_json(meta["preprocessing"]), name=meta.get("model_name", ""),
-                    version=meta.get("registry_version", ""), run_id=meta.get("run_id", ""),
-                    data_version=meta.get("data_version", ""), precision=meta.get("precision", ""),
-                    head_weight=np.asarray(head["weight"], dtype=np.float32), evaluated=meta.get("evaluated") == "true")
-        log.info("Loaded %s v%s (%s, %d labels, input %d px) with %d intra-op threads on %s", model.name, model.version,
-                 model.precision, len(labels), model.spec.size, threads, ", ".join(sess.get_providers()))
+        model = cls(
+            session=sess,
+            labels=labels,
+            thresholds=thresholds,
+            spec=PreprocessSpec.from_json(meta["preprocessing"]),
+            name=meta.get("model_name", ""),
+            version=meta.get("registry_version", ""),
+            run_id=meta.get("run_id", ""),
+            data_version=meta.get("data_version", ""),
+            precision=meta.get("precision", ""),
+            head_weight=np.asarray(head["weight"], dtype=np.float32),
+            evaluated=meta.get("evaluated") == "true",
+        )
+        log.info(
+            "Loaded %s v%s (%s, %d labels, input %d px) with %d intra-op threads on %s",
+            model.name,
+            model.version,
+            model.precision,
+            len(labels),
+            model.spec.size,
+            threads,
+            ", ".join(sess.get_providers()),
+        )
         return model
 
     def preprocess(self, grey: np.ndarray) -> np.ndarray:
@@ -79,38 +93,61 @@ class OnnxModel:
 
     def findings(self, probs: np.ndarray) -> list[dict]:
         """One finding per label, in the model's label order."""
-        return [{"label": label, "probability": round(float(p), 6), "threshold": self.thresholds[label],
-                 "positive": bool(p >= self.thresholds[label])} for label, p in zip(self.labels, probs)]
+        return [
+            {
+                "label": label,
+                "probability": round(float(p), 6),
+                "threshold": self.thresholds[label],
+                "positive": bool(p >= self.thresholds[label]),
+            }
+            for label, p in zip(self.labels, probs)
+        ]
 
     def describe(self) -> dict:
-        return {"name": self.name, "version": self.version, "run_id": self.run_id, "data_version": self.data_version,
-                "precision": self.precision, "labels": self.labels, "input_size": self.spec.size, "evaluated": self.evaluated}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "run_id": self.run_id,
+            "data_version": self.data_version,
+            "precision": self.precision,
+            "labels": self.labels,
+            "input_size": self.spec.size,
+            "evaluated": self.evaluated,
+        }
 
 
 # --- heatmap -------------------------------------------------------------------------------------------
 
+
 def _colormap(values: np.ndarray) -> np.ndarray:
     """A blue → cyan → yellow → red map of values in [0, 1], as H×W×3 uint8 (numpy only)."""
-    stops = np.array([[0, 0, 128], [0, 160, 255], [0, 230, 200], [255, 230, 0], [255, 60, 0], [200, 0, 0]], dtype=np.float32)
+    stops = np.array(
+        [[0, 0, 128], [0, 160, 255], [0, 230, 200], [255, 230, 0], [255, 60, 0], [200, 0, 0]], dtype=np.float32
+    )
     position = np.clip(values, 0, 1) * (len(stops) - 1)
     low = np.floor(position).astype(int).clip(0, len(stops) - 2)
     frac = (position - low)[..., None]
     return (stops[low] * (1 - frac) + stops[low + 1] * frac).astype(np.uint8)
 
 
-def heatmap_png(grey: np.ndarray, cam: np.ndarray, label: str, probability: float, threshold: float,
-                max_side: int = 768) -> bytes:
+def heatmap_png(
+    grey: np.ndarray, cam: np.ndarray, label: str, probability: float, threshold: float, max_side: int = 768
+) -> bytes:
     """The radiograph (grey H×W in [0, 1]) with the label's class-activation map overlaid, a colour
     legend and the words "approximate localisation", as PNG bytes."""
     h, w = grey.shape
     scale = min(1.0, max_side / max(h, w))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    base = np.asarray(Image.fromarray((np.clip(grey, 0, 1) * 255).astype(np.uint8)).resize(size, Image.Resampling.BILINEAR),
-                      dtype=np.float32)
+    base = np.asarray(
+        Image.fromarray((np.clip(grey, 0, 1) * 255).astype(np.uint8)).resize(size, Image.Resampling.BILINEAR),
+        dtype=np.float32,
+    )
     positive = np.maximum(cam.astype(np.float32), 0)
     peak = float(positive.max())
     heat = positive / peak if peak > 0 else positive
-    heat = np.asarray(Image.fromarray(heat, mode="F").resize(size, Image.Resampling.BILINEAR), dtype=np.float32).clip(0, 1)
+    heat = np.asarray(Image.fromarray(heat, mode="F").resize(size, Image.Resampling.BILINEAR), dtype=np.float32).clip(
+        0, 1
+    )
     alpha = (0.55 * heat)[..., None]
     blended = base[..., None] * (1 - alpha) + _colormap(heat).astype(np.float32) * alpha
     image = Image.fromarray(blended.clip(0, 255).astype(np.uint8), mode="RGB")
@@ -120,7 +157,9 @@ def heatmap_png(grey: np.ndarray, cam: np.ndarray, label: str, probability: floa
     canvas.paste(image, (0, 0))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
-    draw.text((6, size[1] + 4), f"{label}: p={probability:.2f} (threshold {threshold:.2f})", fill=(255, 255, 255), font=font)
+    draw.text(
+        (6, size[1] + 4), f"{label}: p={probability:.2f} (threshold {threshold:.2f})", fill=(255, 255, 255), font=font
+    )
     draw.text((6, size[1] + 22), "approximate localisation (CAM)", fill=(255, 230, 0), font=font)
     legend_w = min(120, size[0] // 3)
     if legend_w >= 10:

@@ -16,9 +16,9 @@ import sys
 from typing import Callable, Protocol
 
 from chexops.core import paths
-from chexops.serving.settings import DEV_KEYS, Settings
-from chexops.serving.auth import require_keys_off_loopback
 from chexops.core.processes import die_with_parent
+from chexops.serving.auth import require_keys_off_loopback
+from chexops.serving.settings import DEV_KEYS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,13 @@ def serve_env(model: str | None, precision: str | None, threads: int | None) -> 
     if not env.get("CHEXOPS_API_KEYS") and not env.get("CHEXOPS_API_KEYS_FILE"):
         env["CHEXOPS_API_KEYS"] = DEV_KEYS
         clinic, key = DEV_KEYS.split(":")
-        log.warning("DEVELOPMENT API KEY: CHEXOPS_API_KEYS is not set, so clinic %r uses key %r "
-                    "(send 'Authorization: Bearer %s'). Set CHEXOPS_API_KEYS or CHEXOPS_API_KEYS_FILE for real use.",
-                    clinic, key, key)
+        log.warning(
+            "DEVELOPMENT API KEY: CHEXOPS_API_KEYS is not set, so clinic %r uses key %r "
+            "(send 'Authorization: Bearer %s'). Set CHEXOPS_API_KEYS or CHEXOPS_API_KEYS_FILE for real use.",
+            clinic,
+            key,
+            key,
+        )
     return env
 
 
@@ -54,8 +58,15 @@ class Served(Protocol):
     evaluated: bool
 
 
-def serve(port: int, host: str, model: str | None, precision: str | None, threads: int | None,
-          resolve: Callable[[str], Served], development: bool = False) -> int:
+def serve(
+    port: int,
+    host: str,
+    model: str | None,
+    precision: str | None,
+    threads: int | None,
+    resolve: Callable[[str], Served],
+    development: bool = False,
+) -> int:
     """Run `bentoml serve` until it ends; it dies with this process (PR_SET_PDEATHSIG), its worker with it
     (chexops.core.processes). `resolve` turns `CHEXOPS_MODEL` (a registry reference by default) into the
     exact, checked Bento model (exit 2 otherwise). Off loopback, configured API keys are required (exit 2 otherwise)."""
@@ -71,8 +82,13 @@ def serve(port: int, host: str, model: str | None, precision: str | None, thread
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
     if development:
         cmd.append("--development")
-    log.info("Serving %s = Bento model %s (%s) at http://%s:%d  (web page /, API /predict /explain /feedback, /metrics)",
-             served.reference, resolved, precision or settings.precision, host, port)
+    log.info(
+        "Serving %s = Bento model %s (%s) at http://%s:%d  (web page /, API /predict /explain /feedback, /metrics)",
+        served.reference,
+        resolved,
+        precision or settings.precision,
+        host,
+        port,
+    )
     log.info("$ %s", " ".join(cmd[1:]))
     return subprocess.call(cmd, cwd=paths.ROOT, env=env, preexec_fn=die_with_parent)
-

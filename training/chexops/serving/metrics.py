@@ -44,8 +44,15 @@ class _WithConst:
 
 
 class ServiceMetrics:
-    def __init__(self, model_name: str, version: str, precision: str, run_id: str, environment: str = "development",
-                 track: str = "stable"):
+    def __init__(
+        self,
+        model_name: str,
+        version: str,
+        precision: str,
+        run_id: str,
+        environment: str = "development",
+        track: str = "stable",
+    ):
         import prometheus_client as prom
 
         const = {"environment": environment, "track": track, "model_version": version}
@@ -53,26 +60,68 @@ class ServiceMetrics:
         def make(kind, name: str, doc: str, labels: tuple[str, ...] = (), **kw):
             return _WithConst(kind(name, doc, [*CONST, *labels], **kw), const)
 
-        self.predictions = make(prom.Counter, "chexops_predictions", "Predictions answered, by triage priority", ("priority",))
-        self.positive = make(prom.Counter, "chexops_findings_positive", "Positive findings predicted, by label", ("finding",))
-        self.probability = make(prom.Histogram, "chexops_finding_probability", "Predicted probability, by label", ("finding",),
-                                buckets=BUCKETS)
-        self.feedback = make(prom.Counter, "chexops_feedback", "Feedback received, by verdict and the version that predicted",
-                             ("verdict", "predicted_version"))
-        self.agreement = make(prom.Gauge, "chexops_feedback_agreement_ratio", "Share of feedback saying the prediction was correct",
-                              multiprocess_mode="mostrecent")
-        self.info = make(prom.Gauge, "chexops_model_info", "The model this service runs", ("name", "version", "precision", "run_id"),
-                         multiprocess_mode="max")
-        self.stage = make(prom.Histogram, "chexops_stage_seconds", "Time per request stage", ("stage",),
-                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.predictions = make(
+            prom.Counter, "chexops_predictions", "Predictions answered, by triage priority", ("priority",)
+        )
+        self.positive = make(
+            prom.Counter, "chexops_findings_positive", "Positive findings predicted, by label", ("finding",)
+        )
+        self.probability = make(
+            prom.Histogram,
+            "chexops_finding_probability",
+            "Predicted probability, by label",
+            ("finding",),
+            buckets=BUCKETS,
+        )
+        self.feedback = make(
+            prom.Counter,
+            "chexops_feedback",
+            "Feedback received, by verdict and the version that predicted",
+            ("verdict", "predicted_version"),
+        )
+        self.agreement = make(
+            prom.Gauge,
+            "chexops_feedback_agreement_ratio",
+            "Share of feedback saying the prediction was correct",
+            multiprocess_mode="mostrecent",
+        )
+        self.info = make(
+            prom.Gauge,
+            "chexops_model_info",
+            "The model this service runs",
+            ("name", "version", "precision", "run_id"),
+            multiprocess_mode="max",
+        )
+        self.stage = make(
+            prom.Histogram,
+            "chexops_stage_seconds",
+            "Time per request stage",
+            ("stage",),
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
         self.rejected = make(prom.Counter, "chexops_rejected_requests", "Requests answered 4xx, by cause", ("reason",))
-        self.requests = make(prom.Counter, "chexops_http_requests", "Clinical requests answered, by route and status code",
-                             ("route", "code"))
-        self.latency = make(prom.Histogram, "chexops_http_request_duration_seconds", "Clinical request latency, by route",
-                            ("route",), buckets=LATENCY_BUCKETS)
-        self.batch = make(prom.Histogram, "chexops_batch_size", "Images per ONNX Runtime run (1 each without adaptive batching)",
-                          buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64))
-        self.injected = make(prom.Counter, "chexops_injected_faults", "Faults injected by CHEXOPS_FAULT_INJECTION", ("kind",))
+        self.requests = make(
+            prom.Counter,
+            "chexops_http_requests",
+            "Clinical requests answered, by route and status code",
+            ("route", "code"),
+        )
+        self.latency = make(
+            prom.Histogram,
+            "chexops_http_request_duration_seconds",
+            "Clinical request latency, by route",
+            ("route",),
+            buckets=LATENCY_BUCKETS,
+        )
+        self.batch = make(
+            prom.Histogram,
+            "chexops_batch_size",
+            "Images per ONNX Runtime run (1 each without adaptive batching)",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+        )
+        self.injected = make(
+            prom.Counter, "chexops_injected_faults", "Faults injected by CHEXOPS_FAULT_INJECTION", ("kind",)
+        )
         self.info.labels(name=model_name, version=version, precision=precision, run_id=run_id).set(1)
         self.version = version
 
@@ -86,7 +135,9 @@ class ServiceMetrics:
             self.stage.labels(stage=stage).observe(timings_ms[f"{stage}_ms"] / 1000)
 
     def observe_feedback(self, correct: bool, counts: tuple[int, int], predicted_version: str | None = None) -> None:
-        self.feedback.labels(verdict="correct" if correct else "incorrect", predicted_version=predicted_version or self.version).inc()
+        self.feedback.labels(
+            verdict="correct" if correct else "incorrect", predicted_version=predicted_version or self.version
+        ).inc()
         self.set_agreement(counts)
 
     def set_agreement(self, counts: tuple[int, int]) -> None:

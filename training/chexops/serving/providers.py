@@ -18,8 +18,14 @@ from chexops.core.errors import ConfigError
 log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
-KNOWN = {"cpu": CPU, "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
-         "rocm": "ROCMExecutionProvider", "openvino": "OpenVINOExecutionProvider", "dnnl": "DnnlExecutionProvider"}
+KNOWN = {
+    "cpu": CPU,
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dnnl": "DnnlExecutionProvider",
+}
 
 
 def parse(raw: str) -> list[str]:
@@ -30,8 +36,10 @@ def parse(raw: str) -> list[str]:
         name = item.strip().lower()
         full = KNOWN.get(name) or by_full.get(name)
         if full is None:
-            raise ConfigError(f"CHEXOPS_PROVIDERS: unknown execution provider {item.strip()!r}; "
-                              f"use a comma-separated list of {', '.join(KNOWN)}.")
+            raise ConfigError(
+                f"CHEXOPS_PROVIDERS: unknown execution provider {item.strip()!r}; "
+                f"use a comma-separated list of {', '.join(KNOWN)}."
+            )
         if full not in chosen:
             chosen.append(full)
     return [p for p in chosen if p != CPU] + [CPU]
@@ -45,7 +53,9 @@ def available(requested: list[str], present: list[str] | None = None) -> list[st
         present = onnxruntime.get_available_providers()
     usable = [p for p in requested if p in present or p == CPU]
     for missing in [p for p in requested if p not in usable]:
-        log.warning("CHEXOPS_PROVIDERS asks for %s, which this ONNX Runtime build lacks (it has %s): skipped",
-                    missing, ", ".join(present))
+        log.warning(
+            "CHEXOPS_PROVIDERS asks for %s, which this ONNX Runtime build lacks (it has %s): skipped",
+            missing,
+            ", ".join(present),
+        )
     return usable
-

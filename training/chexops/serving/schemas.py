@@ -1,6 +1,7 @@
 """The clinic API's request bodies (the OpenAPI document is generated from them)."""
 
 from __future__ import annotations
+
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 

@@ -37,58 +37,123 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CHEXOPS_", frozen=True)
 
-    model_tag: str = Field(DEFAULT_SERVE_REF, validation_alias="CHEXOPS_MODEL", description=(
-        "a registry reference (resolved by `chexops.export.bento.serving_tag`, needs MLflow) or an exact Bento tag "
-        "`NAME:VERSION` (in a container; also what `bentoml build` packs)"))
+    model_tag: str = Field(
+        DEFAULT_SERVE_REF,
+        validation_alias="CHEXOPS_MODEL",
+        description=(
+            "a registry reference (resolved by `chexops.export.bento.serving_tag`, needs MLflow) or an exact Bento tag "
+            "`NAME:VERSION` (in a container; also what `bentoml build` packs)"
+        ),
+    )
     precision: Literal["fp32", "int8"] = Field("fp32", description="`int8` runs `model.int8.onnx` (static QDQ)")
     threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads (inter-op 1)")
-    providers: str = Field("cpu", description=(
-        "ONNX Runtime execution providers in order, e.g. `cuda,cpu` (CUDA needs `onnxruntime-gpu` and a GPU; a missing "
-        "one is skipped with a warning, an unknown name refused at start); `GET /model` shows those in use"))
-    max_inflight: int = Field(2, ge=1, description=(
-        "admission control (above): requests on `/predict` and `/explain` processed at once, about cores / "
-        "`CHEXOPS_THREADS`"))
-    max_queue: int = Field(16, ge=0, description=(
-        "more requests that may wait for a slot (0: refuse as soon as all slots are busy)"))
+    providers: str = Field(
+        "cpu",
+        description=(
+            "ONNX Runtime execution providers in order, e.g. `cuda,cpu` (CUDA needs `onnxruntime-gpu` and a GPU; a "
+            "missing "
+            "one is skipped with a warning, an unknown name refused at start); `GET /model` shows those in use"
+        ),
+    )
+    max_inflight: int = Field(
+        2,
+        ge=1,
+        description=(
+            "admission control (above): requests on `/predict` and `/explain` processed at once, about cores / "
+            "`CHEXOPS_THREADS`"
+        ),
+    )
+    max_queue: int = Field(
+        16, ge=0, description=("more requests that may wait for a slot (0: refuse as soon as all slots are busy)")
+    )
     queue_timeout_ms: int = Field(500, ge=1, description="the longest a request waits for a slot before its 503")
-    batching: bool = Field(False, description=(
-        "1: adaptive batching through the internal `/infer` API (off by default: see \"Why the service is shaped this "
-        "way\"); `0`, `false`, `no` or `off` turn it off"))
+    batching: bool = Field(
+        False,
+        description=(
+            '1: adaptive batching through the internal `/infer` API (off by default: see "Why the service is shaped '
+            "this "
+            'way"); `0`, `false`, `no` or `off` turn it off'
+        ),
+    )
     max_batch_size: int = Field(16, ge=1, description="adaptive batching: the largest batch")
-    max_latency_ms: int = Field(2000, ge=1, description=(
-        "adaptive batching: the latency budget (a request the batcher cannot take runs alone instead of failing)"))
+    max_latency_ms: int = Field(
+        2000,
+        ge=1,
+        description=(
+            "adaptive batching: the latency budget (a request the batcher cannot take runs alone instead of failing)"
+        ),
+    )
     api_keys: SecretStr = Field(SecretStr(""), description="`clinic:key,clinic2:key2` (keys ≥ 8 characters)")
-    api_keys_file: str = Field("", description=(
-        "a mounted file of the same pairs (one per line, `#` comments); its keys join those of `CHEXOPS_API_KEYS`"))
-    rate_per_minute: float = Field(120.0, gt=0, validation_alias="CHEXOPS_RATE_LIMIT", description=(
-        "per-key token bucket: requests per minute"))
+    api_keys_file: str = Field(
+        "",
+        description=(
+            "a mounted file of the same pairs (one per line, `#` comments); its keys join those of `CHEXOPS_API_KEYS`"
+        ),
+    )
+    rate_per_minute: float = Field(
+        120.0, gt=0, validation_alias="CHEXOPS_RATE_LIMIT", description=("per-key token bucket: requests per minute")
+    )
     rate_burst: int = Field(20, ge=1, description="per-key token bucket: burst")
-    address_rate_per_minute: int = Field(0, ge=0, validation_alias="CHEXOPS_ADDRESS_RATE_LIMIT", description=(
-        "authenticated requests per minute per client address, every clinic behind one address sharing it (0: off)"))
-    address_burst: int = Field(80, ge=1, validation_alias="CHEXOPS_ADDRESS_RATE_BURST", description=(
-        "the burst of that per-address bucket"))
-    auth_failures_per_minute: int = Field(10, ge=1, validation_alias="CHEXOPS_AUTH_FAILURE_LIMIT", description=(
-        "failed authentications per minute per client address (also the burst)"))
+    address_rate_per_minute: int = Field(
+        0,
+        ge=0,
+        validation_alias="CHEXOPS_ADDRESS_RATE_LIMIT",
+        description=(
+            "authenticated requests per minute per client address, every clinic behind one address sharing it (0: off)"
+        ),
+    )
+    address_burst: int = Field(
+        80, ge=1, validation_alias="CHEXOPS_ADDRESS_RATE_BURST", description=("the burst of that per-address bucket")
+    )
+    auth_failures_per_minute: int = Field(
+        10,
+        ge=1,
+        validation_alias="CHEXOPS_AUTH_FAILURE_LIMIT",
+        description=("failed authentications per minute per client address (also the burst)"),
+    )
     max_upload_mb: float = Field(20.0, gt=0, description="bigger bodies → 413 before they are read")
     max_pixels: int = Field(40_000_000, ge=256, description="decompression-bomb limit")
-    modalities: Annotated[frozenset[str], NoDecode] = Field(frozenset({"CR", "DX"}), description=(
-        "DICOM modalities accepted (comma-separated)"))
-    feedback_url: str = Field("", json_schema_extra={"shown": f"`sqlite:///$CHEXOPS_HOME/{FEEDBACK_DB}`"},
-                              description="or `postgresql://user:pass@host/db` (psycopg2, pooled)")
-    stored_image_side: int = Field(1024, ge=0, validation_alias="CHEXOPS_FEEDBACK_IMAGE_SIDE", description=(
-        "longest side of the stored image (0: full size)"))
+    modalities: Annotated[frozenset[str], NoDecode] = Field(
+        frozenset({"CR", "DX"}), description=("DICOM modalities accepted (comma-separated)")
+    )
+    feedback_url: str = Field(
+        "",
+        json_schema_extra={"shown": f"`sqlite:///$CHEXOPS_HOME/{FEEDBACK_DB}`"},
+        description="or `postgresql://user:pass@host/db` (psycopg2, pooled)",
+    )
+    stored_image_side: int = Field(
+        1024,
+        ge=0,
+        validation_alias="CHEXOPS_FEEDBACK_IMAGE_SIDE",
+        description=("longest side of the stored image (0: full size)"),
+    )
     static_dir: Path = Field(paths.ROOT / "bentos" / "static", description="the web page's files")
-    drift_window: int = Field(200, ge=1, description=(
-        "the last images `chexops_drift_score` is computed over (`chexops/imaging/drift.py`)"))
-    drift_min_images: int = Field(30, ge=1, description=(
-        "images in the window before the score is computed (at most the window)"))
-    environment: str = Field("development", description=(
-        "label `environment` on every `chexops_*` series (`staging`, `production`, ...: a short lower-case name)"))
-    track: Literal["stable", "canary"] = Field("stable", description=(
-        "label `track` (`stable` or `canary`) on every `chexops_*` series, with `model_version` (set by the overlays)"))
-    fault_injection: str = Field("", description=(
-        "`error_rate=0.5,delay_ms=300`: fails and slows clinical requests on purpose, for the canary-analysis test "
-        "only; refused when the environment is `production`, logged as `FAULT INJECTION IS ON`"))
+    drift_window: int = Field(
+        200, ge=1, description=("the last images `chexops_drift_score` is computed over (`chexops/imaging/drift.py`)")
+    )
+    drift_min_images: int = Field(
+        30, ge=1, description=("images in the window before the score is computed (at most the window)")
+    )
+    environment: str = Field(
+        "development",
+        description=(
+            "label `environment` on every `chexops_*` series (`staging`, `production`, ...: a short lower-case name)"
+        ),
+    )
+    track: Literal["stable", "canary"] = Field(
+        "stable",
+        description=(
+            "label `track` (`stable` or `canary`) on every `chexops_*` series, with `model_version` (set by the "
+            "overlays)"
+        ),
+    )
+    fault_injection: str = Field(
+        "",
+        description=(
+            "`error_rate=0.5,delay_ms=300`: fails and slows clinical requests on purpose, for the canary-analysis test "
+            "only; refused when the environment is `production`, logged as `FAULT INJECTION IS ON`"
+        ),
+    )
 
     def __init__(self, **values: Any):
         try:
@@ -168,8 +233,12 @@ class Settings(BaseSettings):
         per_address = None
         if self.address_rate_per_minute:  # 0: no limit per address
             per_address = RateLimiter(self.address_rate_per_minute, self.address_burst)
-        return Authenticator(keys, RateLimiter(self.rate_per_minute, self.rate_burst), per_address,
-                             RateLimiter(self.auth_failures_per_minute, self.auth_failures_per_minute))
+        return Authenticator(
+            keys,
+            RateLimiter(self.rate_per_minute, self.rate_burst),
+            per_address,
+            RateLimiter(self.auth_failures_per_minute, self.auth_failures_per_minute),
+        )
 
     def admission_limits(self) -> AdmissionLimits:
         from chexops.serving.admission import AdmissionLimits  # Starlette: only where the app is built

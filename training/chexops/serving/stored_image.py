@@ -50,11 +50,11 @@ def png_without_metadata(data: bytes) -> bytes:
     while True:
         if i + 12 > len(data):
             raise NotKeptAsIs("a truncated chunk")
-        length, kind = struct.unpack(">I4s", data[i:i + 8])
+        length, kind = struct.unpack(">I4s", data[i : i + 8])
         end = i + 12 + length
         if end > len(data):
             raise NotKeptAsIs("a truncated chunk")
-        if kind == b"eXIf" or (kind in (b"tEXt", b"zTXt", b"iTXt") and data[i + 8:end - 4].startswith(_EXIF_TEXT)):
+        if kind == b"eXIf" or (kind in (b"tEXt", b"zTXt", b"iTXt") and data[i + 8 : end - 4].startswith(_EXIF_TEXT)):
             raise NotKeptAsIs("EXIF")
         if kind in PNG_KEPT:
             out.append(data[i:end])
@@ -79,12 +79,12 @@ def jpeg_without_metadata(data: bytes) -> bytes:
             out.append(b"\xff\xd9")
             return b"".join(out)
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length
-            out.append(data[i:i + 2])
+            out.append(data[i : i + 2])
             i += 2
             continue
         if i + 4 > n:
             raise NotKeptAsIs("a truncated segment")
-        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
         if end > n:
             raise NotKeptAsIs("a truncated segment")
         segment = data[i:end]

@@ -50,7 +50,9 @@ class RunState:
 
     @classmethod
     def from_checkpoint(cls, saved: dict[str, Any]) -> RunState:
-        plain = saved["state"] if isinstance(saved["state"], dict) else json.loads(saved["state"])  # a dict before format 2
+        plain = (
+            saved["state"] if isinstance(saved["state"], dict) else json.loads(saved["state"])
+        )  # a dict before format 2
         known = {f.name for f in fields(cls)} - {"best_model"}
         best_model = saved.get("best_model", plain.get("best_model"))
         return cls(**{k: v for k, v in plain.items() if k in known}, best_model=best_model)
@@ -73,8 +75,11 @@ def model_payload(model: torch.nn.Module, config: Config, labels: list[str], ext
         "config": config.to_dict(),
         **extra,
     }
-    return {"format": CHECKPOINT_FORMAT, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "meta": json.dumps(meta, sort_keys=True)}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": json.dumps(meta, sort_keys=True),
+    }
 
 
 def safe_load(path: str | Path) -> Any:
@@ -96,12 +101,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserInputError(f"checkpoint {path} does not exist.") from None
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserInputError(f"checkpoint {path} was refused: it holds more than tensors and plain data, and "
-                             f"loading it could run code ({first[:200]}).") from None
+        raise UserInputError(
+            f"checkpoint {path} was refused: it holds more than tensors and plain data, and "
+            f"loading it could run code ({first[:200]})."
+        ) from None
     except Exception as exc:  # noqa: BLE001 - a corrupt file surfaces in many ways
         raise UserInputError(f"checkpoint {path} is not a readable chexops checkpoint: {exc}") from None
     if not isinstance(payload, dict) or payload.get("format") not in READABLE_FORMATS:
-        raise UserInputError(f"checkpoint {path} is not a chexops checkpoint (format {', '.join(map(str, READABLE_FORMATS))}).")
+        raise UserInputError(
+            f"checkpoint {path} is not a chexops checkpoint (format {', '.join(map(str, READABLE_FORMATS))})."
+        )
     if "meta" in payload:
         try:
             meta = json.loads(payload["meta"])
@@ -125,7 +134,7 @@ def parse_run_ref(ref: str) -> tuple[str, str]:
     ref = ref.strip()
     artifact = CHECKPOINT_PATH
     if ref.startswith("runs:/"):
-        run_id, _, rest = ref[len("runs:/"):].strip("/").partition("/")
+        run_id, _, rest = ref[len("runs:/") :].strip("/").partition("/")
         if rest:
             artifact = rest if rest.endswith(".pt") else rest.rstrip("/") + "/" + CHECKPOINT_FILE
     else:

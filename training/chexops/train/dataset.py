@@ -19,15 +19,23 @@ class RadiographDataset(torch.utils.data.Dataset):
     """(image C×H×W, targets, mask) triples. With `cache`, every image is preprocessed once up front
     (in `num_workers` worker processes when given); without, each item is decoded when asked for."""
 
-    def __init__(self, split: Split, spec: PreprocessSpec, cache: bool = True, progress: bool = True, num_workers: int = 0):
+    def __init__(
+        self, split: Split, spec: PreprocessSpec, cache: bool = True, progress: bool = True, num_workers: int = 0
+    ):
         self.split, self.spec = split, spec
         self.targets = torch.from_numpy(np.ascontiguousarray(split.targets, dtype=np.float32))
         self.mask = torch.from_numpy(np.ascontiguousarray(split.mask, dtype=np.float32))
         self.cached: torch.Tensor | None = None
         if cache:
             loader = DataLoader(self, batch_size=64, num_workers=num_workers, generator=own_generator())
-            bar = tqdm(loader, total=len(loader), desc=f"preprocess {split.name}", unit="batch",
-                       disable=None if progress else True, leave=False)
+            bar = tqdm(
+                loader,
+                total=len(loader),
+                desc=f"preprocess {split.name}",
+                unit="batch",
+                disable=None if progress else True,
+                leave=False,
+            )
             self.cached = torch.cat([x for x, _, _ in bar]) if len(split) else torch.empty(0)
 
     def _load(self, i: int) -> np.ndarray:
@@ -55,7 +63,9 @@ class EpochBatches(Sampler[list[int]]):
     mid-epoch replays exactly the batches an uninterrupted run would have seen."""
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
-        self.sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.sampler = DistributedSampler(
+            range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False
+        )
         self.batch_size = batch_size
         self.start = 0
 
@@ -78,5 +88,12 @@ def train_loader(ds: RadiographDataset, batches: EpochBatches, num_workers: int,
     """The training loader: `num_workers` persistent decoding processes (none for a cached dataset,
     where an item is a tensor index), pinned memory for a CUDA device."""
     workers = 0 if ds.cached is not None else num_workers
-    return DataLoader(ds, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0,
-                      pin_memory=pin_memory, prefetch_factor=4 if workers else None, generator=own_generator())
+    return DataLoader(
+        ds,
+        batch_sampler=batches,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
+        generator=own_generator(),
+    )

@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from chexops.core.results import Result
 from chexops.config import Config
 from chexops.core import paths
 from chexops.core.errors import UserInputError
+from chexops.core.results import Result
 from chexops.data.loading import load_splits
 from chexops.train import tracking_run
 from chexops.train.checkpoint import (
@@ -93,12 +93,6 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) 
     return (loss * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-
-
-
-
-
-
 def improves(score: float, best: float) -> bool:
     """Whether a validation score beats the best so far; NaN (no AUROC computable) never beats and is never the bar."""
     return not math.isnan(score) and (math.isnan(best) or score > best)
@@ -110,19 +104,33 @@ def init_tag(model_cfg: Any, warn: bool = True) -> str:
     if model_cfg.pretrained_weights is not None:
         return f"pretrained:{Path(model_cfg.pretrained_weights).name}"
     if warn and model_cfg.name != "small":
-        log.warning("!!! model %s starts from RANDOM weights: model.pretrained_weights is not set (weights are never "
-                    "downloaded). Expect a much weaker model than the paper's ImageNet start; the run is tagged init=random.",
-                    model_cfg.name)
+        log.warning(
+            "!!! model %s starts from RANDOM weights: model.pretrained_weights is not set (weights are never "
+            "downloaded). Expect a much weaker model than the paper's ImageNet start; the run is tagged init=random.",
+            model_cfg.name,
+        )
     return "random"
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, ds: RadiographDataset, batch_size: int, device: torch.device, amp: bool,
-            num_workers: int = 0) -> np.ndarray:
+def predict(
+    model: torch.nn.Module,
+    ds: RadiographDataset,
+    batch_size: int,
+    device: torch.device,
+    amp: bool,
+    num_workers: int = 0,
+) -> np.ndarray:
     model.eval()
     workers = 0 if ds.cached is not None else num_workers
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         pin_memory=device.type == "cuda", generator=own_generator())
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        generator=own_generator(),
+    )
     out = []
     for x, _, _ in loader:
         with torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext():
@@ -177,7 +185,9 @@ def _device(config: Config, local_rank: int) -> torch.device:
 def _scheduler(optimizer, config: Config, total_steps: int):
     t = config.train
     if t.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, total_steps=max(total_steps, 1), pct_start=0.15)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=t.lr, total_steps=max(total_steps, 1), pct_start=0.15
+        )
 
     def factor(step: int) -> float:
         warm = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else 1.0
@@ -215,8 +225,9 @@ def train(config: Config, *, resume: bool = True, checkpoint_dir: Path | None = 
             dist.destroy_process_group()
 
 
-def _train(config: Config, resume: bool, checkpoint_dir: Path | None, procs: Processes,
-           started: float) -> TrainSummary | None:
+def _train(
+    config: Config, resume: bool, checkpoint_dir: Path | None, procs: Processes, started: float
+) -> TrainSummary | None:
     t = config.train
     rank, world, master = procs.rank, procs.world, procs.master
     device = _device(config, procs.local_rank)
@@ -239,8 +250,14 @@ def _train(config: Config, resume: bool, checkpoint_dir: Path | None, procs: Pro
     train_ds = RadiographDataset(splits.train, spec, cache, progress=master, num_workers=workers)
     val_ds = RadiographDataset(splits.val, spec, cache, progress=master, num_workers=workers)
     test_ds = RadiographDataset(splits.test, spec, cache, progress=master, num_workers=workers) if splits.test else None
-    log.info("Data %s: %d train, %d validation, %s test images; %d labels", splits.fingerprint["data_version"],
-             len(train_ds), len(val_ds), len(test_ds) if test_ds else "no", len(labels))
+    log.info(
+        "Data %s: %d train, %d validation, %s test images; %d labels",
+        splits.fingerprint["data_version"],
+        len(train_ds),
+        len(val_ds),
+        len(test_ds) if test_ds else "no",
+        len(labels),
+    )
 
     # Model and optimiser.
     model = build_model(config.model, len(labels), spec).to(device)
@@ -252,7 +269,11 @@ def _train(config: Config, resume: bool, checkpoint_dir: Path | None, procs: Pro
     steps_per_epoch = math.ceil(batches_per_epoch / t.accum_steps)
     total_steps = min(t.epochs * steps_per_epoch, t.max_steps or 10**12)
     scheduler = _scheduler(optimizer, config, total_steps)
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[procs.local_rank] if cuda else None) if world > 1 else model
+    ddp_model = (
+        torch.nn.parallel.DistributedDataParallel(model, device_ids=[procs.local_rank] if cuda else None)
+        if world > 1
+        else model
+    )
 
     # Resume from the last checkpoint of this very configuration, if any.
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else paths.home() / "checkpoints" / config.name
@@ -266,9 +287,20 @@ def _train(config: Config, resume: bool, checkpoint_dir: Path | None, procs: Pro
     if master:
         state.run_id = tracking_run.start(config, state.run_id)
         if state.is_new:
-            tracking_run.log_inputs(config, splits.fingerprint, labels, spec.to_dict(), {
-                "world_size": str(world), "device": str(device), "amp": str(amp), "channels_last": str(channels_last),
-                "config_digest": digest, "init": init})
+            tracking_run.log_inputs(
+                config,
+                splits.fingerprint,
+                labels,
+                spec.to_dict(),
+                {
+                    "world_size": str(world),
+                    "device": str(device),
+                    "amp": str(amp),
+                    "channels_last": str(channels_last),
+                    "config_digest": digest,
+                    "init": init,
+                },
+            )
 
     def checkpoint(epoch: int, batch: int) -> None:
         rngs = [torch.get_rng_state()]
@@ -277,9 +309,20 @@ def _train(config: Config, resume: bool, checkpoint_dir: Path | None, procs: Pro
             dist.all_gather_object(gathered, torch.get_rng_state())
             rngs = gathered
         if master:
-            atomic_save({"format": CHECKPOINT_FORMAT, "digest": digest, "world": world, "model": model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs,
-                         "state": state.to_json(epoch, batch), "best_model": state.best_model}, last_path)
+            atomic_save(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "digest": digest,
+                    "world": world,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rngs,
+                    "state": state.to_json(epoch, batch),
+                    "best_model": state.best_model,
+                },
+                last_path,
+            )
 
     # Epochs.
     stop = False
@@ -291,8 +334,15 @@ def _train(config: Config, resume: bool, checkpoint_dir: Path | None, procs: Pro
         sampler.set_epoch(epoch, start_batch)
         n_batches = len(sampler)
         running, seen = 0.0, 0
-        bar = tqdm(enumerate(loader, start=start_batch), total=n_batches, initial=start_batch, desc=f"epoch {epoch + 1}/{t.epochs}",
-                   unit="batch", disable=None if master else True, leave=False)
+        bar = tqdm(
+            enumerate(loader, start=start_batch),
+            total=n_batches,
+            initial=start_batch,
+            desc=f"epoch {epoch + 1}/{t.epochs}",
+            unit="batch",
+            disable=None if master else True,
+            leave=False,
+        )
         for b, (x, y, m) in bar:
             x, y, m = (v.to(device, non_blocking=True) for v in (x, y, m))
             if channels_last:
@@ -327,13 +377,29 @@ def _train(config: Config, resume: bool, checkpoint_dir: Path | None, procs: Pro
                 state.best_model = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             else:
                 state.bad_epochs += 1
-            record.update({"train_loss": running / max(seen, 1), "val_loss": val["loss"], "val_mean_auroc": val["mean_auroc"],
-                           "lr": optimizer.param_groups[0]["lr"], **as_metrics("val_auroc", val["auroc"])})
+            record.update(
+                {
+                    "train_loss": running / max(seen, 1),
+                    "val_loss": val["loss"],
+                    "val_mean_auroc": val["mean_auroc"],
+                    "lr": optimizer.param_groups[0]["lr"],
+                    **as_metrics("val_auroc", val["auroc"]),
+                }
+            )
             tracking_run.log_metrics(record, epoch + 1)
             state.history.append({k: float(v) for k, v in record.items() if not math.isnan(v)})
-            log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val mean AUROC %.4f%s", epoch + 1, t.epochs,
-                     record["train_loss"], val["loss"], val["mean_auroc"], " (best)" if improved else "")
-            stop = bool(t.patience and state.bad_epochs >= t.patience) or bool(t.max_steps and state.step >= t.max_steps)
+            log.info(
+                "epoch %d/%d: train loss %.4f, val loss %.4f, val mean AUROC %.4f%s",
+                epoch + 1,
+                t.epochs,
+                record["train_loss"],
+                val["loss"],
+                val["mean_auroc"],
+                " (best)" if improved else "",
+            )
+            stop = bool(t.patience and state.bad_epochs >= t.patience) or bool(
+                t.max_steps and state.step >= t.max_steps
+            )
             if t.patience and state.bad_epochs >= t.patience:
                 log.info("Early stopping: no better validation mean AUROC for %d epochs", t.patience)
         if world > 1:
@@ -360,8 +426,10 @@ def _resume(path: Path, digest: str, procs: Processes, model, optimizer, schedul
     try:
         saved = safe_load(path)
     except Exception as exc:  # noqa: BLE001 - a refused pickle or a damaged file
-        raise UserInputError(f"cannot resume from {path}: it is not a safe chexops checkpoint ({type(exc).__name__}). "
-                             "Delete it or run with --no-resume.") from None
+        raise UserInputError(
+            f"cannot resume from {path}: it is not a safe chexops checkpoint ({type(exc).__name__}). "
+            "Delete it or run with --no-resume."
+        ) from None
     if saved.get("digest") != digest or saved.get("world") != procs.world:
         log.warning("Ignoring %s: it was written by another configuration or process count", path)
         return None
@@ -384,14 +452,28 @@ def _finish(run: Run, model: torch.nn.Module, state: RunState) -> TrainSummary:
     test = None
     if run.test_ds is not None:
         scores = evaluate_split(model, run.test_ds, config, labels, run.device, run.amp)
-        test = HeldOutMetrics(auroc=scores["auroc"][labels[0]] if len(labels) == 1 else scores["mean_auroc"],
-                           mean_auroc=scores["mean_auroc"], loss=scores["loss"], per_label=_rounded(scores["auroc"]))
-        final.update({"test_auroc": test.auroc, "test_mean_auroc": test.mean_auroc, "test_loss": test.loss,
-                      **as_metrics("test_auroc", scores["auroc"])})
+        test = HeldOutMetrics(
+            auroc=scores["auroc"][labels[0]] if len(labels) == 1 else scores["mean_auroc"],
+            mean_auroc=scores["mean_auroc"],
+            loss=scores["loss"],
+            per_label=_rounded(scores["auroc"]),
+        )
+        final.update(
+            {
+                "test_auroc": test.auroc,
+                "test_mean_auroc": test.mean_auroc,
+                "test_loss": test.loss,
+                **as_metrics("test_auroc", scores["auroc"]),
+            }
+        )
     tracking_run.log_metrics(final)
     data_version = run.fingerprint["data_version"]
-    payload = model_payload(model, config, labels, {"run_id": state.run_id, "data_version": data_version,
-                                                    "val_mean_auroc": val["mean_auroc"]})
+    payload = model_payload(
+        model,
+        config,
+        labels,
+        {"run_id": state.run_id, "data_version": data_version, "val_mean_auroc": val["mean_auroc"]},
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / CHECKPOINT_FILE
         torch.save(payload, path)
@@ -401,12 +483,29 @@ def _finish(run: Run, model: torch.nn.Module, state: RunState) -> TrainSummary:
     tracking_run.end(seconds)
     run.last_path.unlink(missing_ok=True)
     summary = TrainSummary(
-        run_id=state.run_id, init=init_tag(config.model, warn=False), experiment=config.tracking.experiment,
-        tracking_uri=uri, model_uri=f"runs:/{state.run_id}/{CHECKPOINT_PATH}", data_version=data_version, labels=labels,
-        epochs_run=len(state.history), best_epoch=state.best_epoch, steps=state.step, world_size=run.world,
-        mean_auroc=val["mean_auroc"], mean_over=config.eval.mean_labels(labels), val_loss=val["loss"],
-        auroc=_rounded(val["auroc"]), test=test, seconds=seconds,
+        run_id=state.run_id,
+        init=init_tag(config.model, warn=False),
+        experiment=config.tracking.experiment,
+        tracking_uri=uri,
+        model_uri=f"runs:/{state.run_id}/{CHECKPOINT_PATH}",
+        data_version=data_version,
+        labels=labels,
+        epochs_run=len(state.history),
+        best_epoch=state.best_epoch,
+        steps=state.step,
+        world_size=run.world,
+        mean_auroc=val["mean_auroc"],
+        mean_over=config.eval.mean_labels(labels),
+        val_loss=val["loss"],
+        auroc=_rounded(val["auroc"]),
+        test=test,
+        seconds=seconds,
     )
-    log.info("Run %s: validation mean AUROC %.4f%s in %.0f s", state.run_id, val["mean_auroc"],
-             f", test AUROC {test.auroc:.4f}" if test else "", seconds)
+    log.info(
+        "Run %s: validation mean AUROC %.4f%s in %.0f s",
+        state.run_id,
+        val["mean_auroc"],
+        f", test AUROC {test.auroc:.4f}" if test else "",
+        seconds,
+    )
     return summary

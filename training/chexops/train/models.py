@@ -37,16 +37,22 @@ class Classifier(nn.Module):
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
 def small_cnn(in_channels: int, width: int) -> tuple[nn.Module, int]:
     """A fast CNN for CPU runs: three double-conv blocks (width, 2·width, 4·width), two poolings."""
     backbone = nn.Sequential(
-        _block(in_channels, width), nn.MaxPool2d(2),
-        _block(width, 2 * width), nn.MaxPool2d(2),
+        _block(in_channels, width),
+        nn.MaxPool2d(2),
+        _block(width, 2 * width),
+        nn.MaxPool2d(2),
         _block(2 * width, 4 * width),
     )
     return backbone, 4 * width
@@ -73,9 +79,16 @@ class _ViTGrid(nn.Module):
             raise ConfigError("model.vit_hidden_size must be a multiple of model.vit_heads")
         self.grid = size // cfg.vit_patch_size
         self.vit = ViT(
-            in_channels=in_channels, img_size=(size, size), patch_size=(cfg.vit_patch_size,) * 2,
-            hidden_size=cfg.vit_hidden_size, mlp_dim=4 * cfg.vit_hidden_size, num_layers=cfg.vit_layers,
-            num_heads=cfg.vit_heads, classification=False, spatial_dims=2, dropout_rate=cfg.dropout,
+            in_channels=in_channels,
+            img_size=(size, size),
+            patch_size=(cfg.vit_patch_size,) * 2,
+            hidden_size=cfg.vit_hidden_size,
+            mlp_dim=4 * cfg.vit_hidden_size,
+            num_layers=cfg.vit_layers,
+            num_heads=cfg.vit_heads,
+            classification=False,
+            spatial_dims=2,
+            dropout_rate=cfg.dropout,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,6 +128,8 @@ def load_pretrained(model: Classifier, path: Path) -> None:
         if key in own and own[key].shape == tensor.shape:
             matched[key] = tensor
     if not matched:
-        raise ConfigError(f"model.pretrained_weights: no tensor in {path} matches the {type(model.backbone).__name__} backbone.")
+        raise ConfigError(
+            f"model.pretrained_weights: no tensor in {path} matches the {type(model.backbone).__name__} backbone."
+        )
     model.backbone.load_state_dict(matched, strict=False)
     log.info("Loaded %d of %d backbone tensors from %s", len(matched), len(own), path)

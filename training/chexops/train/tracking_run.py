@@ -20,20 +20,27 @@ def start(config: Config, run_id: str | None) -> str:
     setup_mlflow(config.tracking.experiment)
     if config.tracking.system_metrics:
         mlflow.set_system_metrics_sampling_interval(float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", 5)))
-    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else (config.tracking.run_name or config.name),
-                           log_system_metrics=config.tracking.system_metrics)
+    run = mlflow.start_run(
+        run_id=run_id,
+        run_name=None if run_id else (config.tracking.run_name or config.name),
+        log_system_metrics=config.tracking.system_metrics,
+    )
     return run.info.run_id
 
 
-def log_inputs(config: Config, fingerprint: dict[str, Any], labels: list[str], preprocessing: dict[str, Any],
-               tags: dict[str, str]) -> None:
+def log_inputs(
+    config: Config, fingerprint: dict[str, Any], labels: list[str], preprocessing: dict[str, Any], tags: dict[str, str]
+) -> None:
     """What a new run trains on: the config as params and artifact, code and data as tags (plus `tags`),
     the data fingerprint, labels and preprocessing as artifacts."""
     import mlflow
 
     mlflow.log_params({k: ("" if v is None else v) for k, v in flatten(config.to_dict()).items()})
-    data = {"data_version": fingerprint["data_version"], "data_sha256": fingerprint["sha256"],
-            **{k: fingerprint[k] for k in ("prepared_data_version",) if k in fingerprint}}
+    data = {
+        "data_version": fingerprint["data_version"],
+        "data_sha256": fingerprint["sha256"],
+        **{k: fingerprint[k] for k in ("prepared_data_version",) if k in fingerprint},
+    }
     mlflow.set_tags({**git_info(), **data, **tags})
     mlflow.log_dict(fingerprint, "data_fingerprint.json")
     mlflow.log_dict(config.to_dict(), "config.yaml")
