@@ -21,12 +21,10 @@ class PipelineRecord(Result):
 def record_outcome(workflow: str, status: str | None, outcome: str | None, run_id: str | None) -> PipelineRecord:
     """One MLflow run per pipeline run (experiment chexops-pipelines, tag chexops.workflow) holding its
     status and outcome; the training run, when named, gets the same tags."""
-    from mlflow.tracking import MlflowClient
-
-    from chexops.tracking import setup_mlflow
+    from chexops.tracking import mlflow_client, setup_mlflow
 
     experiment_id = setup_mlflow(EXPERIMENT)
-    client = MlflowClient()
+    client = mlflow_client()
     found = client.search_runs([experiment_id], filter_string=f"tags.`chexops.workflow` = '{workflow}'", max_results=1)
     record = (
         found[0].info.run_id

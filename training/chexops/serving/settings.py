@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     feedback_url: str = Field(
         "",
         json_schema_extra={"shown": f"`sqlite:///$CHEXOPS_HOME/{FEEDBACK_DB}`"},
-        description="or `postgresql://user:pass@host/db` (psycopg2, pooled)",
+        description="or a `postgresql://` URL with user, password, host and database (psycopg2, pooled)",
     )
     stored_image_side: int = Field(
         1024,
