@@ -13,8 +13,9 @@ import sys
 
 import click
 
-from chexops.cli import data, delivery, demo, feedback, infra, loop, pipeline, serve, train, triton
+from chexops.cli import data, delivery, demo, feedback, freight, infra, loop, pipeline, serve, train, triton
 from chexops.core.errors import ChexopsError
+from chexops.core.freight import check_env as check_freight
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,10 +31,13 @@ def cli(verbose: bool) -> None:
     )
     for noisy in ("alembic", "urllib3", "git", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # A pipeline step refuses to run other code than its freight's commit, before doing anything.
+    check_freight()
 
 
 # Every command, in the order of the lifecycle.
 COMMANDS = [
+    freight.freight,  # create (the first step), show
     data.data,  # synth, stats, prepare
     train.train_cmd,
     train.evaluate_cmd,

@@ -6,10 +6,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 import sys
+from pathlib import Path
 
 import click
 
+from chexops.core import freight as freight_record
+from chexops.core.console import ENV as OUTPUTS_ENV
 from chexops.core.console import Output, emit
 
 __all__ = ["Output", "result_output"]
@@ -32,7 +36,19 @@ def result_output(func):
         if out is None:  # nothing to report (a non-zero rank under torchrun)
             return
         emit(out.result, as_json, out.human, stream)
+        _carry_freight(out)
         if out.refusal is not None:
             raise out.refusal
 
     return wrapper
+
+
+def _carry_freight(out: Output) -> None:
+    """Under `$CHEXOPS_FREIGHT`, the step's output `freight` is the record with this step's facts added."""
+    carried = freight_record.Freight.from_env()
+    directory = os.environ.get(OUTPUTS_ENV)
+    if not directory or (carried is None and isinstance(out.result, freight_record.Freight) is False):
+        return
+    updated = carried.add(**(out.freight or {})) if carried else out.result
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    (Path(directory) / "freight").write_text(updated.to_json())

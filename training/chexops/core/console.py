@@ -71,3 +71,5 @@ class Output:
     result: Any
     human: str
     refusal: Exception | None = None
+    # Facts this step established for the run's freight (chexops.core.freight): data_version, model_version ...
+    freight: dict[str, str] | None = None
