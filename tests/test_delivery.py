@@ -360,7 +360,13 @@ FAULTS = "error_rate=0.5,delay_ms=2000"
 # Short windows for a ~20 s test (the template's defaults are minutes). Three services, three Locusts
 # and Prometheus share two busy cores here (small generated images keep the decoding cheap), so a good
 # canary's p95 may still differ from stable's by half a second: a 1 s latency margin, 2 s injected.
-TEST_ARGS = {"window": "30s", "feedback-window": "60s", "min-feedback": "3", "max-p95-increase-seconds": "1.0"}
+TEST_ARGS = {
+    "window": "30s",
+    "feedback-window": "60s",
+    "min-feedback": "3",
+    "max-p95-increase-seconds": "1.0",
+    "min-requests": "5",
+}
 
 
 @pytest.fixture(scope="module")
@@ -550,6 +556,14 @@ def test_canary_analysis_passes_the_good_canary_and_fails_the_faulty_one(prometh
     # No traffic for the named version: no evidence either way (the guards), never Successful.
     silent = run_analysis(prometheus, namespace="prod-good", **{**args, "canary-version": "9"})
     assert all(silent[m][0] == "Inconclusive" for m in ("error-ratio", "latency-p95", "input-rejections")), silent
+
+    # Judged on evidence: fewer canary requests in the window than min-requests is Inconclusive, for the
+    # good canary and for the faulty one alike (neither promoted nor failed on too little traffic).
+    served = int(query(prometheus, 'sum(increase(chexops_http_requests_total{namespace="prod-faulty", track="canary", route="/predict"}[30s]))')[0])
+    scarce = {**args, "min-requests": str(served * 10 + 1000)}
+    for namespace in ("prod-good", "prod-faulty"):
+        few = run_analysis(prometheus, namespace=namespace, **scarce)
+        assert all(few[m][0] == "Inconclusive" for m in ("error-ratio", "latency-p95", "input-rejections")), few
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""`chexops promote|loadtest|s3-credentials`: the delivery steps (GitOps promotion and its evidence)."""
+"""`chexops promote|loadtest|verify-serving|wait-synced|wait-rollout|s3-credentials`: the delivery steps (GitOps
+promotion, the waits for what was promoted, and the evidence)."""
 
 from __future__ import annotations
 
@@ -18,15 +19,8 @@ from chexops.delivery.s3_credentials import DEFAULT_DIR as DEFAULT_S3_DIR
 @click.option("--to", "target", type=click.Choice(ENVIRONMENTS), help="The environment to promote to.")
 @click.option("--version", help="Registry version number N.")
 @click.option("--image", help="REPO:TAG@sha256:DIGEST (staging: the image built for this version).")
-@click.option(
-    "--weight",
-    type=click.IntRange(1, 99),
-    default=10,
-    show_default=True,
-    help="Canary: share of traffic in percent (10, then 50).",
-)
-@click.option("--analysis-run", help="Production: the canary's AnalysisRun name.")
-@click.option("--analysis-phase", help="Production: that AnalysisRun's phase (must be Successful).")
+@click.option("--analysis-run", help="Production: the canary's AnalysisRun names (comma-separated).")
+@click.option("--analysis-phase", help="Production: their phase (must be Successful).")
 @click.option(
     "--rollback", "rollback_env", type=click.Choice(ENVIRONMENTS), help="Revert this environment's last promotion."
 )
@@ -40,7 +34,7 @@ from chexops.delivery.s3_credentials import DEFAULT_DIR as DEFAULT_S3_DIR
 )
 @click.option("--push", is_flag=True, help="git push the commit (to origin, same branch).")
 @result_output
-def promote_cmd(target, version, image, weight, analysis_run, analysis_phase, rollback_env, name, repo, push) -> Output:
+def promote_cmd(target, version, image, analysis_run, analysis_phase, rollback_env, name, repo, push) -> Output:
     """Promote a registry version to staging, canary or production by a commit on its overlay; exit 3
     (nothing changed) when the evidence is missing. --rollback ENV reverts ENV's last promotion."""
     from chexops.delivery.promote import promote, rollback
@@ -64,7 +58,6 @@ def promote_cmd(target, version, image, weight, analysis_run, analysis_phase, ro
         name=name,
         repo=repo,
         image=image,
-        weight=weight,
         analysis_run=analysis_run,
         analysis_phase=analysis_phase,
         push=push,
@@ -72,10 +65,13 @@ def promote_cmd(target, version, image, weight, analysis_run, analysis_phase, ro
     if not result.promoted:
         return Output(result, result.refusal, GateRefused(result.refusal))
     evidence = "\n".join(f"  {line}" for line in result.evidence)
+    if result.already_done:
+        return Output(result, f"{name} version {version} is already in {target}: commit {result.commit[:12]}")
     return Output(
         result,
         f"{result.subject}\n  commit {result.commit[:12]}{' (pushed)' if push else ''}, "
         f"alias {target} -> {version}\n{evidence}",
+        freight=result.freight,
     )
 
 
@@ -121,12 +117,23 @@ def promote_cmd(target, version, image, weight, analysis_run, analysis_phase, ro
     help="Radiographs to send (files or folders; repeatable) [default: the shared real radiographs, else generated].",
 )
 @click.option("--record", "record_ref", help="models:/NAME/N: store the result on that version (staging evidence).")
+@click.option(
+    "--expect-version",
+    help="Fail (exit 3) when any /predict answer came from another registry version [default: --record's N].",
+)
 @result_output
 def loadtest_cmd(
-    host, users, spawn_rate, duration, max_p95_ms, max_error_ratio, api_key_env, out, images, record_ref
+    host, users, spawn_rate, duration, max_p95_ms, max_error_ratio, api_key_env, out, images, record_ref, expect_version
 ) -> Output:
     """Load-test the clinic endpoint with Locust (headless); exit 3 when the pass criteria fail."""
     from chexops.delivery import loadtest
+
+    recorded = loadtest.recorded_version(record_ref) if record_ref else None
+    if expect_version and recorded and expect_version != recorded:
+        raise UserInputError(f"--expect-version {expect_version} and --record {record_ref} name different versions.")
+    expect_version = expect_version or recorded
+    if expect_version is not None and not expect_version.isdigit():
+        raise UserInputError(f"--expect-version must be a registry version number, got {expect_version!r}.")
 
     result = loadtest.loadtest(
         host,
@@ -137,13 +144,110 @@ def loadtest_cmd(
         api_key_env=api_key_env,
         images=images,
         record_ref=record_ref,
-        criteria=loadtest.Criteria(max_p95_ms=max_p95_ms, max_error_ratio=max_error_ratio),
+        criteria=loadtest.Criteria(
+            max_p95_ms=max_p95_ms, max_error_ratio=max_error_ratio, expect_version=expect_version
+        ),
     )
     refusal = None
     if not result.passed:
         failed = ", ".join(c["criterion"] for c in result.checks if not c["passed"])
         refusal = GateRefused(f"the load test failed ({failed}); reports in {out}.")
     return Output(result, loadtest.format_result(result), refusal)
+
+
+@click.command("verify-serving")
+@click.option("--url", required=True, help="The endpoint, e.g. http://chexops.staging.svc.cluster.local:3000")
+@click.option("--version", required=True, help="The registry version N that must answer.")
+@click.option("--timeout", type=click.FloatRange(0), default=300, show_default=True, help="Seconds to wait for N.")
+@click.option(
+    "--consecutive", type=click.IntRange(1), default=5, show_default=True, help="Answers in a row from N needed."
+)
+@click.option(
+    "--hold",
+    type=click.FloatRange(0),
+    default=0,
+    show_default=True,
+    help="Then keep verifying for this many seconds (production verification).",
+)
+@click.option("--interval", type=click.FloatRange(0.05), default=1.0, show_default=True, help="Seconds between asks.")
+@result_output
+def verify_serving_cmd(url, version, timeout, consecutive, hold, interval) -> Output:
+    """Wait until the endpoint's /model reports version N on consecutive answers; exit 3 at the timeout
+    (naming the versions seen) or when, holding, another version or repeated errors answer."""
+    from chexops.delivery.verify import verify_serving
+
+    if not version.isdigit():
+        raise UserInputError(f"--version must be a registry version number, got {version!r}.")
+    result = verify_serving(url, version, timeout=timeout, consecutive=consecutive, hold=hold, interval=interval)
+    refusal = None if result.verified else GateRefused(f"{url}: {result.message}")
+    return Output(result, f"{url}: {result.message}", refusal)
+
+
+_API = click.option("--api", help="Kubernetes API URL [default: in-cluster, from the pod's ServiceAccount].")
+
+
+@click.command("wait-synced")
+@click.option("--application", required=True, help="The Argo CD Application (chexops-staging, chexops-production).")
+@click.option("--revision", required=True, help="The promotion commit it must be synced to.")
+@click.option("--namespace", default="argocd", show_default=True, help="Argo CD's namespace.")
+@click.option(
+    "--health",
+    type=click.Choice(["Healthy", "any"]),
+    default="Healthy",
+    show_default=True,
+    help="Health required once synced (production: any, then wait-rollout judges the canary).",
+)
+@click.option("--timeout", type=click.FloatRange(0), default=600, show_default=True, help="Seconds.")
+@click.option("--interval", type=click.FloatRange(0.05), default=5, show_default=True, help="Seconds between reads.")
+@_API
+@result_output
+def wait_synced_cmd(application, revision, namespace, health, timeout, interval, api) -> Output:
+    """Wait until an Argo CD Application is synced to the promotion commit (and Healthy); exit 3 when its
+    sync fails or at the timeout, naming the revision and health it saw."""
+    from chexops.delivery.kube import Kube
+    from chexops.delivery.wait import wait_synced
+
+    result = wait_synced(
+        Kube.connect(api), application, revision, namespace=namespace, health=health, timeout=timeout, interval=interval
+    )
+    refusal = None if result.synced else GateRefused(f"Application {application}: {result.message}")
+    return Output(result, f"Application {application}: {result.message}", refusal)
+
+
+@click.command("wait-rollout")
+@click.option("--rollout", default="chexops", show_default=True, help="The Argo Rollout.")
+@click.option("--namespace", default="production", show_default=True)
+@click.option("--version", required=True, help="The registry version whose canary is judged.")
+@click.option("--timeout", type=click.FloatRange(0), default=3600, show_default=True, help="Seconds for the canary.")
+@click.option(
+    "--decision-timeout",
+    type=click.FloatRange(0),
+    default=86400,
+    show_default=True,
+    help="Seconds a person has to decide a canary paused on an Inconclusive analysis.",
+)
+@click.option("--interval", type=click.FloatRange(0.05), default=10, show_default=True)
+@_API
+@result_output
+def wait_rollout_cmd(rollout, namespace, version, timeout, decision_timeout, interval, api) -> Output:
+    """Wait for the canary of version N: exit 0 promoted; exit 3 aborted, undecided or timed out (the
+    `outcome` output says which: the pipeline rolls back all but `undecided`)."""
+    from chexops.delivery.kube import Kube
+    from chexops.delivery.wait import wait_rollout
+
+    result = wait_rollout(
+        Kube.connect(api),
+        rollout,
+        version,
+        namespace=namespace,
+        timeout=timeout,
+        decision_timeout=decision_timeout,
+        interval=interval,
+    )
+    runs = ", ".join(f"{r['name']} {r['phase']}" for r in result.analysis_runs) or "none"
+    human = f"Rollout {rollout}: {result.outcome}: {result.message} (analyses: {runs})"
+    refusal = None if result.outcome == "promoted" else GateRefused(human)
+    return Output(result, human, refusal)
 
 
 @click.command("s3-credentials")

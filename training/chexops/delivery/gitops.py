@@ -1,5 +1,9 @@
-"""The GitOps side of `chexops promote`: edit an environment overlay's kustomization.yaml (images,
-model-version label, canary replicas), commit with trailers, find and revert promotion commits.
+"""The GitOps side of `chexops promote`: edit an environment overlay's kustomization.yaml (image,
+model-version label, freight annotation), commit with trailers, find and revert promotion commits.
+
+Two overlays: staging, and production, whose Argo Rollout runs the canary. A canary promotion edits
+production's overlay (the Rollout then moves traffic 10 % → 50 % → 100 %); the production promotion
+that follows a successful canary changes no file: its commit records the verdict in git.
 
 Git is the plain `git` command (what an operator would type). YAML goes through ruamel.yaml's
 round-trip mode so that the comments and layout of the overlays survive an edit.
@@ -19,9 +23,10 @@ from chexops.core.errors import ChexopsError, UserInputError
 log = logging.getLogger(__name__)
 
 OVERLAYS = Path("k8s/chexops/overlays")
-IMAGE_NAME = "chexops-serving"  # the image name in the base Deployment
-WORKLOAD = "chexops"  # the Deployment's name, as overlays' `replicas` name it
+IMAGE_NAME = "chexops-serving"  # the image name in the base Rollout
 VERSION_LABEL = "chexops.io/model-version"
+FREIGHT_ANNOTATION = "chexops.io/freight"
+OVERLAY_OF = {"staging": "staging", "canary": "production", "production": "production"}
 TRAILER_ENV = "Chexops-Environment"
 TRAILER_VERSION = "Chexops-Version"
 TRAILER_PREVIOUS = "Chexops-Previous-Version"
@@ -65,8 +70,9 @@ class Overlay:
     """One environment's kustomization.yaml, loaded for a round-trip edit."""
 
     def __init__(self, repo: Path, environment: str):
-        self.path = repo / OVERLAYS / environment / "kustomization.yaml"
-        self.relpath = (OVERLAYS / environment / "kustomization.yaml").as_posix()
+        directory = OVERLAY_OF.get(environment, environment)
+        self.path = repo / OVERLAYS / directory / "kustomization.yaml"
+        self.relpath = (OVERLAYS / directory / "kustomization.yaml").as_posix()
         if not self.path.is_file():
             raise UserInputError(
                 f"{self.path} does not exist: --repo must be the GitOps repository (with {OVERLAYS}/)."
@@ -95,11 +101,9 @@ class Overlay:
             return None
         return f"{entry.get('newName', IMAGE_NAME)}:{entry.get('newTag', '')}@{entry.get('digest', '')}"
 
-    def replicas(self) -> int | None:
-        for entry in self.doc.get("replicas") or []:
-            if entry.get("name") == WORKLOAD:
-                return int(entry["count"])
-        return None
+    @property
+    def freight(self) -> str | None:
+        return (self.doc.get("commonAnnotations") or {}).get(FREIGHT_ANNOTATION)
 
     def set_image(self, image: Image, version: str) -> None:
         from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -118,41 +122,16 @@ class Overlay:
             CommentedMap(pairs=CommentedMap({VERSION_LABEL: Q(version)}), includeTemplates=True)
         )
 
-    def set_replicas(self, count: int) -> None:
-        from ruamel.yaml.comments import CommentedMap, CommentedSeq
+    def set_freight(self, freight_json: str) -> None:
+        """The freight annotation on every object and pod (the service shows it in /model)."""
+        from ruamel.yaml.comments import CommentedMap
+        from ruamel.yaml.scalarstring import SingleQuotedScalarString as Q
 
-        for entry in self.doc.get("replicas") or []:
-            if entry.get("name") == WORKLOAD:
-                entry["count"] = count
-                return
-        self.doc.setdefault("replicas", CommentedSeq()).append(CommentedMap(name=WORKLOAD, count=count))
+        self.doc.setdefault("commonAnnotations", CommentedMap())[FREIGHT_ANNOTATION] = Q(freight_json)
 
     def save(self) -> None:
         with open(self.path, "w") as fh:
             self._yaml.dump(self.doc, fh)
-
-
-def stable_replicas(repo: Path) -> int:
-    """Production's stable replica count: its overlay's `replicas`, else the base Deployment's, else 1."""
-    count = Overlay(repo, "production").replicas()
-    if count is not None:
-        return count
-    base = repo / "k8s/chexops/base/deployment.yaml"
-    if base.is_file():
-        import yaml
-
-        for doc in yaml.safe_load_all(base.read_text()):
-            if isinstance(doc, dict) and doc.get("kind") in ("Deployment", "Rollout"):
-                return int((doc.get("spec") or {}).get("replicas") or 1)
-    return 1
-
-
-def canary_replicas(stable: int, weight: int) -> int:
-    """The canary's replica count for a traffic weight (percent) behind a shared Service:
-    max(1, round(stable * w / (100 - w))); 50 gives as many as stable."""
-    if not 0 < weight < 100:
-        raise UserInputError(f"--weight must be between 1 and 99 percent, got {weight}.")
-    return max(1, round(stable * weight / (100 - weight)))
 
 
 # --- git ----------------------------------------------------------------------------------------------
@@ -189,10 +168,14 @@ def check_repo(repo: Path, paths: list[str]) -> None:
         raise UserInputError("the git index has staged changes; commit or reset them before promoting.")
 
 
-def commit(repo: Path, paths: list[str], message: str, whole_index: bool = False) -> str:
+def commit(repo: Path, paths: list[str], message: str, whole_index: bool = False, allow_empty: bool = False) -> str:
     """Commit `paths` only; `whole_index` commits the index as staged (a revert in progress allows no
-    partial commit; check_repo made sure nothing else is staged)."""
+    partial commit; check_repo made sure nothing else is staged); `allow_empty` records a decision
+    that changes no file."""
     git(repo, "add", "--", *paths)
+    if allow_empty:
+        git(repo, "commit", "-q", "--allow-empty", "-m", message, "--", *paths)
+        return git(repo, "rev-parse", "HEAD").strip()
     git(repo, "commit", "-q", "-m", message, *(() if whole_index else ("--", *paths)))
     if whole_index:
         git(repo, "revert", "--quit", check=False)
@@ -219,18 +202,23 @@ def trailers(repo: Path, sha: str) -> dict[str, str]:
     return found
 
 
+def reverted_commits(repo: Path) -> set[str]:
+    """Every commit a rollback commit names (`Chexops-Rollback-Of: SHA [SHA ...]`) on the current branch."""
+    reverted: set[str] = set()
+    for sha in git(repo, "log", "--first-parent", "--format=%H", f"--grep={TRAILER_ROLLBACK}: ").split():
+        reverted.update(trailers(repo, sha).get(TRAILER_ROLLBACK, "").split())
+    return reverted
+
+
 def last_promotion(repo: Path, environment: str) -> tuple[str, dict[str, str]] | None:
     """The newest promotion commit of `environment` on the current branch that no rollback has reverted."""
-    reverted: set[str] = set()
+    reverted = reverted_commits(repo)
     shas = git(repo, "log", "--first-parent", "--format=%H", f"--grep={TRAILER_ENV}: {environment}").split()
     for sha in shas:
         found = trailers(repo, sha)
-        if found.get(TRAILER_ENV) != environment:
+        if found.get(TRAILER_ENV) != environment or TRAILER_ROLLBACK in found or sha in reverted:
             continue
-        if TRAILER_ROLLBACK in found:
-            reverted.add(found[TRAILER_ROLLBACK])
-        elif sha not in reverted:
-            return sha, found
+        return sha, found
     return None
 
 

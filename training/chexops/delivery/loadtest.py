@@ -38,6 +38,7 @@ class Criteria(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_p95_ms: float = Field(1000.0, gt=0)
     max_error_ratio: float = Field(0.0, ge=0, le=1)
+    expect_version: str | None = Field(None, pattern=r"^\d+$")  # every /predict answer from this registry version
 
 
 class LoadTestResult(Result):
@@ -45,7 +46,7 @@ class LoadTestResult(Result):
     their verdicts ({criterion, value, limit, passed}), per endpoint, failures, reports, and where it was
     recorded (`--record`)."""
 
-    omit_unset = frozenset({"recorded"})
+    omit_unset = frozenset({"recorded", "expected_version"})
 
     passed: bool
     host: str
@@ -62,6 +63,8 @@ class LoadTestResult(Result):
     checks: list[dict[str, Any]]
     endpoints: dict[str, dict[str, Any]]
     failure_reasons: list[dict[str, Any]]
+    versions: dict[str, int]  # model version -> /predict answers: which model this load test measured
+    expected_version: str | None = None
     at: str
     reports: dict[str, str]
     recorded: str | None = None
@@ -171,10 +174,10 @@ def read_stats(out: Path) -> dict[str, Any]:
     }
 
 
-def judge(total: dict[str, Any], criteria: Criteria) -> list[dict[str, Any]]:
+def judge(total: dict[str, Any], criteria: Criteria, versions: dict[str, int] | None = None) -> list[dict[str, Any]]:
     requests, failures, p95 = total["requests"], total["failures"], total["p95_ms"]
     ratio = failures / requests if requests else None
-    return [
+    checks = [
         {"criterion": "requests", "value": requests, "limit": "> 0", "passed": requests > 0},
         {
             "criterion": "max_error_ratio",
@@ -189,6 +192,25 @@ def judge(total: dict[str, Any], criteria: Criteria) -> list[dict[str, Any]]:
             "passed": p95 is not None and p95 <= criteria.max_p95_ms,
         },
     ]
+    if criteria.expect_version is not None:
+        seen = sorted(versions or {})
+        checks.append(
+            {
+                "criterion": "expect_version",
+                "value": seen,
+                "limit": [criteria.expect_version],
+                "passed": seen == [criteria.expect_version],
+            }
+        )
+    return checks
+
+
+def read_versions(out: Path) -> dict[str, int]:
+    """The model versions that answered /predict (written by the locustfile when the test stopped)."""
+    path = out / "versions.json"
+    if not path.is_file():
+        raise ChexopsError(f"locust wrote no {path.name}: the locustfile did not run to its end (see locust.log).")
+    return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
 
 
 def run_loadtest(
@@ -212,7 +234,9 @@ def run_loadtest(
         **os.environ,
         "CHEXOPS_LOADTEST_IMAGES": os.pathsep.join(map(str, images)),
         "CHEXOPS_LOADTEST_API_KEY": api_key or "",
+        "CHEXOPS_LOADTEST_VERSIONS": str(out / "versions.json"),
     }
+    (out / "versions.json").unlink(missing_ok=True)
     cmd = [
         sys.executable,
         "-m",
@@ -249,7 +273,8 @@ def run_loadtest(
         raise ChexopsError(f"locust exited with code {done.returncode}:\n{(out / 'locust.log').read_text()[-3000:]}")
     stats = read_stats(out)
     total = stats["total"]
-    checks = judge(total, criteria)
+    versions = read_versions(out)
+    checks = judge(total, criteria, versions)
     result = LoadTestResult(
         passed=all(c["passed"] for c in checks),
         host=host,
@@ -262,11 +287,20 @@ def run_loadtest(
         checks=checks,
         endpoints=stats["endpoints"],
         failure_reasons=stats["failure_reasons"],
+        versions=versions,
+        **({"expected_version": criteria.expect_version} if criteria.expect_version else {}),
         at=ev.now(),
         reports={"html": str(out / "report.html"), "csv": str(out / "locust_stats.csv")},
     )
     (out / "result.json").write_text(json.dumps(result.model_dump(mode="json"), indent=2))
     return result
+
+
+def recorded_version(ref: str) -> str:
+    m = _RECORD.match(ref.strip())
+    if not m:
+        raise UserInputError(f"--record {ref!r} must be models:/NAME/VERSION (a version number, not an alias).")
+    return m["version"]
 
 
 def record(ref: str, result: LoadTestResult) -> str:

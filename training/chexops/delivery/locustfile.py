@@ -5,7 +5,9 @@ and sometimes says whether the prediction was right (one in ten "incorrect", det
 that the disagreement rate is the same for every model and a canary is judged on the model alone).
 
 Read from the environment (set by `chexops loadtest`): CHEXOPS_LOADTEST_IMAGES (files, separated by
-os.pathsep), CHEXOPS_LOADTEST_API_KEY, CHEXOPS_LOADTEST_WAIT ("min,max" seconds between tasks).
+os.pathsep), CHEXOPS_LOADTEST_API_KEY, CHEXOPS_LOADTEST_WAIT ("min,max" seconds between tasks),
+CHEXOPS_LOADTEST_VERSIONS (a file: the model versions that answered `/predict`, counted, written when
+the test stops: the evidence says which model it measured).
 Imported only inside the Locust process (gevent patches the standard library there).
 """
 
@@ -13,14 +15,23 @@ from __future__ import annotations
 
 import collections
 import itertools
+import json
 import os
 from pathlib import Path
 
-from locust import HttpUser, between, task
+from locust import HttpUser, between, events, task
 
 IMAGES = [Path(p) for p in os.environ.get("CHEXOPS_LOADTEST_IMAGES", "").split(os.pathsep) if p]
 _WAIT = [float(x) for x in os.environ.get("CHEXOPS_LOADTEST_WAIT", "0.2,1.0").split(",")]
 INCORRECT_EVERY = 10
+VERSIONS: collections.Counter[str] = collections.Counter()  # model version -> /predict answers
+
+
+@events.test_stop.add_listener
+def _write_versions(**_kwargs) -> None:
+    path = os.environ.get("CHEXOPS_LOADTEST_VERSIONS")
+    if path:
+        Path(path).write_text(json.dumps(dict(VERSIONS), sort_keys=True))
 
 
 class Clinician(HttpUser):
@@ -46,6 +57,7 @@ class Clinician(HttpUser):
             if not body.get("findings") or "request_id" not in body:
                 r.failure("answer without findings or request_id")
                 return
+            VERSIONS[str((body.get("model") or {}).get("version", "unknown"))] += 1
             top = max(body["findings"], key=lambda f: f["probability"])
             self.predicted.append((body["request_id"], top["label"]))
             r.success()

@@ -1,10 +1,17 @@
 """`chexops promote`: move a registry version through staging → canary → production by commits on
 the environment overlays, with the evidence each step requires; `--rollback ENV` reverts.
 
+staging: the staging overlay's image. canary: production's overlay (image, version, freight), which
+starts the Argo Rollout's canary (10 % → analysis → 50 % → analysis → 100 %). production: once the
+Rollout promoted the canary and the production verification held, a commit that changes no file and
+records the verdict (the analyses). `--rollback production` reverts that verdict and the canary
+commit of the same version, so the overlay again names the version before.
+
 Order of work: read and judge the evidence (nothing written), check the repository, edit the
-overlay(s), commit (and push), then move the MLflow alias and record the evidence as version tags.
+overlay, commit (and push), then move the MLflow alias and record the evidence as version tags.
 A refusal (exit 3) or a user error (exit 2) happens before any write; a failed push undoes the
-commit. Git holds what runs where; the alias mirrors it.
+commit. Retried after its push went through (a pod retry clones again), a promotion that git already
+holds is reported as done, not made twice. Git holds what runs where; the alias mirrors it.
 """
 
 from __future__ import annotations
@@ -13,23 +20,25 @@ import logging
 from pathlib import Path
 
 from chexops.core.errors import UserInputError
+from chexops.core.freight import Freight
 from chexops.core.results import Result
 from chexops.delivery import gitops
 from chexops.registry import evidence as ev
 
 log = logging.getLogger(__name__)
 
+ROLLOUT_STEPS = "Argo Rollouts: 10 % → analysis → 50 % → analysis → 100 %"
+
 
 class Promotion(Result):
     """`chexops promote`'s result: the evidence judged and, when refused, why (nothing changed); when
-    promoted, the commit and what it changed (a canary also its weight and replicas)."""
+    promoted, the commit and what it changed, and the run's freight."""
 
     omit_unset = frozenset(
         {
             "refusal",
-            "weight",
-            "replicas",
-            "stable_replicas",
+            "already_done",
+            "freight",
             "commit",
             "pushed",
             "previous_version",
@@ -47,9 +56,8 @@ class Promotion(Result):
     evidence: list[str]
     refused: list[str]
     refusal: str | None = None
-    weight: int | None = None
-    replicas: int | None = None
-    stable_replicas: int | None = None
+    already_done: bool | None = None  # a retry: git already held this promotion, nothing was committed again
+    freight: dict[str, str] | None = None
     commit: str | None = None
     pushed: bool | None = None
     previous_version: str | None = None
@@ -94,8 +102,10 @@ def _trailers(
     }
 
 
-def _commit(repo: Path, paths: list[str], message: str, do_push: bool, whole_index: bool = False) -> str:
-    sha = gitops.commit(repo, paths, message, whole_index)
+def _commit(
+    repo: Path, paths: list[str], message: str, do_push: bool, whole_index: bool = False, allow_empty: bool = False
+) -> str:
+    sha = gitops.commit(repo, paths, message, whole_index, allow_empty)
     if do_push:
         try:
             gitops.push(repo)
@@ -106,6 +116,16 @@ def _commit(repo: Path, paths: list[str], message: str, do_push: bool, whole_ind
     return sha
 
 
+def _already(repo: Path, target: str, version: str, overlay: gitops.Overlay, image: str | None) -> str | None:
+    """The promotion commit git already holds for `target` at `version` (a retry after a push), else None."""
+    found = gitops.last_promotion(repo, target)
+    if found is None or found[1].get(gitops.TRAILER_VERSION) != version:
+        return None
+    if target != "production" and (overlay.version != version or (image and overlay.image != image)):
+        return None
+    return found[0]
+
+
 def promote(
     target: str,
     version: str,
@@ -113,27 +133,25 @@ def promote(
     name: str,
     repo: Path,
     image: str | None = None,
-    weight: int = 10,
     analysis_run: str | None = None,
     analysis_phase: str | None = None,
     push: bool = False,
 ) -> Promotion:
-    """Promote `version` to `target`. Raises GateRefused (nothing changed) when evidence is missing."""
+    """Promote `version` to `target`. Returns promoted=False with the refusal (nothing changed) when evidence is
+    missing."""
     from chexops.tracking import mlflow_client
 
     repo = repo.resolve()
     if target == "staging" and not image:
         raise UserInputError("--to staging needs --image REPO:TAG@sha256:DIGEST (the image built for this version).")
     parsed = gitops.Image.parse(image) if image else None
-    if target != "canary" and weight != 10:
-        raise UserInputError("--weight applies to --to canary only.")
     client = mlflow_client()
     tags = dict(ev.version_or_fail(client, name, version).tags or {})
     canary_holder = ev.alias_version(client, name, "canary")
     if target == "staging":
         found = ev.gate_evidence(tags)
     elif target == "canary":
-        found = ev.canary_evidence(tags)
+        found = ev.canary_evidence(tags, version)
     else:
         found = ev.production_evidence(tags, canary_holder, version, analysis_run, analysis_phase)
     judged = {
@@ -152,74 +170,82 @@ def promote(
             + ". Nothing was changed.",
         )
     parsed = parsed or gitops.Image.parse(found.facts["image"])
+    freight = _freight(tags, name, version, str(parsed))
 
-    overlays = {
-        env: gitops.Overlay(repo, env) for env in (("production", "canary") if target == "production" else (target,))
-    }
-    gitops.check_repo(repo, [o.relpath for o in overlays.values()])
+    overlay = gitops.Overlay(repo, target)
+    gitops.check_repo(repo, [overlay.relpath])
+    done = _already(repo, target, version, overlay, str(parsed))
+    if done is not None:
+        log.info("%s version %s is already in %s (commit %s): nothing to do", name, version, target, done[:12])
+        return Promotion(
+            **judged, promoted=True, already_done=True, commit=done, pushed=False, image=str(parsed), alias=target,
+            freight=freight.facts() if freight else None,
+        )  # fmt: skip
     previous = ev.alias_version(client, name, target)
-    overlay = overlays[target]
-    overlay.set_image(parsed, version)
-    extra: dict[str, str] = {}
-    canary: dict[str, int] = {}
-    if target == "canary":
-        stable = gitops.stable_replicas(repo)
-        replicas = gitops.canary_replicas(stable, weight)
-        overlay.set_replicas(replicas)
-        extra = {"Chexops-Canary-Weight": str(weight)}
-        subject = (
-            f"promote canary: {name} version {version} at {weight}% ({replicas} canary / {stable} stable replicas)"
-        )
-        canary = {"weight": weight, "replicas": replicas, "stable_replicas": stable}
-    elif target == "production":
-        overlays["canary"].set_replicas(0)
-        extra = {"Chexops-Analysis-Run": str(analysis_run)}
-        subject = f"promote production: {name} version {version}; canary slice retired"
+    extra: dict[str, str] = dict(freight.trailers()) if freight else {}
+    if target == "production":
+        extra["Chexops-Analysis-Run"] = str(analysis_run)
+        subject = f"promote production: {name} version {version}; its canary passed ({analysis_run})"
     else:
-        subject = f"promote staging: {name} version {version}"
+        overlay.set_image(parsed, version)
+        if freight:
+            overlay.set_freight(freight.to_json())
+        overlay.save()
+        subject = (
+            f"promote canary: {name} version {version} ({ROLLOUT_STEPS})"
+            if target == "canary"
+            else f"promote staging: {name} version {version}"
+        )
     body = [f"image {parsed}", *found.lines]
     message = _message(subject, body, _trailers(target, name, version, previous, str(parsed), **extra))
-    for edited in overlays.values():
-        edited.save()
-    sha = _commit(repo, [o.relpath for o in overlays.values()], message, push)
+    sha = _commit(repo, [overlay.relpath], message, push, allow_empty=target == "production")
 
     at = ev.now()
     ev.move_alias(client, name, target, version)
     recorded = {f"{target}.commit": sha, f"{target}.at": at}
     if target == "staging":
         recorded["staging.image"] = str(parsed)
-    elif target == "canary":
-        recorded["canary.weight"] = str(weight)
-    else:
+    elif target == "production":
         recorded.update({"analysis.run": str(analysis_run), "analysis.phase": str(analysis_phase)})
         if canary_holder == version:
-            ev.move_alias(client, name, "canary", None)  # the canary slice is retired with this commit
+            ev.move_alias(client, name, "canary", None)  # the canary is the whole of production now
+    if freight:
+        recorded.update(freight.tags())
     ev.record(client, name, version, recorded)
     log.info("Promoted %s version %s to %s in commit %s", name, version, target, sha[:12])
     return Promotion(
         **judged,
         promoted=True,
-        **canary,
+        freight=freight.facts() if freight else None,
         commit=sha,
         pushed=push,
         previous_version=previous,
         image=str(parsed),
         alias=target,
-        files=[o.relpath for o in overlays.values()],
+        files=[overlay.relpath],
         subject=subject,
     )
 
 
+def _freight(tags: dict[str, str], name: str, version: str, image: str) -> Freight | None:
+    """The run's freight with this promotion's facts: `$CHEXOPS_FREIGHT` in a pipeline, else the one
+    recorded on the version (a manual promotion); None when neither exists (a version from before freight)."""
+    carried = Freight.from_env() or (
+        Freight.parse(tags["freight"], "the version's freight tag") if "freight" in tags else None
+    )
+    if carried is None:
+        return None
+    return carried.add(model_name=name, model_version=version, bento_image=image)
+
+
 def rollback(environment: str, *, name: str, repo: Path, push: bool = False) -> Rollback:
-    """Revert `environment`'s last promotion commit and move its alias back to the version before."""
+    """Revert `environment`'s last promotion and move its alias back to the version before. Production's
+    verdict is reverted with the canary commit of its version (that commit changed the overlay)."""
     from chexops.tracking import mlflow_client
 
     repo = repo.resolve()
-    overlays = [
-        gitops.Overlay(repo, env)
-        for env in (("production", "canary") if environment == "production" else (environment,))
-    ]
-    gitops.check_repo(repo, [o.relpath for o in overlays])
+    overlay = gitops.Overlay(repo, environment)
+    gitops.check_repo(repo, [overlay.relpath])
     found = gitops.last_promotion(repo, environment)
     if found is None:
         raise UserInputError(
@@ -230,25 +256,31 @@ def rollback(environment: str, *, name: str, repo: Path, push: bool = False) -> 
     name = trailers.get("Chexops-Model", name)
     version, previous = trailers.get(gitops.TRAILER_VERSION, "?"), trailers.get(gitops.TRAILER_PREVIOUS, "none")
     previous = None if previous in ("", "none") else previous
+    reverted = [sha]
+    if environment == "production":
+        canary = gitops.last_promotion(repo, "canary")
+        if canary is not None and canary[1].get(gitops.TRAILER_VERSION) == version:
+            reverted.append(canary[0])
+            gitops.revert(repo, canary[0])
+    else:
+        gitops.revert(repo, sha)
     client = mlflow_client()
-    gitops.revert(repo, sha)
-    if environment == "production":  # the revert would bring the retired canary slice back: keep it retired
-        canary = gitops.Overlay(repo, "canary")
-        canary.set_replicas(0)
-        canary.save()
     subject = gitops.git(repo, "log", "-1", "--format=%s", sha).strip()
     message = _message(
         f'rollback {environment}: revert "{subject}"',
-        [f"reverts {sha}", f"{environment} goes back to version {previous or 'none (bootstrap)'}"],
+        [f"reverts {' and '.join(reverted)}", f"{environment} goes back to version {previous or 'none (bootstrap)'}"],
         {
             gitops.TRAILER_ENV: environment,
             "Chexops-Model": name,
             gitops.TRAILER_VERSION: previous or "none",
-            gitops.TRAILER_ROLLBACK: sha,
+            gitops.TRAILER_ROLLBACK: " ".join(reverted),
         },
     )
-    new = _commit(repo, [o.relpath for o in overlays], message, push, whole_index=True)
+    new = _commit(repo, [overlay.relpath], message, push, whole_index=len(reverted) > 1 or environment != "production",
+                  allow_empty=environment == "production" and len(reverted) == 1)  # fmt: skip
     ev.move_alias(client, name, environment, previous)
+    if environment == "production" and len(reverted) > 1:
+        ev.move_alias(client, name, "canary", None)
     if version != "?":
         ev.record(client, name, version, {f"rollback.{environment}": f"{new} at {ev.now()}"})
     log.info(
@@ -258,7 +290,7 @@ def rollback(environment: str, *, name: str, repo: Path, push: bool = False) -> 
         environment=environment,
         model=name,
         rolled_back=True,
-        reverted=sha,
+        reverted=" ".join(reverted),
         commit=new,
         pushed=push,
         version=previous,

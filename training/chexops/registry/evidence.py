@@ -7,8 +7,9 @@ that needs it:
 |---|---|---|
 | `gate` (JSON verdicts) | `chexops register` (only when the gate passed) | `promote --to staging` |
 | `staging.*` (image, commit, at) | `promote --to staging` | `promote --to canary` (the image) |
-| `loadtest.*` (passed, p95_ms, errors, ...) | `chexops loadtest --record` | `promote --to canary` |
-| `canary.*` (weight, commit, at) | `promote --to canary` | `promote --to production` |
+| `loadtest.*` (passed, p95_ms, errors, versions, ...) | `chexops loadtest --record` | `promote --to canary` |
+| `canary.*` (commit, at) | `promote --to canary` | `promote --to production` |
+| `freight`, `freight.*` | `promote` (the run's freight) | people, audits, `promote` run by hand |
 | `analysis.*`, `production.*` | `promote --to production` | people, audits |
 | `rollback.ENV` | `promote --rollback ENV` | people, audits |
 
@@ -88,23 +89,32 @@ LOADTEST_KEYS = (
     "max_p95_ms",
     "max_error_ratio",
     "host",
+    "expected_version",
     "at",
 )
 
 
 def loadtest_tags(result: dict[str, Any]) -> dict[str, str]:
-    """`chexops loadtest --record`: the result as `loadtest.*` tags."""
-    return {
+    """`chexops loadtest --record`: the result as `loadtest.*` tags (the versions that answered as JSON)."""
+    tags = {
         f"loadtest.{k}": str(result[k]).lower() if isinstance(result[k], bool) else str(result[k])
         for k in LOADTEST_KEYS
         if result.get(k) is not None
     }
+    tags["loadtest.versions"] = json.dumps(result.get("versions") or {}, sort_keys=True)
+    return tags
 
 
-def canary_evidence(tags: dict[str, str]) -> Evidence:
+def canary_evidence(tags: dict[str, str], version: str) -> Evidence:
     """Canary: the version is in staging (its image recorded) and a load test against staging passed
-    after that promotion."""
+    after that promotion, every answer of it from this version."""
     ev = Evidence(ok=True)
+    answered = sorted(_json(tags, "loadtest.versions") or {})
+    if "loadtest.passed" in tags and answered != [str(version)]:
+        ev.refuse(
+            f"the recorded load test measured {', '.join('version ' + v for v in answered) or 'no known version'}, "
+            f"not only version {version}"
+        )
     image = tags.get("staging.image")
     if not image:
         ev.refuse("it was never promoted to staging (no `staging.image` tag)")
@@ -155,7 +165,7 @@ def production_evidence(
             )
         )
     ev.lines.append(
-        f"canary analysis {analysis_run}: {analysis_phase} (canary weight {tags.get('canary.weight', '?')}%, "
+        f"canary analysis {analysis_run}: {analysis_phase} (Argo Rollouts at 10 % then 50 %, "
         f"since {tags.get('canary.at', '?')})"
     )
     ev.facts["image"] = tags.get("staging.image")
