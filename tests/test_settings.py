@@ -45,6 +45,7 @@ DEFAULTS = {
     "CHEXOPS_DRIFT_MIN_IMAGES": ("drift_min_images", 30),
     "CHEXOPS_ENVIRONMENT": ("environment", "development"),
     "CHEXOPS_TRACK": ("track", "stable"),
+    "CHEXOPS_FREIGHT": ("freight", ""),
     "CHEXOPS_FAULT_INJECTION": ("faults", None),
 }
 

@@ -37,6 +37,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from chexops.core.errors import validation_problems
+from chexops.core.freight import loads_annotation
 from chexops.core.triage import PRIORITY_RULE, priority
 from chexops.feedback.store import Conflict, NotFound, Unavailable, WrongClinic
 from chexops.imaging.decode import ImageInputError, decode
@@ -396,6 +397,8 @@ async def model_info(request: Request) -> Response:
         {
             **model.describe(),
             "thresholds": model.thresholds,
+            # What pipeline run put this model here: commit, images, data and registry versions ({} outside one).
+            "freight": loads_annotation(backend.settings.freight),
             "priority_rule": PRIORITY_RULE,
             "localisation": LOCALISATION_NOTE,
             "runtime": {

@@ -147,6 +147,13 @@ class Settings(BaseSettings):
             "overlays)"
         ),
     )
+    freight: str = Field(
+        "",
+        description=(
+            "the pipeline run this pod serves (JSON: commit, training and Bento images, data and registry "
+            "versions), shown by `/model`; set from the pod annotation `chexops.io/freight`"
+        ),
+    )
     fault_injection: str = Field(
         "",
         description=(
