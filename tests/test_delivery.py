@@ -559,7 +559,12 @@ def test_canary_analysis_passes_the_good_canary_and_fails_the_faulty_one(prometh
 
     # Judged on evidence: fewer canary requests in the window than min-requests is Inconclusive, for the
     # good canary and for the faulty one alike (neither promoted nor failed on too little traffic).
-    served = int(query(prometheus, 'sum(increase(chexops_http_requests_total{namespace="prod-faulty", track="canary", route="/predict"}[30s]))')[0])
+    served = int(
+        query(
+            prometheus,
+            'sum(increase(chexops_http_requests_total{namespace="prod-faulty", track="canary", route="/predict"}[30s]))',
+        )[0]
+    )
     scarce = {**args, "min-requests": str(served * 10 + 1000)}
     for namespace in ("prod-good", "prod-faulty"):
         few = run_analysis(prometheus, namespace=namespace, **scarce)
@@ -627,3 +632,121 @@ def test_analysis_template_matches_the_upstream_schema(shared):
     if shutil.which("kubectl"):  # absent on a user's machine
         out = subprocess.run(["kubectl", "kustomize", str(ANALYSIS.parent)], capture_output=True, text=True, check=True)
         assert yaml.safe_load(out.stdout)["metadata"]["namespace"] == "production"
+
+
+# --- the delivery template, run here against real services ----------------------------------------------
+
+DELIVERY = ROOT / "workflows/delivery.yaml"
+
+
+def _deliver(env: dict, staging_url: str, repo: Path, freight: str, uri: str, **extra: str) -> tuple[int, dict, str]:
+    params = {
+        "version": CANARY_VERSION,
+        "freight": freight,
+        "training-image": f"{REGISTRY.replace('chexops-cxr', 'chexops-train')}:t@sha256:{'c' * 64}",
+        "staging-commit": git(repo, "rev-parse", "HEAD").strip(),
+        "staging-url": staging_url,
+        "serving-timeout": "6",
+        "loadtest-duration": "6s",
+        "loadtest-max-p95-ms": "30000",
+        "mlflow-tracking-uri": uri,
+        "gitops-repo": str(repo),
+        "gitops-branch": "main",
+        **extra,
+    }
+    args = [a for k, v in params.items() for a in ("-p", f"{k}={v}")]
+    workdir = Path(env["CHEXOPS_HOME"]) / "runs" / str(len(list((Path(env["CHEXOPS_HOME"]) / "runs").glob("*"))))
+    code, out, err = chexops(
+        "pipeline", "run", str(DELIVERY), "--local", *args, "--workdir", str(workdir), "--json", **env
+    )
+    assert "Traceback" not in err, err[-3000:]
+    lines = out.strip().splitlines()
+    return code, (json.loads(lines[-1]) if lines else {}), err
+
+
+def _node(run: dict, name: str) -> dict:
+    return next(n for n in run["nodes"] if n["name"] == f"main.{name}")
+
+
+@pytest.mark.slow
+def test_the_delivery_verifies_the_version_it_judges(tmp_path, stable, canaries, gitops_repo):
+    """chexops-deliver, run locally: while staging still serves N-1 the wait fails at its timeout naming
+    both versions and nothing is load-tested or promoted; once N serves, the load test's evidence lists only
+    N and the canary commit carries the run's freight. A load test answered by another version fails."""
+    from datetime import UTC, datetime
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_registered_model(NAME)
+    for _ in ("1", CANARY_VERSION):
+        client.create_model_version(NAME, f"file://{tmp_path}/model", None)
+    image_b = f"{REGISTRY}:v2@{DIGEST_B}"
+    staged = {"staging.image": image_b, "staging.at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    for key, value in staged.items():  # what `promote --to staging` recorded (tested above)
+        client.set_model_version_tag(NAME, CANARY_VERSION, key, value)
+    env = {"CHEXOPS_HOME": str(tmp_path / "home"), "MLFLOW_TRACKING_URI": uri, "CHEXOPS_API_KEY": API_KEY}
+    (tmp_path / "home/runs").mkdir(parents=True)
+    freight = chexops_json("freight", "create", "--commit", git(ROOT, "rev-parse", "HEAD").strip(), **env)
+    freight_json = json.dumps({k: v for k, v in freight.items() if v is not None})
+    repo, before = gitops_repo, git(gitops_repo, "rev-parse", "HEAD")
+
+    # Staging still serves version 1 (stable): the wait fails at its timeout, naming both versions.
+    code, run, err = _deliver(env, stable.url, repo, freight_json, uri)
+    assert code == 1 and "main.staging-serving (see" in err, err[-3000:]
+    waited = json.loads((tmp_path / "home/runs/0/main.staging-serving/outputs/result.json").read_text())
+    assert waited["verified"] is False and set(waited["seen"]) == {"1"}, waited
+    assert waited["message"].startswith("not serving version 2 after 6 s: saw version 1 x"), waited
+    assert git(repo, "rev-parse", "HEAD") == before  # nothing promoted
+    assert "loadtest.passed" not in client.get_model_version(NAME, CANARY_VERSION).tags
+
+    # Version 2 serves (the good canary service stands in for staging after its sync): delivered to canary.
+    code, run, err = _deliver(env, canaries["good"].url, repo, freight_json, uri)
+    assert code == 0, err[-3000:]
+    assert _node(run, "staging-synced")["phase"] == "Skipped"  # Argo CD exists only in the cluster
+    served = _node(run, "staging-serving")["result"]
+    assert served["verified"] and set(served["seen"]) == {"2"}, served
+    load = _node(run, "loadtest")["result"]
+    assert load["passed"] and load["versions"] == {"2": load["versions"]["2"]} and load["versions"]["2"] > 0, load
+    assert load["expected_version"] == "2"
+    tags = client.get_model_version(NAME, CANARY_VERSION).tags
+    assert json.loads(tags["loadtest.versions"]) == load["versions"]
+    # The canary commit: production's overlay names version 2 and the image, with the freight in the
+    # commit's trailers and on the pods; the Kubernetes waits are cluster-only, production is not reached.
+    assert workload(repo, "production")[::2] == (image_b, CANARY_VERSION)
+    message = git(repo, "log", "-1", "--format=%B")
+    assert f"Chexops-Freight-Commit: {freight['commit']}" in message and "Chexops-Environment: canary" in message
+    rollout = next(d for d in render(repo, "production") if d["kind"] == "Rollout")
+    pod_freight = json.loads(rollout["spec"]["template"]["metadata"]["annotations"]["chexops.io/freight"])
+    assert pod_freight["commit"] == freight["commit"] and pod_freight["model_version"] == CANARY_VERSION
+    assert pod_freight["bento_image"] == image_b
+    assert {_node(run, n)["phase"] for n in ("production-synced", "rollout")} == {"Skipped"}
+    assert str(client.get_model_version_by_alias(NAME, "canary").version) == CANARY_VERSION
+
+    # Run again (a retry after the push went through): the promotion is found done, not committed twice.
+    head = git(repo, "rev-parse", "HEAD")
+    code, run, err = _deliver(env, canaries["good"].url, repo, freight_json, uri)
+    assert code == 0 and _node(run, "canary")["result"]["already_done"] is True, err[-3000:]
+    assert git(repo, "rev-parse", "HEAD") == head
+
+    # A load test whose answers come from another version fails (exit 3), naming the versions.
+    code, out, err = chexops(
+        "loadtest", "--host", stable.url, "--users", "1", "--duration", "3s", "--max-p95-ms", "30000",
+        "--expect-version", CANARY_VERSION, "--out", str(tmp_path / "lt"), "--json", **env,
+    )  # fmt: skip
+    result = json.loads(out)
+    assert code == 3 and not result["passed"] and set(result["versions"]) == {"1"}, err[-2000:]
+    assert [c for c in result["checks"] if c["criterion"] == "expect_version"][0]["passed"] is False
+
+
+def test_a_step_refuses_a_freight_of_another_commit(tmp_path):
+    """The root of every command checks $CHEXOPS_FREIGHT against the code running (the image's baked
+    commit, else the checkout's HEAD): another commit exits 2, naming both."""
+    head = git(ROOT, "rev-parse", "HEAD").strip()
+    other = "f" * 40
+    code, _, err = chexops("freight", "show", CHEXOPS_FREIGHT=json.dumps({"commit": other}), CHEXOPS_IMAGE_COMMIT=None)
+    assert code == 2 and head in err and other in err, err
+    code, out, err = chexops("freight", "show", "--json", CHEXOPS_FREIGHT=json.dumps({"commit": head}))
+    assert code == 0 and json.loads(out)["commit"] == head, err
+    # The image's commit wins over the checkout (an image is not a checkout).
+    code, _, err = chexops("freight", "show", CHEXOPS_FREIGHT=json.dumps({"commit": head}), CHEXOPS_IMAGE_COMMIT=other)
+    assert code == 2 and f"this step runs commit {other}" in err, err

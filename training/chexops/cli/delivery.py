@@ -24,6 +24,10 @@ from chexops.delivery.s3_credentials import DEFAULT_DIR as DEFAULT_S3_DIR
 @click.option(
     "--rollback", "rollback_env", type=click.Choice(ENVIRONMENTS), help="Revert this environment's last promotion."
 )
+@click.option(
+    "--if-version",
+    help="With --rollback: revert only when the last promotion is this version (else nothing to do, exit 0).",
+)
 @click.option("--name", default=DEFAULT_MODEL_NAME, show_default=True, help="Registered model name.")
 @click.option(
     "--repo",
@@ -34,7 +38,9 @@ from chexops.delivery.s3_credentials import DEFAULT_DIR as DEFAULT_S3_DIR
 )
 @click.option("--push", is_flag=True, help="git push the commit (to origin, same branch).")
 @result_output
-def promote_cmd(target, version, image, analysis_run, analysis_phase, rollback_env, name, repo, push) -> Output:
+def promote_cmd(
+    target, version, image, analysis_run, analysis_phase, rollback_env, if_version, name, repo, push
+) -> Output:
     """Promote a registry version to staging, canary or production by a commit on its overlay; exit 3
     (nothing changed) when the evidence is missing. --rollback ENV reverts ENV's last promotion."""
     from chexops.delivery.promote import promote, rollback
@@ -42,7 +48,9 @@ def promote_cmd(target, version, image, analysis_run, analysis_phase, rollback_e
     if rollback_env:
         if target or version:
             raise UserInputError("--rollback takes no --to/--version: it reverts the environment's last promotion.")
-        result = rollback(rollback_env, name=name, repo=repo, push=push)
+        result = rollback(rollback_env, name=name, repo=repo, push=push, if_version=if_version)
+        if not result.rolled_back:
+            return Output(result, result.message)
         return Output(
             result,
             f"Rolled back {rollback_env} to version {result.version or 'none'} "
@@ -230,8 +238,9 @@ def wait_synced_cmd(application, revision, namespace, health, timeout, interval,
 @_API
 @result_output
 def wait_rollout_cmd(rollout, namespace, version, timeout, decision_timeout, interval, api) -> Output:
-    """Wait for the canary of version N: exit 0 promoted; exit 3 aborted, undecided or timed out (the
-    `outcome` output says which: the pipeline rolls back all but `undecided`)."""
+    """Wait for the canary of version N: exit 0 when promoted, and when undecided (paused on an Inconclusive
+    analysis and nobody decided: neither promote nor roll back); exit 3 when aborted or timed out (the
+    pipeline rolls back). The `outcome` output says which."""
     from chexops.delivery.kube import Kube
     from chexops.delivery.wait import wait_rollout
 
@@ -246,7 +255,7 @@ def wait_rollout_cmd(rollout, namespace, version, timeout, decision_timeout, int
     )
     runs = ", ".join(f"{r['name']} {r['phase']}" for r in result.analysis_runs) or "none"
     human = f"Rollout {rollout}: {result.outcome}: {result.message} (analyses: {runs})"
-    refusal = None if result.outcome == "promoted" else GateRefused(human)
+    refusal = None if result.outcome in ("promoted", "undecided") else GateRefused(human)
     return Output(result, human, refusal)
 
 

@@ -68,17 +68,21 @@ class Promotion(Result):
 
 
 class Rollback(Result):
-    """`chexops promote --rollback`'s result: the promotion reverted, the new commit, the version now in place."""
+    """`chexops promote --rollback`'s result: the promotion reverted, the new commit, the version now in place
+    (or, with --if-version and nothing of that version to revert, rolled_back false and why)."""
+
+    omit_unset = frozenset({"reverted", "commit", "pushed", "from_version", "alias", "message"})
 
     environment: str
     model: str
     rolled_back: bool
-    reverted: str
-    commit: str
-    pushed: bool
     version: str | None
-    from_version: str
-    alias: str
+    reverted: str | None = None
+    commit: str | None = None
+    pushed: bool | None = None
+    from_version: str | None = None
+    alias: str | None = None
+    message: str | None = None
 
 
 def _message(subject: str, body: list[str], trailers: dict[str, str]) -> str:
@@ -238,7 +242,7 @@ def _freight(tags: dict[str, str], name: str, version: str, image: str) -> Freig
     return carried.add(model_name=name, model_version=version, bento_image=image)
 
 
-def rollback(environment: str, *, name: str, repo: Path, push: bool = False) -> Rollback:
+def rollback(environment: str, *, name: str, repo: Path, push: bool = False, if_version: str | None = None) -> Rollback:
     """Revert `environment`'s last promotion and move its alias back to the version before. Production's
     verdict is reverted with the canary commit of its version (that commit changed the overlay)."""
     from chexops.tracking import mlflow_client
@@ -247,6 +251,9 @@ def rollback(environment: str, *, name: str, repo: Path, push: bool = False) -> 
     overlay = gitops.Overlay(repo, environment)
     gitops.check_repo(repo, [overlay.relpath])
     found = gitops.last_promotion(repo, environment)
+    if found is None and if_version is not None:
+        message = f"no promotion of {environment} on this branch: nothing of version {if_version} to roll back"
+        return Rollback(environment=environment, model=name, rolled_back=False, version=None, message=message)
     if found is None:
         raise UserInputError(
             f"no promotion commit of {environment} (trailer {gitops.TRAILER_ENV}: {environment}) to roll back "
@@ -255,6 +262,10 @@ def rollback(environment: str, *, name: str, repo: Path, push: bool = False) -> 
     sha, trailers = found
     name = trailers.get("Chexops-Model", name)
     version, previous = trailers.get(gitops.TRAILER_VERSION, "?"), trailers.get(gitops.TRAILER_PREVIOUS, "none")
+    if if_version is not None and version != if_version:
+        message = f"{environment}'s last promotion is version {version}, not {if_version}: nothing to roll back"
+        log.info("%s", message)
+        return Rollback(environment=environment, model=name, rolled_back=False, version=version, message=message)
     previous = None if previous in ("", "none") else previous
     reverted = [sha]
     if environment == "production":

@@ -109,6 +109,8 @@ class RolloutWait(Result):
     phase: str | None
     message: str
     analysis_runs: list[dict[str, str]]
+    analysis_run_names: str  # comma-separated, for the production promotion's evidence
+    analysis_phase: str  # Successful when every run was, else the first that was not
     seconds: float
 
 
@@ -183,13 +185,17 @@ def wait_rollout(
             outcome, what = "timeout", f"version {version} not promoted within {timeout:.0f} s: {what}"
         if outcome is not None:
             (log.info if outcome == "promoted" else log.error)("Rollout %s: %s", name, what)
+            runs = analysis_runs(kube, namespace, rollout)
+            worst = next((r["phase"] for r in runs if r["phase"] != "Successful"), "Successful" if runs else "")
             return RolloutWait(
                 rollout=name,
                 version=version,
                 outcome=outcome,
                 phase=((rollout or {}).get("status") or {}).get("phase"),
                 message=what,
-                analysis_runs=analysis_runs(kube, namespace, rollout),
+                analysis_runs=runs,
+                analysis_run_names=",".join(r["name"] for r in runs),
+                analysis_phase=worst,
                 seconds=round(now - start, 1),
             )
         if what != told:

@@ -69,6 +69,7 @@ TEMPLATE_CLUSTER_ONLY = {
     "timeout",
     "affinity",
     "priorityClassName",
+    "synchronization",
 }
 CONTAINER_KEYS = {"image", "command", "args", "env"}
 CONTAINER_CLUSTER_ONLY = {"resources", "securityContext", "volumeMounts", "imagePullPolicy", "workingDir"}
@@ -246,10 +247,8 @@ class LocalRunner:
             self.run_dag(template, node, scope)
         elif "container" in template:
             if (
-                inputs.get("artifacts")
-                or (template.get("outputs") or {}).get("artifacts")
-                and LOCAL_RUN not in annotations
-            ):
+                inputs.get("artifacts") or (template.get("outputs") or {}).get("artifacts")
+            ) and LOCAL_RUN not in annotations:
                 raise Unsupported(
                     f"{where}: artifacts are not implemented by the local runner; annotate the template "
                     f"{LOCAL_RUN} or {LOCAL_SKIP}."
