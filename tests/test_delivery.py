@@ -562,7 +562,8 @@ def test_canary_analysis_passes_the_good_canary_and_fails_the_faulty_one(prometh
     served = int(
         query(
             prometheus,
-            'sum(increase(chexops_http_requests_total{namespace="prod-faulty", track="canary", route="/predict"}[30s]))',
+            'sum(increase(chexops_http_requests_total{namespace="prod-faulty", track="canary", '
+            'route="/predict"}[30s]))',
         )[0]
     )
     scarce = {**args, "min-requests": str(served * 10 + 1000)}

@@ -1,5 +1,5 @@
-"""Pure parts of the promotion: the canary slice from a weight, image references, round-trip edits of an
-overlay, the Argo condition subset the canary-analysis test evaluates. (The flow itself, on a real git
+"""Pure parts of the promotion: image references, round-trip edits of an overlay, the freight record, the
+Argo condition subset the canary-analysis test evaluates. (The flow itself, on a real git
 repository and MLflow server, is in test_delivery.py.)"""
 
 from __future__ import annotations
@@ -14,18 +14,6 @@ from chexops.pipelines.argo_expr import UnsupportedExpression, evaluate_analysis
 from chexops.registry import evidence
 
 
-@pytest.mark.parametrize(
-    ("stable", "weight", "canary"), [(2, 10, 1), (9, 10, 1), (18, 10, 2), (2, 50, 2), (4, 50, 4), (3, 25, 1)]
-)
-def test_canary_replicas_follow_the_contract(stable, weight, canary):
-    assert gitops.canary_replicas(stable, weight) == canary == max(1, round(stable * weight / (100 - weight)))
-
-
-def test_canary_weight_must_be_a_share():
-    with pytest.raises(UserInputError):
-        gitops.canary_replicas(2, 100)
-
-
 def test_image_needs_tag_and_digest():
     digest = "sha256:" + "c" * 64
     image = gitops.Image.parse(f"registry.example:5000/chexops-cxr:v7@{digest}")
@@ -36,18 +24,40 @@ def test_image_needs_tag_and_digest():
 
 
 def test_overlay_edit_keeps_comments_and_adds_missing_blocks(tmp_path):
-    path = tmp_path / gitops.OVERLAYS / "canary" / "kustomization.yaml"
+    """A canary promotion edits production's overlay (its Rollout runs the canary): image, version, freight."""
+    path = tmp_path / gitops.OVERLAYS / "production" / "kustomization.yaml"
     path.parent.mkdir(parents=True)
-    path.write_text("# canary overlay\nnamespace: production  # shared with stable\nnameSuffix: -canary\n")
+    path.write_text("# production overlay\nnamespace: production  # the Rollout's\n")
     overlay = gitops.Overlay(tmp_path, "canary")
+    assert overlay.path == path
     overlay.set_image(gitops.Image.parse("r/chexops-cxr:v3@sha256:" + "d" * 64), "3")
-    overlay.set_replicas(1)
+    overlay.set_freight('{"commit":"' + "a" * 40 + '"}')
     overlay.save()
     text = path.read_text()
-    assert "# canary overlay" in text and "# shared with stable" in text
-    again = gitops.Overlay(tmp_path, "canary")
-    assert (again.version, again.replicas(), again.image) == ("3", 1, "r/chexops-cxr:v3@sha256:" + "d" * 64)
+    assert "# production overlay" in text and "# the Rollout's" in text
+    again = gitops.Overlay(tmp_path, "production")
+    assert (again.version, again.image) == ("3", "r/chexops-cxr:v3@sha256:" + "d" * 64)
+    assert again.freight == '{"commit":"' + "a" * 40 + '"}'
     assert 'newTag: "v3"' in text and 'chexops.io/model-version: "3"' in text
+
+
+def test_freight_adds_facts_and_never_changes_one():
+    from chexops.core.errors import ConfigError
+    from chexops.core.freight import Freight, FreightMismatch
+
+    base = Freight(commit="a" * 40, training_image="r/t:1@sha256:" + "b" * 64)
+    more = base.add(data_version="d1", model_version="4")
+    assert more.facts() == {**base.facts(), "data_version": "d1", "model_version": "4"}
+    assert base.add(data_version=None).facts() == base.facts()  # nothing new: nothing added
+    with pytest.raises(FreightMismatch, match="data_version is d1 in the freight, the step found d2"):
+        more.add(data_version="d2")
+    with pytest.raises(FreightMismatch, match="model_version"):
+        base.add(model_version="four")
+    assert Freight.from_trailers(more.trailers()) == more
+    assert more.trailers()["Chexops-Freight-Training-Image"] == "r/t:1@sha256:" + "b" * 64
+    assert more.tags()["freight.commit"] == "a" * 40 and Freight.parse(more.tags()["freight"]) == more
+    with pytest.raises(ConfigError, match="CHEXOPS_FREIGHT is not a valid freight record: commit"):
+        Freight.parse('{"commit": "main"}')
 
 
 def test_gate_evidence_needs_passing_verdicts():

@@ -27,6 +27,8 @@ WORKFLOWS = ROOT / "workflows"
 FILES = sorted(p for p in WORKFLOWS.rglob("*.yaml") if p.name != "kustomization.yaml")
 ARGO_KINDS = ("WorkflowTemplate", "Workflow", "CronWorkflow")
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+# A step's image may be the run's own training image, passed down as a parameter (the freight's digest).
+IMAGE_PARAMETER = re.compile(r"^\{\{(inputs|workflow)\.parameters\.(image|training-image)\}\}$")
 K8S_VERSION = "1.33"
 # Stand-ins for values only known at run time (anything that parses as what the CLI expects).
 RUNTIME_VALUES = {
@@ -163,6 +165,8 @@ def reference_problems(specs: list[tuple[str, dict]], refs: dict) -> list[str]:
         templates = {t["name"]: t for t in spec["templates"]}
         workflow_params = {p["name"] for p in spec.get("arguments", {}).get("parameters", [])}
         exit_templates = {spec.get("onExit")}
+        exit_dag = templates.get(spec.get("onExit"), {}).get("dag") or {}
+        exit_templates |= {t["template"] for t in exit_dag.get("tasks", []) if "template" in t}
         for template in spec["templates"]:
             known = {f"workflow.parameters.{p}" for p in workflow_params} | {
                 "workflow.name",
@@ -311,7 +315,9 @@ def test_every_image_is_pinned_by_digest_and_every_container_is_bounded_and_non_
     for where, template, _, _ in all_containers():
         container = template["container"]
         name = f"{where} {template['name']}"
-        assert DIGEST.search(container["image"]), f"{name}: image {container['image']} is not pinned by digest"
+        assert DIGEST.search(container["image"]) or IMAGE_PARAMETER.match(container["image"]), (
+            f"{name}: image {container['image']} is not pinned by digest"
+        )
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(container.get("resources", {}).get(kind, {})), f"{name}: resources.{kind}"
         security = container.get("securityContext", {})
@@ -371,68 +377,44 @@ def test_the_pods_argo_makes_pass_kubernetes_validate_strict():
     assert count >= 10
 
 
-def _jq(filter_: str, document: dict) -> str:
-    import shutil
-    import subprocess
-
-    if not shutil.which("jq"):
-        pytest.skip("jq is not installed (Argo's executor runs gojq; jq stands in here)")
-    done = subprocess.run(
-        ["jq", "-c", filter_], input=json.dumps(document), capture_output=True, text=True, timeout=30, check=True
-    )
-    return done.stdout.strip()
-
-
-def test_the_analysis_run_the_delivery_creates_is_valid(shared):
-    """The AnalysisRun as the delivery makes it from the AnalysisTemplate (k8s/analysis/ once it is in
-    the tree; a stand-in of the same shape before): every arg has a value, the canary version is set."""
-    delivery = yaml.safe_load((WORKFLOWS / "delivery.yaml").read_text())
-    templates = {t["name"]: t for t in delivery["spec"]["templates"]}
-    get = yaml.safe_load(templates["analysis-template"]["resource"]["manifest"])
-    assert (get["kind"], get["metadata"]["name"]) == ("AnalysisTemplate", "chexops-canary")
-    source = ROOT / "k8s" / "analysis" / "chexops-canary.yaml"
-    if source.is_file():
-        analysis_template = next(
-            d for d in yaml.safe_load_all(source.read_text()) if d and d["kind"] == "AnalysisTemplate"
-        )
-    else:
-        print("k8s/analysis/chexops-canary.yaml is not in this tree yet: a stand-in of its shape is used")
-        analysis_template = {
-            "spec": {
-                "args": [{"name": "namespace", "value": "production"}, {"name": "canary-version"}],
-                "metrics": [
-                    {
-                        "name": "error-ratio",
-                        "interval": "1m",
-                        "count": 5,
-                        "successCondition": "result[0] <= 0.01",
-                        "provider": {"prometheus": {"address": "http://prometheus:9090", "query": "vector(0)"}},
-                    }
-                ],
-            }
-        }
-    outputs = {
-        p["name"]: p["valueFrom"]["jqFilter"].replace("{{inputs.parameters.version}}", "3")
-        for p in templates["analysis-template"]["outputs"]["parameters"]
-    }
-    values = {name: _jq(filter_, analysis_template) for name, filter_ in outputs.items()}
-    manifest = templates["analysis"]["resource"]["manifest"]
-    for name, value in {**values, "version": "3"}.items():
-        manifest = manifest.replace(f"{{{{inputs.parameters.{name}}}}}", value)
-    rendered = yaml.safe_load(manifest.replace("{{workflow.name}}", "chexops-deliver-abc"))
-    errors = list(
-        jsonschema.Draft7Validator(_schema_for(shared, rendered["apiVersion"], "AnalysisRun")).iter_errors(rendered)
-    )
-    assert not errors, [e.message for e in errors]
-    args = {a["name"]: a for a in rendered["spec"]["args"]}
-    assert args["canary-version"]["value"] == "3" and all("value" in a or "valueFrom" in a for a in args.values())
-    assert rendered["spec"]["metrics"] == analysis_template["spec"]["metrics"]
-    resource = templates["analysis"]["resource"]
-    assert resource["action"] == "create" and "Successful" in resource["successCondition"]
-    assert all(p in resource["failureCondition"] for p in ("Failed", "Error", "Inconclusive"))
+def test_the_delivery_checks_each_version_it_judges_and_rolls_back_on_any_non_success():
+    """chexops-deliver: every check waits for what was promoted, names the version, and anything after the
+    canary commit that does not succeed reverts it, in the DAG and in the exit handler."""
+    delivery = yaml.safe_load((WORKFLOWS / "delivery.yaml").read_text())["spec"]
+    templates = {t["name"]: t for t in delivery["templates"]}
     dag = {t["name"]: t for t in templates["main"]["dag"]["tasks"]}
-    assert dag["production"]["depends"] == "analysis.Succeeded" and "analysis.Failed" in dag["rollback"]["depends"]
-    assert chexops_argv(templates["rollback"]["container"])[:3] == ["promote", "--rollback", "canary"]
+    args = {name: {p["name"]: p["value"] for p in t["arguments"]["parameters"]} for name, t in dag.items()}
+    order = ["staging-synced", "staging-serving", "loadtest", "canary", "production-synced", "rollout"]
+    for before, after in zip(order, order[1:]):
+        assert before in depends_tasks(dag[after]["depends"]), (before, after)
+    assert args["staging-synced"]["revision"] == "{{inputs.parameters.staging-commit}}"
+    assert args["production-synced"]["revision"] == "{{tasks.canary.outputs.parameters.commit}}"
+    version = "{{inputs.parameters.version}}"
+    assert args["staging-serving"]["version"] == args["production-verify"]["version"] == version
+    assert args["loadtest"]["model"].endswith("/" + version) and args["rollout"]["version"] == version
+    assert "--record" in templates["loadtest"]["container"]["args"]  # --record implies --expect-version
+    # Production only after the Rollout promoted the canary and production held N for the window.
+    assert dag["production-verify"]["depends"] == "rollout.Succeeded"
+    assert "== promoted" in dag["production-verify"]["when"]
+    assert dag["production"]["depends"] == "production-verify.Succeeded"
+    assert args["production"]["analysis-phase"] == "{{tasks.rollout.outputs.parameters.analysis-phase}}"
+    assert args["production-verify"]["hold"] == "{{inputs.parameters.verify-window}}"
+    after_canary = ["production-synced", "rollout", "production-verify", "production"]
+    rollback = dag["rollback"]["depends"]
+    for task in after_canary:
+        assert f"{task}.Failed" in rollback and f"{task}.Errored" in rollback, task
+    assert chexops_argv(templates["rollback"]["container"])[:5] == [
+        "promote", "--rollback", "canary", "--if-version", version,
+    ]  # fmt: skip
+    # Whatever ends the run otherwise (stopped, timed out, a crash anywhere): the exit handler's rollback.
+    exit_tasks = {t["name"]: t for t in templates[delivery["onExit"]]["dag"]["tasks"]}
+    assert exit_tasks["rollback"]["template"] == "rollback" and "!= Succeeded" in exit_tasks["rollback"]["when"]
+    # A crashed wait leaves no outcome: its default is not `undecided`, so the rollback runs.
+    outcome = next(p for p in templates["wait-rollout"]["outputs"]["parameters"] if p["name"] == "outcome")
+    assert outcome["valueFrom"]["default"] not in ("promoted", "undecided")
+    # One delivery at a time wherever `main` is invoked (a templateRef carries template-level locks only).
+    assert templates["main"]["synchronization"] == {"mutexes": [{"name": "chexops-delivery"}]}
+    assert "synchronization" not in delivery
 
 
 def test_training_runs_on_a_gpu_node_with_torchrun_and_survives_errors():

@@ -35,7 +35,7 @@ def _docs(renders, directory: Path) -> list[dict]:
 @pytest.fixture(scope="session")
 def env_docs(renders) -> dict[str, list[dict]]:
     """The rendered objects of each environment's overlay."""
-    return {env: _docs(renders, OVERLAYS / env) for env in ("staging", "canary", "production")}
+    return {env: _docs(renders, OVERLAYS / env) for env in ("staging", "production")}
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ the golden refresh:
     .venv/bin/python -m tests.gitops.render --update-golden      # from the repository root
 
 A golden file is one environment's render with what `chexops promote` changes (image tag and
-digest, model-version label, canary replica count) written as placeholders, so promotions never
+digest, model-version label, freight annotation) written as placeholders, so promotions never
 change it and any other change to what an environment runs shows as a diff."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
-ENVIRONMENTS = ("staging", "canary", "production")
+ENVIRONMENTS = ("staging", "production")
 OVERLAYS = REPO / "k8s" / "chexops" / "overlays"
 
 
@@ -63,15 +63,14 @@ def documents(text: str) -> list[dict]:
 
 _IMAGE = re.compile(r"(chexops-cxr):v\d+@sha256:[0-9a-f]{64}")
 _VERSION = re.compile(r'(chexops\.io/model-version): "\d+"')
+_FREIGHT = re.compile(r"(chexops\.io/freight): '\{.*\}'")
 
 
-def normalise(environment: str, text: str) -> str:
+def normalise(environment: str, text: str) -> str:  # noqa: ARG001 - one rule for every environment
     """The render without what a promotion changes."""
     text = _IMAGE.sub(r"\1:vN@sha256:DIGEST", text)
     text = _VERSION.sub(r'\1: "N"', text)
-    if environment == "canary":
-        text = re.sub(r"(?m)^  replicas: \d+$", "  replicas: N", text)
-    return text
+    return _FREIGHT.sub(r"\1: '{FREIGHT}'", text)
 
 
 def main(argv: list[str] | None = None) -> int:

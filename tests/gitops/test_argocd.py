@@ -222,7 +222,7 @@ def test_projects_allow_every_kind_their_directories_render(renders, projects, a
         for n in apps
         if "path" in apps[n]["spec"]["source"]
     ]
-    targets += [("chexops", f"k8s/chexops/overlays/{env}") for env in ("staging", "canary", "production")]
+    targets += [("chexops", f"k8s/chexops/overlays/{env}") for env in ("staging", "production")]
     targets.append(("default", "argocd"))  # the root Application
     for project, path in targets:
         text = renders.get(REPO / path)
@@ -274,7 +274,7 @@ def test_git_paths_exist(applications):
 
 
 def test_environments_and_their_sync_policies(generated):
-    assert set(generated) == {"staging", "canary", "production"}
+    assert set(generated) == {"staging", "production"}  # the canary runs inside production's Rollout
     for env, app in generated.items():
         assert app["metadata"]["name"] == f"chexops-{env}"
         assert app["spec"]["source"]["path"] == f"k8s/chexops/overlays/{env}"
@@ -282,15 +282,17 @@ def test_environments_and_their_sync_policies(generated):
         assert app["spec"]["project"] == "chexops"
     policy = {env: app["spec"]["syncPolicy"] for env, app in generated.items()}
     assert policy["staging"]["automated"] == {"prune": True, "selfHeal": True}
-    assert policy["canary"]["automated"] == {"prune": True, "selfHeal": True}
     # Production: drift reverted, nothing deleted from the live clinic without a person.
     assert policy["production"]["automated"] == {"prune": False, "selfHeal": True}
-    # The HPA owns stable replica counts; the canary's count is the slice and stays enforced.
+    # The HPA owns the Rollout's replica count, Argo Rollouts the TraefikService's weights.
     for env in ("staging", "production"):
-        (ignored,) = generated[env]["spec"]["ignoreDifferences"]
-        assert ignored["kind"] == "Deployment" and ignored["jsonPointers"] == ["/spec/replicas"]
+        replicas, weights = generated[env]["spec"]["ignoreDifferences"]
+        assert (replicas["kind"], replicas["jsonPointers"]) == ("Rollout", ["/spec/replicas"])
+        assert (weights["kind"], weights["jqPathExpressions"]) == (
+            "TraefikService",
+            [".spec.weighted.services[].weight"],
+        )
         assert "RespectIgnoreDifferences=true" in policy[env]["syncOptions"]
-    assert "ignoreDifferences" not in generated["canary"]["spec"]
 
 
 def test_applicationset_never_deletes_an_environment(applicationset):

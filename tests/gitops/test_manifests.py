@@ -1,7 +1,8 @@
 """The clinic endpoint's manifests (k8s/chexops) and the platform's (k8s/platform, k8s/monitoring),
 rendered by `kubectl kustomize` and checked for what cannot run here: schema validity
-(kubernetes-validate --strict), security settings, probes, labels, network policies, canary
-wiring, and the golden render per environment (refresh: python -m tests.gitops.render --update-golden)."""
+(kubernetes-validate --strict), security settings, probes, labels, network policies, the Argo
+Rollout's traffic-routed canary, and the golden render per environment
+(refresh: python -m tests.gitops.render --update-golden)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,7 @@ KUBERNETES_VERSION = "1.33.0"
 IMAGE = re.compile(r"^registry\.platform\.svc\.cluster\.local:5000/chexops-cxr:v(\d+)@sha256:[0-9a-f]{64}$")
 # The StorageClass of platform state: kubernetes_platform_storage_class of the Ansible kubernetes role.
 PLATFORM_STORAGE_CLASS = "chexops-platform"
-NAMESPACE = {"staging": "staging", "canary": "production", "production": "production"}
-TRACK = {"staging": "stable", "canary": "canary", "production": "stable"}
+NAMESPACE = {"staging": "staging", "production": "production"}
 
 
 def _kind(docs, kind):
@@ -27,8 +27,10 @@ def _kind(docs, kind):
 
 
 def _deployment(docs) -> dict:
-    (deployment,) = _kind(docs, "Deployment")
-    return deployment
+    """The clinic endpoint's workload: an Argo Rollout (the pod template and selector of a Deployment)."""
+    assert not _kind(docs, "Deployment"), "the clinic endpoint runs as an Argo Rollout"
+    (rollout,) = _kind(docs, "Rollout")
+    return rollout
 
 
 def _container(deployment) -> dict:
@@ -41,6 +43,8 @@ def test_every_kustomization_renders(renders, directory):
     result = renders[directory]
     if isinstance(result, Exception):
         pytest.fail(str(result))
+    if yaml.safe_load((directory / "kustomization.yaml").read_text()).get("kind") == "Component":
+        return  # a component adds configuration to the overlays that use it, and renders no object itself
     assert result.strip(), f"{directory} renders nothing"
 
 
@@ -48,8 +52,8 @@ def test_core_objects_are_valid_kubernetes(all_docs):
     """kubernetes-validate --strict on every rendered core object (Argo kinds: test_argocd)."""
     checked, errors = 0, []
     for directory, doc in all_docs:
-        if doc["apiVersion"].startswith("argoproj.io/"):
-            continue
+        if doc["apiVersion"].startswith(("argoproj.io/", "traefik.io/")):
+            continue  # custom resources: their CRDs' schemas (test_argocd)
         try:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
             checked += 1
@@ -135,7 +139,10 @@ def test_labels_and_their_env_vars(env_docs, env):
     deployment = _deployment(env_docs[env])
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert labels["app.kubernetes.io/name"] == "chexops"
-    assert labels["chexops.io/track"] == TRACK[env]
+    assert "chexops.io/track" not in labels  # Argo Rollouts sets it: canaryMetadata / stableMetadata
+    canary = deployment["spec"]["strategy"]["canary"]
+    assert canary["canaryMetadata"]["labels"] == {"chexops.io/track": "canary"}
+    assert canary["stableMetadata"]["labels"] == {"chexops.io/track": "stable"}
     assert labels["chexops.io/environment"] == NAMESPACE[env]
     assert deployment["metadata"]["namespace"] == NAMESPACE[env]
     # Selectors never carry the version (a promotion would orphan the old ReplicaSet's pods).
@@ -149,6 +156,12 @@ def test_labels_and_their_env_vars(env_docs, env):
     ):
         path = env_vars[var]["valueFrom"]["fieldRef"]["fieldPath"]
         assert path == f"metadata.labels['{label}']", var
+    # The freight: the pod's annotation (chexops promote writes it), shown by /model.
+    assert (
+        env_vars["CHEXOPS_FREIGHT"]["valueFrom"]["fieldRef"]["fieldPath"]
+        == "metadata.annotations['chexops.io/freight']"
+    )
+    assert "chexops.io/freight" in deployment["spec"]["template"]["metadata"]["annotations"]
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -173,40 +186,49 @@ def test_secrets_are_the_ones_ansible_creates(env_docs, ansible_secrets, env):
     assert "CHEXOPS_API_KEYS_FILE" in env_vars and "CHEXOPS_FEEDBACK_URL" in env_vars
 
 
-def test_canary_is_a_slice_behind_productions_service(env_docs):
-    canary, production = env_docs["canary"], env_docs["production"]
-    assert [d["kind"] for d in canary] == ["Deployment"], "the canary overlay must add its Deployment only"
-    (service,) = _kind(production, "Service")
-    assert service["spec"]["selector"] == {"app.kubernetes.io/name": "chexops"}
-    stable, slice_ = _deployment(production), _deployment(canary)
-    assert slice_["metadata"]["name"] != stable["metadata"]["name"]
-    assert slice_["metadata"]["namespace"] == stable["metadata"]["namespace"] == service["metadata"]["namespace"]
-    for deployment in (stable, slice_):
-        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-        assert service["spec"]["selector"].items() <= pod_labels.items(), "the Service must select both tracks"
-        assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    # Disjoint Deployment selectors: neither adopts the other's pods.
-    assert (
-        stable["spec"]["selector"]["matchLabels"]["chexops.io/track"]
-        != slice_["spec"]["selector"]["matchLabels"]["chexops.io/track"]
-    )
-    assert (
-        slice_["spec"]["template"]["spec"]["serviceAccountName"]
-        == stable["spec"]["template"]["spec"]["serviceAccountName"]
-    )
-    # The stable Deployment declares the count the canary slice is computed from.
-    kustomization = yaml.safe_load((OVERLAYS / "production" / "kustomization.yaml").read_text())
-    assert {"name": "chexops", "count": stable["spec"]["replicas"]} in kustomization["replicas"]
+def test_the_canary_is_exact_traffic_weights_with_an_analysis_before_each_step(env_docs):
+    """Production's Rollout: 10 %, analysis, 50 %, analysis, (100 %), by Traefik weights on two Services
+    that Argo Rollouts points at the stable and canary ReplicaSets, so the share does not follow replicas."""
+    production = env_docs["production"]
+    rollout = _deployment(production)
+    canary = rollout["spec"]["strategy"]["canary"]
+    steps = canary["steps"]
+    assert [next(iter(s)) for s in steps] == ["setWeight", "analysis", "setWeight", "analysis"]
+    assert [s["setWeight"] for s in steps if "setWeight" in s] == [10, 50]
+    for step in (s["analysis"] for s in steps if "analysis" in s):
+        assert step["templates"] == [{"templateName": "chexops-canary"}]
+        (version,) = [a for a in step["args"] if a["name"] == "canary-version"]
+        # The analysis judges the version this Rollout's template runs (the label chexops promote sets).
+        assert version["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['chexops.io/model-version']"
+        assert rollout["metadata"]["labels"]["chexops.io/model-version"]
+    services = {s["metadata"]["name"]: s for s in _kind(production, "Service")}
+    assert {canary["stableService"], canary["canaryService"]} <= set(services)
+    for name in (canary["stableService"], canary["canaryService"]):
+        assert services[name]["spec"]["selector"] == {"app.kubernetes.io/name": "chexops"}
+    (traefik_service,) = _kind(production, "TraefikService")
+    assert canary["trafficRouting"] == {"traefik": {"weightedTraefikServiceName": traefik_service["metadata"]["name"]}}
+    weighted = traefik_service["spec"]["weighted"]["services"]
+    assert {w["name"] for w in weighted} == {canary["stableService"], canary["canaryService"]}
+    assert all("weight" not in w for w in weighted), "the weights are the controller's (Argo CD ignores them)"
+    (route,) = _kind(production, "IngressRoute")
+    assert route["spec"]["entryPoints"] == ["websecure"] and "tls" in route["spec"]
+    assert [s for r in route["spec"]["routes"] for s in r["services"]] == [
+        {"name": traefik_service["metadata"]["name"], "kind": "TraefikService"}
+    ]
+    assert not _kind(production, "Ingress"), "clinics come in through the IngressRoute (weights), not an Ingress"
+    # A failed analysis: the controller drops the canary's weight at once and scales it down soon after.
+    assert canary["abortScaleDownDelaySeconds"] <= 30
+    assert "steps" not in _deployment(env_docs["staging"])["spec"]["strategy"]["canary"]
 
 
 @pytest.mark.parametrize("env", ("staging", "production"))
-def test_hpa_and_pdb_follow_the_stable_deployment(env_docs, env):
+def test_hpa_and_pdb_follow_the_rollout(env_docs, env):
     docs = env_docs[env]
     deployment = _deployment(docs)
     (hpa,) = _kind(docs, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"] == {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
         "name": deployment["metadata"]["name"],
     }
     assert hpa["spec"]["minReplicas"] == deployment["spec"]["replicas"] < hpa["spec"]["maxReplicas"]
@@ -249,8 +271,8 @@ def test_network_policies(env_docs, env):
         ("kube-system", {"app.kubernetes.io/name": "traefik"}),
         ("platform", {"app.kubernetes.io/name": "prometheus"}),
     ]
-    if env == "staging":  # the pipelines' load test (namespace argo) is staging's evidence
-        expected.insert(0, ("argo", None))
+    # The delivery's steps (namespace argo): staging's load test, production's verification (/model).
+    expected.insert(0, ("argo", None))
     assert sources == expected, sources
     assert all(r["ports"] == [{"port": "http", "protocol": "TCP"}] for r in ingress)
     egress = [r for p in policies.values() for r in p["spec"].get("egress", [])]
@@ -258,16 +280,10 @@ def test_network_policies(env_docs, env):
     assert ports == [("kube-system", 53), ("kube-system", 53), ("platform", 5432)], ports
 
 
-def test_production_ingress_is_https_to_the_shared_service(env_docs):
-    (ingress,) = _kind(env_docs["production"], "Ingress")
-    (service,) = _kind(env_docs["production"], "Service")
-    assert ingress["spec"]["ingressClassName"] == "traefik"
-    annotations = ingress["metadata"]["annotations"]
-    assert annotations["traefik.ingress.kubernetes.io/router.entrypoints"] == "websecure"
-    assert annotations["traefik.ingress.kubernetes.io/router.tls"] == "true"
-    backends = [p["backend"]["service"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
-    assert backends == [{"name": service["metadata"]["name"], "port": {"name": "http"}}]
-    assert not _kind(env_docs["staging"], "Ingress"), "staging is reached in-cluster only (load test, port-forward)"
+def test_only_production_is_reached_from_outside(env_docs):
+    assert not _kind(env_docs["staging"], "Ingress") and not _kind(env_docs["staging"], "IngressRoute"), (
+        "staging is reached in-cluster only (load test, port-forward)"
+    )
 
 
 def test_environment_namespaces_enforce_restricted_pod_security(renders):
