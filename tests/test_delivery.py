@@ -13,7 +13,6 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from chexops.delivery import gitops
 from mlflow_fixtures import mlflow_server, synth_dataset, train_run, write_config
 from service_fixtures import API_KEY, start_service
 from support import ROOT, chexops, chexops_json
@@ -107,7 +106,6 @@ def write_contract_overlays(root: Path) -> None:
     for env, namespace, extra in (
         ("staging", "staging", ""),
         ("production", "production", "replicas:\n  - name: chexops\n    count: 2\n"),
-        ("canary", "production", "nameSuffix: -canary\nreplicas:\n  - name: chexops\n    count: 0\n"),
     ):
         (root / OVERLAYS / env).mkdir(parents=True, exist_ok=True)
         (root / OVERLAYS / env / "kustomization.yaml").write_text(BOOTSTRAP_OVERLAY.format(namespace=namespace) + extra)
@@ -193,7 +191,6 @@ def test_promotion_staging_canary_production_and_rollback(tmp_path_factory, mlfl
     image_a, image_b = f"{REGISTRY}:v1@{DIGEST_A}", f"{REGISTRY}:v2@{DIGEST_B}"
     bootstrap = workload(repo, "staging")
     assert DIGEST_A not in bootstrap[0] and "@sha256:" in bootstrap[0]  # pinned by digest from the start
-    stable_count = gitops.stable_replicas(repo)  # production's replicas: the canary slice follows from it
 
     comments_before = comments((repo / OVERLAYS / "staging/kustomization.yaml").read_text())
     # Staging without gate evidence: refused, nothing touched.
@@ -257,54 +254,46 @@ def test_promotion_staging_canary_production_and_rollback(tmp_path_factory, mlfl
     tags = client.get_model_version(NAME, first).tags
     assert tags["loadtest.passed"] == "true" and int(tags["loadtest.requests"]) == passed["requests"]
 
-    # Canary at 10 % (with the contract's 2 stable replicas: 1 canary beside them), then 50 % (as many as stable).
-    code, result, err = promote(repo, env, "--to", "canary", "--version", first, "--weight", "10")
+    assert json.loads(tags["loadtest.versions"]) == passed["versions"] == {first: passed["versions"][first]}
+
+    # Canary: production's overlay (its Argo Rollout runs 10 % → analysis → 50 % → analysis → 100 %).
+    code, result, err = promote(repo, env, "--to", "canary", "--version", first, "--push")
     assert code == 0, err[-3000:]
-    slice10 = max(1, round(stable_count * 10 / 90))
-    assert workload(repo, "canary") == (image_a, slice10, first) and result["replicas"] == slice10
-    assert "load test (staging" in git(repo, "log", "-1", "--format=%B")
-    assert client.get_model_version_by_alias(NAME, "canary").version == first
-    assert promote(repo, env, "--to", "canary", "--version", first, "--weight", "50")[0] == 0
-    assert workload(repo, "canary") == (image_a, stable_count, first)
+    assert workload(repo, "production")[::2] == (image_a, first) and result["files"] == [
+        f"{OVERLAYS}/production/kustomization.yaml"
+    ]
+    message = git(repo, "log", "-1", "--format=%B")
+    assert "load test (staging" in message and "10 % → analysis → 50 %" in message
+    assert "Chexops-Environment: canary" in message
+    assert str(client.get_model_version_by_alias(NAME, "canary").version) == first
+    # Retried after the push went through (a new pod clones again): found done, not committed twice.
+    head = git(repo, "rev-parse", "HEAD")
+    code, again, err = promote(repo, env, "--to", "canary", "--version", first, "--push")
+    assert code == 0 and again["already_done"] is True and again["commit"] == result["commit"], err[-2000:]
+    assert git(repo, "rev-parse", "HEAD") == head
 
     # Production without a Successful analysis: refused.
     before = state(repo, client)
     code, _, err = promote(
-        repo,
-        env,
-        "--to",
-        "production",
-        "--version",
-        first,
-        "--analysis-run",
-        "chexops-canary-x",
-        "--analysis-phase",
-        "Failed",
-    )
+        repo, env, "--to", "production", "--version", first,
+        "--analysis-run", "chexops-7c9e-1-0,chexops-7c9e-1-1", "--analysis-phase", "Failed",
+    )  # fmt: skip
     assert code == 3 and "not Successful" in err and state(repo, client) == before
 
-    # Production: the canary slice retired in the same commit.
+    # Production: the verdict, a commit that changes no file (the overlay has named version 1 since the canary).
+    rendered = workload(repo, "production")
     code, result, err = promote(
-        repo,
-        env,
-        "--to",
-        "production",
-        "--version",
-        first,
-        "--analysis-run",
-        "chexops-canary-x",
-        "--analysis-phase",
-        "Successful",
-    )
+        repo, env, "--to", "production", "--version", first,
+        "--analysis-run", "chexops-7c9e-1-0,chexops-7c9e-1-1", "--analysis-phase", "Successful",
+    )  # fmt: skip
     assert code == 0, err[-3000:]
-    assert workload(repo, "production") == (image_a, stable_count, first) and workload(repo, "canary")[1] == 0
-    assert sorted(result["files"]) == [
-        f"{OVERLAYS}/canary/kustomization.yaml",
-        f"{OVERLAYS}/production/kustomization.yaml",
-    ]
-    assert "canary analysis chexops-canary-x: Successful" in git(repo, "log", "-1", "--format=%B")
+    assert workload(repo, "production") == rendered
+    assert git(repo, "show", "--stat", "--format=", "HEAD").strip() == ""  # no file changed
+    message = git(repo, "log", "-1", "--format=%B")
+    assert "canary analysis chexops-7c9e-1-0,chexops-7c9e-1-1: Successful" in message
+    assert "Chexops-Environment: production" in message
     aliases = client.get_registered_model(NAME).aliases
-    assert aliases["production"] == first and "canary" not in aliases
+    assert str(aliases["production"]) == first and "canary" not in aliases
 
     # Version 2 reaches staging; its load test fails (impossible p95): exit 3, recorded, canary refused.
     assert promote(repo, env, "--to", "staging", "--version", second, "--image", image_b)[0] == 0
@@ -327,6 +316,8 @@ def test_promotion_staging_canary_production_and_rollback(tmp_path_factory, mlfl
         **env,
     )
     assert code == 3 and "the load test failed" in err and "max_p95_ms" in err
+    # The staging service still answers version 1: --record's version 2 is expected, and that fails too.
+    assert "expect_version" in err and set(json.loads(stdout)["versions"]) == {first}
     assert json.loads(stdout)["passed"] is False
     code, _, err = promote(repo, env, "--to", "canary", "--version", second)
     assert code == 3 and "staging load test failed" in err
@@ -338,10 +329,16 @@ def test_promotion_staging_canary_production_and_rollback(tmp_path_factory, mlfl
         workload(repo, "staging")[0] == image_a and client.get_model_version_by_alias(NAME, "staging").version == first
     )
     assert "Chexops-Rollback-Of:" in git(repo, "log", "-1", "--format=%B")
-    # Rollback production: the bootstrap render again, the alias gone, the canary stays retired.
-    assert promote(repo, env, "--rollback", "production")[0] == 0
-    assert workload(repo, "production")[0] == bootstrap[0] and workload(repo, "canary")[1] == 0
+    # Rollback production: the verdict and the canary commit of its version are reverted together, so the
+    # overlay names the bootstrap again; the production alias is gone. Nothing of version 1 left to revert
+    # in the canary: --if-version says so and changes nothing.
+    code, result, err = promote(repo, env, "--rollback", "production")
+    assert code == 0, err[-3000:]
+    assert workload(repo, "production")[0] == bootstrap[0] and len(result["reverted"].split()) == 2
     assert "production" not in client.get_registered_model(NAME).aliases
+    head = git(repo, "rev-parse", "HEAD")
+    code, result, err = promote(repo, env, "--rollback", "canary", "--if-version", first)
+    assert code == 0 and result["rolled_back"] is False and git(repo, "rev-parse", "HEAD") == head, err[-2000:]
     # A dirty overlay is a user error; rolling back twice goes further back (staging: to none).
     (repo / OVERLAYS / "staging/kustomization.yaml").write_text("# edited by hand\n")
     assert promote(repo, env, "--rollback", "staging")[0] == 2
@@ -648,7 +645,7 @@ def _deliver(env: dict, staging_url: str, repo: Path, freight: str, uri: str, **
         "staging-commit": git(repo, "rev-parse", "HEAD").strip(),
         "staging-url": staging_url,
         "serving-timeout": "6",
-        "loadtest-duration": "6s",
+        "loadtest-duration": "4s",
         "loadtest-max-p95-ms": "30000",
         "mlflow-tracking-uri": uri,
         "gitops-repo": str(repo),
@@ -722,12 +719,6 @@ def test_the_delivery_verifies_the_version_it_judges(tmp_path, stable, canaries,
     assert pod_freight["bento_image"] == image_b
     assert {_node(run, n)["phase"] for n in ("production-synced", "rollout")} == {"Skipped"}
     assert str(client.get_model_version_by_alias(NAME, "canary").version) == CANARY_VERSION
-
-    # Run again (a retry after the push went through): the promotion is found done, not committed twice.
-    head = git(repo, "rev-parse", "HEAD")
-    code, run, err = _deliver(env, canaries["good"].url, repo, freight_json, uri)
-    assert code == 0 and _node(run, "canary")["result"]["already_done"] is True, err[-3000:]
-    assert git(repo, "rev-parse", "HEAD") == head
 
     # A load test whose answers come from another version fails (exit 3), naming the versions.
     code, out, err = chexops(

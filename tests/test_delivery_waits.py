@@ -216,3 +216,33 @@ def test_a_canary_that_never_finishes_times_out(api):
     api.answers[RUNS] = [runs("Running")]
     result = wait_rollout(api.kube, "chexops", "3", timeout=60, interval=10, clock=api.clock)
     assert result.outcome == "timeout" and "version 3 not promoted within 60 s" in result.message
+
+
+# --- the served version --------------------------------------------------------------------------------
+
+
+def model(version: str) -> dict:
+    return {"name": "chexops-cxr", "version": version, "freight": {"commit": COMMIT, "model_version": version}}
+
+
+def test_verify_serving_needs_consecutive_answers_and_holds_them(api, monkeypatch):
+    from chexops.delivery.verify import verify_serving
+
+    monkeypatch.setattr("chexops.delivery.verify.time.sleep", lambda s: setattr(api.clock, "now", api.clock.now + s))
+    # Behind a Service: an old pod still answers now and then; N counts only once it answers 3 times in a row.
+    api.answers["/model"] = [model("2"), model("3"), model("2"), model("3"), model("3"), model("3")]
+    ok = verify_serving(api.url, "3", consecutive=3, timeout=60, clock=api.clock)
+    assert ok.verified and ok.seen == {"2": 2, "3": 4} and ok.freight == {"commit": COMMIT, "model_version": "3"}
+    # Holding production: another version after N was verified fails at once, naming both.
+    api.answers["/model"] = [model("3"), model("3"), model("2")]
+    api.clock.now = 0
+    held = verify_serving(api.url, "3", consecutive=2, hold=30, timeout=60, clock=api.clock)
+    assert not held.verified and "after verifying version 3, an answer came from 2" in held.message
+    # ... and so do repeated errors while holding (a crashing pod).
+    api.answers["/model"] = [model("3"), 503, 503, 503]
+    api.clock.now = 0
+    crashed = verify_serving(api.url, "3", consecutive=1, hold=30, max_errors=3, timeout=60, clock=api.clock)
+    assert not crashed.verified and "3 failed answers in a row" in crashed.message and crashed.errors == 3
+    api.answers["/model"] = [model("3")]
+    api.clock.now = 0
+    assert verify_serving(api.url, "3", consecutive=1, hold=20, clock=api.clock).held_s >= 20
