@@ -187,7 +187,7 @@ args = sys.argv[1:]
 opts = [args[i + 1] for i, a in enumerate(args) if a == "--opt"]
 name = dict(kv.split("=", 1) for kv in args[args.index("--output") + 1].split(","))["name"]
 with open(os.environ["BUILD_LOG"], "a") as log:
-    log.write(json.dumps({{"opts": opts, "name": name}}) + "\\n")
+    log.write(json.dumps({{"opts": opts, "name": name, "flags": os.environ["BUILDKITD_FLAGS"]}}) + "\\n")
 host, rest = name.split("/", 1)
 repo, tag = rest.rsplit(":", 1)
 auth = json.load(open(os.path.join(os.environ["DOCKER_CONFIG"], "config.json")))["auths"][host]["auth"]
@@ -317,7 +317,7 @@ class BuildStep:
             "OUTPUTS": str(outputs),
             "BUILD_LOG": str(self.log),
             "PATH": f"{self.bin}:{Path(shutil.which('git')).parent}",
-            "HOME": str(self.tmp),
+            "HOME": str(self.tmp),  # /home/user in the BuildKit image
         }
         done = subprocess.run(
             ["busybox", "sh", "-ec", self.script], env=env, capture_output=True, text=True, timeout=120
@@ -371,6 +371,10 @@ def test_the_build_step_builds_each_commit_once_and_reuses_an_unchanged_tree(tmp
     assert f"build-arg:CHEXOPS_IMAGE_COMMIT={first}" in builds[1]["opts"]
     image = out["image"]
     assert image == f"{step.repo_name}:{first}@{step.digest(first)}"
+    # BuildKit is told the in-cluster registry is plain HTTP (it pulls the code image from there)
+    toml = (tmp_path / ".config" / "buildkit" / "buildkitd.toml").read_text()
+    assert toml == f'[registry."{registry["host"]}"]\n  http = true\n'
+    assert builds[0]["flags"] == f"--oci-worker-no-process-sandbox --config {tmp_path}/.config/buildkit/buildkitd.toml"
 
     # The same commit again (a retry): found by its tag, nothing built.
     done, out, builds = step.run(source, first)
