@@ -406,3 +406,15 @@ def test_the_build_step_builds_each_commit_once_and_reuses_an_unchanged_tree(tmp
     wrong = docker_config(tmp_path / "wrong", registry["host"], registry["user"], "not-the-password")
     done, out, builds = step.run(source, first, config=wrong)
     assert done.returncode != 0 and "answered '401'" in done.stderr and builds == []
+
+
+def test_a_bento_of_another_version_than_the_freights_is_refused():
+    """`chexops bento import|build` name the version their Bento model tag holds; the run's freight
+    refuses a Bento of another version (a run tag `run-...` names none)."""
+    from chexops.cli.train import _bento_facts
+
+    freight = Freight(commit="a" * 40, model_name="chexops-cxr", model_version="3")
+    assert freight.add(**_bento_facts("chexops-cxr:v3")) == freight
+    assert _bento_facts("chexops-cxr:run-0123456789ab") == {}
+    with pytest.raises(FreightMismatch, match="model_version is 3 in the freight, the step found 12"):
+        freight.add(**_bento_facts("chexops-cxr:v12"))
