@@ -44,4 +44,18 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
     fi
 fi
 
+# The training image build's registry check (tests/test_freight.py): the Distribution registry with
+# htpasswd (bcrypt) credentials, and busybox, whose sh and wget are what the BuildKit image runs it with.
+if ! command -v docker-registry >/dev/null 2>&1 || ! command -v busybox >/dev/null 2>&1 ||
+    ! command -v htpasswd >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "install-tools: apt-get install docker-registry busybox apache2-utils" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends docker-registry busybox apache2-utils >/dev/null
+    else
+        echo "install-tools: docker-registry, busybox or htpasswd is missing and this is not root: the build-script test will skip" >&2
+    fi
+fi
+
 bash "$here/infra/install-tools.sh"

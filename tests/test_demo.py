@@ -9,6 +9,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from chexops.core.freight import running_commit
 from support import run_cli
 
 pytestmark = pytest.mark.slow
@@ -41,6 +42,24 @@ def test_demo_writes_summary_with_training_metrics(tmp_path, home):
     run = MlflowClient(train["tracking_uri"]).get_run(train["run_id"])
     assert run.data.metrics["best_val_mean_auroc"] == train["mean_auroc"]
     assert train["tracking_uri"] == f"sqlite:///{home / 'mlflow.db'}"
+
+    # The run's freight, created from the checkout's HEAD and carried through the steps: prepare adds
+    # the data version, register the version it made; tagged on the MLflow run and the registry version.
+    head = running_commit()
+    freights = {
+        n["name"]: json.loads(n["outputs"]["freight"])
+        for n in summary["pipeline"]["nodes"]
+        if n.get("outputs", {}).get("freight")
+    }
+    data_version = summary["prepare"]["data_version"]
+    assert freights["main.freight"] == {"commit": head}
+    assert freights["main.prepare"] == freights["main.train"] == {"commit": head, "data_version": data_version}
+    registered = {**freights["main.prepare"], "model_name": "chexops-cxr", "model_version": "1"}
+    assert freights["main.gate.register"] == freights["main.gate"] == freights["main.bento"] == registered
+    assert run.data.tags["freight.commit"] == run.data.tags["git_commit"] == head
+    assert json.loads(run.data.tags["freight"]) == freights["main.prepare"]
+    version = MlflowClient(train["tracking_uri"]).get_model_version("chexops-cxr", "1")
+    assert json.loads(version.tags["freight"]) == registered and version.tags["freight.model_version"] == "1"
 
     evaluation = summary["evaluate"]
     assert evaluation["run_id"] == train["run_id"] and set(evaluation["thresholds"]) == set(train["labels"])

@@ -11,6 +11,7 @@ import yaml
 
 from chexops.core.console import write_outputs
 from chexops.core.errors import UserInputError
+from chexops.core.freight import running_commit
 from chexops.pipelines.runner import (
     FAILED,
     OMITTED,
@@ -34,12 +35,26 @@ def template(doc: dict, name: str) -> dict:
     return next(t for t in doc["spec"]["templates"] if t["name"] == name)
 
 
+HEAD = {"commit": running_commit() or "0" * 40}
+
+
+def alone(doc: dict, name: str) -> dict:
+    """`doc` with task `name` of `main` runnable without the tasks before it: their outputs it takes
+    (the training image, the freight) given as literals, the freight this checkout's HEAD."""
+    task = next(t for t in template(doc, "main")["dag"]["tasks"] if t["name"] == name)
+    literals = {"training-image": "local", "freight": json.dumps(HEAD)}
+    for param in task["arguments"]["parameters"]:
+        param["value"] = literals.get(param["name"], param["value"])
+    task.pop("depends", None)
+    return doc
+
+
 def test_changing_a_steps_command_in_the_yaml_changes_what_runs(tmp_path):
     """A copy of the training template whose `prepare` step runs `chexops data stats` instead: the
     runner runs exactly that command, from the YAML, and its JSON comes back through the outputs
     (the other tasks are skipped, and the exit handler removed, to keep this fast)."""
     csv = write_chexpert(tmp_path / "source", make_rows(n_patients=5))
-    doc = training()
+    doc = alone(training(), "prepare")
     prepare = template(doc, "prepare")
     prepare["container"]["args"] = [
         "data",
@@ -54,7 +69,10 @@ def test_changing_a_steps_command_in_the_yaml_changes_what_runs(tmp_path):
     others = [t["name"] for t in template(doc, "main")["dag"]["tasks"] if t["name"] != "prepare"]
 
     result = run_local(
-        changed, {"data-source": str(tmp_path / "source")}, tmp_path / "work", skip={n: "test" for n in others}
+        changed,
+        {"data-source": str(tmp_path / "source"), **HEAD},
+        tmp_path / "work",
+        skip={n: "test" for n in others},
     )
     nodes = {n["name"]: n for n in result.nodes}
     assert nodes["main.prepare"]["command"] == ["chexops", "data", "stats", str(csv), "--json"]
@@ -66,7 +84,7 @@ def test_changing_a_steps_command_in_the_yaml_changes_what_runs(tmp_path):
 @pytest.mark.slow
 def test_the_cli_runs_a_workflow_and_reports_its_task_names(tmp_path):
     write_chexpert(tmp_path / "source", make_rows(n_patients=3))
-    doc = training()
+    doc = alone(training(), "prepare")
     template(doc, "prepare")["container"]["args"] = [
         "data",
         "stats",
@@ -84,6 +102,8 @@ def test_the_cli_runs_a_workflow_and_reports_its_task_names(tmp_path):
         "--local",
         "-p",
         f"data-source={tmp_path / 'source'}",
+        "-p",
+        f"commit={HEAD['commit']}",
         *skips,
         "--json",
     )
@@ -114,7 +134,7 @@ def test_the_cli_runs_a_workflow_and_reports_its_task_names(tmp_path):
         ),
         (lambda d: template(d, "prepare")["container"].update(command=["sh", "-c"]), "is not a chexops step", True),
         (
-            lambda d: template(d, "main")["dag"]["tasks"][1].update(depends="prepare.Daemoned || prepare.Foo"),
+            lambda d: template(d, "main")["dag"]["tasks"][2].update(depends="freight.Daemoned || freight.Foo"),
             "not implemented locally",
             False,
         ),
@@ -122,7 +142,7 @@ def test_the_cli_runs_a_workflow_and_reports_its_task_names(tmp_path):
 )
 def test_unimplemented_argo_features_are_refused_by_name(tmp_path, change, named, run_prepare):
     """Refused before anything runs (the other tasks skipped; `depends` is still read for them)."""
-    doc = training()
+    doc = alone(training(), "prepare")
     change(doc)
     del doc["spec"]["onExit"]
     path = tmp_path / "w.yaml"
@@ -130,7 +150,7 @@ def test_unimplemented_argo_features_are_refused_by_name(tmp_path, change, named
     tasks = [t["name"] for t in template(doc, "main")["dag"]["tasks"]]
     skip = {n: "test" for n in tasks if not (run_prepare and n == "prepare")}
     with pytest.raises(UserInputError, match=named):
-        LocalRunner(path, {}, tmp_path, skip=skip).run()
+        LocalRunner(path, HEAD, tmp_path, skip=skip).run()
 
 
 def dag_phase(doc: dict, name: str, phases: dict[str, str]) -> str:
@@ -212,10 +232,16 @@ def test_cluster_only_steps_are_skipped_with_their_reason_and_their_inputs_never
     (tmp_path / "w.yaml").write_text(yaml.safe_dump(doc))
     tasks = [t["name"] for t in template(doc, "main")["dag"]["tasks"]]
     result = run_local(
-        tmp_path / "w.yaml", {}, tmp_path, skip={n: "test" for n in tasks if n not in ("image", "promote-staging")}
+        tmp_path / "w.yaml",
+        HEAD,
+        tmp_path,
+        skip={n: "test" for n in tasks if n not in ("build", "image", "promote-staging")},
     )
     nodes = {n["name"]: n for n in result.nodes}
     assert nodes["main.image"]["phase"] == nodes["main.promote-staging"]["phase"] == SKIPPED
+    # the training image's build: skipped with its reason, its outputs the declared defaults (no image here)
+    assert nodes["main.build"]["phase"] == SKIPPED and "freight names its HEAD" in nodes["main.build"]["message"]
+    assert nodes["main.build"].get("outputs", {}).get("image") == ""
     assert (
         "in-cluster registry" in nodes["main.image"]["message"]
         and "cluster only" in nodes["main.promote-staging"]["message"]

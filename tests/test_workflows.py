@@ -33,6 +33,7 @@ K8S_VERSION = "1.33"
 # Stand-ins for values only known at run time (anything that parses as what the CLI expects).
 RUNTIME_VALUES = {
     "image": "registry.platform.svc.cluster.local:5000/chexops-cxr:v1@sha256:" + "0" * 64,
+    "training-image": "registry.platform.svc.cluster.local:5000/chexops-train:" + "a" * 40 + "@sha256:" + "0" * 64,
     "analysis-phase": "Successful",
     "status": "Succeeded",
 }
@@ -159,6 +160,22 @@ def _task_target(task: dict, templates: dict, refs: dict) -> dict:
     return templates[task["template"]]
 
 
+def global_outputs(spec: dict, refs: dict) -> set[str]:
+    """The `globalName`s of the outputs of every template this workflow can run: its own and those of
+    the WorkflowTemplates it reaches by templateRef (`{{workflow.outputs.parameters.NAME}}`)."""
+    names, owners = set(), set()
+    pending = list(spec["templates"])
+    while pending:
+        template = pending.pop()
+        names |= {p["globalName"] for p in (template.get("outputs") or {}).get("parameters", []) if "globalName" in p}
+        for task in (template.get("dag") or {}).get("tasks", []):
+            owner = task.get("templateRef", {}).get("name")
+            if owner and owner not in owners:
+                owners.add(owner)
+                pending.extend(t for (name, _), t in refs.items() if name == owner)
+    return names
+
+
 def reference_problems(specs: list[tuple[str, dict]], refs: dict) -> list[str]:
     problems = []
     for where, spec in specs:
@@ -167,12 +184,15 @@ def reference_problems(specs: list[tuple[str, dict]], refs: dict) -> list[str]:
         exit_templates = {spec.get("onExit")}
         exit_dag = templates.get(spec.get("onExit"), {}).get("dag") or {}
         exit_templates |= {t["template"] for t in exit_dag.get("tasks", []) if "template" in t}
+        globals_ = {f"workflow.outputs.parameters.{name}" for name in global_outputs(spec, refs)}
         for template in spec["templates"]:
             known = {f"workflow.parameters.{p}" for p in workflow_params} | {
                 "workflow.name",
                 "workflow.uid",
                 "workflow.namespace",
             }
+            if template["name"] in exit_templates:
+                known |= globals_
             known |= {f"inputs.parameters.{p['name']}" for p in (template.get("inputs") or {}).get("parameters", [])}
             if template["name"] in exit_templates:
                 known |= {"workflow.status", "workflow.failures", "workflow.duration"}
@@ -227,7 +247,7 @@ def test_a_wrong_reference_or_a_missing_input_is_caught():
     evaluate = next(t for t in main["dag"]["tasks"] if t["name"] == "evaluate")
     evaluate["arguments"]["parameters"][0]["value"] = "{{tasks.train.outputs.parameters.run_id}}"
     export = next(t for t in main["dag"]["tasks"] if t["name"] == "export")
-    export["arguments"]["parameters"].pop(0)
+    export["arguments"]["parameters"] = [p for p in export["arguments"]["parameters"] if p["name"] != "model"]
     problems = reference_problems([(where, broken)], templates_by_ref())
     assert any("run_id}} does not resolve" in p for p in problems)
     assert any("main.export: missing ['model']" in p for p in problems)
@@ -311,13 +331,20 @@ def test_a_misspelt_option_fails_the_parse():
 # --- images, resources, security ------------------------------------------------------------------
 
 
+# The image the run's `build` step made from its commit (its output `image`, by digest), as a step
+# gets it: an input, or (the exit handler) the build's global output.
+TRAINING_IMAGE = {"{{inputs.parameters.training-image}}", "{{workflow.outputs.parameters.training-image}}"}
+
+
 def test_every_image_is_pinned_by_digest_and_every_container_is_bounded_and_non_root():
     for where, template, _, _ in all_containers():
         container = template["container"]
         name = f"{where} {template['name']}"
-        assert DIGEST.search(container["image"]) or IMAGE_PARAMETER.match(container["image"]), (
-            f"{name}: image {container['image']} is not pinned by digest"
-        )
+        assert (
+            DIGEST.search(container["image"])
+            or container["image"] in TRAINING_IMAGE
+            or IMAGE_PARAMETER.match(container["image"])
+        ), f"{name}: image {container['image']} is not pinned by digest"
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(container.get("resources", {}).get(kind, {})), f"{name}: resources.{kind}"
         security = container.get("securityContext", {})
@@ -327,7 +354,13 @@ def test_every_image_is_pinned_by_digest_and_every_container_is_bounded_and_non_
                 "drop"
             ) == ["ALL"], name
     dockerfile = (ROOT / "training" / "Dockerfile").read_text()
-    assert all(DIGEST.search(line.split()[1]) for line in dockerfile.splitlines() if line.startswith("FROM "))
+    stages = re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, re.M)
+    base = re.search(r"^ARG BASE=(\S+)$", dockerfile, re.M).group(1)
+    for line in dockerfile.splitlines():
+        if line.startswith("FROM "):
+            image = line.split()[1]
+            # an external image by digest, or a stage of this file (BASE's default names one)
+            assert DIGEST.search(image) or image in stages or (image == "${BASE}" and base in stages), line
 
 
 def pod_of(template: dict, spec: dict, defaults: dict[str, str]) -> dict:
@@ -431,17 +464,85 @@ def test_training_runs_on_a_gpu_node_with_torchrun_and_survives_errors():
     assert next(v for v in train["volumes"] if v["name"] == shm["name"])["emptyDir"]["medium"] == "Memory"
     assert train["activeDeadlineSeconds"] > 0 and train["retryStrategy"]["retryPolicy"] == "OnError"
     assert train["retryStrategy"]["backoff"]["factor"] >= 2
-    for key in ("synchronization", "podGC", "ttlStrategy", "onExit"):
+    for key in ("podGC", "ttlStrategy", "onExit"):
         assert key in spec
 
 
-def test_every_pipeline_shares_one_training_mutex():
-    mutexes = {
-        where: [m["name"] for m in spec.get("synchronization", {}).get("mutexes", [])]
-        for where, spec in workflow_specs()
-    }
-    training = {w: m for w, m in mutexes.items() if "deliver" not in w}
-    assert all(m == ["chexops-training"] for m in training.values()), training
+TRAINING_LOCK = "chexops-training"
+
+
+def _mutexes(holder: dict) -> list[str]:
+    return [m["name"] for m in (holder.get("synchronization") or {}).get("mutexes", [])]
+
+
+def lock_paths(spec: dict, owner: str, refs: dict) -> list[list[tuple[str, list[str]]]]:
+    """Every chain of templates a run of `spec` can go through (from its entrypoint and its exit
+    handler, across templateRef), each as [(OWNER:TEMPLATE, the mutexes it takes)], the spec first."""
+    own = {t["name"]: t for t in spec["templates"]}
+    paths = []
+
+    def walk(where: str, template: dict, chain: list[tuple[str, list[str]]]) -> None:
+        chain = [*chain, (f"{where}:{template['name']}", _mutexes(template))]
+        tasks = (template.get("dag") or {}).get("tasks", [])
+        if not tasks:
+            paths.append(chain)
+        for task in tasks:
+            if "templateRef" in task:
+                ref = task["templateRef"]
+                walk(ref["name"], refs[(ref["name"], ref["template"])], chain)
+            elif where == owner:
+                walk(where, own[task["template"]], chain)
+            else:
+                walk(where, refs[(where, task["template"])], chain)
+
+    for start in filter(None, (spec.get("entrypoint"), spec.get("onExit"))):
+        walk(owner, own[start], [(f"{owner} (spec)", _mutexes(spec))])
+    return paths
+
+
+def lock_problems(specs: list[tuple[str, dict]], refs: dict) -> list[str]:
+    """A mutex taken twice on one chain never comes free: Argo's holder of a spec-level lock is the
+    workflow, of a template-level one the node, so the inner request waits for the outer forever."""
+    problems = []
+    for where, spec in specs:
+        owner = where.split(":", 1)[1]
+        for chain in lock_paths(spec, owner, refs):
+            held: dict[str, str] = {}
+            for name, mutexes in chain:
+                for mutex in mutexes:
+                    if mutex in held:
+                        problems.append(f"{where}: {name} waits for mutex {mutex}, which {held[mutex]} holds")
+                    held.setdefault(mutex, name)
+    return sorted(set(problems))
+
+
+def test_the_training_mutex_holds_wherever_training_runs_and_never_deadlocks():
+    """The lock is on chexops-train's `main` (template level), so a push, the schedule, a direct
+    submission and chexops-pipeline's templateRef all take it; no caller takes it again."""
+    specs = dict(workflow_specs())
+    refs = templates_by_ref()
+    assert _mutexes(refs[("chexops-train", "main")]) == [TRAINING_LOCK]
+    for where in ("training.yaml:chexops-train", "pipeline.yaml:chexops-pipeline", "cron.yaml:chexops-retrain"):
+        owner = where.split(":", 1)[1]
+        trains = [c for c in lock_paths(specs[where], owner, refs) if any(n == "chexops-train:main" for n, _ in c)]
+        assert trains, f"{where} does not run chexops-train's main"
+        assert all(any(TRAINING_LOCK in m for _, m in chain) for chain in trains), where
+    problems = lock_problems(list(specs.items()), refs)
+    assert not problems, "\n".join(problems)
+    # Argo Workflows 3.7's field is `mutexes` (a list); the single `mutex` is deprecated
+    for where, text in ((p.name, p.read_text()) for p in FILES):
+        assert not re.search(r"^\s+(mutex|semaphore):", text, re.M), where
+
+
+def test_a_lock_taken_twice_is_caught():
+    """The deadlock check is not vacuous: the spec-level lock chexops-train once had, next to `main`'s."""
+    where, spec = next((w, s) for w, s in workflow_specs() if w.startswith("training.yaml"))
+    locked = copy.deepcopy(spec)
+    locked["synchronization"] = {"mutexes": [{"name": TRAINING_LOCK}]}
+    problems = lock_problems([(where, locked)], templates_by_ref())
+    assert problems == [
+        f"{where}: chexops-train:main waits for mutex {TRAINING_LOCK}, which chexops-train (spec) holds"
+    ]
 
 
 def test_artifacts_go_to_the_s3_repository_the_workflows_name():

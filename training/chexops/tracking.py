@@ -11,6 +11,7 @@ from typing import Any
 
 from chexops.core import paths
 from chexops.core.errors import UserInputError
+from chexops.core.freight import IMAGE_COMMIT_ENV
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,11 @@ def setup_mlflow(experiment: str) -> str:
 
 def git_info(start: Path | None = None) -> dict[str, str]:
     """The commit this code runs from and whether the tree had changes (empty outside git). In an
-    image there is no git: the pipeline names the commit it built from in `$CHEXOPS_GIT_COMMIT`."""
-    if os.environ.get("CHEXOPS_GIT_COMMIT"):
-        return {"git_commit": os.environ["CHEXOPS_GIT_COMMIT"]}
+    image there is no git: the image carries the commit it was built from (`$CHEXOPS_IMAGE_COMMIT`,
+    chexops.core.freight); `$CHEXOPS_GIT_COMMIT` names one by hand."""
+    for variable in (IMAGE_COMMIT_ENV, "CHEXOPS_GIT_COMMIT"):
+        if os.environ.get(variable, "").strip():
+            return {"git_commit": os.environ[variable].strip()}
     cwd = start or Path(__file__).resolve().parent
 
     def git(*args: str) -> str:

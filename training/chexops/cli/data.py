@@ -111,4 +111,5 @@ def prepare_cmd(
         f"Prepared {summary.images:,} images ({summary.prepared:,} now, {summary.skipped:,} "
         f"already done, {summary.bad} bad) at {size} px in {summary.seconds:.1f} s; data version "
         f"{summary.data_version}, manifest {summary.manifest}.",
+        freight={"data_version": summary.data_version},
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -167,6 +168,8 @@ def register_cmd(
         )
     else:
         human = f"{table}\n\nGate refused run {result.run_id} (evaluation {result.evaluation_id}): nothing registered."
+    # The registry version this run became joins the run's freight (and is tagged with it).
+    facts = {"model_name": name, "model_version": result.version} if result.passed else None
     for source, h in result.holdouts.items():  # reported, not judged
         human += f"\nHold-out of source {source} ({h['n']} images, not judged): mean AUROC {h['mean_auroc']}."
     if as_json:
@@ -177,7 +180,7 @@ def register_cmd(
         failed = ", ".join(v.criterion for v in failed_verdicts)
         why = "; ".join(f"{v.criterion}: {v.detail}" for v in failed_verdicts)
         refusal = GateRefused(f"the quality gate refused run {result.run_id} ({failed}); nothing was registered. {why}")
-    return Output(result, human, refusal)
+    return Output(result, human, refusal, freight=facts)
 
 
 @click.command("export")
@@ -268,7 +271,8 @@ def export_cmd(
     )
     if summary.bento_model is not None:
         human += f"\nBento model {summary.bento_model.tag}"
-    return Output(summary, human)
+    # What was exported must be the freight's model (a fact that differs is refused, exit 2).
+    return Output(summary, human, freight={"model_name": e.model.get("name"), "model_version": e.model.get("version")})
 
 
 @click.group()
@@ -289,7 +293,9 @@ def bento_import(model_uri: str, name: str | None) -> Output:
     from chexops.export.bento import BentoImport, import_reference
 
     result = import_reference(model_uri, name)
-    return Output(BentoImport(bento_model=result), f"Bento model {result.tag} ({result.path})")
+    return Output(
+        BentoImport(bento_model=result), f"Bento model {result.tag} ({result.path})", freight=_bento_facts(result.tag)
+    )
 
 
 @bento.command("build")
@@ -319,5 +325,13 @@ def bento_build(model_uri: str, out: Path, source: Path, name: str | None) -> Ou
 
     result = build_context(model_uri, out.resolve(), source.resolve(), name)
     return Output(
-        result, f"Bento {result.bento} with {result.bento_model} in {result.context} (Dockerfile {result.dockerfile})"
+        result,
+        f"Bento {result.bento} with {result.bento_model} in {result.context} (Dockerfile {result.dockerfile})",
+        freight=_bento_facts(result.bento_model),
     )
+
+
+def _bento_facts(tag: str) -> dict[str, str]:
+    """The registry version a Bento model tag names (NAME:vVERSION; the name is the tag's sanitised form)."""
+    found = re.fullmatch(r"[^:]+:v(\d+)", str(tag))
+    return {"model_version": found.group(1)} if found else {}

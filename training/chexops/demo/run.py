@@ -55,8 +55,11 @@ def run_step(*args: str) -> dict[str, Any]:
 def run_training_workflow(config: Path, data_root: Path, home: Path) -> dict[str, Any]:
     """The training WorkflowTemplate, run locally with this machine's parameters."""
     from chexops.config import load_config
-    from chexops.tracking import git_info
+    from chexops.core.freight import running_commit
 
+    commit = running_commit()  # the freight's commit: every step checks that it runs this code
+    if commit is None:
+        raise ChexopsError("the demo runs the pipeline from a git checkout (its HEAD is the run's commit); none here.")
     parameters = {
         "config": str(config),
         "data-source": str(data_root),
@@ -66,7 +69,7 @@ def run_training_workflow(config: Path, data_root: Path, home: Path) -> dict[str
         "model-name": MODEL_NAME,
         "mlflow-tracking-uri": paths.default_tracking_uri(),
         "s3-endpoint": "",
-        "commit": git_info().get("git_commit", "local"),
+        "commit": commit,
     }
     args = ["pipeline", "run", str(WORKFLOW), "--local"]
     for name, value in parameters.items():

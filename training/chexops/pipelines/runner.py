@@ -7,8 +7,10 @@
 Argo's rules for `depends`, `when`, `continueOn` and the DAG's phase (a leaf's branch decides).
 
 A template that exists only in the cluster declares what happens here instead: the annotation
-`chexops.io/local-run` names a command to run, `chexops.io/local-skip` a reason to skip it. Any Argo
-feature this runner does not implement is refused by name, never guessed at.
+`chexops.io/local-run` names a command to run (its outputs are those of the files it writes),
+`chexops.io/local-skip` a reason to skip it (its outputs are their `valueFrom.default`, where
+declared). Outputs with a `globalName` are `{{workflow.outputs.parameters.NAME}}`. Any Argo feature
+this runner does not implement is refused by name, never guessed at.
 """
 
 from __future__ import annotations
@@ -188,6 +190,7 @@ class LocalRunner:
         )
         self.workdir = workdir
         self.nodes: list[Node] = []
+        self.globals: dict[str, str] = {}
         self.echo = echo or (lambda line: log.info("%s", line))
         self.status = "Running"
 
@@ -213,6 +216,7 @@ class LocalRunner:
     def global_scope(self) -> dict[str, str]:
         scope = {f"workflow.parameters.{k}": v for k, v in self.parameters.items()}
         scope["workflow.name"] = self.name
+        scope.update({f"workflow.outputs.parameters.{k}": v for k, v in self.globals.items()})
         if self.status != "Running":
             scope["workflow.status"] = self.status
         return scope
@@ -226,6 +230,9 @@ class LocalRunner:
         annotations = (template.get("metadata") or {}).get("annotations") or {}
         if LOCAL_SKIP in annotations:
             node = Node(node_name, template_name, SKIPPED, message=f"cluster only: {annotations[LOCAL_SKIP]}")
+            for param in (template.get("outputs") or {}).get("parameters", []):
+                if "default" in (param.get("valueFrom") or {}):
+                    self._output(node, param, str(param["valueFrom"]["default"]))
             self.nodes.append(node)
             self.echo(f"- {node_name}: {node.message}")
             return node
@@ -298,20 +305,28 @@ class LocalRunner:
         result_file = outputs_dir / RESULT_FILE
         if result_file.is_file():
             node.result = json.loads(result_file.read_text())
-        if local_run is None:
-            self.collect_outputs(template, node, outputs_dir, cluster_outputs)
+        self.collect_outputs(template, node, outputs_dir, cluster_outputs, strict=local_run is None)
         if node.phase == FAILED:
             node.message = f"exit code {proc.returncode}"
         self.echo(f"  {node.name}: {node.phase}{f' ({node.message})' if node.message else ''}")
 
+    def _output(self, node: Node, param: dict[str, Any], value: str) -> None:
+        node.outputs[param["name"]] = value
+        if param.get("globalName"):
+            self.globals[param["globalName"]] = value
+
     def collect_outputs(
-        self, template: dict[str, Any], node: Node, outputs_dir: Path, cluster_outputs: str | None
+        self, template: dict[str, Any], node: Node, outputs_dir: Path, cluster_outputs: str | None, strict: bool = True
     ) -> None:
+        """The template's output parameters from the files the step wrote; `strict=False` (a local-run
+        command, which need not write them all) takes only those written."""
         where = f"templates[{template['name']}].outputs"
         outputs = template.get("outputs") or {}
         _refuse_unknown(outputs, {"parameters", "artifacts"}, where)
         for param in outputs.get("parameters", []):
             source = param.get("valueFrom") or {}
+            if not strict and not (cluster_outputs and source.get("path", "").startswith(cluster_outputs + "/")):
+                continue
             _refuse_unknown(source, {"path", "default"}, f"{where}.parameters[{param['name']}].valueFrom")
             path = source.get("path", "")
             if not cluster_outputs or not path.startswith(cluster_outputs + "/"):
@@ -321,9 +336,11 @@ class LocalRunner:
                 )
             local = outputs_dir / path[len(cluster_outputs) + 1 :]
             if local.is_file():
-                node.outputs[param["name"]] = local.read_text().strip()
+                self._output(node, param, local.read_text().strip())
+            elif not strict:
+                continue
             elif "default" in source:
-                node.outputs[param["name"]] = str(source["default"])
+                self._output(node, param, str(source["default"]))
             elif node.phase == SUCCEEDED:
                 node.phase, node.message = FAILED, f"output parameter {param['name']!r}: {path} was not written"
 
@@ -399,12 +416,12 @@ class LocalRunner:
                 source, {"parameter", "default"}, f"templates[{template['name']}].outputs.parameters[{param['name']}]"
             )
             try:
-                node.outputs[param["name"]] = substitute(
-                    source["parameter"], final_scope, f"templates[{template['name']}].outputs"
+                self._output(
+                    node, param, substitute(source["parameter"], final_scope, f"templates[{template['name']}].outputs")
                 )
             except UserInputError:
                 if "default" in source:
-                    node.outputs[param["name"]] = str(source["default"])
+                    self._output(node, param, str(source["default"]))
                 elif node.phase == SUCCEEDED:
                     raise
 

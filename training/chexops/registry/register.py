@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import Field
 
 from chexops.core.errors import ChexopsError, UserInputError
+from chexops.core.freight import Freight
 from chexops.core.labels import metric_key
 from chexops.core.names import DEFAULT_MODEL_NAME
 from chexops.core.results import Result
@@ -299,6 +300,10 @@ def register_run(
             description=f"Training run {run_id}, mean AUROC {evaluation.get('mean_auroc')}, "
             f"data {tags.get('data_version')}.",
         )
+    freight = Freight.from_env()
+    if freight is not None:  # a pipeline step: the version carries the run's freight, this version in it
+        for key, value in freight.add(model_name=name, model_version=str(version.version)).tags().items():
+            client.set_model_version_tag(name, str(version.version), key, value)
     client.set_registered_model_alias(name, alias, str(version.version))
     client.set_tag(run_id, "registered_model", f"{name}/{version.version}")
     log.info("Registered run %s as %s version %s with alias %s", run_id, name, version.version, alias)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from chexops.config import Config
+from chexops.core.freight import Freight, FreightMismatch
 from chexops.tracking import flatten, git_info, setup_mlflow
 from chexops.train.checkpoint import CHECKPOINT_DIR
 
@@ -31,21 +32,34 @@ def start(config: Config, run_id: str | None) -> str:
 def log_inputs(
     config: Config, fingerprint: dict[str, Any], labels: list[str], preprocessing: dict[str, Any], tags: dict[str, str]
 ) -> None:
-    """What a new run trains on: the config as params and artifact, code and data as tags (plus `tags`),
-    the data fingerprint, labels and preprocessing as artifacts."""
+    """What a new run trains on: the config as params and artifact, code and data as tags (plus `tags`
+    and, in a pipeline, the freight's), the data fingerprint, labels and preprocessing as artifacts."""
     import mlflow
 
+    freight = freight_of(fingerprint)
     mlflow.log_params({k: ("" if v is None else v) for k, v in flatten(config.to_dict()).items()})
     data = {
         "data_version": fingerprint["data_version"],
         "data_sha256": fingerprint["sha256"],
         **{k: fingerprint[k] for k in ("prepared_data_version",) if k in fingerprint},
     }
-    mlflow.set_tags({**git_info(), **data, **tags})
+    mlflow.set_tags({**git_info(), **data, **tags, **(freight.tags() if freight else {})})
     mlflow.log_dict(fingerprint, "data_fingerprint.json")
     mlflow.log_dict(config.to_dict(), "config.yaml")
     mlflow.log_dict({"labels": labels}, "labels.json")
     mlflow.log_dict(preprocessing, "preprocessing.json")
+
+
+def freight_of(fingerprint: dict[str, Any]) -> Freight | None:
+    """The run's freight (`$CHEXOPS_FREIGHT`), refused when it names other prepared data than this run reads."""
+    freight = Freight.from_env()
+    prepared = fingerprint.get("prepared_data_version")
+    if freight is not None and freight.data_version and prepared and prepared != freight.data_version:
+        raise FreightMismatch(
+            f"this run reads prepared data version {prepared}, but its freight names data version "
+            f"{freight.data_version}: the data changed since `chexops data prepare` of this run"
+        )
+    return freight
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
