@@ -38,7 +38,7 @@ def _state(root: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_the_service_runs_as_the_deployment_runs_it(env_docs, served_model, tmp_path):
-    (deployment,) = [d for d in env_docs["production"] if d["kind"] == "Deployment"]
+    (deployment,) = [d for d in env_docs["production"] if d["kind"] == "Rollout"]
     pod = deployment["spec"]["template"]
     (container,) = pod["spec"]["containers"]
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
