@@ -183,11 +183,45 @@ def test_environments_and_their_sync_policies(generated):
     assert "ignoreDifferences" not in generated["canary"]["spec"]
 
 
-def test_applicationset_never_deletes_an_environment(applicationset):
+# What the argo-cd chart 8.5.0 puts in argocd-cmd-params-cm unless the values say otherwise.
+CHART_PARAMS = {"applicationsetcontroller.policy": "sync"}
+
+
+def effective_applicationset_policy(params: dict, appset: dict) -> str:
+    """The policy argocd-applicationset-controller 3.1.5 applies to an ApplicationSet: its --policy
+    (the param) unless empty or --enable-policy-override (default: policy is empty) lets the
+    ApplicationSet's own spec.syncPolicy.applicationsSync win."""
+    policy = str(params.get("applicationsetcontroller.policy", ""))
+    override = params.get("applicationsetcontroller.enable.policy.override", policy == "")
+    own = appset["spec"].get("syncPolicy", {}).get("applicationsSync")
+    if str(override).lower() == "true" and own:
+        return own
+    return policy or "sync"
+
+
+def test_applicationset_never_deletes_an_environment(applicationset, argo_variables):
     assert applicationset["spec"]["syncPolicy"] == {
         "applicationsSync": "create-update",
         "preserveResourcesOnDeletion": True,
     }
+    (argocd,) = [c for c in argo_variables["argo_charts"] if c["name"] == "argo-cd"]
+    params = {**CHART_PARAMS, **argocd["values"]["configs"]["params"]}
+    assert effective_applicationset_policy(params, applicationset) == "create-update"
+    # The same reading, without the override flag, is the chart's `sync` (the claim would be false).
+    params.pop("applicationsetcontroller.enable.policy.override")
+    assert effective_applicationset_policy(params, applicationset) == "sync"
+
+
+def test_every_application_retries_its_sync_with_backoff(applications, root_application):
+    for app in [*applications, root_application]:
+        retry = app["spec"]["syncPolicy"].get("retry")
+        name = app["metadata"]["name"]
+        assert retry, f"{name} has no syncPolicy.retry"
+        assert retry["limit"] >= 3, name
+        backoff = retry["backoff"]
+        assert backoff["factor"] >= 2 and re.fullmatch(r"\d+[sm]", backoff["duration"]), name
+        assert re.fullmatch(r"\d+m", backoff["maxDuration"]), name
+    assert {"chexops-workflows", "chexops-analysis", "chexops-staging"} <= {a["metadata"]["name"] for a in applications}
 
 
 def test_sync_waves_order_dependencies(argocd_docs):
