@@ -131,8 +131,8 @@ def argo_variables(ansible_repo) -> dict:
     """The `argo` role's variables as Ansible resolves them for a run from this checkout."""
     defaults = yaml.safe_load((ARGO_ROLE / "defaults" / "main.yml").read_text())
     # chexops_repo_url is the operator's required setting (no default in git): the URL of their copy,
-    # the same as argocd/gitops-source.yaml's (what the children follow).
-    source = yaml.safe_load((REPO / "argocd" / "gitops-source.yaml").read_text())["data"]
+    # the same as argocd/source/gitops-source.yaml's (what the children follow).
+    source = yaml.safe_load((REPO / "argocd" / "source" / "gitops-source.yaml").read_text())["data"]
     variables = {"chexops_repo_url": source["repoURL"], "role_path": str(ARGO_ROLE), **ansible_repo, **defaults}
     env = _jinja()
     for _ in range(3):  # defaults refer to group_vars ("{{ chexops_repo_url }}")

@@ -14,7 +14,7 @@ import yaml
 from schemas import check
 
 from .conftest import ARGO_ROLE
-from .render import REPO
+from .render import REPO, documents, render
 
 HELM_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 # Paths other helpers own; until their branch is merged here, the check of that path is skipped.
@@ -39,7 +39,7 @@ def test_root_application_renders_argocd_as_a_kustomization(root_application):
 def test_repository_url_in_one_place_equal_to_ansibles(
     argocd_docs, applications, projects, ansible_repo, root_application
 ):
-    source = yaml.safe_load((REPO / "argocd" / "gitops-source.yaml").read_text())["data"]
+    source = yaml.safe_load((REPO / "argocd" / "source" / "gitops-source.yaml").read_text())["data"]
     assert (
         ansible_repo.get("chexops_repo_url", source["repoURL"])
         == source["repoURL"]
@@ -62,16 +62,42 @@ def test_repository_url_in_one_place_equal_to_ansibles(
         assert (s["repoURL"], s["targetRevision"]) == (source["repoURL"], source["targetRevision"]), s
     for project in projects.values():
         assert source["repoURL"] in project["spec"]["sourceRepos"]
-    # The literal URL is written once in argocd/ (gitops-source.yaml).
+    # The literal URL is written once in argocd/ (source/gitops-source.yaml).
     files = [p for p in (REPO / "argocd").rglob("*.yaml") if source["repoURL"] in p.read_text()]
-    assert files == [REPO / "argocd" / "gitops-source.yaml"], files
+    assert files == [REPO / "argocd" / "source" / "gitops-source.yaml"], files
+
+
+# The WorkflowTemplates issue 18's lead moves to configMapKeyRef chexops-gitops; until that branch
+# is merged here, their literal URL is reported as an expected failure, not as a pass.
+LEAD_TEMPLATES = {f"workflows/{n}.yaml" for n in ("cron", "pipeline", "delivery", "training")}
+
+
+def test_repository_url_is_written_once_for_argocd_and_workflows(renders):
+    """argocd/ and workflows/ hold the literal URL once (source/gitops-source.yaml); the pipelines
+    read it from ConfigMap argo/chexops-gitops, which kustomize fills from that same file."""
+    source = yaml.safe_load((REPO / "argocd" / "source" / "gitops-source.yaml").read_text())["data"]
+    (gitops,) = [d for d in documents(render(REPO / "workflows")) if d["metadata"]["name"] == "chexops-gitops"]
+    assert gitops["kind"] == "ConfigMap" and gitops["metadata"]["namespace"] == "argo"
+    assert gitops["data"] == {"repo-url": source["repoURL"], "branch": source["targetRevision"]}
+    counts = {}
+    for root in ("argocd", "workflows"):
+        for path in (REPO / root).rglob("*"):
+            if path.is_file() and (n := path.read_text(errors="replace").count(source["repoURL"])):
+                counts[str(path.relative_to(REPO))] = n
+    others = {p: n for p, n in counts.items() if p != "argocd/source/gitops-source.yaml"}
+    assert counts.get("argocd/source/gitops-source.yaml") == 1, counts
+    if others and set(others) <= LEAD_TEMPLATES:
+        pytest.xfail(f"the WorkflowTemplates still write the URL themselves (issue 18, lead's part): {others}")
+    assert not others, f"the repository URL is written outside argocd/source/gitops-source.yaml: {others}"
 
 
 def test_ansible_checks_its_url_against_the_file_kustomize_copies_from(argo_variables):
     """The argo role compares chexops_repo_url with the file and fields kustomize copies into the children."""
     read = Path(argo_variables["argo_gitops_source_file"])
     kustomization = yaml.safe_load((REPO / "argocd" / "kustomization.yaml").read_text())
-    assert read in [(REPO / "argocd" / r).resolve() for r in kustomization["resources"]], read
+    (component,) = kustomization["components"]
+    included = yaml.safe_load((REPO / "argocd" / component / "kustomization.yaml").read_text())["resources"]
+    assert read in [(REPO / "argocd" / component / r).resolve() for r in included], read
     configmap = yaml.safe_load(read.read_text())
     sources = {
         (r["source"]["kind"], r["source"]["name"], r["source"]["fieldPath"]) for r in kustomization["replacements"]
@@ -324,4 +350,4 @@ def test_readme_layout_describes_the_gitops_directories():
     for sub in (REPO / "k8s").iterdir():
         if sub.is_dir():
             assert f"`{sub.name}/`" in rows["k8s/"], sub.name
-    assert "`gitops-source.yaml`" in rows["argocd/"]
+    assert "`source/gitops-source.yaml`" in rows["argocd/"]
