@@ -16,7 +16,7 @@ from schemas import check
 from .conftest import ARGO_ROLE
 from .render import REPO, documents, render
 
-HELM_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+HELM_VERSION = re.compile(r"^v?\d+\.\d+\.\d+$")  # cert-manager's chart versions start with v
 # Paths other helpers own; until their branch is merged here, the check of that path is skipped.
 OTHERS = {"k8s/analysis": "promote", "workflows": "pipelines"}
 
