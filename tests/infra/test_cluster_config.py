@@ -251,9 +251,11 @@ def test_every_node_pulls_the_in_cluster_registry_through_its_node_port(rendered
         assert {i["newName"].split("/")[0] for i in images} == {name}, env
     assert set(rendered) == {"node1", "node2", "node3", "gpu1"}
     for host, files in rendered.items():
-        assert yaml.safe_load(files["registries.yaml"]) == {
-            "mirrors": {name: {"endpoint": [f"http://127.0.0.1:{node_port['nodePort']}"]}}
-        }, host
+        config = yaml.safe_load(files["registries.yaml"])
+        assert config["mirrors"] == {name: {"endpoint": [f"http://127.0.0.1:{node_port['nodePort']}"]}}, host
+        # The registry asks for its login (htpasswd): containerd logs in at the mirror's endpoint.
+        (login,) = config["configs"].values()
+        assert set(config["configs"]) == {f"127.0.0.1:{node_port['nodePort']}"} and login["auth"]["username"], host
 
 
 FORK_URL = "git@github.com:me/chexops.git"
