@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import os
 import re
 import subprocess
 from pathlib import Path
 
+import jinja2
 import pytest
 import yaml
 
@@ -60,9 +64,86 @@ def ansible_secrets() -> dict[tuple[str, str], set[str]]:
     return {(s["namespace"], s["name"]): set(s["data"]) for s in defaults["secrets_kubernetes"]}
 
 
+def _go_template(text: str, element: dict) -> str:
+    """The little Go-template the ApplicationSet uses ({{ .x }}, {{- if .x }} ... {{- end }}), via Jinja2."""
+    text = re.sub(r"\{\{(-?)\s*if\s+\.(\w+)\s*\}\}", r"{%\1 if \2 %}", text)
+    text = re.sub(r"\{\{(-?)\s*end\s*\}\}", r"{%\1 endif %}", text)
+    text = re.sub(r"\{\{(-?)\s*\.(\w+)\s*\}\}", r"{{\1 \2 }}", text)
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, finalize=lambda v: json.dumps(v) if isinstance(v, bool) else v
+    )
+    return env.from_string(text).render(**element)
+
+
+def _merge(base: dict, patch: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 @pytest.fixture(scope="session")
-def schemas(shared) -> Path:
-    path = shared.parent / "schemas"
-    if not (path / "index.json").is_file():
-        pytest.skip(f"the team's Argo schemas are not at {path}")
-    return path
+def applicationset(argocd_docs) -> dict:
+    (appset,) = [d for d in argocd_docs if d["kind"] == "ApplicationSet"]
+    return appset
+
+
+@pytest.fixture(scope="session")
+def generated(applicationset) -> dict[str, dict]:
+    """The Applications the ApplicationSet generates, as the controller would (list generator)."""
+    spec = applicationset["spec"]
+    assert spec["goTemplate"] is True
+    (generator,) = spec["generators"]
+    out = {}
+    for element in generator["list"]["elements"]:
+        app = yaml.safe_load(_go_template(yaml.safe_dump(spec["template"]), element))
+        app = _merge(app, yaml.safe_load(_go_template(spec["templatePatch"], element)))
+        out[element["environment"]] = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Application", **app}
+    return out
+
+
+@pytest.fixture(scope="session")
+def applications(argocd_docs, generated) -> list[dict]:
+    return [d for d in argocd_docs if d["kind"] == "Application"] + list(generated.values())
+
+
+@pytest.fixture(scope="session")
+def projects(argocd_docs) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in argocd_docs if d["kind"] == "AppProject"}
+
+
+@pytest.fixture(scope="session")
+def ansible_repo() -> dict:
+    return yaml.safe_load((REPO / "ansible" / "group_vars" / "all" / "main.yml").read_text())
+
+
+ARGO_ROLE = REPO / "ansible" / "roles" / "argo"
+
+
+def _jinja() -> jinja2.Environment:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env.filters["realpath"] = os.path.realpath
+    return env
+
+
+@pytest.fixture(scope="session")
+def argo_variables(ansible_repo) -> dict:
+    """The `argo` role's variables as Ansible resolves them for a run from this checkout."""
+    defaults = yaml.safe_load((ARGO_ROLE / "defaults" / "main.yml").read_text())
+    # chexops_repo_url is the operator's required setting (no default in git): the URL of their copy,
+    # the same as argocd/source/gitops-source.yaml's (what the children follow).
+    source = yaml.safe_load((REPO / "argocd" / "source" / "gitops-source.yaml").read_text())["data"]
+    variables = {"chexops_repo_url": source["repoURL"], "role_path": str(ARGO_ROLE), **ansible_repo, **defaults}
+    env = _jinja()
+    for _ in range(3):  # defaults refer to group_vars ("{{ chexops_repo_url }}")
+        variables = {
+            k: env.from_string(v).render(**variables) if isinstance(v, str) else v for k, v in variables.items()
+        }
+    return variables
+
+
+@pytest.fixture(scope="session")
+def root_application(argo_variables) -> dict:
+    """The root Application exactly as the Ansible `argo` role renders it."""
+    text = (ARGO_ROLE / "templates" / "root-application.yaml.j2").read_text()
+    return yaml.safe_load(_jinja().from_string(text).render(**argo_variables))

@@ -26,8 +26,14 @@ OVERLAYS = REPO / "k8s" / "chexops" / "overlays"
 
 
 def kustomization_dirs() -> list[Path]:
-    """Every directory under k8s/ and argocd/ that holds a kustomization."""
-    found = {p.parent for root in ("k8s", "argocd") for p in (REPO / root).rglob("kustomization.yaml")}
+    """Every directory under k8s/ and argocd/ that holds a kustomization (a Component is rendered
+    only as part of those that include it)."""
+    found = {
+        p.parent
+        for root in ("k8s", "argocd")
+        for p in (REPO / root).rglob("kustomization.yaml")
+        if yaml.safe_load(p.read_text()).get("kind") != "Component"
+    }
     return sorted(found)
 
 

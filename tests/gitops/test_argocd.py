@@ -1,143 +1,33 @@
-"""Argo CD's side (argocd/ and the Ansible root Application), checked offline: the strict Argo
-schemas of ../shared/schemas for every Argo object, the Applications the ApplicationSet generates,
-the repository URL in one place and equal to Ansible's, least-privilege projects, sync policies
-and waves."""
+"""Argo CD's side (argocd/ and the Ansible root Application), checked offline: the Applications
+the ApplicationSet generates, the repository URL in one place and equal to Ansible's, least-privilege projects,
+sync policies and waves."""
 
 from __future__ import annotations
 
 import copy
-import json
-import os
 import re
 from pathlib import Path
 
-import jinja2
-import jsonschema
 import pytest
 import yaml
 
-from .render import REPO
+from schemas import check
 
-HELM_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+from .conftest import ARGO_ROLE
+from .render import REPO, documents, render
+
+HELM_VERSION = re.compile(r"^v?\d+\.\d+\.\d+$")  # cert-manager's chart versions start with v
 # Paths other helpers own; until their branch is merged here, the check of that path is skipped.
 OTHERS = {"k8s/analysis": "promote", "workflows": "pipelines"}
 
 
-def _validate(schemas: Path, doc: dict) -> None:
-    index = json.loads((schemas / "index.json").read_text())
-    key = f"{doc['apiVersion']}/{doc['kind']}"
-    assert key in index, f"no schema for {key}"
-    schema = json.loads((schemas / index[key]["file"]).read_text())
-    if "definition" in index[key]:  # one file of many definitions (Argo Events)
-        schema = {"$ref": f"#/definitions/{index[key]['definition']}", "definitions": schema["definitions"]}
-    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)(schema)
-    errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.path))
-    assert not errors, f"{key} {doc['metadata']['name']}: " + "; ".join(
-        f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors[:5]
-    )
-
-
-def _go_template(text: str, element: dict) -> str:
-    """The little Go-template the ApplicationSet uses ({{ .x }}, {{- if .x }} ... {{- end }}), via Jinja2."""
-    text = re.sub(r"\{\{(-?)\s*if\s+\.(\w+)\s*\}\}", r"{%\1 if \2 %}", text)
-    text = re.sub(r"\{\{(-?)\s*end\s*\}\}", r"{%\1 endif %}", text)
-    text = re.sub(r"\{\{(-?)\s*\.(\w+)\s*\}\}", r"{{\1 \2 }}", text)
-    env = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, finalize=lambda v: json.dumps(v) if isinstance(v, bool) else v
-    )
-    return env.from_string(text).render(**element)
-
-
-def _merge(base: dict, patch: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in patch.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-@pytest.fixture(scope="session")
-def applicationset(argocd_docs) -> dict:
-    (appset,) = [d for d in argocd_docs if d["kind"] == "ApplicationSet"]
-    return appset
-
-
-@pytest.fixture(scope="session")
-def generated(applicationset) -> dict[str, dict]:
-    """The Applications the ApplicationSet generates, as the controller would (list generator)."""
-    spec = applicationset["spec"]
-    assert spec["goTemplate"] is True
-    (generator,) = spec["generators"]
-    out = {}
-    for element in generator["list"]["elements"]:
-        app = yaml.safe_load(_go_template(yaml.safe_dump(spec["template"]), element))
-        app = _merge(app, yaml.safe_load(_go_template(spec["templatePatch"], element)))
-        out[element["environment"]] = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Application", **app}
-    return out
-
-
-@pytest.fixture(scope="session")
-def applications(argocd_docs, generated) -> list[dict]:
-    return [d for d in argocd_docs if d["kind"] == "Application"] + list(generated.values())
-
-
-@pytest.fixture(scope="session")
-def projects(argocd_docs) -> dict[str, dict]:
-    return {d["metadata"]["name"]: d for d in argocd_docs if d["kind"] == "AppProject"}
-
-
-@pytest.fixture(scope="session")
-def ansible_repo() -> dict:
-    return yaml.safe_load((REPO / "ansible" / "group_vars" / "all" / "main.yml").read_text())
-
-
-ARGO_ROLE = REPO / "ansible" / "roles" / "argo"
-
-
-def _jinja() -> jinja2.Environment:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
-    env.filters["realpath"] = os.path.realpath
-    return env
-
-
-@pytest.fixture(scope="session")
-def argo_variables(ansible_repo) -> dict:
-    """The `argo` role's variables as Ansible resolves them for a run from this checkout."""
-    defaults = yaml.safe_load((ARGO_ROLE / "defaults" / "main.yml").read_text())
-    # chexops_repo_url is the operator's required setting (no default in git): the URL of their copy,
-    # the same as argocd/gitops-source.yaml's (what the children follow).
-    source = yaml.safe_load((REPO / "argocd" / "gitops-source.yaml").read_text())["data"]
-    variables = {"chexops_repo_url": source["repoURL"], "role_path": str(ARGO_ROLE), **ansible_repo, **defaults}
-    env = _jinja()
-    for _ in range(3):  # defaults refer to group_vars ("{{ chexops_repo_url }}")
-        variables = {
-            k: env.from_string(v).render(**variables) if isinstance(v, str) else v for k, v in variables.items()
-        }
-    return variables
-
-
-@pytest.fixture(scope="session")
-def root_application(argo_variables) -> dict:
-    """The root Application exactly as the Ansible `argo` role renders it."""
-    text = (ARGO_ROLE / "templates" / "root-application.yaml.j2").read_text()
-    return yaml.safe_load(_jinja().from_string(text).render(**argo_variables))
-
-
-def test_every_argo_object_is_valid(schemas, argocd_docs, generated, all_docs, root_application):
-    docs = argocd_docs + list(generated.values()) + [root_application]
-    docs += [d for _, d in all_docs if d["apiVersion"].startswith("argoproj.io/")]  # AnalysisTemplate, Rollout ...
-    kinds = set()
-    for doc in docs:
-        _validate(schemas, doc)
-        kinds.add(doc["kind"])
-    assert {"Application", "ApplicationSet", "AppProject", "EventBus"} <= kinds
-
-
-def test_the_schemas_are_strict(schemas, generated):
-    """An unknown field is refused, so the validation above can fail for a typo."""
+def test_the_schemas_are_strict(generated):
+    """An unknown field is refused, so the validation (test_schemas) can fail for a typo."""
     app = copy.deepcopy(generated["staging"])
+    check(app)
     app["spec"]["syncPolicy"]["automated"]["selfheal"] = True
     with pytest.raises(AssertionError, match="selfheal"):
-        _validate(schemas, app)
+        check(app)
 
 
 def test_root_application_renders_argocd_as_a_kustomization(root_application):
@@ -149,7 +39,7 @@ def test_root_application_renders_argocd_as_a_kustomization(root_application):
 def test_repository_url_in_one_place_equal_to_ansibles(
     argocd_docs, applications, projects, ansible_repo, root_application
 ):
-    source = yaml.safe_load((REPO / "argocd" / "gitops-source.yaml").read_text())["data"]
+    source = yaml.safe_load((REPO / "argocd" / "source" / "gitops-source.yaml").read_text())["data"]
     assert (
         ansible_repo.get("chexops_repo_url", source["repoURL"])
         == source["repoURL"]
@@ -172,16 +62,42 @@ def test_repository_url_in_one_place_equal_to_ansibles(
         assert (s["repoURL"], s["targetRevision"]) == (source["repoURL"], source["targetRevision"]), s
     for project in projects.values():
         assert source["repoURL"] in project["spec"]["sourceRepos"]
-    # The literal URL is written once in argocd/ (gitops-source.yaml).
+    # The literal URL is written once in argocd/ (source/gitops-source.yaml).
     files = [p for p in (REPO / "argocd").rglob("*.yaml") if source["repoURL"] in p.read_text()]
-    assert files == [REPO / "argocd" / "gitops-source.yaml"], files
+    assert files == [REPO / "argocd" / "source" / "gitops-source.yaml"], files
+
+
+# The WorkflowTemplates issue 18's lead moves to configMapKeyRef chexops-gitops; until that branch
+# is merged here, their literal URL is reported as an expected failure, not as a pass.
+LEAD_TEMPLATES = {f"workflows/{n}.yaml" for n in ("cron", "pipeline", "delivery", "training")}
+
+
+def test_repository_url_is_written_once_for_argocd_and_workflows(renders):
+    """argocd/ and workflows/ hold the literal URL once (source/gitops-source.yaml); the pipelines
+    read it from ConfigMap argo/chexops-gitops, which kustomize fills from that same file."""
+    source = yaml.safe_load((REPO / "argocd" / "source" / "gitops-source.yaml").read_text())["data"]
+    (gitops,) = [d for d in documents(render(REPO / "workflows")) if d["metadata"]["name"] == "chexops-gitops"]
+    assert gitops["kind"] == "ConfigMap" and gitops["metadata"]["namespace"] == "argo"
+    assert gitops["data"] == {"repo-url": source["repoURL"], "branch": source["targetRevision"]}
+    counts = {}
+    for root in ("argocd", "workflows"):
+        for path in (REPO / root).rglob("*"):
+            if path.is_file() and (n := path.read_text(errors="replace").count(source["repoURL"])):
+                counts[str(path.relative_to(REPO))] = n
+    others = {p: n for p, n in counts.items() if p != "argocd/source/gitops-source.yaml"}
+    assert counts.get("argocd/source/gitops-source.yaml") == 1, counts
+    if others and set(others) <= LEAD_TEMPLATES:
+        pytest.xfail(f"the WorkflowTemplates still write the URL themselves (issue 18, lead's part): {others}")
+    assert not others, f"the repository URL is written outside argocd/source/gitops-source.yaml: {others}"
 
 
 def test_ansible_checks_its_url_against_the_file_kustomize_copies_from(argo_variables):
     """The argo role compares chexops_repo_url with the file and fields kustomize copies into the children."""
     read = Path(argo_variables["argo_gitops_source_file"])
     kustomization = yaml.safe_load((REPO / "argocd" / "kustomization.yaml").read_text())
-    assert read in [(REPO / "argocd" / r).resolve() for r in kustomization["resources"]], read
+    (component,) = kustomization["components"]
+    included = yaml.safe_load((REPO / "argocd" / component / "kustomization.yaml").read_text())["resources"]
+    assert read in [(REPO / "argocd" / component / r).resolve() for r in included], read
     configmap = yaml.safe_load(read.read_text())
     sources = {
         (r["source"]["kind"], r["source"]["name"], r["source"]["fieldPath"]) for r in kustomization["replacements"]
@@ -295,11 +211,45 @@ def test_environments_and_their_sync_policies(generated):
         assert "RespectIgnoreDifferences=true" in policy[env]["syncOptions"]
 
 
-def test_applicationset_never_deletes_an_environment(applicationset):
+# What the argo-cd chart 8.5.0 puts in argocd-cmd-params-cm unless the values say otherwise.
+CHART_PARAMS = {"applicationsetcontroller.policy": "sync"}
+
+
+def effective_applicationset_policy(params: dict, appset: dict) -> str:
+    """The policy argocd-applicationset-controller 3.1.5 applies to an ApplicationSet: its --policy
+    (the param) unless empty or --enable-policy-override (default: policy is empty) lets the
+    ApplicationSet's own spec.syncPolicy.applicationsSync win."""
+    policy = str(params.get("applicationsetcontroller.policy", ""))
+    override = params.get("applicationsetcontroller.enable.policy.override", policy == "")
+    own = appset["spec"].get("syncPolicy", {}).get("applicationsSync")
+    if str(override).lower() == "true" and own:
+        return own
+    return policy or "sync"
+
+
+def test_applicationset_never_deletes_an_environment(applicationset, argo_variables):
     assert applicationset["spec"]["syncPolicy"] == {
         "applicationsSync": "create-update",
         "preserveResourcesOnDeletion": True,
     }
+    (argocd,) = [c for c in argo_variables["argo_charts"] if c["name"] == "argo-cd"]
+    params = {**CHART_PARAMS, **argocd["values"]["configs"]["params"]}
+    assert effective_applicationset_policy(params, applicationset) == "create-update"
+    # The same reading, without the override flag, is the chart's `sync` (the claim would be false).
+    params.pop("applicationsetcontroller.enable.policy.override")
+    assert effective_applicationset_policy(params, applicationset) == "sync"
+
+
+def test_every_application_retries_its_sync_with_backoff(applications, root_application):
+    for app in [*applications, root_application]:
+        retry = app["spec"]["syncPolicy"].get("retry")
+        name = app["metadata"]["name"]
+        assert retry, f"{name} has no syncPolicy.retry"
+        assert retry["limit"] >= 3, name
+        backoff = retry["backoff"]
+        assert backoff["factor"] >= 2 and re.fullmatch(r"\d+[sm]", backoff["duration"]), name
+        assert re.fullmatch(r"\d+m", backoff["maxDuration"]), name
+    assert {"chexops-workflows", "chexops-analysis", "chexops-staging"} <= {a["metadata"]["name"] for a in applications}
 
 
 def test_sync_waves_order_dependencies(argocd_docs):
@@ -402,4 +352,4 @@ def test_readme_layout_describes_the_gitops_directories():
     for sub in (REPO / "k8s").iterdir():
         if sub.is_dir():
             assert f"`{sub.name}/`" in rows["k8s/"], sub.name
-    assert "`gitops-source.yaml`" in rows["argocd/"]
+    assert "`source/gitops-source.yaml`" in rows["argocd/"]

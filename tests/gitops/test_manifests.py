@@ -12,6 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from schemas import is_custom
+
 from .render import ENVIRONMENTS, GOLDEN, OVERLAYS, REPO, kustomization_dirs, normalise
 
 # k3s v1.33 (ansible/roles/kubernetes/defaults/main.yml); kubernetes-validate ships its schemas.
@@ -49,11 +51,11 @@ def test_every_kustomization_renders(renders, directory):
 
 
 def test_core_objects_are_valid_kubernetes(all_docs):
-    """kubernetes-validate --strict on every rendered core object (Argo kinds: test_argocd)."""
+    """kubernetes-validate --strict on every rendered core object (custom resources: test_schemas)."""
     checked, errors = 0, []
     for directory, doc in all_docs:
-        if doc["apiVersion"].startswith(("argoproj.io/", "traefik.io/")):
-            continue  # custom resources: their CRDs' schemas (test_argocd)
+        if is_custom(doc):
+            continue
         try:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
             checked += 1

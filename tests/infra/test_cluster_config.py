@@ -4,7 +4,7 @@ Ansible for every host of it (k3s configurations, the WireGuard site link, the n
 the RuntimeClass and StorageClass), and the results held against Terraform's security groups.
 
 Also: the argo role's validation of `chexops_repo_url` (required, and equal to what
-argocd/gitops-source.yaml names), run by Ansible on localhost.
+argocd/source/gitops-source.yaml names), run by Ansible on localhost.
 """
 
 from __future__ import annotations
@@ -251,9 +251,11 @@ def test_every_node_pulls_the_in_cluster_registry_through_its_node_port(rendered
         assert {i["newName"].split("/")[0] for i in images} == {name}, env
     assert set(rendered) == {"node1", "node2", "node3", "gpu1"}
     for host, files in rendered.items():
-        assert yaml.safe_load(files["registries.yaml"]) == {
-            "mirrors": {name: {"endpoint": [f"http://127.0.0.1:{node_port['nodePort']}"]}}
-        }, host
+        config = yaml.safe_load(files["registries.yaml"])
+        assert config["mirrors"] == {name: {"endpoint": [f"http://127.0.0.1:{node_port['nodePort']}"]}}, host
+        # The registry asks for its login (htpasswd): containerd logs in at the mirror's endpoint.
+        (login,) = config["configs"].values()
+        assert set(config["configs"]) == {f"127.0.0.1:{node_port['nodePort']}"} and login["auth"]["username"], host
 
 
 FORK_URL = "git@github.com:me/chexops.git"
@@ -285,13 +287,13 @@ def _validate_argo(tmp_path: Path, roles: Path, variables: dict) -> subprocess.C
 
 @pytest.fixture()
 def fork(tmp_path) -> Path:
-    """A fork's checkout: this repository's argo role, and argocd/gitops-source.yaml naming FORK_URL."""
+    """A fork's checkout: this repository's argo role, and argocd/source/gitops-source.yaml naming FORK_URL."""
     checkout = tmp_path / "fork"
     shutil.copytree(ANSIBLE / "roles" / "argo", checkout / "ansible" / "roles" / "argo")
-    source = yaml.safe_load((REPO / "argocd" / "gitops-source.yaml").read_text())
+    source = yaml.safe_load((REPO / "argocd" / "source" / "gitops-source.yaml").read_text())
     source["data"]["repoURL"] = FORK_URL
-    (checkout / "argocd").mkdir()
-    (checkout / "argocd" / "gitops-source.yaml").write_text(yaml.safe_dump(source))
+    (checkout / "argocd" / "source").mkdir(parents=True)
+    (checkout / "argocd" / "source" / "gitops-source.yaml").write_text(yaml.safe_dump(source))
     return checkout / "ansible" / "roles"
 
 
@@ -317,13 +319,13 @@ def test_repo_url_is_required_and_validated(tmp_path, fork, variables, error):
 
 
 def test_repo_url_is_checked_against_this_checkouts_gitops_source(tmp_path):
-    """The role reads argocd/gitops-source.yaml of the checkout it runs from (here: this one)."""
-    committed = yaml.safe_load((REPO / "argocd" / "gitops-source.yaml").read_text())["data"]["repoURL"]
+    """The role reads argocd/source/gitops-source.yaml of the checkout it runs from (here: this one)."""
+    committed = yaml.safe_load((REPO / "argocd" / "source" / "gitops-source.yaml").read_text())["data"]["repoURL"]
     assert committed != FORK_URL
     proc = _validate_argo(tmp_path, ANSIBLE / "roles", {"chexops_repo_url": FORK_URL})
     text = " ".join(proc.stdout.split())
     assert proc.returncode != 0 and DIFFERENT in text, proc.stdout[-3000:]
-    assert f"{REPO / 'argocd' / 'gitops-source.yaml'} ('{committed}' at" in text, proc.stdout[-3000:]
+    assert f"{REPO / 'argocd' / 'source' / 'gitops-source.yaml'} ('{committed}' at" in text, proc.stdout[-3000:]
 
 
 @pytest.mark.parametrize("cidrs", [None, ["0.0.0.0/0"]], ids=["absent", "open"])
