@@ -67,10 +67,6 @@ def test_repository_url_in_one_place_equal_to_ansibles(
     assert files == [REPO / "argocd" / "source" / "gitops-source.yaml"], files
 
 
-# The WorkflowTemplates issue 18's lead moves to configMapKeyRef chexops-gitops; until that branch
-# is merged here, their literal URL is reported as an expected failure, not as a pass.
-LEAD_TEMPLATES = {f"workflows/{n}.yaml" for n in ("cron", "pipeline", "delivery", "training")}
-
 
 def test_repository_url_is_written_once_for_argocd_and_workflows(renders):
     """argocd/ and workflows/ hold the literal URL once (source/gitops-source.yaml); the pipelines
@@ -86,8 +82,6 @@ def test_repository_url_is_written_once_for_argocd_and_workflows(renders):
                 counts[str(path.relative_to(REPO))] = n
     others = {p: n for p, n in counts.items() if p != "argocd/source/gitops-source.yaml"}
     assert counts.get("argocd/source/gitops-source.yaml") == 1, counts
-    if others and set(others) <= LEAD_TEMPLATES:
-        pytest.xfail(f"the WorkflowTemplates still write the URL themselves (issue 18, lead's part): {others}")
     assert not others, f"the repository URL is written outside argocd/source/gitops-source.yaml: {others}"
 
 

@@ -45,6 +45,7 @@ def test_every_custom_resource_is_valid_for_the_deployed_version(custom_resource
     kinds = {doc["kind"] for _, doc in custom_resources}
     expected = {"Application", "ApplicationSet", "AppProject", "EventBus", "EventSource", "Sensor"}
     expected |= {"WorkflowTemplate", "CronWorkflow", "AnalysisTemplate", "Certificate", "Issuer"}
+    expected |= {"Rollout", "TraefikService", "IngressRoute"}
     assert expected <= kinds, f"not rendered: {expected - kinds}"
 
 

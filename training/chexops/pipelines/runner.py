@@ -123,6 +123,15 @@ def load_workflow(path: Path) -> dict[str, Any]:
     return doc
 
 
+def _cluster_value(param: dict[str, Any]) -> str | None:
+    """A parameter the cluster reads from a ConfigMap: here, a value that says so wherever it is used
+    (pass -p NAME=VALUE to give a real one, e.g. a local clone for gitops-repo)."""
+    ref = (param.get("valueFrom") or {}).get("configMapKeyRef")
+    if not ref:
+        return None
+    return f"<cluster only: ConfigMap {ref['name']} key {ref['key']}; pass -p {param['name']}=VALUE>"
+
+
 def substitute(text: str, scope: dict[str, str], where: str) -> str:
     """Replace every {{name}} from `scope`; an expression ({{=...}}) or an unknown name is an error."""
 
@@ -176,7 +185,9 @@ class LocalRunner:
         _refuse_unknown(spec, SPEC_KEYS | SPEC_CLUSTER_ONLY, "spec")
         self.spec = spec
         self.templates = {t["name"]: t for t in spec.get("templates", [])}
-        declared = {p["name"]: p.get("value") for p in (spec.get("arguments") or {}).get("parameters", [])}
+        declared = {
+            p["name"]: p.get("value", _cluster_value(p)) for p in (spec.get("arguments") or {}).get("parameters", [])
+        }
         unknown = sorted(set(parameters) - set(declared))
         if unknown:
             raise UserInputError(f"-p {', '.join(unknown)}: not parameters of {path} (it has {', '.join(declared)}).")
