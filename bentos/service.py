@@ -11,7 +11,9 @@ here: ONNX Runtime, numpy, Pillow, pydicom.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import secrets
 from typing import Annotated
 
@@ -29,11 +31,16 @@ from chexops.serving import providers
 from chexops.serving.app import InternalOnly, create_app
 from chexops.serving.bentoml_fixes import cancel_traffic_timers
 from chexops.serving.inference import OnnxModel
-from chexops.serving.metrics import ServiceMetrics
+from chexops.serving.limits import limit_header_size
+from chexops.serving.metrics import ServiceMetrics, own_metrics_dir
+from chexops.serving.openapi import OpenApiRoutes
 from chexops.serving.settings import Settings
 
 cancel_traffic_timers()  # BentoML's request timeout kept every request's context alive for 60 s
 SETTINGS = Settings.from_env()
+limit_header_size(SETTINGS.max_header_kb * 1024)  # uvicorn's httptools protocol reads heads of any size
+os.environ["FORWARDED_ALLOW_IPS"] = SETTINGS.trusted_proxies  # uvicorn's default trusts 127.0.0.1; empty: no one
+own_metrics_dir()  # this server's series only, never another's on the same CHEXOPS_HOME
 PROVIDERS = providers.available(SETTINGS.execution_providers())  # those this ONNX Runtime build has
 INTERNAL_TOKEN = secrets.token_urlsafe(24)
 app = create_app(SETTINGS)
@@ -68,6 +75,7 @@ class Chexops:
             self.metrics.set_agreement(self.store.agreement())
         except Unavailable:
             pass  # logged by the store; predictions are served without it
+        self.pending_images: dict[str, asyncio.Event] = {}  # request_id → set once its image is stored
         self.session_lock = anyio.CapacityLimiter(1)  # one session run at a time outside the batcher
         log.info(
             "Serving %s (%s) from %s; feedback store %s (%s); %d API key(s); batching %s",
@@ -108,3 +116,4 @@ class Chexops:
 
 
 Chexops.add_asgi_middleware(InternalOnly, paths=("/infer",), token=INTERNAL_TOKEN)
+Chexops.add_asgi_middleware(OpenApiRoutes)  # one document, at /docs.json (BentoML's lists only /infer)

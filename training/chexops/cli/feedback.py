@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from chexops.cli.output import Output, result_output
+from chexops.core.errors import UserInputError
 
 
 @click.group()
@@ -27,10 +28,16 @@ def feedback() -> None:
 def feedback_export(out: Path, store_url: str | None, overwrite: bool) -> Output:
     """The stored feedback as a CheXpert-layout dataset (train.csv + PNG images): the retraining seed."""
     from chexops.feedback.export import export_feedback
-    from chexops.feedback.store import FeedbackStore
+    from chexops.feedback.store import FeedbackStore, missing_sqlite
     from chexops.serving.settings import Settings
 
-    store = FeedbackStore(store_url or Settings.from_env().feedback_location())
+    url = store_url or Settings.from_env().feedback_location()
+    missing = missing_sqlite(url)
+    if missing is not None:  # opening it would create an empty database and export nothing, successfully
+        raise UserInputError(
+            f"there is no feedback store at {missing} (check CHEXOPS_HOME, CHEXOPS_FEEDBACK_URL or --store)."
+        )
+    store = FeedbackStore(url)
     try:
         summary = export_feedback(store, out, overwrite=overwrite)
     finally:
