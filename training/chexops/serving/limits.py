@@ -5,8 +5,9 @@ within a size, a deadline and a minimum rate, a few at a time per client; reques
 goes on, so a slow upload holds a connection, never an inference slot (`chexops.serving.admission`). A body
 over its route's size is a 413 as soon as that is known; one that takes longer than `timeout_s`, or that,
 after `GRACE_S`, arrives slower than `min_rate` bytes a second on average, is a 408 and its connection is
-closed. At most `per_client` bodies are received at once per client address and per `Authorization`
-value (429 beyond), so one client's slow uploads cannot fill the server's memory either.
+closed. At most `per_client` bodies are received at once per `Authorization` value, and `ADDRESS_SHARE` times
+that per client address (several clinics may share one NAT address); 429 beyond: one client's slow uploads
+cannot fill the server's memory either.
 
 `limit_header_size(max_bytes)`: uvicorn's httptools protocol (what BentoML's workers run) reads a request
 head of any size (llhttp has no limit; 8 connections with 40 MB headers grew a worker by 370 MB). The patched
@@ -28,6 +29,7 @@ log = logging.getLogger("chexops.serving")
 
 GRACE_S = 2.0  # a body's first seconds are not held to the minimum rate (TCP slow start, a busy client)
 FEEDBACK_BODY_LIMIT = 64 * 1024  # a feedback is {request_id, correct, labels, note ≤ 2000 characters}
+ADDRESS_SHARE = 4  # an address may carry this many keys' uploads at once
 HEAD_PIECE = 8 * 1024  # the head is fed to the parser in pieces this big, counted before each
 
 
@@ -73,13 +75,13 @@ class UploadGuard:
         client = ("address", (scope.get("client") or ("", 0))[0])
         key = ("key", headers.get(b"authorization", b""))
         mine = [client] + ([key] if key[1] else [])
-        if any(self.receiving[who] >= self.per_client for who in mine):
+        if self.receiving[client] >= self.per_client * ADDRESS_SHARE or self.receiving[key] >= self.per_client:
             return await self._refuse(
                 scope,
                 receive,
                 send,
                 429,
-                f"too many uploads at once from this client (at most {self.per_client}); retry when one is done.",
+                "too many uploads at once from this client; retry when one is done.",
                 "uploads",
                 {"Retry-After": "1"},
             )

@@ -143,7 +143,8 @@ class Settings(BaseSettings):
         4,
         ge=1,
         description=(
-            "request bodies being received at once per client address, and per API key presented (429 beyond)"
+            "request bodies being received at once per API key presented, and 4 times as many per client address "
+            "(429 beyond)"
         ),
     )
     max_header_kb: int = Field(
