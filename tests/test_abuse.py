@@ -196,7 +196,7 @@ def test_refusals_never_echo_the_input(abuse):
 
 
 def test_feedback_means_what_it_says(abuse):
-    """"Incorrect" with the prediction's own labels, or with none, is refused (422); "correct" with labels
+    """ "Incorrect" with the prediction's own labels, or with none, is refused (422); "correct" with labels
     that differ too; "incorrect" with one differing label, or `unusable`, is stored."""
     headers = {"Authorization": f"Bearer {API_KEY}"}
     prediction = predict(abuse).json()
@@ -228,7 +228,8 @@ def test_feedback_means_what_it_says(abuse):
 def test_one_openapi_document_where_bentoml_users_look(abuse):
     """/docs.json (and /schema.json, /openapi.json) is one document: the clinic API, health and metrics, no
     internal /infer; /docs renders it with the Swagger UI BentoML ships (served here, no CDN)."""
-    documents = [httpx.get(f"{abuse.url}{path}", timeout=10) for path in ("/docs.json", "/schema.json", "/openapi.json")]
+    paths = ("/docs.json", "/schema.json", "/openapi.json")
+    documents = [httpx.get(f"{abuse.url}{path}", timeout=10) for path in paths]
     assert all(d.status_code == 200 for d in documents) and len({d.text for d in documents}) == 1
     paths = set(documents[0].json()["paths"])
     assert {"/predict", "/explain", "/feedback", "/model", "/livez", "/readyz", "/metrics"} <= paths
@@ -241,7 +242,8 @@ def test_one_openapi_document_where_bentoml_users_look(abuse):
 
 def series(svc, name: str) -> dict[str, float]:
     text = httpx.get(f"{svc.url}/metrics", timeout=10).text
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)}
+    lines = [line.rsplit(" ", 1) for line in text.splitlines() if line.startswith(name)]
+    return {sample: float(value) for sample, value in lines}
 
 
 def test_two_servers_on_one_home_report_their_own_series(abuse, served_model):
