@@ -380,7 +380,7 @@ def test_feedback_is_stored_idempotent_and_checked(service):
     again = httpx.post(url, json=body, headers=headers, timeout=30)
     assert again.status_code == 200 and again.json()["created"] is False
     assert again.json()["feedback"] == first.json()["feedback"]
-    assert httpx.post(url, json={**body, "correct": True}, headers=headers, timeout=30).status_code == 409
+    assert httpx.post(url, json={**body, "note": "another reading"}, headers=headers, timeout=30).status_code == 409
     # The same feedback sent several times at once (a double click, a retry racing the first try): one is
     # stored, every answer is the stored record, as for a sequential duplicate.
     racing = post_image(service, SYNTHETIC["jpeg"]()).json()
@@ -473,7 +473,8 @@ def test_no_identifier_is_stored_logged_or_exported(service, shared, tmp_path):
     response = post_image(service, dicom.read_bytes())
     assert response.status_code == 200, response.text
     request_id = response.json()["request_id"]
-    labels = {"Cardiomegaly": 1, "Edema": 0}
+    predicted = {f["label"]: int(f["positive"]) for f in response.json()["findings"]}
+    labels = {"Cardiomegaly": predicted["Cardiomegaly"], "Edema": predicted["Edema"]}  # "correct": as predicted
     assert (
         httpx.post(
             f"{service.url}/feedback",
@@ -501,7 +502,8 @@ def test_no_identifier_is_stored_logged_or_exported(service, shared, tmp_path):
     assert j2k, "the JPEG 2000 radiograph is not in the export"
     assert Image.open(out / frame["Path"][j2k[-1]]).mode.startswith("I;16")
     row = table.values[j2k[-1]]
-    assert row[table.labels.index("Cardiomegaly")] == 1.0 and row[table.labels.index("Edema")] == 0.0
+    assert row[table.labels.index("Cardiomegaly")] == labels["Cardiomegaly"]
+    assert row[table.labels.index("Edema")] == labels["Edema"]
     assert not np.isnan(row).any()
 
     stored = [p for p in (service.home / "feedback").iterdir() if p.is_file()]

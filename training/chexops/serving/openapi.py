@@ -1,6 +1,7 @@
 """The one OpenAPI 3.1 document of the clinic endpoint: the clinic API, the model, the page, health and
-metrics, and no internal route. Served where BentoML users look, `GET /docs.json` (also `/schema.json` and
-`/openapi.json`), and rendered at `GET /docs` by the Swagger UI that BentoML ships (`/static_content`, no CDN).
+metrics, and no internal route. Served where BentoML users look, `GET /docs.json` (also `/openapi.json`), and
+rendered at `GET /docs` by the Swagger UI that BentoML ships (`/static_content`, no CDN). `/schema.json` stays
+BentoML's: it is not OpenAPI but the route list BentoML's own clients (`bentoml.SyncHTTPClient`) read.
 
 BentoML's own `/docs.json` describes only its typed APIs (here the internal `/infer`) and its health routes;
 `OpenApiRoutes`, a middleware on the BentoML app, answers those paths first. Every documented 4xx/5xx
@@ -16,7 +17,7 @@ from chexops import __version__
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 TEXT = {"type": "string"}
-PATHS = ("/docs.json", "/schema.json", "/openapi.json")
+PATHS = ("/docs.json", "/openapi.json")
 DOCS_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>chexops clinic endpoint: API</title>
 <link rel="stylesheet" href="/static_content/swagger-ui.css"></head><body><div id="swagger-ui"></div>
 <script src="/static_content/swagger-ui-bundle.js"></script><script>
@@ -226,7 +227,7 @@ def feedback_document() -> dict[str, Any]:
 
 
 class OpenApiRoutes:
-    """ASGI middleware for the BentoML app: GET /docs.json, /schema.json, /openapi.json answer this
+    """ASGI middleware for the BentoML app: GET /docs.json and /openapi.json answer this
     document, GET /docs its Swagger UI page (no key needed: they describe, they reveal nothing)."""
 
     def __init__(self, app):
