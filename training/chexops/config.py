@@ -268,4 +268,24 @@ def load_config(
     try:
         return Config.model_validate(_expand(data))
     except ValidationError as err:
+        blamed = _overrides_at_fault(err, overrides)
+        if blamed:  # a typo on the command line is not the config file's fault
+            raise ConfigError(
+                f"the command-line override{'s' if len(blamed) > 1 else ''} {', '.join(map(repr, blamed))} "
+                f"{'are' if len(blamed) > 1 else 'is'} not valid: {validation_problems(err)}."
+            ) from None
         raise ConfigError(_format_validation(source, err)) from None
+
+
+def _overrides_at_fault(err: ValidationError, overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The overrides whose key is where a validation error is (all errors must be theirs)."""
+    keys = {o.partition("=")[0].strip(): o for o in overrides}
+    blamed = []
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"])
+        match = next((o for k, o in keys.items() if where == k or where.startswith(k + ".")), None)
+        if match is None:
+            return []
+        if match not in blamed:
+            blamed.append(match)
+    return blamed
