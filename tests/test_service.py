@@ -497,10 +497,13 @@ def test_no_identifier_is_stored_logged_or_exported(service, shared, tmp_path):
     frame = table.frame
     for path in frame["Path"]:
         assert min(Image.open(out / path).size) >= 16
-    # The DICOM's row: its pixels re-encoded as 16-bit PNG; the clinician's labels, the rest from the prediction.
+    # The DICOM's row: its pixels re-encoded as an 8-bit JPEG (1024 px, about the upload's size, not 4x it);
+    # the clinician's labels, the rest from the prediction.
     j2k = [i for i, p in enumerate(frame["Path"]) if Image.open(out / p).size == (int(1841 * 1024 / 1955 + 0.5), 1024)]
     assert j2k, "the JPEG 2000 radiograph is not in the export"
-    assert Image.open(out / frame["Path"][j2k[-1]]).mode.startswith("I;16")
+    kept = Image.open(out / frame["Path"][j2k[-1]])
+    assert kept.format == "JPEG" and kept.mode == "L"
+    assert (out / frame["Path"][j2k[-1]]).stat().st_size < dicom.stat().st_size
     row = table.values[j2k[-1]]
     assert row[table.labels.index("Cardiomegaly")] == labels["Cardiomegaly"]
     assert row[table.labels.index("Edema")] == labels["Edema"]
