@@ -19,6 +19,7 @@ import psutil
 import pytest
 from PIL import Image
 
+from chexops.feedback.store import RETRY_SECONDS
 from service_fixtures import API_KEY, OTHER_KEY, start_service
 
 pytestmark = pytest.mark.slow
@@ -310,3 +311,60 @@ def test_a_model_banner_says_synthetic_and_not_for_clinical_use():
     assert model(training_data={"kind": "dataset"}, evaluated=False)["clinical_use"] is False
     assert json.dumps(model())  # no training_data: unknown, said so
     assert model()["training_data"]["kind"] == "unknown"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs (root only: CI runs as root; elsewhere the test skips saying so)."""
+    import os
+    import subprocess
+
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_503_for_feedback_never_404(served_model, small_disk):
+    """The feedback store on a disk that fills up: predictions are still answered (not kept, said so), and the
+    feedback for one the store could not keep, or any feedback the store cannot write, is a 503 with
+    Retry-After, never a 404 "no prediction"."""
+    svc = start_service(served_model, "full-disk.log", CHEXOPS_FEEDBACK_URL=f"sqlite:///{small_disk / 'feedback.db'}")
+    try:
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        assert predict(svc).json()["feedback_available"] is True
+        with open(small_disk / "filler", "wb") as filler:  # the rest of the disk
+            try:
+                while True:
+                    filler.write(b"\0" * 65536)
+                    filler.flush()
+            except OSError:
+                pass
+        predictions = []
+        for _ in range(5):
+            prediction = predict(svc, png(256))
+            assert prediction.status_code == 200, prediction.text
+            predictions.append(prediction.json())
+        time.sleep(RETRY_SECONDS + 0.5)  # past the store's quick-failure window: the store is asked again
+        answers = []
+        for body in predictions:
+            own = {f["label"]: int(f["positive"]) for f in body["findings"]}
+            feedback = httpx.post(
+                f"{svc.url}/feedback",
+                json={"request_id": body["request_id"], "correct": True, "labels": own},
+                headers=headers,
+                timeout=30,
+            )
+            answers.append((body["feedback_available"], feedback.status_code))
+            time.sleep(RETRY_SECONDS + 0.1)
+        assert all(code in (200, 503) for _, code in answers), answers
+        assert any(code == 503 for _, code in answers), answers
+        assert all(code == 503 for stored, code in answers if not stored), answers
+        assert not all(stored for stored, _ in answers), answers  # the disk was full for predictions too
+    finally:
+        svc.stop()

@@ -25,6 +25,7 @@ import logging
 import sys
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -226,6 +227,7 @@ async def predict(request: Request) -> Response:
     except Unavailable as exc:  # the findings do not wait on the store: answered, not kept, feedback unavailable
         log.warning("prediction %s answered but not stored: the feedback store is unavailable (%s)", request_id, exc)
         stored = False
+        _remember_unstored(request.app, request_id)
     timings["total_ms"] = (time.perf_counter() - started) * 1000
     timings = {k: round(v, 2) for k, v in timings.items()}
     backend.metrics.observe_prediction(findings, level, timings)
@@ -303,6 +305,9 @@ async def feedback(request: Request) -> Response:
         problems = validation_problems(exc, top="body")
         raise RequestError(f"the feedback is not valid: {problems}.", 422, reason="feedback") from None
     prediction = await run_in_threadpool(backend.store.prediction, body.request_id)
+    if prediction is None and body.request_id in request.app.state.unstored:
+        # answered while the store could not keep it (down, or its disk full): the store's failure, not a 404
+        raise Unavailable(f"prediction {body.request_id} was answered while the store could not keep it")
     if prediction is None:
         raise RequestError(f"no prediction has request_id {body.request_id!r}.", 404, reason="feedback")
     if prediction["clinic"] != clinic:
@@ -352,6 +357,16 @@ async def feedback(request: Request) -> Response:
     return JSONResponse(
         {"request_id": body.request_id, "stored": True, "created": created, "feedback": record.to_dict()}
     )
+
+
+UNSTORED_KEPT = 10_000  # request ids answered without the store, remembered so that their feedback is a 503
+
+
+def _remember_unstored(app, request_id: str) -> None:
+    unstored = app.state.unstored
+    unstored[request_id] = None
+    while len(unstored) > UNSTORED_KEPT:
+        unstored.popitem(last=False)
 
 
 def _few(names: list[str], shown: int = 5) -> str:
@@ -446,6 +461,7 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.settings = settings
     app.state.backend = None
+    app.state.unstored = OrderedDict()  # request_id → None, the predictions answered but not stored
     app.add_middleware(
         Admission,
         limits=settings.admission_limits(),  # bounded work in flight (503 + Retry-After)
