@@ -43,6 +43,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from chexops.core.errors import ChexopsError, ConfigError
+from chexops.core.results import Result
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,16 @@ feedback = sa.Table(
 schema_table = sa.Table("chexops_schema", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 
+class PruneResult(Result):
+    """What `chexops feedback prune` deleted (or, `dry_run`, would delete): images and their bytes."""
+
+    images: int
+    bytes: int
+    dry_run: bool
+    unlabelled_days: float
+    labelled_days: float
+
+
 class NotFound(Exception):
     pass
 
@@ -97,6 +108,11 @@ class Unavailable(ChexopsError):
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _ago(days: float) -> str:
+    """The `created` stamp of `days` ago (stamps are ISO UTC strings: they compare as text)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - days * 86400))
 
 
 def safe_info(info: dict[str, Any]) -> dict[str, Any]:
@@ -367,6 +383,30 @@ class FeedbackStore:
         if (stored.correct, stored.labels, stored.note, stored.unusable) != (correct, labels, note, unusable):
             raise Conflict(request_id)
         return stored, False
+
+    def prune_images(self, unlabelled_days: float, labelled_days: float, dry_run: bool = False) -> dict[str, int]:
+        """The retention policy: the image of a prediction without feedback is deleted `unlabelled_days` after
+        the prediction, one with feedback `labelled_days` after it (by then exported into a training set); the
+        record (findings, version, image facts, feedback) is kept. Counts and bytes (`dry_run`: what would go).
+        SQLite reuses the freed pages for new rows, so the file stops growing at the policy's steady state."""
+        p, f = predictions.c, feedback.c
+        unlabelled_before = _ago(unlabelled_days)
+        labelled_before = _ago(labelled_days)
+        has_feedback = sa.exists().where(f.request_id == p.request_id)
+        due = sa.and_(
+            p.image_png.is_not(None),
+            sa.or_(
+                sa.and_(~has_feedback, p.created < unlabelled_before),
+                sa.and_(has_feedback, p.created < labelled_before),
+            ),
+        )
+        with self._begin() as conn:
+            row = conn.execute(
+                sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(sa.func.length(p.image_png)), 0)).where(due)
+            ).one()
+            if not dry_run and row[0]:
+                conn.execute(predictions.update().where(due).values(image_png=None))
+        return {"images": int(row[0]), "bytes": int(row[1])}
 
     def agreement(self) -> tuple[int, int]:
         """(correct, incorrect) feedback counts."""
