@@ -1,5 +1,5 @@
-"""`chexops feedback export`: the clinicians' feedback as the next training set; `chexops feedback prune`: the
-retention policy of the images it keeps."""
+"""`chexops feedback export`: the clinicians' feedback as the next training set; `prune`: the retention policy
+of the images it keeps; `backup` and `restore`: copies of the store that restore."""
 
 from __future__ import annotations
 
@@ -19,13 +19,18 @@ def feedback() -> None:
     """Clinicians' feedback stored by the service."""
 
 
+def _store_url(store_url: str | None) -> str:
+    from chexops.serving.settings import Settings
+
+    return store_url or Settings.from_env().feedback_location()
+
+
 def _existing_store(store_url: str | None):
     """The store named (or configured); a SQLite file that does not exist is the user's mistake (opening it
     would create an empty database, and a command on it would succeed at nothing)."""
     from chexops.feedback.store import FeedbackStore, missing_sqlite
-    from chexops.serving.settings import Settings
 
-    url = store_url or Settings.from_env().feedback_location()
+    url = _store_url(store_url)
     missing = missing_sqlite(url)
     if missing is not None:
         raise UserInputError(
@@ -101,3 +106,28 @@ def feedback_prune(unlabelled_days: float, labelled_days: float, store_url: str 
         f"{verb} {result.images} image(s), {result.bytes / 2**20:.1f} MiB (without feedback after {unlabelled_days:g} "
         f"days, with feedback after {labelled_days:g}); every record is kept.",
     )
+
+
+@feedback.command("backup")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder of backups.")
+@click.option("--keep", type=click.IntRange(min=1), default=14, show_default=True, help="Backups kept in --out.")
+@click.option("--store", "store_url", default=None, help="The store [default: as `export`].")
+@result_output
+def feedback_backup(out: Path, keep: int, store_url: str | None) -> Output:
+    """A consistent copy of the feedback store (SQLite backup API, or pg_dump), the oldest beyond --keep deleted."""
+    from chexops.feedback.backup import backup
+
+    result = backup(_store_url(store_url), out, keep)
+    return Output(result, f"Backed up the {result.kind} store to {result.file} ({result.bytes / 2**20:.1f} MiB).")
+
+
+@feedback.command("restore")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--store", "store_url", default=None, help="The store to restore into [default: as `export`].")
+@result_output
+def feedback_restore(file: Path, store_url: str | None) -> Output:
+    """Make the feedback store what a backup holds (stop the service first for SQLite)."""
+    from chexops.feedback.backup import restore
+
+    result = restore(_store_url(store_url), file)
+    return Output(result, f"Restored the {result.kind} store from {result.file}.")
