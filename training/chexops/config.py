@@ -63,8 +63,17 @@ class ExtraSource(BaseModel):
     allow_empty: bool = False  # a CSV without rows (of the configured view) adds nothing instead of failing
 
 
+class Provenance(_Strict):
+    """Where the training data came from: the exported model carries it (metadata `training_data`), and the
+    service shows it; a model trained on `synthetic` data is shown as not for clinical use."""
+
+    kind: Literal["synthetic", "dataset"]
+    description: str = Field(min_length=1, max_length=200)
+
+
 class DataConfig(_Strict):
     kind: Literal["chexpert", "npz"] = "chexpert"
+    provenance: Provenance | None = None  # None: the model says it does not know (and is not for clinical use)
     csv: Path | None = None
     root: Path | None = None
     test_csv: Path | None = None

@@ -377,18 +377,20 @@ def _few(names: list[str], shown: int = 5) -> str:
 
 def _contradiction(body: FeedbackBody, findings: list[dict]) -> str | None:
     """Why a feedback contradicts itself or the prediction it judges (None: it means what it says).
-    "Incorrect" needs a label that differs from the prediction, or `unusable`; "correct" cannot
-    carry labels that differ from it, nor call the image unusable."""
-    predicted = {f["label"]: int(bool(f["positive"])) for f in findings}
-    differing = sorted(k for k, v in (body.labels or {}).items() if predicted.get(k) != v)
-    if body.correct and differing:
-        return (
-            f"the feedback says the prediction is correct but its labels differ from it ({_few(differing)}): "
-            "send correct: false with the labels you read."
-        )
+    "Incorrect" needs a label that differs from the prediction, labels that leave some finding unsaid (the
+    error is there), or `unusable`: what it may not be is the prediction's own answer, every label agreeing
+    (a form pre-ticked with the model's positives, sent unchanged), or nothing at all. "Correct" may carry
+    labels (the triage was right; its findings as read), but cannot call the image unusable."""
     if body.correct and body.unusable:
         return "the feedback says the prediction is correct and the image unusable: send one or the other."
-    if not body.correct and not body.unusable and not differing:
+    if body.correct:
+        return None
+    if body.unusable:
+        return None
+    predicted = {f["label"]: int(bool(f["positive"])) for f in findings}
+    labels = body.labels or {}
+    differing = [k for k, v in labels.items() if predicted.get(k) != v]
+    if not labels or (not differing and set(labels) >= set(predicted)):
         return (
             "the feedback says the prediction is incorrect, but its labels are the prediction's own: mark at least "
             "one finding as you read it (1 present, 0 absent) that differs from the prediction, or send "

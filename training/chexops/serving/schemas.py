@@ -6,8 +6,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 
 class FeedbackBody(BaseModel):
-    """A clinician's verdict. `correct: false` needs `labels` with at least one finding that differs from
-    the prediction (1 present, 0 absent), or `unusable: true`; `correct: true` cannot carry differing labels."""
+    """A clinician's verdict. `correct: false` needs `labels` that are not the prediction's own answer (one
+    finding that differs, 1 present, 0 absent, or some left unsaid), or `unusable: true`."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -140,7 +140,7 @@ class Settings(BaseSettings):
         ),
     )
     max_uploads_per_client: int = Field(
-        4,
+        8,
         ge=1,
         description=(
             "request bodies being received at once per API key presented, and 4 times as many per client address "
