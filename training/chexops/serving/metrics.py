@@ -190,8 +190,8 @@ METRICS_DIRS = "chexops-metrics"  # beside BentoML's prometheus_multiproc_dir: B
 
 def own_metrics_dir() -> Path | None:
     """In a BentoML worker: point PROMETHEUS_MULTIPROC_DIR at a directory of this server's own (one per
-    `bentoml serve` process, the workers' parent), emptied now and removed when the worker exits; the
-    directories of servers no longer running are removed too. Outside a worker (no such variable): None."""
+    `bentoml serve` process, the workers' parent, shared by its workers), removed when the worker exits; the
+    directories of servers no longer running are removed at start. Outside a worker (no such variable): None."""
     shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not shared:
         return None
@@ -201,10 +201,10 @@ def own_metrics_dir() -> Path | None:
     server = os.getppid()
     mine = root / f"server-{server}"
     root.mkdir(parents=True, exist_ok=True)
-    for other in root.glob("server-*"):
-        if other == mine or not _running(other.name.removeprefix("server-")):
+    for other in root.glob("server-*"):  # a server that is gone (a restart has another pid): its files go
+        if other != mine and not _running(other.name.removeprefix("server-")):
             shutil.rmtree(other, ignore_errors=True)
-    mine.mkdir()
+    mine.mkdir(exist_ok=True)  # the workers of one server share it
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(mine)
     atexit.register(shutil.rmtree, mine, True)
     log.debug("Prometheus multiprocess files in %s", mine)
