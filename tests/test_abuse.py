@@ -251,6 +251,7 @@ def series(svc, name: str) -> dict[str, float]:
 def test_two_servers_on_one_home_report_their_own_series(abuse, served_model):
     """A second server on the same CHEXOPS_HOME (another environment label): each /metrics has its own
     series only, and the first keeps its counts while the second starts, serves and stops."""
+    assert predict(abuse).status_code == 200
     before = sum(series(abuse, "chexops_predictions_total").values())
     assert before >= 1
     second = start_service(served_model, "abuse-second.log", CHEXOPS_ENVIRONMENT="second")
