@@ -5,9 +5,9 @@
 Routes (chexops.serving.app, mounted at /): POST /predict, POST /explain, POST /feedback, GET /,
 GET /model; the one OpenAPI document at /docs.json (and /openapi.json, /docs; chexops.serving.openapi);
 BentoML's own: /livez, /readyz, /metrics, /schema.json (its clients' route list).
-Configuration: CHEXOPS_* environment variables (chexops.serving.settings). The model: CHEXOPS_MODEL, a registry reference or an exact Bento tag, resolved
-by chexops.export.bento.serving_tag (`chexops serve` resolves it first and passes the tag). No torch
-here: ONNX Runtime, numpy, Pillow, pydicom.
+Configuration: CHEXOPS_* environment variables (chexops.serving.settings). The model: CHEXOPS_MODEL, a
+registry reference or an exact Bento tag, resolved by chexops.export.bento.serving_tag (`chexops serve`
+resolves it first and passes the tag). No torch here: ONNX Runtime, numpy, Pillow, pydicom.
 """
 
 from __future__ import annotations
