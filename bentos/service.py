@@ -3,15 +3,18 @@
     bentoml serve bentos/service.py:Chexops      (or: chexops serve)
 
 Routes (chexops.serving.app, mounted at /): POST /predict, POST /explain, POST /feedback, GET /,
-GET /model; BentoML's own: /livez, /readyz, /metrics. Configuration: CHEXOPS_* environment variables
-(chexops.serving.settings). The model: CHEXOPS_MODEL, a registry reference or an exact Bento tag, resolved
-by chexops.export.bento.serving_tag (`chexops serve` resolves it first and passes the tag). No torch
-here: ONNX Runtime, numpy, Pillow, pydicom.
+GET /model; the one OpenAPI document at /docs.json (and /openapi.json, /docs; chexops.serving.openapi);
+BentoML's own: /livez, /readyz, /metrics, /schema.json (its clients' route list).
+Configuration: CHEXOPS_* environment variables (chexops.serving.settings). The model: CHEXOPS_MODEL, a
+registry reference or an exact Bento tag, resolved by chexops.export.bento.serving_tag (`chexops serve`
+resolves it first and passes the tag). No torch here: ONNX Runtime, numpy, Pillow, pydicom.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import secrets
 from typing import Annotated
 
@@ -29,11 +32,16 @@ from chexops.serving import providers
 from chexops.serving.app import InternalOnly, create_app
 from chexops.serving.bentoml_fixes import cancel_traffic_timers
 from chexops.serving.inference import OnnxModel
-from chexops.serving.metrics import ServiceMetrics
+from chexops.serving.limits import limit_header_size
+from chexops.serving.metrics import ServiceMetrics, own_metrics_dir
+from chexops.serving.openapi import OpenApiRoutes
 from chexops.serving.settings import Settings
 
 cancel_traffic_timers()  # BentoML's request timeout kept every request's context alive for 60 s
 SETTINGS = Settings.from_env()
+limit_header_size(SETTINGS.max_header_kb * 1024)  # uvicorn's httptools protocol reads heads of any size
+os.environ["FORWARDED_ALLOW_IPS"] = SETTINGS.trusted_proxies  # uvicorn's default trusts 127.0.0.1; empty: no one
+own_metrics_dir()  # this server's series only, never another's on the same CHEXOPS_HOME
 PROVIDERS = providers.available(SETTINGS.execution_providers())  # those this ONNX Runtime build has
 INTERNAL_TOKEN = secrets.token_urlsafe(24)
 app = create_app(SETTINGS)
@@ -68,6 +76,7 @@ class Chexops:
             self.metrics.set_agreement(self.store.agreement())
         except Unavailable:
             pass  # logged by the store; predictions are served without it
+        self.pending_images: dict[str, asyncio.Event] = {}  # request_id → set once its image is stored
         self.session_lock = anyio.CapacityLimiter(1)  # one session run at a time outside the batcher
         log.info(
             "Serving %s (%s) from %s; feedback store %s (%s); %d API key(s); batching %s",
@@ -108,3 +117,4 @@ class Chexops:
 
 
 Chexops.add_asgi_middleware(InternalOnly, paths=("/infer",), token=INTERNAL_TOKEN)
+Chexops.add_asgi_middleware(OpenApiRoutes)  # one document, at /docs.json (BentoML's lists only /infer)

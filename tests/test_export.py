@@ -26,6 +26,8 @@ from support import ROOT, chexops, chexops_json, child_env, run_cli
 
 pytestmark = pytest.mark.slow
 
+PROVENANCE = {"kind": "synthetic", "description": "synthetic CheXpert-layout test images"}
+
 MODEL = "chexops-cxr"
 # The tiny test model: a lower bar than the default, slices of synthetic data are small and noisy.
 GATE = ("--min-mean-auroc", "0.7", "--max-slice-gap", "0.2", "--min-slice-positives", "15", "--max-regression", "0.02")
@@ -46,7 +48,11 @@ def state(tmp_path_factory):
     home = tmp_path_factory.mktemp("export-home")
     env = {"CHEXOPS_HOME": str(home), "MLFLOW_TRACKING_URI": None}
     config = write_config(
-        home / "tiny.yaml", synth_dataset(tmp_path_factory), name="tiny-export", tracking={"experiment": "export-tests"}
+        home / "tiny.yaml",
+        synth_dataset(tmp_path_factory),
+        name="tiny-export",
+        tracking={"experiment": "export-tests"},
+        data={"provenance": PROVENANCE},
     )
     trained = train_run(config, **env)
     run_id = trained.run_id
@@ -187,6 +193,7 @@ def test_metadata_is_the_checkpoints(state):
         assert meta["run_id"] == state["run_id"] == payload["run_id"]
         assert meta["data_version"] == payload["data_version"] == state["trained"].data_version
         assert meta["precision"] == precision
+        assert json.loads(meta["training_data"]) == PROVENANCE  # what the service shows: not for clinical use
         reference = json.loads(
             meta["drift_reference"]
         )  # chexops.imaging.drift: what a service's drift score compares with

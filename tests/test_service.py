@@ -29,7 +29,7 @@ import pytest
 from PIL import Image
 
 from chexops.core.processes import ServerProcess, free_port
-from service_fixtures import EXPORT, OTHER_KEY, ROOT, ServedModel, start_service
+from service_fixtures import API_KEY, EXPORT, OTHER_KEY, ROOT, ServedModel, start_service
 from support import child_env, dicom_bytes, dicom_dataset, run_cli
 
 LABEL_COUNT = 14
@@ -105,6 +105,14 @@ def check_prediction(body: dict) -> None:
     assert body["priority"] in ("urgent", "review", "routine")
     assert set(body["timings"]) == {"decode_ms", "preprocess_ms", "inference_ms", "total_ms"}
     assert body["timings"]["total_ms"] >= body["timings"]["inference_ms"] >= 0
+
+
+def differing(prediction: dict) -> dict[str, int]:
+    """Labels that contradict a prediction on two findings (its first positive and first negative flipped)."""
+    findings = prediction["findings"]
+    positive = next(f["label"] for f in findings if f["positive"])
+    negative = next(f["label"] for f in findings if not f["positive"])
+    return {positive: 0, negative: 1}
 
 
 def wait_for_image(home: Path, request_id: str, db: Path | None = None, timeout: float = 20) -> None:
@@ -359,14 +367,10 @@ def test_explain_with_an_unknown_label_lists_the_labels(service):
 
 @pytest.mark.slow
 def test_feedback_is_stored_idempotent_and_checked(service):
-    request_id = post_image(service, SYNTHETIC["jpeg"]()).json()["request_id"]
+    predicted = post_image(service, SYNTHETIC["jpeg"]()).json()
+    request_id = predicted["request_id"]
     url, headers = f"{service.url}/feedback", service.headers
-    body = {
-        "request_id": request_id,
-        "correct": False,
-        "labels": {"Edema": 1, "Pneumothorax": 0},
-        "note": "edema missed",
-    }
+    body = {"request_id": request_id, "correct": False, "labels": differing(predicted), "note": "edema missed"}
     # Another clinic's key cannot give (or overwrite) this clinic's feedback; nothing is stored by trying.
     other = httpx.post(url, json=body, headers={"Authorization": f"Bearer {OTHER_KEY}"}, timeout=30)
     assert other.status_code == 403 and "another clinic" in other.json()["error"]
@@ -376,10 +380,12 @@ def test_feedback_is_stored_idempotent_and_checked(service):
     again = httpx.post(url, json=body, headers=headers, timeout=30)
     assert again.status_code == 200 and again.json()["created"] is False
     assert again.json()["feedback"] == first.json()["feedback"]
-    assert httpx.post(url, json={**body, "correct": True}, headers=headers, timeout=30).status_code == 409
+    assert httpx.post(url, json={**body, "note": "another reading"}, headers=headers, timeout=30).status_code == 409
     # The same feedback sent several times at once (a double click, a retry racing the first try): one is
     # stored, every answer is the stored record, as for a sequential duplicate.
-    racing_id = post_image(service, SYNTHETIC["jpeg"]()).json()["request_id"]
+    racing = post_image(service, SYNTHETIC["jpeg"]()).json()
+    racing_id = racing["request_id"]
+    assert differing(racing) == body["labels"]  # the same image, the same prediction
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         answers = list(
             pool.map(
@@ -467,7 +473,8 @@ def test_no_identifier_is_stored_logged_or_exported(service, shared, tmp_path):
     response = post_image(service, dicom.read_bytes())
     assert response.status_code == 200, response.text
     request_id = response.json()["request_id"]
-    labels = {"Cardiomegaly": 1, "Edema": 0}
+    predicted = {f["label"]: int(f["positive"]) for f in response.json()["findings"]}
+    labels = {"Cardiomegaly": predicted["Cardiomegaly"], "Edema": predicted["Edema"]}  # "correct": as predicted
     assert (
         httpx.post(
             f"{service.url}/feedback",
@@ -490,12 +497,16 @@ def test_no_identifier_is_stored_logged_or_exported(service, shared, tmp_path):
     frame = table.frame
     for path in frame["Path"]:
         assert min(Image.open(out / path).size) >= 16
-    # The DICOM's row: its pixels re-encoded as 16-bit PNG; the clinician's labels, the rest from the prediction.
+    # The DICOM's row: its pixels re-encoded as an 8-bit JPEG (1024 px, about the upload's size, not 4x it);
+    # the clinician's labels, the rest from the prediction.
     j2k = [i for i, p in enumerate(frame["Path"]) if Image.open(out / p).size == (int(1841 * 1024 / 1955 + 0.5), 1024)]
     assert j2k, "the JPEG 2000 radiograph is not in the export"
-    assert Image.open(out / frame["Path"][j2k[-1]]).mode.startswith("I;16")
+    kept = Image.open(out / frame["Path"][j2k[-1]])
+    assert kept.format == "JPEG" and kept.mode == "L"
+    assert (out / frame["Path"][j2k[-1]]).stat().st_size < dicom.stat().st_size
     row = table.values[j2k[-1]]
-    assert row[table.labels.index("Cardiomegaly")] == 1.0 and row[table.labels.index("Edema")] == 0.0
+    assert row[table.labels.index("Cardiomegaly")] == labels["Cardiomegaly"]
+    assert row[table.labels.index("Edema")] == labels["Edema"]
     assert not np.isnan(row).any()
 
     stored = [p for p in (service.home / "feedback").iterdir() if p.is_file()]
@@ -546,9 +557,17 @@ def test_acknowledged_feedback_survives_sigkill_and_the_rate_limit(served_model,
     kernel crash; a process kill leaves the OS page cache intact, so it passes with synchronous=OFF
     too. That part rests on SQLite's WAL journal with synchronous=FULL (fsync at every commit), which
     is checked here on the running service's own store connections (/model runtime.feedback_store).
-    Also: the per-key rate limit, the per-address limit of failed authentications."""
+    The image of the prediction is stored before the feedback is acknowledged (it was written after the
+    answer, and a kill right after the feedback lost it): a 2048² upload, scaled down and re-encoded for
+    keeping, is in the store after the kill.
+    Also: the per-key rate limit, the per-address limit of failed authentications, which a key that already
+    worked from that address passes (a clinic behind one NAT with a guesser) and a new key does not."""
+    from chexops.feedback.store import FeedbackStore
+
     db = tmp_path / "durable.db"
+    third = "third-clinic-key-5555555555"
     env = {
+        "CHEXOPS_API_KEYS": f"test-clinic:{API_KEY},other-clinic:{OTHER_KEY},third-clinic:{third}",
         "CHEXOPS_FEEDBACK_URL": f"sqlite:///{db}",
         "CHEXOPS_RATE_LIMIT": "6",
         "CHEXOPS_RATE_BURST": "3",
@@ -558,8 +577,10 @@ def test_acknowledged_feedback_survives_sigkill_and_the_rate_limit(served_model,
     try:
         store = httpx.get(f"{first.url}/model", timeout=10).json()["runtime"]["feedback_store"]
         assert store == {"kind": "sqlite", "available": True, "journal_mode": "wal", "synchronous": "full"}
-        request_id = post_image(first, SYNTHETIC["png16"]()).json()["request_id"]
-        body = {"request_id": request_id, "correct": False, "labels": {"Pneumothorax": 1}, "note": "apical"}
+        large = encode(Image.fromarray((chest(2048) * 65535).astype(np.uint16)), "PNG")
+        predicted = post_image(first, large).json()
+        request_id = predicted["request_id"]
+        body = {"request_id": request_id, "correct": False, "labels": differing(predicted), "note": "apical"}
         ack = httpx.post(f"{first.url}/feedback", json=body, headers=first.headers, timeout=30)
         assert ack.status_code == 200 and ack.json()["created"] is True
         # The third request is within the burst of 3; the fourth is over the limit.
@@ -567,16 +588,23 @@ def test_acknowledged_feedback_survives_sigkill_and_the_rate_limit(served_model,
         limited = post_image(first, SYNTHETIC["png16"]())
         assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1 and "error" in limited.json()
         assert post_image(first, SYNTHETIC["png16"](), key=OTHER_KEY).status_code == 200  # per key
-        # Failed authentications: 3 per minute per client address, then 429 whatever key is tried (even a valid one).
+        # Failed authentications: 3 per minute per client address, then 429 for every key but those that already
+        # worked from this address: a guess, and a valid key never used here, are refused; OTHER_KEY is served.
         for _ in range(3):
             assert post_image(first, SYNTHETIC["png16"](), key="guessed-key-000000").status_code == 401
-        for key in ("guessed-key-000001", OTHER_KEY):
+        for key in ("guessed-key-000001", third):
             refused = post_image(first, SYNTHETIC["png16"](), key=key)
             assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1, refused.text
             assert "failed authentications" in refused.json()["error"]
+        assert post_image(first, SYNTHETIC["png16"](), key=OTHER_KEY).status_code == 200
     finally:
         first.stop(signal.SIGKILL)  # no shutdown, no checkpoint: only what was committed survives
     assert first.process.returncode is not None
+    store = FeedbackStore(f"sqlite:///{db}")
+    try:
+        assert store.prediction(request_id)["has_image"], "the acknowledged feedback's image was lost"
+    finally:
+        store.close()
 
     second = start_service(served_model, log_name="durable-2.log", **env, CHEXOPS_PRECISION="int8")  # and the int8 file
     try:

@@ -140,11 +140,12 @@ def test_exif_dicom_and_large_images_are_re_encoded_from_their_pixels():
         kept = kept_image(data, decoded, max_side=200)
         assert SECRET not in kept, name
         again = Image.open(io.BytesIO(kept))
-        assert again.format == "PNG" and again.mode.startswith("I;16"), name
+        assert again.format == "JPEG" and again.mode == "L", name
+        assert not (set(again.info) & {"exif", "comment", "dpi"}), (name, again.info)
         if name == "large PNG":
             assert max(again.size) == 200
-        else:
-            assert np.abs(decode(kept).grey - decoded.grey).max() < 1e-4, name
+        else:  # 8 bits, quality 90: within a few grey levels of what was classified
+            assert np.abs(decode(kept).grey - decoded.grey).mean() < 0.02, name
     assert decode(cases["EXIF JPEG"]).grey.shape == (48, 64)  # the orientation mattered
 
 
@@ -153,5 +154,5 @@ def test_a_structure_it_does_not_follow_is_re_encoded_not_refused():
     no_iend = data[: data.rindex(b"IEND") - 4]  # Pillow reads it; the chunk walk finds no end
     decoded = decode(no_iend)
     kept = kept_image(no_iend, decoded, max_side=1024)
-    assert kept != no_iend and Image.open(io.BytesIO(kept)).mode.startswith("I;16")
-    np.testing.assert_allclose(decode(kept).grey, decoded.grey, atol=1e-4)
+    assert kept != no_iend and Image.open(io.BytesIO(kept)).format == "JPEG"
+    assert np.abs(decode(kept).grey - decoded.grey).mean() < 0.02

@@ -163,11 +163,17 @@ def test_upload_findings_heatmap_and_feedback(page, service, radiograph, tmp_pat
     assert page.get_by_test_id("heatmap-toggle").first.get_attribute("aria-pressed") == "true"
     page.screenshot(path=str(tmp_path / "webpage-findings.png"), full_page=True)
 
-    # Incorrect: the checkboxes start at the predicted positives; tick one more finding, add a note, send.
+    # Incorrect: nothing is pre-ticked (a form that starts at the model's answer would send it back as the
+    # truth). Ticking exactly the predicted positives is the model's own answer: the page refuses to send it.
     page.get_by_test_id("feedback-incorrect").click()
     boxes = page.get_by_test_id("feedback-label")
-    ticked = {b.get_attribute("data-label") for b in boxes.all() if b.is_checked()}
-    assert ticked == positives
+    assert not any(b.is_checked() for b in boxes.all())
+    for label in positives:
+        page.get_by_label(label, exact=True).check()
+    page.get_by_test_id("feedback-send").click()
+    assert "model's own findings" in page.get_by_test_id("feedback-error").inner_text()
+    assert feedback_record(service, page.get_by_test_id("request-id").inner_text().strip()) is None
+    # One more finding ticked: it differs from the prediction, and is sent.
     extra = next(f["label"] for f in shown if not f["positive"])
     page.get_by_label(extra, exact=True).check()
     page.get_by_label("Note").fill("browser test: one more finding")
@@ -318,3 +324,20 @@ def test_an_unevaluated_model_is_announced_on_the_page(page, service):
     banner = page.get_by_test_id("unevaluated-warning")
     banner.wait_for(state="visible")
     assert "Unevaluated model" in banner.inner_text()
+
+
+def test_the_page_says_what_the_model_is(page, service):
+    """/model says what data the model learnt from, what it is for and that it is not for clinical use (the
+    test model's metadata does not say where its data came from); the page shows it in a banner, with how to
+    read a score and its threshold."""
+    info = httpx.get(f"{service.url}/model", timeout=10).json()
+    assert info["clinical_use"] is False and info["training_data"]["kind"] == "unknown"
+    assert "not for clinical use" in info["warning"].lower() and info["intended_use"]
+    page.goto("/")
+    banner = page.get_by_test_id("model-warning")
+    banner.wait_for(state="visible")
+    assert info["warning"] in banner.inner_text()
+    assert "Learnt from: " + info["training_data"]["description"] in banner.inner_text()
+    assert "Intended use: " + info["intended_use"] in banner.inner_text()
+    page.wait_for_function("() => document.getElementById('probability-note').textContent.length > 0")
+    assert "not a calibrated chance" in page.get_by_test_id("probability-note").text_content()

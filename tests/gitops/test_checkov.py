@@ -28,11 +28,13 @@ def _checkov() -> Path:
 
 
 def _deployed(renders) -> dict[Path, str]:
-    """Renders of what is applied (the base alone never is: it has no namespace)."""
+    """Renders of what is applied (the base alone never is: it has no namespace; nor is a kustomize Component,
+    which overlays include)."""
     out = {}
     for directory, text in renders.items():
         rel = directory.relative_to(REPO)
-        if rel.parts[0] == "k8s" and directory.name != "base" and not isinstance(text, Exception):
+        component = "kind: Component" in (directory / "kustomization.yaml").read_text()
+        if rel.parts[0] == "k8s" and directory.name != "base" and not component and not isinstance(text, Exception):
             out[directory] = text
     return out
 

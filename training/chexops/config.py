@@ -63,8 +63,17 @@ class ExtraSource(BaseModel):
     allow_empty: bool = False  # a CSV without rows (of the configured view) adds nothing instead of failing
 
 
+class Provenance(_Strict):
+    """Where the training data came from: the exported model carries it (metadata `training_data`), and the
+    service shows it; a model trained on `synthetic` data is shown as not for clinical use."""
+
+    kind: Literal["synthetic", "dataset"]
+    description: str = Field(min_length=1, max_length=200)
+
+
 class DataConfig(_Strict):
     kind: Literal["chexpert", "npz"] = "chexpert"
+    provenance: Provenance | None = None  # None: the model says it does not know (and is not for clinical use)
     csv: Path | None = None
     root: Path | None = None
     test_csv: Path | None = None
@@ -268,4 +277,24 @@ def load_config(
     try:
         return Config.model_validate(_expand(data))
     except ValidationError as err:
+        blamed = _overrides_at_fault(err, overrides)
+        if blamed:  # a typo on the command line is not the config file's fault
+            raise ConfigError(
+                f"the command-line override{'s' if len(blamed) > 1 else ''} {', '.join(map(repr, blamed))} "
+                f"{'are' if len(blamed) > 1 else 'is'} not valid: {validation_problems(err)}."
+            ) from None
         raise ConfigError(_format_validation(source, err)) from None
+
+
+def _overrides_at_fault(err: ValidationError, overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The overrides whose key is where a validation error is (all errors must be theirs)."""
+    keys = {o.partition("=")[0].strip(): o for o in overrides}
+    blamed = []
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"])
+        match = next((o for k, o in keys.items() if where == k or where.startswith(k + ".")), None)
+        if match is None:
+            return []
+        if match not in blamed:
+            blamed.append(match)
+    return blamed

@@ -1,4 +1,5 @@
-"""`chexops feedback export`: the clinicians' feedback as the next training set."""
+"""`chexops feedback export`: the clinicians' feedback as the next training set; `prune`: the retention policy
+of the images it keeps; `backup` and `restore`: copies of the store that restore."""
 
 from __future__ import annotations
 
@@ -7,11 +8,35 @@ from pathlib import Path
 import click
 
 from chexops.cli.output import Output, result_output
+from chexops.core.errors import UserInputError
+
+UNLABELLED_DAYS = 30.0  # an image nobody gave feedback on within a month will not get any
+LABELLED_DAYS = 365.0  # an image with feedback: a year, through several exports and retrainings
 
 
 @click.group()
 def feedback() -> None:
     """Clinicians' feedback stored by the service."""
+
+
+def _store_url(store_url: str | None) -> str:
+    from chexops.serving.settings import Settings
+
+    return store_url or Settings.from_env().feedback_location()
+
+
+def _existing_store(store_url: str | None):
+    """The store named (or configured); a SQLite file that does not exist is the user's mistake (opening it
+    would create an empty database, and a command on it would succeed at nothing)."""
+    from chexops.feedback.store import FeedbackStore, missing_sqlite
+
+    url = _store_url(store_url)
+    missing = missing_sqlite(url)
+    if missing is not None:
+        raise UserInputError(
+            f"there is no feedback store at {missing} (check CHEXOPS_HOME, CHEXOPS_FEEDBACK_URL or --store)."
+        )
+    return FeedbackStore(url)
 
 
 @feedback.command("export")
@@ -27,10 +52,8 @@ def feedback() -> None:
 def feedback_export(out: Path, store_url: str | None, overwrite: bool) -> Output:
     """The stored feedback as a CheXpert-layout dataset (train.csv + PNG images): the retraining seed."""
     from chexops.feedback.export import export_feedback
-    from chexops.feedback.store import FeedbackStore
-    from chexops.serving.settings import Settings
 
-    store = FeedbackStore(store_url or Settings.from_env().feedback_location())
+    store = _existing_store(store_url)
     try:
         summary = export_feedback(store, out, overwrite=overwrite)
     finally:
@@ -42,3 +65,69 @@ def feedback_export(out: Path, store_url: str | None, overwrite: bool) -> Output
         f"feedback ({skipped['incorrect_without_labels']} 'incorrect' without labels and {skipped['no_image']} "
         "without an image skipped).",
     )
+
+
+@feedback.command("prune")
+@click.option(
+    "--unlabelled-days",
+    type=click.FloatRange(min=0),
+    default=UNLABELLED_DAYS,
+    show_default=True,
+    help="Delete the image of a prediction without feedback after this many days.",
+)
+@click.option(
+    "--labelled-days",
+    type=click.FloatRange(min=0),
+    default=LABELLED_DAYS,
+    show_default=True,
+    help="Delete the image of a prediction with feedback after this many days (exported by then).",
+)
+@click.option(
+    "--store",
+    "store_url",
+    default=None,
+    help="sqlite:///PATH or postgresql://... [default: $CHEXOPS_FEEDBACK_URL or $CHEXOPS_HOME/feedback/feedback.db].",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@result_output
+def feedback_prune(unlabelled_days: float, labelled_days: float, store_url: str | None, dry_run: bool) -> Output:
+    """The retention policy: delete old images, keep every record (findings, version, feedback)."""
+    from chexops.feedback.store import PruneResult
+
+    store = _existing_store(store_url)
+    try:
+        counts = store.prune_images(unlabelled_days, labelled_days, dry_run=dry_run)
+    finally:
+        store.close()
+    result = PruneResult(**counts, dry_run=dry_run, unlabelled_days=unlabelled_days, labelled_days=labelled_days)
+    verb = "Would delete" if dry_run else "Deleted"
+    return Output(
+        result,
+        f"{verb} {result.images} image(s), {result.bytes / 2**20:.1f} MiB (without feedback after {unlabelled_days:g} "
+        f"days, with feedback after {labelled_days:g}); every record is kept.",
+    )
+
+
+@feedback.command("backup")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder of backups.")
+@click.option("--keep", type=click.IntRange(min=1), default=14, show_default=True, help="Backups kept in --out.")
+@click.option("--store", "store_url", default=None, help="The store [default: as `export`].")
+@result_output
+def feedback_backup(out: Path, keep: int, store_url: str | None) -> Output:
+    """A consistent copy of the feedback store (SQLite backup API, or pg_dump), the oldest beyond --keep deleted."""
+    from chexops.feedback.backup import backup
+
+    result = backup(_store_url(store_url), out, keep)
+    return Output(result, f"Backed up the {result.kind} store to {result.file} ({result.bytes / 2**20:.1f} MiB).")
+
+
+@feedback.command("restore")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--store", "store_url", default=None, help="The store to restore into [default: as `export`].")
+@result_output
+def feedback_restore(file: Path, store_url: str | None) -> Output:
+    """Make the feedback store what a backup holds (stop the service first for SQLite)."""
+    from chexops.feedback.backup import restore
+
+    result = restore(_store_url(store_url), file)
+    return Output(result, f"Restored the {result.kind} store from {result.file}.")

@@ -134,9 +134,13 @@ def build_metadata(
     head_weight: np.ndarray,
     head_bias: np.ndarray,
     evaluated: bool = False,
+    training_data: dict | None = None,
 ) -> dict[str, str]:
-    """`evaluated` is "true" only for a registry version that passed the gate, with its evaluated thresholds."""
+    """`evaluated` is "true" only for a registry version that passed the gate, with its evaluated thresholds;
+    `training_data` ({kind, description, sources?}: the config's `data.provenance`) is what the service shows."""
+    extra = {"training_data": json.dumps(training_data)} if training_data else {}
     return {
+        **extra,
         "chexops.format": EXPORT_FORMAT,
         "labels": json.dumps(labels),
         "thresholds": json.dumps({label: float(thresholds[label]) for label in labels}),
@@ -287,6 +291,17 @@ def _load_model(payload: dict[str, Any]):
     except Exception as exc:  # noqa: BLE001 - a checkpoint that does not rebuild is the user's input
         raise UserInputError(f"the checkpoint does not rebuild into its model: {exc}") from None
     return model.eval(), spec
+
+
+def _training_data(config) -> dict | None:
+    """The config's `data.provenance`, with the extra sources (`data.sources`: e.g. clinicians' feedback) named;
+    a dataset joined by feedback is kind `feedback`."""
+    provenance = config.data.provenance
+    if provenance is None:
+        return None
+    sources = [source.name for source in config.data.sources]
+    kind = "feedback" if provenance.kind == "dataset" and sources else provenance.kind
+    return {"kind": kind, "description": provenance.description, **({"sources": sources} if sources else {})}
 
 
 def _splits(payload: dict[str, Any]):
@@ -457,6 +472,7 @@ def export_model(
         head_weight=model.head.weight.detach().numpy(),
         head_bias=model.head.bias.detach().numpy(),
         evaluated=evaluated,
+        training_data=_training_data(config),
     )
     write_metadata(fp32, metadata)
     log.info("Preprocessing %d validation images", len(splits.val))

@@ -15,7 +15,8 @@ failure, calls fail at once for `RETRY_SECONDS` instead of each waiting on a con
 The schema carries a version (`chexops_schema`); opening a store upgrades an older one in place,
 under a lock (PostgreSQL advisory lock, SQLite's write lock), so that replicas starting together
 migrate once: 1 = the original tables, 2 = `feedback.clinic`, the clinic that gave the feedback
-(filled from the prediction's clinic for older rows).
+(filled from the prediction's clinic for older rows), 3 = `feedback.unusable` (the clinician found the image
+unusable: no labels to learn from; the export leaves it out).
 
 What is kept carries no patient identifier: the image (column `image_png`, a PNG or a JPEG) is its
 pixels without any metadata (`chexops.serving.stored_image`), the image facts are format, size, modality, bits,
@@ -42,10 +43,11 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from chexops.core.errors import ChexopsError, ConfigError
+from chexops.core.results import Result
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATION_LOCK = 0x63686578  # PostgreSQL advisory lock key ("chex")
 KEPT_INFO = ("format", "width", "height", "mode", "modality", "photometric", "bits_stored", "view_position")
 RETRY_SECONDS = 1.0  # a store that just failed is not tried again for this long: calls fail at once meanwhile
@@ -73,8 +75,19 @@ feedback = sa.Table(
     sa.Column("note", sa.Text),
     sa.Column("created", sa.Text, nullable=False),
     sa.Column("clinic", sa.Text),
+    sa.Column("unusable", sa.Integer, nullable=False, server_default="0"),
 )
 schema_table = sa.Table("chexops_schema", metadata, sa.Column("version", sa.Integer, nullable=False))
+
+
+class PruneResult(Result):
+    """What `chexops feedback prune` deleted (or, `dry_run`, would delete): images and their bytes."""
+
+    images: int
+    bytes: int
+    dry_run: bool
+    unlabelled_days: float
+    labelled_days: float
 
 
 class NotFound(Exception):
@@ -97,6 +110,11 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def _ago(days: float) -> str:
+    """The `created` stamp of `days` ago (stamps are ISO UTC strings: they compare as text)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - days * 86400))
+
+
 def safe_info(info: dict[str, Any]) -> dict[str, Any]:
     """Only the acquisition facts that identify nobody."""
     return {k: info[k] for k in KEPT_INFO if k in info}
@@ -111,6 +129,8 @@ class Feedback:
     created: str
     clinic: str | None = None
 
+    unusable: bool = False
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "request_id": self.request_id,
@@ -119,6 +139,7 @@ class Feedback:
             "note": self.note,
             "created": self.created,
             "clinic": self.clinic,
+            "unusable": self.unusable,
         }
 
 
@@ -130,6 +151,14 @@ def engine_url(url: str) -> tuple[str, str]:
     if url.startswith("sqlite:///"):
         return "sqlite", url
     raise ConfigError(f"feedback store URL must start with sqlite:/// or postgresql://, got {url.split(':')[0]}:")
+
+
+def missing_sqlite(url: str) -> Path | None:
+    """The file a `sqlite:///` store URL names when it does not exist (None: it exists, or not SQLite)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = Path(url[len("sqlite:///") :])
+    return None if path.is_file() else path
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -309,7 +338,13 @@ class FeedbackStore:
 
     # --- feedback ----------------------------------------------------------------------------------
     def add_feedback(
-        self, request_id: str, correct: bool, labels: dict[str, int] | None, note: str | None, clinic: str | None = None
+        self,
+        request_id: str,
+        correct: bool,
+        labels: dict[str, int] | None,
+        note: str | None,
+        clinic: str | None = None,
+        unusable: bool = False,
     ) -> tuple[Feedback, bool]:
         """Store a feedback (committed when this returns); (record, created). Raises `NotFound` for an
         unknown request_id, `WrongClinic` when `clinic` is not the prediction's, `Conflict` when another
@@ -321,7 +356,7 @@ class FeedbackStore:
                 raise NotFound(request_id)
             if clinic is not None and owner[0] != clinic:
                 raise WrongClinic(request_id)
-            record = Feedback(request_id, correct, labels, note, now(), clinic or owner[0])
+            record = Feedback(request_id, correct, labels, note, now(), clinic or owner[0], unusable)
             inserted = conn.execute(
                 _insert(self.kind, feedback)
                 .values(
@@ -331,18 +366,47 @@ class FeedbackStore:
                     note=note,
                     created=record.created,
                     clinic=record.clinic,
+                    unusable=int(unusable),
                 )
                 .on_conflict_do_nothing(index_elements=["request_id"])
             )
             if inserted.rowcount == 1:
                 return record, True
             row = conn.execute(
-                sa.select(f.correct, f.labels, f.note, f.created, f.clinic).where(f.request_id == request_id)
+                sa.select(f.correct, f.labels, f.note, f.created, f.clinic, f.unusable).where(
+                    f.request_id == request_id
+                )
             ).one()
-        stored = Feedback(request_id, bool(row[0]), json.loads(row[1]) if row[1] else None, row[2], row[3], row[4])
-        if (stored.correct, stored.labels, stored.note) != (correct, labels, note):
+        stored = Feedback(
+            request_id, bool(row[0]), json.loads(row[1]) if row[1] else None, row[2], row[3], row[4], bool(row[5])
+        )
+        if (stored.correct, stored.labels, stored.note, stored.unusable) != (correct, labels, note, unusable):
             raise Conflict(request_id)
         return stored, False
+
+    def prune_images(self, unlabelled_days: float, labelled_days: float, dry_run: bool = False) -> dict[str, int]:
+        """The retention policy: the image of a prediction without feedback is deleted `unlabelled_days` after
+        the prediction, one with feedback `labelled_days` after it (by then exported into a training set); the
+        record (findings, version, image facts, feedback) is kept. Counts and bytes (`dry_run`: what would go).
+        SQLite reuses the freed pages for new rows, so the file stops growing at the policy's steady state."""
+        p, f = predictions.c, feedback.c
+        unlabelled_before = _ago(unlabelled_days)
+        labelled_before = _ago(labelled_days)
+        has_feedback = sa.exists().where(f.request_id == p.request_id)
+        due = sa.and_(
+            p.image_png.is_not(None),
+            sa.or_(
+                sa.and_(~has_feedback, p.created < unlabelled_before),
+                sa.and_(has_feedback, p.created < labelled_before),
+            ),
+        )
+        with self._begin() as conn:
+            row = conn.execute(
+                sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(sa.func.length(p.image_png)), 0)).where(due)
+            ).one()
+            if not dry_run and row[0]:
+                conn.execute(predictions.update().where(due).values(image_png=None))
+        return {"images": int(row[0]), "bytes": int(row[1])}
 
     def agreement(self) -> tuple[int, int]:
         """(correct, incorrect) feedback counts."""
@@ -368,6 +432,7 @@ class FeedbackStore:
         query = (
             sa.select(*columns, p.image_png if images else sa.null())
             .select_from(feedback.join(predictions, p.request_id == f.request_id))
+            .where(f.unusable == 0)  # an unusable image teaches nothing
             .order_by(f.created, f.request_id)
         )
         self._check_recent_failure()
@@ -469,7 +534,11 @@ def _to_2(conn) -> None:
     )
 
 
-MIGRATIONS = {2: _to_2}  # version → the step from version - 1
+def _to_3(conn) -> None:
+    conn.execute(sa.text("ALTER TABLE feedback ADD COLUMN unusable INTEGER NOT NULL DEFAULT 0"))
+
+
+MIGRATIONS = {2: _to_2, 3: _to_3}  # version → the step from version - 1
 
 
 def migrate(conn, kind: str) -> int:

@@ -19,11 +19,13 @@ the metrics through `app.state.backend` (the BentoML service instance), set when
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -41,11 +43,11 @@ from chexops.core.freight import loads_annotation
 from chexops.core.triage import PRIORITY_RULE, priority
 from chexops.feedback.store import Conflict, NotFound, Unavailable, WrongClinic
 from chexops.imaging.decode import ImageInputError, decode
-from chexops.serving import openapi
 from chexops.serving.admission import Admission
 from chexops.serving.auth import AuthError
 from chexops.serving.faults import FaultInjection
 from chexops.serving.inference import LOCALISATION_NOTE, heatmap_png
+from chexops.serving.limits import FEEDBACK_BODY_LIMIT, UploadGuard
 from chexops.serving.metrics import HttpMetrics
 from chexops.serving.schemas import FeedbackBody
 from chexops.serving.settings import Settings
@@ -59,10 +61,6 @@ PLACEHOLDER = """<!doctype html><html><head><meta charset="utf-8"><title>chexops
 (multipart field <code>image</code>, header <code>Authorization: Bearer KEY</code>).</p></body></html>"""
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class RequestError(Exception):
     """A caller's mistake: status and message for the JSON answer."""
 
@@ -71,35 +69,9 @@ class RequestError(Exception):
         self.status, self.reason, self.extra = status, reason, extra
 
 
-class BodyLimit:
-    """ASGI middleware: a POST body over the limit is a 413 at once when Content-Length says so,
-    and as soon as the limit is crossed otherwise (chunked uploads)."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope.get("method") != "POST":
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            response = JSONResponse({"error": _too_large(self.limit)}, status_code=413, headers={"Connection": "close"})
-            return await response(scope, receive, send)
-        received = 0
-
-        async def limited():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge()
-            return message
-
-        return await self.app(scope, limited, send)
-
-
 def _too_large(limit: int) -> str:
+    if limit <= FEEDBACK_BODY_LIMIT:
+        return f"the request body is over the size limit of {limit // 1024} KiB."
     return f"the upload is over the size limit of {(limit - MULTIPART_SLACK) / 2**20:.0f} MiB."
 
 
@@ -144,13 +116,6 @@ async def on_store_unavailable(request: Request, exc: Unavailable) -> Response:
     )
 
 
-async def on_too_large(request: Request, exc: BodyTooLarge) -> Response:  # noqa: ARG001 - Starlette's handler signature
-    _rejected(request, "size")
-    return _error(
-        _too_large(request.app.state.settings.max_upload_bytes + MULTIPART_SLACK), 413, {"Connection": "close"}
-    )
-
-
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.error("%s failed: %s", request.url.path, type(exc).__name__, exc_info=exc)
     return _error("an unexpected error occurred in the service; it is logged and the service keeps serving.", 500)
@@ -187,8 +152,6 @@ async def _upload(request: Request) -> tuple[bytes, dict[str, Any]]:
         )
     try:
         form = await request.form(max_files=2, max_fields=20)
-    except BodyTooLarge:
-        raise
     except Exception as exc:  # noqa: BLE001 - the multipart parser fails in several ways on a malformed body
         raise RequestError(f"the multipart form cannot be read ({type(exc).__name__}).", reason="upload") from None
     try:
@@ -230,6 +193,16 @@ def _store_image(backend, request_id: str, data: bytes, decoded) -> None:
         log.exception("storing the image of %s failed", request_id)
 
 
+async def _keep_image(backend, request_id: str, data: bytes, decoded, done: asyncio.Event) -> None:
+    """After the answer: the image stored; a feedback for it waits on `done` (so that an acknowledged
+    feedback always has its image, which its durable commit then makes durable too)."""
+    try:
+        await run_in_threadpool(_store_image, backend, request_id, data, decoded)
+    finally:
+        done.set()
+        backend.pending_images.pop(request_id, None)
+
+
 # --- routes ------------------------------------------------------------------------------------------
 
 
@@ -255,6 +228,7 @@ async def predict(request: Request) -> Response:
     except Unavailable as exc:  # the findings do not wait on the store: answered, not kept, feedback unavailable
         log.warning("prediction %s answered but not stored: the feedback store is unavailable (%s)", request_id, exc)
         stored = False
+        _remember_unstored(request.app, request_id)
     timings["total_ms"] = (time.perf_counter() - started) * 1000
     timings = {k: round(v, 2) for k, v in timings.items()}
     backend.metrics.observe_prediction(findings, level, timings)
@@ -280,7 +254,9 @@ async def predict(request: Request) -> Response:
     }
     if not stored:
         return JSONResponse(body)
-    return JSONResponse(body, background=BackgroundTask(_store_image, backend, request_id, data, decoded))
+    done = asyncio.Event()
+    backend.pending_images[request_id] = done
+    return JSONResponse(body, background=BackgroundTask(_keep_image, backend, request_id, data, decoded, done))
 
 
 async def explain(request: Request) -> Response:
@@ -330,6 +306,9 @@ async def feedback(request: Request) -> Response:
         problems = validation_problems(exc, top="body")
         raise RequestError(f"the feedback is not valid: {problems}.", 422, reason="feedback") from None
     prediction = await run_in_threadpool(backend.store.prediction, body.request_id)
+    if prediction is None and body.request_id in request.app.state.unstored:
+        # answered while the store could not keep it (down, or its disk full): the store's failure, not a 404
+        raise Unavailable(f"prediction {body.request_id} was answered while the store could not keep it")
     if prediction is None:
         raise RequestError(f"no prediction has request_id {body.request_id!r}.", 404, reason="feedback")
     if prediction["clinic"] != clinic:
@@ -341,14 +320,20 @@ async def feedback(request: Request) -> Response:
         if unknown or bad:
             raise RequestError(
                 "labels must map the prediction's labels to 0 or 1 "
-                f"({'unknown: ' + ', '.join(unknown) if unknown else 'not 0/1: ' + ', '.join(bad)}).",
+                f"({'unknown: ' + _few(unknown) if unknown else 'not 0/1: ' + _few(bad)}).",
                 422,
                 reason="feedback",
                 labels=known,
             )
+    contradiction = _contradiction(body, prediction["findings"])
+    if contradiction:
+        raise RequestError(contradiction, 422, reason="feedback")
+    pending = backend.pending_images.get(body.request_id)
+    if pending is not None:  # the image is durable before its feedback is acknowledged
+        await pending.wait()
     try:
         record, created = await run_in_threadpool(
-            backend.store.add_feedback, body.request_id, body.correct, body.labels, body.note, clinic
+            backend.store.add_feedback, body.request_id, body.correct, body.labels, body.note, clinic, body.unusable
         )
     except WrongClinic:
         raise _other_clinic(body.request_id) from None
@@ -373,6 +358,46 @@ async def feedback(request: Request) -> Response:
     return JSONResponse(
         {"request_id": body.request_id, "stored": True, "created": created, "feedback": record.to_dict()}
     )
+
+
+UNSTORED_KEPT = 10_000  # request ids answered without the store, remembered so that their feedback is a 503
+
+
+def _remember_unstored(app, request_id: str) -> None:
+    unstored = app.state.unstored
+    unstored[request_id] = None
+    while len(unstored) > UNSTORED_KEPT:
+        unstored.popitem(last=False)
+
+
+def _few(names: list[str], shown: int = 5) -> str:
+    """At most `shown` names, each cut to 40 characters: an error never echoes a large input back."""
+    listed = ", ".join(repr(n[:40]) for n in names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _contradiction(body: FeedbackBody, findings: list[dict]) -> str | None:
+    """Why a feedback contradicts itself or the prediction it judges (None: it means what it says).
+    "Incorrect" needs a label that differs from the prediction, labels that leave some finding unsaid (the
+    error is there), or `unusable`: what it may not be is the prediction's own answer, every label agreeing
+    (a form pre-ticked with the model's positives, sent unchanged), or nothing at all. "Correct" may carry
+    labels (the triage was right; its findings as read), but cannot call the image unusable."""
+    if body.correct and body.unusable:
+        return "the feedback says the prediction is correct and the image unusable: send one or the other."
+    if body.correct:
+        return None
+    if body.unusable:
+        return None
+    predicted = {f["label"]: int(bool(f["positive"])) for f in findings}
+    labels = body.labels or {}
+    differing = [k for k, v in labels.items() if predicted.get(k) != v]
+    if not labels or (not differing and set(labels) >= set(predicted)):
+        return (
+            "the feedback says the prediction is incorrect, but its labels are the prediction's own: mark at least "
+            "one finding as you read it (1 present, 0 absent) that differs from the prediction, or send "
+            "unusable: true when the image cannot be read."
+        )
+    return None
 
 
 def _other_clinic(request_id: str) -> RequestError:
@@ -429,7 +454,6 @@ def create_app(settings: Settings) -> Starlette:
             Route("/feedback", feedback, methods=["POST"]),
             Route("/", index, methods=["GET"]),
             Route("/model", model_info, methods=["GET"]),
-            Route("/openapi.json", openapi.serve, methods=["GET"]),
             Mount("/static", StaticFiles(directory=settings.static_dir, check_dir=False), name="static"),
         ],
         exception_handlers={
@@ -437,18 +461,27 @@ def create_app(settings: Settings) -> Starlette:
             RequestError: on_request_error,
             AuthError: on_auth_error,
             Unavailable: on_store_unavailable,
-            BodyTooLarge: on_too_large,
             Exception: on_unexpected,
         },
     )
     app.state.settings = settings
     app.state.backend = None
+    app.state.unstored = OrderedDict()  # request_id → None, the predictions answered but not stored
     app.add_middleware(
         Admission,
         limits=settings.admission_limits(),  # bounded work in flight (503 + Retry-After)
         on_refuse=lambda path: app.state.backend and app.state.backend.metrics.rejected.labels(reason="overload").inc(),
     )
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + MULTIPART_SLACK)
+    app.add_middleware(  # outside admission: a body is read whole before it may take an inference slot
+        UploadGuard,
+        default=settings.max_upload_bytes + MULTIPART_SLACK,
+        limits={"/feedback": FEEDBACK_BODY_LIMIT},
+        timeout_s=settings.upload_timeout_s,
+        min_rate=settings.min_upload_kib_per_s * 1024,
+        per_client=settings.max_uploads_per_client,
+        too_large=_too_large,
+        on_refuse=lambda reason: app.state.backend and app.state.backend.metrics.rejected.labels(reason=reason).inc(),
+    )
     if settings.faults is not None:  # tests of the canary analysis only (refused in production)
         app.add_middleware(FaultInjection, spec=settings.faults, owner=app)
     app.add_middleware(HttpMetrics, owner=app)  # outermost: sees injected faults as clients do

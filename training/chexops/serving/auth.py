@@ -6,15 +6,21 @@ Keys come from `CHEXOPS_API_KEYS` (`clinic:key,clinic2:key2`) or a mounted file 
 Kubernetes Secret's natural form; `chexops.serving.settings` reads both. Both may be given; their keys
 are merged. Keys are compared in constant time and never logged; only the clinic name is.
 
-A client address that failed authentication `auth_failures` times in a row (refilled at that many per
-minute) is answered 429 with Retry-After before its key is even looked at, so guessing keys is
-limited whatever the key. Optionally (`CHEXOPS_ADDRESS_RATE_LIMIT`), every authenticated request also
+Failed authentications are counted per client address (`auth_failures` a minute, also the burst): over
+that, the address is answered 429 with Retry-After for every key it has not already used successfully, so
+guessing keys is limited whatever the key. A key that authenticated from that address within the last
+`KNOWN_FOR_S` keeps working there (its own rate limit applies): a clinic behind a NAT or a proxy is not locked
+out by a neighbour's wrong guesses. While the address is over its limit, a guess is checked only against
+the few keys already used from it. The client address is the TCP peer's unless it is one of
+`CHEXOPS_TRUSTED_PROXIES`, whose `X-Forwarded-For` is then believed (uvicorn's proxy-headers middleware).
+Optionally (`CHEXOPS_ADDRESS_RATE_LIMIT`), every authenticated request also
 takes a token from its address's bucket (all the clinics behind one address share it), besides the
 token its key takes from its own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import math
@@ -155,14 +161,16 @@ class Authenticator:
         self.limiter = limiter
         self.per_address = per_address  # None: no limit per address on authenticated requests
         self.failures = failures or RateLimiter(10, 10, limiter.clock)
+        self._seen: dict[str, float] = {}  # "address sha256(key)" → when that key last authenticated there
+        self._seen_lock = threading.Lock()
 
     def clinic(self, authorization: str | None, address: str = "") -> str:
         """The clinic of a valid `Bearer` key within its rates; raises `AuthError` (401 / 429) otherwise."""
-        wait = self.failures.wait(address)
-        if wait > 0:
-            raise _too_many(wait, "failed authentications from this address")
         scheme, _, token = (authorization or "").strip().partition(" ")
         token = token.strip()
+        wait = self.failures.wait(address)
+        if wait > 0 and not self._known(address, token):
+            raise _too_many(wait, "failed authentications from this address")
         clinic = None
         for key, name in self.keys.items():  # constant time per key: no early exit on a prefix
             if hmac.compare_digest(key.encode(), token.encode()):
@@ -180,4 +188,21 @@ class Authenticator:
         wait = self.limiter.take(token)
         if wait > 0:
             raise _too_many(wait, "requests for this API key")
+        self._remember(address, token)
         return clinic
+
+    KNOWN_FOR_S = 24 * 3600
+    MAX_KNOWN = 50_000
+
+    def _pair(self, address: str, token: str) -> str:
+        return address + " " + hashlib.sha256(token.encode()).hexdigest()
+
+    def _known(self, address: str, token: str) -> bool:
+        seen = self._seen.get(self._pair(address, token))
+        return seen is not None and self.limiter.clock() - seen < self.KNOWN_FOR_S
+
+    def _remember(self, address: str, token: str) -> None:
+        with self._seen_lock:
+            if len(self._seen) >= self.MAX_KNOWN:
+                self._seen.clear()  # rare; a known key is then known again at its next success
+            self._seen[self._pair(address, token)] = self.limiter.clock()

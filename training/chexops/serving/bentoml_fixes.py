@@ -6,7 +6,8 @@ schedules a timer for every request and never cancels it: each answered request 
 `timeout` seconds later. Memory then grows with the request rate times the timeout: under a flood of
 fast 503 refusals (about 900 a second on the 2-core VM) the worker held about 250 MiB more before it
 levelled off. `cancel_traffic_timers()` replaces the middleware's `__call__` with the same logic
-that cancels its timer when the request ends. tests/test_overload.py checks that no timer survives.
+that cancels its timer when the request ends, and stops waiting when the app ends without an answer (a
+client that went away during its upload). tests/test_overload.py checks that no timer survives.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def cancel_traffic_timers() -> None:
             await send(message)
 
         fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
+        # An app that ends without answering (its client went away mid-body) ends the wait too: upstream, the
+        # request then stayed for the whole timeout, and held the server's shutdown as long.
+        fut.add_done_callback(lambda _: waiter.done() or waiter.set_result(None))
         try:
             await waiter
         except asyncio.TimeoutError:

@@ -23,6 +23,27 @@ from chexops.imaging.preprocessing import PreprocessSpec, preprocess_array
 log = logging.getLogger(__name__)
 
 LOCALISATION_NOTE = "approximate localisation (class activation map), not a segmentation"
+TRAINING_DATA_KINDS = {
+    "synthetic": "synthetic images (chexops data synth), no patient's",
+    "dataset": "a named radiograph dataset",
+    "feedback": "a named dataset and clinicians' feedback",
+    "unknown": "not stated in the model's metadata",
+}
+DEFAULT_INTENDED_USE = (
+    "triage support: orders a worklist of adult frontal chest radiographs for a radiologist's read; not a diagnosis"
+)
+PROBABILITY_NOTE = (
+    "a finding's score is the model's output, not a calibrated chance; its threshold is the score above which the "
+    "finding is flagged, chosen on held-out data (a 3 % threshold flags scores over 0.03, it is not a 3 % chance)"
+)
+
+
+def _json_object(text: str | None) -> dict | None:
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 @dataclass
@@ -40,6 +61,8 @@ class OnnxModel:
     precision: str
     head_weight: np.ndarray
     evaluated: bool = False  # metadata `evaluated`: a gated registry version with its evaluated thresholds
+    training_data: dict | None = None  # metadata `training_data`: {kind, description, sources?}
+    intended_use: str = ""  # metadata `intended_use`
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 2, providers: list[str] | None = None) -> "OnnxModel":
@@ -64,6 +87,8 @@ class OnnxModel:
             precision=meta.get("precision", ""),
             head_weight=np.asarray(head["weight"], dtype=np.float32),
             evaluated=meta.get("evaluated") == "true",
+            training_data=_json_object(meta.get("training_data")),
+            intended_use=meta.get("intended_use", ""),
         )
         log.info(
             "Loaded %s v%s (%s, %d labels, input %d px) with %d intra-op threads on %s",
@@ -113,6 +138,32 @@ class OnnxModel:
             "labels": self.labels,
             "input_size": self.spec.size,
             "evaluated": self.evaluated,
+            **self.banner(),
+        }
+
+    def banner(self) -> dict:
+        """What the model is, as /model and the page show it: the data it learnt from, what it is for, and
+        whether it may be used in a clinic (only a gate-approved model that learnt from a named dataset).
+        A model whose metadata does not say where its data came from is not for clinical use either."""
+        data = dict(self.training_data or {})
+        kind = data.get("kind") if data.get("kind") in TRAINING_DATA_KINDS else "unknown"
+        data["kind"] = kind
+        data.setdefault("description", TRAINING_DATA_KINDS[kind])
+        clinical = kind in ("dataset", "feedback") and self.evaluated
+        if kind == "synthetic":
+            warning = "Demonstration model: synthetic training data, not for clinical use."
+        elif kind == "unknown":
+            warning = "Not for clinical use: this model does not say what data it learnt from."
+        elif not self.evaluated:
+            warning = "Not for clinical use: this model has not passed the quality gate."
+        else:
+            warning = ""
+        return {
+            "training_data": data,
+            "intended_use": self.intended_use or DEFAULT_INTENDED_USE,
+            "clinical_use": clinical,
+            "warning": warning,
+            "probability_note": PROBABILITY_NOTE,
         }
 
 

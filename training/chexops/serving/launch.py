@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 from typing import Callable, Protocol
 
 from chexops.core import paths
+from chexops.core.errors import UserInputError
 from chexops.core.processes import die_with_parent
 from chexops.serving.auth import require_keys_off_loopback
 from chexops.serving.settings import DEV_KEYS, Settings
@@ -58,6 +60,20 @@ class Served(Protocol):
     evaluated: bool
 
 
+def check_port_free(host: str, port: int) -> None:
+    """`UserInputError` (exit 2, one line) when `host:port` cannot be listened on: BentoML would load the
+    model first, then fail with a long traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserInputError(
+                f"cannot serve on {host}:{port}: {exc.strerror or exc} (another server is there? choose --port)."
+            ) from None
+
+
 def serve(
     port: int,
     host: str,
@@ -71,6 +87,7 @@ def serve(
     (chexops.core.processes). `resolve` turns `CHEXOPS_MODEL` (a registry reference by default) into the
     exact, checked Bento model (exit 2 otherwise). Off loopback, configured API keys are required (exit 2 otherwise)."""
     settings = Settings.from_env()  # a bad CHEXOPS_* value is exit 2 here, not a traceback in the worker
+    check_port_free(host, port)
     require_keys_off_loopback(host, settings.api_keys.get_secret_value(), settings.api_keys_file)
     env = serve_env(model, precision, threads)
     served = resolve(model or settings.model_tag)

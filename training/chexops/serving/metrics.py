@@ -19,13 +19,24 @@ module, and prometheus_client picks its storage when first imported.
 
 Every series carries `environment`, `track` (stable|canary) and `model_version` (CHEXOPS_ENVIRONMENT,
 CHEXOPS_TRACK, the served model), so stable and canary pods behind one Service are told apart.
+One server's series only (`own_metrics_dir`): BentoML gives every server on one BENTOML_HOME the same
+`prometheus_multiproc_dir`, so a second server (a `make demo` beside `make serve`) mixed its workers'
+series into the first's /metrics, and cleaned the directory under it at its start.
+
 Feedback is counted under `predicted_version`, the version that made the prediction it judges
 (with a shared store, a canary's prediction may be judged through a stable pod).
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
+import shutil
 import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 CONST = ("environment", "track", "model_version")
@@ -172,3 +183,39 @@ class HttpMetrics:
             if backend is not None:
                 backend.metrics.requests.labels(route=path, code=str(status)).inc()
                 backend.metrics.latency.labels(route=path).observe(time.perf_counter() - started)
+
+
+METRICS_DIRS = "chexops-metrics"  # beside BentoML's prometheus_multiproc_dir: BentoML never cleans it
+
+
+def own_metrics_dir() -> Path | None:
+    """In a BentoML worker: point PROMETHEUS_MULTIPROC_DIR at a directory of this server's own (one per
+    `bentoml serve` process, the workers' parent, shared by its workers), removed when the worker exits; the
+    directories of servers no longer running are removed at start. Outside a worker (no such variable): None."""
+    shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not shared:
+        return None
+    root = Path(shared).resolve().parent / METRICS_DIRS
+    if Path(shared).resolve().parent.name == METRICS_DIRS:
+        return Path(shared)  # already ours (the module imported twice)
+    server = os.getppid()
+    mine = root / f"server-{server}"
+    root.mkdir(parents=True, exist_ok=True)
+    for other in root.glob("server-*"):  # a server that is gone (a restart has another pid): its files go
+        if other != mine and not _running(other.name.removeprefix("server-")):
+            shutil.rmtree(other, ignore_errors=True)
+    mine.mkdir(exist_ok=True)  # the workers of one server share it
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(mine)
+    atexit.register(shutil.rmtree, mine, True)
+    log.debug("Prometheus multiprocess files in %s", mine)
+    return mine
+
+
+def _running(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True

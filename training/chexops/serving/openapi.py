@@ -1,9 +1,12 @@
-"""The OpenAPI 3.1 document of the clinic endpoint's own routes, served at `GET /openapi.json`.
+"""The one OpenAPI 3.1 document of the clinic endpoint: the clinic API, the model, the page, health and
+metrics, and no internal route. Served where BentoML users look, `GET /docs.json` (also `/openapi.json`), and
+rendered at `GET /docs` by the Swagger UI that BentoML ships (`/static_content`, no CDN). `/schema.json` stays
+BentoML's: it is not OpenAPI but the route list BentoML's own clients (`bentoml.SyncHTTPClient`) read.
 
-BentoML's `/docs.json` describes only its typed APIs and FastAPI apps; the Starlette routes of
-`chexops.serving.app` are described here. Every documented 4xx/5xx answer is the JSON `Error`
-object `{"error": "..."}`; tests/test_api_properties.py drives the running service from this
-document with schemathesis and checks that the service keeps to it.
+BentoML's own `/docs.json` describes only its typed APIs (here the internal `/infer`) and its health routes;
+`OpenApiRoutes`, a middleware on the BentoML app, answers those paths first. Every documented 4xx/5xx
+answer is the JSON `Error` object `{"error": "..."}`; tests/test_api_properties.py drives the running
+service from this document with schemathesis and checks that the service keeps to it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,20 @@ from typing import Any
 from chexops import __version__
 
 ERROR = {"$ref": "#/components/schemas/Error"}
+TEXT = {"type": "string"}
+PATHS = ("/docs.json", "/openapi.json")
+DOCS_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>chexops clinic endpoint: API</title>
+<link rel="stylesheet" href="/static_content/swagger-ui.css"></head><body><div id="swagger-ui"></div>
+<script src="/static_content/swagger-ui-bundle.js"></script><script>
+window.ui = SwaggerUIBundle({url: "/docs.json", dom_id: "#swagger-ui"});</script>
+<noscript>The API document is at <a href="/docs.json">/docs.json</a>.</noscript></body></html>"""
+
+
+def _health(name: str, summary: str, *more: int) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": {"description": "ok", "content": {"text/plain": {"schema": TEXT}}}}
+    for code in more:
+        responses[str(code)] = {"description": "not ready", "content": {"text/plain": {"schema": TEXT}}}
+    return {"get": {"operationId": name, "summary": summary, "responses": responses}}
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -20,11 +37,13 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "malformed request or damaged image",
         401: "no or bad API key",
         404: "unknown request_id",
+        408: "the body arrived too slowly (connection closed)",
         409: "a different feedback is already stored",
         413: "upload or pixel count over the limit",
         415: "not multipart, or not a PNG/JPEG/DICOM",
         422: "valid format, unusable content",
-        429: "over the key's rate (Retry-After)",
+        429: "over the key's rate, or too many uploads at once from one client (Retry-After)",
+        431: "request headers over the limit (connection closed)",
         500: "a bug (logged; generic message)",
         503: "at capacity or still loading (Retry-After)",
     }
@@ -108,7 +127,7 @@ def document(feedback_schema: dict[str, Any]) -> dict[str, Any]:
                             "description": "the findings",
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Prediction"}}},
                         },
-                        **_errors(400, 401, 413, 415, 422, 429, 500, 503),
+                        **_errors(400, 401, 408, 413, 415, 422, 429, 500, 503),
                     },
                 }
             },
@@ -126,7 +145,7 @@ def document(feedback_schema: dict[str, Any]) -> dict[str, Any]:
                             "description": "PNG heatmap (approximate localisation)",
                             "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
                         },
-                        **_errors(400, 401, 413, 415, 422, 429, 500, 503),
+                        **_errors(400, 401, 408, 413, 415, 422, 429, 500, 503),
                     },
                 }
             },
@@ -144,7 +163,7 @@ def document(feedback_schema: dict[str, Any]) -> dict[str, Any]:
                             "description": "the stored feedback",
                             "content": {"application/json": {"schema": stored}},
                         },
-                        **_errors(400, 401, 404, 409, 413, 415, 422, 429, 500, 503),
+                        **_errors(400, 401, 404, 408, 409, 413, 415, 422, 429, 500, 503),
                     },
                 }
             },
@@ -168,6 +187,24 @@ def document(feedback_schema: dict[str, Any]) -> dict[str, Any]:
                     },
                 }
             },
+            "/": {
+                "get": {
+                    "operationId": "page",
+                    "summary": "The clinicians' web page",
+                    "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": TEXT}}}},
+                }
+            },
+            "/livez": _health("livez", "The process is alive"),
+            "/readyz": _health("readyz", "The model is loaded and the service answers (503 while loading)", 503),
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus series: the service's chexops_* and BentoML's own",
+                    "responses": {
+                        "200": {"description": "text exposition format", "content": {"text/plain": {"schema": TEXT}}}
+                    },
+                }
+            },
         },
         "components": {
             "securitySchemes": {
@@ -183,10 +220,28 @@ def document(feedback_schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def serve(request):  # noqa: ARG001 - Starlette's endpoint signature
-    """GET /openapi.json (no key needed: it describes, it reveals nothing)."""
-    from starlette.responses import JSONResponse
-
+def feedback_document() -> dict[str, Any]:
     from chexops.serving.schemas import FeedbackBody
 
-    return JSONResponse(document(FeedbackBody.model_json_schema()))
+    return document(FeedbackBody.model_json_schema())
+
+
+class OpenApiRoutes:
+    """ASGI middleware for the BentoML app: GET /docs.json and /openapi.json answer this
+    document, GET /docs its Swagger UI page (no key needed: they describe, they reveal nothing)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.body = None
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path")
+        if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD") and (path in PATHS or path == "/docs"):
+            from starlette.responses import HTMLResponse, JSONResponse
+
+            if path == "/docs":
+                return await HTMLResponse(DOCS_PAGE)(scope, receive, send)
+            if self.body is None:
+                self.body = feedback_document()
+            return await JSONResponse(self.body)(scope, receive, send)
+        return await self.app(scope, receive, send)

@@ -7,6 +7,7 @@ the table of variables in bentos/README.md (tests/test_settings.py keeps the two
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -30,6 +31,7 @@ DEV_KEYS = "dev:chexops-dev-key"
 FEEDBACK_DB = "feedback/feedback.db"  # under $CHEXOPS_HOME, without CHEXOPS_FEEDBACK_URL
 OFF = ("0", "false", "no", "off")
 ENVIRONMENT = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+MAX_PIXELS = 4096 * 4096
 
 
 class Settings(BaseSettings):
@@ -109,10 +111,52 @@ class Settings(BaseSettings):
         10,
         ge=1,
         validation_alias="CHEXOPS_AUTH_FAILURE_LIMIT",
-        description=("failed authentications per minute per client address (also the burst)"),
+        description=(
+            "failed authentications per minute per client address (also the burst); over it the address gets 429 for "
+            "every key but those that already authenticated from it in the last 24 h"
+        ),
     )
     max_upload_mb: float = Field(20.0, gt=0, description="bigger bodies → 413 before they are read")
-    max_pixels: int = Field(40_000_000, ge=256, description="decompression-bomb limit")
+    max_pixels: int = Field(
+        MAX_PIXELS,
+        ge=256,
+        description=(
+            "decompression-bomb limit (4096², 16.8 Mpx: a CheXpert full-size radiograph is about 2,500-3,000 px a "
+            "side, the largest flat-panel detectors 43 cm at 0.1 mm, about 4,300 × 4,300; decoding one costs about "
+            "20 bytes a pixel)"
+        ),
+    )
+    upload_timeout_s: float = Field(
+        30.0, gt=0, description="the longest a request body may take to arrive (408 and the connection closed)"
+    )
+    min_upload_kib_per_s: float = Field(
+        16.0,
+        ge=0,
+        validation_alias="CHEXOPS_MIN_UPLOAD_RATE",
+        description=(
+            "after its first 2 s, a request body must arrive at least this fast on average (KiB/s; 408 and the "
+            "connection closed otherwise; 0: no minimum). Bodies are read whole before a request takes an inference "
+            "slot"
+        ),
+    )
+    max_uploads_per_client: int = Field(
+        8,
+        ge=1,
+        description=(
+            "request bodies being received at once per API key presented, and 4 times as many per client address "
+            "(429 beyond)"
+        ),
+    )
+    max_header_kb: int = Field(
+        32, ge=1, description="request line and headers together, KiB (431 and the connection closed beyond)"
+    )
+    trusted_proxies: str = Field(
+        "",
+        description=(
+            "addresses or networks (comma-separated, e.g. the ingress `10.0.0.0/8`) whose `X-Forwarded-For` and "
+            "`X-Forwarded-Proto` are believed; empty: none, the client address is the TCP peer's"
+        ),
+    )
     modalities: Annotated[frozenset[str], NoDecode] = Field(
         frozenset({"CR", "DX"}), description=("DICOM modalities accepted (comma-separated)")
     )
@@ -208,6 +252,18 @@ class Settings(BaseSettings):
     def _known_providers(cls, value: str) -> str:
         parse_providers(value)  # ConfigError for an unknown name
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for item in (v.strip() for v in value.split(",")):
+            if not item:
+                continue
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"must be IP addresses or networks (comma-separated), got {item!r}") from None
+        return ",".join(v.strip() for v in value.split(",") if v.strip())
 
     @field_validator("api_keys")
     @classmethod

@@ -6,9 +6,13 @@ frame, tables and scans stay, every APPn but Adobe's colour-transform flag, COM 
 the end go). Nothing is decoded or re-encoded, so keeping it costs the service almost no CPU, and it
 reads back as exactly the pixels that were classified (the same intensity rule, `sBIT` included).
 
-Everything else is re-encoded from the decoded pixels as a 16-bit grey PNG (`chexops.imaging.decode.to_png`),
+Everything else is re-encoded from the decoded pixels as an 8-bit grey JPEG (quality 90, JFIF header only),
 scaled down to the kept size: DICOM (its header is the identifier's home), a larger image, and a PNG
 or JPEG with EXIF (its orientation changes how the pixels read, and EXIF can carry names and dates).
+Why that size: the model sees its input size (`preprocessing.size`, at most 320 px here) and a clinician
+reviewing a case for the training set wants about 1024 px on a side, at a display's 8 bits, which is
+also CheXpert's own image format (8-bit JPEG). A 16-bit PNG of the same pixels was 4× the DICOM
+upload (516 kB for a 127 kB CR); this is about its size (125 kB; docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import struct
 
 import numpy as np
 
-from chexops.imaging.decode import DecodedImage, to_png
+from chexops.imaging.decode import DecodedImage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_KEPT = frozenset({b"IHDR", b"PLTE", b"tRNS", b"sBIT", b"IDAT", b"IEND"})
@@ -39,7 +43,23 @@ def kept_image(data: bytes, decoded: DecodedImage, max_side: int) -> bytes:
                 return jpeg_without_metadata(data)
         except NotKeptAsIs:
             pass
-    return to_png(_scaled(decoded.grey, max_side))
+    return review_jpeg(_scaled(decoded.grey, max_side))
+
+
+JPEG_QUALITY = 90
+
+
+def review_jpeg(grey: np.ndarray) -> bytes:
+    """Grey pixels in [0, 1] as an 8-bit JPEG with no metadata but its JFIF header."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(np.clip(grey, 0, 1) * 255).astype(np.uint8)).save(
+        buffer, format="JPEG", quality=JPEG_QUALITY
+    )
+    return buffer.getvalue()
 
 
 def png_without_metadata(data: bytes) -> bytes:
