@@ -58,6 +58,15 @@ def _inputs(template: dict, given: dict[str, str], spec: dict) -> dict[str, str]
     return scope
 
 
+# What earlier steps output at run time: the branch's commit, the image built from it, the freight so far.
+RUNTIME = {
+    "tasks.resolve.outputs.parameters.commit": "c" * 40,
+    "tasks.build.outputs.parameters.image": "registry.platform.svc.cluster.local:5000/chexops-train:src-1@sha256:"
+    + "d" * 64,
+    **{f"tasks.{t}.outputs.parameters.freight": '{"commit": "' + "c" * 40 + '"}' for t in ("freight", "prepare")},
+}
+
+
 def resolved_cron() -> tuple[list[str], list[str], dict]:
     """(the feedback-export container's argv, the train container's argv, the cron's workflow spec),
     every parameter resolved along cron main → chexops-pipeline main → chexops-train main → train."""
@@ -65,7 +74,11 @@ def resolved_cron() -> tuple[list[str], list[str], dict]:
     cron = objects["chexops-retrain"]["spec"]["workflowSpec"]
     base = {
         "workflow.name": RUN,
-        **{f"workflow.parameters.{p['name']}": str(p["value"]) for p in cron["arguments"]["parameters"]},
+        **{
+            f"workflow.parameters.{p['name']}": str(p.get("value", "<from a ConfigMap>"))
+            for p in cron["arguments"]["parameters"]
+        },
+        **RUNTIME,
     }
     tasks = {t["name"]: t for t in _template(cron, "main")["dag"]["tasks"]}
     export = _template(cron, tasks["feedback"]["template"])["container"]
@@ -78,7 +91,7 @@ def resolved_cron() -> tuple[list[str], list[str], dict]:
         ref = call["templateRef"]
         spec = objects[ref["name"]]["spec"]
         template = _template(spec, ref["template"])
-        scope = {"workflow.name": RUN, **_inputs(template, given, spec)}
+        scope = {"workflow.name": RUN, **RUNTIME, **_inputs(template, given, spec)}
         call = next(t for t in template["dag"]["tasks"] if t["name"] == task_name)
         given = _args(call, scope, f"{ref['name']} {ref['template']}.{task_name}")
         if "templateRef" not in call:
