@@ -67,7 +67,6 @@ def test_repository_url_in_one_place_equal_to_ansibles(
     assert files == [REPO / "argocd" / "source" / "gitops-source.yaml"], files
 
 
-
 def test_repository_url_is_written_once_for_argocd_and_workflows(renders):
     """argocd/ and workflows/ hold the literal URL once (source/gitops-source.yaml); the pipelines
     read it from ConfigMap argo/chexops-gitops, which kustomize fills from that same file."""

@@ -63,15 +63,19 @@ def test_the_service_runs_as_the_deployment_runs_it(env_docs, served_model, tmp_
                 return str(here) + value[len(path) :]
         return value
 
-    labels = pod["metadata"]["labels"]
+    # The track label is Argo Rollouts' to add (stableMetadata): a promoted pod carries it.
+    labels = {**pod["metadata"]["labels"], **deployment["spec"]["strategy"]["canary"]["stableMetadata"]["labels"]}
     secrets = {("chexops-feedback-db", "url"): f"sqlite:///{tmp_path / 'feedback.db'}"}  # PostgreSQL in the cluster
     env = {}
     for var in container["env"]:
         if "value" in var:
             env[var["name"]] = local(var["value"])
         elif "fieldRef" in var["valueFrom"]:
-            label = var["valueFrom"]["fieldRef"]["fieldPath"].removeprefix("metadata.labels['").removesuffix("']")
-            env[var["name"]] = labels[label]
+            path = var["valueFrom"]["fieldRef"]["fieldPath"]
+            if path.startswith("metadata.annotations['"):
+                env[var["name"]] = pod["metadata"]["annotations"][path.removeprefix("metadata.annotations['")[:-2]]
+            else:
+                env[var["name"]] = labels[path.removeprefix("metadata.labels['").removesuffix("']")]
         else:
             ref = var["valueFrom"]["secretKeyRef"]
             env[var["name"]] = secrets[(ref["name"], ref["key"])]

@@ -14,7 +14,6 @@ import bcrypt
 import jinja2
 import pytest
 import yaml
-from ansible.plugins.filter.core import FilterModule
 
 from .render import REPO
 
@@ -28,10 +27,23 @@ def _deployment(renders) -> dict:
     return deployment
 
 
+def _filters() -> dict:
+    """Ansible's core filters. Importing ansible replaces sys.intern with a patch object, which breaks
+    torch's dynamo in the tests that run later in this process: the builtin is put back."""
+    import sys
+
+    intern = sys.intern
+    try:
+        from ansible.plugins.filter.core import FilterModule
+    finally:
+        sys.intern = intern
+    return FilterModule().filters()
+
+
 def _ansible(text: str, variables: dict):
     """A value as Ansible templates it: one {{ expression }} keeps its type (a dict stays a dict)."""
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
-    env.filters.update(FilterModule().filters())
+    env.filters.update(_filters())
     whole = re.fullmatch(r"\s*\{\{(.*)\}\}\s*", text, re.DOTALL)
     if whole:
         try:
