@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -221,7 +222,7 @@ def registry(tmp_path_factory):
         if not shutil.which(tool):
             pytest.skip(f"{tool} is not installed (tests/install-tools.sh installs it)")
     root = tmp_path_factory.mktemp("registry")
-    user, password = "chexops-push", "push-credential"
+    user, password = "chexops-push", secrets.token_urlsafe(16)  # made per run: no credential in git
     (root / "htpasswd").write_text(
         subprocess.run(["htpasswd", "-nbB", user, password], capture_output=True, text=True, check=True).stdout
     )
