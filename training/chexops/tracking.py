@@ -11,7 +11,7 @@ from typing import Any
 
 from chexops.core import paths
 from chexops.core.errors import UserInputError
-from chexops.core.freight import IMAGE_COMMIT_ENV
+from chexops.core.freight import IMAGE_COMMIT_ENV, running_commit
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +36,21 @@ def git_info(start: Path | None = None) -> dict[str, str]:
     """The commit this code runs from and whether the tree had changes (empty outside git). In an
     image there is no git: the image carries the commit it was built from (`$CHEXOPS_IMAGE_COMMIT`,
     chexops.core.freight); `$CHEXOPS_GIT_COMMIT` names one by hand."""
-    for variable in (IMAGE_COMMIT_ENV, "CHEXOPS_GIT_COMMIT"):
-        if os.environ.get(variable, "").strip():
-            return {"git_commit": os.environ[variable].strip()}
+    named = os.environ.get(IMAGE_COMMIT_ENV, "").strip() or os.environ.get("CHEXOPS_GIT_COMMIT", "").strip()
+    if named:
+        return {"git_commit": named}
     cwd = start or Path(__file__).resolve().parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-
-    try:
-        return {
-            "git_commit": git("rev-parse", "HEAD"),
-            "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))),
-        }
-    except (OSError, subprocess.SubprocessError):
+    commit = running_commit(cwd)
+    if commit is None:
         return {}
+    try:
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": commit}
+    return {"git_commit": commit, "git_dirty": str(bool(status.strip()))}
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -187,8 +187,12 @@ def verify_serving_cmd(url, version, timeout, consecutive, hold, interval) -> Ou
     if not version.isdigit():
         raise UserInputError(f"--version must be a registry version number, got {version!r}.")
     result = verify_serving(url, version, timeout=timeout, consecutive=consecutive, hold=hold, interval=interval)
-    refusal = None if result.verified else GateRefused(f"{url}: {result.message}")
-    return Output(result, f"{url}: {result.message}", refusal)
+    return _verdict(result, result.verified, f"{url}: {result.message}")
+
+
+def _verdict(result, ok: bool, message: str) -> Output:
+    """A wait's result: printed either way, and exit 3 (with the message) unless it succeeded."""
+    return Output(result, message, None if ok else GateRefused(message))
 
 
 _API = click.option("--api", help="Kubernetes API URL [default: in-cluster, from the pod's ServiceAccount].")
@@ -218,8 +222,7 @@ def wait_synced_cmd(application, revision, namespace, health, timeout, interval,
     result = wait_synced(
         Kube.connect(api), application, revision, namespace=namespace, health=health, timeout=timeout, interval=interval
     )
-    refusal = None if result.synced else GateRefused(f"Application {application}: {result.message}")
-    return Output(result, f"Application {application}: {result.message}", refusal)
+    return _verdict(result, result.synced, f"Application {application}: {result.message}")
 
 
 @click.command("wait-rollout")
@@ -255,8 +258,7 @@ def wait_rollout_cmd(rollout, namespace, version, timeout, decision_timeout, int
     )
     runs = ", ".join(f"{r['name']} {r['phase']}" for r in result.analysis_runs) or "none"
     human = f"Rollout {rollout}: {result.outcome}: {result.message} (analyses: {runs})"
-    refusal = None if result.outcome in ("promoted", "undecided") else GateRefused(human)
-    return Output(result, human, refusal)
+    return _verdict(result, result.outcome in ("promoted", "undecided"), human)
 
 
 @click.command("s3-credentials")

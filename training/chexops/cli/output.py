@@ -44,11 +44,17 @@ def result_output(func):
 
 
 def _carry_freight(out: Output) -> None:
-    """Under `$CHEXOPS_FREIGHT`, the step's output `freight` is the record with this step's facts added."""
-    carried = freight_record.Freight.from_env()
+    """The step's output `freight`: the carried record (`$CHEXOPS_FREIGHT`) with this step's facts added,
+    or the record a step created (`chexops freight create`)."""
     directory = os.environ.get(OUTPUTS_ENV)
-    if not directory or (carried is None and isinstance(out.result, freight_record.Freight) is False):
+    carried = freight_record.Freight.from_env()
+    if carried is not None:
+        updated = carried.add(**(out.freight or {}))
+    elif isinstance(out.result, freight_record.Freight):
+        updated = out.result
+    else:
         return
-    updated = carried.add(**(out.freight or {})) if carried else out.result
+    if not directory:
+        return
     Path(directory).mkdir(parents=True, exist_ok=True)
     (Path(directory) / "freight").write_text(updated.to_json())

@@ -287,8 +287,9 @@ def rollback(environment: str, *, name: str, repo: Path, push: bool = False, if_
             gitops.TRAILER_ROLLBACK: " ".join(reverted),
         },
     )
-    new = _commit(repo, [overlay.relpath], message, push, whole_index=len(reverted) > 1 or environment != "production",
-                  allow_empty=environment == "production" and len(reverted) == 1)  # fmt: skip
+    # A revert is in progress unless production's verdict had no canary commit left to revert.
+    changed = environment != "production" or len(reverted) > 1
+    new = _commit(repo, [overlay.relpath], message, push, whole_index=changed, allow_empty=not changed)
     ev.move_alias(client, name, environment, previous)
     if environment == "production" and len(reverted) > 1:
         ev.move_alias(client, name, "canary", None)
