@@ -31,7 +31,7 @@ lint: $(STAMP)  # the house's rules (docs/architecture.md): ruff, then the layer
 
 test: $(STAMP) lint
 	VENV=$(VENV) bash tests/install-tools.sh
-	$(BIN)/python -m pytest; status=$$?; \
+	$(BIN)/python -m pytest --durations=15; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$status
 
 check: $(STAMP) lint
