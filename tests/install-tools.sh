@@ -58,4 +58,16 @@ if ! command -v docker-registry >/dev/null 2>&1 || ! command -v busybox >/dev/nu
     fi
 fi
 
+# issue 21, the DICOM gateway's tests: Orthanc (the real PACS, with its DICOMweb plugin) and dicom3tools (dciodvfy).
+if ! command -v Orthanc >/dev/null 2>&1 || ! command -v dciodvfy >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "install-tools: apt-get install orthanc orthanc-dicomweb dicom3tools" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends orthanc orthanc-dicomweb dicom3tools >/dev/null
+    else
+        echo "install-tools: Orthanc or dciodvfy is missing and this is not root: the PACS tests will skip" >&2
+    fi
+fi
+
 bash "$here/infra/install-tools.sh"

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from chexops.cli import data, delivery, demo, feedback, freight, infra, loop, pipeline, serve, train, triton
+from chexops.cli import data, delivery, demo, feedback, freight, infra, loop, pacs, pipeline, serve, train, triton
 from chexops.core.errors import ChexopsError
 from chexops.core.freight import check_env as check_freight
 
@@ -47,6 +47,7 @@ COMMANDS = [
     triton.triton,
     serve.serve_cmd,
     feedback.feedback,
+    pacs.pacs,  # serve (the DICOM gateway), feedback
     delivery.promote_cmd,
     delivery.loadtest_cmd,
     delivery.verify_serving_cmd,
