@@ -18,6 +18,7 @@ import json
 import logging
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -322,8 +323,11 @@ def serve(settings: PacsSettings, flag: StudyFlag | None = None) -> None:
     if settings.json_log:
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonFormatter())
-    for noisy in ("pynetdicom", "httpx", "httpcore"):
+    # highdicom logs the UIDs it copies, and warns with the patient's name when it looks odd: neither is logged
+    for noisy in ("pynetdicom", "httpx", "httpcore", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="highdicom")
+    warnings.filterwarnings("ignore", module="pydicom")
     gateway = Gateway(settings, settings.api_key(), flag).start()
     if settings.metrics:
         from prometheus_client import start_http_server

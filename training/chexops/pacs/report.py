@@ -126,9 +126,9 @@ def read_findings(sr: Dataset) -> dict[str, tuple[float, float, bool]]:
                 values[name] = item.ConceptCodeSequence[0]
             elif item.ValueType == "NUM":
                 values[name] = float(item.MeasuredValueSequence[0].NumericValue)
-        found[values["finding"].CodeValue] = (
+        found[values["finding"].CodeMeaning] = (
             values["probability"],
             values["threshold"],
-            values["verdict"].CodeValue == PRESENT.value,
+            values["verdict"].CodeValue == PRESENT.value,  # SNOMED codes are short
         )
     return found
