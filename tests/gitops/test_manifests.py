@@ -30,7 +30,9 @@ def _kind(docs, kind):
 
 def _deployment(docs) -> dict:
     """The clinic endpoint's workload: an Argo Rollout (the pod template and selector of a Deployment)."""
-    assert not _kind(docs, "Deployment"), "the clinic endpoint runs as an Argo Rollout"
+    assert not [d for d in _kind(docs, "Deployment") if d["metadata"]["name"] == "chexops"], (
+        "the clinic endpoint runs as an Argo Rollout"
+    )
     (rollout,) = _kind(docs, "Rollout")
     return rollout
 
@@ -275,9 +277,15 @@ def test_network_policies(env_docs, env):
     ]
     # The delivery's steps (namespace argo): staging's load test, production's verification (/model).
     expected.insert(0, ("argo", None))
+    expected.append((None, {"app.kubernetes.io/name": "chexops-pacs"}))  # the DICOM gateway (issue 21)
     assert sources == expected, sources
     assert all(r["ports"] == [{"port": "http", "protocol": "TCP"}] for r in ingress)
-    egress = [r for p in policies.values() for r in p["spec"].get("egress", [])]
+    egress = [
+        r
+        for p in policies.values()
+        for r in p["spec"].get("egress", [])
+        if p["spec"]["podSelector"].get("matchLabels", {}).items() <= pods.items()
+    ]
     ports = sorted((peer[0], port["port"]) for r in egress for peer in _peers(r["to"]) for port in r["ports"])
     assert ports == [("kube-system", 53), ("kube-system", 53), ("platform", 5432)], ports
 
@@ -334,3 +342,22 @@ def test_the_storage_class_is_the_one_ansible_creates():
             "the Ansible kubernetes role in this tree does not create the platform StorageClass yet (infra's branch)"
         )
     assert defaults["kubernetes_platform_storage_class"] == PLATFORM_STORAGE_CLASS
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_dicom_gateway_runs_the_services_image_with_its_outbox_on_a_claim(env_docs, env):
+    """Issue 21: one gateway pod (Recreate: never two on one outbox), the image the Rollout runs, a Service on
+    DICOM's port 104, and the outbox on a PersistentVolumeClaim."""
+    (gateway,) = [d for d in _kind(env_docs[env], "Deployment") if d["metadata"]["name"] == "chexops-pacs"]
+    assert gateway["spec"]["replicas"] == 1 and gateway["spec"]["strategy"]["type"] == "Recreate"
+    pod = gateway["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == _container(_deployment(env_docs[env]))["image"]
+    assert container["command"][:5] == ["python", "-m", "chexops", "pacs", "serve"]
+    env_vars = {e["name"]: e for e in container["env"]}
+    state = env_vars["CHEXOPS_PACS_STATE"]["value"]
+    claims = {v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert any(m["name"] in claims and state.startswith(m["mountPath"]) for m in container["volumeMounts"])
+    (service,) = [d for d in _kind(env_docs[env], "Service") if d["metadata"]["name"] == "chexops-pacs"]
+    assert service["spec"]["ports"] == [{"name": "dicom", "port": 104, "targetPort": "dicom", "protocol": "TCP"}]
+    assert service["spec"]["selector"] == gateway["spec"]["selector"]["matchLabels"]
