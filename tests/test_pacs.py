@@ -88,7 +88,8 @@ class Orthanc:
         self.server = ServerProcess(
             ["Orthanc", root / "orthanc.json"], root / "orthanc.log", url=self.url, ready_path="/system", name="Orthanc"
         ).start()
-        self.http = httpx.Client(base_url=self.url, timeout=60)
+        # no keep-alive: Orthanc closes an idle connection after a second, and a request may race that close
+        self.http = httpx.Client(base_url=self.url, timeout=60, limits=httpx.Limits(max_keepalive_connections=0))
 
     def upload(self, data: bytes) -> dict:
         answer = self.http.post("/instances", content=data)

@@ -86,7 +86,10 @@ def run(args) -> dict:
             argv, tmp / "gateway.log", url=f"http://127.0.0.1:{metrics_port}", ready_path="/metrics",
             env=gateway_env, cwd=paths.ROOT, name="chexops pacs serve",
         )  # fmt: skip
-        with gateway, httpx.Client(base_url=orthanc_url, timeout=60) as client:
+        with (
+            gateway,
+            httpx.Client(base_url=orthanc_url, timeout=60, limits=httpx.Limits(max_keepalive_connections=0)) as client,
+        ):
             images = _copies(Path(args.image).read_bytes(), args.warmup + args.count)
             seen = []
             for i, data in enumerate(images):
@@ -104,6 +107,11 @@ def run(args) -> dict:
     done.sort(key=lambda r: r["arrived"])
     gateway_s = np.array([r["reported"] - r["arrived"] for r in done[args.warmup :]])
     seen_s = np.array(seen)
+    steps = {
+        name: round(float(np.median([r["steps_ms"].get(name, 0) for r in done[args.warmup :]])), 1)
+        for name in ("predict", "find", "build", "store", "flag")
+    }
+    waited = round(float(np.median([r["waited_ms"] for r in done[args.warmup :]])), 1)
     shutil.rmtree(tmp, ignore_errors=True)
     return {
         "model": f"{args.architecture} width {args.width} at {args.size} px (random init), fp32, "
@@ -114,6 +122,7 @@ def run(args) -> dict:
             "p50": round(float(np.percentile(gateway_s, 50)) * 1000, 1),
             "p95": round(float(np.percentile(gateway_s, 95)) * 1000, 1),
         },  # fmt: skip
+        "median_ms": {"waited_in_outbox": waited, **steps},
         "route_to_report_in_orthanc_ms": {
             "p50": round(float(np.percentile(seen_s, 50)) * 1000, 1),
             "p95": round(float(np.percentile(seen_s, 95)) * 1000, 1),

@@ -23,7 +23,9 @@ class OrthancFlag:
     labels) the label `chexops-urgent` on urgent studies."""
 
     def __init__(self, url: str, auth: tuple[str, str] | None = None, timeout: float = 10):
-        self.client = httpx.Client(base_url=url.rstrip("/"), auth=auth, timeout=timeout)
+        # no keep-alive: Orthanc closes idle connections after a second (KeepAliveTimeout), a reuse may race it
+        limits = httpx.Limits(max_keepalive_connections=0)
+        self.client = httpx.Client(base_url=url.rstrip("/"), auth=auth, timeout=timeout, limits=limits)
 
     def study_id(self, study_uid: str) -> str:
         found = self.client.post("/tools/lookup", content=study_uid)

@@ -171,27 +171,44 @@ class Gateway:
             self.wake.clear()
 
     def process(self, key: str, record: dict[str, Any]) -> None:
-        step = "predict"
+        step, steps = "predict", {}
+        started = clock = time.time()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            steps[name] = round((time.time() - clock) * 1000, 1)
+            clock = time.time()
+
         try:
             image_bytes = self.state.image(key)
             if "answer" not in record:
                 record["answer"] = self.predict(image_bytes)
                 self.state.save(key, record)
+                lap("predict")
             answer = record["answer"]
             image = pydicom.dcmread(io.BytesIO(image_bytes), stop_before_pixels=True)
             if not record.get("stored"):
                 step = "model"
                 model = self.model(answer["model"]["version"])
                 step = "find"
-                study = self.find_study(str(image.StudyInstanceUID))
-                step = "store"
-                self.store(build_report(image, study, answer, model))
+                assoc = self._associate()  # one association for the query and the report
+                try:
+                    study = self.find_study(assoc, str(image.StudyInstanceUID))
+                    lap("find")
+                    step = "store"
+                    report = build_report(image, study, answer, model)
+                    lap("build")
+                    self.store(assoc, report)
+                    lap("store")
+                finally:
+                    assoc.release()
                 record["stored"] = time.time()
                 self.state.save(key, record)
             if self.flag is not None and not record.get("flagged"):
                 step = "flag"
                 self.flag.flag(str(image.StudyInstanceUID), answer["priority"])
                 record["flagged"] = True
+                lap("flag")
         except Rejected as exc:
             log.warning("image %s: the service refused it (%s); no report", key, exc)
             self.state.finish(key, {"rejected": str(exc)[:300], "arrived": record["arrived"]})
@@ -216,6 +233,8 @@ class Gateway:
                 "model_version": answer["model"]["version"],
                 "arrived": record["arrived"],
                 "reported": record["stored"],
+                "waited_ms": round((started - record["arrived"]) * 1000, 1),  # in the outbox before this attempt
+                "steps_ms": steps,
             },
         )
         self.metrics.reports.labels(answer["priority"]).inc()
@@ -255,32 +274,24 @@ class Gateway:
             raise Retry(f"no association with the PACS {aet}")
         return assoc
 
-    def find_study(self, study_uid: str) -> Dataset:
+    def find_study(self, assoc, study_uid: str) -> Dataset:
         """The study's patient and study attributes as the PACS has them (C-FIND, study level)."""
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = study_uid
         for keyword in STUDY_ATTRIBUTES:
             setattr(query, keyword, "")
-        assoc = self._associate()
-        try:
-            matches = [
-                identifier
-                for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
-                if status and status.Status in (0xFF00, 0xFF01) and identifier is not None
-            ]
-        finally:
-            assoc.release()
+        matches = [
+            identifier
+            for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
+            if status and status.Status in (0xFF00, 0xFF01) and identifier is not None
+        ]
         if len(matches) != 1:
             raise Retry(f"the PACS has {len(matches)} studies with the image's Study Instance UID")
         return matches[0]
 
-    def store(self, report: Dataset) -> None:
-        assoc = self._associate()
-        try:
-            status = assoc.send_c_store(report)
-        finally:
-            assoc.release()
+    def store(self, assoc, report: Dataset) -> None:
+        status = assoc.send_c_store(report)
         if not status or status.Status not in (0x0000, 0xB000, 0xB007, 0xB006):
             raise Retry(f"the PACS answered the report's C-STORE with {getattr(status, 'Status', 'nothing')}")
 
