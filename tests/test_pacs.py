@@ -26,15 +26,19 @@ from chexops.pacs.report import read_findings
 from service_fixtures import API_KEY, start_service
 from support import child_env
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 GATEWAY_AET, ORTHANC_AET = "CHEXOPS", "ORTHANC"
 NEMA, SIIM = "nema_cr_chest_jpeg2000.dcm", "siim_cr_chest_pa.dcm"  # the NEMA file carries patient identifiers
 
-needs_tools = pytest.mark.skipif(
+_tools = pytest.mark.skipif(
     not (shutil.which("Orthanc") and shutil.which("dciodvfy")),
     reason="Orthanc or dciodvfy is not installed (tests/install-tools.sh installs orthanc and dicom3tools)",
 )
+
+
+def needs_tools(test):
+    """A test of the servers: slow, and skipped where Orthanc or dciodvfy is missing."""
+    return pytest.mark.slow(_tools(test))
 
 
 def synthetic(modality: str = "CR", body_part: str = "CHEST", study_uid: str | None = None) -> bytes:
@@ -360,3 +364,68 @@ def test_no_identifier_of_the_nema_file_reaches_the_gateways_state_or_logs(share
     assert len(stored) >= 3  # the salt, a ledger entry and the log at least
     leaks = [(p.name, i) for p in stored for i in identifiers if i in p.read_bytes()]
     assert leaks == []
+
+
+# --- fast: the rules and the de-identification, no servers --------------------------------------------
+
+
+def test_the_chest_rule_takes_cr_and_dx_of_the_chest_only():
+    from chexops.pacs.gateway import chest_radiograph
+
+    def ds(**attrs):
+        d = pydicom.dcmread(io.BytesIO(synthetic()))
+        for k, v in attrs.items():
+            setattr(d, k, v)
+        return d
+
+    assert chest_radiograph(ds()) is None
+    assert chest_radiograph(ds(Modality="DX", BodyPartExamined="")) is None
+    assert "modality CT" in chest_radiograph(ds(Modality="CT"))
+    assert "body part KNEE" in chest_radiograph(ds(BodyPartExamined="KNEE"))
+    no_pixels = ds()
+    del no_pixels.PixelData
+    assert chest_radiograph(no_pixels) == "no pixel data"
+
+
+def test_the_outbox_copy_keeps_pixels_and_uids_and_nothing_that_names_the_patient():
+    from chexops.pacs.state import deidentify
+
+    source = pydicom.dcmread(io.BytesIO(synthetic()))
+    source.InstitutionName, source.OperatorsName = "General Hospital", "Op^Erator"
+    source.add_new((0x0011, 0x0010), "LO", "PRIVATE CREATOR")
+    copy = deidentify(source)
+    buffer = io.BytesIO()
+    copy.save_as(buffer, enforce_file_format=True)
+    text = buffer.getvalue()
+    for value in (b"Synthetic^Patient", b"SYN-4711", b"19700101", b"General Hospital", b"Op^Erator", b"PRIVATE"):
+        assert value not in text
+    back = pydicom.dcmread(io.BytesIO(text))
+    assert back.SOPInstanceUID == source.SOPInstanceUID and back.StudyInstanceUID == source.StudyInstanceUID
+    assert np.array_equal(back.pixel_array, source.pixel_array)
+
+
+def test_the_ledger_names_images_by_a_salted_hash(tmp_path):
+    from chexops.pacs.state import State
+
+    one, other = State(tmp_path / "a"), State(tmp_path / "b")
+    uid = "1.2.3.4.5"
+    assert one.key(uid) == State(tmp_path / "a").key(uid)  # the salt is kept
+    assert one.key(uid) != other.key(uid) and uid not in one.key(uid)
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"send_to": "ORTHANC"}, "AET@HOST:PORT"),
+        ({"send_to": "ORTHANC@host:99999"}, "HOST:PORT"),
+        ({"send_to": "A@h:1", "listen": "nowhere"}, "--listen must be HOST:PORT"),
+        ({}, "--send-to AET@HOST:PORT"),
+        ({"send_to": "A@h:1", "ae_title": "WAY-TOO-LONG-AE-TITLE"}, "ae_title"),
+    ],
+)
+def test_bad_settings_are_clear_errors(given, message):
+    from chexops.core.errors import ChexopsError
+    from chexops.pacs.settings import PacsSettings
+
+    with pytest.raises(ChexopsError, match=message):
+        PacsSettings.load(**given)
