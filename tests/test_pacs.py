@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from chexops.core.processes import ServerProcess, free_port
+from chexops.pacs.orthanc import LocalOrthanc
 from chexops.pacs.report import read_findings
 from service_fixtures import API_KEY, start_service
 from support import child_env
@@ -72,26 +73,9 @@ def synthetic(modality: str = "CR", body_part: str = "CHEST", study_uid: str | N
 
 class Orthanc:
     def __init__(self, root: Path):
-        self.http_port, self.dicom_port, self.gateway_port = free_port(), free_port(), free_port()
-        config = {
-            "Name": "chexops-test",
-            "StorageDirectory": str(root / "storage"),
-            "IndexDirectory": str(root / "storage"),
-            "HttpPort": self.http_port,
-            "DicomPort": self.dicom_port,
-            "DicomAet": ORTHANC_AET,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "Plugins": [],
-            "DicomModalities": {"chexops": [GATEWAY_AET, "127.0.0.1", self.gateway_port]},
-            "UserMetadata": {"ChexopsPriority": 1024},
-            "StableAge": 1,
-        }
-        (root / "orthanc.json").write_text(json.dumps(config))
-        self.url = f"http://127.0.0.1:{self.http_port}"
-        self.server = ServerProcess(
-            ["Orthanc", root / "orthanc.json"], root / "orthanc.log", url=self.url, ready_path="/system", name="Orthanc"
-        ).start()
+        self.gateway_port = free_port()
+        self.local = LocalOrthanc(root, GATEWAY_AET, self.gateway_port).__enter__()
+        self.server, self.url, self.dicom_port = self.local.server, self.local.url, self.local.dicom_port
         # no keep-alive: Orthanc closes an idle connection after a second, and a request may race that close
         self.http = httpx.Client(base_url=self.url, timeout=60, limits=httpx.Limits(max_keepalive_connections=0))
 

@@ -31,22 +31,9 @@ from chexops.benchmarks.harness import server
 from chexops.benchmarks.random_model import random_init_model
 from chexops.core import paths
 from chexops.core.processes import ServerProcess, free_port
+from chexops.pacs.orthanc import LocalOrthanc
 
 KEY = "bench-pacs-key-0123456789"
-
-
-def _orthanc(root: Path, gateway_port: int) -> tuple[ServerProcess, str, int]:
-    http_port, dicom_port = free_port(), free_port()
-    config = {
-        "Name": "chexops-bench", "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "storage"),
-        "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False, "Plugins": [], "UserMetadata": {"ChexopsPriority": 1024},
-        "DicomModalities": {"chexops": ["CHEXOPS", "127.0.0.1", gateway_port]},
-    }  # fmt: skip
-    (root / "orthanc.json").write_text(json.dumps(config))
-    url = f"http://127.0.0.1:{http_port}"
-    proc = ServerProcess(["Orthanc", root / "orthanc.json"], root / "orthanc.log", url=url, ready_path="/system")
-    return proc, url, dicom_port
 
 
 def _copies(data: bytes, count: int) -> list[bytes]:
@@ -62,8 +49,6 @@ def _copies(data: bytes, count: int) -> list[bytes]:
 
 
 def run(args) -> dict:
-    if not shutil.which("Orthanc"):
-        raise SystemExit("Orthanc is not installed: apt-get install orthanc (tests/install-tools.sh does it)")
     tmp = Path(tempfile.mkdtemp(prefix="pacs-bench-"))
     os.environ["CHEXOPS_HOME"] = str(tmp / "home")
     tag = random_init_model(args.architecture, args.size, args.width)
@@ -74,12 +59,13 @@ def run(args) -> dict:
         CHEXOPS_FEEDBACK_URL=f"sqlite:///{tmp / 'feedback.db'}", CHEXOPS_THREADS=str(args.threads),
     )  # fmt: skip
     gateway_port, metrics_port = free_port(), free_port()
-    orthanc, orthanc_url, dicom_port = _orthanc(tmp, gateway_port)
+    orthanc = LocalOrthanc(tmp, "CHEXOPS", gateway_port)
+    orthanc_url = orthanc.url
     with orthanc, server(env, tmp / "service.log") as service:
         gateway_env = {**env, "CHEXOPS_API_KEY": KEY}
         argv = [
             sys.executable, "-m", "chexops", "pacs", "serve", "--listen", f"127.0.0.1:{gateway_port}",
-            "--send-to", f"ORTHANC@127.0.0.1:{dicom_port}", "--service", service.url, "--state", tmp / "state",
+            "--send-to", orthanc.send_to, "--service", service.url, "--state", tmp / "state",
             "--metrics", f"127.0.0.1:{metrics_port}", "--orthanc-url", orthanc_url,
         ]  # fmt: skip
         gateway = ServerProcess(

@@ -81,7 +81,7 @@ def write_summary(summary: dict[str, Any]) -> Path:
     return atomic_write_text(paths.home() / "demo" / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
 
 
-def run_demo(config: Path) -> tuple[dict[str, Any], str]:
+def run_demo(config: Path, pacs: bool = False) -> tuple[dict[str, Any], str]:
     started = time.monotonic()
     home = paths.home()
     summary: dict[str, Any] = {"chexops_home": str(home), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -103,6 +103,10 @@ def run_demo(config: Path) -> tuple[dict[str, Any], str]:
     candidate = f"models:/{MODEL_NAME}@candidate"
     write_summary(summary)
     summary["service"] = query_service(candidate, data_root)  # served by reference, resolved as `chexops serve` does
+    if pacs:  # issue 21: the same model read through a local Orthanc and the DICOM gateway
+        from chexops.demo.pacs import pacs_flow
+
+        summary["pacs"] = pacs_flow(candidate, data_root)
     summary["seconds"] = round(time.monotonic() - started, 1)
     path = write_summary(summary)
     return summary, report(summary, path)
@@ -138,6 +142,10 @@ def report(summary: dict[str, Any], path: Path) -> str:
         ]
     if "service" in summary:
         lines += format_findings(summary["service"])
+    if "pacs" in summary:
+        from chexops.demo.pacs import format_pacs
+
+        lines += format_pacs(summary["pacs"])
     if "pipeline" in summary:
         lines += ["", f"workflow     {summary['pipeline']['file']} ({summary['pipeline']['workflow']}, run locally)"]
         lines += [
