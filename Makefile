@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.chexops-installed
 export CHEXOPS_HOME ?= $(CURDIR)/.chexops
 
-.PHONY: demo test check lint serve venv clean
+.PHONY: demo demo-pacs test check lint serve venv clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/chexops demo
+
+demo-pacs: $(STAMP)  # issue 21: then the PACS flow through a local Orthanc (says how to install it when missing)
+	$(BIN)/chexops demo --pacs
 
 serve: $(STAMP)  # the registry's candidate (chexops serve's default reference), resolved to its exact Bento model
 	$(BIN)/chexops serve

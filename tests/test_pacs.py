@@ -413,3 +413,12 @@ def test_bad_settings_are_clear_errors(given, message):
 
     with pytest.raises(ChexopsError, match=message):
         PacsSettings.load(**given)
+
+
+def test_the_pacs_demo_says_how_to_install_orthanc_when_it_is_missing(monkeypatch, tmp_path):
+    import chexops.demo.pacs as demo_pacs
+
+    monkeypatch.setattr(demo_pacs.shutil, "which", lambda name: None)
+    result = demo_pacs.pacs_flow("chexops-cxr:v1", tmp_path)
+    assert "apt-get install -y orthanc" in result["skipped"]
+    assert "skipped: Orthanc is not installed" in "\n".join(demo_pacs.format_pacs(result))
