@@ -137,7 +137,7 @@ class Gateway:
             sys.executable, "-m", "chexops", "pacs", "serve", "--listen", f"127.0.0.1:{orthanc.gateway_port}",
             "--ae-title", GATEWAY_AET, "--send-to", f"{ORTHANC_AET}@127.0.0.1:{orthanc.dicom_port}",
             "--service", service_url, "--state", self.state, "--metrics", f"127.0.0.1:{self.metrics_port}",
-            "--orthanc-url", orthanc.url,
+            "--orthanc-url", orthanc.url, "--json-log",
         ]  # fmt: skip
         self.server: ServerProcess | None = None
 
@@ -348,6 +348,8 @@ def test_no_identifier_of_the_nema_file_reaches_the_gateways_state_or_logs(share
     assert len(stored) >= 3  # the salt, a ledger entry and the log at least
     leaks = [(p.name, i) for p in stored for i in identifiers if i in p.read_bytes()]
     assert leaks == []
+    lines = gateway.logs().splitlines()  # --json-log: every line one JSON object
+    assert lines and all(json.loads(line)["message"] for line in lines)
 
 
 # --- fast: the rules and the de-identification, no servers --------------------------------------------
@@ -422,3 +424,39 @@ def test_the_pacs_demo_says_how_to_install_orthanc_when_it_is_missing(monkeypatc
     result = demo_pacs.pacs_flow("chexops-cxr:v1", tmp_path)
     assert "apt-get install -y orthanc" in result["skipped"]
     assert "skipped: Orthanc is not installed" in "\n".join(demo_pacs.format_pacs(result))
+
+
+@needs_tools
+def test_the_gateway_dies_with_the_process_that_started_it(tmp_path, orthanc, pacs_service):
+    import os
+
+    import psutil
+
+    metrics = free_port()
+    gw = Gateway(tmp_path, orthanc, pacs_service["service"].url)
+    argv = [str(a) for a in gw.argv]
+    argv[argv.index("--listen") + 1] = f"127.0.0.1:{free_port()}"
+    argv[argv.index("--metrics") + 1] = f"127.0.0.1:{metrics}"
+    starter = subprocess.Popen(  # a parent that starts the gateway with no guard of its own, then is killed
+        [sys.executable, "-c", "import subprocess, sys, time; p = subprocess.Popen(sys.argv[1:]); "
+         "print(p.pid, flush=True); time.sleep(120)", *argv],
+        stdout=subprocess.PIPE, text=True, env=gw.env, cwd=ROOT,
+    )  # fmt: skip
+    child = int(starter.stdout.readline())
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{metrics}/metrics").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        starter.kill()
+        starter.wait(10)
+        gone = time.monotonic() + 20
+        while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < gone, "the gateway outlived its parent"
+            time.sleep(0.2)
+    finally:
+        if psutil.pid_exists(child):
+            os.kill(child, signal.SIGKILL)
