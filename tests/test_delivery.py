@@ -142,12 +142,18 @@ def render(repo: Path, env: str) -> list[dict]:
 
 
 def workload(repo: Path, env: str) -> tuple[str, int, str]:
-    """(image, replicas, model-version pod label) of the rendered chexops workload."""
-    docs = [d for d in render(repo, env) if d["kind"] in ("Deployment", "Rollout")]
-    assert len(docs) == 1, [d["kind"] for d in docs]
+    """(image, replicas, model-version pod label) of the rendered chexops workload.
+
+    The DICOM gateway (a Deployment beside it) runs the same image: it must move with every promotion.
+    """
+    workloads = [d for d in render(repo, env) if d["kind"] in ("Deployment", "Rollout")]
+    docs = [d for d in workloads if d["metadata"]["name"] == "chexops"]
+    assert len(docs) == 1, [(d["kind"], d["metadata"]["name"]) for d in workloads]
     spec = docs[0]["spec"]
     pod = spec["template"]
     container = next(c for c in pod["spec"]["containers"] if c["name"] == "chexops")
+    images = {c["image"] for d in workloads for c in d["spec"]["template"]["spec"]["containers"]}
+    assert images == {container["image"]}, images
     assert "chexops.io/model-version" not in spec["selector"]["matchLabels"]  # never on selectors
     return container["image"], spec.get("replicas", 1), pod["metadata"]["labels"]["chexops.io/model-version"]
 

@@ -417,6 +417,22 @@ def test_bad_settings_are_clear_errors(given, message):
         PacsSettings.load(**given)
 
 
+def test_the_api_key_comes_from_its_file_before_the_variable(monkeypatch, tmp_path):
+    from chexops.core.errors import ConfigError
+    from chexops.pacs.settings import PacsSettings
+
+    monkeypatch.setenv("CHEXOPS_API_KEY", "from-the-environment")
+    key_file = tmp_path / "api-key"
+    key_file.write_text("from-the-file\n")
+    assert PacsSettings.load(send_to="A@h:1", api_key_file=key_file).api_key() == "from-the-file"
+    assert PacsSettings.load(send_to="A@h:1").api_key() == "from-the-environment"
+    key_file.write_text("  \n")
+    with pytest.raises(ConfigError, match="is empty"):
+        PacsSettings.load(send_to="A@h:1", api_key_file=key_file).api_key()
+    with pytest.raises(ConfigError, match="cannot read"):
+        PacsSettings.load(send_to="A@h:1", api_key_file=tmp_path / "missing").api_key()
+
+
 def test_the_pacs_demo_says_how_to_install_orthanc_when_it_is_missing(monkeypatch, tmp_path):
     import chexops.demo.pacs as demo_pacs
 

@@ -25,6 +25,8 @@ def pacs() -> None:
 @click.option("--send-to", default=None, help="AET@HOST:PORT of the PACS that receives the reports (C-STORE).")
 @click.option("--service", default=None, help="The clinic endpoint's URL [default: $CHEXOPS_PACS_SERVICE].")
 @click.option("--api-key-env", default=None, help="Variable holding the clinic's API key [default: CHEXOPS_API_KEY].")
+@click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File with the API key (over --api-key-env) [default: $CHEXOPS_PACS_API_KEY_FILE].")  # fmt: skip
 @click.option("--state", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="State directory (outbox, ledger) [default: $CHEXOPS_HOME/pacs].")  # fmt: skip
 @click.option("--metrics", default=None, help="HOST:PORT to serve Prometheus /metrics on.")

@@ -34,6 +34,7 @@ class PacsSettings(BaseSettings):
     send_to: str = ""
     service: str = "http://127.0.0.1:3000"
     api_key_env: str = "CHEXOPS_API_KEY"
+    api_key_file: Path | None = None  # a mounted file holding the key (wins over the variable)
     state: Path = Field(default_factory=lambda: Path(os.environ.get("CHEXOPS_HOME", ".chexops")) / "pacs")
     metrics: str = ""  # HOST:PORT of the Prometheus /metrics endpoint ("" = none)
     orthanc_url: str = ""  # the PACS's REST API, to flag urgent studies ("" = no flag)
@@ -72,6 +73,14 @@ class PacsSettings(BaseSettings):
         return remote_ae(self.send_to)
 
     def api_key(self) -> str:
+        if self.api_key_file is not None:
+            try:
+                key = self.api_key_file.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"cannot read the clinic's API key from {self.api_key_file}: {exc}") from None
+            if not key:
+                raise ConfigError(f"the clinic's API key file {self.api_key_file} is empty.")
+            return key
         key = os.environ.get(self.api_key_env, "")
         if not key:
             raise ConfigError(f"the clinic's API key is not set: export {self.api_key_env} (or name another variable).")
