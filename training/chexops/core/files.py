@@ -1,4 +1,4 @@
-"""Files: written whole or not at all (a temporary sibling, then a rename), and their content hashes."""
+"""Files: written whole or not at all (a temporary sibling, then a rename), content hashes, mounted secrets."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+from chexops.core.errors import ConfigError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -36,3 +38,15 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_secret_file(path: str | Path, what: str) -> str:
+    """A mounted secret file's stripped content (`what` names it in errors); unreadable or empty: ConfigError."""
+    path = Path(path)
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not value:
+        raise ConfigError(f"{what} {path} is empty")
+    return value

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from chexops.core.errors import UserInputError
+from chexops.core.files import read_secret_file
 
 DEFAULT_DIR = "/var/run/secrets/chexops/s3"
 FILES = {"AccessKeyId": "access-key-id", "SecretAccessKey": "secret-access-key"}
@@ -20,15 +20,7 @@ FILES = {"AccessKeyId": "access-key-id", "SecretAccessKey": "secret-access-key"}
 
 def read_credentials(directory: str | os.PathLike) -> dict[str, object]:
     """The credential_process document (version 1) from the Secret's files in `directory`."""
-    folder = Path(directory)
     doc: dict[str, object] = {"Version": 1}
     for field, name in FILES.items():
-        path = folder / name
-        try:
-            value = path.read_text().strip()
-        except OSError as exc:
-            raise UserInputError(f"cannot read the S3 credential file {path}: {exc.strerror or exc}") from None
-        if not value:
-            raise UserInputError(f"the S3 credential file {path} is empty")
-        doc[field] = value
+        doc[field] = read_secret_file(Path(directory) / name, "the S3 credential file")
     return doc

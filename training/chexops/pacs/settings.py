@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chexops.core.errors import ConfigError, UserInputError, validation_problems
+from chexops.core.files import read_secret_file
 
 
 def host_port(text: str, what: str) -> tuple[str, int]:
@@ -74,13 +75,7 @@ class PacsSettings(BaseSettings):
 
     def api_key(self) -> str:
         if self.api_key_file is not None:
-            try:
-                key = self.api_key_file.read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"cannot read the clinic's API key from {self.api_key_file}: {exc}") from None
-            if not key:
-                raise ConfigError(f"the clinic's API key file {self.api_key_file} is empty.")
-            return key
+            return read_secret_file(self.api_key_file, "the clinic's API key file")
         key = os.environ.get(self.api_key_env, "")
         if not key:
             raise ConfigError(f"the clinic's API key is not set: export {self.api_key_env} (or name another variable).")
