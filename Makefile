@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/chexops demo
 
-demo-pacs: $(STAMP)  # issue 21: then the PACS flow through a local Orthanc (says how to install it when missing)
+demo-pacs: $(STAMP)  # then the PACS flow through a local Orthanc (says how to install it when missing)
 	$(BIN)/chexops demo --pacs
 
 serve: $(STAMP)  # the registry's candidate (chexops serve's default reference), resolved to its exact Bento model

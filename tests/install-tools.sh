@@ -58,7 +58,7 @@ if ! command -v docker-registry >/dev/null 2>&1 || ! command -v busybox >/dev/nu
     fi
 fi
 
-# issue 21, the DICOM gateway's tests: Orthanc (the real PACS, with its DICOMweb plugin) and dicom3tools (dciodvfy).
+# The DICOM gateway's tests: Orthanc (the real PACS, with its DICOMweb plugin) and dicom3tools (dciodvfy).
 if ! command -v Orthanc >/dev/null 2>&1 || ! command -v dciodvfy >/dev/null 2>&1; then
     if [ "$(id -u)" -eq 0 ]; then
         echo "install-tools: apt-get install orthanc orthanc-dicomweb dicom3tools" >&2

@@ -277,7 +277,7 @@ def test_network_policies(env_docs, env):
     ]
     # The delivery's steps (namespace argo): staging's load test, production's verification (/model).
     expected.insert(0, ("argo", None))
-    expected.append((None, {"app.kubernetes.io/name": "chexops-pacs"}))  # the DICOM gateway (issue 21)
+    expected.append((None, {"app.kubernetes.io/name": "chexops-pacs"}))  # the DICOM gateway
     assert sources == expected, sources
     assert all(r["ports"] == [{"port": "http", "protocol": "TCP"}] for r in ingress)
     egress = [

@@ -1,4 +1,4 @@
-"""Arrival-to-report time of the DICOM gateway (issue 21): a real Orthanc on loopback, the service and
+"""Arrival-to-report time of the DICOM gateway: a real Orthanc on loopback, the service and
 `chexops pacs serve`, all started here; N radiographs (copies of one DICOM file, each with a SOP Instance UID of
 its own) uploaded to Orthanc and routed to the gateway one after the other, or all at once with --burst.
 

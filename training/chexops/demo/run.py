@@ -103,7 +103,7 @@ def run_demo(config: Path, pacs: bool = False) -> tuple[dict[str, Any], str]:
     candidate = f"models:/{MODEL_NAME}@candidate"
     write_summary(summary)
     summary["service"] = query_service(candidate, data_root)  # served by reference, resolved as `chexops serve` does
-    if pacs:  # issue 21: the same model read through a local Orthanc and the DICOM gateway
+    if pacs:  # the same model read through a local Orthanc and the DICOM gateway
         from chexops.demo.pacs import pacs_flow
 
         summary["pacs"] = pacs_flow(candidate, data_root)
