@@ -25,6 +25,18 @@ REGION = "KVM@TACC"
 APP_CRED_ID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
 APP_CRED_SECRET = "stub-secret"
 EXPIRED_CRED_ID = "e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0"
+#: A credential created without *Unrestricted* ticked (Keystone says `"restricted": true`).
+RESTRICTED_CRED_ID = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e"
+#: A colleague's credential in the same project: another Keystone user.
+COLLEAGUE_CRED_ID = "c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0"
+OPERATOR_USER_ID = "3ecacbbc4acc467faa664ee26eea115d"
+COLLEAGUE_USER_ID = "7d1f1e2a6b9c4d0e8f3a2b1c0d9e8f7a"
+#: credential id -> (user id, restricted)
+CREDENTIALS = {
+    APP_CRED_ID: (OPERATOR_USER_ID, False),
+    RESTRICTED_CRED_ID: (OPERATOR_USER_ID, True),
+    COLLEAGUE_CRED_ID: (COLLEAGUE_USER_ID, False),
+}
 
 
 def _fixture(name: str) -> dict[str, Any]:
@@ -47,7 +59,10 @@ class OpenStackStub:
 
     def __init__(self) -> None:
         self.base = ""
-        self.tokens: set[str] = set()
+        #: token -> the Keystone user id it was issued to (Blazar records it as a lease's user_id).
+        self.tokens: dict[str, str] = {}
+        #: Tokens of restricted application credentials: Blazar cannot make the trust a lease needs.
+        self.restricted_tokens: set[str] = set()
         self.leases: dict[str, dict[str, Any]] = {}
         self.polls: dict[str, int] = {}
         self.requests: list[tuple[str, str, Any]] = []
@@ -131,14 +146,19 @@ class OpenStackStub:
         }
         if "application_credential" not in identity.get("methods", []):
             return 401, unauthorized, {}
-        if cred.get("id") != APP_CRED_ID or cred.get("secret") != APP_CRED_SECRET:
+        if cred.get("id") not in CREDENTIALS or cred.get("secret") != APP_CRED_SECRET:
             return 401, unauthorized, {}
+        user_id, restricted = CREDENTIALS[cred["id"]]
         token = uuid.uuid4().hex
-        self.tokens.add(token)
+        self.tokens[token] = user_id
+        if restricted:
+            self.restricted_tokens.add(token)
         text = (FIXTURES / "keystone_token.json").read_text()
-        text = text.replace("${BASE}", self.base).replace("${REGION}", REGION).replace("${APP_CRED_ID}", APP_CRED_ID)
+        text = text.replace("${BASE}", self.base).replace("${REGION}", REGION).replace("${APP_CRED_ID}", cred["id"])
         data = json.loads(text)
         data.pop("_comment", None)
+        data["token"]["user"]["id"] = user_id
+        data["token"]["application_credential"]["restricted"] = restricted
         return 201, data, {"X-Subject-Token": token}
 
     # --- Blazar ---------------------------------------------------------------------------------
@@ -149,7 +169,11 @@ class OpenStackStub:
             "error_name": 404,
         }
 
-    def create_lease(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def create_lease(self, body: dict[str, Any], token: str) -> tuple[int, dict[str, Any]]:
+        if token in self.restricted_tokens:
+            # What Blazar answers when Keystone refuses it a trust for a restricted application credential.
+            return 500, {"error_code": 500, "error_message": "Internal Server Error", "error_name": 500}
+        user_id = self.tokens[token]
         for key in ("name", "start_date", "end_date", "reservations"):
             if key not in body:
                 return 400, {"error_code": 400, "error_message": f"Missing {key}", "error_name": 400}
@@ -180,6 +204,7 @@ class OpenStackStub:
                 "status": "PENDING",
                 "start_date": _blazar_date(body["start_date"]),
                 "end_date": _blazar_date(body["end_date"]),
+                "user_id": user_id,
             }
         )
         self.leases[lease_id] = lease
@@ -263,7 +288,7 @@ def _make_handler(stub: OpenStackStub) -> type[BaseHTTPRequestHandler]:
                 if method == "GET":
                     return self._send(200, {"leases": [copy.deepcopy(lease) for lease in stub.leases.values()]})
                 if method == "POST":
-                    return self._send(*stub.create_lease(body))
+                    return self._send(*stub.create_lease(body, self.headers["X-Auth-Token"]))
             if path.startswith("/blazar/v1/leases/"):
                 lease_id = path.rsplit("/", 1)[1]
                 if method == "GET":
@@ -309,7 +334,9 @@ def openstack_stub():
 
 @pytest.fixture()
 def clouds_env(tmp_path, openstack_stub):
-    """Environment with a clouds.yaml naming the stub: 'stub' (valid) and 'stub_expired' (401)."""
+    """Environment with a clouds.yaml naming the stub: 'stub' (valid, unrestricted), 'stub_expired' (401),
+    'stub_restricted' (a restricted application credential) and 'stub_colleague' (another user of the project);
+    the name prefix is the Terraform default's, whatever terraform.tfvars the checkout has."""
 
     def entry(cred_id: str) -> dict[str, Any]:
         return {
@@ -325,7 +352,18 @@ def clouds_env(tmp_path, openstack_stub):
         }
 
     clouds = tmp_path / "clouds.yaml"
-    clouds.write_text(json.dumps({"clouds": {"stub": entry(APP_CRED_ID), "stub_expired": entry(EXPIRED_CRED_ID)}}))
+    clouds.write_text(
+        json.dumps(
+            {
+                "clouds": {
+                    "stub": entry(APP_CRED_ID),
+                    "stub_expired": entry(EXPIRED_CRED_ID),
+                    "stub_restricted": entry(RESTRICTED_CRED_ID),
+                    "stub_colleague": entry(COLLEAGUE_CRED_ID),
+                }
+            }
+        )
+    )
     home = tmp_path / "home"
     home.mkdir()
     return {
@@ -334,6 +372,7 @@ def clouds_env(tmp_path, openstack_stub):
         "OS_CLOUD": None,
         "HOME": str(home),
         "XDG_CONFIG_HOME": str(home / ".config"),
+        "CHEXOPS_NAME_PREFIX": "chexops",
     }
 
 

@@ -202,8 +202,8 @@ def test_extend_refuses_an_ended_lease(infra_cli, clouds_env, openstack_stub, tm
 
 
 def test_blazar_refusal_is_reported(infra_cli, clouds_env, openstack_stub, tmp_path):
-    _create(infra_cli, clouds_env, tmp_path, "taken", "--role", "gpu")
-    out = _create(infra_cli, clouds_env, tmp_path, "taken", "--role", "gpu", "--no-reuse")
+    _create(infra_cli, clouds_env, tmp_path, "chexops-taken", "--role", "gpu")
+    out = _create(infra_cli, clouds_env, tmp_path, "chexops-taken", "--role", "gpu", "--no-reuse")
     assert out.exit_code == 1
     assert "HTTP 409" in out.stderr and "already exists" in out.stderr
 
@@ -211,14 +211,14 @@ def test_blazar_refusal_is_reported(infra_cli, clouds_env, openstack_stub, tmp_p
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["lease", "create", "x", "--role", "gpu", "--cloud", "stub", "--duration", "8d"], "at most 7 days"),
-        (["lease", "create", "x", "--role", "gpu", "--cloud", "stub", "--duration", "soon"], "is not like 90m"),
+        (["lease", "create", "chexops-x", "--role", "gpu", "--cloud", "stub", "--duration", "8d"], "bare-metal leases last at most 7 days"),
+        (["lease", "create", "chexops-x", "--role", "gpu", "--cloud", "stub", "--duration", "soon"], "is not like 90m"),
         (
-            ["lease", "create", "x", "--role", "kvm", "--cloud", "stub", "--flavor", "m9.huge"],
+            ["lease", "create", "chexops-x", "--role", "kvm", "--cloud", "stub", "--flavor", "m9.huge"],
             "Flavor 'm9.huge' does not exist",
         ),
         (
-            ["lease", "create", "x", "--role", "gpu", "--cloud", "stub", "--node-type", "bad type!"],
+            ["lease", "create", "chexops-x", "--role", "gpu", "--cloud", "stub", "--node-type", "bad type!"],
             "is not a Chameleon node type",
         ),
         (["lease", "status", "x", "--cloud", "nowhere"], "Cloud 'nowhere' is not in"),

@@ -76,6 +76,20 @@ cloud_option = click.option(
     show_envvar=True,
     help="Entry of clouds.yaml to use (kvm_tacc for the CPU lease, chi_uc/chi_tacc for the GPU lease).",
 )
+name_prefix_option = click.option(
+    "--name-prefix",
+    envvar="CHEXOPS_NAME_PREFIX",
+    show_envvar=True,
+    default=None,
+    help="Prefix of the lease names (<prefix>-kvm, <prefix>-gpu); default: name_prefix of the Terraform settings.",
+)
+tf_dir_option = click.option(
+    "--tf-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("terraform"),
+    show_default=True,
+    help="Terraform root whose name_prefix names the leases (when --name-prefix is not given).",
+)
 tfvars_option = click.option(
     "--tfvars",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -105,8 +119,20 @@ def _blazar(cloud_name: str | None):
     return OpenStackClient(connect(cloud_name), "reservation")
 
 
+def _leases(cloud_name: str | None, name_prefix: str | None, tf_dir: Path, unrestricted: bool = False):
+    """The caller's lease operations on one cloud: its name prefix and Keystone user (refusing a
+    restricted application credential before Blazar is asked, where `unrestricted`)."""
+    from chexops.infra import lease as lease_mod
+    from chexops.infra import openstack
+
+    prefix = lease_mod.resolve_prefix(name_prefix, tf_dir)
+    blazar = _blazar(cloud_name)
+    who = (openstack.require_unrestricted if unrestricted else openstack.identity)(blazar.cloud)
+    return lease_mod.Leases(blazar, prefix, who.user_id)
+
+
 @lease_group.command("create")
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option(
     "--role",
     type=click.Choice(["kvm", "gpu"]),
@@ -120,7 +146,10 @@ def _blazar(cloud_name: str | None):
     "--count", type=click.IntRange(1, 20), default=None, help="Instances (kvm, default 3) or hosts (gpu, default 1)."
 )
 @click.option(
-    "--duration", default="24h", show_default=True, help="Length of the lease: 90m, 12h, 3d, 1d12h (at most 7d)."
+    "--duration",
+    default="24h",
+    show_default=True,
+    help="Length of the lease: 90m, 12h, 3d, 1d12h (bare metal at most 7d; KVM flavors may be longer).",
 )
 @click.option("--start", default="now", show_default=True, help="'now' or 'YYYY-MM-DD HH:MM' (UTC).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the lease is ACTIVE.")
@@ -134,12 +163,14 @@ def _blazar(cloud_name: str | None):
     "--reuse/--no-reuse",
     default=True,
     show_default=True,
-    help="Reuse a live lease of the same name instead of failing.",
+    help="Reuse a live lease of yours of the same name instead of failing.",
 )
 @tfvars_option
+@name_prefix_option
+@tf_dir_option
 @result_output
 def lease_create(
-    name: str,
+    name: str | None,
     role: str,
     cloud: str | None,
     flavor: str,
@@ -152,10 +183,15 @@ def lease_create(
     poll: float,
     reuse: bool,
     tfvars: Path,
+    name_prefix: str | None,
+    tf_dir: Path,
 ) -> Output:
-    """Reserve the nodes of one ROLE under lease NAME and write its reservation id to TFVARS."""
+    """Reserve the nodes of one ROLE under lease NAME (default <name_prefix>-ROLE) and write its reservation id
+    to TFVARS. Needs an Unrestricted application credential."""
     from chexops.infra import lease as lease_mod
 
+    prefix = lease_mod.resolve_prefix(name_prefix, tf_dir)
+    name = lease_mod.lease_name(prefix, role, name)
     length = lease_mod.parse_duration(duration)
     begin = None if start.strip().lower() == "now" else lease_mod.parse_user_date(start)
     if begin is not None and begin < lease_mod.utcnow():
@@ -165,12 +201,11 @@ def lease_create(
             f"Cannot write {tfvars}: {tfvars.parent} is not a directory (run from the repository root or pass "
             "--tfvars)."
         )
-    blazar = _blazar(cloud)
+    leases = _leases(cloud, prefix, tf_dir, unrestricted=True)
     if role == "kvm":
-        reservation = lease_mod.flavor_reservation(lease_mod.resolve_flavor(blazar.cloud, flavor), count or 3)
+        reservation = lease_mod.flavor_reservation(lease_mod.resolve_flavor(leases.blazar.cloud, flavor), count or 3)
     else:
         reservation = lease_mod.host_reservation(node_type, count or 1)
-    leases = lease_mod.Leases(blazar)
     lease, created = leases.create(name, reservation, length, start=begin, reuse=reuse)
     summary = lease_mod.summarize(lease)
     wanted_key = lease_mod.ROLES[role].tfvars_key
@@ -185,26 +220,84 @@ def lease_create(
         summary = lease_mod.summarize(lease)
     elif not summary["active"]:
         log.warning("Lease %s is %s: `terraform apply` fails until it is ACTIVE.", name, summary["status"])
-    payload = {"created": created, "tfvars_file": str(tfvars), "lease": summary}
-    lines = _lease_lines(summary) + [f"{'Created' if created else 'Reused'}; wrote {wanted_key} to {tfvars}."]
+    ends = lease_mod.expiry(lease, lease_mod.utcnow())
+    payload = {"created": created, "tfvars_file": str(tfvars), "lease": summary, "su_estimate": ends["su_total"]}
+    lines = _lease_lines(summary) + [
+        f"{'Created' if created else 'Reused'}; wrote {wanted_key} to {tfvars}.",
+        f"Allocation: about {ends['su_total']} SU ({ends['nodes']} node(s), "
+        f"{lease_mod.SU_PER_NODE_HOUR:g} SU per node-hour assumed).",
+    ]
     return Output(payload, "\n".join(lines))
 
 
 @lease_group.command("status")
-@click.argument("name_or_id")
-@cloud_option
+@click.argument("name_or_id", required=False)
+@click.option(
+    "--cloud",
+    "clouds",
+    multiple=True,
+    envvar="OS_CLOUD",
+    show_envvar=True,
+    help="Entry of clouds.yaml; without NAME_OR_ID repeat it to list your leases on several sites.",
+)
 @click.option("--require-active", is_flag=True, help="Exit 1 unless the lease and all its reservations are active.")
+@click.option(
+    "--rules",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write each lease's end as a Prometheus rule file (k8s/monitoring/rules/lease-ends.yaml).",
+)
+@click.option(
+    "--textfile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write each lease's end for node_exporter's textfile collector (a .prom file).",
+)
+@name_prefix_option
+@tf_dir_option
 @result_output
-def lease_status(name_or_id: str, cloud: str | None, require_active: bool) -> Output:
-    """Show a lease, its reservations and the tfvars they feed."""
+def lease_status(
+    name_or_id: str | None,
+    clouds: tuple[str, ...],
+    require_active: bool,
+    rules: Path | None,
+    textfile: Path | None,
+    name_prefix: str | None,
+    tf_dir: Path,
+) -> Output:
+    """Show a lease, its reservations and the tfvars they feed; without NAME_OR_ID, every live lease of yours,
+    soonest end first, with the hours and the allocation (SU) left."""
     from chexops.infra import lease as lease_mod
 
-    blazar = _blazar(cloud)
-    lease = lease_mod.Leases(blazar).find(name_or_id)
-    summary = lease_mod.summarize(lease)
-    if require_active and not summary["active"]:
-        raise lease_mod.ReservationNotActive(lease_mod.not_active_message(lease))
-    return Output({"lease": summary}, "\n".join(_lease_lines(summary)))
+    if name_or_id is not None:
+        if len(clouds) > 1 or rules or textfile:
+            raise UserInputError("With NAME_OR_ID give one --cloud, and no --rules or --textfile.")
+        lease = lease_mod.Leases(_blazar(clouds[0] if clouds else None), prefix="", user_id="").find(name_or_id)
+        summary = lease_mod.summarize(lease)
+        if require_active and not summary["active"]:
+            raise lease_mod.ReservationNotActive(lease_mod.not_active_message(lease))
+        return Output({"lease": summary}, "\n".join(_lease_lines(summary)))
+    now = lease_mod.utcnow()
+    rows = []
+    for cloud in clouds or (None,):
+        leases = _leases(cloud, name_prefix, tf_dir)
+        for lease in leases.ours():
+            rows.append({**lease_mod.expiry(lease, now), "cloud": leases.blazar.cloud.name})
+    rows.sort(key=lambda row: row["end_timestamp"])
+    if require_active and (idle := [row for row in rows if row["status"] != "ACTIVE"]):
+        raise lease_mod.ReservationNotActive(
+            "Not active: " + ", ".join(f"{row['name']} ({row['status']})" for row in idle) + "."
+        )
+    if rules is not None:
+        lease_mod.write_metric_file(rules, lease_mod.lease_end_rules(rows))
+    if textfile is not None:
+        lease_mod.write_metric_file(textfile, lease_mod.lease_end_textfile(rows))
+    lines = [
+        f"{row['name']:<24} {row['cloud']:<10} {row['status']:<8} ends {row['end_date']} UTC  "
+        f"{row['hours_left']:>6.1f} h left  {row['nodes']} node(s)  ~{row['su_left']} SU left of {row['su_total']}"
+        for row in rows
+    ] or ["No live lease of yours (prefix and creator) on " + ", ".join(c or "$OS_CLOUD" for c in clouds or ("",))]
+    return Output({"leases": rows}, "\n".join(lines))
 
 
 @lease_group.command("extend")
@@ -212,8 +305,12 @@ def lease_status(name_or_id: str, cloud: str | None, require_active: bool) -> Ou
 @cloud_option
 @click.option("--by", "by", default=None, help="Add this much to the end: 12h, 1d ...")
 @click.option("--until", "until", default=None, help="New end, 'YYYY-MM-DD HH:MM' (UTC).")
+@name_prefix_option
+@tf_dir_option
 @result_output
-def lease_extend(name_or_id: str, cloud: str | None, by: str | None, until: str | None) -> Output:
+def lease_extend(
+    name_or_id: str, cloud: str | None, by: str | None, until: str | None, name_prefix: str | None, tf_dir: Path
+) -> Output:
     """Move a lease's end later (Chameleon may refuse beyond its policy)."""
     from chexops.infra import lease as lease_mod
 
@@ -221,8 +318,7 @@ def lease_extend(name_or_id: str, cloud: str | None, by: str | None, until: str 
         raise UserInputError("Give exactly one of --by DURATION or --until 'YYYY-MM-DD HH:MM'.")
     delta = lease_mod.parse_duration(by) if by is not None else None
     end = lease_mod.parse_user_date(until) if until is not None else None
-    blazar = _blazar(cloud)
-    leases = lease_mod.Leases(blazar)
+    leases = _leases(cloud, name_prefix, tf_dir)
     lease = leases.find(name_or_id)
     previous_end = lease.get("end_date")
     updated = leases.extend(lease, by=delta, until=end)
@@ -237,13 +333,14 @@ def lease_extend(name_or_id: str, cloud: str | None, by: str | None, until: str 
 @click.argument("name_or_id")
 @cloud_option
 @tfvars_option
+@name_prefix_option
+@tf_dir_option
 @result_output
-def lease_delete(name_or_id: str, cloud: str | None, tfvars: Path) -> Output:
-    """Delete a lease (its instances go with it) and forget its ids in TFVARS."""
+def lease_delete(name_or_id: str, cloud: str | None, tfvars: Path, name_prefix: str | None, tf_dir: Path) -> Output:
+    """Delete a lease of yours (its instances go with it) and forget its ids in TFVARS."""
     from chexops.infra import lease as lease_mod
 
-    blazar = _blazar(cloud)
-    leases = lease_mod.Leases(blazar)
+    leases = _leases(cloud, name_prefix, tf_dir)
     lease = leases.find(name_or_id)
     summary = lease_mod.summarize(lease)
     leases.delete(lease)

@@ -7,6 +7,12 @@ Two roles, one lease each:
 - ``gpu``: a ``physical:host`` reservation of one bare-metal GPU node on CHI@UC or CHI@TACC;
   Terraform passes its id as the ``reservation`` scheduler hint (``gpu_reservation_id``).
 
+Names and ownership: a lease is named ``<name_prefix>-<role>`` (Terraform's ``name_prefix``, so that
+operators sharing a project do not collide) and counts as ours only if it carries our prefix AND
+Blazar recorded the caller's Keystone user as its creator (``user_id``); reuse, extend and delete
+refuse any other. Creating a lease needs an *Unrestricted* application credential (Blazar makes a
+Keystone trust with it): ``chexops.infra.openstack.require_unrestricted``.
+
 Formats follow the Blazar v1 API: dates are sent as ``YYYY-MM-DD HH:MM`` (UTC) and come back as
 ``YYYY-MM-DDTHH:MM:SS.ffffff``; a lease's status is PENDING, STARTING, ACTIVE, UPDATING,
 TERMINATING, TERMINATED, DELETING or ERROR; a reservation's is pending, active, deleted or error.
@@ -31,8 +37,12 @@ from chexops.infra.openstack import NotFound, OpenStackClient
 log = logging.getLogger(__name__)
 
 API_DATE_FORMAT = "%Y-%m-%d %H:%M"
-#: Chameleon's limit on a lease's length (without an exception granted by the help desk).
-MAX_LEASE = timedelta(days=7)
+#: Chameleon's limit on a bare-metal (CHI, physical:host) lease's length, without an exception granted by the
+#: help desk. KVM@TACC flavor reservations have no such cap: they may last months.
+MAX_BARE_METAL_LEASE = timedelta(days=7)
+#: The allocation estimate's rate (Service Units per node-hour); Chameleon's current rates are on its website.
+SU_PER_NODE_HOUR = 1.0
+PREFIX_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")  # Terraform's validation of name_prefix
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _LIVE = {"PENDING", "STARTING", "ACTIVE", "UPDATING"}
 _DEAD = {"TERMINATING", "TERMINATED", "DELETING", "ERROR"}
@@ -58,6 +68,10 @@ class LeaseNotFound(UserInputError):
 
 class ReservationNotActive(ChexopsError):
     """The lease (or one of its reservations) is not active, so nothing can be launched on it."""
+
+
+class NotOurLease(UserInputError):
+    """The lease lacks our name prefix or was created by another user of the project."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,6 +118,112 @@ def utcnow() -> datetime:
 
 
 # ---------------------------------------------------------------------------------------------
+# Names: <name_prefix>-<role>
+# ---------------------------------------------------------------------------------------------
+
+
+def check_prefix(prefix: str, where: str) -> str:
+    if not PREFIX_RE.match(prefix):
+        raise UserInputError(
+            f"Name prefix '{prefix}' ({where}) is not 3-32 lower-case letters, digits or '-', starting with a letter "
+            "and not ending with '-' (as Terraform's name_prefix)."
+        )
+    return prefix
+
+
+def resolve_prefix(explicit: str | None, tf_dir: Path) -> str:
+    """The name prefix: --name-prefix / $CHEXOPS_NAME_PREFIX, else Terraform's name_prefix in TF_DIR."""
+    if explicit:
+        return check_prefix(explicit, "--name-prefix or CHEXOPS_NAME_PREFIX")
+    if not (tf_dir / "variables.tf").is_file():
+        raise UserInputError(
+            f"No name prefix: {tf_dir}/variables.tf does not exist. Pass --name-prefix (the name_prefix of your "
+            "terraform.tfvars, e.g. chexops-<netid>), set CHEXOPS_NAME_PREFIX, or pass --tf-dir."
+        )
+    from chexops.infra.preflight import terraform_settings
+
+    return check_prefix(str(terraform_settings(tf_dir).get("name_prefix", "")), f"name_prefix in {tf_dir}")
+
+
+def lease_name(prefix: str, role: str, name: str | None = None) -> str:
+    """NAME if it carries the prefix (refused otherwise), or `<prefix>-<role>`."""
+    if name is None:
+        return f"{prefix}-{role}"
+    if not name.startswith(f"{prefix}-") or len(name) == len(prefix) + 1:
+        raise UserInputError(
+            f"Lease name '{name}' does not start with the name prefix '{prefix}-': chexops names its leases "
+            f"<name_prefix>-<role> (here {prefix}-{role}) so that operators sharing a project do not collide. "
+            "Leave NAME out, or set your own prefix (name_prefix in terraform.tfvars, or --name-prefix)."
+        )
+    return name
+
+
+def is_ours(lease: dict[str, Any], prefix: str, user_id: str) -> bool:
+    """Our prefix AND created by this Keystone user (Blazar's `user_id`)."""
+    return str(lease.get("name", "")).startswith(f"{prefix}-") and lease.get("user_id") == user_id
+
+
+def require_ours(lease: dict[str, Any], prefix: str, user_id: str, action: str) -> dict[str, Any]:
+    if is_ours(lease, prefix, user_id):
+        return lease
+    name, lease_id = lease.get("name"), lease.get("id")
+    if lease.get("user_id") != user_id:
+        why = f"it was created by another user of the project (Keystone user {lease.get('user_id')}), not by you"
+    else:
+        why = f"its name does not start with your name prefix '{prefix}-'"
+    raise NotOurLease(
+        f"Refusing to {action} lease '{name}' ({lease_id}): {why}. chexops only touches its own leases; if it is "
+        "yours to manage, use Horizon or the `openstack reservation lease` CLI. Use a name prefix of your own "
+        "(name_prefix in terraform.tfvars, e.g. chexops-<netid>) to avoid sharing names."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Time left and the allocation (SU) estimate
+# ---------------------------------------------------------------------------------------------
+
+
+def node_count(lease_or_reservations: dict[str, Any] | list[dict[str, Any]]) -> int:
+    """Nodes a lease (or a list of reservation requests) holds: instances of a flavor reservation,
+    hosts of a host reservation."""
+    reservations = (
+        lease_or_reservations.get("reservations") or []
+        if isinstance(lease_or_reservations, dict)
+        else lease_or_reservations
+    )
+    total = 0
+    for res in reservations:
+        if res.get("resource_type") == "flavor:instance":
+            total += int(res.get("amount") or 0)
+        elif res.get("resource_type") == "physical:host":
+            total += int(res.get("max") or res.get("min") or 0)
+    return total
+
+
+def su_estimate(nodes: int, length: timedelta) -> float:
+    """Service Units for `nodes` during `length`, at SU_PER_NODE_HOUR."""
+    return round(nodes * max(length.total_seconds(), 0) / 3600 * SU_PER_NODE_HOUR, 1)
+
+
+def expiry(lease: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """When the lease ends, the hours left and the allocation it holds (total and still to come)."""
+    start, end = parse_api_date(lease["start_date"]), parse_api_date(lease["end_date"])
+    nodes = node_count(lease)
+    left = end - max(now, start) if end > now else timedelta(0)
+    return {
+        "name": lease.get("name"),
+        "id": lease.get("id"),
+        "status": lease.get("status"),
+        "end_date": format_api_date(end),
+        "end_timestamp": int(end.timestamp()),
+        "hours_left": round(max((end - now).total_seconds(), 0) / 3600, 1),
+        "nodes": nodes,
+        "su_total": su_estimate(nodes, end - start),
+        "su_left": su_estimate(nodes, left),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # Requests
 # ---------------------------------------------------------------------------------------------
 
@@ -136,11 +256,28 @@ def resolve_flavor(cloud: Cloud, flavor: str) -> str:
 
 
 class Leases:
-    """Lease operations on one cloud's Blazar."""
+    """Lease operations on one cloud's Blazar, for the caller (Keystone user `user_id`) under `prefix`."""
 
-    def __init__(self, blazar: OpenStackClient, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        blazar: OpenStackClient,
+        prefix: str,
+        user_id: str,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.blazar = blazar
+        self.prefix = prefix
+        self.user_id = user_id
         self._sleep = sleep
+
+    def ours(self) -> list[dict[str, Any]]:
+        """Our live leases (prefix and creator), soonest end first."""
+        mine = [
+            lease
+            for lease in self.list()
+            if lease.get("status") in _LIVE and is_ours(lease, self.prefix, self.user_id)
+        ]
+        return sorted(mine, key=lambda lease: parse_api_date(lease["end_date"]))
 
     def list(self) -> list[dict[str, Any]]:
         body = self.blazar.request("GET", "/leases") or {}
@@ -179,12 +316,17 @@ class Leases:
         start: datetime | None = None,
         reuse: bool = True,
     ) -> tuple[dict[str, Any], bool]:
-        """Create a lease (or reuse a live one of the same name). Returns (lease, created)."""
-        if duration > MAX_LEASE:
-            raise UserInputError(f"Chameleon leases last at most {MAX_LEASE.days} days; asked for {duration}.")
+        """Create a lease (or reuse a live one of ours of the same name). Returns (lease, created)."""
+        lease_name(self.prefix, _BY_RESOURCE_TYPE[reservation["resource_type"]].name, name)
+        if reservation["resource_type"] == "physical:host" and duration > MAX_BARE_METAL_LEASE:
+            raise UserInputError(
+                f"Chameleon bare-metal leases last at most {MAX_BARE_METAL_LEASE.days} days; asked for {duration}. "
+                "Create a shorter lease and extend it, or ask the help desk for an exception."
+            )
         if reuse:
             for lease in self.list():
                 if lease.get("name") == name and lease.get("status") in _LIVE:
+                    require_ours(lease, self.prefix, self.user_id, "reuse")
                     log.info(
                         "Lease %s (%s) already exists with status %s: reusing it.", name, lease["id"], lease["status"]
                     )
@@ -199,6 +341,16 @@ class Leases:
             "events": [],
         }
         log.info("Creating lease %s: %s until %s UTC.", name, reservation["resource_type"], body["end_date"])
+        nodes = node_count([reservation])
+        log.info(
+            "Lease %s will consume about %s SU (%d node(s) x %.1f h at %g SU per node-hour; check Chameleon's current "
+            "rates and your allocation's balance).",
+            name,
+            su_estimate(nodes, duration),
+            nodes,
+            duration.total_seconds() / 3600,
+            SU_PER_NODE_HOUR,
+        )
         created = self.blazar.request("POST", "/leases", body) or {}
         return dict(created["lease"]), True
 
@@ -222,6 +374,7 @@ class Leases:
     def extend(
         self, lease: dict[str, Any], by: timedelta | None = None, until: datetime | None = None
     ) -> dict[str, Any]:
+        require_ours(lease, self.prefix, self.user_id, "extend")
         status = lease.get("status")
         if status not in _LIVE:
             raise ReservationNotActive(
@@ -240,6 +393,7 @@ class Leases:
         return dict(body["lease"])
 
     def delete(self, lease: dict[str, Any]) -> None:
+        require_ours(lease, self.prefix, self.user_id, "delete")
         log.info("Deleting lease %s (%s).", lease.get("name"), lease["id"])
         try:
             self.blazar.request("DELETE", f"/leases/{lease['id']}")
@@ -349,3 +503,51 @@ def forget_tfvars(path: Path, values: dict[str, str]) -> list[str]:
         _write_tfvars(path, data)
         log.info("Removed %s from %s.", ", ".join(removed), path)
     return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Lease ends for Prometheus (k8s/monitoring/rules/leases.yaml alerts on them)
+# ---------------------------------------------------------------------------------------------
+
+END_METRIC = "chexops_lease_end_timestamp_seconds"
+END_METRIC_HELP = "End of a chexops Blazar lease (Unix time, UTC), written by `chexops infra lease status`."
+
+
+def _end_labels(row: dict[str, Any]) -> dict[str, str]:
+    return {"lease": str(row["name"]), "lease_id": str(row["id"]), "cloud": str(row["cloud"])}
+
+
+def lease_end_rules(rows: list[dict[str, Any]]) -> str:
+    """A Prometheus rule file: one recording rule per lease whose value is the lease's end, so that
+    Prometheus holds the metric without any exporter (the alerts compare it with time())."""
+    import yaml
+
+    rules = [
+        {"record": END_METRIC, "expr": f"vector({row['end_timestamp']})", "labels": _end_labels(row)}
+        for row in rows
+    ]
+    header = (
+        f"# Generated by `chexops infra lease status --rules`: {END_METRIC_HELP}\n"
+        "# Regenerate after every lease create/extend; the alerts are in leases.yaml beside it.\n"
+    )
+    body = {"groups": [{"name": "chexops-lease-ends", "rules": rules}]}
+    return header + yaml.safe_dump(body, sort_keys=False)
+
+
+def lease_end_textfile(rows: list[dict[str, Any]]) -> str:
+    """The same metric in the text exposition format (node_exporter's textfile collector, *.prom)."""
+
+    def label_text(labels: dict[str, str]) -> str:
+        escaped = {k: v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for k, v in labels.items()}
+        return ",".join(f'{k}="{v}"' for k, v in escaped.items())
+
+    lines = [f"# HELP {END_METRIC} {END_METRIC_HELP}", f"# TYPE {END_METRIC} gauge"]
+    lines += [f"{END_METRIC}{{{label_text(_end_labels(row))}}} {row['end_timestamp']}" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_metric_file(path: Path, text: str) -> None:
+    if not path.parent.is_dir():
+        raise UserInputError(f"Cannot write {path}: {path.parent} is not a directory.")
+    atomic_write_text(path, text)
+    log.info("Wrote the lease ends to %s.", path)

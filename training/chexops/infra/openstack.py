@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from chexops.core.errors import ChexopsError, UserInputError
@@ -136,3 +137,55 @@ class OpenStackClient:
             return response.json()
         except ValueError as err:
             raise ChexopsError(f"{self.service_type} answered {method} {path} with non-JSON content.") from err
+
+
+# ---------------------------------------------------------------------------------------------
+# Who is asking: the Keystone token behind the connection
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The caller as Keystone sees it: the user Blazar records as a lease's creator, and the application
+    credential (if any) the token came from."""
+
+    user_id: str
+    credential_name: str | None
+    restricted: bool
+
+
+class RestrictedCredential(UserInputError):
+    """The application credential is restricted, so Blazar cannot create a lease with it."""
+
+
+def identity(cloud: Cloud) -> Identity:
+    """Authenticate (once per connection) and read the token's user and application credential."""
+    session = cloud.connection.session
+    with translated(cloud, "authentication"):
+        access = session.auth.get_access(session)
+    try:
+        credential = dict(access.application_credential or {})
+    except (AttributeError, KeyError):  # a v2 token, or a token not from an application credential
+        credential = {}
+    return Identity(
+        user_id=str(access.user_id),
+        credential_name=credential.get("name") or credential.get("id"),
+        restricted=bool(credential.get("restricted", False)),
+    )
+
+
+def restricted_message(cloud: Cloud, who: Identity) -> str:
+    return (
+        f"The application credential '{who.credential_name}' of cloud '{cloud.name}' is restricted: Blazar cannot "
+        "create a lease with it (it answers HTTP 500). Create a new application credential in the site's Horizon "
+        "(Identity > Application Credentials > Create) with *Unrestricted* ticked, put it in clouds.yaml"
+        f"{' (' + str(cloud.source) + ')' if cloud.source else ''}, and run the command again."
+    )
+
+
+def require_unrestricted(cloud: Cloud) -> Identity:
+    """The caller, or RestrictedCredential (exit 2) before Blazar is asked for anything."""
+    who = identity(cloud)
+    if who.restricted:
+        raise RestrictedCredential(restricted_message(cloud, who))
+    return who
