@@ -63,6 +63,7 @@ class OpenStackStub:
         self.tokens: dict[str, str] = {}
         #: Tokens of restricted application credentials: Blazar cannot make the trust a lease needs.
         self.restricted_tokens: set[str] = set()
+        self.colleague_user_id = COLLEAGUE_USER_ID
         self.leases: dict[str, dict[str, Any]] = {}
         self.polls: dict[str, int] = {}
         self.requests: list[tuple[str, str, Any]] = []

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
 from chexops.infra import lease as lease_mod
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _tfvars(tmp_path):
@@ -211,7 +215,10 @@ def test_blazar_refusal_is_reported(infra_cli, clouds_env, openstack_stub, tmp_p
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["lease", "create", "chexops-x", "--role", "gpu", "--cloud", "stub", "--duration", "8d"], "bare-metal leases last at most 7 days"),
+        (
+            ["lease", "create", "chexops-x", "--role", "gpu", "--cloud", "stub", "--duration", "8d"],
+            "bare-metal leases last at most 7 days",
+        ),
         (["lease", "create", "chexops-x", "--role", "gpu", "--cloud", "stub", "--duration", "soon"], "is not like 90m"),
         (
             ["lease", "create", "chexops-x", "--role", "kvm", "--cloud", "stub", "--flavor", "m9.huge"],
@@ -288,3 +295,256 @@ def test_no_clouds_yaml_anywhere(infra_cli, clouds_env):
         pytest.skip("this machine has a clouds.yaml in a standard place")
     assert out.exit_code == 2
     assert "No clouds.yaml found (searched " in out.stderr and "Application Credentials" in out.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# An Unrestricted application credential (Blazar makes a Keystone trust with it)
+# ------------------------------------------------------------------------------------------------
+
+
+def _blazar_requests(stub):
+    return [(m, p) for m, p, _ in stub.requests if p.startswith("/blazar/")]
+
+
+def test_create_refuses_a_restricted_credential_before_blazar(infra_cli, clouds_env, openstack_stub, tmp_path):
+    out = infra_cli(
+        ["lease", "create", "--role", "gpu", "--cloud", "stub_restricted", "--tfvars", str(_tfvars(tmp_path))],
+        clouds_env,
+    )
+    assert out.exit_code == 2, out.stderr
+    assert "application credential 'chexops-operator' of cloud 'stub_restricted' is restricted" in out.stderr
+    assert "*Unrestricted* ticked" in out.stderr and "Traceback" not in out.stderr
+    assert _blazar_requests(openstack_stub) == []  # (Blazar itself would answer HTTP 500)
+    assert not _tfvars(tmp_path).exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Names and ownership in a shared project: <name_prefix>-<role>, and only leases the caller created
+# ------------------------------------------------------------------------------------------------
+
+
+def test_leases_are_named_after_the_prefix_and_the_role(infra_cli, clouds_env, openstack_stub, tmp_path):
+    default = _create(infra_cli, clouds_env, tmp_path, "--role", "gpu")
+    assert default.exit_code == 0, default.stderr
+    assert default.json()["lease"]["name"] == "chexops-gpu"
+    mine = _create(infra_cli, clouds_env, tmp_path, "--role", "kvm", "--name-prefix", "chexops-abc123")
+    assert mine.exit_code == 0, mine.stderr
+    assert mine.json()["lease"]["name"] == "chexops-abc123-kvm"
+    posts = sum(1 for m, p in _blazar_requests(openstack_stub) if m == "POST")
+    for name in ("gpu-lease", "chexops", "chexopsgpu"):
+        refused = _create(infra_cli, clouds_env, tmp_path, name, "--role", "gpu")
+        assert refused.exit_code == 2, refused.stderr
+        assert f"Lease name '{name}' does not start with the name prefix 'chexops-'" in refused.stderr
+    assert sum(1 for m, p in _blazar_requests(openstack_stub) if m == "POST") == posts
+    bad = _create(infra_cli, clouds_env, tmp_path, "--role", "gpu", "--name-prefix", "Chexops_")
+    assert bad.exit_code == 2 and "Name prefix 'Chexops_'" in bad.stderr
+
+
+def test_the_prefix_defaults_to_terraforms_name_prefix(infra_cli, clouds_env, openstack_stub, tmp_path):
+    pytest.importorskip("hcl2", reason="python-hcl2 is not installed (pip install -e '.[infra]')")
+    tf_dir = tmp_path / "terraform"
+    repo_tf = REPO / "terraform"
+    shutil.copytree(repo_tf, tf_dir, ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*", "*.tfvars*"))
+    (tf_dir / "terraform.tfvars").write_text('name_prefix = "chexops-netid7"\n')
+    env = {**clouds_env, "CHEXOPS_NAME_PREFIX": None}
+    out = _create(infra_cli, env, tmp_path, "--role", "kvm", "--tf-dir", str(tf_dir))
+    assert out.exit_code == 0, out.stderr
+    assert out.json()["lease"]["name"] == "chexops-netid7-kvm"
+    missing = _create(infra_cli, env, tmp_path, "--role", "kvm", "--tf-dir", str(tmp_path / "nowhere"))
+    assert missing.exit_code == 2 and "Pass --name-prefix" in missing.stderr
+
+
+def test_a_colleagues_lease_of_the_same_name_is_never_touched(infra_cli, clouds_env, openstack_stub, tmp_path):
+    theirs = infra_cli(
+        [
+            "lease",
+            "create",
+            "--role",
+            "gpu",
+            "--cloud",
+            "stub_colleague",
+            "--poll",
+            "0.01",
+            "--tfvars",
+            str(tmp_path / "theirs.json"),
+            "--json",
+        ],
+        clouds_env,
+    )
+    assert theirs.exit_code == 0, theirs.stderr
+    lease = theirs.json()["lease"]
+    assert lease["name"] == "chexops-gpu"  # the same default name: a colleague who kept the default prefix
+    assert openstack_stub.leases[lease["id"]]["user_id"] == openstack_stub.colleague_user_id
+    reuse = _create(infra_cli, clouds_env, tmp_path, "--role", "gpu")
+    assert reuse.exit_code == 2, reuse.stderr
+    assert "Refusing to reuse lease 'chexops-gpu'" in reuse.stderr and "another user of the project" in reuse.stderr
+    assert not _tfvars(tmp_path).exists()  # the colleague's reservation never reaches our tfvars
+    for args, action in ((["extend", "chexops-gpu", "--by", "1d"], "extend"), (["delete", lease["id"]], "delete")):
+        out = infra_cli(
+            ["lease", *args, "--cloud", "stub", "--tfvars", str(_tfvars(tmp_path))]
+            if action == "delete"
+            else ["lease", *args, "--cloud", "stub"],
+            clouds_env,
+        )
+        assert out.exit_code == 2, out.stderr
+        assert f"Refusing to {action} lease 'chexops-gpu'" in out.stderr
+    assert [m for m, _ in _blazar_requests(openstack_stub) if m in ("PUT", "DELETE")] == []
+    assert lease["id"] in openstack_stub.leases
+    listed = infra_cli(["lease", "status", "--cloud", "stub", "--json"], clouds_env)
+    assert listed.exit_code == 0 and listed.json()["leases"] == []
+
+
+def test_a_lease_of_ours_without_our_prefix_is_refused(infra_cli, clouds_env, openstack_stub, tmp_path):
+    made = _create(infra_cli, clouds_env, tmp_path, "--role", "gpu", "--name-prefix", "other-team")
+    assert made.exit_code == 0, made.stderr
+    out = infra_cli(["lease", "delete", "other-team-gpu", "--cloud", "stub"], clouds_env)
+    assert out.exit_code == 2
+    assert "its name does not start with your name prefix 'chexops-'" in out.stderr
+    assert len(openstack_stub.leases) == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Lengths: the 7-day cap is bare metal's (CHI), not KVM's
+# ------------------------------------------------------------------------------------------------
+
+
+def test_kvm_flavor_leases_may_last_longer_than_a_week(infra_cli, clouds_env, openstack_stub, tmp_path):
+    out = _create(infra_cli, clouds_env, tmp_path, "--role", "kvm", "--duration", "60d")
+    assert out.exit_code == 0, out.stderr
+    posted = next(b for m, p, b in openstack_stub.requests if m == "POST" and p == "/blazar/v1/leases")
+    end = datetime.strptime(posted["end_date"], "%Y-%m-%d %H:%M")
+    assert abs((end - datetime.now(timezone.utc).replace(tzinfo=None)) - timedelta(days=60)) < timedelta(minutes=2)
+    gpu = _create(infra_cli, clouds_env, tmp_path, "--role", "gpu", "--duration", "7d1h")
+    assert gpu.exit_code == 2 and "bare-metal leases last at most 7 days" in gpu.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Expiry: what ends when, the allocation it uses, and the metric the alerts read
+# ------------------------------------------------------------------------------------------------
+
+
+def test_create_estimates_the_allocation(infra_cli, clouds_env, openstack_stub, tmp_path, caplog):
+    caplog.set_level("INFO", logger="chexops")
+    out = _create(infra_cli, clouds_env, tmp_path, "--role", "kvm", "--count", "3", "--duration", "1d12h")
+    assert out.exit_code == 0, out.stderr
+    assert out.json()["su_estimate"] == 108.0
+    assert "will consume about 108.0 SU (3 node(s) x 36.0 h" in caplog.text
+    assert "check Chameleon's current rates" in caplog.text
+
+
+def test_status_lists_our_leases_soonest_end_first(infra_cli, clouds_env, openstack_stub, tmp_path):
+    assert _create(infra_cli, clouds_env, tmp_path, "--role", "gpu", "--duration", "2d").exit_code == 0
+    assert _create(infra_cli, clouds_env, tmp_path, "--role", "kvm", "--count", "3", "--duration", "12h").exit_code == 0
+    colleague = infra_cli(
+        [
+            "lease",
+            "create",
+            "--role",
+            "kvm",
+            "--cloud",
+            "stub_colleague",
+            "--name-prefix",
+            "chexops-bob",
+            "--duration",
+            "1h",
+            "--tfvars",
+            str(tmp_path / "bob.json"),
+        ],
+        clouds_env,
+    )
+    assert colleague.exit_code == 0, colleague.stderr
+    out = infra_cli(["lease", "status", "--cloud", "stub", "--json"], clouds_env)
+    assert out.exit_code == 0, out.stderr
+    rows = out.json()["leases"]
+    assert [r["name"] for r in rows] == ["chexops-kvm", "chexops-gpu"]
+    kvm, gpu = rows
+    assert abs(kvm["hours_left"] - 12) <= 0.1 and abs(gpu["hours_left"] - 48) <= 0.1
+    assert (kvm["nodes"], gpu["nodes"]) == (3, 1)
+    assert abs(kvm["su_left"] - 36) <= 0.5 and gpu["su_total"] == 48.0
+    human = infra_cli(["lease", "status", "--cloud", "stub"], clouds_env)
+    first, second = human.stdout.splitlines()
+    assert first.startswith("chexops-kvm") and "h left" in first and "SU left of 36.0" in first
+    assert second.startswith("chexops-gpu")
+
+
+PROMTOOL = shutil.which("promtool")
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian prometheus) is not installed: tests/install-tools.sh")
+def test_lease_ends_reach_prometheus_and_the_alerts_fire(infra_cli, clouds_env, openstack_stub, tmp_path):
+    """The generated rule file, loaded with the repository's alerts by promtool: the GPU lease
+    (ending at 50 h, Unix time) is soon at 3 h and today at 45 h; the KVM lease (ending at 200 h) neither."""
+    gpu = _create(infra_cli, clouds_env, tmp_path, "--role", "gpu").json()["lease"]
+    kvm = _create(infra_cli, clouds_env, tmp_path, "--role", "kvm").json()["lease"]
+    for lease, hours in ((gpu, 50), (kvm, 200)):
+        end = datetime(1970, 1, 1) + timedelta(hours=hours)
+        openstack_stub.leases[lease["id"]].update(
+            start_date="1970-01-01T00:00:00.000000", end_date=end.strftime("%Y-%m-%dT%H:%M:%S.000000")
+        )
+    rules, textfile = tmp_path / "lease-ends.yaml", tmp_path / "leases.prom"
+    out = infra_cli(
+        ["lease", "status", "--cloud", "stub", "--rules", str(rules), "--textfile", str(textfile)], clouds_env
+    )
+    assert out.exit_code == 0, out.stderr
+    check = subprocess.run([PROMTOOL, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "2 rules found" in check.stdout, check.stdout + check.stderr
+    metrics = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=textfile.read_text(), capture_output=True, text=True, timeout=60
+    )
+    assert metrics.returncode == 0, metrics.stdout + metrics.stderr
+    assert f'lease="chexops-gpu",lease_id="{gpu["id"]}",cloud="stub"}} 180000' in textfile.read_text()
+    gpu_labels = {"lease": "chexops-gpu", "lease_id": gpu["id"], "cloud": "stub"}
+    alerts = REPO / "k8s" / "monitoring" / "rules" / "leases.yaml"
+
+    runbook = "docs/operations.md#a-lease-is-ending"
+    soon = {
+        "summary": "Lease chexops-gpu on stub ends in 1d 23h 0m 0s",
+        "description": "Extend it (chexops infra lease extend chexops-gpu --cloud stub --by 1d) and regenerate "
+        "lease-ends.yaml, or plan the rebuild after it ends.",
+        "runbook": runbook,
+    }
+    today = {"summary": "Lease chexops-gpu on stub ends in 5h 0m 0s: its instances go with it", "runbook": runbook}
+
+    def case(name, at, severity=None, annotations=None):
+        fired = [{"exp_labels": {**gpu_labels, "severity": severity}, "exp_annotations": annotations}]
+        return {"alertname": name, "eval_time": at, "exp_alerts": fired if severity else []}
+
+    unit = {
+        "rule_files": [str(rules), str(alerts)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1h",
+                "input_series": [],
+                "promql_expr_test": [
+                    {
+                        "expr": "chexops_lease_end_timestamp_seconds",
+                        "eval_time": "1h",
+                        "exp_samples": [
+                            {
+                                "labels": 'chexops_lease_end_timestamp_seconds{lease="chexops-gpu",lease_id="%s",'
+                                'cloud="stub"}' % gpu["id"],
+                                "value": 180000,
+                            },
+                            {
+                                "labels": 'chexops_lease_end_timestamp_seconds{lease="chexops-kvm",lease_id="%s",'
+                                'cloud="stub"}' % kvm["id"],
+                                "value": 720000,
+                            },
+                        ],
+                    }
+                ],
+                "alert_rule_test": [
+                    case("ChexopsLeaseEndingSoon", "1h"),
+                    case("ChexopsLeaseEndingSoon", "3h", "ticket", soon),
+                    case("ChexopsLeaseEndsToday", "3h"),
+                    case("ChexopsLeaseEndsToday", "45h", "page", today),
+                    case("ChexopsLeaseEndsToday", "51h"),
+                ],
+            }
+        ],
+    }
+    test_file = tmp_path / "lease-ends.test.yaml"
+    test_file.write_text(json.dumps(unit))
+    done = subprocess.run([PROMTOOL, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "SUCCESS" in done.stdout, done.stdout + done.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("hcl2", reason="python-hcl2 is not installed (pip install 'chexops[infra]')")
+pytest.importorskip("hcl2", reason="python-hcl2 is not installed (pip install -e '.[infra]')")
 
 REPO = Path(__file__).resolve().parents[2]
 KVM_RESERVATION = "c1fb5090-e046-42a5-8287-2aa380a8d31a"
@@ -42,6 +42,7 @@ def test_everything_found(infra_cli, clouds_env, openstack_stub, tf_dir):
     assert out.exit_code == 0, out.stderr
     checks = out.json()["checks"]
     assert [(c["kind"], c["name"]) for c in checks] == [
+        ("credential", "chexops-operator"),
         ("flavor", KVM_RESERVATION),
         ("image", "CC-Ubuntu24.04"),
         ("floating-IP pool", "public"),
@@ -66,7 +67,7 @@ def test_cpu_only_checks_one_cloud(infra_cli, clouds_env, tf_dir):
     (tf_dir / "gpu.auto.tfvars.json").write_text(json.dumps({"gpu_enabled": False}))
     out = _preflight(infra_cli, clouds_env, tf_dir)
     assert out.exit_code == 0, out.stderr
-    assert "All 4 look-ups found" in out.stdout and "sharednet1" not in out.stdout
+    assert "All 5 look-ups found" in out.stdout and "sharednet1" not in out.stdout
 
 
 @pytest.mark.parametrize(
@@ -114,7 +115,7 @@ def test_every_missing_resource_is_reported_at_once(infra_cli, clouds_env, opens
     openstack_stub.images = []
     out = _preflight(infra_cli, clouds_env, tf_dir)
     assert out.exit_code == 2
-    assert "2 of 9 look-ups failed" in out.stderr
+    assert "2 of 10 look-ups failed" in out.stderr
     assert (
         "kvm_image_name: Image 'CC-Ubuntu24.04'" in out.stderr
         and "gpu_image_name: Image 'CC-Ubuntu24.04-CUDA'" in out.stderr
@@ -140,3 +141,16 @@ def test_expired_credentials(infra_cli, clouds_env, tf_dir):
 def test_not_a_terraform_dir(infra_cli, clouds_env, tmp_path):
     out = _preflight(infra_cli, clouds_env, tmp_path)
     assert out.exit_code == 2 and "variables.tf does not exist" in out.stderr
+
+
+def test_a_restricted_application_credential_is_named(infra_cli, clouds_env, tf_dir):
+    """Blazar answers HTTP 500 to a lease created with a restricted credential: say so before any lease."""
+    (tf_dir / "zz.auto.tfvars.json").write_text(json.dumps({"chi_cloud": "stub_restricted"}))
+    out = _preflight(infra_cli, clouds_env, tf_dir)
+    assert out.exit_code == 2, (out.stdout, out.stderr)
+    assert "1 of 11 look-ups failed" in out.stderr
+    assert (
+        "clouds.yaml (Unrestricted, for Blazar): The application credential 'chexops-operator' of cloud "
+        "'stub_restricted' is restricted" in out.stderr
+    )
+    assert "*Unrestricted* ticked" in out.stderr

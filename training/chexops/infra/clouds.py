@@ -29,8 +29,8 @@ def _openstack() -> Any:
         import openstack.exceptions
     except ImportError as exc:  # pragma: no cover - depends on the installation
         raise ChexopsError(
-            "The infra commands need openstacksdk: install chexops with its 'infra' extra "
-            "(pip install 'chexops[infra]')."
+            "The infra commands need openstacksdk: install chexops with its 'infra' extra from the checkout "
+            "(pip install -e '.[infra]')."
         ) from exc
     return openstack
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from chexops.core.errors import UserInputError
 from chexops.infra.clouds import Cloud
-from chexops.infra.openstack import translated
+from chexops.infra.openstack import identity, restricted_message, translated
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _load_hcl(path: Path) -> dict[str, Any]:
     try:
         import hcl2
     except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise UserInputError("Reading Terraform files needs python-hcl2: pip install 'chexops[infra]'.") from exc
+        raise UserInputError("Reading Terraform files needs python-hcl2: pip install -e '.[infra]' from the checkout.") from exc
     try:
         with path.open(encoding="utf-8") as handle:
             return hcl2.load(handle)
@@ -215,14 +215,26 @@ def plan_checks(settings: dict[str, Any]) -> list[tuple[str, str, str, str, Call
     return checks
 
 
+def credential_check(cloud: Cloud) -> Check:
+    """Blazar creates a lease only with an Unrestricted application credential (a restricted one gets HTTP 500)."""
+    who = identity(cloud)
+    name = who.credential_name or "(not an application credential)"
+    setting = "clouds.yaml (Unrestricted, for Blazar)"
+    if who.restricted:
+        return Check(cloud.name, "credential", name, setting, False, restricted_message(cloud, who))
+    return Check(cloud.name, "credential", name, setting, True, f"user {who.user_id}, unrestricted")
+
+
 def run_checks(settings: dict[str, Any], connect: Callable[[str], Cloud]) -> list[Check]:
-    """Every look-up, each reported (a missing one does not hide the next)."""
+    """Every look-up, each reported (a missing one does not hide the next); first, per cloud, the credential."""
     clouds: dict[str, Cloud] = {}
     results = []
     for cloud_var, kind, name, setting, lookup in plan_checks(settings):
         cloud_name = _required(settings, cloud_var, "terraform.tfvars")
         if cloud_name not in clouds:
             clouds[cloud_name] = connect(cloud_name)
+            results.append(credential_check(clouds[cloud_name]))
+            log.info("credential of %s: %s", cloud_name, "unrestricted" if results[-1].ok else "RESTRICTED")
         try:
             found = lookup(clouds[cloud_name], name)
             results.append(Check(cloud_name, kind, name, setting, True, f"id {found.id}"))
