@@ -95,5 +95,5 @@ module "object_store" {
     openstack = openstack.chi
   }
 
-  container_name = var.object_store_container
+  name_prefix = var.name_prefix
 }

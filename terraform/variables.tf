@@ -274,17 +274,6 @@ variable "volumes" {
   }
 }
 
-variable "object_store_container" {
-  description = "Name of the Swift container (object store on the CHI site) that holds the raw dataset archives."
-  type        = string
-  default     = "chexops-data"
-
-  validation {
-    condition     = can(regex("^[a-z0-9][a-z0-9.-]{2,62}$", var.object_store_container))
-    error_message = "object_store_container must be 3-63 lower-case letters, digits, '.' or '-' (S3-compatible)."
-  }
-}
-
 variable "tags" {
   description = "Tags set on the instances, to find them in Horizon and in `openstack server list --tags`."
   type        = list(string)

@@ -350,3 +350,36 @@ def test_cross_site_rules_match_the_site_link_topology():
     network = main["module"][[list(m)[0] for m in main["module"]].index('"network"')]['"network"']
     kvm = main["module"][[list(m)[0] for m in main["module"]].index('"kvm_cluster"')]['"kvm_cluster"']
     assert network["site_link_cidr"] == "${var.site_link_cidr}" and "var.site_link_cidr" in kvm["forwarded_cidrs"]
+
+
+def _minutes(text: str) -> float:
+    match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?", text)
+    assert match and any(match.groups()), f"not a Terraform duration: {text}"
+    return int(match.group(1) or 0) * 60 + int(match.group(2) or 0)
+
+
+def test_the_bare_metal_instance_waits_for_a_slow_deploy():
+    """The provider's default (30 min) is shorter than a slow bare-metal deploy, which then ends as a
+    tainted instance that the next apply destroys."""
+    gpu = [
+        (p, n, b)
+        for p, _, n, b in resources("openstack_compute_instance_v2")
+        if unq(b.get("flavor_name")) == "baremetal"
+    ]
+    assert gpu
+    for path, name, body in gpu:
+        timeouts = (body.get("timeouts") or [{}])[0]
+        where = f"{path.relative_to(REPO)}: {name}"
+        assert _minutes(unq(timeouts.get("create", ""))) >= 90, f"{where}: timeouts.create under 90m"
+        assert _minutes(unq(timeouts.get("delete", ""))) >= 30, f"{where}: timeouts.delete under 30m"
+
+
+def test_the_object_store_container_carries_the_name_prefix():
+    """Operators sharing a project each get <name_prefix>-data, never one fixed container name."""
+    containers = list(resources("openstack_objectstorage_container_v1"))
+    assert containers
+    for path, _, name, body in containers:
+        assert unq(body["name"]).startswith("${var.name_prefix}-"), f"{path.relative_to(REPO)}: {name} is unprefixed"
+    main = parse(TF / "main.tf")
+    call = next(m['"object_store"'] for m in main["module"] if '"object_store"' in m)
+    assert call["name_prefix"] == "${var.name_prefix}"

@@ -2,8 +2,9 @@ data "openstack_networking_network_v2" "site" {
   name = var.network_name
 }
 
-# Chameleon bare metal does not always enforce security groups on sharednet1 ports; the common
-# role's host firewall (nftables) enforces the same policy on the node itself.
+# CHI sites (bare metal) do NOT enforce security groups: these rules document the intended policy
+# and apply only where a site starts enforcing them. What protects the node is its host firewall
+# (the common role's nftables ruleset), not this group.
 resource "openstack_networking_secgroup_v2" "gpu" {
   name        = "${var.name_prefix}-${var.node_name}"
   description = "chexops: GPU node (SSH from operators, the site link from node1)"
@@ -68,6 +69,13 @@ resource "openstack_compute_instance_v2" "gpu" {
 
   lifecycle {
     ignore_changes = [image_name]
+  }
+
+  # Bare metal deploys (image written to disk, reboots) often take longer than the provider's 30-minute
+  # default; a timeout would leave a tainted instance that the next apply destroys and redeploys.
+  timeouts {
+    create = "90m"
+    delete = "30m"
   }
 }
 

@@ -1,6 +1,7 @@
-# Private container (no container_read ACL): only the project's credentials can read it.
+# Private container (no container_read ACL): only the project's credentials can read it. Named
+# <name_prefix>-data, so that operators sharing a Chameleon project each have their own.
 resource "openstack_objectstorage_container_v1" "this" {
-  name = var.container_name
+  name = "${var.name_prefix}-data"
 
   metadata = {
     purpose = var.purpose

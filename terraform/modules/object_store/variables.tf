@@ -1,10 +1,10 @@
-variable "container_name" {
-  description = "Name of the Swift container."
+variable "name_prefix" {
+  description = "Prefix of every resource name; the container is <name_prefix>-data."
   type        = string
 
   validation {
-    condition     = can(regex("^[a-z0-9][a-z0-9.-]{2,62}$", var.container_name))
-    error_message = "container_name must be 3-63 lower-case letters, digits, '.' or '-'."
+    condition     = can(regex("^[a-z][a-z0-9-]{1,30}[a-z0-9]$", var.name_prefix))
+    error_message = "name_prefix must be 3-32 lower-case letters, digits or '-'."
   }
 }
 
