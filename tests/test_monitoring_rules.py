@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -51,3 +52,23 @@ def test_rule_unit_tests_pass_and_fire_every_alert():
         if a.get("exp_alerts")
     }
     assert alerts and alerts <= fired, f"alerts without a test that fires them: {sorted(alerts - fired)}"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_runbook_names_a_heading_that_exists():
+    checked = 0
+    for f in rule_files():
+        for group in yaml.safe_load(f.read_text())["groups"]:
+            for rule in group["rules"]:
+                runbook = (rule.get("annotations") or {}).get("runbook")
+                if not runbook:
+                    continue
+                checked += 1
+                doc, _, anchor = runbook.partition("#")
+                headings = re.findall(r"^#+\s+(.+)$", (ROOT / doc).read_text(), re.M)
+                assert anchor in {_slug(h) for h in headings}, f"{f.name}: {rule['alert']}: no heading for {runbook}"
+    assert checked >= 3

@@ -113,7 +113,9 @@ def _load_hcl(path: Path) -> dict[str, Any]:
     try:
         import hcl2
     except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise UserInputError("Reading Terraform files needs python-hcl2: pip install -e '.[infra]' from the checkout.") from exc
+        raise UserInputError(
+            "Reading Terraform files needs python-hcl2: pip install -e '.[infra]' from the checkout."
+        ) from exc
     try:
         with path.open(encoding="utf-8") as handle:
             return hcl2.load(handle)
