@@ -170,10 +170,16 @@ def gpu_check(kubectl: Kubectl, nodes: list[dict[str, Any]], image: str, timeout
     if code != 0:
         return Check(name="gpu nvidia-smi", ok=False, detail=f"cannot create pod: {err}")
     try:
-        phase, deadline = "Pending", time.monotonic() + timeout
-        while phase not in ("Succeeded", "Failed") and time.monotonic() < deadline:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                pod_now = kubectl.json("get", "pod", name, "-n", CHECK_NAMESPACE)
+            except _KubectlFailed as exc:
+                return Check(name=f"gpu nvidia-smi ({gpu_nodes[0]})", ok=False, detail=f"pod {name}: {exc}")
+            phase = pod_now.get("status", {}).get("phase", "Unknown")
+            if phase in ("Succeeded", "Failed") or time.monotonic() >= deadline:
+                break
             time.sleep(poll)
-            phase = kubectl.json("get", "pod", name, "-n", CHECK_NAMESPACE).get("status", {}).get("phase", "Unknown")
         code, logs, err = kubectl.run("logs", name, "-n", CHECK_NAMESPACE)
         seen = _last_line(logs) if code == 0 else err
         ok = phase == "Succeeded" and logs.lstrip().startswith("GPU ")
