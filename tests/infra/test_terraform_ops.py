@@ -119,9 +119,10 @@ def test_split_kept_keeps_volumes_and_skips_data_sources():
         'module.volumes.openstack_compute_volume_attach_v2.this["platform"]',
         "data.openstack_images_image_v2.ubuntu",
         'module.m["a.b"].openstack_compute_instance_v2.node[0]',
+        "module.object_store.openstack_objectstorage_container_v1.this",
     ]
     destroy, kept = split_kept(addresses)
-    assert kept == [addresses[0]]
+    assert kept == [addresses[0], addresses[4]]
     assert destroy == [addresses[1], addresses[3]]
 
 
@@ -241,3 +242,21 @@ def _remote_input(s3, bucket: str, key: str) -> str:
     state = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     instance = next(r for r in state["resources"] if r["name"] == "instance")
     return instance["instances"][0]["attributes"]["input"]["value"]
+
+
+@pytest.mark.slow
+def test_init_migrates_a_local_state_into_s3(tmp_path, s3_server):
+    s3 = _s3(s3_server)
+    config, bucket, key = _backend_config(tmp_path, s3_server)
+    s3.create_bucket(Bucket=bucket)
+    mod = _module(tmp_path / "root")
+    assert _infra("init", "--tf-dir", str(mod)).exit_code == 0
+    assert _infra("apply", "--tf-dir", str(mod), "--yes").exit_code == 0
+
+    _module(mod, backend='  backend "s3" {}\n')
+    plain = _infra("init", "--tf-dir", str(mod), "--backend-config", str(config), env=S3_ENV)
+    assert plain.exit_code == 1, "a local state must not be left behind silently"
+    out = _infra("init", "--tf-dir", str(mod), "--backend-config", str(config), "--migrate-state", env=S3_ENV)
+    assert out.exit_code == 0, out.stderr
+    assert _remote_input(s3, bucket, key) == "1"
+    assert _infra("drift", "--tf-dir", str(mod), env=S3_ENV).exit_code == 0

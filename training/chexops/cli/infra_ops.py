@@ -55,12 +55,13 @@ def _terraform(tf_dir: Path):
     help="Partial S3 backend configuration (copy terraform/backend.hcl.example) [default: TF_DIR/backend.hcl].",
 )
 @click.option("--reconfigure", is_flag=True, help="Forget the previous backend settings (terraform init -reconfigure).")
+@click.option("--migrate-state", is_flag=True, help="Copy an existing local terraform.tfstate into the remote state.")
 @result_output
-def init_cmd(tf_dir: Path, backend_config: Path | None, reconfigure: bool) -> Output:
+def init_cmd(tf_dir: Path, backend_config: Path | None, reconfigure: bool, migrate_state: bool) -> Output:
     """`terraform init` against the remote state (S3 API of Chameleon's object store, locked)."""
     if backend_config is None and (tf_dir / BACKEND_FILE).is_file():
         backend_config = tf_dir / BACKEND_FILE
-    _terraform(tf_dir).init(backend_config, reconfigure=reconfigure)
+    _terraform(tf_dir).init(backend_config, reconfigure=reconfigure, migrate=migrate_state)
     where = f"the remote state of {backend_config}" if backend_config else "the backend its files declare"
     return Output(
         {"tf_dir": str(tf_dir), "backend_config": str(backend_config) if backend_config else None},
@@ -103,12 +104,12 @@ def apply_cmd(tf_dir: Path, yes: bool) -> Output:
     "--keep",
     multiple=True,
     default=None,
-    help="Resource type or address pattern to keep (repeatable; default: the volumes, "
-    "openstack_blockstorage_volume_v3).",
+    help="Resource type or address pattern to keep (repeatable; default: the volumes and the object-store container).",
 )
 @result_output
 def destroy_cmd(tf_dir: Path, yes: bool, keep: tuple[str, ...]) -> Output:
-    """Destroy everything in the state but the volumes (prevent_destroy), after listing it and asking."""
+    """Destroy everything in the state but the volumes (prevent_destroy) and the object-store container,
+    after listing both and asking."""
     from chexops.infra.terraform import KEPT_TYPES
 
     tf = _terraform(tf_dir)

@@ -24,8 +24,9 @@ from chexops.core.results import Result
 log = logging.getLogger(__name__)
 
 #: Resource types `destroy` leaves in place: the volumes hold platform state and datasets and carry
-#: `prevent_destroy` (terraform/modules/volumes), which would make a plain `terraform destroy` fail.
-KEPT_TYPES = ("openstack_blockstorage_volume_v3",)
+#: `prevent_destroy` (terraform/modules/volumes), which would make a plain `terraform destroy` fail; the
+#: object-store container holds the raw data (and Swift refuses to delete it while it holds objects).
+KEPT_TYPES = ("openstack_blockstorage_volume_v3", "openstack_objectstorage_container_v1")
 
 #: Exit code of `terraform plan -detailed-exitcode` when the plan has changes.
 PLAN_HAS_CHANGES = 2
@@ -160,7 +161,7 @@ class Terraform:
             raise ChexopsError(f"terraform {args[0]} failed in {self.tf_dir} (exit {proc.returncode}): {error}")
         return proc.stdout
 
-    def init(self, backend_config: Path | None = None, *, reconfigure: bool = False) -> None:
+    def init(self, backend_config: Path | None = None, *, reconfigure: bool = False, migrate: bool = False) -> None:
         """`terraform init` with the remote state's partial backend configuration (backend.hcl)."""
         args = ["init", "-input=false", "-no-color"]
         if backend_config is not None:
@@ -172,6 +173,8 @@ class Terraform:
             args.append(f"-backend-config={backend_config.resolve()}")
         if reconfigure:
             args.append("-reconfigure")
+        if migrate:
+            args += ["-migrate-state", "-force-copy"]
         self.run(*args)
 
     def plan(self, planfile: Path, *, destroy: bool = False, targets: Sequence[str] = ()) -> PlanSummary:
