@@ -126,6 +126,15 @@ def test_split_kept_keeps_volumes_and_skips_data_sources():
     assert destroy == [addresses[1], addresses[3]]
 
 
+def test_init_without_backend_hcl_says_to_copy_the_example(tmp_path):
+    mod = _module(tmp_path / "root", backend='  backend "s3" {}\n')
+    shutil.copy(REPO / "terraform" / "backend.hcl.example", mod / "backend.hcl.example")
+    out = _infra("init", "--tf-dir", str(mod))
+    assert out.exit_code == 2
+    assert "backend.hcl.example" in out.stderr and "Traceback" not in out.stderr
+    assert not (mod / ".terraform").exists()
+
+
 def test_missing_terraform_dir_is_one_line(tmp_path):
     out = _infra("plan", "--tf-dir", str(tmp_path / "nope"))
     assert out.exit_code == 2

@@ -61,6 +61,11 @@ def init_cmd(tf_dir: Path, backend_config: Path | None, reconfigure: bool, migra
     """`terraform init` against the remote state (S3 API of Chameleon's object store, locked)."""
     if backend_config is None and (tf_dir / BACKEND_FILE).is_file():
         backend_config = tf_dir / BACKEND_FILE
+    elif backend_config is None and (tf_dir / f"{BACKEND_FILE}.example").is_file():
+        raise UserInputError(
+            f"No {tf_dir / BACKEND_FILE}: copy {tf_dir / BACKEND_FILE}.example to it and fill in the bucket and "
+            'endpoint (docs/operations.md, "Remote state"), or pass --backend-config FILE.'
+        )
     _terraform(tf_dir).init(backend_config, reconfigure=reconfigure, migrate=migrate_state)
     where = f"the remote state of {backend_config}" if backend_config else "the backend its files declare"
     return Output(

@@ -82,7 +82,10 @@ class Kubectl:
         code, out, err = self.run(*args, "-o", "json")
         if code != 0:
             raise _KubectlFailed(err or f"kubectl {' '.join(args)} exited {code}")
-        return json.loads(out)
+        try:
+            return json.loads(out)
+        except json.JSONDecodeError as exc:
+            raise _KubectlFailed(f"kubectl {' '.join(args)} printed something that is not JSON: {exc}") from exc
 
 
 class _KubectlFailed(Exception):
