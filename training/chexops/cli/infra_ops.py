@@ -142,8 +142,8 @@ def drift_cmd(tf_dir: Path) -> Output:
     1 when terraform fails."""
     from chexops.infra.terraform import DriftFound
 
-    summary = _terraform(tf_dir).drift(tf_dir / PLANFILE)
-    if summary.empty and not summary.drifted:
+    drifted, summary = _terraform(tf_dir).drift(tf_dir / PLANFILE)
+    if not drifted:
         return Output(summary, f"No drift: {tf_dir} matches the infrastructure.")
     refusal = DriftFound(
         f"Drift in {tf_dir}: {len(summary.changes)} resources differ ({len(summary.drifted)} changed outside "

@@ -196,12 +196,12 @@ class Terraform:
         """(addresses to destroy, addresses kept) of the managed resources in the state."""
         return split_kept(self.state_list(), keep)
 
-    def drift(self, planfile: Path) -> PlanSummary:
-        """`terraform plan -detailed-exitcode`: the summary of what differs (empty when nothing does)."""
+    def drift(self, planfile: Path) -> tuple[bool, PlanSummary]:
+        """`terraform plan -detailed-exitcode`: (whether it found changes, their summary)."""
         args = ["plan", "-input=false", "-no-color", "-detailed-exitcode", f"-out={planfile.resolve()}"]
         code = self.run(*args, ok=(0, PLAN_HAS_CHANGES))
         summary = summarize_plan(json.loads(self.capture("show", "-json", str(planfile.resolve()))))
-        if code == PLAN_HAS_CHANGES and summary.empty and not summary.drifted:
+        if code == PLAN_HAS_CHANGES and summary.empty:
             # Only outputs differ: still drift for -detailed-exitcode.
             summary.changes = [Change(address="(outputs)", actions=["update"])]
-        return summary
+        return code == PLAN_HAS_CHANGES, summary
