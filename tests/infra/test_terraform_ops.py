@@ -269,3 +269,40 @@ def test_init_migrates_a_local_state_into_s3(tmp_path, s3_server):
     assert out.exit_code == 0, out.stderr
     assert _remote_input(s3, bucket, key) == "1"
     assert _infra("drift", "--tf-dir", str(mod), env=S3_ENV).exit_code == 0
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not on PATH")
+def test_the_make_targets_run_the_commands_in_order(tmp_path):
+    """`make -n` (nothing runs): each operator target is the chexops command docs/operations.md names."""
+
+    def dry(*args: str) -> list[str]:
+        proc = subprocess.run(
+            ["make", "-n", "-C", str(REPO), f"VENV={tmp_path / 'venv'}", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return [line.split("/bin/", 1)[1] for line in proc.stdout.splitlines() if "/bin/chexops " in line]
+
+    assert dry("infra-apply") == ["chexops infra apply "]
+    assert dry("destroy", "YES=1") == ["chexops infra destroy --yes"]
+    assert dry("site", "ANSIBLE_VAULT_PASSWORD_FILE=") == ["chexops infra site -- --ask-vault-pass"]
+    assert dry("rebuild-after-lease", "YES=1", "ANSIBLE_VAULT_PASSWORD_FILE=/run/vault-pass") == [
+        "chexops infra apply --yes",
+        "chexops infra inventory",
+        "chexops infra site -- ",
+        "chexops infra check",
+    ]
+    phony = " ".join(line for line in (REPO / "Makefile").read_text().splitlines() if line.startswith(".PHONY"))
+    for target in (
+        "infra-init",
+        "infra-plan",
+        "infra-apply",
+        "inventory",
+        "site",
+        "infra-check",
+        "drift",
+        "destroy",
+        "rebuild-after-lease",
+    ):
+        assert f" {target}" in phony, target
