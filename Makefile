@@ -9,6 +9,7 @@ STAMP := $(VENV)/.chexops-installed
 export CHEXOPS_HOME ?= $(CURDIR)/.chexops
 
 .PHONY: demo demo-pacs test check lint serve venv clean
+.PHONY: infra-init infra-plan infra-apply inventory site infra-check drift destroy rebuild-after-lease
 
 venv: $(STAMP)
 
@@ -43,3 +44,38 @@ check: $(STAMP) lint
 
 clean:
 	rm -rf $(CHEXOPS_HOME)
+
+# --- Chameleon: the operator's targets (docs/operations.md, "The operator's targets") --------------------------------
+# Run from the repository root, after `chexops infra lease create` (step 1). Each prints what it will touch first;
+# infra-apply and destroy ask before changing anything (YES=1 answers yes). Credentials: clouds.yaml (OS_CLOUD entries
+# kvm_tacc, chi_uc/chi_tacc) for Terraform; AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (EC2 credentials) for the state
+# in the object store; your SSH key and the vault password for site; the kubeconfig site writes for infra-check.
+CONFIRM = $(if $(YES),--yes)
+SITE_ARGS ?= $(if $(ANSIBLE_VAULT_PASSWORD_FILE),,--ask-vault-pass)
+
+infra-init: $(STAMP)  # terraform init with the remote state of terraform/backend.hcl (copy backend.hcl.example)
+	$(BIN)/chexops infra init
+
+infra-plan: $(STAMP)  # what terraform apply would create, change, destroy
+	$(BIN)/chexops infra plan
+
+infra-apply: $(STAMP)  # the plan, listed, then applied after asking
+	$(BIN)/chexops infra apply $(CONFIRM)
+
+inventory: $(STAMP)  # ansible/inventory/hosts.yml from terraform output
+	$(BIN)/chexops infra inventory
+
+site: $(STAMP)  # the inventory's hosts, listed, then ansible-playbook site.yml (SITE_ARGS="--tags common" ...)
+	$(BIN)/chexops infra site -- $(SITE_ARGS)
+
+infra-check: $(STAMP)  # the post-deploy smoke test: exit 0 when every row passes
+	$(BIN)/chexops infra check
+
+drift: $(STAMP)  # terraform plan -detailed-exitcode: exit 0 none, 3 drift, 1 terraform failed
+	$(BIN)/chexops infra drift
+
+destroy: $(STAMP)  # everything but the volumes (prevent_destroy), listed, after asking
+	$(BIN)/chexops infra destroy $(CONFIRM)
+
+rebuild-after-lease: $(STAMP)  # after a new lease (chexops infra lease create): instances, inventory, site, check
+	$(MAKE) infra-apply inventory site infra-check

@@ -4,6 +4,7 @@ runner of `chexops infra ...` in this process."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import threading
@@ -317,20 +318,26 @@ def _make_handler(stub: OpenStackStub) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture()
-def openstack_stub():
-    """A Keystone/Blazar/Nova/Glance/Neutron stub on 127.0.0.1 (a free port), stopped after the test."""
-    stub = OpenStackStub()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(stub))
-    stub.base = f"http://127.0.0.1:{server.server_address[1]}"
+@contextlib.contextmanager
+def local_server(handler: type[BaseHTTPRequestHandler]):
+    """Serve handler on 127.0.0.1 (a free port) in a thread; yields the base URL, stops on exit."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield stub
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture()
+def openstack_stub():
+    """A Keystone/Blazar/Nova/Glance/Neutron stub on 127.0.0.1 (a free port), stopped after the test."""
+    stub = OpenStackStub()
+    with local_server(_make_handler(stub)) as stub.base:
+        yield stub
 
 
 @pytest.fixture()

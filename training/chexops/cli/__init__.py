@@ -13,6 +13,7 @@ import sys
 
 import click
 
+import chexops.cli.infra_ops  # noqa: F401 - registers init, plan, apply, destroy, drift, site, check on `infra`
 from chexops.cli import data, delivery, demo, feedback, freight, infra, loop, pacs, pipeline, serve, train, triton
 from chexops.core.errors import ChexopsError
 from chexops.core.freight import check_env as check_freight
