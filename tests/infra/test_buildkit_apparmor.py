@@ -5,9 +5,11 @@ broken rule is refused, and its name is the one the workflows' BuildKit steps as
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import jinja2
@@ -154,3 +156,38 @@ def test_every_kubernetes_node_loads_it_before_k3s():
     assert kube.index("buildkit_apparmor") < kube.index("kubernetes"), kube
     earlier = [r for p in plays[: [p["hosts"] for p in plays].index("k3s_server:k3s_agent")] for r in p["roles"]]
     assert "kubernetes" not in [r["role"] for r in earlier]
+
+
+@pytest.mark.slow
+def test_the_role_stops_on_a_host_without_apparmor(tmp_path):
+    """Run by Ansible: without AppArmor's securityfs the role stops before touching the host
+    (a Localhost profile could never be applied there)."""
+    playbook_bin = Path(sys.executable).parent / "ansible-playbook"
+    if not playbook_bin.exists():
+        pytest.skip(f"ansible-playbook is not in {playbook_bin.parent} (bash tests/infra/install-tools.sh installs it)")
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  connection: local\n  roles:\n    - role: buildkit_apparmor\n"
+    )
+    missing = tmp_path / "securityfs" / "apparmor" / "profiles"
+    env = {
+        **os.environ,
+        "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_ROLES_PATH": str(ROLE.parent),
+        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+        "PATH": f"{playbook_bin.parent}:{os.environ.get('PATH', '')}",
+    }
+    proc = subprocess.run(
+        [str(playbook_bin), "-i", "localhost,", str(playbook), "-e", f"buildkit_apparmor_loaded_profiles={missing}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode != 0 and f"AppArmor is not enabled on localhost ({missing} is missing)" in out, out[-3000:]
+    assert "TASK [buildkit_apparmor : AppArmor's tools" not in proc.stdout
