@@ -118,32 +118,63 @@ def ansible_repo() -> dict:
 
 
 ARGO_ROLE = REPO / "ansible" / "roles" / "argo"
+TERRAFORM_OUTPUT = REPO / "tests" / "infra" / "fixtures" / "terraform_output.json"
 
 
 def _jinja() -> jinja2.Environment:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    """Jinja2 as Ansible sets it up for templates (trim_blocks), with the Ansible filters and tests used."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True)
     env.filters["realpath"] = os.path.realpath
+    env.filters["bool"] = lambda value: str(value).strip().lower() in ("true", "yes", "on", "1")
+    env.tests["match"] = lambda value, pattern: re.match(pattern, str(value)) is not None
     return env
 
 
-@pytest.fixture(scope="session")
-def argo_variables(ansible_repo) -> dict:
-    """The `argo` role's variables as Ansible resolves them for a run from this checkout."""
+def node1_public_ip() -> str:
+    """The k3s server's chexops_public_ip in the inventory `chexops infra inventory` writes from the
+    recorded terraform output (tests/infra/fixtures)."""
+    from chexops.infra.inventory import build_inventory, load_outputs
+
+    inventory = build_inventory(load_outputs(TERRAFORM_OUTPUT))["all"]
+    (server,) = inventory["children"]["k3s_server"]["hosts"]
+    return inventory["hosts"][server]["chexops_public_ip"]
+
+
+def resolve_argo_variables(extra: dict) -> dict:
+    """The `argo` role's variables as Ansible resolves them for a run from this checkout on node1,
+    with `extra` (host variables, group_vars or -e) on top of group_vars/all."""
     defaults = yaml.safe_load((ARGO_ROLE / "defaults" / "main.yml").read_text())
+    group_vars = yaml.safe_load((REPO / "ansible" / "group_vars" / "all" / "main.yml").read_text())
     # chexops_repo_url is the operator's required setting (no default in git): the URL of their copy,
     # the same as argocd/source/gitops-source.yaml's (what the children follow).
     source = yaml.safe_load((REPO / "argocd" / "source" / "gitops-source.yaml").read_text())["data"]
-    variables = {"chexops_repo_url": source["repoURL"], "role_path": str(ARGO_ROLE), **ansible_repo, **defaults}
+    variables = {"chexops_repo_url": source["repoURL"], "role_path": str(ARGO_ROLE), **group_vars, **extra, **defaults}
     env = _jinja()
-    for _ in range(3):  # defaults refer to group_vars ("{{ chexops_repo_url }}")
-        variables = {
-            k: env.from_string(v).render(**variables) if isinstance(v, str) else v for k, v in variables.items()
-        }
-    return variables
+    # Defaults refer to group_vars ("{{ chexops_repo_url }}") and to each other: each pass renders
+    # every variable as written from the previous pass's values, until nothing changes (Ansible
+    # resolves lazily; this reaches the same values).
+    resolved = variables
+    for _ in range(10):
+        again = {k: env.from_string(v).render(**resolved) if isinstance(v, str) else v for k, v in variables.items()}
+        if again == resolved:
+            return resolved
+        resolved = again
+    raise AssertionError("the argo role's variables do not settle (a cycle?)")
+
+
+def render_root_application(variables: dict) -> dict:
+    """The root Application exactly as the Ansible `argo` role renders it with `variables`."""
+    text = (ARGO_ROLE / "templates" / "root-application.yaml.j2").read_text()
+    return yaml.safe_load(_jinja().from_string(text).render(**variables))
+
+
+@pytest.fixture(scope="session")
+def argo_variables() -> dict:
+    """The `argo` role's variables for a run from this checkout on node1 (its floating IP from the inventory)."""
+    return resolve_argo_variables({"chexops_public_ip": node1_public_ip()})
 
 
 @pytest.fixture(scope="session")
 def root_application(argo_variables) -> dict:
     """The root Application exactly as the Ansible `argo` role renders it."""
-    text = (ARGO_ROLE / "templates" / "root-application.yaml.j2").read_text()
-    return yaml.safe_load(_jinja().from_string(text).render(**argo_variables))
+    return render_root_application(argo_variables)

@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
 BIN = Path(sys.executable).parent
 ROLES = ("common", "volumes", "gpu", "kubernetes", "secrets", "argo")
+# Roles that run inside a stage's play, before its own role (the stage's tag covers them).
+HELPER_ROLES = {"kubernetes": ["buildkit_apparmor"]}
 
 
 def _playbooks() -> list[Path]:
@@ -90,7 +92,7 @@ def test_ansible_lint_production_profile(tmp_path):
     assert "Profile 'production' was required, and it passed" in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("role", ROLES + tuple(r for rs in HELPER_ROLES.values() for r in rs))
 def test_role_layout(role):
     base = ANSIBLE / "roles" / role
     for part in ("defaults", "tasks", "handlers", "meta"):
@@ -103,14 +105,15 @@ def test_role_layout(role):
 
 def test_site_runs_every_stage_in_order_each_tagged():
     plays = yaml.safe_load((ANSIBLE / "site.yml").read_text())
-    order = [p["roles"][0]["role"] for p in plays]
+    order = [p["roles"][-1]["role"] for p in plays]
     assert order == list(ROLES)
+    assert [[r["role"] for r in p["roles"][:-1]] for p in plays] == [HELPER_ROLES.get(r, []) for r in ROLES]
     assert [p["tags"] for p in plays] == [[r] for r in ROLES]
     # A private repository's credential exists before Argo CD's first sync.
     assert order.index("secrets") < order.index("argo")
     # kubernetes.core runs with the pinned client (never the distribution's python3-kubernetes).
     for play in plays:
-        if play["roles"][0]["role"] in ("secrets", "argo"):
+        if play["roles"][-1]["role"] in ("secrets", "argo"):
             assert play["vars"]["ansible_python_interpreter"] == "{{ chexops_kubernetes_python_venv }}/bin/python"
     server = yaml.safe_load((ANSIBLE / "roles" / "kubernetes" / "tasks" / "server.yml").read_text())
     pip = next(t for t in server if "ansible.builtin.pip" in t)
@@ -152,7 +155,7 @@ def test_first_start_is_not_followed_by_a_restart():
 def test_registry_mirrors_are_written_before_the_first_start_and_restart_k3s_on_change():
     """/etc/rancher/k3s/registries.yaml on every node: read by the first start, a change restarts k3s."""
     plays = yaml.safe_load((ANSIBLE / "site.yml").read_text())
-    assert next(p for p in plays if p["roles"][0]["role"] == "kubernetes")["hosts"] == "k3s_server:k3s_agent"
+    assert next(p for p in plays if p["roles"][-1]["role"] == "kubernetes")["hosts"] == "k3s_server:k3s_agent"
     tasks = yaml.safe_load((ANSIBLE / "roles" / "kubernetes" / "tasks" / "main.yml").read_text())
     (index,) = [
         i

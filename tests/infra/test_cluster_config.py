@@ -263,14 +263,16 @@ REQUIRED = "chexops_repo_url is required"
 DIFFERENT = "differ from what Argo CD's Applications follow"
 
 
-def _validate_argo(tmp_path: Path, roles: Path, variables: dict) -> subprocess.CompletedProcess:
-    """The argo role's validation, run by Ansible on localhost with the roles under `roles`."""
+def _validate_argo(
+    tmp_path: Path, roles: Path, variables: dict, tasks_from: str = "validate"
+) -> subprocess.CompletedProcess:
+    """The argo role's validation (tasks/`tasks_from`.yml), run by Ansible on localhost with the roles under `roles`."""
     if not (BIN / "ansible-playbook").exists():
         pytest.skip(f"ansible-playbook is not in {BIN}")
     playbook = tmp_path / "validate.yml"
     playbook.write_text(
         "- hosts: localhost\n  gather_facts: false\n  connection: local\n  tasks:\n"
-        "    - ansible.builtin.include_role:\n        name: argo\n        tasks_from: validate\n"
+        f"    - ansible.builtin.include_role:\n        name: argo\n        tasks_from: {tasks_from}\n"
     )
     extra = ["-e", json.dumps(variables)] if variables else []
     env = {**_env(tmp_path), "ANSIBLE_ROLES_PATH": str(roles)}
@@ -326,6 +328,31 @@ def test_repo_url_is_checked_against_this_checkouts_gitops_source(tmp_path):
     text = " ".join(proc.stdout.split())
     assert proc.returncode != 0 and DIFFERENT in text, proc.stdout[-3000:]
     assert f"{REPO / 'argocd' / 'source' / 'gitops-source.yaml'} ('{committed}' at" in text, proc.stdout[-3000:]
+
+
+WEBHOOK_REQUIRED = "The webhook host is required"
+
+
+@pytest.mark.parametrize(
+    ("variables", "error"),
+    [
+        ({}, WEBHOOK_REQUIRED),  # no chexops_webhook_host and no floating IP
+        ({"chexops_public_ip": None}, WEBHOOK_REQUIRED),  # a private node
+        ({"chexops_public_ip": "203.0.113.300"}, WEBHOOK_REQUIRED),
+        ({"chexops_webhook_host": "hooks .example.org"}, WEBHOOK_REQUIRED),
+        ({"chexops_webhook_host": "https://hooks.example.org"}, WEBHOOK_REQUIRED),  # a host, not a URL
+        ({"chexops_public_ip": "203.0.113.10"}, None),
+        ({"chexops_public_ip": None, "chexops_webhook_host": "hooks.example.org"}, None),
+    ],
+    ids=["absent", "private", "bad-ip", "bad-name", "url", "floating-ip", "dns-name"],
+)
+def test_webhook_host_is_required_and_validated(tmp_path, variables, error):
+    """The argo role's webhook host: chexops_webhook_host, else the server's chexops_public_ip."""
+    proc = _validate_argo(tmp_path, ANSIBLE / "roles", variables, tasks_from="webhook_host")
+    if error is None:
+        assert proc.returncode == 0, proc.stdout[-3000:]
+    else:
+        assert proc.returncode != 0 and error in " ".join(proc.stdout.split()), proc.stdout[-3000:]
 
 
 @pytest.mark.parametrize("cidrs", [None, ["0.0.0.0/0"]], ids=["absent", "open"])
