@@ -203,8 +203,9 @@ def test_a_new_machine_is_told_apart_by_its_machine_id(tmp_path):
     assert _deleted(api) == [NODE, SECRET]
 
 
-def test_the_same_machine_keeps_its_node(tmp_path):
-    objects = {NODE: _node(OLD_MACHINE), SECRET: {"kind": "Secret"}}
+@pytest.mark.parametrize("registered", [OLD_MACHINE, ""], ids=["same-machine-id", "no-machine-id-yet"])
+def test_the_same_machine_keeps_its_node(tmp_path, registered):
+    objects = {NODE: _node(registered), SECRET: {"kind": "Secret"}}
     api = _rejoin(tmp_path, dict(objects), OLD_MACHINE, ran_before=True)
     assert ("GET", NODE) in api.requests and _deleted(api) == []
     assert api.objects == objects
