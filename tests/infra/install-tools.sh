@@ -3,7 +3,8 @@
 # Debian's mirrors). Idempotent and quick when everything is there (stamp files).
 #   VENV=.venv bash tests/infra/install-tools.sh
 # - Debian packages: debootstrap (throwaway Debian root for the Ansible role runs), e2fsprogs,
-#   util-linux (losetup), nftables (rule validation), openssh-client.
+#   util-linux (losetup), nftables (rule validation), openssh-client (ssh -G, ssh-keygen), and kubectl
+#   (Debian's kubernetes-client) when none is installed.
 # - Into $VENV (pinned): ansible, ansible-lint, python-hcl2 (keystoneauth1 comes with the project's
 #   `infra` extra).
 # - checkov into its own venv (.venv-checkov): its pins conflict with the project's.
@@ -39,6 +40,19 @@ if ((${#missing[@]})); then
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+fi
+
+# kubectl for the node re-join test (tests/infra/test_node_rejoin.py) when none is there: Debian's
+# kubernetes-client (its kubectl talks to the test's small API server like a current one).
+if ! command -v kubectl >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+        log "kubectl is missing and not root: apt-get install kubernetes-client (the re-join test skips)"
+    else
+        log "apt-get install kubernetes-client (kubectl)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
     fi
 fi
 

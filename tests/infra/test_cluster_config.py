@@ -9,6 +9,7 @@ argocd/source/gitops-source.yaml names), run by Ansible on localhost.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -30,10 +31,6 @@ BIN = Path(sys.executable).parent
 # A role whose defaults are the kubernetes and common roles' own (lowest precedence, as in a real
 # run, so group_vars still override them) and whose tasks render those roles' templates.
 RENDER_TASKS = """
-- name: A stand-in public key per link end (the role derives it with `wg pubkey`)
-  ansible.builtin.set_fact:
-    kubernetes_link_public_key: "{{ 'key-of-' ~ inventory_hostname }}"
-  when: chexops_link_ip | default(none) is not none
 - name: Output directory
   ansible.builtin.file:
     path: "{{ render_out }}"
@@ -44,11 +41,8 @@ RENDER_TASKS = """
     src: "ANSIBLE/roles/kubernetes/templates/{{ 'server' if kubernetes_is_server | bool else 'agent' }}-config.yaml.j2"
     dest: "{{ render_out }}/k3s-config.yaml"
     mode: "0600"
-- name: Site link
-  ansible.builtin.template:
-    src: "ANSIBLE/roles/kubernetes/templates/site-link.conf.j2"
-    dest: "{{ render_out }}/site-link.conf"
-    mode: "0600"
+- name: Site link, by the role's own tasks (each end's /etc/wireguard is its directory of OUT)
+  ansible.builtin.include_tasks: "ANSIBLE/roles/kubernetes/tasks/site_link_config.yml"
   when: kubernetes_on_link | bool
 - name: Cluster classes
   ansible.builtin.template:
@@ -76,9 +70,18 @@ RENDER_PLAY = """
   vars:
     vault_k3s_token: "0123456789abcdef0123456789abcdef"
     render_out: "OUT/{{ inventory_hostname }}"
+    kubernetes_link_dir: "OUT/{{ kubernetes_link_host }}"
   roles:
     - role: render
 """
+
+RENDER_HANDLERS = """
+- name: Restart the site link
+  ansible.builtin.debug:
+    msg: "{{ inventory_hostname }}: the site link would restart"
+"""
+#: The link's two ends (the fixture's hosts with a link address).
+LINK_ENDS = ("node1", "gpu1")
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -92,32 +95,41 @@ def _env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory):
-    """{host: {file name: text}} for the fixture's four hosts."""
+def _link_key() -> str:
+    """A public key as `wg pubkey` prints it (base64 of 32 bytes)."""
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+def _render(work: Path, link_keys: dict[str, str], *extra: str) -> dict[str, dict[str, str]]:
+    """{host: {file name: text}}: the roles' templates rendered by ansible-playbook (EXTRA: its
+    options, e.g. --limit) for the fixture's hosts, whose link ends hold LINK_KEYS as their public keys."""
     if not (BIN / "ansible-playbook").exists():
         pytest.skip(f"ansible-playbook is not in {BIN} (bash tests/infra/install-tools.sh installs it)")
     from chexops.infra.inventory import build_inventory, load_outputs, write_inventory
 
-    work = tmp_path_factory.mktemp("render")
     inventory = work / "hosts.yml"
     write_inventory(build_inventory(load_outputs(FIXTURE)), inventory)
     # group_vars next to the playbook's inventory are what a real run reads: link them in.
     shutil.copytree(ANSIBLE / "group_vars", work / "group_vars")
     out = work / "out"
+    for host, key in link_keys.items():
+        (out / host).mkdir(parents=True)
+        (out / host / "wg-chexops.pub").write_text(key + "\n")
     role = work / "roles" / "render"
-    (role / "tasks").mkdir(parents=True)
-    (role / "defaults").mkdir()
+    for part in ("tasks", "defaults", "handlers"):
+        (role / part).mkdir(parents=True)
     defaults: dict = {}
     for path in ("kubernetes/defaults", "kubernetes/vars", "common/defaults"):
         defaults.update(yaml.safe_load((ANSIBLE / "roles" / path / "main.yml").read_text()))
     defaults["common_pending_install"] = False
     (role / "defaults" / "main.yml").write_text(yaml.safe_dump(defaults))
     (role / "tasks" / "main.yml").write_text(RENDER_TASKS.replace("ANSIBLE", str(ANSIBLE)))
+    (role / "handlers" / "main.yml").write_text(RENDER_HANDLERS)
+    (role / "templates").symlink_to(ANSIBLE / "roles" / "kubernetes" / "templates")  # the included tasks' templates
     playbook = work / "render.yml"
     playbook.write_text(RENDER_PLAY.replace("OUT", str(out)))
     proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook)],
+        [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook), *extra],
         cwd=work,
         env=_env(work),
         capture_output=True,
@@ -126,7 +138,19 @@ def rendered(tmp_path_factory):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
-    return {host.name: {f.name: f.read_text() for f in host.iterdir()} for host in out.iterdir()}
+    # Paths under OUT (each end's /etc/wireguard) as "OUT", so that two renders compare.
+    return {h.name: {f.name: f.read_text().replace(str(out), "OUT") for f in h.iterdir()} for h in out.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def link_keys() -> dict[str, str]:
+    return {host: _link_key() for host in LINK_ENDS}
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory, link_keys):
+    """{host: {file name: text}} for the fixture's four hosts (a full run)."""
+    return _render(tmp_path_factory.mktemp("render"), link_keys)
 
 
 def _k3s(rendered, host):
@@ -161,16 +185,30 @@ def test_every_node_talks_to_the_server_on_a_reachable_private_address(rendered)
     assert "chexops.io/gpu=true" in gpu["node-label"] and "nvidia.com/gpu=true:NoSchedule" in gpu["node-taint"]
 
 
-def test_site_link_ends_point_at_each_other(rendered):
+def test_site_link_ends_point_at_each_other(rendered, link_keys):
     port = _tf_default("site_link_port")
-    node1, gpu1 = rendered["node1"]["site-link.conf"], rendered["gpu1"]["site-link.conf"]
+    node1, gpu1 = rendered["node1"]["wg-chexops.conf"], rendered["gpu1"]["wg-chexops.conf"]
     assert "Address = 10.99.0.1/24" in node1 and f"ListenPort = {port}" in node1
     assert f"Endpoint = 198.51.100.20:{port}" in node1 and "AllowedIPs = 10.99.0.2/32\n" in node1
     assert "Address = 10.99.0.2/24" in gpu1
     assert f"Endpoint = 203.0.113.10:{port}" in gpu1 and "AllowedIPs = 10.99.0.1/32, 192.168.50.0/24" in gpu1
     assert "PrivateKey" not in node1 + gpu1 and "PostUp = wg set %i private-key" in node1
-    assert "PublicKey = key-of-gpu1" in node1 and "PublicKey = key-of-node1" in gpu1
-    assert not {"node2", "node3"} & {h for h, files in rendered.items() if "site-link.conf" in files}
+    assert f"PublicKey = {link_keys['gpu1']}\n" in node1 and f"PublicKey = {link_keys['node1']}\n" in gpu1
+    assert node1.count("[Peer]") == gpu1.count("[Peer]") == 1
+    assert not {"node2", "node3"} & {h for h, files in rendered.items() if "wg-chexops.conf" in files}
+
+
+def test_a_limited_run_keeps_the_site_link(rendered, link_keys, tmp_path):
+    """`--limit gpu1` after a re-lease (a new machine: a new key on gpu1) writes the same link as a full
+    run: gpu1 keeps node1 as its peer (the peers are the inventory's, each key read on its end), and
+    node1, outside the play, gets gpu1's new key."""
+    new_key = _link_key()
+    limited = _render(tmp_path, {**link_keys, "gpu1": new_key}, "--limit", "gpu1")
+    assert "k3s-config.yaml" not in limited["node1"], "node1 is outside the play"
+    assert limited["gpu1"]["wg-chexops.conf"] == rendered["gpu1"]["wg-chexops.conf"]
+    node1 = limited["node1"]["wg-chexops.conf"]
+    assert node1 == rendered["node1"]["wg-chexops.conf"].replace(link_keys["gpu1"], new_key)
+    assert f"PublicKey = {new_key}\n" in node1
 
 
 def _nft(rendered, host) -> str:

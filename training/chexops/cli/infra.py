@@ -373,11 +373,19 @@ def lease_delete(name_or_id: str, cloud: str | None, tfvars: Path, name_prefix: 
     type=click.Path(dir_okay=False, path_type=Path),
     default=DEFAULT_INVENTORY,
     show_default=True,
-    help="Inventory file to write.",
+    help="Inventory file to write (its known_hosts file goes next to it).",
+)
+@click.option(
+    "--private-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    envvar="CHEXOPS_SSH_PRIVATE_KEY",
+    show_envvar=True,
+    help="SSH key for every node and for the jump host (node1); default: ssh's own keys or the agent.",
 )
 @result_output
-def inventory_cmd(tf_dir: Path, from_json: Path | None, output: Path) -> Output:
-    """Write the Ansible inventory from Terraform's outputs."""
+def inventory_cmd(tf_dir: Path, from_json: Path | None, output: Path, private_key: Path | None) -> Output:
+    """Write the Ansible inventory from Terraform's outputs; forget the host keys of replaced instances."""
     from chexops.infra import inventory as inv
 
     if from_json is not None and str(from_json) == "-":
@@ -389,12 +397,21 @@ def inventory_cmd(tf_dir: Path, from_json: Path | None, output: Path) -> Output:
         outputs = inv.load_outputs(from_json)
     else:
         outputs = inv.terraform_output(tf_dir)
-    inventory = inv.build_inventory(outputs)
+    known_hosts = output.resolve().parent / inv.KNOWN_HOSTS
+    inventory = inv.build_inventory(
+        outputs, known_hosts=known_hosts, private_key=private_key.resolve() if private_key else None
+    )
+    replaced = inv.replaced_addresses(inv.read_previous(output), inventory)
     inv.write_inventory(inventory, output)
+    forgotten = inv.forget_host_keys(known_hosts, replaced)
     summary = inv.summary(inventory)
-    payload = {"inventory": str(output), **summary}
+    payload = {"inventory": str(output), **summary, "known_hosts": str(known_hosts), "forgotten_host_keys": forgotten}
     lines = [f"Wrote {output}: {len(summary['hosts'])} hosts (bastion {summary['bastion_ip']})."]
     lines += [f"  {group}: {', '.join(hosts) or '-'}" for group, hosts in summary["groups"].items()]
+    lines += [
+        f"Forgot the old host key of {address} ({replaced[address]}: a new instance) in {known_hosts}."
+        for address in forgotten
+    ]
     return Output(payload, "\n".join(lines))
 
 

@@ -3,6 +3,11 @@
 The outputs are a contract with terraform/outputs.tf: REQUIRED_OUTPUTS must be there (the firewall
 lists among them: Terraform's variables are their only source), OPTIONAL_OUTPUTS are passed on
 as `chexops_<name>` when present.
+
+SSH: the inventory names its own known_hosts file (next to it) and reaches private nodes through
+node1 with a ProxyCommand that carries the key and the host-key options to the jump host too
+(`-o ProxyJump` would apply them to the destination only). A host whose instance Terraform replaced
+(a re-lease: same address, new machine, new host key) has its old key forgotten there, and only then.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -43,6 +49,10 @@ OPTIONAL_OUTPUTS = (
 #: Groups site.yml targets; every one exists in the inventory, even when empty.
 GROUPS = ("kvm", "gpu", "k3s_server", "k3s_agent", "storage")
 _HOST_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+#: The SSH options for every connection, to the jump host as to the destination (ansible.cfg's ssh_args
+#: reach only the destination): first contact records a key, a changed key is refused.
+SSH_OPTIONS = ("StrictHostKeyChecking=accept-new", "ServerAliveInterval=30")
+KNOWN_HOSTS = "known_hosts"
 
 
 def terraform_output(tf_dir: Path, terraform: str = "terraform") -> dict[str, Any]:
@@ -93,8 +103,29 @@ def _values(outputs: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def build_inventory(outputs: dict[str, Any]) -> dict[str, Any]:
-    """The inventory as a dict ready for yaml.safe_dump."""
+def _ssh_args(ssh_user: str, bastion: str, known_hosts: Path | None, key: Path | None, jump: bool) -> str:
+    """ansible_ssh_common_args: the known_hosts file, and for a private node the ProxyCommand to node1."""
+    known = ["-o", f"UserKnownHostsFile={known_hosts}"] if known_hosts else []
+    args = list(known)
+    if jump:
+        proxy = ["ssh", "-W", "%h:%p", *known]
+        for option in SSH_OPTIONS:
+            proxy += ["-o", option]
+        if key is not None:
+            proxy += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
+        proxy.append(f"{ssh_user}@{bastion}")
+        args += ["-o", "ProxyCommand=" + shlex.join(proxy)]
+    return shlex.join(args)
+
+
+def build_inventory(
+    outputs: dict[str, Any], *, known_hosts: Path | None = None, private_key: Path | None = None
+) -> dict[str, Any]:
+    """The inventory as a dict ready for yaml.safe_dump.
+
+    known_hosts: the SSH known_hosts file every connection uses (absolute); private_key: the SSH key
+    for every node and for the jump host (default: ssh's own, or the agent's).
+    """
     values = _values(outputs)
     bastion = str(values["bastion_ip"])
     ssh_user = str(values["ssh_user"])
@@ -116,15 +147,16 @@ def build_inventory(outputs: dict[str, Any]) -> dict[str, Any]:
         host: dict[str, Any] = {
             "ansible_host": public_ip or private_ip,
             "chexops_site": node.get("site"),
+            "chexops_instance_id": node.get("instance"),
             "chexops_private_ip": private_ip,
             "chexops_public_ip": public_ip,
             "chexops_link_ip": node.get("link_ip"),
             "chexops_gpu": bool(node.get("gpu")),
             "chexops_volumes": [],
         }
-        if not public_ip:
-            # Private nodes are reached through node1's floating IP.
-            host["ansible_ssh_common_args"] = f"-o ProxyJump={ssh_user}@{bastion}"
+        # Private nodes are reached through node1's floating IP.
+        if args := _ssh_args(ssh_user, bastion, known_hosts, private_key, jump=not public_ip):
+            host["ansible_ssh_common_args"] = args
         hosts[name] = host
         for group in node.get("groups") or []:
             groups.setdefault(group, {"hosts": {}})["hosts"][name] = None
@@ -150,6 +182,7 @@ def build_inventory(outputs: dict[str, Any]) -> dict[str, Any]:
     all_vars: dict[str, Any] = {
         "ansible_user": ssh_user,
         "ansible_python_interpreter": "/usr/bin/python3",
+        **({"ansible_ssh_private_key_file": str(private_key)} if private_key is not None else {}),
         "chexops_bastion_ip": bastion,
         "chexops_private_network_cidr": values["private_network_cidr"],
         "chexops_ssh_allowed_cidrs": list(values["ssh_allowed_cidrs"]),
@@ -170,6 +203,67 @@ HEADER = (
 def write_inventory(inventory: dict[str, Any], path: Path) -> None:
     atomic_write_text(path, HEADER + yaml.safe_dump(inventory, sort_keys=False, default_flow_style=False))
     log.info("Wrote the inventory to %s.", path)
+
+
+def read_previous(path: Path) -> dict[str, Any] | None:
+    """The inventory already at path (the one being replaced), or None when there is none to read."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, yaml.YAMLError) as exc:
+        log.warning("Cannot read the previous inventory %s (%s): no host key is forgotten.", path, exc)
+        return None
+    hosts = (data or {}).get("all", {}).get("hosts") if isinstance(data, dict) else None
+    return data if isinstance(hosts, dict) else None
+
+
+def replaced_addresses(previous: dict[str, Any] | None, inventory: dict[str, Any]) -> dict[str, str]:
+    """{address: host} for the addresses that now reach another instance than the previous inventory's.
+
+    Only a known change counts: an address the previous inventory did not list, or listed without an
+    instance id, keeps its key (ssh then refuses a changed one, as it should)."""
+    if previous is None:
+        return {}
+    before = {
+        str(h.get("ansible_host")): h.get("chexops_instance_id")
+        for h in previous["all"]["hosts"].values()
+        if isinstance(h, dict) and h.get("ansible_host")
+    }
+    replaced = {}
+    for name, host in inventory["all"]["hosts"].items():
+        address, instance = str(host["ansible_host"]), host.get("chexops_instance_id")
+        old = before.get(address)
+        if old and instance and old != instance:
+            replaced[address] = name
+    return replaced
+
+
+def forget_host_keys(known_hosts: Path, addresses: dict[str, str], ssh_keygen: str = "ssh-keygen") -> list[str]:
+    """`ssh-keygen -R` each address that known_hosts holds; the addresses whose keys were removed."""
+    if not addresses or not known_hosts.is_file():
+        return []
+    binary = shutil.which(ssh_keygen)
+    if binary is None:
+        raise ChexopsError(
+            f"'{ssh_keygen}' is not on PATH: remove the old host keys of {', '.join(sorted(addresses))} "
+            f"from {known_hosts} by hand (Terraform replaced those instances)."
+        )
+    forgotten = []
+    for address, host in sorted(addresses.items()):
+        found = subprocess.run(
+            [binary, "-F", address, "-f", str(known_hosts)], capture_output=True, text=True, check=False, timeout=30
+        )
+        if found.returncode != 0 or not found.stdout.strip():
+            continue
+        removed = subprocess.run(
+            [binary, "-R", address, "-f", str(known_hosts)], capture_output=True, text=True, check=False, timeout=30
+        )
+        if removed.returncode != 0:
+            raise ChexopsError(f"ssh-keygen -R {address} -f {known_hosts} failed: {removed.stderr.strip()[-400:]}")
+        log.info("Forgot the host key of %s (%s: Terraform replaced the instance) in %s.", address, host, known_hosts)
+        forgotten.append(address)
+    return forgotten
 
 
 def summary(inventory: dict[str, Any]) -> dict[str, Any]:
