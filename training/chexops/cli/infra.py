@@ -165,6 +165,20 @@ def _leases(cloud_name: str | None, name_prefix: str | None, tf_dir: Path, unres
     show_default=True,
     help="Reuse a live lease of yours of the same name instead of failing.",
 )
+@click.option(
+    "--floating-ips",
+    type=click.IntRange(0, 4),
+    default=0,
+    show_default=True,
+    help="Also reserve this many floating IPs (Blazar virtual:floatingip) for the role's nodes, so that Terraform "
+    "does not depend on the site's ad-hoc pool; their addresses go to TFVARS (<role>_floating_ips).",
+)
+@click.option(
+    "--floating-ip-network",
+    default="public",
+    show_default=True,
+    help="External network the reserved floating IPs come from.",
+)
 @tfvars_option
 @name_prefix_option
 @tf_dir_option
@@ -182,6 +196,8 @@ def lease_create(
     timeout: float,
     poll: float,
     reuse: bool,
+    floating_ips: int,
+    floating_ip_network: str,
     tfvars: Path,
     name_prefix: str | None,
     tf_dir: Path,
@@ -206,7 +222,17 @@ def lease_create(
         reservation = lease_mod.flavor_reservation(lease_mod.resolve_flavor(leases.blazar.cloud, flavor), count or 3)
     else:
         reservation = lease_mod.host_reservation(node_type, count or 1)
-    lease, created = leases.create(name, reservation, length, start=begin, reuse=reuse)
+    extra = []
+    if floating_ips:
+        network_id = lease_mod.resolve_external_network(leases.blazar.cloud, floating_ip_network)
+        extra.append(lease_mod.floatingip_reservation(network_id, floating_ips))
+    lease, created = leases.create(name, reservation, length, start=begin, reuse=reuse, extra=extra)
+    if floating_ips and not lease_mod.floatingip_reservations(lease):
+        log.warning(
+            "Reused lease %s holds no floating-IP reservation: Terraform allocates from the pool. Delete the lease and "
+            "create it again with --floating-ips to reserve them.",
+            name,
+        )
     summary = lease_mod.summarize(lease)
     wanted_key = lease_mod.ROLES[role].tfvars_key
     if wanted_key not in summary["tfvars"]:
@@ -220,14 +246,38 @@ def lease_create(
         summary = lease_mod.summarize(lease)
     elif not summary["active"]:
         log.warning("Lease %s is %s: `terraform apply` fails until it is ACTIVE.", name, summary["status"])
+    addresses = _reserved_floating_ips(leases.blazar.cloud, lease, summary, role, tfvars, timeout, poll)
     ends = lease_mod.expiry(lease, lease_mod.utcnow())
     payload = {"created": created, "tfvars_file": str(tfvars), "lease": summary, "su_estimate": ends["su_total"]}
+    if addresses is not None:
+        payload["floating_ips"] = addresses
     lines = _lease_lines(summary) + [
         f"{'Created' if created else 'Reused'}; wrote {wanted_key} to {tfvars}.",
         f"Allocation: about {ends['su_total']} SU ({ends['nodes']} node(s), "
         f"{lease_mod.SU_PER_NODE_HOUR:g} SU per node-hour assumed).",
     ]
+    if addresses:
+        lines.append(f"Reserved floating IPs: {', '.join(addresses)} -> {lease_mod.FLOATING_IP_TFVARS[role]}.")
     return Output(payload, "\n".join(lines))
+
+
+def _reserved_floating_ips(
+    cloud: Any, lease: dict[str, Any], summary: dict[str, Any], role: str, tfvars: Path, timeout: float, poll: float
+) -> list[str] | None:
+    """The addresses of the lease's floating-IP reservation, written to TFVARS once the lease is active (None:
+    the lease holds none, or is not active yet)."""
+    from chexops.infra import lease as lease_mod
+    from chexops.infra.openstack import OpenStackClient
+
+    if not lease_mod.floatingip_reservations(lease):
+        return None
+    key = lease_mod.FLOATING_IP_TFVARS[role]
+    if not summary["active"]:
+        log.warning("Lease %s is not active: run this command again once it is, to write %s.", lease["name"], key)
+        return None
+    addresses = lease_mod.reserved_addresses(OpenStackClient(cloud, "network"), lease, timeout=timeout, poll=poll)
+    lease_mod.update_tfvars(tfvars, {key: addresses})
+    return addresses
 
 
 @lease_group.command("status")
@@ -345,6 +395,7 @@ def lease_delete(name_or_id: str, cloud: str | None, tfvars: Path, name_prefix: 
     summary = lease_mod.summarize(lease)
     leases.delete(lease)
     removed = lease_mod.forget_tfvars(tfvars, summary["tfvars"]) if tfvars.exists() else []
+    removed += lease_mod.forget_floating_ips(tfvars, lease)
     payload = {"deleted": summary["id"], "name": summary["name"], "tfvars_removed": removed, "tfvars_file": str(tfvars)}
     lines = [f"Deleted lease {summary['name']} ({summary['id']})."]
     if removed:
