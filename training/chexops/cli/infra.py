@@ -473,3 +473,50 @@ def preflight_cmd(tf_dir: Path) -> Output:
     lines = [f"ok  {r.cloud:<10} {r.kind:<17} {r.name} ({r.setting})" for r in results]
     lines.append(f"All {len(results)} look-ups found what Terraform will ask for.")
     return Output({"ok": True, "checks": [asdict(r) for r in results]}, "\n".join(lines))
+
+
+@infra.command("snapshot")
+@cloud_option
+@name_prefix_option
+@click.option(
+    "--tf-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("terraform"),
+    show_default=True,
+    help="Terraform root whose `volumes` (and name_prefix) name the volumes to snapshot.",
+)
+@click.option(
+    "--keep",
+    type=click.IntRange(1, 100),
+    default=None,
+    help="Then delete all but the KEEP newest chexops snapshots of each volume (others' snapshots are never touched).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(1, 86400),
+    default=1800,
+    show_default=True,
+    help="Seconds to wait for each snapshot to become available.",
+)
+@click.option(
+    "--poll", type=click.FloatRange(0.01, 600), default=10, show_default=True, help="Seconds between status checks."
+)
+@result_output
+def snapshot_cmd(
+    cloud: str | None, name_prefix: str | None, tf_dir: Path, keep: int | None, timeout: float, poll: float
+) -> Output:
+    """Snapshot each of the cluster's Cinder volumes (<name_prefix>-<volume>-<UTC time>) and wait until they are
+    available: run it before any teardown. The volumes live on KVM@TACC (--cloud kvm_tacc)."""
+    from chexops.infra.clouds import connect
+    from chexops.infra.snapshots import snapshot_volumes, volume_names
+
+    names = volume_names(tf_dir, name_prefix)
+    rows = snapshot_volumes(connect(cloud), names, keep=keep, timeout=timeout, poll=poll)
+    lines = [f"{'VOLUME':<24} {'SNAPSHOT':<42} {'STATUS':<10} {'GB':>5}  PRUNED"]
+    lines += [
+        f"{row['volume']:<24} {row['snapshot']:<42} {row['status']:<10} {row['size_gb'] or 0:>5}  "
+        f"{', '.join(row['pruned']) or '-'}"
+        for row in rows
+    ]
+    lines.append(f"{len(rows)} snapshot(s) available.")
+    return Output({"snapshots": rows}, "\n".join(lines))
