@@ -293,7 +293,10 @@ class OpenStackStub:
     def list_floatingips(self, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
         """Neutron's `tags` filter: every listed tag (comma-separated) must be on the floating IP."""
         wanted = set(query["tags"][0].split(",")) if "tags" in query else set()
-        return 200, {"floatingips": [copy.deepcopy(ip) for ip in self.floatingips if wanted <= set(ip["tags"])]}
+        found = [ip for ip in self.floatingips if wanted <= set(ip["tags"])]
+        if "floating_ip_address" in query:
+            found = [ip for ip in found if ip["floating_ip_address"] == query["floating_ip_address"][0]]
+        return 200, {"floatingips": copy.deepcopy(found)}
 
     # --- Cinder volumes and snapshots -------------------------------------------------------------------
     def add_volume(self, name: str, status: str = "in-use", size: int = 100) -> dict[str, Any]:
