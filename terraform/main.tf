@@ -28,6 +28,7 @@ module "network" {
   cidr                  = var.private_network_cidr
   dns_nameservers       = var.dns_nameservers
   external_network_name = var.external_network_name
+  reserved_floating_ip  = length(var.kvm_floating_ips) > 0 ? var.kvm_floating_ips[0] : ""
   ssh_allowed_cidrs     = var.ssh_allowed_cidrs
   ingress_allowed_cidrs = var.ingress_allowed_cidrs
   k8s_api_allowed_cidrs = var.k8s_api_allowed_cidrs
@@ -83,6 +84,7 @@ module "gpu_node" {
   key_pair              = var.key_pair
   network_name          = var.gpu_network_name
   external_network_name = var.external_network_name
+  reserved_floating_ip  = length(var.gpu_floating_ips) > 0 ? var.gpu_floating_ips[0] : ""
   ssh_allowed_cidrs     = var.ssh_allowed_cidrs
   site_link_peer_ip     = module.network.edge_floating_ip
   site_link_port        = var.site_link_port

@@ -79,6 +79,28 @@ variable "gpu_reservation_id" {
   }
 }
 
+variable "kvm_floating_ips" {
+  description = "Floating IPs of a Blazar virtual:floatingip reservation on KVM@TACC, written by `chexops infra lease create --role kvm --floating-ips 1`: node1 takes the first instead of allocating one from the ad-hoc pool. Empty: allocate from the pool."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = length(var.kvm_floating_ips) <= 4 && alltrue([for ip in var.kvm_floating_ips : can(cidrhost("${ip}/32", 0))])
+    error_message = "kvm_floating_ips must be a list of at most 4 IPv4 addresses (see `chexops infra lease status`)."
+  }
+}
+
+variable "gpu_floating_ips" {
+  description = "Floating IPs of a Blazar virtual:floatingip reservation on the CHI site, written by `chexops infra lease create --role gpu --floating-ips 1`: the GPU node takes the first instead of allocating one from the ad-hoc pool. Empty: allocate from the pool."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = length(var.gpu_floating_ips) <= 4 && alltrue([for ip in var.gpu_floating_ips : can(cidrhost("${ip}/32", 0))])
+    error_message = "gpu_floating_ips must be a list of at most 4 IPv4 addresses (see `chexops infra lease status`)."
+  }
+}
+
 # ---------------------------------------------------------------------------------------------
 # Nodes
 # ---------------------------------------------------------------------------------------------

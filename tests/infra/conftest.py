@@ -76,6 +76,15 @@ class OpenStackStub:
         self.keypairs = [item["keypair"] for item in _fixture("nova_keypairs.json")["keypairs"]]
         self.images = _fixture("glance_images.json")["images"]
         self.networks = _fixture("neutron_networks.json")["networks"]
+        #: Neutron floating IPs that Blazar put in the project for active floating-IP reservations.
+        self.floatingips: list[dict[str, Any]] = []
+        #: Cinder: volumes (tests add them with `add_volume`) and snapshots by id; a new snapshot is `available`
+        #: after `snapshot_ready_after` GETs, or `snapshot_outcome` ("error") if that is set.
+        self.volumes: list[dict[str, Any]] = []
+        self.snapshots: dict[str, dict[str, Any]] = {}
+        self.snapshot_polls: dict[str, int] = {}
+        self.snapshot_ready_after = 2
+        self.snapshot_outcome = "available"
 
     # --- Version documents (keystoneauth's discovery) ----------------------------------------
     def versions(self, service: str) -> dict[str, Any] | None:
@@ -199,6 +208,27 @@ class OpenStackStub:
             res.update(
                 {"min": request["min"], "max": request["max"], "resource_properties": request["resource_properties"]}
             )
+        for extra in body["reservations"][1:]:
+            if extra.get("resource_type") != "virtual:floatingip":
+                return 400, {"error_code": 400, "error_message": "One node reservation per lease", "error_name": 400}
+            external = {n["id"] for n in self.networks if n.get("router:external")}
+            if extra.get("network_id") not in external or int(extra.get("amount") or 0) < 1:
+                return 400, {
+                    "error_code": 400,
+                    "error_message": f"Invalid floating IP reservation: {extra}",
+                    "error_name": 400,
+                }
+            lease["reservations"].append(
+                {
+                    "id": str(uuid.uuid4()),
+                    "lease_id": lease_id,
+                    "resource_type": "virtual:floatingip",
+                    "network_id": extra["network_id"],
+                    "amount": int(extra["amount"]),
+                    "required_floatingips": [],
+                    "status": "pending",
+                }
+            )
         lease.update(
             {
                 "id": lease_id,
@@ -222,6 +252,8 @@ class OpenStackStub:
             lease["status"] = self.outcome
             for res in lease["reservations"]:
                 res["status"] = "active" if self.outcome == "ACTIVE" else "error"
+                if self.outcome == "ACTIVE" and res.get("resource_type") == "virtual:floatingip":
+                    self.add_reserved_floatingips(res)
         return 200, {"lease": copy.deepcopy(lease)}
 
     def update_lease(self, lease_id: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -241,8 +273,92 @@ class OpenStackStub:
     def delete_lease(self, lease_id: str) -> tuple[int, dict[str, Any] | None]:
         if lease_id not in self.leases:
             return self.not_found(lease_id)
+        reservations = {f"reservation:{r['id']}" for r in self.leases[lease_id]["reservations"]}
+        self.floatingips = [ip for ip in self.floatingips if not reservations & set(ip["tags"])]
         del self.leases[lease_id]
         return 204, None
+
+    # --- Neutron floating IPs of reservations (Blazar creates them, tagged, when the lease starts) ----------
+    def add_reserved_floatingips(self, res: dict[str, Any]) -> None:
+        for _ in range(int(res["amount"])):
+            self.floatingips.append(
+                {
+                    "id": str(uuid.uuid4()),
+                    "floating_ip_address": f"129.114.108.{10 + len(self.floatingips)}",
+                    "floating_network_id": res["network_id"],
+                    "status": "DOWN",
+                    "tags": ["blazar", f"reservation:{res['id']}"],
+                }
+            )
+
+    def list_floatingips(self, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
+        """Neutron's `tags` filter: every listed tag (comma-separated) must be on the floating IP."""
+        wanted = set(query["tags"][0].split(",")) if "tags" in query else set()
+        found = [ip for ip in self.floatingips if wanted <= set(ip["tags"])]
+        if "floating_ip_address" in query:
+            found = [ip for ip in found if ip["floating_ip_address"] == query["floating_ip_address"][0]]
+        return 200, {"floatingips": copy.deepcopy(found)}
+
+    # --- Cinder volumes and snapshots -------------------------------------------------------------------
+    def add_volume(self, name: str, status: str = "in-use", size: int = 100) -> dict[str, Any]:
+        volume = {"id": str(uuid.uuid4()), "name": name, "status": status, "size": size, "metadata": {}}
+        self.volumes.append(volume)
+        return volume
+
+    def cinder(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any] | None:
+        """Routes under /cinder/v3/<project>: volumes/detail, snapshots, snapshots/detail, snapshots/<id>."""
+        parts = path.split("/")[4:]  # '', 'cinder', 'v3', '<project>', ...
+        if parts == ["volumes", "detail"] and method == "GET":
+            found = [v for v in self.volumes if "name" not in query or v["name"] == query["name"][0]]
+            return 200, {"volumes": copy.deepcopy(found)}
+        if parts == ["snapshots"] and method == "POST":
+            return self.create_snapshot(body.get("snapshot") or {})
+        if parts == ["snapshots", "detail"] and method == "GET":
+            found = [
+                s for s in self.snapshots.values() if query.get("volume_id", [s["volume_id"]])[0] == s["volume_id"]
+            ]
+            return 200, {"snapshots": copy.deepcopy(found)}
+        if len(parts) == 2 and parts[0] == "snapshots":
+            snap = self.snapshots.get(parts[1])
+            if snap is None:
+                return 404, {"itemNotFound": {"code": 404, "message": f"Snapshot {parts[1]} could not be found."}}
+            if method == "GET":
+                self.snapshot_polls[snap["id"]] += 1
+                if snap["status"] == "creating" and self.snapshot_polls[snap["id"]] >= self.snapshot_ready_after:
+                    snap["status"] = self.snapshot_outcome
+                return 200, {"snapshot": copy.deepcopy(snap)}
+            if method == "DELETE":
+                del self.snapshots[snap["id"]]
+                return 202, None
+        return None
+
+    def create_snapshot(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        volume = next((v for v in self.volumes if v["id"] == request.get("volume_id")), None)
+        if volume is None:
+            return 404, {
+                "itemNotFound": {"code": 404, "message": f"Volume {request.get('volume_id')} could not be found."}
+            }
+        if volume["status"] == "in-use" and request.get("force") is not True:
+            return 400, {
+                "badRequest": {
+                    "code": 400,
+                    "message": f"Invalid volume: Volume {volume['id']} status must be available, but current status "
+                    "is: in-use.",
+                }
+            }
+        snap = {
+            "id": str(uuid.uuid4()),
+            "name": request.get("name"),
+            "description": request.get("description"),
+            "volume_id": volume["id"],
+            "size": volume["size"],
+            "status": "creating",
+            "metadata": dict(request.get("metadata") or {}),
+            "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f"),
+        }
+        self.snapshots[snap["id"]] = snap
+        self.snapshot_polls[snap["id"]] = 0
+        return 202, {"snapshot": copy.deepcopy(snap)}
 
 
 def _make_handler(stub: OpenStackStub) -> type[BaseHTTPRequestHandler]:
@@ -299,6 +415,10 @@ def _make_handler(stub: OpenStackStub) -> type[BaseHTTPRequestHandler]:
                     return self._send(*stub.update_lease(lease_id, body))
                 if method == "DELETE":
                     return self._send(*stub.delete_lease(lease_id))
+            if path == "/neutron/v2.0/floatingips" and method == "GET":
+                return self._send(*stub.list_floatingips(query))
+            if path.startswith("/cinder/v3/") and (found := stub.cinder(method, path, query, body)) is not None:
+                return self._send(*found)
             return self._send(
                 404, {"error": {"code": 404, "message": f"No route {method} {path}", "title": "Not Found"}}
             )

@@ -154,3 +154,19 @@ def test_a_restricted_application_credential_is_named(infra_cli, clouds_env, tf_
         "'stub_restricted' is restricted" in out.stderr
     )
     assert "*Unrestricted* ticked" in out.stderr
+
+
+def test_reserved_floating_ips_must_still_be_in_the_project(infra_cli, clouds_env, openstack_stub, tf_dir):
+    """`<role>_floating_ips` (a floating-IP reservation's addresses) are looked up: once the reservation has ended
+    they are gone, and the plan's data source would fail."""
+    openstack_stub.add_reserved_floatingips({"id": "r1", "amount": 1, "network_id": "public-id"})
+    held = openstack_stub.floatingips[0]["floating_ip_address"]
+    tfvars = tf_dir / "reservations.auto.tfvars.json"
+    tfvars.write_text(json.dumps({"kvm_reservation_id": KVM_RESERVATION, "kvm_floating_ips": [held]}))
+    out = _preflight(infra_cli, clouds_env, tf_dir, "--json")
+    assert out.exit_code == 0, out.stderr
+    assert ("reserved floating IP", held, True) in [(c["kind"], c["name"], c["ok"]) for c in out.json()["checks"]]
+    tfvars.write_text(json.dumps({"kvm_reservation_id": KVM_RESERVATION, "gpu_floating_ips": ["129.114.108.99"]}))
+    gone = _preflight(infra_cli, clouds_env, tf_dir)
+    assert gone.exit_code == 2
+    assert "gpu_floating_ips: Floating IP 129.114.108.99 is not in the project on cloud 'stub'" in gone.stderr

@@ -191,6 +191,8 @@ def _build_stand_in(work: Path) -> None:
     for versions in work.rglob("versions.tf"):
         versions.write_text('terraform {\n  required_version = ">= 1.9.0"\n}\n')
     (work / "outputs.tf").write_text("")
+    for moved in work.rglob("moved.tf"):  # `moved` blocks name the real resources, which the stand-in renames
+        moved.unlink()
     main = (work / "main.tf").read_text()
     (work / "main.tf").write_text(re.sub(r"\n  providers = \{\n(?:    .*\n)*?  \}\n", "\n", main))
     for module in (work / "modules").iterdir():
@@ -270,3 +272,23 @@ def test_first_plan_succeeds(stand_in_plan, gpu_enabled):
     assert "Invalid for_each argument" not in output and "Invalid count argument" not in output, output[-3000:]
     assert proc.returncode == 0, output[-3000:]
     assert "Plan:" in proc.stdout
+
+
+@pytest.mark.parametrize("role", ["kvm", "gpu"])
+def test_reserved_floating_ip_replaces_the_pool_allocation(stand_in_plan, role):
+    """With `<role>_floating_ips` (a Blazar floating-IP reservation) no address is allocated from the pool; the
+    reserved one is used (looked up for node1, whose association needs its id). Without it, as before."""
+    _work, plan = stand_in_plan
+    resource = {"kvm": "module.network", "gpu": "module.gpu_node[0]"}[role]
+    name = {"kvm": "edge", "gpu": "gpu"}[role]
+    allocated = f"{resource}.terraform_data.openstack_networking_floatingip_v2__{name}[0] will be created"
+    plain = plan()
+    assert plain.returncode == 0, (plain.stdout + plain.stderr)[-3000:]
+    assert allocated in plain.stdout
+    reserved = plan(**{f"{role}_floating_ips": ["129.114.108.23"]})
+    assert reserved.returncode == 0, (reserved.stdout + reserved.stderr)[-3000:]
+    assert allocated not in reserved.stdout
+    if role == "kvm":
+        assert "openstack_networking_floatingip_v2__edge_reserved[0]" in reserved.stdout
+    bad = plan(**{f"{role}_floating_ips": ["not-an-ip"]})
+    assert bad.returncode != 0 and f"{role}_floating_ips must be a list" in bad.stdout + bad.stderr

@@ -79,13 +79,21 @@ resource "openstack_compute_instance_v2" "gpu" {
   }
 }
 
+# A reserved address (Blazar virtual:floatingip, `chexops infra lease create --role gpu --floating-ips 1`)
+# is used as it is; without one, an address comes from the site's ad-hoc pool.
 resource "openstack_networking_floatingip_v2" "gpu" {
+  count = var.reserved_floating_ip == "" ? 1 : 0
+
   pool        = var.external_network_name
   description = "${var.name_prefix}: ${var.node_name} (GPU node)"
 }
 
+locals {
+  floating_ip = var.reserved_floating_ip == "" ? openstack_networking_floatingip_v2.gpu[0].address : var.reserved_floating_ip
+}
+
 resource "openstack_networking_floatingip_associate_v2" "gpu" {
-  floating_ip = openstack_networking_floatingip_v2.gpu.address
+  floating_ip = local.floating_ip
   port_id     = openstack_networking_port_v2.gpu.id
 
   depends_on = [openstack_compute_instance_v2.gpu]

@@ -4,12 +4,12 @@ output "node" {
     name           = var.node_name
     id             = openstack_compute_instance_v2.gpu.id
     private_ip     = openstack_networking_port_v2.gpu.all_fixed_ips[0]
-    public_ip      = openstack_networking_floatingip_v2.gpu.address
+    public_ip      = local.floating_ip
     reservation_id = var.reservation_id
   }
 }
 
 output "floating_ip" {
   description = "Public address of the GPU node."
-  value       = openstack_networking_floatingip_v2.gpu.address
+  value       = local.floating_ip
 }

@@ -109,3 +109,14 @@ variable "tags" {
     error_message = "Each tag must be 1-60 characters of letters, digits, '_', '.', ':' or '-'."
   }
 }
+
+variable "reserved_floating_ip" {
+  description = "A floating IP of a Blazar floating-IP reservation, for the GPU node; empty: allocate one from the external network's pool."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.reserved_floating_ip == "" || can(cidrhost("${var.reserved_floating_ip}/32", 0))
+    error_message = "reserved_floating_ip must be empty or an IPv4 address."
+  }
+}

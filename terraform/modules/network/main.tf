@@ -49,16 +49,32 @@ resource "openstack_networking_router_route_v2" "site_link" {
 
 # The one floating IP of the cluster: node1's public address (SSH bastion, ingress, Kubernetes API,
 # and the KVM end of the site link to the GPU node).
+# With a Blazar floating-IP reservation (`chexops infra lease create --role kvm --floating-ips 1`) the
+# address is reserved_floating_ip, already in the project while the lease is active: no allocation
+# from the ad-hoc pool, which may run dry. Without one, an address comes from the pool as before.
 resource "openstack_networking_floatingip_v2" "edge" {
+  count = var.reserved_floating_ip == "" ? 1 : 0
+
   pool        = var.external_network_name
   description = "${var.name_prefix}: node1 (bastion, ingress, Kubernetes API, site link)"
+}
+
+data "openstack_networking_floatingip_v2" "edge_reserved" {
+  count = var.reserved_floating_ip == "" ? 0 : 1
+
+  address = var.reserved_floating_ip
+}
+
+locals {
+  edge_floating_ip    = var.reserved_floating_ip == "" ? openstack_networking_floatingip_v2.edge[0].address : var.reserved_floating_ip
+  edge_floating_ip_id = var.reserved_floating_ip == "" ? openstack_networking_floatingip_v2.edge[0].id : data.openstack_networking_floatingip_v2.edge_reserved[0].id
 }
 
 # Neutron refuses to associate a floating IP with a port whose subnet is not yet connected to a
 # router on the external network ("External network ... is not reachable from subnet"): the
 # association waits for the router interface.
 resource "openstack_networking_floatingip_associate_v2" "edge" {
-  floating_ip = openstack_networking_floatingip_v2.edge.address
+  floating_ip = local.edge_floating_ip
   port_id     = var.edge_port_id
 
   depends_on = [openstack_networking_router_interface_v2.private]

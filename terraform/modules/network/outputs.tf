@@ -20,12 +20,12 @@ output "router_id" {
 
 output "edge_floating_ip" {
   description = "The cluster's one floating IP (node1)."
-  value       = openstack_networking_floatingip_v2.edge.address
+  value       = local.edge_floating_ip
 }
 
 output "edge_floating_ip_id" {
   description = "Id of the cluster's floating IP, for the association with node1's port."
-  value       = openstack_networking_floatingip_v2.edge.id
+  value       = local.edge_floating_ip_id
 }
 
 output "cluster_secgroup_id" {

@@ -124,3 +124,14 @@ variable "site_link_peer_ip" {
     error_message = "site_link_peer_ip must be an IPv4 address or empty."
   }
 }
+
+variable "reserved_floating_ip" {
+  description = "A floating IP of a Blazar floating-IP reservation, for node1; empty: allocate one from the external network's pool."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.reserved_floating_ip == "" || can(cidrhost("${var.reserved_floating_ip}/32", 0))
+    error_message = "reserved_floating_ip must be empty or an IPv4 address."
+  }
+}

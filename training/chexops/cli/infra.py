@@ -165,6 +165,20 @@ def _leases(cloud_name: str | None, name_prefix: str | None, tf_dir: Path, unres
     show_default=True,
     help="Reuse a live lease of yours of the same name instead of failing.",
 )
+@click.option(
+    "--floating-ips",
+    type=click.IntRange(0, 4),
+    default=0,
+    show_default=True,
+    help="Also reserve this many floating IPs (Blazar virtual:floatingip) for the role's nodes, so that Terraform "
+    "does not depend on the site's ad-hoc pool; their addresses go to TFVARS (<role>_floating_ips).",
+)
+@click.option(
+    "--floating-ip-network",
+    default="public",
+    show_default=True,
+    help="External network the reserved floating IPs come from.",
+)
 @tfvars_option
 @name_prefix_option
 @tf_dir_option
@@ -182,6 +196,8 @@ def lease_create(
     timeout: float,
     poll: float,
     reuse: bool,
+    floating_ips: int,
+    floating_ip_network: str,
     tfvars: Path,
     name_prefix: str | None,
     tf_dir: Path,
@@ -206,7 +222,17 @@ def lease_create(
         reservation = lease_mod.flavor_reservation(lease_mod.resolve_flavor(leases.blazar.cloud, flavor), count or 3)
     else:
         reservation = lease_mod.host_reservation(node_type, count or 1)
-    lease, created = leases.create(name, reservation, length, start=begin, reuse=reuse)
+    extra = []
+    if floating_ips:
+        network_id = lease_mod.resolve_external_network(leases.blazar.cloud, floating_ip_network)
+        extra.append(lease_mod.floatingip_reservation(network_id, floating_ips))
+    lease, created = leases.create(name, reservation, length, start=begin, reuse=reuse, extra=extra)
+    if floating_ips and not lease_mod.floatingip_reservations(lease):
+        log.warning(
+            "Reused lease %s holds no floating-IP reservation: Terraform allocates from the pool. Delete the lease and "
+            "create it again with --floating-ips to reserve them.",
+            name,
+        )
     summary = lease_mod.summarize(lease)
     wanted_key = lease_mod.ROLES[role].tfvars_key
     if wanted_key not in summary["tfvars"]:
@@ -220,14 +246,38 @@ def lease_create(
         summary = lease_mod.summarize(lease)
     elif not summary["active"]:
         log.warning("Lease %s is %s: `terraform apply` fails until it is ACTIVE.", name, summary["status"])
+    addresses = _reserved_floating_ips(leases.blazar.cloud, lease, summary, role, tfvars, timeout, poll)
     ends = lease_mod.expiry(lease, lease_mod.utcnow())
     payload = {"created": created, "tfvars_file": str(tfvars), "lease": summary, "su_estimate": ends["su_total"]}
+    if addresses is not None:
+        payload["floating_ips"] = addresses
     lines = _lease_lines(summary) + [
         f"{'Created' if created else 'Reused'}; wrote {wanted_key} to {tfvars}.",
         f"Allocation: about {ends['su_total']} SU ({ends['nodes']} node(s), "
         f"{lease_mod.SU_PER_NODE_HOUR:g} SU per node-hour assumed).",
     ]
+    if addresses:
+        lines.append(f"Reserved floating IPs: {', '.join(addresses)} -> {lease_mod.FLOATING_IP_TFVARS[role]}.")
     return Output(payload, "\n".join(lines))
+
+
+def _reserved_floating_ips(
+    cloud: Any, lease: dict[str, Any], summary: dict[str, Any], role: str, tfvars: Path, timeout: float, poll: float
+) -> list[str] | None:
+    """The addresses of the lease's floating-IP reservation, written to TFVARS once the lease is active (None:
+    the lease holds none, or is not active yet)."""
+    from chexops.infra import lease as lease_mod
+    from chexops.infra.openstack import OpenStackClient
+
+    if not lease_mod.floatingip_reservations(lease):
+        return None
+    key = lease_mod.FLOATING_IP_TFVARS[role]
+    if not summary["active"]:
+        log.warning("Lease %s is not active: run this command again once it is, to write %s.", lease["name"], key)
+        return None
+    addresses = lease_mod.reserved_addresses(OpenStackClient(cloud, "network"), lease, timeout=timeout, poll=poll)
+    lease_mod.update_tfvars(tfvars, {key: addresses})
+    return addresses
 
 
 @lease_group.command("status")
@@ -345,6 +395,7 @@ def lease_delete(name_or_id: str, cloud: str | None, tfvars: Path, name_prefix: 
     summary = lease_mod.summarize(lease)
     leases.delete(lease)
     removed = lease_mod.forget_tfvars(tfvars, summary["tfvars"]) if tfvars.exists() else []
+    removed += lease_mod.forget_floating_ips(tfvars, lease)
     payload = {"deleted": summary["id"], "name": summary["name"], "tfvars_removed": removed, "tfvars_file": str(tfvars)}
     lines = [f"Deleted lease {summary['name']} ({summary['id']})."]
     if removed:
@@ -439,3 +490,50 @@ def preflight_cmd(tf_dir: Path) -> Output:
     lines = [f"ok  {r.cloud:<10} {r.kind:<17} {r.name} ({r.setting})" for r in results]
     lines.append(f"All {len(results)} look-ups found what Terraform will ask for.")
     return Output({"ok": True, "checks": [asdict(r) for r in results]}, "\n".join(lines))
+
+
+@infra.command("snapshot")
+@cloud_option
+@name_prefix_option
+@click.option(
+    "--tf-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("terraform"),
+    show_default=True,
+    help="Terraform root whose `volumes` (and name_prefix) name the volumes to snapshot.",
+)
+@click.option(
+    "--keep",
+    type=click.IntRange(1, 100),
+    default=None,
+    help="Then delete all but the KEEP newest chexops snapshots of each volume (others' snapshots are never touched).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(1, 86400),
+    default=1800,
+    show_default=True,
+    help="Seconds to wait for each snapshot to become available.",
+)
+@click.option(
+    "--poll", type=click.FloatRange(0.01, 600), default=10, show_default=True, help="Seconds between status checks."
+)
+@result_output
+def snapshot_cmd(
+    cloud: str | None, name_prefix: str | None, tf_dir: Path, keep: int | None, timeout: float, poll: float
+) -> Output:
+    """Snapshot each of the cluster's Cinder volumes (<name_prefix>-<volume>-<UTC time>) and wait until they are
+    available: run it before any teardown. The volumes live on KVM@TACC (--cloud kvm_tacc)."""
+    from chexops.infra.clouds import connect
+    from chexops.infra.snapshots import snapshot_volumes, volume_names
+
+    names = volume_names(tf_dir, name_prefix)
+    rows = snapshot_volumes(connect(cloud), names, keep=keep, timeout=timeout, poll=poll)
+    lines = [f"{'VOLUME':<24} {'SNAPSHOT':<42} {'STATUS':<10} {'GB':>5}  PRUNED"]
+    lines += [
+        f"{row['volume']:<24} {row['snapshot']:<42} {row['status']:<10} {row['size_gb'] or 0:>5}  "
+        f"{', '.join(row['pruned']) or '-'}"
+        for row in rows
+    ]
+    lines.append(f"{len(rows)} snapshot(s) available.")
+    return Output({"snapshots": rows}, "\n".join(lines))

@@ -7,6 +7,11 @@ Two roles, one lease each:
 - ``gpu``: a ``physical:host`` reservation of one bare-metal GPU node on CHI@UC or CHI@TACC;
   Terraform passes its id as the ``reservation`` scheduler hint (``gpu_reservation_id``).
 
+Either lease may also hold a ``virtual:floatingip`` reservation (``--floating-ips N``): Blazar puts N
+floating IPs of the public network into the project while the lease is active, tagged
+``reservation:<id>``; their addresses go to ``<role>_floating_ips`` so that Terraform uses them
+instead of allocating from the site's ad-hoc pool, which may run dry.
+
 Names and ownership: a lease is named ``<name_prefix>-<role>`` (Terraform's ``name_prefix``, so that
 operators sharing a project do not collide) and counts as ours only if it carries our prefix AND
 Blazar recorded the caller's Keystone user as its creator (``user_id``); reuse, extend and delete
@@ -60,6 +65,9 @@ ROLES = {
     "gpu": Role("gpu", "physical:host", "gpu_reservation_id"),
 }
 _BY_RESOURCE_TYPE = {role.resource_type: role for role in ROLES.values()}
+FLOATING_IP = "virtual:floatingip"
+#: The tfvars key of each role's reserved floating IPs (terraform/variables.tf).
+FLOATING_IP_TFVARS = {"kvm": "kvm_floating_ips", "gpu": "gpu_floating_ips"}
 
 
 class LeaseNotFound(UserInputError):
@@ -248,6 +256,61 @@ def flavor_reservation(flavor_id: str, count: int) -> dict[str, Any]:
     return {"resource_type": "flavor:instance", "flavor_id": flavor_id, "amount": count, "affinity": None}
 
 
+def floatingip_reservation(network_id: str, count: int) -> dict[str, Any]:
+    """A virtual:floatingip reservation of `count` floating IPs of the external network `network_id` (Chameleon's
+    "Reserving floating IPs"; python-chi's `Lease.add_fip_reservation`)."""
+    if not UUID_RE.match(network_id) or not 1 <= count <= 4:
+        raise UserInputError(
+            f"A floating-IP reservation needs a network UUID and 1-4 addresses, not {network_id!r}/{count}."
+        )
+    return {"resource_type": FLOATING_IP, "network_id": network_id, "amount": count}
+
+
+def resolve_external_network(cloud: Cloud, name: str) -> str:
+    """The id of the external (floating-IP) network NAME (openstacksdk network look-up)."""
+    from chexops.infra.preflight import find_network
+
+    return find_network(cloud, name, external=True).id
+
+
+def floatingip_reservations(lease: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in lease.get("reservations") or [] if r.get("resource_type") == FLOATING_IP]
+
+
+def reserved_addresses(
+    neutron: OpenStackClient,
+    lease: dict[str, Any],
+    timeout: float = 120,
+    poll: float = 5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[str]:
+    """The addresses of the active lease's reserved floating IPs (Neutron tag `reservation:<id>`), waiting
+    until Blazar has put all of them in the project."""
+    from urllib.parse import quote
+
+    wanted = {r["id"]: int(r.get("amount") or 0) for r in floatingip_reservations(lease)}
+    deadline = time.monotonic() + timeout
+    while True:
+        found: list[str] = []
+        short = []
+        for res_id, amount in wanted.items():
+            body = neutron.request("GET", f"/v2.0/floatingips?tags={quote(f'reservation:{res_id}')}") or {}
+            addresses = sorted(str(ip["floating_ip_address"]) for ip in body.get("floatingips", []))
+            found += addresses
+            if len(addresses) < amount:
+                short.append(f"{res_id} ({len(addresses)} of {amount})")
+        if not short:
+            return found
+        if time.monotonic() >= deadline:
+            raise ReservationNotActive(
+                f"Lease '{lease.get('name')}' is active but Neutron holds too few of its reserved floating IPs: "
+                f"{', '.join(short)} after {int(timeout)} s. Run the same `chexops infra lease create` again later "
+                "(it reuses the lease and writes the addresses)."
+            )
+        log.info("Waiting for the reserved floating IPs of lease %s: %s.", lease.get("name"), ", ".join(short))
+        sleep(poll)
+
+
 def resolve_flavor(cloud: Cloud, flavor: str) -> str:
     """A flavor's id from its name or id (openstacksdk compute look-up)."""
     from chexops.infra.preflight import find_flavor
@@ -313,8 +376,10 @@ class Leases:
         duration: timedelta,
         start: datetime | None = None,
         reuse: bool = True,
+        extra: list[dict[str, Any]] | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """Create a lease (or reuse a live one of ours of the same name). Returns (lease, created)."""
+        """Create a lease (or reuse a live one of ours of the same name), with EXTRA reservations (floating IPs)
+        beside the role's. Returns (lease, created)."""
         lease_name(self.prefix, _BY_RESOURCE_TYPE[reservation["resource_type"]].name, name)
         if reservation["resource_type"] == "physical:host" and duration > MAX_BARE_METAL_LEASE:
             raise UserInputError(
@@ -335,7 +400,7 @@ class Leases:
             "name": name,
             "start_date": "now" if start is None else format_api_date(begin),
             "end_date": format_api_date(end),
-            "reservations": [reservation],
+            "reservations": [reservation, *(extra or [])],
             "events": [],
         }
         log.info("Creating lease %s: %s until %s UTC.", name, reservation["resource_type"], body["end_date"])
@@ -443,6 +508,9 @@ def summarize(lease: dict[str, Any]) -> dict[str, Any]:
         if res.get("resource_type") == "physical:host":
             item["min"] = res.get("min")
             item["max"] = res.get("max")
+        if res.get("resource_type") == FLOATING_IP:
+            item["network_id"] = res.get("network_id")
+            item["amount"] = res.get("amount")
         if role is not None:
             item["role"] = role.name
             tfvars[role.tfvars_key] = str(item.get("flavor_id") or res.get("id"))
@@ -480,7 +548,7 @@ def _write_tfvars(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def update_tfvars(path: Path, values: dict[str, str]) -> dict[str, Any]:
+def update_tfvars(path: Path, values: dict[str, Any]) -> dict[str, Any]:
     """Merge reservation ids into the JSON tfvars file (other keys are kept)."""
     if not path.parent.is_dir():
         raise UserInputError(f"Cannot write {path}: {path.parent} is not a directory (pass --tfvars).")
@@ -491,7 +559,7 @@ def update_tfvars(path: Path, values: dict[str, str]) -> dict[str, Any]:
     return data
 
 
-def forget_tfvars(path: Path, values: dict[str, str]) -> list[str]:
+def forget_tfvars(path: Path, values: dict[str, Any]) -> list[str]:
     """Remove keys whose value is one of these reservation ids; returns the keys removed."""
     data = _read_tfvars(path)
     removed = [key for key, value in values.items() if data.get(key) == value]
@@ -501,6 +569,17 @@ def forget_tfvars(path: Path, values: dict[str, str]) -> list[str]:
         _write_tfvars(path, data)
         log.info("Removed %s from %s.", ", ".join(removed), path)
     return removed
+
+
+def forget_floating_ips(path: Path, lease: dict[str, Any]) -> list[str]:
+    """Remove the role's `<role>_floating_ips` from the tfvars file when LEASE held the floating-IP reservation
+    (its addresses leave the project with it); returns the keys removed."""
+    if not floatingip_reservations(lease) or not path.exists():
+        return []
+    roles = {item["role"] for item in summarize(lease)["reservations"] if "role" in item}
+    data = _read_tfvars(path)
+    keys = [FLOATING_IP_TFVARS[role] for role in sorted(roles)]
+    return forget_tfvars(path, {key: data[key] for key in keys if key in data})
 
 
 # ---------------------------------------------------------------------------------------------

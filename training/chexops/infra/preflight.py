@@ -80,6 +80,19 @@ def find_network(cloud: Cloud, name: str, external: bool = False):
     raise UserInputError(f"Network '{name}' does not exist on cloud '{cloud.name}' (networks: {others}).")
 
 
+def find_floating_ip(cloud: Cloud, address: str):
+    """A floating IP of the project (a reserved one: `<role>_floating_ips`), or UserInputError: its lease ended."""
+    with translated(cloud, f"floating IP {address}"):
+        found = list(cloud.connection.network.ips(floating_ip_address=address))
+    if found:
+        return found[0]
+    raise UserInputError(
+        f"Floating IP {address} is not in the project on cloud '{cloud.name}': its floating-IP reservation has ended. "
+        "Run `chexops infra lease create ... --floating-ips 1` again (or remove the address from the tfvars file to "
+        "allocate from the pool)."
+    )
+
+
 def find_keypair(cloud: Cloud, name: str):
     conn = cloud.connection
     with translated(cloud, f"key pair '{name}'"):
@@ -200,6 +213,7 @@ def plan_checks(settings: dict[str, Any]) -> list[tuple[str, str, str, str, Call
         ),
         ("kvm_cloud", "key pair", key_pair, "key_pair", find_keypair),
     ]
+    checks += _reserved_ip_checks(settings, "kvm_cloud", "kvm_floating_ips")
     if settings.get("gpu_enabled", True) in (True, "true"):
         checks += [
             ("chi_cloud", "flavor", settings["_gpu_flavor"], "modules/gpu_node (bare metal)", find_flavor),
@@ -214,7 +228,18 @@ def plan_checks(settings: dict[str, Any]) -> list[tuple[str, str, str, str, Call
             ),
             ("chi_cloud", "key pair", key_pair, "key_pair", find_keypair),
         ]
+        checks += _reserved_ip_checks(settings, "chi_cloud", "gpu_floating_ips")
     return checks
+
+
+def _reserved_ip_checks(
+    settings: dict[str, Any], cloud_var: str, key: str
+) -> list[tuple[str, str, str, str, Callable]]:
+    """The reserved floating IP Terraform will use (the first of `key`), which must still be in the project."""
+    addresses = settings.get(key) or []
+    if not isinstance(addresses, list):
+        raise UserInputError(f"Terraform variable {key} must be a list of addresses, not {addresses!r}.")
+    return [(cloud_var, "reserved floating IP", str(addresses[0]), key, find_floating_ip)] if addresses else []
 
 
 def credential_check(cloud: Cloud) -> Check:
