@@ -74,7 +74,9 @@ infra-check: $(STAMP)  # the post-deploy smoke test: exit 0 when every row passe
 drift: $(STAMP)  # terraform plan -detailed-exitcode: exit 0 none, 3 drift, 1 terraform failed
 	$(BIN)/chexops infra drift
 
-destroy: $(STAMP)  # everything but the volumes (prevent_destroy), listed, after asking
+VOLUME_CLOUD ?= kvm_tacc
+destroy: $(STAMP)  # snapshots of the volumes first, then everything but the volumes (prevent_destroy), after asking
+	$(BIN)/chexops infra snapshot --cloud $(VOLUME_CLOUD) --keep 3
 	$(BIN)/chexops infra destroy $(CONFIRM)
 
 rebuild-after-lease: $(STAMP)  # after a new lease (chexops infra lease create): instances, inventory, site, check
