@@ -104,6 +104,19 @@ def _instance_group(kind: str, count: int, gpus: list[int] | None = None) -> str
     return f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}{devices}\n  }}\n]"
 
 
+def _parameters(values: dict[str, str]) -> str:
+    """The model's `parameters` (string values): read by its backend."""
+    items = [f'  {{\n    key: "{k}"\n    value: {{ string_value: "{v}" }}\n  }}' for k, v in values.items()]
+    return "parameters [\n" + ",\n".join(items) + "\n]"
+
+
+def _clear(model_dir: Path, overwrite: bool) -> None:
+    if model_dir.exists():
+        if not overwrite:
+            raise UserInputError(f"{model_dir} exists: choose another --out or --name, or pass --overwrite.")
+        shutil.rmtree(model_dir)
+
+
 def config_text(
     name: str,
     inputs: list[dict],
@@ -135,10 +148,7 @@ def config_text(
         lines.append(_dynamic_batching(max_batch_size, queue_delay_us))
     lines.append(_instance_group(kind, count, gpus))
     if kind == "KIND_CPU":  # the ONNX Runtime backend's own thread settings (as the service's CHEXOPS_THREADS)
-        lines.append(
-            'parameters [\n  {\n    key: "intra_op_thread_count"\n    value: { string_value: "%d" }\n  },\n'
-            '  {\n    key: "inter_op_thread_count"\n    value: { string_value: "1" }\n  }\n]' % threads
-        )
+        lines.append(_parameters({"intra_op_thread_count": str(threads), "inter_op_thread_count": "1"}))
     return "\n".join(lines) + "\n"
 
 
@@ -166,10 +176,7 @@ def write_repository(
         log.warning("%s has a fixed first dimension: no Triton batching (max_batch_size 0)", onnx_path)
         max_batch_size = 0
     model_dir = out / name
-    if model_dir.exists():
-        if not overwrite:
-            raise UserInputError(f"{model_dir} exists: choose another --out or --name, or pass --overwrite.")
-        shutil.rmtree(model_dir)
+    _clear(model_dir, overwrite)
     (model_dir / "1").mkdir(parents=True)
     (model_dir / "configs").mkdir()
     shutil.copyfile(onnx_path, model_dir / "1" / "model.onnx")
@@ -287,10 +294,7 @@ def python_config_text(
     if max_batch_size:
         lines.append(_dynamic_batching(max_batch_size, queue_delay_us))
     lines.append(group)
-    lines.append(
-        'parameters [\n  {\n    key: "threads"\n    value: { string_value: "%d" }\n  },\n'
-        '  {\n    key: "onnx_file"\n    value: { string_value: "model.onnx" }\n  }\n]' % threads
-    )
+    lines.append(_parameters({"threads": str(threads), "onnx_file": "model.onnx"}))
     return "\n".join(lines) + "\n"
 
 
@@ -323,10 +327,7 @@ def write_python_repository(
         raise UserInputError(f"{onnx_path} has a fixed batch dimension ({shape}): the Python backend batches rows.")
     dirs = {variant: out / f"{name}-{variant}" for variant in PYTHON_VARIANTS}
     for model_dir in dirs.values():
-        if model_dir.exists():
-            if not overwrite:
-                raise UserInputError(f"{model_dir} exists: choose another --out or --name, or pass --overwrite.")
-            shutil.rmtree(model_dir)
+        _clear(model_dir, overwrite)
     kind = "KIND_GPU" if gpu else "KIND_CPU"
     group = _instance_group(kind, instances, gpus)
     for variant, (cls, data_type, row) in PYTHON_VARIANTS.items():
