@@ -6,8 +6,8 @@ with the service's own code, as the bare path does.
     python -m chexops.benchmarks.serve_bench --start --model chexops-cxr:v3 --image IMAGE \
         --triton 127.0.0.1:8001 --triton-model chexops-cxr
 
-(No Triton server runs here: PyPI's `tritonserver` does not exist and `nvidia-pytriton` bundles a
-server with the Python backend only and needs numpy < 2; see bentos/README.md.)
+(The ONNX Runtime backend needs a Triton of yours, e.g. NVIDIA's image: the `tritonserver` that
+`nvidia-pytriton` ships here has the Python backend only, which `chexops triton serve` runs; bentos/README.md.)
 """
 
 from __future__ import annotations
