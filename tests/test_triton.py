@@ -213,3 +213,22 @@ def test_tritonserver_answers_as_predict_and_dies_with_its_parent(
         assert not left, left
     finally:
         cli.stop()
+
+
+def test_serve_refusals_are_exit_2(python_repository, served_model, tmp_path):
+    out, _ = python_repository
+    env = child_env(served_model.home, **({STUB_ENV: os.environ[STUB_ENV]} if STUB_ENV in os.environ else {}))
+    ports = ["--http-port", str(free_port()), "--metrics-port", str(free_port())]  # 8000 may be anyone's
+    empty = run_cli("triton", "serve", "--repository", str(tmp_path), *ports, env=env, timeout=120)
+    assert empty.returncode == 2 and "holds no Triton model" in empty.stderr and "Traceback" not in empty.stderr
+    no_env = run_cli(
+        "triton", "serve", "--repository", str(out), *ports, "--grpc-port", str(free_port()),
+        "--python-env", str(tmp_path / "none"), env=env, timeout=120,
+    )  # fmt: skip
+    assert no_env.returncode == 2 and "make venv" in no_env.stderr and "Traceback" not in no_env.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        busy = run_cli("triton", "serve", "--repository", str(out), *ports, "--grpc-port", port, env=env, timeout=120)
+    assert busy.returncode == 2 and port in busy.stderr and "Traceback" not in busy.stderr
