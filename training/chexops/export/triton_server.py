@@ -32,6 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from chexops.core.errors import ChexopsError, UserInputError
 from chexops.core.processes import ServerProcess
@@ -118,7 +119,8 @@ def prepare(workdir: Path, dist: Path, env: StubEnv) -> tuple[Path, Path]:
 
 class TritonServer:
     """`tritonserver` on `repository` (HTTP, gRPC and metrics ports on `host`) in a session of its own that dies
-    with this process; `start()` returns once the server and each model are ready. A context manager."""
+        with this process; `start()` returns once the server and each model are ready (`ready_s` later). `preexec`: more
+    to do in the child before exec (e.g. `os.sched_setaffinity`). A context manager."""
 
     def __init__(
         self,
@@ -130,14 +132,16 @@ class TritonServer:
         host: str = "127.0.0.1",
         python_env: Path | None = None,
         timeout: float = 120,
+        preexec: Callable[[], None] | None = None,
     ):
         self.repository, self.host = Path(repository).resolve(), host
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.models = models_in(self.repository)
         self.dist, self.env = distribution(), stub_env(python_env)
-        self.log_path, self.timeout = Path(log_path), timeout
+        self.log_path, self.timeout, self.preexec = Path(log_path), timeout, preexec
         self._workdir: tempfile.TemporaryDirectory | None = None
         self.server: ServerProcess | None = None
+        self.ready_s: float | None = None
 
     @property
     def url(self) -> str:
@@ -176,6 +180,7 @@ class TritonServer:
             env=self.environment(pythonpath),
             timeout=self.timeout,
             name="tritonserver",
+            preexec=self.preexec,
         )
         started = time.monotonic()
         try:
