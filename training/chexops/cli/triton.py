@@ -167,6 +167,11 @@ def triton_serve(
 
     for port in (http_port, grpc_port, metrics_port):
         check_port_free(host, port)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger(__name__).warning(
+            "Triton on %s has no API keys: whoever reaches its ports can run the model (put it behind your own gate).",
+            host,
+        )
     log_path = log_path or paths.home() / "triton" / "tritonserver.log"
     server = TritonServer(repository, http_port, grpc_port, metrics_port, log_path, host=host, python_env=python_env)
     click.echo(f"tritonserver's log: {log_path}", err=True)
