@@ -6,6 +6,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.chexops-installed
+# `chexops triton serve`: the tritonserver that nvidia-pytriton ships (--no-deps: its metadata asks numpy < 2, for its
+# Python binding, unused here), and the Python backend stub's own venv, whose numpy must be below 2 (pyproject.toml)
+TRITON := nvidia-pytriton==0.7.0
+TRITON_STUB := numpy==1.26.4 onnxruntime==1.32.0 pillow==13.0.0 pydicom==3.0.1
 export CHEXOPS_HOME ?= $(CURDIR)/.chexops
 
 .PHONY: demo demo-pacs test check lint serve venv clean
@@ -18,6 +22,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[train,serve,infra,deliver,pacs,dev]'
+	$(BIN)/pip install --quiet --no-deps $(TRITON)
+	test -x $(VENV)-triton/bin/python || $(PYTHON) -m venv $(VENV)-triton
+	$(VENV)-triton/bin/pip install --quiet $(TRITON_STUB)
 	touch $@
 
 demo: $(STAMP)

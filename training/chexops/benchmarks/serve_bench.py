@@ -8,6 +8,8 @@
     python -m chexops.benchmarks.serve_bench --url http://127.0.0.1:3000 --key KEY --image IMAGE
     # beside a running Triton that holds `chexops triton export --model chexops-cxr:v3 --out DIR`
     python -m chexops.benchmarks.serve_bench --start --model chexops-cxr:v3 --image IMAGE --triton 127.0.0.1:8001
+    # and a Triton started here: the Python-backend repository (bytes in over HTTP and gRPC, tensors in)
+    python -m chexops.benchmarks.serve_bench --start --model chexops-cxr:v3 --image IMAGE --triton-local
     # overload: 64 concurrent clients for 30 s (answers by status, Retry-After, errors, latency, RSS)
     python -m chexops.benchmarks.serve_bench --start --architecture densenet121 --size 224 --image IMAGE --flood 30
     # client and server on separate cores (2-core machine: the server and the bare session on CPU 0, one thread)
@@ -26,7 +28,9 @@ Measures, on one image (PNG, JPEG or DICOM), over loopback:
   p50/p95, with adaptive batching on and off (`CHEXOPS_BATCHING=0`) when the script starts the service;
 - with --start, the same for a minimal FastAPI + uvicorn server around the same session and
   preprocessing (`chexops.benchmarks.fastapi_baseline`; --no-fastapi skips it), and with --triton
-  for a running Triton Inference Server (`chexops.benchmarks.triton_client`).
+  for a running Triton Inference Server (`chexops.benchmarks.triton_client`); with --triton-local for
+  the Triton that `chexops triton serve` runs, started here on the servers' CPUs with the Python-backend
+  repository of the same ONNX file (image bytes in over HTTP and gRPC, tensors in over gRPC).
 
 With --server-cpus and --client-cpus the servers and the bare session run on the first set of CPUs
 and the HTTP clients on the second, so that they do not take each other's cores.
@@ -202,9 +206,42 @@ def run(args) -> dict[str, Any]:
         )
         for part in ("sequential", "concurrent"):
             result["services"]["triton_grpc"][part]["errors"] = {"failed": 0}
+    if args.triton_local:
+        triton_local(args, onnx_path, data, result)
     for value in result["services"].values():
         value["vs_bare"] = vs_bare(value, result["bare"])
     return result
+
+
+def triton_local(args, onnx_path: Path, data: bytes, result: dict[str, Any]) -> None:
+    """Triton here (`chexops triton serve`'s server, on the servers' CPUs) with the Python-backend repository of
+    `onnx_path`: its time to ready, then image bytes over HTTP and gRPC and the preprocessed tensor over gRPC."""
+    from chexops.benchmarks.triton_client import bytes_function, infer_function, measure
+    from chexops.core.processes import free_port
+    from chexops.export.triton import write_python_repository
+    from chexops.export.triton_server import TritonServer
+
+    with tempfile.TemporaryDirectory(prefix="serve-bench-triton-") as tmp:
+        repository = Path(tmp) / "repository"
+        written = write_python_repository(onnx_path, repository, threads=args.threads)
+        logs = Path(args.log_dir) if args.log_dir else Path(tmp)
+        cpus = args.server_cpus
+        ports = [free_port() for _ in range(3)]
+        preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+        with TritonServer(repository, *ports, logs / "tritonserver.log", preexec=preexec) as triton:
+            result["triton_local"] = {"ready_s": triton.ready_s, "models": written.models, "threads": args.threads}
+            http, grpc = f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"
+            paths = {
+                "triton_python_bytes_http": bytes_function(http, "http", written.models["bytes"], data),
+                "triton_python_bytes_grpc": bytes_function(grpc, "grpc", written.models["bytes"], data),
+                "triton_python_tensor_grpc": infer_function(grpc, written.models["tensor"], onnx_path, data),
+            }
+            for name, once in paths.items():
+                log.info("Triton here: %s", name)
+                measured = measure(once, args.runs, args.warmup, args.concurrency, args.requests, stats)
+                for part in ("sequential", "concurrent"):
+                    measured[part]["errors"] = {"failed": 0}
+                result["services"][name] = measured
 
 
 def _cpus(text: str) -> set[int]:
@@ -267,6 +304,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--triton-model", default=DEFAULT_MODEL_NAME, help="--triton: the model's name in the repository"
+    )
+    parser.add_argument(
+        "--triton-local",
+        action="store_true",
+        help="also start Triton here (Python backend, nvidia-pytriton's tritonserver) and measure bytes and tensors in",
     )
     parser.add_argument(
         "--flood",

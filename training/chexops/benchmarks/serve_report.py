@@ -53,6 +53,9 @@ def vs_bare(service: dict[str, Any], bare_result: dict[str, Any]) -> dict[str, f
 PATHS = {
     "fastapi_uvicorn": "FastAPI + uvicorn baseline (same session and preprocessing)",
     "triton_grpc": "Triton (ONNX Runtime backend, gRPC; decode + preprocess in the client)",
+    "triton_python_bytes_http": "Triton here (Python backend, image bytes in, HTTP; decode + preprocess in Triton)",
+    "triton_python_bytes_grpc": "Triton here (Python backend, image bytes in, gRPC; decode + preprocess in Triton)",
+    "triton_python_tensor_grpc": "Triton here (Python backend, tensor in, gRPC; decode + preprocess in the client)",
 }
 
 

@@ -6,8 +6,11 @@ with the service's own code, as the bare path does.
     python -m chexops.benchmarks.serve_bench --start --model chexops-cxr:v3 --image IMAGE \
         --triton 127.0.0.1:8001 --triton-model chexops-cxr
 
-(No Triton server runs here: PyPI's `tritonserver` does not exist and `nvidia-pytriton` bundles a
-server with the Python backend only and needs numpy < 2; see bentos/README.md.)
+`--triton-local` starts the Python-backend repository here instead (`chexops triton serve`'s server) and sends
+the encoded image (`bytes_function`, HTTP and gRPC) and the preprocessed tensor (`infer_function`).
+
+(The ONNX Runtime backend needs a Triton of yours, e.g. NVIDIA's image: the `tritonserver` that
+`nvidia-pytriton` ships here has the Python backend only, which `chexops triton serve` runs; bentos/README.md.)
 """
 
 from __future__ import annotations
@@ -39,6 +42,28 @@ def infer_function(url: str, model_name: str, onnx_path: Path, data: bytes) -> C
         tensor.set_data_from_numpy(x)
         result = client.infer(model_name, [tensor], outputs=[grpcclient.InferRequestedOutput("probabilities")])
         return result.as_numpy("probabilities")
+
+    return once
+
+
+def bytes_function(url: str, protocol: str, model_name: str, data: bytes) -> Callable[[], Any]:
+    """A callable that sends the encoded image `data` once to a Python-backend `NAME-bytes` model (decoded and
+    preprocessed inside Triton) over `protocol` (http or grpc; one client per thread)."""
+    import importlib
+
+    import numpy as np
+
+    module = importlib.import_module(f"tritonclient.{protocol}")
+    payload = np.array([[data]], dtype=object)
+    local = threading.local()
+
+    def once() -> Any:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = module.InferenceServerClient(url=url)
+        tensor = module.InferInput("image", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(payload)
+        return client.infer(model_name, [tensor]).as_numpy("probabilities")
 
     return once
 

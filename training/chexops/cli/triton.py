@@ -1,12 +1,15 @@
-"""`chexops triton export`: the exported model as a Triton Inference Server model repository."""
+"""`chexops triton export`: the exported model as a Triton Inference Server model repository (ONNX Runtime or
+Python backend); `chexops triton serve`: the `tritonserver` that nvidia-pytriton ships, on such a repository."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
 
 from chexops.cli.output import Output, result_output
+from chexops.core.errors import ChexopsError
 from chexops.core.names import DEFAULT_SERVE_REF
 
 
@@ -44,6 +47,16 @@ def triton() -> None:
 @click.option(
     "--queue-delay-us", default=2000, show_default=True, type=click.IntRange(0), help="Dynamic batching's wait."
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["onnxruntime", "python"]),
+    default="onnxruntime",
+    show_default=True,
+    help="onnxruntime: any Triton (the NGC image); python: NAME-bytes (encoded images in, the service's "
+    "preprocessing inside Triton) and NAME-tensor, for chexops triton serve.",
+)
+@click.option("--gpu", is_flag=True, help="Python backend: KIND_GPU instances (--gpu-instances on each of --gpus).")
+@click.option("--gpus", default="", help="GPU ids of the KIND_GPU instance group, e.g. 0,1 [default: all].")
 @click.option("--overwrite", is_flag=True, help="Replace this model's directory in the repository.")
 @result_output
 def triton_export(
@@ -57,14 +70,40 @@ def triton_export(
     gpu_instances: int,
     threads: int,
     queue_delay_us: int,
+    backend: str,
+    gpu: bool,
+    gpus: str,
     overwrite: bool,
 ) -> Output:
-    """Write a Triton model repository (ONNX Runtime backend; CPU config and GPU variant)."""
-    from chexops.export.triton import bento_model_file, write_repository
+    """Write a Triton model repository (ONNX Runtime backend: CPU config and GPU variant; or Python backend)."""
+    from chexops.export.triton import bento_model_file, write_python_repository, write_repository
 
     if onnx_path and model_tag:
         raise click.UsageError("give --model or --onnx, not both.")
+    if gpu and backend != "python":
+        raise click.UsageError("--gpu is for --backend python (the ONNX Runtime backend writes configs/gpu.pbtxt).")
+    try:
+        gpu_ids = [int(g) for g in gpus.split(",") if g.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{gpus!r} is not a comma-separated list of GPU ids.", param_hint="--gpus") from None
     source = onnx_path or bento_model_file(model_tag or DEFAULT_SERVE_REF, precision)
+    if backend == "python":
+        python = write_python_repository(
+            source,
+            out,
+            name=name,
+            max_batch_size=max_batch_size,
+            instances=gpu_instances if gpu else cpu_instances,
+            gpu=gpu,
+            gpus=gpu_ids or None,
+            threads=threads,
+            queue_delay_us=queue_delay_us,
+            overwrite=overwrite,
+        )
+        models = ", ".join(python.models.values())
+        return Output(
+            python, f"Triton Python-backend models {models} in {out}:\n  chexops triton serve --repository {out}"
+        )
     result = write_repository(
         source,
         out,
@@ -75,6 +114,7 @@ def triton_export(
         threads=threads,
         queue_delay_us=queue_delay_us,
         overwrite=overwrite,
+        gpus=gpu_ids or None,
     )
     human = (
         f"Triton model {result.model} in {result.dir} (max batch {result.max_batch_size}):\n"
@@ -82,3 +122,64 @@ def triton_export(
         f"  tritonserver --model-repository {out} --model-config-name=gpu  # GPU"
     )
     return Output(result, human)
+
+
+@triton.command("serve")
+@click.option(
+    "--repository",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="A model repository (chexops triton export --backend python).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to accept other machines.")
+@click.option("--http-port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--metrics-port", default=8002, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--python-env",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The Python backend stub's environment (numpy < 2) [default: $CHEXOPS_TRITON_PYTHON_ENV or VENV-triton].",
+)
+@click.option(
+    "--log",
+    "log_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="tritonserver's log [default: $CHEXOPS_HOME/triton/tritonserver.log].",
+)
+def triton_serve(
+    repository: Path,
+    host: str,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    python_env: Path | None,
+    log_path: Path | None,
+) -> None:
+    """Triton Inference Server (the tritonserver binary nvidia-pytriton ships) on REPOSITORY until interrupted;
+    ready once every model is loaded; it dies with this command."""
+    from chexops.core import paths
+    from chexops.export.triton_server import TritonServer
+    from chexops.serving.launch import check_port_free
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the readiness polls
+
+    for port in (http_port, grpc_port, metrics_port):
+        check_port_free(host, port)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger(__name__).warning(
+            "Triton on %s has no API keys: whoever reaches its ports can run the model (put it behind your own gate).",
+            host,
+        )
+    log_path = log_path or paths.home() / "triton" / "tritonserver.log"
+    server = TritonServer(repository, http_port, grpc_port, metrics_port, log_path, host=host, python_env=python_env)
+    click.echo(f"tritonserver's log: {log_path}", err=True)
+    with server:
+        click.echo(f"ready: {', '.join(server.models)} at {server.url} (gRPC {host}:{grpc_port})", err=True)
+        try:
+            code = server.server.process.wait()
+        except KeyboardInterrupt:
+            return
+    if code:
+        raise ChexopsError(f"tritonserver exited with code {code}:\n{server.server.logs()}")

@@ -39,6 +39,7 @@ DATA_TYPES = {
     "tensor(bool)": "TYPE_BOOL",
 }
 CLASSIFIED_OUTPUT = "probabilities"
+PREFERRED_BATCH_SIZES = (4, 8, 16, 32)
 
 
 class TritonRepository(Result):
@@ -89,6 +90,33 @@ def _dims(values: list[int]) -> str:
     return "[ " + ", ".join(str(v) for v in values) + " ]"
 
 
+def _dynamic_batching(max_batch_size: int, queue_delay_us: int) -> str:
+    preferred = [b for b in PREFERRED_BATCH_SIZES if b <= max_batch_size]
+    return (
+        f"dynamic_batching {{\n  preferred_batch_size: {_dims(preferred)}\n"
+        f"  max_queue_delay_microseconds: {queue_delay_us}\n}}"
+    )
+
+
+def _instance_group(kind: str, count: int, gpus: list[int] | None = None) -> str:
+    """One instance group; `gpus` (KIND_GPU only): the devices it runs on [default: all], `count` on each."""
+    devices = f"\n    gpus: {_dims(gpus)}" if gpus and kind == "KIND_GPU" else ""
+    return f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}{devices}\n  }}\n]"
+
+
+def _parameters(values: dict[str, str]) -> str:
+    """The model's `parameters` (string values): read by its backend."""
+    items = [f'  {{\n    key: "{k}"\n    value: {{ string_value: "{v}" }}\n  }}' for k, v in values.items()]
+    return "parameters [\n" + ",\n".join(items) + "\n]"
+
+
+def _clear(model_dir: Path, overwrite: bool) -> None:
+    if model_dir.exists():
+        if not overwrite:
+            raise UserInputError(f"{model_dir} exists: choose another --out or --name, or pass --overwrite.")
+        shutil.rmtree(model_dir)
+
+
 def config_text(
     name: str,
     inputs: list[dict],
@@ -99,6 +127,7 @@ def config_text(
     threads: int,
     queue_delay_us: int,
     labels: bool,
+    gpus: list[int] | None = None,
 ) -> str:
     """config.pbtxt (protobuf text format of inference.ModelConfig) for the ONNX Runtime backend."""
     batched = max_batch_size > 0
@@ -116,17 +145,10 @@ def config_text(
         "output [\n" + ",\n".join(tensor(t, True) for t in outputs) + "\n]",
     ]
     if batched:
-        preferred = [b for b in (4, 8, 16, 32) if b <= max_batch_size]
-        lines.append(
-            f"dynamic_batching {{\n  preferred_batch_size: {_dims(preferred)}\n"
-            f"  max_queue_delay_microseconds: {queue_delay_us}\n}}"
-        )
-    lines.append(f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}\n  }}\n]")
+        lines.append(_dynamic_batching(max_batch_size, queue_delay_us))
+    lines.append(_instance_group(kind, count, gpus))
     if kind == "KIND_CPU":  # the ONNX Runtime backend's own thread settings (as the service's CHEXOPS_THREADS)
-        lines.append(
-            'parameters [\n  {\n    key: "intra_op_thread_count"\n    value: { string_value: "%d" }\n  },\n'
-            '  {\n    key: "inter_op_thread_count"\n    value: { string_value: "1" }\n  }\n]' % threads
-        )
+        lines.append(_parameters({"intra_op_thread_count": str(threads), "inter_op_thread_count": "1"}))
     return "\n".join(lines) + "\n"
 
 
@@ -140,6 +162,7 @@ def write_repository(
     threads: int = 2,
     queue_delay_us: int = 2000,
     overwrite: bool = False,
+    gpus: list[int] | None = None,
 ) -> TritonRepository:
     """A Triton model repository for one ONNX file."""
     onnx_path = Path(onnx_path)
@@ -153,10 +176,7 @@ def write_repository(
         log.warning("%s has a fixed first dimension: no Triton batching (max_batch_size 0)", onnx_path)
         max_batch_size = 0
     model_dir = out / name
-    if model_dir.exists():
-        if not overwrite:
-            raise UserInputError(f"{model_dir} exists: choose another --out or --name, or pass --overwrite.")
-        shutil.rmtree(model_dir)
+    _clear(model_dir, overwrite)
     (model_dir / "1").mkdir(parents=True)
     (model_dir / "configs").mkdir()
     shutil.copyfile(onnx_path, model_dir / "1" / "model.onnx")
@@ -173,7 +193,9 @@ def write_repository(
         labels=has_labels,
     )
     (model_dir / "config.pbtxt").write_text(config_text(kind="KIND_CPU", count=cpu_instances, **common))
-    (model_dir / "configs" / "gpu.pbtxt").write_text(config_text(kind="KIND_GPU", count=gpu_instances, **common))
+    (model_dir / "configs" / "gpu.pbtxt").write_text(
+        config_text(kind="KIND_GPU", count=gpu_instances, gpus=gpus, **common)
+    )
     log.info(
         "Wrote the Triton model %s to %s (inputs %s, outputs %s, max batch %d)",
         name,
@@ -206,3 +228,132 @@ def bento_model_file(reference: str, precision: str) -> Path:
     import bentoml
 
     return Path(bentoml.models.get(tag).path_of(FILES[precision]))
+
+
+# --- the Python backend (chexops triton export --backend python) ------------------------------------------
+
+PYTHON_VARIANTS = {  # model-name suffix: (the class model.py imports, the input's data type, what one row is)
+    "bytes": ("BytesModel", "TYPE_STRING", "one encoded PNG, JPEG or DICOM file"),
+    "tensor": ("TensorModel", "TYPE_FP32", "a preprocessed C×H×W tensor"),
+}
+MODEL_PY = '''"""Triton Python backend: {name}, {row} per row in, probabilities out.
+
+Written by `chexops triton export --backend python`. The code is chexops' own, imported, not copied
+(chexops.serving.triton_backend): serve this repository with `chexops triton serve --repository DIR`, which
+runs the stub in a Python environment of its own and names chexops' folder in CHEXOPS_PYTHONPATH (the stub's
+embedded Python runs isolated: it ignores PYTHONPATH)."""
+
+import os
+import sys
+
+if os.environ.get("CHEXOPS_PYTHONPATH"):
+    sys.path.insert(0, os.environ["CHEXOPS_PYTHONPATH"])
+
+from chexops.serving.triton_backend import {cls} as TritonPythonModel  # noqa: E402, F401
+'''
+
+
+class TritonPythonRepository(Result):
+    """What `chexops triton export --backend python` wrote: two models on one ONNX file ({variant: name}:
+    `bytes`, encoded images in; `tensor`, preprocessed tensors in), their folders, their instance group."""
+
+    repository: str
+    backend: str = "python"
+    models: dict[str, str]
+    dirs: dict[str, str]
+    onnx: str
+    max_batch_size: int
+    input_shape: list[int]
+    labels: int
+    instance_group: dict[str, Any]
+    threads: int
+    preferred_batch_sizes: list[int]
+    queue_delay_us: int
+    preprocessing: dict[str, Any] | None
+
+
+def python_config_text(
+    name: str,
+    data_type: str,
+    dims: list[int],
+    classes: int,
+    max_batch_size: int,
+    group: str,
+    threads: int,
+    queue_delay_us: int,
+) -> str:
+    """config.pbtxt for one Python-backend model: `image` in, `probabilities` out (labels.txt), batched."""
+    lines = [
+        f'name: "{name}"',
+        'backend: "python"',
+        f"max_batch_size: {max_batch_size}",
+        f'input [\n  {{\n    name: "image"\n    data_type: {data_type}\n    dims: {_dims(dims)}\n  }}\n]',
+        f'output [\n  {{\n    name: "{CLASSIFIED_OUTPUT}"\n    data_type: TYPE_FP32\n    dims: [ {classes} ]\n'
+        '    label_filename: "labels.txt"\n  }\n]',
+    ]
+    if max_batch_size:
+        lines.append(_dynamic_batching(max_batch_size, queue_delay_us))
+    lines.append(group)
+    lines.append(_parameters({"threads": str(threads), "onnx_file": "model.onnx"}))
+    return "\n".join(lines) + "\n"
+
+
+def write_python_repository(
+    onnx_path: Path,
+    out: Path,
+    name: str = "",
+    max_batch_size: int = 64,
+    instances: int = 1,
+    gpu: bool = False,
+    gpus: list[int] | None = None,
+    threads: int = 2,
+    queue_delay_us: int = 2000,
+    overwrite: bool = False,
+) -> TritonPythonRepository:
+    """A Python-backend repository for one chexops ONNX file: `NAME-bytes` and `NAME-tensor`, each running the
+    service's `OnnxModel` on its own copy of the file; KIND_CPU instances, or KIND_GPU (`gpus`: which; all by
+    default) with `gpu`."""
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise UserInputError(f"no ONNX file at {onnx_path}.")
+    inputs, outputs, meta = tensors(onnx_path)
+    missing = [key for key in ("labels", "preprocessing", "thresholds", "head") if key not in meta]
+    if missing:
+        raise UserInputError(f"{onnx_path} is not a chexops export (its metadata lacks {', '.join(missing)}).")
+    labels = json.loads(meta["labels"])
+    name = name or meta.get("model_name") or onnx_path.stem
+    shape = inputs[0]["shape"]
+    if shape[0] != -1:
+        raise UserInputError(f"{onnx_path} has a fixed batch dimension ({shape}): the Python backend batches rows.")
+    dirs = {variant: out / f"{name}-{variant}" for variant in PYTHON_VARIANTS}
+    for model_dir in dirs.values():
+        _clear(model_dir, overwrite)
+    kind = "KIND_GPU" if gpu else "KIND_CPU"
+    group = _instance_group(kind, instances, gpus)
+    for variant, (cls, data_type, row) in PYTHON_VARIANTS.items():
+        model_dir = dirs[variant]
+        (model_dir / "1").mkdir(parents=True)
+        shutil.copyfile(onnx_path, model_dir / "1" / "model.onnx")
+        (model_dir / "1" / "model.py").write_text(MODEL_PY.format(name=model_dir.name, row=row, cls=cls))
+        (model_dir / "labels.txt").write_text("\n".join(labels) + "\n")
+        dims = [1] if data_type == "TYPE_STRING" else shape[1:]
+        (model_dir / "config.pbtxt").write_text(
+            python_config_text(
+                model_dir.name, data_type, dims, len(labels), max_batch_size, group, threads, queue_delay_us
+            )
+        )
+    log.info("Wrote the Triton Python-backend models %s to %s (%s)", [d.name for d in dirs.values()], out, kind)
+    return TritonPythonRepository(
+        repository=str(out),
+        models={variant: d.name for variant, d in dirs.items()},
+        dirs={variant: str(d) for variant, d in dirs.items()},
+        onnx=str(onnx_path),
+        max_batch_size=max_batch_size,
+        input_shape=shape[1:],
+        labels=len(labels),
+        instance_group={"kind": kind, "count": instances, **({"gpus": gpus} if gpus and gpu else {})},
+        threads=threads,
+        preferred_batch_sizes=[b for b in PREFERRED_BATCH_SIZES if b <= max_batch_size] if max_batch_size else [],
+        queue_delay_us=queue_delay_us,
+        preprocessing=json.loads(meta["preprocessing"]),
+    )
