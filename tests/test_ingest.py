@@ -110,6 +110,7 @@ def test_from_the_swift_container_to_minio_and_back_to_a_node_cache(s3, tmp_path
         if path.is_file():
             client.upload_file(str(path), "swift-data", f"CheXpert/{path.relative_to(tmp_path / 'src').as_posix()}")
     assert "-" in client.head_object(Bucket="swift-data", Key="CheXpert/CheXpert-v1.0-small/big.bin")["ETag"]
+    client.put_object(Bucket="swift-data", Key="CheXpert/CheXpert-v1.0-small/train/", Body=b"")  # a folder marker
     args = ("--source", "s3://swift-data/CheXpert", "--source-profile", "swift", "--source-endpoint", s3["endpoint"],
             "--dest", "s3://chexops-data/raw/swift")
     assert ingest_json(*args)["sent"] == len(files)

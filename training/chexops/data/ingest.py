@@ -114,7 +114,8 @@ def ingest(
     src, dst = Store(source), Store(dest)
     _check(src, "source")
     _check(dst, "dest")
-    have_src = src.list()
+    # A key ending in "/" is a folder marker (Horizon's "Create Folder" in a Swift container), not a file.
+    have_src = {rel: stamp for rel, stamp in src.list().items() if rel and not rel.endswith("/")}
     if not have_src:
         raise UserInputError(f"--source {source.url}: no objects there.")
     have_dst = dst.list()
