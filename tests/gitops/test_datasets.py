@@ -118,3 +118,25 @@ def test_no_training_data_lives_only_on_the_gpu_nodes_volume():
     assert prepare in _needs(tasks, cache)
     late = sorted(n for n in users - {cache} if cache not in _needs(tasks, n))
     assert not late, f"read the GPU node's volume before the cache step refills it: {late}"
+
+
+def test_the_in_cluster_ingest_loads_what_training_reads_from_the_swift_containers_credentials():
+    def parameters(name: str) -> dict[str, str | None]:
+        spec = yaml.safe_load((REPO / "workflows" / name).read_text())["spec"]
+        return {p["name"]: p.get("value") for p in spec["arguments"]["parameters"]}, spec
+
+    training, _ = parameters("training.yaml")
+    ingest, spec = parameters("ingest.yaml")
+    assert ingest["dest"] == training["data-source"]
+    (step,) = [t for t in spec["templates"] if (t.get("container") or {}).get("args", [])[:2] == ["data", "ingest"]]
+    args = step["container"]["args"]
+    assert _option(args, "--dest") == "{{inputs.parameters.dest}}"
+    # Profile `swift` of the image's AWS config reads the directory where the Swift Secret is mounted.
+    config = (REPO / "training" / "aws-config").read_text()
+    profile = re.search(r"(?ms)^\[profile " + _option(args, "--source-profile") + r"\]\n(.*?)(?:^\[|\Z)", config)
+    (directory,) = re.findall(r"s3-credentials --dir (\S+)", profile.group(1))
+    volumes = {v["name"]: v for v in step["volumes"]}
+    (mount,) = [m for m in step["container"]["volumeMounts"] if m["mountPath"] == directory]
+    secret = volumes[mount["name"]]["secret"]["secretName"]
+    made = yaml.safe_load((REPO / "ansible" / "roles" / "secrets" / "defaults" / "main.yml").read_text())
+    assert {(s["name"], s["namespace"]) for s in made["secrets_kubernetes"]} >= {(secret, "argo")}
