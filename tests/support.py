@@ -175,3 +175,37 @@ def dicom_bytes(ds) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def moto_s3(directory: Path, buckets: list[str], extra_config: str = ""):
+    """A real S3-compatible server (moto's server mode) on a free loopback port, in this process's environment
+    while open. Credentials as the cluster gives them: the Secret's files, read by boto3 through
+    `chexops s3-credentials` (the image's AWS config names it as credential_process); moto accepts any.
+    `extra_config` adds to the AWS config file (profiles). Yields {"env", "client", "endpoint"}."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from chexops.core.processes import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    secret = directory / "s3-secret"
+    secret.mkdir(parents=True, exist_ok=True)
+    (secret / "access-key-id").write_text("moto-key-id\n")
+    (secret / "secret-access-key").write_text("moto-any-value\n")
+    aws_config = directory / "aws-config"
+    aws_config.write_text(
+        f"[default]\ncredential_process = {sys.executable} -m chexops s3-credentials --dir {secret}\n{extra_config}"
+    )
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_CONFIG_FILE": str(aws_config),
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        with environment(**env):
+            client = boto3.client("s3")
+            for bucket in buckets:
+                client.create_bucket(Bucket=bucket)
+            yield {"env": env, "client": client, "endpoint": env["AWS_ENDPOINT_URL"]}
+    finally:
+        server.stop()

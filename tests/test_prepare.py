@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chexops.core.processes import free_port
-from support import ROOT, make_rows, run_cli, write_chexpert
+from support import ROOT, make_rows, moto_s3, run_cli, write_chexpert
 
 pytestmark = pytest.mark.slow
 
@@ -178,39 +176,9 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_manifest(tmp_path, tmp_path_
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """A real S3-compatible server (moto's server mode) on a free loopback port, for this module only."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    # Credentials as the cluster gives them: the Secret's files, read by boto3 through `chexops s3-credentials`
-    # (the image's AWS config names it as credential_process); moto accepts any.
-    secret = tmp_path_factory.mktemp("s3-secret")
-    (secret / "access-key-id").write_text("moto-key-id\n")
-    (secret / "secret-access-key").write_text("moto-any-value\n")
-    aws_config = secret.parent / f"{secret.name}.aws-config"
-    aws_config.write_text(
-        "[default]\ncredential_process = " + f"{sys.executable} -m chexops s3-credentials --dir {secret}\n"
-    )
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_CONFIG_FILE": str(aws_config),
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import boto3
-
-    client = boto3.client("s3")
-    client.create_bucket(Bucket="cxr")
-    yield {"env": env, "client": client}
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    server.stop()
+    """A real S3-compatible server (moto's server mode) with bucket `cxr`, for this module only."""
+    with moto_s3(tmp_path_factory.mktemp("s3"), ["cxr"]) as server:
+        yield server
 
 
 def test_local_to_s3_and_s3_to_local_give_the_same_data_version(source, reference, s3, tmp_path):

@@ -1,4 +1,4 @@
-"""`chexops data synth|stats|prepare`."""
+"""`chexops data synth|stats|prepare|ingest`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from chexops.core.errors import UserInputError
 
 @click.group()
 def data() -> None:
-    """Datasets: synthesise, inspect, prepare."""
+    """Datasets: synthesise, inspect, prepare, ingest."""
 
 
 @data.command("synth")
@@ -112,4 +112,41 @@ def prepare_cmd(
         f"already done, {summary.bad} bad) at {size} px in {summary.seconds:.1f} s; data version "
         f"{summary.data_version}, manifest {summary.manifest}.",
         freight={"data_version": summary.data_version},
+    )
+
+
+@data.command("ingest")
+@click.option("--source", required=True, help="What to copy: a folder or s3://BUCKET/PREFIX (the Swift container).")
+@click.option("--dest", required=True, help="Where it goes: s3://BUCKET/PREFIX (MinIO) or a folder.")
+@click.option("--source-endpoint", default=None, help="The source's S3 endpoint (default: $AWS_ENDPOINT_URL).")
+@click.option("--dest-endpoint", default=None, help="The destination's S3 endpoint (default: $AWS_ENDPOINT_URL).")
+@click.option("--source-profile", default=None, help="AWS profile with the source's credentials (default: boto3's).")
+@click.option("--dest-profile", default=None, help="AWS profile with the destination's credentials.")
+@click.option("--workers", type=int, default=8, show_default=True, help="Objects copied at once.")
+@result_output
+def ingest_cmd(
+    source: str,
+    dest: str,
+    source_endpoint: str | None,
+    dest_endpoint: str | None,
+    source_profile: str | None,
+    dest_profile: str | None,
+    workers: int,
+    as_json: bool,
+) -> Output:
+    """Copy a dataset tree, sending only objects missing or changed at the destination (resumable)."""
+    from chexops.data.ingest import ingest
+    from chexops.data.prepare import Location
+
+    summary = ingest(
+        Location(source, source_endpoint, source_profile),
+        Location(dest, dest_endpoint, dest_profile),
+        workers=workers,
+        progress=not as_json,
+    )
+    return Output(
+        summary,
+        f"{summary.dest}: sent {summary.sent:,} of {summary.objects:,} objects ({summary.missing:,} missing, "
+        f"{summary.changed:,} changed, {summary.unchanged:,} already there; {summary.bytes_sent / 1e6:,.1f} MB) "
+        f"in {summary.seconds:.1f} s.",
     )

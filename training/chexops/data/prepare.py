@@ -71,6 +71,7 @@ class PrepareSummary(Result):
 class Location:
     url: str
     endpoint_url: str | None = None
+    profile: str | None = None  # an AWS profile (~/.aws/config) for this side; default: boto3's own chain
 
     @property
     def is_s3(self) -> bool:
@@ -102,7 +103,8 @@ class Store:
         if self._client is None:
             import boto3
 
-            self._client = boto3.client(
+            session = boto3.Session(profile_name=self.location.profile) if self.location.profile else boto3
+            self._client = session.client(
                 "s3", endpoint_url=self.location.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
             )
         return self._client

@@ -63,7 +63,9 @@ def run_training_workflow(config: Path, data_root: Path, home: Path) -> dict[str
     parameters = {
         "config": str(config),
         "data-source": str(data_root),
-        "data-dir": str(home / "data" / "prepared"),
+        # As in the cluster: prepare writes the persistent copy, the cache step copies it where training reads.
+        "prepared": str(home / "data" / "prepared"),
+        "data-dir": str(home / "data" / "cache"),
         "image-size": str(load_config(config).preprocess.size),
         "gpus": "1",
         "model-name": MODEL_NAME,
