@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,18 +18,12 @@ from typing import Any
 from chexops.core import paths
 from chexops.core.errors import UserInputError
 from chexops.core.labels import DEFAULT_THRESHOLD, DEFAULT_THRESHOLD_RULE
-from chexops.core.names import DEFAULT_MODEL_NAME
+from chexops.core.names import DEFAULT_MODEL_NAME, is_registry_ref  # noqa: F401 - refs.is_registry_ref, as before
+from chexops.core.names import REGISTRY_REF as _MODELS
 from chexops.tracking import mlflow_client
 from chexops.train.checkpoint import CHECKPOINT_FILE, CHECKPOINT_PATH, parse_run_ref
 
 log = logging.getLogger(__name__)
-
-
-_MODELS = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))/?$")
-
-
-def is_registry_ref(uri: str) -> bool:
-    return bool(_MODELS.match(uri.strip()))
 
 
 @dataclass(frozen=True)
