@@ -243,10 +243,10 @@ def _from_registry(reference: str) -> ServingTag:
         raise UserInputError(
             _nothing_to_serve(reference, f"there is no MLflow registry at {paths.default_tracking_uri()}")
         )
-    from chexops.registry import refs as model_ref  # MLflow: only for a registry reference
+    from chexops.registry import refs as model_ref
 
-    try:
-        ref = model_ref.resolve(reference)
+    try:  # read from the SQLite registry when it can be (no MLflow import), through MLflow otherwise
+        ref = model_ref.resolve_local(reference) or model_ref.resolve(reference)
     except UserInputError as exc:
         raise UserInputError(_nothing_to_serve(reference, str(exc))) from None
     why = ref.approval()
