@@ -26,7 +26,7 @@ from bentoml.validators import DType
 from chexops.core.processes import watch_parent
 from chexops.export.bento import serving_tag
 from chexops.export.files import FILES
-from chexops.feedback.store import FeedbackStore, Unavailable
+from chexops.feedback.errors import Unavailable
 from chexops.imaging.drift import DriftMonitor
 from chexops.serving import providers
 from chexops.serving.app import InternalOnly, create_app
@@ -54,6 +54,8 @@ class Chexops:
     bento_model = bentoml.models.BentoModel(serving_tag(SETTINGS.model_tag).tag)
 
     def __init__(self) -> None:
+        from chexops.feedback.store import FeedbackStore  # SQLAlchemy: in the worker only, not in the arbiter
+
         logging.getLogger("chexops").setLevel(logging.INFO)  # through BentoML's log handlers
         watch_parent()  # this worker stops when `bentoml serve` (its arbiter) is gone, even after a SIGKILL
         self.settings = SETTINGS

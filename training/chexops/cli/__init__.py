@@ -1,20 +1,20 @@
 """The `chexops` command: one subcommand per lifecycle step, the same locally and in Argo.
 
 The only package that imports click: each module holds a stage's commands (options, one domain call,
-a human summary) and `COMMANDS` below registers them all. Every command prints a human summary, or
-with `--json` one JSON object on stdout (`chexops.cli.output`). Exit codes: 0 done, 1 failed, 2 the
+a human summary) and `COMMANDS` below registers them all by name, each module imported only when its command
+runs (or `--help` lists them): `chexops serve` loads no training or delivery code. Every command prints a human
+summary, or with `--json` one JSON object on stdout (`chexops.cli.output`). Exit codes: 0 done, 1 failed, 2 the
 user's input is wrong, 3 a gate refused.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
 import click
 
-import chexops.cli.infra_ops  # noqa: F401 - registers init, plan, apply, destroy, drift, site, check on `infra`
-from chexops.cli import data, delivery, demo, feedback, freight, infra, loop, pacs, pipeline, serve, train, triton
 from chexops.core.errors import ChexopsError
 from chexops.core.freight import check_env as check_freight
 
@@ -36,33 +36,55 @@ def cli(verbose: bool) -> None:
     check_freight()
 
 
-# Every command, in the order of the lifecycle.
-COMMANDS = [
-    freight.freight,  # create (the first step), show
-    data.data,  # synth, stats, prepare
-    train.train_cmd,
-    train.evaluate_cmd,
-    train.register_cmd,
-    train.export_cmd,
-    train.bento,  # import, build
-    triton.triton,
-    serve.serve_cmd,
-    feedback.feedback,
-    pacs.pacs,  # serve (the DICOM gateway), feedback
-    delivery.promote_cmd,
-    delivery.loadtest_cmd,
-    delivery.verify_serving_cmd,
-    delivery.wait_synced_cmd,
-    delivery.wait_rollout_cmd,
-    delivery.s3_credentials,
-    pipeline.pipeline,
-    loop.simulate_command,
-    loop.report,
-    demo.demo_cmd,
-    infra.infra,
-]
-for command in COMMANDS:
-    cli.add_command(command)
+# Every command, in the order of the lifecycle: name → `module:attribute` in chexops.cli.
+COMMANDS = {
+    "freight": "freight:freight",  # create (the first step), show
+    "data": "data:data",  # synth, stats, prepare
+    "train": "train:train_cmd",
+    "evaluate": "train:evaluate_cmd",
+    "register": "train:register_cmd",
+    "export": "train:export_cmd",
+    "bento": "train:bento",  # import, build
+    "triton": "triton:triton",
+    "serve": "serve:serve_cmd",
+    "feedback": "feedback:feedback",
+    "pacs": "pacs:pacs",  # serve (the DICOM gateway), feedback
+    "promote": "delivery:promote_cmd",
+    "loadtest": "delivery:loadtest_cmd",
+    "verify-serving": "delivery:verify_serving_cmd",
+    "wait-synced": "delivery:wait_synced_cmd",
+    "wait-rollout": "delivery:wait_rollout_cmd",
+    "s3-credentials": "delivery:s3_credentials",
+    "pipeline": "pipeline:pipeline",
+    "simulate": "loop:simulate_command",
+    "report": "loop:report",
+    "demo": "demo:demo_cmd",
+    "infra": "infra_ops:infra",  # cli/infra.py's group, with infra_ops' init, plan, apply, destroy, drift, site, check
+}
+
+
+class LazyCommands(dict):
+    """`cli.commands`: each name's command, its module imported on first look-up (`in` imports nothing)."""
+
+    def __getitem__(self, name: str) -> click.Command:
+        command = super().__getitem__(name)
+        if isinstance(command, str):
+            module, _, attribute = command.partition(":")
+            command = getattr(importlib.import_module(f"chexops.cli.{module}"), attribute)
+            super().__setitem__(name, command)
+        return command
+
+    def get(self, name: str, default=None):
+        return self[name] if name in self else default
+
+    def values(self):
+        return [self[name] for name in self]
+
+    def items(self):
+        return [(name, self[name]) for name in self]
+
+
+cli.commands = LazyCommands(COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> None:

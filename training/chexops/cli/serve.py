@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from chexops.core.errors import ChexopsError
 from chexops.core.names import DEFAULT_SERVE_REF
 
 
@@ -38,6 +37,4 @@ def serve_cmd(
     from chexops.export.bento import serving_tag
     from chexops.serving.launch import serve
 
-    code = serve(port, host, model_tag, precision, threads, resolve=serving_tag, development=development)
-    if code:
-        raise ChexopsError(f"bentoml serve exited with code {code} (see its messages above).")
+    serve(port, host, model_tag, precision, threads, resolve=serving_tag, development=development)

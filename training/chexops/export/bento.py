@@ -26,16 +26,18 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chexops.core import paths
 from chexops.core.errors import UserInputError
 from chexops.core.files import sha256_file
-from chexops.core.names import DEFAULT_MODEL_NAME, DEFAULT_SERVE_REF
+from chexops.core.names import DEFAULT_MODEL_NAME, DEFAULT_SERVE_REF, is_registry_ref
 from chexops.core.paths import bentoml_home
 from chexops.core.results import Result
 from chexops.export.files import FP32_FILE, INT8_FILE, read_metadata
-from chexops.registry import refs as model_ref
+
+if TYPE_CHECKING:
+    from chexops.registry.refs import ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -170,13 +172,17 @@ def _short(digests: Any) -> str:
 def import_reference(uri: str, name: str | None = None) -> BentoModel:
     """`chexops bento import`: the ONNX files a previous `chexops export` logged to the reference's
     training run (`export/`), into the Bento model store. No torch needed."""
+    from chexops.registry import refs as model_ref  # MLflow: only when a reference is resolved
+
     ref = model_ref.resolve(uri, default_name=name or DEFAULT_MODEL_NAME)
     return _import_ref(ref)
 
 
-def _import_ref(ref: model_ref.ModelRef) -> BentoModel:
+def _import_ref(ref: ModelRef) -> BentoModel:
+    from chexops.registry import refs as model_ref
+
     # A registry reference takes the approved export only; a run also its --unevaluated one.
-    folders = ("export",) if model_ref.is_registry_ref(ref.uri) else ("export", "export-unevaluated")
+    folders = ("export",) if is_registry_ref(ref.uri) else ("export", "export-unevaluated")
     with tempfile.TemporaryDirectory() as tmp:
         for folder in folders:
             files = {
@@ -190,7 +196,7 @@ def _import_ref(ref: model_ref.ModelRef) -> BentoModel:
                 f"{ref.uri}: run {ref.run_id} has no exported ONNX files (run chexops export --model {ref.uri} first)."
             )
         meta = read_metadata(files[FP32_FILE])
-        if ref.version and model_ref.is_registry_ref(ref.uri) and meta.get("registry_version") != ref.version:
+        if ref.version and is_registry_ref(ref.uri) and meta.get("registry_version") != ref.version:
             raise UserInputError(
                 f"{ref.uri}: the ONNX files of run {ref.run_id} were exported for registry version "
                 f"{meta.get('registry_version') or '(none: an --unevaluated export)'}, not {ref.version}; "
@@ -210,7 +216,7 @@ def serving_tag(reference: str) -> ServingTag:
     Every refusal is a `UserInputError` that says what to do."""
     reference = (reference or "").strip() or DEFAULT_SERVE_REF
     bentoml_home()
-    if model_ref.is_registry_ref(reference):
+    if is_registry_ref(reference):
         return _from_registry(reference)
     if reference.startswith("runs:/"):
         raise UserInputError(
@@ -237,8 +243,10 @@ def _from_registry(reference: str) -> ServingTag:
         raise UserInputError(
             _nothing_to_serve(reference, f"there is no MLflow registry at {paths.default_tracking_uri()}")
         )
-    try:
-        ref = model_ref.resolve(reference)
+    from chexops.registry import refs as model_ref
+
+    try:  # read from the SQLite registry when it can be (no MLflow import), through MLflow otherwise
+        ref = model_ref.resolve_local(reference) or model_ref.resolve(reference)
     except UserInputError as exc:
         raise UserInputError(_nothing_to_serve(reference, str(exc))) from None
     why = ref.approval()

@@ -42,8 +42,9 @@ from typing import Any, Iterator
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from chexops.core.errors import ChexopsError, ConfigError
+from chexops.core.errors import ConfigError
 from chexops.core.results import Result
+from chexops.feedback.errors import Conflict, NotFound, Unavailable, WrongClinic  # noqa: F401 - store.X, as before
 
 log = logging.getLogger(__name__)
 
@@ -88,22 +89,6 @@ class PruneResult(Result):
     dry_run: bool
     unlabelled_days: float
     labelled_days: float
-
-
-class NotFound(Exception):
-    pass
-
-
-class Conflict(Exception):
-    pass
-
-
-class WrongClinic(Exception):
-    """The feedback comes from another clinic than the prediction's."""
-
-
-class Unavailable(ChexopsError):
-    """The store cannot be reached (down, restarting, refusing connections)."""
 
 
 def now() -> str:

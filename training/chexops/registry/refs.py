@@ -9,9 +9,11 @@ Run references are parsed by `chexops.train.checkpoint.parse_run_ref` (`chexops 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import re
+import os
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,18 +21,12 @@ from typing import Any
 from chexops.core import paths
 from chexops.core.errors import UserInputError
 from chexops.core.labels import DEFAULT_THRESHOLD, DEFAULT_THRESHOLD_RULE
-from chexops.core.names import DEFAULT_MODEL_NAME
+from chexops.core.names import DEFAULT_MODEL_NAME, is_registry_ref  # noqa: F401 - refs.is_registry_ref, as before
+from chexops.core.names import REGISTRY_REF as _MODELS
 from chexops.tracking import mlflow_client
 from chexops.train.checkpoint import CHECKPOINT_FILE, CHECKPOINT_PATH, parse_run_ref
 
 log = logging.getLogger(__name__)
-
-
-_MODELS = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))/?$")
-
-
-def is_registry_ref(uri: str) -> bool:
-    return bool(_MODELS.match(uri.strip()))
 
 
 @dataclass(frozen=True)
@@ -81,6 +77,61 @@ def _missing(exc: Exception) -> bool:
     code = getattr(exc, "error_code", "")
     return (
         code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND") or "not found" in str(exc).lower()
+    )
+
+
+def resolve_local(uri: str) -> ModelRef | None:
+    """What `resolve(uri)` answers for a registry reference, read from chexops' own SQLite tracking store
+    without importing MLflow (about 1.5 s of `chexops serve`'s start-up: docs/benchmarks.md "Start-up").
+    None wherever it cannot be sure (another store, MLflow workspaces, `@latest`, a schema it does not know,
+    no such model, alias or version): `resolve` then answers, and words the refusal, MLflow's own way."""
+    m = _MODELS.match(uri)
+    tracking = paths.default_tracking_uri()
+    if not m or not tracking.startswith("sqlite:///") or (m["alias"] or "").lower() == "latest":
+        return None
+    if os.environ.get("MLFLOW_WORKSPACE") or os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").lower() in ("1", "true"):
+        return None
+    db = Path(tracking[len("sqlite:///") :])
+    if not db.is_file():
+        return None
+    default = " AND workspace = 'default'"  # MLflow 3's tables carry one; its default workspace
+    name = m["name"]
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+            if m["alias"]:
+                row = conn.execute(
+                    f"SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?{default}",
+                    (name, m["alias"]),
+                ).fetchone()
+                if row is None:
+                    return None
+                version = int(row[0])
+            else:
+                version = int(m["version"])
+            row = conn.execute(
+                "SELECT run_id, source FROM model_versions WHERE name = ? AND version = ? "
+                f"AND current_stage != 'Deleted_Internal'{default}",
+                (name, version),
+            ).fetchone()
+            if row is None or not row[0]:
+                return None
+            tags = conn.execute(
+                f"SELECT key, value FROM model_version_tags WHERE name = ? AND version = ?{default}", (name, version)
+            ).fetchall()
+    except sqlite3.Error as exc:  # locked, another schema: MLflow's way instead
+        log.debug("%s: not read from %s directly (%s)", uri, db, exc)
+        return None
+    run_id, source = row
+    source = (source or "").rstrip("/")
+    checkpoint = f"{source}/{CHECKPOINT_FILE}" if source and not source.endswith(".pt") else source
+    return ModelRef(
+        uri,
+        name,
+        run_id,
+        str(version),
+        m["alias"] or "",
+        checkpoint or f"runs:/{run_id}/{CHECKPOINT_PATH}",
+        {k: v for k, v in tags if v is not None},
     )
 
 

@@ -41,7 +41,7 @@ from starlette.staticfiles import StaticFiles
 from chexops.core.errors import validation_problems
 from chexops.core.freight import loads_annotation
 from chexops.core.triage import PRIORITY_RULE, priority
-from chexops.feedback.store import Conflict, NotFound, Unavailable, WrongClinic
+from chexops.feedback.errors import Conflict, NotFound, Unavailable, WrongClinic
 from chexops.imaging.decode import ImageInputError, decode
 from chexops.serving.admission import Admission
 from chexops.serving.auth import AuthError

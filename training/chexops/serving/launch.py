@@ -1,10 +1,14 @@
-"""`chexops serve`: `bentoml serve bentos/service.py:Chexops` with the right environment.
+"""`chexops serve`: what `bentoml serve bentos/service.py:Chexops` does, in this process, with the right environment.
 
 BENTOML_HOME under $CHEXOPS_HOME; the model reference (default `models:/chexops-cxr@candidate`)
 resolved to the exact Bento model before anything starts (by the resolver the caller passes:
 `chexops.export.bento.serving_tag`, so that this layer never imports the registry), which the
 service then loads by tag; and, when no API key is
 configured, a development key that is announced loudly (never for production).
+
+This process is BentoML's arbiter (`_bentoml_impl.server.serve_http`, as `bentoml serve` calls it) and starts
+the one worker: no second interpreter that imports BentoML and the service again before the worker (about a
+second of the time to ready, docs/benchmarks.md "Start-up").
 """
 
 from __future__ import annotations
@@ -12,13 +16,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
 import sys
 from typing import Callable, Protocol
 
 from chexops.core import paths
-from chexops.core.errors import UserInputError
-from chexops.core.processes import die_with_parent
+from chexops.core.errors import ChexopsError, UserInputError
 from chexops.serving.auth import require_keys_off_loopback
 from chexops.serving.settings import DEV_KEYS, Settings
 
@@ -82,10 +84,11 @@ def serve(
     threads: int | None,
     resolve: Callable[[str], Served],
     development: bool = False,
-) -> int:
-    """Run `bentoml serve` until it ends; it dies with this process (PR_SET_PDEATHSIG), its worker with it
-    (chexops.core.processes). `resolve` turns `CHEXOPS_MODEL` (a registry reference by default) into the
-    exact, checked Bento model (exit 2 otherwise). Off loopback, configured API keys are required (exit 2 otherwise)."""
+) -> None:
+    """Serve until interrupted (SIGINT/SIGTERM stop the worker first); the worker stops too when this process
+    is killed (`chexops.core.processes.watch_parent`). `resolve` turns `CHEXOPS_MODEL` (a registry reference by
+    default) into the exact, checked Bento model (exit 2 otherwise). Off loopback, configured API keys are
+    required (exit 2 otherwise)."""
     settings = Settings.from_env()  # a bad CHEXOPS_* value is exit 2 here, not a traceback in the worker
     check_port_free(host, port)
     require_keys_off_loopback(host, settings.api_keys.get_secret_value(), settings.api_keys_file)
@@ -96,9 +99,6 @@ def serve(
     env["CHEXOPS_MODEL_REF"] = served.reference
     if not served.evaluated:
         log.warning("Bento model %s was exported --unevaluated: not approved by the gate (the page says so).", resolved)
-    cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
-    if development:
-        cmd.append("--development")
     log.info(
         "Serving %s = Bento model %s (%s) at http://%s:%d  (web page /, API /predict /explain /feedback, /metrics)",
         served.reference,
@@ -107,5 +107,34 @@ def serve(
         host,
         port,
     )
-    log.info("$ %s", " ".join(cmd[1:]))
-    return subprocess.call(cmd, cwd=paths.ROOT, env=env, preexec_fn=die_with_parent)
+    log.info(
+        "$ bentoml serve %s --host %s --port %d%s (in this process)",
+        SERVICE,
+        host,
+        port,
+        " --development" if development else "",
+    )
+    os.environ.update(env)  # the service module (below) and its worker read them
+    serve_bentoml(host, port, development)
+
+
+def serve_bentoml(host: str, port: int, development: bool) -> None:
+    """`bentoml serve SERVICE --host HOST --port PORT [--development]` (bentoml_cli.serve, BentoML 1.4) in this
+    process: the service loaded from the checkout, then its arbiter until it stops."""
+    from _bentoml_impl.server import serve_http
+    from bentoml._internal.log import configure_server_logging
+    from bentoml._internal.service.loader import load
+    from bentoml.exceptions import BentoMLException
+
+    configure_server_logging()
+    root = str(paths.ROOT)
+    os.chdir(root)
+    if sys.path[0] != root:
+        sys.path.insert(0, root)
+    timeout = os.environ.get("BENTOML_TIMEOUT")  # `bentoml serve --timeout`'s variable
+    try:
+        svc = load(bento_identifier=SERVICE, working_dir=root)
+        svc.inject_config()
+        serve_http(svc, host=host, port=port, timeout=int(timeout) if timeout else None, development_mode=development)
+    except BentoMLException as exc:
+        raise ChexopsError(f"bentoml serve failed: {exc}") from None
