@@ -65,7 +65,10 @@ py_stamp="$VENV/.chexops-infra-$(stamp_of "${PY_PACKAGES[@]}")"
 if [ ! -e "$py_stamp" ]; then
     log "pip install ${PY_PACKAGES[*]} into $VENV"
     "$VENV/bin/pip" install --quiet "${PY_PACKAGES[@]}"
-    "$VENV/bin/pip" check >/dev/null || { "$VENV/bin/pip" check; exit 1; }
+    # nvidia-pytriton is installed --no-deps on purpose (Makefile: only its tritonserver binary is used, and its
+    # metadata asks numpy < 2), so pip check's lines about it are expected; any other broken requirement fails.
+    broken=$("$VENV/bin/pip" check 2>&1 | grep -v -e '^nvidia-pytriton 0\.7\.0 ' -e '^No broken requirements' || true)
+    if [ -n "$broken" ]; then echo "$broken" >&2; exit 1; fi
     rm -f "$VENV"/.chexops-infra-*
     touch "$py_stamp"
 fi
