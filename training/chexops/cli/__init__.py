@@ -14,7 +14,21 @@ import sys
 import click
 
 import chexops.cli.infra_ops  # noqa: F401 - registers init, plan, apply, destroy, drift, site, check on `infra`
-from chexops.cli import data, delivery, demo, feedback, freight, infra, loop, pacs, pipeline, serve, train, triton
+from chexops.cli import (
+    backup,
+    data,
+    delivery,
+    demo,
+    feedback,
+    freight,
+    infra,
+    loop,
+    pacs,
+    pipeline,
+    serve,
+    train,
+    triton,
+)
 from chexops.core.errors import ChexopsError
 from chexops.core.freight import check_env as check_freight
 
@@ -60,6 +74,7 @@ COMMANDS = [
     loop.report,
     demo.demo_cmd,
     infra.infra,
+    backup.backup,  # run, restore (the platform's nightly backup)
 ]
 for command in COMMANDS:
     cli.add_command(command)
