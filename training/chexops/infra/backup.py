@@ -45,7 +45,7 @@ class PlatformBackupResult(Result):
 
 
 def split_s3(url: str) -> tuple[str, str]:
-    """`s3://bucket/prefix` -> (bucket, prefix without slashes at its ends)."""
+    """`s3://BUCKET/PREFIX` -> (BUCKET, PREFIX without slashes at its ends)."""
     parts = urlsplit(url)
     if parts.scheme != "s3" or not parts.netloc:
         raise UserInputError(f"{url!r} is not an s3://BUCKET/PREFIX location")
