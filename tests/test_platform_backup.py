@@ -7,17 +7,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from chexops.core.processes import free_port
 from chexops.feedback.store import FeedbackStore
 from mlflow_fixtures import _pg_binary, mlflow_server, postgres_server
-from support import environment, run_cli
+from support import ROOT, environment, run_cli
 from test_backup import everything, fill
 
 pytestmark = pytest.mark.slow
+
+# What the cluster's CronJob dumps (its init container's loop) and the arguments its chexops step runs with.
+CRONJOB = yaml.safe_load((ROOT / "k8s/platform/backup/cronjob.yaml").read_text())
+_POD = CRONJOB["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+DATABASES = re.search(r"for db in ([\w ]+); do", _POD["initContainers"][0]["command"][-1]).group(1).split()
+CRON_ARGS = _POD["containers"][0]["args"]
+assert CRON_ARGS[:2] == ["backup", "run"] and "feedback_production" in DATABASES and "mlflow" in DATABASES
 
 
 @pytest.fixture
@@ -42,7 +52,7 @@ def s3():
             import boto3
 
             client = boto3.client("s3")
-            for bucket in ("mlflow", "backups"):
+            for bucket in ("mlflow", "chexops-backups"):
                 client.create_bucket(Bucket=bucket)
             yield client
     finally:
@@ -68,7 +78,7 @@ def test_mlflow_and_feedback_are_restored_from_s3_after_the_databases_are_droppe
         admin = server.url.replace("postgresql+psycopg2://", "postgresql://")
         sql = server.sql
 
-        for db in ("mlflow", "feedback_production"):
+        for db in DATABASES:
             sql(f"CREATE DATABASE {db}")
         backend = server.url.rsplit("/", 1)[0] + "/mlflow"  # psycopg2 (SQLAlchemy 2.1 picks psycopg 3)
         feedback_url = admin.rsplit("/", 1)[0] + "/feedback_production"
@@ -95,27 +105,37 @@ def test_mlflow_and_feedback_are_restored_from_s3_after_the_databases_are_droppe
 
         tools = str(Path(_pg_binary("pg_dump")).parent)
         env = {"PATH": tools + os.pathsep + os.environ["PATH"]}
-        args = ["backup", "run", "--to", "s3://backups/nightly", "--bucket", "mlflow", "--keep", "1"]
-        args += ["--postgres", admin, "--database", "mlflow", "--database", "feedback_production", "--json"]
-        first = run_cli(*args, env=env, home=tmp_path)
-        assert first.returncode == 0, first.stderr[-2000:]
-        made = run_cli(*args, env=env, home=tmp_path)
-        assert made.returncode == 0, made.stderr[-2000:]
-        old, new = json.loads(first.stdout), json.loads(made.stdout)
-        assert new["deleted"] == [old["location"].rsplit("/", 1)[1]]  # retention: --keep 1
-        assert new["buckets"] == {"mlflow": len(artifacts)} and sorted(new["databases"]) == sorted(
-            ["mlflow", "feedback_production"]
-        )
-        stored = {o["Key"] for o in s3.list_objects_v2(Bucket="backups").get("Contents", [])}
-        assert stored and all(k.startswith(new["location"].split("/", 3)[3] + "/") for k in stored)
+
+        def backup(*args: str) -> dict:
+            made = run_cli("backup", "run", *args, env=env, home=tmp_path)
+            assert made.returncode == 0, made.stderr[-2000:]
+            return json.loads(made.stdout)
+
+        by_hand = ["--to", "s3://chexops-backups/nightly", "--bucket", "mlflow", "--postgres", admin, "--json"]
+        by_hand += [x for db in DATABASES for x in ("--database", db)]
+        first = backup(*by_hand, "--keep", "2")
+        # The CronJob's way: the init container's pg_dump into a folder, then the upload container's own arguments.
+        dumps = tmp_path / "backup"
+        dumps.mkdir()
+        for db in DATABASES:
+            dump = [str(Path(tools) / "pg_dump"), "--format=custom", "--no-owner", f"--file={dumps / db}.dump"]
+            subprocess.run([*dump, admin.rsplit("/", 1)[0] + "/" + db], check=True, capture_output=True)
+        nightly = backup(*[str(dumps) if a == "/backup" else a for a in CRON_ARGS[2:]])
+        third = backup(*by_hand, "--keep", "2")
+        assert first["deleted"] == nightly["deleted"] == [] and third["deleted"] == [first["location"].rsplit("/")[-1]]
+        for made in (nightly, third):
+            assert made["buckets"] == {"mlflow": len(artifacts)} and sorted(made["databases"]) == sorted(DATABASES)
+        stored = {o["Key"].split("/")[1] for o in s3.list_objects_v2(Bucket="chexops-backups").get("Contents", [])}
+        assert stored == {nightly["location"].rsplit("/")[-1], third["location"].rsplit("/")[-1]}  # retention
 
         # The disaster: both databases dropped, MLflow's artifacts gone.
-        for db in ("mlflow", "feedback_production"):
+        for db in DATABASES:
             sql(f"DROP DATABASE {db} WITH (FORCE)")
         for key in artifacts:
             s3.delete_object(Bucket="mlflow", Key=key)
 
-        restored = run_cli("backup", "restore", "s3://backups/nightly", "--postgres", admin, env=env, home=tmp_path)
+        # The nightly one by name (the newest is `third`); the newest is what s3://chexops-backups/nightly restores.
+        restored = run_cli("backup", "restore", nightly["location"], "--postgres", admin, env=env, home=tmp_path)
         assert restored.returncode == 0, restored.stderr[-2000:]
         with mlflow_server(tmp_path / "mlflow-again", backend, artifacts="s3://mlflow/artifacts") as uri:
             assert registry_state(uri, tmp_path / "after") == before
@@ -127,7 +147,9 @@ def test_mlflow_and_feedback_are_restored_from_s3_after_the_databases_are_droppe
 
 
 def test_restore_without_a_backup_is_exit_2(tmp_path, s3):
-    result = run_cli("backup", "restore", "s3://backups/none", "--postgres", "postgresql://x@127.0.0.1/postgres")
+    result = run_cli(
+        "backup", "restore", "s3://chexops-backups/none", "--postgres", "postgresql://x@127.0.0.1/postgres"
+    )
     assert (
         result.returncode == 2 and "there is no complete backup" in result.stderr and "Traceback" not in result.stderr
     )
