@@ -153,3 +153,20 @@ def test_restore_without_a_backup_is_exit_2(tmp_path, s3):
     assert (
         result.returncode == 2 and "there is no complete backup" in result.stderr and "Traceback" not in result.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--to", "http://minio/x", "--dumps", "."], "is not an s3://BUCKET/PREFIX location"),
+        (["--to", "s3://chexops-backups/n"], "either as --postgres URL with --database, or as --dumps DIR"),
+        (
+            ["--to", "s3://chexops-backups/n", "--postgres", "postgresql://x@h/postgres"],
+            "needs at least one --database",
+        ),
+        (["--to", "s3://chexops-backups/n", "--dumps", "/nonexistent/dumps"], "there is no folder of dumps"),
+    ],
+)
+def test_bad_backup_arguments_are_exit_2(tmp_path, args, message):
+    result = run_cli("backup", "run", *args, home=tmp_path)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
