@@ -78,8 +78,8 @@ def train_run(config: Path, **env: str) -> TrainSummary:
 
 
 @contextlib.contextmanager
-def mlflow_server(base: Path, backend_uri: str):
-    """A real `mlflow server` process with served artifacts; yields its URI."""
+def mlflow_server(base: Path, backend_uri: str, artifacts: str | None = None):
+    """A real `mlflow server` process with served artifacts (in `base`, or at `artifacts`: s3://...); yields its URI."""
     base.mkdir(parents=True, exist_ok=True)
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -89,7 +89,7 @@ def mlflow_server(base: Path, backend_uri: str):
         "--backend-store-uri",
         backend_uri,
         "--artifacts-destination",
-        base / "artifacts",
+        artifacts or base / "artifacts",
         "--host",
         "127.0.0.1",
         "--port",
@@ -164,6 +164,16 @@ class PostgresServer:
     def stop(self) -> None:
         self._run([self._pg_ctl, "-D", str(self._data), "-m", "fast", "-w", "stop"])
         self.running = False
+
+    def sql(self, statement: str) -> None:
+        """One statement on the `postgres` database, outside a transaction (CREATE / DROP DATABASE)."""
+        import psycopg2
+
+        conn = psycopg2.connect(self.url.replace("postgresql+psycopg2://", "postgresql://"))
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(statement)
+        conn.close()
 
 
 @contextlib.contextmanager

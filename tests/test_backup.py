@@ -79,18 +79,11 @@ def test_sqlite_backup_restores_every_feedback_and_image(tmp_path):
 
 @pytest.mark.slow
 def test_postgresql_backup_restores_every_feedback_and_image_after_the_database_is_dropped(tmp_path):
-    import psycopg2
 
     with postgres_server() as server:
         admin = server.url.replace("postgresql+psycopg2://", "postgresql://")
         url = admin.rsplit("/", 1)[0] + "/feedback"
-
-        def sql(statement: str) -> None:
-            conn = psycopg2.connect(admin)
-            conn.autocommit = True
-            with conn.cursor() as cursor:
-                cursor.execute(statement)
-            conn.close()
+        sql = server.sql
 
         sql("CREATE DATABASE feedback")
         store = FeedbackStore(url)

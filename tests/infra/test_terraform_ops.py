@@ -285,7 +285,10 @@ def test_the_make_targets_run_the_commands_in_order(tmp_path):
         return [line.split("/bin/", 1)[1] for line in proc.stdout.splitlines() if "/bin/chexops " in line]
 
     assert dry("infra-apply") == ["chexops infra apply "]
-    assert dry("destroy", "YES=1") == ["chexops infra snapshot --cloud kvm_tacc --keep 3", "chexops infra destroy --yes"]
+    assert dry("destroy", "YES=1") == [
+        "chexops infra snapshot --cloud kvm_tacc --keep 3",
+        "chexops infra destroy --yes",
+    ]
     assert dry("site", "ANSIBLE_VAULT_PASSWORD_FILE=") == ["chexops infra site -- --ask-vault-pass"]
     assert dry("rebuild-after-lease", "YES=1", "ANSIBLE_VAULT_PASSWORD_FILE=/run/vault-pass") == [
         "chexops infra apply --yes",

@@ -39,7 +39,7 @@ def cli(verbose: bool) -> None:
 # Every command, in the order of the lifecycle: name → `module:attribute` in chexops.cli.
 COMMANDS = {
     "freight": "freight:freight",  # create (the first step), show
-    "data": "data:data",  # synth, stats, prepare
+    "data": "data:data",  # synth, stats, prepare, ingest
     "train": "train:train_cmd",
     "evaluate": "train:evaluate_cmd",
     "register": "train:register_cmd",
@@ -58,6 +58,7 @@ COMMANDS = {
     "pipeline": "pipeline:pipeline",
     "simulate": "loop:simulate_command",
     "report": "loop:report",
+    "backup": "backup:backup",  # run, restore (the platform's nightly backup)
     "demo": "demo:demo_cmd",
     "infra": "infra_ops:infra",  # cli/infra.py's group, with infra_ops' init, plan, apply, destroy, drift, site, check
 }

@@ -34,13 +34,13 @@ class BackupResult(Result):
     deleted: list[str] = []
 
 
-def _libpq(url: str) -> str:
+def libpq_url(url: str) -> str:
     """A store URL as libpq takes it (no SQLAlchemy driver suffix)."""
     _, sa_url = engine_url(url)
     return "postgresql://" + sa_url.split("://", 1)[1]
 
 
-def _tool(name: str) -> str:
+def pg_tool(name: str) -> str:
     found = shutil.which(name)
     if not found:
         raise UserInputError(
@@ -72,7 +72,7 @@ def backup(url: str, folder: Path, keep: int = 14) -> BackupResult:
         src.close()
     else:
         target = folder / f"{PREFIX}{stamp}.dump"
-        _run([_tool("pg_dump"), "--format=custom", "--no-owner", f"--file={target}", _libpq(url)], "pg_dump")
+        _run([pg_tool("pg_dump"), "--format=custom", "--no-owner", f"--file={target}", libpq_url(url)], "pg_dump")
     kept = sorted(folder.glob(f"{PREFIX}*"))
     deleted = kept[:-keep] if keep and len(kept) > keep else []
     for old in deleted:
@@ -103,12 +103,12 @@ def restore(url: str, file: Path) -> BackupResult:
             raise UserInputError(f"{file} is not a PostgreSQL backup (feedback-*.dump)")
         _run(
             [
-                _tool("pg_restore"),
+                pg_tool("pg_restore"),
                 "--clean",
                 "--if-exists",
                 "--no-owner",
                 "--exit-on-error",
-                f"--dbname={_libpq(url)}",
+                f"--dbname={libpq_url(url)}",
                 str(file),
             ],
             "pg_restore",
