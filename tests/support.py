@@ -203,7 +203,7 @@ def moto_s3(directory: Path, buckets: list[str], extra_config: str = ""):
            "AWS_DEFAULT_REGION": "us-east-1"}
     try:
         with environment(**env):
-            client = boto3.client("s3")
+            client = boto3.Session().client("s3")  # boto3's default session may hold an earlier test's config
             for bucket in buckets:
                 client.create_bucket(Bucket=bucket)
             yield {"env": env, "client": client, "endpoint": env["AWS_ENDPOINT_URL"]}

@@ -51,7 +51,7 @@ def s3():
         with environment(**env):
             import boto3
 
-            client = boto3.client("s3")
+            client = boto3.Session().client("s3")
             for bucket in ("mlflow", "chexops-backups"):
                 client.create_bucket(Bucket=bucket)
             yield client

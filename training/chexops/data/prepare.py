@@ -103,7 +103,8 @@ class Store:
         if self._client is None:
             import boto3
 
-            session = boto3.Session(profile_name=self.location.profile) if self.location.profile else boto3
+            # A session of its own: boto3's default one keeps the AWS config it first read, for the process's life.
+            session = boto3.Session(profile_name=self.location.profile or None)
             self._client = session.client(
                 "s3", endpoint_url=self.location.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
             )

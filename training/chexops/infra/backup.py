@@ -62,7 +62,7 @@ def s3_client(endpoint: str | None = None, credentials: Path | None = None):
     if credentials is not None:
         kwargs["aws_access_key_id"] = read_secret_file(credentials / "access-key-id", "the S3 credential file")
         kwargs["aws_secret_access_key"] = read_secret_file(credentials / "secret-access-key", "the S3 credential file")
-    return boto3.client("s3", **kwargs)
+    return boto3.Session().client("s3", **kwargs)  # not boto3's default session, which keeps its first config
 
 
 def _keys(client, bucket: str, prefix: str = ""):
