@@ -113,7 +113,11 @@ def rendered(tmp_path_factory) -> dict[str, dict[str, str]]:
         "api-closed": {**local, **SERVER_VARS, "chexops_k8s_api_allowed_cidrs": []},
         "api-set": {**local, **SERVER_VARS, "chexops_k8s_api_allowed_cidrs": ["192.0.2.0/24"]},
     }
-    inventory = {"all": {"hosts": {"gpu1": {**local, **GPU_VARS}}, "children": {"k3s_server": {"hosts": servers}}}}
+    gpus = {
+        "gpu1": {**local, **GPU_VARS},
+        "gpu-opened": {**local, **GPU_VARS, "common_firewall_nodeport_cidrs": [f"{OPERATOR}/32"]},
+    }
+    inventory = {"all": {"hosts": gpus, "children": {"k3s_server": {"hosts": servers}}}}
     play = [{"hosts": "all", "gather_facts": False, "vars": {"out": f"{work}/out/{{{{ inventory_hostname }}}}"}}]
     play[0]["roles"] = ["render"]
     proc = _ansible_playbook(work, inventory, play, _env(work, ANSIBLE_ROLES_PATH=str(work / "roles")))
@@ -308,6 +312,11 @@ def test_node_ports_answer_only_the_cluster_while_ssh_and_wireguard_still_do(nam
         # kube-proxy's table is untouched by loading ours (again: the file is reloadable).
         ns.sh("node", "nft", "-f", str(rules))
         assert "dnat to" in ns.sh("node", "nft", "list", "table", "ip", "nat").stdout
+        # common_firewall_nodeport_cidrs opens the NodePorts to those sources, and only to them.
+        rules.write_text(rendered["gpu-opened"]["nftables.conf"])
+        ns.sh("node", "nft", "-f", str(rules))
+        assert ns.answers("outside", "tcp", OPERATOR, NODE_OUT, NODE_PORT)
+        assert not ns.answers("outside", "tcp", PEER, NODE_WAN, NODE_PORT)
     finally:
         ns.sh("node", "nft", "delete", "table", "inet", TABLE, check=False)
 
