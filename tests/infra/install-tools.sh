@@ -3,8 +3,9 @@
 # Debian's mirrors). Idempotent and quick when everything is there (stamp files).
 #   VENV=.venv bash tests/infra/install-tools.sh
 # - Debian packages: debootstrap (throwaway Debian root for the Ansible role runs), e2fsprogs,
-#   util-linux (losetup), nftables (rule validation), openssh-client (ssh -G, ssh-keygen), and kubectl
-#   (Debian's kubernetes-client) when none is installed.
+#   util-linux (losetup), nftables (rule validation, and the firewall loaded in network namespaces),
+#   iproute2 (`ip netns`), openssh-client (ssh -G, ssh-keygen), and kubectl (Debian's kubernetes-client) when none
+#   is installed.
 # - Into $VENV (pinned): ansible, ansible-lint, python-hcl2 (keystoneauth1 comes with the project's
 #   `infra` extra).
 # - checkov into its own venv (.venv-checkov): its pins conflict with the project's.
@@ -19,7 +20,7 @@ CHECKOV_VENV="${CHECKOV_VENV:-$REPO/.venv-checkov}"
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 
 # Bump a list to reinstall it.
-APT_PACKAGES=(debootstrap e2fsprogs util-linux nftables openssh-client)
+APT_PACKAGES=(debootstrap e2fsprogs util-linux nftables iproute2 openssh-client)
 PY_PACKAGES=(ansible==12.3.0 ansible-lint==26.10.1 python-hcl2==8.1.4)
 CHECKOV_PACKAGES=(checkov==3.3.30)
 

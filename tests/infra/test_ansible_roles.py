@@ -3,7 +3,8 @@ through Ansible's chroot connection, with a loop device standing in for a Cinder
 
 Order: --check on the fresh root (must not fail), a real run, a second real run that must change
 nothing, and --check again (nothing to change). Then the results are inspected on disk, and a
-device holding another filesystem must be refused, never reformatted.
+device holding another filesystem must be refused, never reformatted. The root starts as a CHI
+bare-metal image does: firewalld enabled, a chrony.conf of its own without a sourcedir line.
 
 The Debian root is cached as a tarball under $CHEXOPS_HOME/cache/infra/ (default ./.chexops),
 so only the first run downloads it (about 40 s). Root, losetup/mount and debootstrap are needed:
@@ -161,8 +162,9 @@ def _inventory(work: Path, root: Path, volumes: list[dict]) -> Path:
 def _playbook(
     work: Path, inventory: Path, *extra: str, tags: str = "common,volumes"
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, int]]:
+    # The controller's SSH source check reads SSH_CLIENT on the node: not this machine's own session.
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in ("SSH_CLIENT", "SSH_CONNECTION")},
         "ANSIBLE_HOME": str(work / "ansible-home"),
         "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),
         "ANSIBLE_NOCOLOR": "1",
@@ -181,8 +183,42 @@ def _tail(proc: subprocess.CompletedProcess[str]) -> str:
     return (proc.stdout[-4000:] + "\n" + proc.stderr[-2000:]).strip()
 
 
+# What a CHI bare-metal image brings: firewalld enabled (a wants link and its D-Bus alias), and a
+# chrony.conf of its own without a sourcedir line.
+FIREWALLD_UNIT = """[Unit]
+Description=firewalld - dynamic firewall daemon
+Conflicts=iptables.service ip6tables.service ebtables.service ipset.service nftables.service
+
+[Service]
+ExecStart=/bin/true
+
+[Install]
+WantedBy=multi-user.target
+Alias=dbus-org.fedoraproject.FirewallD1.service
+"""
+IMAGE_CHRONY_CONF = """# chrony.conf of the image
+pool ntp.example.org iburst
+driftfile /var/lib/chrony/chrony.drift
+makestep 1 3
+rtcsync
+"""
+FIREWALLD_LINKS = ("multi-user.target.wants/firewalld.service", "dbus-org.fedoraproject.FirewallD1.service")
+
+
+def _image_like(root: Path) -> None:
+    units = root / "usr" / "lib" / "systemd" / "system"
+    (units / "firewalld.service").write_text(FIREWALLD_UNIT)
+    for link in FIREWALLD_LINKS:
+        path = root / "etc" / "systemd" / "system" / link
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.symlink_to("/usr/lib/systemd/system/firewalld.service")
+    (root / "etc" / "chrony").mkdir(parents=True, exist_ok=True)
+    (root / "etc" / "chrony" / "chrony.conf").write_text(IMAGE_CHRONY_CONF)
+
+
 def test_common_and_volumes_converge_idempotently(debian_root):
     root, loop, _spare, work = debian_root
+    _image_like(root)
     volumes = [
         {
             "name": "platform",
@@ -241,6 +277,23 @@ def test_common_and_volumes_converge_idempotently(debian_root):
     wants = root / "etc" / "systemd" / "system" / "multi-user.target.wants"
     assert (wants / "chrony.service").is_symlink() and (wants / "ssh.service").is_symlink()
     assert (root / "etc" / "systemd" / "system" / "sysinit.target.wants" / "nftables.service").is_symlink()
+
+    # firewalld: disabled (no link left) and masked, so nftables wins every boot.
+    system = root / "etc" / "systemd" / "system"
+    assert not [link for link in FIREWALLD_LINKS if (system / link).is_symlink()], FIREWALLD_LINKS
+    assert os.readlink(system / "firewalld.service") == "/dev/null"
+    proc = _run(["chroot", str(root), "systemctl", "is-enabled", "firewalld.service"])
+    assert proc.stdout.strip() == "masked", proc.stdout + proc.stderr
+    # nftables' stop deletes only the role's table (the packaged unit would flush k3s's too).
+    dropin = (system / "nftables.service.d" / "chexops.conf").read_text()
+    assert "ExecStop=\nExecStop=-/usr/sbin/nft delete table inet chexops\n" in dropin
+    # chrony: the image's own configuration kept, and made to read the role's sources.
+    chrony = (root / "etc" / "chrony" / "chrony.conf").read_text()
+    assert "makestep 1 3" in chrony and re.findall(r"^sourcedir .*$", chrony, re.M) == [
+        "sourcedir /etc/chrony/sources.d"
+    ]
+    proc = _run(["chroot", str(root), "chronyd", "-p", "-f", "/etc/chrony/chrony.conf"])  # chrony's own parser
+    assert proc.returncode == 0 and "sourcedir /etc/chrony/sources.d" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_volume_with_another_filesystem_is_refused(debian_root):

@@ -233,7 +233,7 @@ def test_host_firewalls_match_terraform_and_k3s(rendered):
         assert '"wg-chexops"' in text
         # SSH only from Terraform's ssh_allowed_cidrs, never from anywhere.
         assert re.search(r"set ssh_v4 \{[^}]*elements = \{ 198\.51\.100\.0/24 \}", text)
-        assert "0.0.0.0/0" not in text.split("chain input")[0].split("set ssh_v4")[1]
+        assert "0.0.0.0/0" not in text.split("set ssh_v4")[1].split("}")[0]
     # Ingress on node1 from Terraform's ingress_allowed_cidrs (the inventory), nowhere else.
     assert "tcp dport 443 ip saddr { 0.0.0.0/0 } accept" in node1 and "dport 443" not in gpu1 + node2
     # The API on node1 from operators only (the GPU node uses the link).
