@@ -16,6 +16,8 @@ locals {
   # node1 = .1, the GPU node = .2 of the link's CIDR.
   site_link_kvm_ip = cidrhost(var.site_link_cidr, 1)
   site_link_gpu_ip = cidrhost(var.site_link_cidr, 2)
+  # Unset: the operators' SSH networks also reach the API (the docs' kubectl check); [] closes it.
+  k8s_api_allowed_cidrs = var.k8s_api_allowed_cidrs == null ? var.ssh_allowed_cidrs : var.k8s_api_allowed_cidrs
 }
 
 module "network" {
@@ -31,7 +33,7 @@ module "network" {
   reserved_floating_ip  = length(var.kvm_floating_ips) > 0 ? var.kvm_floating_ips[0] : ""
   ssh_allowed_cidrs     = var.ssh_allowed_cidrs
   ingress_allowed_cidrs = var.ingress_allowed_cidrs
-  k8s_api_allowed_cidrs = var.k8s_api_allowed_cidrs
+  k8s_api_allowed_cidrs = local.k8s_api_allowed_cidrs
   edge_port_id          = module.kvm_cluster.edge_port_id
   edge_private_ip       = module.kvm_cluster.edge_private_ip
   site_link_enabled     = local.site_link_enabled

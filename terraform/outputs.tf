@@ -76,7 +76,7 @@ output "ssh_allowed_cidrs" {
 
 output "k8s_api_allowed_cidrs" {
   description = "Operator networks allowed to reach the Kubernetes API on node1; mirrored by the host firewall."
-  value       = var.k8s_api_allowed_cidrs
+  value       = local.k8s_api_allowed_cidrs
 }
 
 output "ingress_allowed_cidrs" {

@@ -202,12 +202,13 @@ variable "ssh_allowed_cidrs" {
 }
 
 variable "k8s_api_allowed_cidrs" {
-  description = "Source CIDRs allowed to reach the Kubernetes API (6443) on node1's floating IP, for operators' kubectl. The GPU node is always allowed."
+  description = "Source CIDRs allowed to reach the Kubernetes API (6443) on node1's floating IP, for operators' kubectl. Unset (null): ssh_allowed_cidrs; [] closes the API to outside sources. The GPU node is always allowed."
   type        = list(string)
-  default     = []
+  default     = null
+  nullable    = true
 
   validation {
-    condition     = alltrue([for c in var.k8s_api_allowed_cidrs : can(cidrnetmask(c)) && tonumber(split("/", c)[1]) >= 8])
+    condition     = var.k8s_api_allowed_cidrs == null ? true : alltrue([for c in var.k8s_api_allowed_cidrs : can(cidrnetmask(c)) && tonumber(split("/", c)[1]) >= 8])
     error_message = "k8s_api_allowed_cidrs must be IPv4 CIDRs of /8 or longer."
   }
 }

@@ -292,3 +292,17 @@ def test_reserved_floating_ip_replaces_the_pool_allocation(stand_in_plan, role):
         assert "openstack_networking_floatingip_v2__edge_reserved[0]" in reserved.stdout
     bad = plan(**{f"{role}_floating_ips": ["not-an-ip"]})
     assert bad.returncode != 0 and f"{role}_floating_ips must be a list" in bad.stdout + bad.stderr
+
+
+def test_the_api_follows_the_ssh_networks_unless_set(stand_in_plan):
+    """k8s_api_allowed_cidrs unset: node1's 6443 rule opens to ssh_allowed_cidrs (the docs' kubectl check works
+    from where the operator SSHes); an explicit [] opens it to nobody; a list is used as given."""
+    _work, plan = stand_in_plan
+    rule = 'module.network.terraform_data.openstack_networking_secgroup_rule_v2__edge_k8s_api["{}"] will be created'
+    unset = plan()
+    assert unset.returncode == 0, (unset.stdout + unset.stderr)[-3000:]
+    assert rule.format("198.51.100.0/24") in unset.stdout
+    closed = plan(k8s_api_allowed_cidrs=[])
+    assert closed.returncode == 0 and "edge_k8s_api" not in closed.stdout
+    given = plan(k8s_api_allowed_cidrs=["192.0.2.0/24"])
+    assert rule.format("192.0.2.0/24") in given.stdout and rule.format("198.51.100.0/24") not in given.stdout
