@@ -63,7 +63,10 @@ RUNTIME = {
     "tasks.resolve.outputs.parameters.commit": "c" * 40,
     "tasks.build.outputs.parameters.image": "registry.platform.svc.cluster.local:5000/chexops-train:src-1@sha256:"
     + "d" * 64,
-    **{f"tasks.{t}.outputs.parameters.freight": '{"commit": "' + "c" * 40 + '"}' for t in ("freight", "prepare", "cache")},
+    **{
+        f"tasks.{t}.outputs.parameters.freight": '{"commit": "' + "c" * 40 + '"}'
+        for t in ("freight", "prepare", "cache")
+    },
 }
 
 
