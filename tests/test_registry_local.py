@@ -94,3 +94,33 @@ def test_the_local_read_imports_no_mlflow(registry):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["2", "False"]
+
+
+def test_an_artifact_of_a_locally_read_reference_comes_from_chexops_store(tmp_path):
+    """`resolve_local` never points MLflow at the store, so `download` must: with the store only under
+    $CHEXOPS_HOME (no MLFLOW_TRACKING_URI), as under `bentoml build`, the export's file is found (it was not:
+    MLflow looked in ./mlruns and the Bento import said the run had no exported ONNX files)."""
+    from mlflow import MlflowClient
+
+    home = tmp_path / "home"
+    home.mkdir()
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    run_id = client.create_run(client.create_experiment("dl", artifact_location=str(home / "artifacts"))).info.run_id
+    client.log_text(run_id, "onnx bytes", "export/model.onnx")
+    client.create_registered_model(NAME)
+    client.create_model_version(NAME, f"runs:/{run_id}/checkpoint", run_id=run_id)
+    client.set_registered_model_alias(NAME, "candidate", "1")
+    code = (
+        "import sys; from pathlib import Path; from chexops.registry import refs\n"
+        f"ref = refs.resolve_local('models:/{NAME}@candidate'); assert ref is not None\n"
+        "got = refs.download(ref, 'export/model.onnx', Path(sys.argv[1]), required=False)\n"
+        "print(got.read_text() if got else 'MISSING')\n"
+    )
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "dst")], cwd=cwd, env=child_env(home), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "onnx bytes", proc.stderr[-2000:]

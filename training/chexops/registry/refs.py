@@ -201,6 +201,7 @@ def download(ref: ModelRef, artifact_path: str, dst: Path, required: bool = True
     """One artifact of the reference's training run into `dst`; None when absent and not `required`."""
     import mlflow
 
+    mlflow_client()  # chexops' tracking store, also when `resolve_local` answered and MLflow was never pointed at it
     try:
         return Path(
             mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=artifact_path, dst_path=str(dst))
@@ -219,6 +220,7 @@ def download_checkpoint(ref: ModelRef, dst: Path) -> dict[str, Any]:
 
     from chexops.train.checkpoint import load_checkpoint
 
+    mlflow_client()  # as in `download`
     dst.mkdir(parents=True, exist_ok=True)
     local = None
     for uri in dict.fromkeys([ref.checkpoint_uri, f"runs:/{ref.run_id}/{CHECKPOINT_PATH}"]):
