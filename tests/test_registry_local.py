@@ -120,7 +120,11 @@ def test_an_artifact_of_a_locally_read_reference_comes_from_chexops_store(tmp_pa
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "dst")], cwd=cwd, env=child_env(home), capture_output=True, text=True
+        [sys.executable, "-c", code, str(tmp_path / "dst")],
+        cwd=cwd,
+        env=child_env(home),
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "onnx bytes", proc.stderr[-2000:]
