@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
 BIN = Path(sys.executable).parent
-OLD_MACHINE = "0f3c1e2d4b5a69788796a5b4c3d2e1f0"
+OLD_MACHINE = uuid.uuid4().hex  # a machine-id: 32 hex digits
 SECRET = "/api/v1/namespaces/kube-system/secrets/gpu1.node-password.k3s"
 NODE = "/api/v1/nodes/gpu1"
 
