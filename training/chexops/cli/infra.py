@@ -83,12 +83,21 @@ name_prefix_option = click.option(
     default=None,
     help="Prefix of the lease names (<prefix>-kvm, <prefix>-gpu); default: name_prefix of the Terraform settings.",
 )
-tf_dir_option = click.option(
-    "--tf-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("terraform"),
-    show_default=True,
-    help="Terraform root whose name_prefix names the leases (when --name-prefix is not given).",
+
+
+def tf_dir_option(reads: str):
+    """`--tf-dir`, the Terraform root (default terraform/), with what this command reads there."""
+    return click.option(
+        "--tf-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("terraform"),
+        show_default=True,
+        help=reads,
+    )
+
+
+lease_tf_dir_option = tf_dir_option(
+    "Terraform root whose name_prefix names the leases (when --name-prefix is not given)."
 )
 tfvars_option = click.option(
     "--tfvars",
@@ -181,7 +190,7 @@ def _leases(cloud_name: str | None, name_prefix: str | None, tf_dir: Path, unres
 )
 @tfvars_option
 @name_prefix_option
-@tf_dir_option
+@lease_tf_dir_option
 @result_output
 def lease_create(
     name: str | None,
@@ -304,7 +313,7 @@ def _reserved_floating_ips(
     help="Write each lease's end for node_exporter's textfile collector (a .prom file).",
 )
 @name_prefix_option
-@tf_dir_option
+@lease_tf_dir_option
 @result_output
 def lease_status(
     name_or_id: str | None,
@@ -356,7 +365,7 @@ def lease_status(
 @click.option("--by", "by", default=None, help="Add this much to the end: 12h, 1d ...")
 @click.option("--until", "until", default=None, help="New end, 'YYYY-MM-DD HH:MM' (UTC).")
 @name_prefix_option
-@tf_dir_option
+@lease_tf_dir_option
 @result_output
 def lease_extend(
     name_or_id: str, cloud: str | None, by: str | None, until: str | None, name_prefix: str | None, tf_dir: Path
@@ -384,7 +393,7 @@ def lease_extend(
 @cloud_option
 @tfvars_option
 @name_prefix_option
-@tf_dir_option
+@lease_tf_dir_option
 @result_output
 def lease_delete(name_or_id: str, cloud: str | None, tfvars: Path, name_prefix: str | None, tf_dir: Path) -> Output:
     """Delete a lease of yours (its instances go with it) and forget its ids in TFVARS."""
@@ -404,13 +413,7 @@ def lease_delete(name_or_id: str, cloud: str | None, tfvars: Path, name_prefix: 
 
 
 @infra.command("inventory")
-@click.option(
-    "--tf-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("terraform"),
-    show_default=True,
-    help="Terraform root to run `terraform output -json` in.",
-)
+@tf_dir_option("Terraform root to run `terraform output -json` in.")
 @click.option(
     "--from-json",
     "from_json",
@@ -467,13 +470,7 @@ def inventory_cmd(tf_dir: Path, from_json: Path | None, output: Path, private_ke
 
 
 @infra.command("preflight")
-@click.option(
-    "--tf-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("terraform"),
-    show_default=True,
-    help="Terraform root whose settings (variables.tf, terraform.tfvars, *.auto.tfvars*) are checked.",
-)
+@tf_dir_option("Terraform root whose settings (variables.tf, terraform.tfvars, *.auto.tfvars*) are checked.")
 @result_output
 def preflight_cmd(tf_dir: Path) -> Output:
     """Check on each cloud that what Terraform will ask for exists, before `terraform plan`."""
@@ -495,13 +492,7 @@ def preflight_cmd(tf_dir: Path) -> Output:
 @infra.command("snapshot")
 @cloud_option
 @name_prefix_option
-@click.option(
-    "--tf-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("terraform"),
-    show_default=True,
-    help="Terraform root whose `volumes` (and name_prefix) name the volumes to snapshot.",
-)
+@tf_dir_option("Terraform root whose `volumes` (and name_prefix) name the volumes to snapshot.")
 @click.option(
     "--keep",
     type=click.IntRange(1, 100),

@@ -12,21 +12,14 @@ from pathlib import Path
 
 import click
 
-from chexops.cli.infra import DEFAULT_INVENTORY, infra
+from chexops.cli.infra import DEFAULT_INVENTORY, infra, tf_dir_option
 from chexops.cli.output import Output, result_output
 from chexops.core.errors import UserInputError
 
-DEFAULT_TF_DIR = Path("terraform")
 BACKEND_FILE = "backend.hcl"
 PLANFILE = "tfplan"
 
-tf_dir_option = click.option(
-    "--tf-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_TF_DIR,
-    show_default=True,
-    help="Terraform root to run in (terraform -chdir=DIR).",
-)
+run_tf_dir_option = tf_dir_option("Terraform root to run in (terraform -chdir=DIR).")
 yes_option = click.option("--yes", is_flag=True, help="Do not ask before changing anything.")
 
 
@@ -47,7 +40,7 @@ def _terraform(tf_dir: Path):
 
 
 @infra.command("init")
-@tf_dir_option
+@run_tf_dir_option
 @click.option(
     "--backend-config",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -75,7 +68,7 @@ def init_cmd(tf_dir: Path, backend_config: Path | None, reconfigure: bool, migra
 
 
 @infra.command("plan")
-@tf_dir_option
+@run_tf_dir_option
 @result_output
 def plan_cmd(tf_dir: Path) -> Output:
     """Save a plan to TF_DIR/tfplan and list what it would create, change and destroy."""
@@ -86,7 +79,7 @@ def plan_cmd(tf_dir: Path) -> Output:
 
 
 @infra.command("apply")
-@tf_dir_option
+@run_tf_dir_option
 @yes_option
 @result_output
 def apply_cmd(tf_dir: Path, yes: bool) -> Output:
@@ -103,7 +96,7 @@ def apply_cmd(tf_dir: Path, yes: bool) -> Output:
 
 
 @infra.command("destroy")
-@tf_dir_option
+@run_tf_dir_option
 @yes_option
 @click.option(
     "--keep",
@@ -135,7 +128,7 @@ def destroy_cmd(tf_dir: Path, yes: bool, keep: tuple[str, ...]) -> Output:
 
 
 @infra.command("drift")
-@tf_dir_option
+@run_tf_dir_option
 @result_output
 def drift_cmd(tf_dir: Path) -> Output:
     """`terraform plan -detailed-exitcode`: exit 0 when the cloud matches terraform/, 3 when it drifted,
