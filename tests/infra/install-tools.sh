@@ -33,6 +33,9 @@ missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# kubectl for the node re-join test (tests/infra/test_node_rejoin.py) when none is there: Debian's
+# kubernetes-client (its kubectl talks to the test's small API server like a current one).
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 if ((${#missing[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         log "missing Debian packages (${missing[*]}) and not root: install them with apt-get"
@@ -44,18 +47,6 @@ if ((${#missing[@]})); then
     fi
 fi
 
-# kubectl for the node re-join test (tests/infra/test_node_rejoin.py) when none is there: Debian's
-# kubernetes-client (its kubectl talks to the test's small API server like a current one).
-if ! command -v kubectl >/dev/null 2>&1; then
-    if [ "$(id -u)" -ne 0 ]; then
-        log "kubectl is missing and not root: apt-get install kubernetes-client (the re-join test skips)"
-    else
-        log "apt-get install kubernetes-client (kubectl)"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
-    fi
-fi
 
 # --- Python packages into the project venv ------------------------------------------------------
 if [ ! -x "$VENV/bin/python" ]; then
