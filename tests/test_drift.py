@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -117,3 +118,36 @@ def test_the_alert_fires_above_alert_psi():
     assert threshold is not None, rule["expr"]
     assert float(threshold.group(1)) == ALERT_PSI
     assert f"above {ALERT_PSI:g} for" in rule["annotations"]["description"]
+
+
+def test_the_windows_running_score_is_the_score_of_the_window():
+    """The monitor keeps running sums of its window (a score per image would otherwise cost O(window)): after
+    more images than the window holds, its score is the PSI of exactly the last `window` images."""
+    from chexops.imaging.drift import DriftMonitor, _shares, psi, reference
+    from chexops.imaging.preprocessing import PreprocessSpec
+
+    rng = np.random.default_rng(0)
+    spec = PreprocessSpec(size=8, channels=1, mean=(0.5,), std=(0.25,))
+    labels = ["Edema", "Effusion"]
+    ref = reference(rng.normal(0, 1, (50, 1, 8, 8)), rng.uniform(0, 1, (50, 2)), spec, labels)
+    monitor = DriftMonitor(ref, spec, labels, window=7, min_images=3, metrics=False)
+    seen = []
+    for i in range(23):  # three evictions past a full window, and one fresh summation
+        x, p = rng.normal(i / 20, 1, (1, 8, 8)), rng.uniform(0, 1, 2) ** (1 + i / 10)
+        monitor.observe(x, p, {})
+        seen.append((x, p))
+        last = seen[-7:]
+        grey = [_shares(x * 0.25 + 0.5, ref["intensity"]["edges"]) for x, _ in last]
+        intensity = psi(ref["intensity"]["shares"], np.mean(grey, axis=0))
+        predictions = np.mean(
+            [
+                psi(
+                    ref["predictions"][label]["shares"],
+                    np.mean([_shares(p[k], ref["predictions"][label]["edges"]) for _, p in last], axis=0),
+                )
+                for k, label in enumerate(labels)
+            ]
+        )
+        if i >= 2:
+            assert monitor.last["intensity"] == pytest.approx(round(intensity, 5), abs=1e-5), i
+            assert monitor.last["predictions"] == pytest.approx(round(float(predictions), 5), abs=1e-5), i

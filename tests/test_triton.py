@@ -65,6 +65,7 @@ def test_config_matches_the_onnx_file(repository):
         assert [(t.name, list(t.dims)) for t in config.output] == [(o.name, o.shape[1:]) for o in session.get_outputs()]
         assert all(t.data_type == model_config_pb2.TYPE_FP32 for t in [*config.input, *config.output])
         assert config.HasField("dynamic_batching") and max(config.dynamic_batching.preferred_batch_size) <= 32
+        assert config.dynamic_batching.max_queue_delay_microseconds == 2000  # the ONNX backend's default (GPU)
         assert [model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind) for g in config.instance_group] == [kind]
     cpu = parse(model_dir / "config.pbtxt")
     assert cpu.parameters["intra_op_thread_count"].string_value == "2"
@@ -98,7 +99,7 @@ STUB_ENV = "CHEXOPS_TRITON_PYTHON_ENV"  # child_env drops CHEXOPS_*: pass the st
 @pytest.fixture(scope="module")
 def python_repository(served_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("triton-python")
-    args = ["triton", "export", "--backend", "python", "--model", served_model.tag, "--max-batch-size", "16"]
+    args = ["triton", "export", "--backend", "python", "--model", served_model.tag]  # its batching defaults
     result = run_cli(*args, "--out", str(out), "--json", env=child_env(served_model.home), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, json.loads(result.stdout)
@@ -118,7 +119,7 @@ def test_python_backend_configs(python_repository, served_model, tmp_path):
             ("probabilities", [14], "labels.txt")
         ]
         assert list(config.dynamic_batching.preferred_batch_size) == [4, 8, 16]
-        assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+        assert config.dynamic_batching.max_queue_delay_microseconds == 0  # on CPU, waiting for a batch never paid
         assert [(g.count, model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind)) for g in config.instance_group] == [
             (1, "KIND_CPU")
         ]
@@ -232,3 +233,32 @@ def test_serve_refusals_are_exit_2(python_repository, served_model, tmp_path):
         port = str(taken.getsockname()[1])
         busy = run_cli("triton", "serve", "--repository", str(out), *ports, "--grpc-port", port, env=env, timeout=120)
     assert busy.returncode == 2 and port in busy.stderr and "Traceback" not in busy.stderr
+
+
+def test_batch_sweep_accounts_for_every_request(tmp_path):
+    """The benchmark that chose the batcher's defaults: the session at each batch size, then Triton's batcher,
+    whose statistics must account for every request sent (sequential runs, warm-up and the concurrent ones) and,
+    given time to wait, form batches of more than one."""
+    import subprocess
+
+    from PIL import Image
+
+    image = tmp_path / "grey.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(image)
+    env = child_env(tmp_path, **({STUB_ENV: os.environ[STUB_ENV]} if STUB_ENV in os.environ else {}))
+    argv = [sys.executable, "-m", "chexops.benchmarks.batch_sweep", "--architecture", "small", "--size", "32"]
+    argv += ["--width", "8", "--batches", "1,4", "--seconds", "0.2", "--triton", "--configs", "4:0,4:50000"]
+    argv += ["--image", str(image), "--concurrency", "4", "--requests", "24"]
+    argv += ["--warmup", "2", "--markdown"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert [r["batch"] for r in result["session"]] == [1, 4]
+    assert all(r["images_per_s"] > 0 and r["runs"] >= 3 for r in result["session"])
+    sent = 2 + 3 + 24  # warm-up, sequential runs, concurrent requests
+    for row in result["triton"]:
+        assert sum(int(size) * count for size, count in row["batches_formed"].items()) == sent, row
+        assert max(int(size) for size in row["batches_formed"]) <= row["max_batch_size"]
+    patient = result["triton"][1]
+    assert patient["queue_delay_us"] == 50000 and max(int(s) for s in patient["batches_formed"]) > 1, patient
+    assert "| Triton max batch |" in done.stderr

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from chexops.benchmarks import concurrent_calls, stats, timed_calls
+from chexops.benchmarks import concurrent_calls, cpu_ms_per_call, stats, timed_calls
 
 
 def model_file(tag: str, precision: str) -> Path:
@@ -37,9 +37,10 @@ def bare(
         x = model.preprocess(decode(data).grey)
         return model.probabilities(x[None])
 
-    times = timed_calls(once, runs, warmup)
+    times, cpu_ms = cpu_ms_per_call(None, runs + warmup, lambda: timed_calls(once, runs, warmup))
     result = {
         **stats(times),
+        "cpu_ms_per_request": cpu_ms,
         "model": f"{model.name} v{model.version}",
         "precision": model.precision or "fp32",
         "input_size": model.spec.size,

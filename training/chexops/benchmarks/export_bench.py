@@ -16,7 +16,6 @@ activations). Prints one JSON object on stdout; `--markdown` also prints table r
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from chexops.benchmarks import emit
 
 log = logging.getLogger("chexops.benchmarks.export_bench")
 
@@ -240,19 +241,9 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     result = files(args) if args.files else trained(args) if args.reference else architecture(args)
     result.update(
-        {
-            "command": "python -m chexops.benchmarks.export_bench " + " ".join(sys.argv[1:] if argv is None else argv),
-            "batch": 1,
-            "intra_op_threads": args.threads,
-            "runs": args.runs,
-            "statistic": "median",
-            "machine": machine(),
-            "seconds": round(time.monotonic() - started, 1),
-        }
+        {"batch": 1, "intra_op_threads": args.threads, "runs": args.runs, "statistic": "median", "machine": machine()}
     )
-    print(json.dumps(result, indent=2, default=str))
-    if args.markdown:
-        print(markdown(result), file=sys.stderr)
+    emit(result, "export_bench", argv, started, markdown if args.markdown else None)
 
 
 if __name__ == "__main__":

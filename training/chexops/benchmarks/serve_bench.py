@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chexops.benchmarks import stats
+from chexops.benchmarks import cpu_ms_per_call, stats
 from chexops.benchmarks.bare import bare, model_file
 from chexops.benchmarks.harness import Pinned, server, service_env
 from chexops.benchmarks.predict_clients import ServiceError, concurrent, sequential
@@ -66,8 +66,12 @@ from chexops.core.names import DEFAULT_MODEL_NAME
 log = logging.getLogger("chexops.benchmarks.serve_bench")
 
 
-def measure_service(url: str, key: str, data: bytes, args) -> dict[str, Any]:
-    out = {"sequential": sequential(url, key, data, args.runs, args.warmup)}
+def measure_service(url: str, key: str, data: bytes, args, pid: int | None = None) -> dict[str, Any]:
+    """Sequential, then concurrent requests; with `pid` (a server started here), the CPU-ms its processes spent
+    per sequential request (warm-up included)."""
+    calls = args.runs + args.warmup
+    seq, cpu_ms = cpu_ms_per_call(pid, calls, lambda: sequential(url, key, data, args.runs, args.warmup))
+    out = {"sequential": {**seq, **({"server_cpu_ms_per_request": cpu_ms} if pid else {})}}
     log.info(
         "  sequential: p50 %.2f ms, p95 %.2f ms; failed %d",
         out["sequential"]["p50_ms"],
@@ -164,7 +168,7 @@ def run(args) -> dict[str, Any]:
                     service_env(args, key, Path(tmp), batching), logs / f"service-{name}.log", cpus=args.server_cpus
                 ) as svc:
                     try:
-                        result["services"][name] = measure_service(svc.url, key, data, args)
+                        result["services"][name] = measure_service(svc.url, key, data, args, svc.pid)
                     except ServiceError as exc:
                         raise ServiceError(
                             f"{exc}\n--- the service's log ({name}), last lines ---\n{svc.logs()}"
@@ -176,7 +180,7 @@ def run(args) -> dict[str, Any]:
                 with server(
                     service_env(args, key, Path(tmp), False), logs / "fastapi.log", module=module, cpus=args.server_cpus
                 ) as svc:
-                    result["services"]["fastapi_uvicorn"] = measure_service(svc.url, key, data, args)
+                    result["services"]["fastapi_uvicorn"] = measure_service(svc.url, key, data, args, svc.pid)
         result["model_tag"] = args.model
     else:
         if not args.key:
@@ -238,7 +242,9 @@ def triton_local(args, onnx_path: Path, data: bytes, result: dict[str, Any]) -> 
             }
             for name, once in paths.items():
                 log.info("Triton here: %s", name)
-                measured = measure(once, args.runs, args.warmup, args.concurrency, args.requests, stats)
+                measured = measure(
+                    once, args.runs, args.warmup, args.concurrency, args.requests, stats, pid=triton.server.pid
+                )
                 for part in ("sequential", "concurrent"):
                     measured[part]["errors"] = {"failed": 0}
                 result["services"][name] = measured

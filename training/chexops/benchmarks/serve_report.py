@@ -59,15 +59,21 @@ PATHS = {
 }
 
 
+def _cpu(ms: float | None) -> str:
+    return "—" if ms is None else f"{ms:.1f}"
+
+
 def markdown(result: dict[str, Any]) -> str:
     b = result["bare"]
     bc = b["concurrent"]
     at = result["concurrency"]
     rows = [
-        f"| path | p50 (ms) | p95 (ms) | p50 vs bare | req/s at c={at} (vs bare) | p50 / p95 at c={at} (ms) | failed |",
-        "|---|---|---|---|---|---|---|",
+        f"| path | p50 (ms) | p95 (ms) | p50 vs bare | req/s at c={at} (vs bare) | p50 / p95 at c={at} (ms) | failed "
+        "| server CPU-ms per request |",
+        "|---|---|---|---|---|---|---|---|",
         f"| bare ONNX Runtime (decode + preprocess + run) | {b['p50_ms']:.2f} | {b['p95_ms']:.2f} | 1.00× | "
-        f"{bc['requests_per_s']:.1f} | {bc['p50_ms']:.1f} / {bc['p95_ms']:.1f} | — |",
+        f"{bc['requests_per_s']:.1f} | {bc['p50_ms']:.1f} / {bc['p95_ms']:.1f} | — | "
+        f"{_cpu(b.get('cpu_ms_per_request'))} |",
     ]
     for name, value in result["services"].items():
         s, c, ratio = value["sequential"], value["concurrent"], value["vs_bare"]
@@ -77,6 +83,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"{c['requests_per_s']:.1f} ({ratio['throughput']:.2f}×) | "
             f"{c['p50_ms']:.1f} / {c['p95_ms']:.1f} | "
             f"{s['errors']['failed'] + c['errors']['failed']} of "
-            f"{s['n'] + s['errors']['failed'] + c['n'] + c['errors']['failed']} |"
+            f"{s['n'] + s['errors']['failed'] + c['n'] + c['errors']['failed']} | "
+            f"{_cpu(s.get('server_cpu_ms_per_request'))} |"
         )
     return "\n".join(rows)

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from chexops.benchmarks import concurrent_calls, timed_calls
+from chexops.benchmarks import concurrent_calls, cpu_ms_per_call, timed_calls
 
 
 def infer_function(url: str, model_name: str, onnx_path: Path, data: bytes) -> Callable[[], Any]:
@@ -75,9 +75,11 @@ def measure(
     concurrency: int,
     requests: int,
     stats: Callable[[list[float]], dict],
+    pid: int | None = None,
 ) -> dict[str, Any]:
-    times = timed_calls(once, runs, warmup)
-    sequential = stats(times)
+    """Sequential calls, then concurrent ones; with `pid`, the server's CPU-ms per sequential call."""
+    times, cpu_ms = cpu_ms_per_call(pid, runs + warmup, lambda: timed_calls(once, runs, warmup))
+    sequential = {**stats(times), **({"server_cpu_ms_per_request": cpu_ms} if pid else {})}
     concurrent_times, wall = concurrent_calls(once, concurrency, requests)
     return {
         "sequential": sequential,

@@ -38,14 +38,22 @@ def triton() -> None:
 )
 @click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True)
 @click.option("--name", default="", help="Triton model name [default: the model's name].")
-@click.option("--max-batch-size", default=64, show_default=True, type=click.IntRange(0, 4096), help="0: no batching.")
+@click.option(
+    "--max-batch-size",
+    default=None,
+    type=click.IntRange(0, 4096),
+    help="0: no batching [default: 16 for --backend python, 64 for onnxruntime].",
+)
 @click.option("--cpu-instances", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option("--gpu-instances", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option(
     "--threads", default=2, show_default=True, type=click.IntRange(1, 256), help="ONNX Runtime intra-op threads (CPU)."
 )
 @click.option(
-    "--queue-delay-us", default=2000, show_default=True, type=click.IntRange(0), help="Dynamic batching's wait."
+    "--queue-delay-us",
+    default=None,
+    type=click.IntRange(0),
+    help="Dynamic batching's wait [default: 0 for --backend python (CPU: waiting never paid), 2000 for onnxruntime].",
 )
 @click.option(
     "--backend",
@@ -65,18 +73,24 @@ def triton_export(
     onnx_path: Path | None,
     precision: str,
     name: str,
-    max_batch_size: int,
+    max_batch_size: int | None,
     cpu_instances: int,
     gpu_instances: int,
     threads: int,
-    queue_delay_us: int,
+    queue_delay_us: int | None,
     backend: str,
     gpu: bool,
     gpus: str,
     overwrite: bool,
 ) -> Output:
     """Write a Triton model repository (ONNX Runtime backend: CPU config and GPU variant; or Python backend)."""
-    from chexops.export.triton import bento_model_file, write_python_repository, write_repository
+    from chexops.export.triton import (
+        ONNX_BATCHING,
+        PYTHON_BATCHING,
+        bento_model_file,
+        write_python_repository,
+        write_repository,
+    )
 
     if onnx_path and model_tag:
         raise click.UsageError("give --model or --onnx, not both.")
@@ -87,6 +101,9 @@ def triton_export(
     except ValueError:
         raise click.BadParameter(f"{gpus!r} is not a comma-separated list of GPU ids.", param_hint="--gpus") from None
     source = onnx_path or bento_model_file(model_tag or DEFAULT_SERVE_REF, precision)
+    batching = PYTHON_BATCHING if backend == "python" else ONNX_BATCHING
+    max_batch_size = batching[0] if max_batch_size is None else max_batch_size
+    queue_delay_us = batching[1] if queue_delay_us is None else queue_delay_us
     if backend == "python":
         python = write_python_repository(
             source,

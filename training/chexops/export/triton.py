@@ -40,6 +40,13 @@ DATA_TYPES = {
 }
 CLASSIFIED_OUTPUT = "probabilities"
 PREFERRED_BATCH_SIZES = (4, 8, 16, 32)
+# The dynamic batcher's defaults, per backend (docs/benchmarks.md, "Batch sizes"). On CPU a batch costs its
+# images' time (DenseNet-121: 19 images/s at batch 1 and 18 at 64, one thread), so waiting for a batch never paid:
+# the Python backend batches only what is already queued (delay 0), at most 16 (one execution under 1 s at 1 CPU).
+# A GPU's batch of 16 costs about one image's time, so the ONNX Runtime backend's repository (users' Tritons, GPU
+# variant) waits up to 2 ms for one; that figure is Triton's own guidance, not measured here (no GPU).
+PYTHON_BATCHING = (16, 0)  # (max_batch_size, max_queue_delay_microseconds)
+ONNX_BATCHING = (64, 2000)
 
 
 class TritonRepository(Result):
@@ -156,11 +163,11 @@ def write_repository(
     onnx_path: Path,
     out: Path,
     name: str = "",
-    max_batch_size: int = 64,
+    max_batch_size: int = ONNX_BATCHING[0],
     cpu_instances: int = 1,
     gpu_instances: int = 1,
     threads: int = 2,
-    queue_delay_us: int = 2000,
+    queue_delay_us: int = ONNX_BATCHING[1],
     overwrite: bool = False,
     gpus: list[int] | None = None,
 ) -> TritonRepository:
@@ -302,12 +309,12 @@ def write_python_repository(
     onnx_path: Path,
     out: Path,
     name: str = "",
-    max_batch_size: int = 64,
+    max_batch_size: int = PYTHON_BATCHING[0],
     instances: int = 1,
     gpu: bool = False,
     gpus: list[int] | None = None,
     threads: int = 2,
-    queue_delay_us: int = 2000,
+    queue_delay_us: int = PYTHON_BATCHING[1],
     overwrite: bool = False,
 ) -> TritonPythonRepository:
     """A Python-backend repository for one chexops ONNX file: `NAME-bytes` and `NAME-tensor`, each running the

@@ -117,6 +117,9 @@ class DriftMonitor:
         self.ref, self.spec, self.labels = ref, spec, labels
         self.min_images = min_images
         self.window: deque[tuple[np.ndarray, dict[str, np.ndarray]]] = deque(maxlen=window)
+        # Running sums of the window's shares: a score costs O(bins × findings) per image, not O(window × …).
+        self._sum: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
+        self._seen = 0
         self.last: dict[str, float] = {}
         self.metrics = _Metrics() if metrics else None
         if ref:
@@ -149,19 +152,38 @@ class DriftMonitor:
             label: _shares(probabilities[self.labels.index(label)], self.ref["predictions"][label]["edges"])
             for label in self.p_labels
         }
+        if self._sum is None:
+            self._sum = (
+                np.zeros_like(shares, dtype=np.float64),
+                {k: np.zeros_like(v, np.float64) for k, v in probs.items()},
+            )
+        if len(self.window) == self.window.maxlen:
+            self._add(*self.window[0], sign=-1.0)  # the oldest leaves the window as this one enters
         self.window.append((shares, probs))
+        self._add(shares, probs, sign=1.0)
+        self._seen += 1
+        if self._seen % self.window.maxlen == 0:  # summed afresh once a window: no rounding accumulates
+            self._sum = (
+                np.sum([s for s, _ in self.window], axis=0),
+                {label: np.sum([p[label] for _, p in self.window], axis=0) for label in probs},
+            )
         if len(self.window) >= self.min_images:
             self.last = self.scores()
             if self.metrics is not None:
                 self.metrics.set_scores(self.last, len(self.window))
 
+    def _add(self, shares: np.ndarray, probs: dict[str, np.ndarray], sign: float) -> None:
+        total_shares, total_probs = self._sum
+        total_shares += sign * shares
+        for label, value in probs.items():
+            total_probs[label] += sign * value
+
     def scores(self) -> dict[str, float]:
         """PSI of the window against the reference: intensity, predictions (mean over findings), overall (max)."""
-        intensity = psi(self.expected, np.mean([s for s, _ in self.window], axis=0))
-        per_label = [
-            psi(self.ref["predictions"][label]["shares"], np.mean([p[label] for _, p in self.window], axis=0))
-            for label in self.p_labels
-        ]
+        n = len(self.window)
+        total_shares, total_probs = self._sum
+        intensity = psi(self.expected, total_shares / n)
+        per_label = [psi(self.ref["predictions"][label]["shares"], total_probs[label] / n) for label in self.p_labels]
         predictions = float(np.mean(per_label)) if per_label else 0.0
         return {
             "intensity": round(intensity, 5),
