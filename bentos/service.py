@@ -54,8 +54,6 @@ class Chexops:
     bento_model = bentoml.models.BentoModel(serving_tag(SETTINGS.model_tag).tag)
 
     def __init__(self) -> None:
-        from chexops.feedback.store import FeedbackStore  # SQLAlchemy: in the worker only, not in the arbiter
-
         logging.getLogger("chexops").setLevel(logging.INFO)  # through BentoML's log handlers
         watch_parent()  # this worker stops when `bentoml serve` (its arbiter) is gone, even after a SIGKILL
         self.settings = SETTINGS
@@ -64,7 +62,7 @@ class Chexops:
         )
         self.limits = SETTINGS.image_limits()
         self.auth = SETTINGS.authenticator()
-        self.store = FeedbackStore(SETTINGS.feedback_location())
+        self.store = SETTINGS.open_feedback_store()  # SQLAlchemy: in the worker only, not in the arbiter
         self.metrics = ServiceMetrics(
             self.model.name,
             self.model.version,
@@ -81,12 +79,13 @@ class Chexops:
         self.pending_images: dict[str, asyncio.Event] = {}  # request_id → set once its image is stored
         self.session_lock = anyio.CapacityLimiter(1)  # one session run at a time outside the batcher
         log.info(
-            "Serving %s (%s) from %s; feedback store %s (%s); %d API key(s); batching %s",
+            "Serving %s (%s) from %s; feedback store %s (%s), images in %s; %d API key(s); batching %s",
             self.bento_model.tag,
             SETTINGS.precision,
             self.bento_model.path,
             self.store.location,
             self.store.kind,
+            self.store.images.location,
             len(self.auth.keys),
             "on" if SETTINGS.batching else "off",
         )

@@ -177,6 +177,13 @@ def dicom_bytes(ds) -> bytes:
     return buffer.getvalue()
 
 
+def reset_moto(endpoint: str) -> None:
+    """moto keeps its state per process, across servers: every test starts from an empty S3."""
+    import httpx
+
+    httpx.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
+
+
 @contextlib.contextmanager
 def moto_s3(directory: Path, buckets: list[str], extra_config: str = ""):
     """A real S3-compatible server (moto's server mode) on a free loopback port, in this process's environment
@@ -191,6 +198,7 @@ def moto_s3(directory: Path, buckets: list[str], extra_config: str = ""):
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    reset_moto(f"http://127.0.0.1:{port}")
     secret = directory / "s3-secret"
     secret.mkdir(parents=True, exist_ok=True)
     (secret / "access-key-id").write_text("moto-key-id\n")

@@ -1,16 +1,19 @@
 """Backups that restore (`chexops feedback backup` / `restore`): a store with acknowledged feedback and images is
-backed up, the database is dropped (PostgreSQL, a real server) or the file deleted (SQLite), it is restored, and
-every feedback and its image is back; retention keeps the newest backups."""
+backed up, the database is dropped (PostgreSQL, a real server) or the file deleted (SQLite) and the image folder
+lost, it is restored, and every feedback and its image is back; retention keeps the newest backups, and the
+images' mirror follows the store's own retention."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
 
+from chexops.feedback.images import FolderImages
 from chexops.feedback.store import FeedbackStore
 from mlflow_fixtures import _pg_binary, postgres_server
 from support import run_cli
@@ -66,15 +69,22 @@ def test_sqlite_backup_restores_every_feedback_and_image(tmp_path):
         assert made.returncode == 0, made.stderr[-2000:]
     files = sorted(backups.glob("feedback-*.sqlite3"))
     assert len(files) == 2 and json.loads(made.stdout)["file"] == str(files[-1])
+    assert len(list((backups / "images").rglob("*.png"))) == 5 and json.loads(made.stdout)["images_copied"] == 0
     for path in db.parent.glob("feedback.db*"):
         path.unlink()  # the disk lost
-    restored = run_cli("feedback", "restore", str(files[-1]), "--store", f"sqlite:///{db}", home=tmp_path)
+    shutil.rmtree(tmp_path / "images")
+    restored = run_cli("feedback", "restore", str(files[-1]), "--store", f"sqlite:///{db}", "--json", home=tmp_path)
     assert restored.returncode == 0, restored.stderr[-2000:]
+    assert json.loads(restored.stdout)["images_copied"] == 5
     store = FeedbackStore(f"sqlite:///{db}")
     try:
         assert everything(store) == kept
+        assert store.prune_images(0, 0, 0) == {"images": 5, "bytes": 5 * 2004}  # retention deletes them all …
     finally:
         store.close()
+    again = run_cli("feedback", "backup", "--out", str(backups), "--store", f"sqlite:///{db}", "--json", home=tmp_path)
+    assert again.returncode == 0 and json.loads(again.stdout)["images_removed"] == 5  # … in the mirror too
+    assert not list((backups / "images").rglob("*.png"))
 
 
 @pytest.mark.slow
@@ -86,20 +96,24 @@ def test_postgresql_backup_restores_every_feedback_and_image_after_the_database_
         sql = server.sql
 
         sql("CREATE DATABASE feedback")
-        store = FeedbackStore(url)
+        folder = tmp_path / "images"
+        store = FeedbackStore(url, images=FolderImages(folder))
         kept = fill(store)
         store.close()
         tools = str(Path(_pg_binary("pg_dump")).parent)
-        env = {"PATH": tools + os.pathsep + os.environ["PATH"]}
-        made = run_cli("feedback", "backup", "--out", str(tmp_path), "--store", url, "--json", home=tmp_path, env=env)
+        env = {"PATH": tools + os.pathsep + os.environ["PATH"], "CHEXOPS_IMAGE_STORE": str(folder)}
+        backups = tmp_path / "backups"
+        made = run_cli("feedback", "backup", "--out", str(backups), "--store", url, "--json", home=tmp_path, env=env)
         assert made.returncode == 0, made.stderr[-2000:]
         dump = Path(json.loads(made.stdout)["file"])
-        assert dump.suffix == ".dump" and dump.stat().st_size > 5 * 2000  # the images are in it
+        assert dump.suffix == ".dump" and dump.stat().st_size < 5 * 2000  # the images are not in the database …
+        assert json.loads(made.stdout)["images_copied"] == 5  # … but beside it
         sql("DROP DATABASE feedback WITH (FORCE)")
         sql("CREATE DATABASE feedback")
+        shutil.rmtree(folder)
         restored = run_cli("feedback", "restore", str(dump), "--store", url, home=tmp_path, env=env)
         assert restored.returncode == 0, restored.stderr[-2000:]
-        store = FeedbackStore(url)
+        store = FeedbackStore(url, images=FolderImages(folder))
         try:
             assert everything(store) == kept
             assert store.schema_version() >= 3

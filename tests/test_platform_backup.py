@@ -15,9 +15,10 @@ import pytest
 import yaml
 
 from chexops.core.processes import free_port
+from chexops.feedback.images import S3Images
 from chexops.feedback.store import FeedbackStore
 from mlflow_fixtures import _pg_binary, mlflow_server, postgres_server
-from support import ROOT, environment, run_cli
+from support import ROOT, environment, reset_moto, run_cli
 from test_backup import everything, fill
 
 pytestmark = pytest.mark.slow
@@ -39,6 +40,7 @@ def s3():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
+    reset_moto(endpoint)
     env = {
         "AWS_ENDPOINT_URL": endpoint,
         "MLFLOW_S3_ENDPOINT_URL": endpoint,
@@ -52,7 +54,7 @@ def s3():
             import boto3
 
             client = boto3.Session().client("s3")
-            for bucket in ("mlflow", "chexops-backups"):
+            for bucket in ("mlflow", "chexops-backups", "chexops-images"):
                 client.create_bucket(Bucket=bucket)
             yield client
     finally:
@@ -82,9 +84,12 @@ def test_mlflow_and_feedback_are_restored_from_s3_after_the_databases_are_droppe
             sql(f"CREATE DATABASE {db}")
         backend = server.url.rsplit("/", 1)[0] + "/mlflow"  # psycopg2 (SQLAlchemy 2.1 picks psycopg 3)
         feedback_url = admin.rsplit("/", 1)[0] + "/feedback_production"
-        store = FeedbackStore(feedback_url)
+        images = S3Images("chexops-images", "production")  # as production keeps them (MinIO in the cluster)
+        store = FeedbackStore(feedback_url, images=images)
         kept = fill(store)
         store.close()
+        kept_images = [o["Key"] for o in s3.list_objects_v2(Bucket="chexops-images").get("Contents", [])]
+        assert len(kept_images) == len(kept)  # the images are objects, not rows
 
         with mlflow_server(tmp_path / "mlflow", backend, artifacts="s3://mlflow/artifacts") as uri:
             client = MlflowClient(uri)
@@ -111,7 +116,8 @@ def test_mlflow_and_feedback_are_restored_from_s3_after_the_databases_are_droppe
             assert made.returncode == 0, made.stderr[-2000:]
             return json.loads(made.stdout)
 
-        by_hand = ["--to", "s3://chexops-backups/nightly", "--bucket", "mlflow", "--postgres", admin, "--json"]
+        by_hand = ["--to", "s3://chexops-backups/nightly", "--bucket", "mlflow", "--bucket", "chexops-images"]
+        by_hand += ["--postgres", admin, "--json"]
         by_hand += [x for db in DATABASES for x in ("--database", db)]
         first = backup(*by_hand, "--keep", "2")
         # The CronJob's way: the init container's pg_dump into a folder, then the upload container's own arguments.
@@ -124,22 +130,25 @@ def test_mlflow_and_feedback_are_restored_from_s3_after_the_databases_are_droppe
         third = backup(*by_hand, "--keep", "2")
         assert first["deleted"] == nightly["deleted"] == [] and third["deleted"] == [first["location"].rsplit("/")[-1]]
         for made in (nightly, third):
-            assert made["buckets"] == {"mlflow": len(artifacts)} and sorted(made["databases"]) == sorted(DATABASES)
+            assert made["buckets"] == {"mlflow": len(artifacts), "chexops-images": len(kept)}
+            assert sorted(made["databases"]) == sorted(DATABASES)
         stored = {o["Key"].split("/")[1] for o in s3.list_objects_v2(Bucket="chexops-backups").get("Contents", [])}
         assert stored == {nightly["location"].rsplit("/")[-1], third["location"].rsplit("/")[-1]}  # retention
 
-        # The disaster: both databases dropped, MLflow's artifacts gone.
+        # The disaster: both databases dropped, MLflow's artifacts and the clinics' images gone.
         for db in DATABASES:
             sql(f"DROP DATABASE {db} WITH (FORCE)")
         for key in artifacts:
             s3.delete_object(Bucket="mlflow", Key=key)
+        for key in kept_images:
+            s3.delete_object(Bucket="chexops-images", Key=key)
 
         # The nightly one by name (the newest is `third`); the newest is what s3://chexops-backups/nightly restores.
         restored = run_cli("backup", "restore", nightly["location"], "--postgres", admin, env=env, home=tmp_path)
         assert restored.returncode == 0, restored.stderr[-2000:]
         with mlflow_server(tmp_path / "mlflow-again", backend, artifacts="s3://mlflow/artifacts") as uri:
             assert registry_state(uri, tmp_path / "after") == before
-        store = FeedbackStore(feedback_url)
+        store = FeedbackStore(feedback_url, images=images)
         try:
             assert everything(store) == kept
         finally:

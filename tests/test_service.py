@@ -535,12 +535,16 @@ def test_a_png_upload_is_kept_as_its_pixels_without_its_text_chunks(service):
     wait_for_image(service.home, request_id)
     store = FeedbackStore(f"sqlite:///{service.home / 'feedback' / 'feedback.db'}")
     try:
-        with store._begin() as conn:  # noqa: SLF001 - the stored bytes themselves
-            kept = conn.exec_driver_sql(
-                "SELECT image_png FROM predictions WHERE request_id = ?", (request_id,)
-            ).scalar()
+        kept = store.image(request_id)
+        with store._begin() as conn:  # noqa: SLF001 - what the database row holds
+            blob, key, size = conn.exec_driver_sql(
+                "SELECT image_png, image_key, image_bytes FROM predictions WHERE request_id = ?", (request_id,)
+            ).one()
     finally:
         store.close()
+    # in the image store (the folder beside the database, the default), not in the database
+    assert blob is None and key == f"{request_id[:2]}/{request_id}.png" and size == len(kept)
+    assert (service.home / "feedback" / "images" / key).read_bytes() == kept
     assert b"MRN-123456" not in kept and b"PatientName" not in kept
     assert kept.startswith(b"\x89PNG") and len(kept) < len(upload)  # the upload's own compressed pixels
     np.testing.assert_array_equal(decode(kept).grey, decode(upload).grey)
@@ -559,10 +563,11 @@ def test_acknowledged_feedback_survives_sigkill_and_the_rate_limit(served_model,
     is checked here on the running service's own store connections (/model runtime.feedback_store).
     The image of the prediction is stored before the feedback is acknowledged (it was written after the
     answer, and a kill right after the feedback lost it): a 2048² upload, scaled down and re-encoded for
-    keeping, is in the store after the kill.
+    keeping, is in the image store after the kill, whole (it is fsynced before its key is recorded).
     Also: the per-key rate limit, the per-address limit of failed authentications, which a key that already
     worked from that address passes (a clinic behind one NAT with a guesser) and a new key does not."""
     from chexops.feedback.store import FeedbackStore
+    from chexops.imaging.decode import decode
 
     db = tmp_path / "durable.db"
     third = "third-clinic-key-5555555555"
@@ -600,11 +605,13 @@ def test_acknowledged_feedback_survives_sigkill_and_the_rate_limit(served_model,
     finally:
         first.stop(signal.SIGKILL)  # no shutdown, no checkpoint: only what was committed survives
     assert first.process.returncode is not None
-    store = FeedbackStore(f"sqlite:///{db}")
+    store = FeedbackStore(f"sqlite:///{db}")  # its images in the folder beside it
     try:
-        assert store.prediction(request_id)["has_image"], "the acknowledged feedback's image was lost"
+        kept = store.image(request_id)
     finally:
         store.close()
+    assert kept is not None, "the acknowledged feedback's image was lost"
+    assert decode(kept).grey.shape == (1024, 1024)  # whole: the 2048² upload as kept (CHEXOPS_FEEDBACK_IMAGE_SIDE)
 
     second = start_service(served_model, log_name="durable-2.log", **env, CHEXOPS_PRECISION="int8")  # and the int8 file
     try:

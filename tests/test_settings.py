@@ -44,6 +44,7 @@ DEFAULTS = {
     "CHEXOPS_TRUSTED_PROXIES": ("trusted_proxies", ""),
     "CHEXOPS_MODALITIES": ("modalities", frozenset({"CR", "DX"})),
     "CHEXOPS_FEEDBACK_URL": ("feedback_url", ""),
+    "CHEXOPS_IMAGE_STORE": ("image_store", ""),
     "CHEXOPS_FEEDBACK_IMAGE_SIDE": ("stored_image_side", 1024),
     "CHEXOPS_STATIC_DIR": ("static_dir", paths.ROOT / "bentos" / "static"),
     "CHEXOPS_DRIFT_WINDOW": ("drift_window", 200),

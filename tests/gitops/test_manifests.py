@@ -152,7 +152,7 @@ def test_labels_and_their_env_vars(env_docs, env):
     # Selectors never carry the version (a promotion would orphan the old ReplicaSet's pods).
     assert "chexops.io/model-version" not in deployment["spec"]["selector"]["matchLabels"]
     env_vars = {e["name"]: e for e in _container(deployment)["env"]}
-    assert not any("FAULT" in name for name in env_vars), "fault injection exists for the analysis tests only"
+    assert not any("FAULT_INJECTION" in name for name in env_vars), "fault injection exists for the analysis tests only"
     for var, label in (
         ("CHEXOPS_ENVIRONMENT", "chexops.io/environment"),
         ("CHEXOPS_TRACK", "chexops.io/track"),
@@ -181,7 +181,7 @@ def test_secrets_are_the_ones_ansible_creates(env_docs, ansible_secrets, env):
     refs += [
         (v["secret"]["secretName"], i["key"]) for v in pod["volumes"] if "secret" in v for i in v["secret"]["items"]
     ]
-    assert {name for name, _ in refs} == {"chexops-api-keys", "chexops-feedback-db"}
+    assert {name for name, _ in refs} == {"chexops-api-keys", "chexops-feedback-db", "chexops-images-s3"}
     for name, key in refs:
         assert key in ansible_secrets.get((namespace, name), set()), (
             f"no Secret {namespace}/{name} with key {key} in Ansible"
@@ -287,7 +287,7 @@ def test_network_policies(env_docs, env):
         if p["spec"]["podSelector"].get("matchLabels", {}).items() <= pods.items()
     ]
     ports = sorted((peer[0], port["port"]) for r in egress for peer in _peers(r["to"]) for port in r["ports"])
-    assert ports == [("kube-system", 53), ("kube-system", 53), ("platform", 5432)], ports
+    assert ports == [("kube-system", 53), ("kube-system", 53), ("platform", 5432), ("platform", 9000)], ports
 
 
 def test_only_production_is_reached_from_outside(env_docs):

@@ -1,6 +1,7 @@
 """The clinic endpoint started the way production's Deployment starts it: the rendered manifest's
-environment (field references resolved from the pod's labels, Secrets as the Ansible role writes
-them), every emptyDir and Secret mount mapped to a temporary directory. The probes and
+environment (field references resolved from the pod's labels and namespace, `$(VAR)` expanded as Kubernetes
+does, Secrets as the Ansible role writes them), every emptyDir and Secret mount mapped to a temporary directory,
+MinIO's address mapped to a real S3 server (moto) that keeps the images under production's prefix. The probes and
 the scrape path answer, the API key comes from the mounted file, and the service writes nowhere but
 its mounts (what a read-only root filesystem requires: this test found ONNX Runtime's telemetry
 cache under $HOME, hence HOME on the emptyDir)."""
@@ -8,8 +9,10 @@ cache under $HOME, hence HOME on the emptyDir)."""
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +21,7 @@ import pytest
 from PIL import Image
 
 from service_fixtures import ServedModel, start_service
+from support import moto_s3
 
 from .render import REPO
 
@@ -38,6 +42,11 @@ def _state(root: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_the_service_runs_as_the_deployment_runs_it(env_docs, served_model, tmp_path):
+    with moto_s3(tmp_path / "s3", ["chexops-images"]) as s3:
+        _run_as_deployed(env_docs, served_model, tmp_path, s3)
+
+
+def _run_as_deployed(env_docs, served_model, tmp_path, s3):
     (deployment,) = [d for d in env_docs["production"] if d["kind"] == "Rollout"]
     pod = deployment["spec"]["template"]
     (container,) = pod["spec"]["containers"]
@@ -65,14 +74,22 @@ def test_the_service_runs_as_the_deployment_runs_it(env_docs, served_model, tmp_
 
     # The track label is Argo Rollouts' to add (stableMetadata): a promoted pod carries it.
     labels = {**pod["metadata"]["labels"], **deployment["spec"]["strategy"]["canary"]["stableMetadata"]["labels"]}
-    secrets = {("chexops-feedback-db", "url"): f"sqlite:///{tmp_path / 'feedback.db'}"}  # PostgreSQL in the cluster
+    secrets = {
+        ("chexops-feedback-db", "url"): f"sqlite:///{tmp_path / 'feedback.db'}",  # PostgreSQL in the cluster
+        ("chexops-images-s3", "AWS_ACCESS_KEY_ID"): "moto-key-id",
+        ("chexops-images-s3", "AWS_SECRET_ACCESS_KEY"): "moto-any-value",
+    }
+    minio = "http://minio.platform.svc.cluster.local:9000"
     env = {}
     for var in container["env"]:
         if "value" in var:
-            env[var["name"]] = local(var["value"])
+            value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), var["value"])  # as Kubernetes
+            env[var["name"]] = s3["endpoint"] if value == minio else local(value)
         elif "fieldRef" in var["valueFrom"]:
             path = var["valueFrom"]["fieldRef"]["fieldPath"]
-            if path.startswith("metadata.annotations['"):
+            if path == "metadata.namespace":
+                env[var["name"]] = deployment["metadata"]["namespace"]
+            elif path.startswith("metadata.annotations['"):
                 env[var["name"]] = pod["metadata"]["annotations"][path.removeprefix("metadata.annotations['")[:-2]]
             else:
                 env[var["name"]] = labels[path.removeprefix("metadata.labels['").removesuffix("']")]
@@ -80,6 +97,7 @@ def test_the_service_runs_as_the_deployment_runs_it(env_docs, served_model, tmp_
             ref = var["valueFrom"]["secretKeyRef"]
             env[var["name"]] = secrets[(ref["name"], ref["key"])]
     assert env["CHEXOPS_ENVIRONMENT"] == "production" and env["CHEXOPS_TRACK"] == "stable"
+    assert env["CHEXOPS_IMAGE_STORE"] == "s3://chexops-images/production"
 
     # In the image the model is inside the Bento; here it is put into the (mapped) BENTOML_HOME.
     bentoml_home = Path(env["BENTOML_HOME"])
@@ -100,6 +118,13 @@ def test_the_service_runs_as_the_deployment_runs_it(env_docs, served_model, tmp_
         files = {"image": ("x.png", image.getvalue(), "image/png")}
         answer = httpx.post(f"{svc.url}/predict", files=files, headers=svc.headers, timeout=60)
         assert answer.status_code == 200, answer.text
+        request_id = answer.json()["request_id"]
+        key, listed, deadline = f"production/{request_id[:2]}/{request_id}.png", [], time.monotonic() + 20
+        while key not in listed and time.monotonic() < deadline:
+            found = s3["client"].list_objects_v2(Bucket="chexops-images", Prefix="production/")  # moto's state is
+            listed = [o["Key"] for o in found.get("Contents", [])]  # per process: other tests' objects may be there
+            time.sleep(0.1)
+        assert listed == [key], listed  # the kept image, in MinIO's bucket under production's prefix
         assert httpx.post(f"{svc.url}/predict", files=files, timeout=60).status_code == 401
         scrape = pod["metadata"]["annotations"]["prometheus.io/path"]
         metrics = httpx.get(f"{svc.url}{scrape}", timeout=10)

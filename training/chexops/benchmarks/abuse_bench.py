@@ -89,6 +89,7 @@ def bytes_per_prediction(images: dict[str, bytes], side: int = 1024) -> list[dic
             with sqlite3.connect(db) as conn:  # the WAL folded into the file: what stays on disk
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             stored = (_store_bytes(db) - empty) / 20
+            images = sum(f.stat().st_size for f in (Path(tmp) / "images").rglob("*") if f.is_file()) / 20
         rows.append(
             {
                 "upload": name,
@@ -97,7 +98,8 @@ def bytes_per_prediction(images: dict[str, bytes], side: int = 1024) -> list[dic
                 "upload_bytes": len(data),
                 "kept_before": len(before),
                 "kept_after": len(after),
-                "store_bytes_per_prediction": round(stored),
+                "database_bytes_per_prediction": round(stored),
+                "image_store_bytes_per_prediction": round(images),
             }
         )
     return rows

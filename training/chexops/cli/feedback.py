@@ -11,7 +11,8 @@ from chexops.cli.output import Output, result_output
 from chexops.core.errors import UserInputError
 
 UNLABELLED_DAYS = 30.0  # an image nobody gave feedback on within a month will not get any
-LABELLED_DAYS = 365.0  # an image with feedback: a year, through several exports and retrainings
+EXPORTED_DAYS = 30.0  # exported into a training set: a month more, for a retraining to be rerun or reviewed
+LABELLED_DAYS = 365.0  # with feedback but never exported (an export that never ran, an unusable image): a year
 
 
 @click.group()
@@ -28,7 +29,8 @@ def _store_url(store_url: str | None) -> str:
 def _existing_store(store_url: str | None):
     """The store named (or configured); a SQLite file that does not exist is the user's mistake (opening it
     would create an empty database, and a command on it would succeed at nothing)."""
-    from chexops.feedback.store import FeedbackStore, missing_sqlite
+    from chexops.feedback.store import missing_sqlite
+    from chexops.serving.settings import Settings
 
     url = _store_url(store_url)
     missing = missing_sqlite(url)
@@ -36,7 +38,14 @@ def _existing_store(store_url: str | None):
         raise UserInputError(
             f"there is no feedback store at {missing} (check CHEXOPS_HOME, CHEXOPS_FEEDBACK_URL or --store)."
         )
-    return FeedbackStore(url)
+    return Settings.from_env().open_feedback_store(url)
+
+
+def _images(url: str):
+    """The image store of the store at `url` (CHEXOPS_IMAGE_STORE, else its default folder)."""
+    from chexops.serving.settings import Settings
+
+    return Settings.from_env().images_for(url)
 
 
 @feedback.command("export")
@@ -67,20 +76,21 @@ def feedback_export(out: Path, store_url: str | None, overwrite: bool) -> Output
     )
 
 
+def _days(flag: str, default: float, help: str):  # noqa: A002 - click's own name
+    return click.option(flag, type=click.FloatRange(min=0), default=default, show_default=True, help=help)
+
+
 @feedback.command("prune")
-@click.option(
-    "--unlabelled-days",
-    type=click.FloatRange(min=0),
-    default=UNLABELLED_DAYS,
-    show_default=True,
-    help="Delete the image of a prediction without feedback after this many days.",
+@_days("--unlabelled-days", UNLABELLED_DAYS, "Delete the image of a prediction without feedback after this many days.")
+@_days(
+    "--exported-days",
+    EXPORTED_DAYS,
+    "Delete the image of a prediction with feedback this many days after an export first wrote it.",
 )
-@click.option(
+@_days(
     "--labelled-days",
-    type=click.FloatRange(min=0),
-    default=LABELLED_DAYS,
-    show_default=True,
-    help="Delete the image of a prediction with feedback after this many days (exported by then).",
+    LABELLED_DAYS,
+    "Delete the image of a prediction with feedback that no export wrote this many days after the prediction.",
 )
 @click.option(
     "--store",
@@ -90,21 +100,28 @@ def feedback_export(out: Path, store_url: str | None, overwrite: bool) -> Output
 )
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 @result_output
-def feedback_prune(unlabelled_days: float, labelled_days: float, store_url: str | None, dry_run: bool) -> Output:
-    """The retention policy: delete old images, keep every record (findings, version, feedback)."""
+def feedback_prune(
+    unlabelled_days: float, exported_days: float, labelled_days: float, store_url: str | None, dry_run: bool
+) -> Output:
+    """The retention policy: delete old images, keep every record (findings, version, feedback). Images kept as
+    database blobs by an older version are moved into the image store first."""
     from chexops.feedback.store import PruneResult
 
     store = _existing_store(store_url)
     try:
-        counts = store.prune_images(unlabelled_days, labelled_days, dry_run=dry_run)
+        moved = 0 if dry_run else store.move_legacy_images()
+        counts = store.prune_images(unlabelled_days, exported_days, labelled_days, dry_run=dry_run)
     finally:
         store.close()
-    result = PruneResult(**counts, dry_run=dry_run, unlabelled_days=unlabelled_days, labelled_days=labelled_days)
+    days = {"unlabelled_days": unlabelled_days, "exported_days": exported_days, "labelled_days": labelled_days}
+    result = PruneResult(**counts, **days, dry_run=dry_run, moved=moved, image_store=store.images.location)
     verb = "Would delete" if dry_run else "Deleted"
     return Output(
         result,
-        f"{verb} {result.images} image(s), {result.bytes / 2**20:.1f} MiB (without feedback after {unlabelled_days:g} "
-        f"days, with feedback after {labelled_days:g}); every record is kept.",
+        f"{verb} {result.images} image(s), {result.bytes / 2**20:.1f} MiB, from {result.image_store} (without "
+        f"feedback after {unlabelled_days:g} days; with feedback {exported_days:g} days after its export, or "
+        f"{labelled_days:g} days after the feedback if never exported); every record is kept"
+        + (f"; {moved} image(s) moved out of the database first." if moved else "."),
     )
 
 
@@ -117,8 +134,13 @@ def feedback_backup(out: Path, keep: int, store_url: str | None) -> Output:
     """A consistent copy of the feedback store (SQLite backup API, or pg_dump), the oldest beyond --keep deleted."""
     from chexops.feedback.backup import backup
 
-    result = backup(_store_url(store_url), out, keep)
-    return Output(result, f"Backed up the {result.kind} store to {result.file} ({result.bytes / 2**20:.1f} MiB).")
+    url = _store_url(store_url)
+    result = backup(url, out, keep, images=_images(url))
+    return Output(
+        result,
+        f"Backed up the {result.kind} store to {result.file} ({result.bytes / 2**20:.1f} MiB); images: "
+        f"{result.images} ({result.images_copied} copied, {result.images_removed} pruned since).",
+    )
 
 
 @feedback.command("restore")
@@ -129,5 +151,8 @@ def feedback_restore(file: Path, store_url: str | None) -> Output:
     """Make the feedback store what a backup holds (stop the service first for SQLite)."""
     from chexops.feedback.backup import restore
 
-    result = restore(_store_url(store_url), file)
-    return Output(result, f"Restored the {result.kind} store from {result.file}.")
+    url = _store_url(store_url)
+    result = restore(url, file, images=_images(url))
+    return Output(
+        result, f"Restored the {result.kind} store from {result.file}; {result.images_copied} image(s) copied back."
+    )

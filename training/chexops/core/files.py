@@ -50,3 +50,23 @@ def read_secret_file(path: str | Path, what: str) -> str:
     if not value:
         raise ConfigError(f"{what} {path} is empty")
     return value
+
+
+def fsync_write(path: Path, data: bytes) -> None:
+    """`data` at `path`, durable when this returns: a temporary file fsynced, renamed into place, the folder fsynced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -26,6 +26,7 @@ it had one (AP, PA, LL/LATERAL), else Frontal and blank.
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,7 @@ def export_feedback(store: FeedbackStore, out: Path, overwrite: bool = False) ->
     folder.mkdir(parents=True, exist_ok=True)
     csv_path = folder / "train.csv"
     rows = 0
+    written: list[str] = []
     with open(csv_path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=[*META_COLUMNS, *labels])
         writer.writeheader()
@@ -109,6 +111,7 @@ def export_feedback(store: FeedbackStore, out: Path, overwrite: bool = False) ->
             path = out / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(record["image_png"])
+            written.append(record["request_id"])
             writer.writerow(
                 {
                     "Path": relative,
@@ -119,9 +122,12 @@ def export_feedback(store: FeedbackStore, out: Path, overwrite: bool = False) ->
                     **{label: values.get(label, "") for label in labels},
                 }
             )
+        fh.flush()
+        os.fsync(fh.fileno())
     source_policy_path(csv_path).write_text(
         "# chexops feedback export: a blank label is one nobody gave; never a negative.\nblank: ignore\n"
     )
+    store.mark_exported(written)  # only once the training set is complete: the retention clock of their images
     return FeedbackExport(
         out=str(out),
         csv=str(csv_path),

@@ -16,11 +16,14 @@ The schema carries a version (`chexops_schema`); opening a store upgrades an old
 under a lock (PostgreSQL advisory lock, SQLite's write lock), so that replicas starting together
 migrate once: 1 = the original tables, 2 = `feedback.clinic`, the clinic that gave the feedback
 (filled from the prediction's clinic for older rows), 3 = `feedback.unusable` (the clinician found the image
-unusable: no labels to learn from; the export leaves it out).
+unusable: no labels to learn from; the export leaves it out), 4 = the image in the image store
+(`chexops.feedback.images`: a folder or S3) instead of the `image_png` blob, `predictions.image_key`,
+`image_bytes` and `image_pruned_at`, and `feedback.exported_at` (when an export first wrote it). Blobs of older rows
+stay readable and are moved into the image store by `move_legacy_images` (`chexops feedback prune` runs it first).
 
-What is kept carries no patient identifier: the image (column `image_png`, a PNG or a JPEG) is its
-pixels without any metadata (`chexops.serving.stored_image`), the image facts are format, size, modality, bits,
-photometric interpretation and view, never a file name or any other DICOM tag.
+What is kept carries no patient identifier: the image (a PNG or a JPEG) is its pixels without any metadata
+(`chexops.serving.stored_image`), under a key made of the random request id; the image facts are format, size,
+modality, bits, photometric interpretation and view, never a file name or any other DICOM tag.
 
 Feedback belongs to the clinic whose key made the prediction (`WrongClinic` otherwise) and is
 idempotent per request_id, also when two replicas receive the same feedback at once (the insert is
@@ -45,10 +48,11 @@ from sqlalchemy import exc as sa_exc
 from chexops.core.errors import ConfigError
 from chexops.core.results import Result
 from chexops.feedback.errors import Conflict, NotFound, Unavailable, WrongClinic  # noqa: F401 - store.X, as before
+from chexops.feedback.images import FolderImages, ImageStore, image_key
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIGRATION_LOCK = 0x63686578  # PostgreSQL advisory lock key ("chex")
 KEPT_INFO = ("format", "width", "height", "mode", "modality", "photometric", "bits_stored", "view_position")
 RETRY_SECONDS = 1.0  # a store that just failed is not tried again for this long: calls fail at once meanwhile
@@ -65,7 +69,10 @@ predictions = sa.Table(
     sa.Column("findings", sa.Text, nullable=False),
     sa.Column("priority", sa.Text, nullable=False),
     sa.Column("image_info", sa.Text, nullable=False),
-    sa.Column("image_png", sa.LargeBinary),
+    sa.Column("image_png", sa.LargeBinary),  # schema ≤ 3 only: moved into the image store
+    sa.Column("image_key", sa.Text),
+    sa.Column("image_bytes", sa.Integer),
+    sa.Column("image_pruned_at", sa.Text),
 )
 feedback = sa.Table(
     "feedback",
@@ -77,18 +84,23 @@ feedback = sa.Table(
     sa.Column("created", sa.Text, nullable=False),
     sa.Column("clinic", sa.Text),
     sa.Column("unusable", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("exported_at", sa.Text),
 )
 schema_table = sa.Table("chexops_schema", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 
 class PruneResult(Result):
-    """What `chexops feedback prune` deleted (or, `dry_run`, would delete): images and their bytes."""
+    """What `chexops feedback prune` deleted (or, `dry_run`, would delete): images and their bytes; and how many
+    blobs of schema ≤ 3 it moved into the image store first."""
 
     images: int
     bytes: int
     dry_run: bool
     unlabelled_days: float
+    exported_days: float
     labelled_days: float
+    moved: int = 0
+    image_store: str = ""
 
 
 def now() -> str:
@@ -163,9 +175,19 @@ def _sqlite_begin(conn) -> None:
     conn.exec_driver_sql("BEGIN" if options.get("chexops_read_only") else "BEGIN IMMEDIATE")
 
 
+def default_images(url: str) -> Path:
+    """The image folder of a store without CHEXOPS_IMAGE_STORE: beside a SQLite file, else $CHEXOPS_HOME's."""
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///") :]).parent / "images"
+    from chexops.core import paths
+
+    return paths.home() / "feedback" / "images"
+
+
 class FeedbackStore:
-    def __init__(self, url: str, pool_size: int = 4):
+    def __init__(self, url: str, pool_size: int = 4, images: ImageStore | None = None):
         self.url = url
+        self.images = images if images is not None else FolderImages(default_images(url))
         self.kind, sa_url = engine_url(url)
         if self.kind == "postgresql":
             self.location = url.split("@")[-1]  # no credentials in logs
@@ -289,9 +311,34 @@ class FeedbackStore:
                 _insert(self.kind, predictions).values(**row).on_conflict_do_nothing(index_elements=["request_id"])
             )
 
-    def set_image(self, request_id: str, png: bytes) -> None:
+    def set_image(self, request_id: str, data: bytes) -> None:
+        """The kept image of a prediction: durable in the image store, then its key in the record (whose commit
+        a feedback's durable commit makes durable too)."""
+        key = image_key(request_id, data)
+        self.images.put(key, data)
         with self._begin(durable=False) as conn:
-            conn.execute(predictions.update().where(predictions.c.request_id == request_id).values(image_png=png))
+            conn.execute(
+                predictions.update()
+                .where(predictions.c.request_id == request_id)
+                .values(image_key=key, image_bytes=len(data))
+            )
+
+    def image(self, request_id: str) -> bytes | None:
+        """The kept image of a prediction (None: none kept, or pruned)."""
+        p = predictions.c
+        with self._begin() as conn:
+            row = conn.execute(sa.select(p.image_key, p.image_png).where(p.request_id == request_id)).first()
+        if row is None:
+            return None
+        return self._image_of(row[0], row[1])
+
+    def _image_of(self, key: str | None, blob: bytes | None) -> bytes | None:
+        if key:
+            data = self.images.get(key)
+            if data is None:
+                log.warning("the image %s is missing from %s", key, self.images.location)
+            return data
+        return bytes(blob) if blob is not None else None
 
     def prediction(self, request_id: str) -> dict[str, Any] | None:
         p = predictions.c
@@ -304,7 +351,7 @@ class FeedbackStore:
             p.findings,
             p.priority,
             p.image_info,
-            p.image_png.is_not(None),
+            sa.or_(p.image_key.is_not(None), p.image_png.is_not(None)),
         ).where(p.request_id == request_id)
         with self._begin() as conn:
             row = conn.execute(query).first()
@@ -369,29 +416,76 @@ class FeedbackStore:
             raise Conflict(request_id)
         return stored, False
 
-    def prune_images(self, unlabelled_days: float, labelled_days: float, dry_run: bool = False) -> dict[str, int]:
-        """The retention policy: the image of a prediction without feedback is deleted `unlabelled_days` after
-        the prediction, one with feedback `labelled_days` after it (by then exported into a training set); the
-        record (findings, version, image facts, feedback) is kept. Counts and bytes (`dry_run`: what would go).
-        SQLite reuses the freed pages for new rows, so the file stops growing at the policy's steady state."""
+    def prune_images(
+        self, unlabelled_days: float, exported_days: float, labelled_days: float, dry_run: bool = False
+    ) -> dict[str, int]:
+        """The retention policy: the image of a prediction without feedback is deleted `unlabelled_days` after the
+        prediction; one with feedback `exported_days` after an export first wrote it into a training set, or, never
+        exported, `labelled_days` after the prediction. The record (findings, version, image facts, feedback) is kept,
+        with `image_pruned_at`. Counts and bytes (`dry_run`: what would go)."""
         p, f = predictions.c, feedback.c
-        unlabelled_before = _ago(unlabelled_days)
-        labelled_before = _ago(labelled_days)
         has_feedback = sa.exists().where(f.request_id == p.request_id)
+        exported_long_ago = sa.exists().where(
+            f.request_id == p.request_id, f.exported_at.is_not(None), f.exported_at < _ago(exported_days)
+        )
+        never_exported = sa.exists().where(f.request_id == p.request_id, f.exported_at.is_(None))
         due = sa.and_(
-            p.image_png.is_not(None),
+            p.image_key.is_not(None),
             sa.or_(
-                sa.and_(~has_feedback, p.created < unlabelled_before),
-                sa.and_(has_feedback, p.created < labelled_before),
+                sa.and_(~has_feedback, p.created < _ago(unlabelled_days)),
+                exported_long_ago,
+                sa.and_(never_exported, p.created < _ago(labelled_days)),
             ),
         )
         with self._begin() as conn:
-            row = conn.execute(
-                sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(sa.func.length(p.image_png)), 0)).where(due)
-            ).one()
-            if not dry_run and row[0]:
-                conn.execute(predictions.update().where(due).values(image_png=None))
-        return {"images": int(row[0]), "bytes": int(row[1])}
+            rows = conn.execute(sa.select(p.request_id, p.image_key, p.image_bytes).where(due)).all()
+        if not dry_run:
+            for start in range(0, len(rows), 100):
+                chunk = rows[start : start + 100]
+                for _, key, _ in chunk:
+                    self.images.delete(key)
+                with self._begin() as conn:
+                    conn.execute(
+                        predictions.update()
+                        .where(p.request_id.in_([r[0] for r in chunk]))
+                        .values(image_key=None, image_pruned_at=now())
+                    )
+        return {"images": len(rows), "bytes": sum(int(r[2] or 0) for r in rows)}
+
+    def move_legacy_images(self, batch: int = 50) -> int:
+        """Blobs of schema ≤ 3 into the image store (each durable there before its blob is dropped); how many."""
+        p = predictions.c
+        moved = 0
+        while True:
+            with self._begin() as conn:
+                rows = conn.execute(
+                    sa.select(p.request_id, p.image_png).where(p.image_png.is_not(None)).limit(batch)
+                ).all()
+            if not rows:
+                return moved
+            for request_id, blob in rows:
+                data = bytes(blob)
+                key = image_key(request_id, data)
+                self.images.put(key, data)
+                with self._begin() as conn:
+                    conn.execute(
+                        predictions.update()
+                        .where(p.request_id == request_id)
+                        .values(image_key=key, image_bytes=len(data), image_png=None)
+                    )
+                moved += 1
+
+    def mark_exported(self, request_ids: list[str]) -> None:
+        """Feedback written into a training set: `exported_at` set where it was not (the retention clock)."""
+        f = feedback.c
+        stamp = now()
+        with self._begin() as conn:
+            for start in range(0, len(request_ids), 500):
+                conn.execute(
+                    feedback.update()
+                    .where(f.request_id.in_(request_ids[start : start + 500]), f.exported_at.is_(None))
+                    .values(exported_at=stamp)
+                )
 
     def agreement(self) -> tuple[int, int]:
         """(correct, incorrect) feedback counts."""
@@ -415,7 +509,7 @@ class FeedbackStore:
             f.clinic,
         ]
         query = (
-            sa.select(*columns, p.image_png if images else sa.null())
+            sa.select(*columns, p.image_key if images else sa.null(), p.image_png if images else sa.null())
             .select_from(feedback.join(predictions, p.request_id == f.request_id))
             .where(f.unusable == 0)  # an unusable image teaches nothing
             .order_by(f.created, f.request_id)
@@ -436,7 +530,7 @@ class FeedbackStore:
                         "image_info": json.loads(row[5]),
                         "model": {"name": row[6], "version": row[7]},
                         "clinic": row[8],
-                        "image_png": bytes(row[9]) if row[9] is not None else None,
+                        "image_png": self._image_of(row[9], row[10]) if images else None,
                     }
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
             raise self._failed(exc) from None
@@ -523,7 +617,17 @@ def _to_3(conn) -> None:
     conn.execute(sa.text("ALTER TABLE feedback ADD COLUMN unusable INTEGER NOT NULL DEFAULT 0"))
 
 
-MIGRATIONS = {2: _to_2, 3: _to_3}  # version → the step from version - 1
+def _to_4(conn) -> None:
+    for table, column, kind in (
+        ("predictions", "image_key", "TEXT"),
+        ("predictions", "image_bytes", "INTEGER"),
+        ("predictions", "image_pruned_at", "TEXT"),
+        ("feedback", "exported_at", "TEXT"),
+    ):
+        conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+
+
+MIGRATIONS = {2: _to_2, 3: _to_3, 4: _to_4}  # version → the step from version - 1
 
 
 def migrate(conn, kind: str) -> int:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from pydicom.dataset import Dataset
+
+from chexops.core.files import fsync_write
 
 # What the service and the report need from an image, and nothing that names or locates a patient:
 # the SOP, study and series UIDs (to file the report with the study; the outbox copy is deleted once it is sent),
@@ -45,25 +45,6 @@ def deidentify(ds: Dataset) -> Dataset:
     out.PatientIdentityRemoved = "YES"
     out.file_meta = ds.file_meta
     return out
-
-
-def fsync_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class State:

@@ -165,6 +165,11 @@ class Settings(BaseSettings):
         json_schema_extra={"shown": f"`sqlite:///$CHEXOPS_HOME/{FEEDBACK_DB}`"},
         description="or a `postgresql://` URL with user, password, host and database (psycopg2, pooled)",
     )
+    image_store: str = Field(
+        "",
+        json_schema_extra={"shown": "a folder beside the SQLite store (`$CHEXOPS_HOME/feedback/images`)"},
+        description="where kept images live: a folder, or `s3://BUCKET/PREFIX` (boto3, the standard AWS_* variables)",
+    )
     stored_image_side: int = Field(
         1024,
         ge=0,
@@ -314,6 +319,20 @@ class Settings(BaseSettings):
     def feedback_location(self) -> str:
         """The feedback store: CHEXOPS_FEEDBACK_URL, else SQLite at $CHEXOPS_HOME/feedback/feedback.db."""
         return self.feedback_url or f"sqlite:///{paths.home() / FEEDBACK_DB}"
+
+    def images_for(self, url: str):
+        """The image store of the feedback store at `url`: CHEXOPS_IMAGE_STORE, else the folder beside it."""
+        from chexops.feedback.images import open_image_store
+        from chexops.feedback.store import default_images
+
+        return open_image_store(self.image_store, default_images(url))
+
+    def open_feedback_store(self, url: str | None = None):
+        """The feedback store (`url`, else `feedback_location()`) with its image store."""
+        from chexops.feedback.store import FeedbackStore
+
+        url = url or self.feedback_location()
+        return FeedbackStore(url, images=self.images_for(url))
 
 
 def variable(name: str) -> str:
