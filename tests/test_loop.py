@@ -1,4 +1,4 @@
-"""The loop experiment (issue 12), small: a model that cannot see one finding (its training labels never
+"""The loop experiment, small: a model that cannot see one finding (its training labels never
 report Pleural Effusion), clinicians' feedback from the ground truth through the real feedback store and
 `chexops feedback export`, a retraining with the export as a `data.sources` entry, and the improvement
 measured by `chexops evaluate` on the feedback hold-out (`chexops.loop.experiment`, which

@@ -1,4 +1,4 @@
-"""The image store as the cluster wires it (issue 22): each environment's pods (the Rollout's, the nightly prune's)
+"""The image store as the cluster wires it: each environment's pods (the Rollout's, the nightly prune's)
 and the retraining's export resolve CHEXOPS_IMAGE_STORE to their own prefix of MinIO's bucket chexops-images, as
 Kubernetes expands `$(VAR)` from earlier variables and fieldRefs; the S3 keys come from Secret chexops-images-s3,
 which the Ansible role makes in every namespace that reads it; the bucket exists and is backed up; and the network

@@ -1,16 +1,16 @@
-"""Issue 22's numbers: bytes kept per prediction, and what slow clients and header floods cost the service.
+"""The endpoint under abuse: bytes kept per prediction, and what slow clients and header floods cost the service.
 
     python -m chexops.benchmarks.abuse_bench [--images ../shared/data/real-cxr] [--seconds 10]
 
 - bytes per prediction, per upload (the team's real radiographs: PNG, DICOM, and JPEG made from the PNGs):
-  the image kept as it was before issue 22 (a 16-bit PNG of the pixels whenever it is re-encoded) and as it
+  the image kept as it was before the image store (a 16-bit PNG of the pixels whenever it is re-encoded) and as it
   is now (`chexops.serving.stored_image.kept_image`), and the SQLite store's growth per prediction (record and
   image, measured on a real store file);
 - with a started service (a seeded random-init model in a temporary home, the service's default limits but no
   admission queue): two clients sending a multipart body at 1 byte/s while a third sends real requests
   (its answers by status and latency, and when and how each slow client is cut off); and 8 connections sending
   40 MB request heads, with the worker's RSS before, at its peak, and after; and the same flood on a service
-  whose head limit is 1 GiB (no limit in effect, as before issue 22).
+  whose head limit is 1 GiB (in effect none, as the service had before).
 
 Prints one JSON object.
 """
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 port = int(svc.url.rsplit(":", 1)[1])
                 report["slow_clients"] = slow_clients(svc.url, key, port, png, args.seconds)
                 report["header_flood"] = header_flood(port, svc.process.pid)
-            # the same flood without a working limit (1 GiB: as before issue 22, when heads were read whole)
+            # the same flood without a working limit (1 GiB: as before the limit, when heads were read whole)
             env["CHEXOPS_MAX_HEADER_KB"] = str(2**20)
             with server(env, Path(tmp) / "service-unlimited.log") as svc:
                 port = int(svc.url.rsplit(":", 1)[1])

@@ -1,4 +1,4 @@
-"""The loop experiment (issue 12): feedback corrects a model's systematic error on one finding.
+"""The loop experiment: feedback corrects a model's systematic error on one finding.
 
     python -m chexops.loop.experiment --patients 400 --clinic-patients 300 --seeds 0,1,2 --out out/loop
 
