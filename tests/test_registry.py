@@ -253,7 +253,11 @@ def test_validation_only_evidence_is_refused_unless_accepted():
         and "accept_validation_evidence" in refused.detail
     )
     assert check_evidence(on_validation, accept_validation=True).passed
-    assert check_evidence(EVALUATION, accept_validation=False).passed
+    held_out = check_evidence(EVALUATION, accept_validation=False)
+    assert held_out.passed and held_out.detail == "metrics on the test split (test_csv)"
+    # an npz dataset's own test arrays carry no test_source: the detail says nothing rather than "(?)"
+    npz_test = check_evidence({**EVALUATION, "test_source": None}, accept_validation=False)
+    assert npz_test.passed and npz_test.detail == "metrics on the test split"
     leaky = check_evidence({**EVALUATION, "test_patients_in_train": 3}, accept_validation=True)
     assert not leaky.passed and "3 patients" in leaky.detail
 

@@ -94,10 +94,10 @@ def _num(value: Any) -> float | None:
 def check_evidence(evaluation: dict[str, Any], accept_validation: bool) -> Verdict:
     """The metrics must come from held-out data: the test split, which chose neither the epoch nor
     the thresholds, with no patient of the training data in it."""
-    split, source = evaluation.get("split"), evaluation.get("test_source") or "?"
+    split, source = evaluation.get("split"), evaluation.get("test_source")
     overlap = int(evaluation.get("test_patients_in_train") or 0)
     if split == "test" and overlap == 0:
-        return Verdict("held_out", None, 0.0, True, f"metrics on the test split ({source})")
+        return Verdict("held_out", None, 0.0, True, "metrics on the test split" + (f" ({source})" if source else ""))
     if split == "test":
         return Verdict(
             "held_out",
